@@ -1,0 +1,23 @@
+{
+  "targets": [
+    {
+      "target_name": "daxmap",
+      "sources": [
+        "native/uffd.cc",
+        "native/region.cc",
+        "native/device.cc",
+        "native/agent.cc",
+        "native/binding/addon.cc",
+        "native/binding/region_binding.cc",
+        "native/binding/device_binding.cc",
+        "native/binding/agent_binding.cc"
+      ],
+      "include_dirs": ["native"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      "defines": ["NAPI_VERSION=8", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++20", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-O2"],
+      "cflags_cc!": ["-std=gnu++17", "-fno-exceptions"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}
