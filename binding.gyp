@@ -8,6 +8,7 @@
         "native/device.cc",
         "native/agent.cc",
         "native/binding/addon.cc",
+        "native/binding/common.cc",
         "native/binding/region_binding.cc",
         "native/binding/device_binding.cc",
         "native/binding/agent_binding.cc"

@@ -1,0 +1,84 @@
+// Typed loader for the native addon (build/Release, then build/Debug, then
+// prebuilds/, via node-gyp-build). The interface below is the whole native surface;
+// callers above lib/native validate arguments before they reach it.
+import path from 'node:path';
+import load = require('node-gyp-build');
+
+export interface UffdInfo {
+  features: bigint;
+  ioctls: bigint;
+  via: string;
+}
+
+export interface RegionInfo {
+  id: number;
+  address: bigint;
+  length: number;
+}
+
+export interface DeviceInfo {
+  id: number;
+  size: number;
+  kind: 'file' | 'tmpfs' | 'devdax';
+  mapSync: boolean;
+  align: number;
+}
+
+export interface DeviceOpenOptions {
+  create?: boolean;
+  size?: number;
+  exclusive?: boolean;
+  view?: boolean;
+  writable?: boolean;
+}
+
+export interface AgentStats {
+  events: number;
+  batches: number;
+  merged: number;
+  direct: number;
+  delivered: number;
+  poisoned: number;
+  timeouts: number;
+  deferred: number;
+  answers: number;
+  answerErrors: number;
+  remaps: number;
+  stray: number;
+  faultTimeoutMs: number;
+  via: string;
+}
+
+export interface NativeAddon {
+  uffdProbe(): UffdInfo;
+  regionCreate(length: number): RegionInfo;
+  regionBuffer(id: number): Buffer;
+  regionClose(id: number): void;
+  regionBind(id: number, channel: number): void;
+  regionSetDirect(id: number, offset: number, length: number, device: number, devOffset: number, flags: number, window: number): void;
+  regionClearDirect(id: number, offset: number, length: number): void;
+  channelOpen(onEvents: () => void): number;
+  channelTake(id: number, into: Uint8Array): number;
+  channelAbandon(id: number, events: Uint8Array, count: number): number;
+  channelClose(id: number): void;
+  channelRef(id: number, ref: boolean): void;
+  execute(answers: Uint8Array, results: Int32Array): number;
+  agentStats(): AgentStats;
+  agentConfigure(options: { faultTimeoutMs?: number }): void;
+  monotonicNow(): bigint;
+  deviceOpen(path: string, options: DeviceOpenOptions): DeviceInfo;
+  deviceView(id: number, offset: number, length: number): Buffer;
+  devicePersist(id: number, offset: number, length: number): void;
+  deviceClose(id: number): void;
+}
+
+let cached: NativeAddon | undefined;
+
+/** The addon, loaded once per environment (each worker thread loads its own instance). */
+export function native(): NativeAddon {
+  if (cached === undefined) {
+    // dist/native/addon.js → the package root holds build/ and prebuilds/.
+    cached = load(path.resolve(__dirname, '..', '..')) as NativeAddon;
+  }
+  return cached;
+}

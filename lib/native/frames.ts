@@ -1,0 +1,168 @@
+// The binary frames of native/frames.h: 32-byte fault events out of the agent,
+// 48-byte answers (plus payload) back in. The same bytes cross a UNIX socket in
+// daemon mode. Keep in step with native/frames.h.
+
+export const EVENT_SIZE = 32;
+export const ANSWER_SIZE = 48;
+
+export const EV_WRITE = 1;
+export const EV_WP = 2;
+
+export const Op = {
+  Install: 1,
+  Zero: 2,
+  Copy: 3,
+  Poison: 4,
+  Revoke: 5,
+  Wake: 6,
+  Unprotect: 7,
+} as const;
+export type OpCode = (typeof Op)[keyof typeof Op];
+
+export const A_WRITABLE = 1 << 0;
+export const A_PRIVATE = 1 << 1;
+export const A_POPULATE = 1 << 2;
+export const A_WP = 1 << 3;
+export const A_NOWAKE = 1 << 4;
+export const A_FROM_DEVICE = 1 << 5;
+export const A_ADOPT = 1 << 6;
+
+/** Result of an answer beside 0 and -errno: a write raced a zero-page answer. */
+export const RESULT_RACED = 1;
+
+const TWO32 = 2 ** 32;
+
+export interface FaultEvent {
+  region: number;
+  /** EV_WRITE | EV_WP */
+  flags: number;
+  /** faults on this page merged into this event */
+  count: number;
+  /** page-aligned offset in the region */
+  offset: number;
+  tid: number;
+  seq: number;
+  /** CLOCK_MONOTONIC ns when the agent read it (comparable with process.hrtime.bigint()) */
+  timeNs: bigint;
+}
+
+function readU64(b: Buffer, at: number): number {
+  return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * TWO32;
+}
+
+function writeU64(b: Buffer, at: number, v: number): void {
+  b.writeUInt32LE(v % TWO32, at);
+  b.writeUInt32LE(Math.floor(v / TWO32), at + 4);
+}
+
+export function decodeEvent(b: Buffer, at: number): FaultEvent {
+  return {
+    region: b.readUInt32LE(at),
+    flags: b.readUInt16LE(at + 4),
+    count: b.readUInt16LE(at + 6),
+    offset: readU64(b, at + 8),
+    tid: b.readUInt32LE(at + 16),
+    seq: b.readUInt32LE(at + 20),
+    timeNs: b.readBigUInt64LE(at + 24),
+  };
+}
+
+export function decodeEvents(b: Buffer, count: number): FaultEvent[] {
+  const out = new Array<FaultEvent>(count);
+  for (let i = 0; i < count; i++) out[i] = decodeEvent(b, i * EVENT_SIZE);
+  return out;
+}
+
+export function encodeEvent(b: Buffer, at: number, ev: FaultEvent): void {
+  b.writeUInt32LE(ev.region, at);
+  b.writeUInt16LE(ev.flags, at + 4);
+  b.writeUInt16LE(ev.count, at + 6);
+  writeU64(b, at + 8, ev.offset);
+  b.writeUInt32LE(ev.tid, at + 16);
+  b.writeUInt32LE(ev.seq, at + 20);
+  b.writeBigUInt64LE(ev.timeNs, at + 24);
+}
+
+export interface AnswerSpec {
+  op: OpCode;
+  flags?: number;
+  region: number;
+  offset: number;
+  length: number;
+  device?: number;
+  devOffset?: number;
+  tag?: number;
+  /** literal bytes for Op.Copy (length >= the answer's length) */
+  payload?: Uint8Array;
+}
+
+/** A growable buffer of answer frames, executed in one native call. */
+export class AnswerBatch {
+  private buf: Buffer;
+  private used = 0;
+  private n = 0;
+
+  constructor(initialAnswers = 64) {
+    this.buf = Buffer.alloc(initialAnswers * ANSWER_SIZE);
+  }
+
+  get count(): number {
+    return this.n;
+  }
+
+  add(a: AnswerSpec): this {
+    const plen = a.payload ? a.payload.length : 0;
+    const padded = (plen + 7) & ~7;
+    this.reserve(ANSWER_SIZE + padded);
+    const b = this.buf;
+    const at = this.used;
+    b.writeUInt8(a.op, at);
+    b.writeUInt8(a.flags ?? 0, at + 1);
+    b.writeUInt16LE(0, at + 2);
+    b.writeUInt32LE(a.region, at + 4);
+    writeU64(b, at + 8, a.offset);
+    writeU64(b, at + 16, a.length);
+    b.writeUInt32LE(a.device ?? 0, at + 24);
+    b.writeUInt32LE(plen, at + 28);
+    writeU64(b, at + 32, a.devOffset ?? 0);
+    writeU64(b, at + 40, a.tag ?? 0);
+    if (a.payload) {
+      b.set(a.payload, at + ANSWER_SIZE);
+      b.fill(0, at + ANSWER_SIZE + plen, at + ANSWER_SIZE + padded);
+    }
+    this.used += ANSWER_SIZE + padded;
+    this.n++;
+    return this;
+  }
+
+  bytes(): Buffer {
+    return this.buf.subarray(0, this.used);
+  }
+
+  reset(): void {
+    this.used = 0;
+    this.n = 0;
+  }
+
+  private reserve(extra: number): void {
+    if (this.used + extra <= this.buf.length) return;
+    const next = Buffer.alloc(Math.max(this.buf.length * 2, this.used + extra));
+    this.buf.copy(next, 0, 0, this.used);
+    this.buf = next;
+  }
+}
+
+/** Decode one answer frame (for the daemon's wire and for tests). */
+export function decodeAnswer(b: Buffer, at: number): AnswerSpec & { payloadLength: number } {
+  return {
+    op: b.readUInt8(at) as OpCode,
+    flags: b.readUInt8(at + 1),
+    region: b.readUInt32LE(at + 4),
+    offset: readU64(b, at + 8),
+    length: readU64(b, at + 16),
+    device: b.readUInt32LE(at + 24),
+    payloadLength: b.readUInt32LE(at + 28),
+    devOffset: readU64(b, at + 32),
+    tag: readU64(b, at + 40),
+  };
+}

@@ -1,0 +1,97 @@
+// Internal API over trapped regions: reserved address space whose every first touch
+// is trapped, exported to JS as a Buffer that is detached when the region closes.
+// Not the public API: lib/fault builds mappings on top of it.
+import { daxError } from '../errors';
+import { native } from './addon';
+import type { FaultChannel } from './channel';
+import { A_POPULATE, A_PRIVATE, A_WRITABLE } from './frames';
+
+export const PAGE_SIZE = 4096;
+export const HUGE_SIZE = 2 * 1024 * 1024;
+
+function checkPages(what: string, offset: number, length: number, limit: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 ||
+      offset % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0 || offset + length > limit) {
+    throw daxError('EINVAL', `${what}: [${offset}, +${length}) must be page-aligned and inside the region of ${limit} bytes`);
+  }
+}
+
+export interface DirectOptions {
+  writable?: boolean;
+  private?: boolean;
+  populate?: boolean;
+  /** bytes installed per fault: 4096 or 2 MiB (default 4096) */
+  window?: number;
+}
+
+export class TrappedRegion {
+  readonly id: number;
+  readonly length: number;
+  readonly address: bigint;
+  private buf: Buffer | undefined;
+  private isClosed = false;
+
+  /** Reserves `length` bytes (a page multiple; the start is 2 MiB aligned) and registers them with userfaultfd. */
+  constructor(length: number) {
+    if (!Number.isSafeInteger(length) || length <= 0 || length % PAGE_SIZE !== 0) {
+      throw daxError('EINVAL', `region length must be a positive multiple of ${PAGE_SIZE}, got ${String(length)}`);
+    }
+    const info = native().regionCreate(length);
+    this.id = info.id;
+    this.length = info.length;
+    this.address = info.address;
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /** The Buffer over the region (one per region per thread). Touching it faults. */
+  get buffer(): Buffer {
+    if (this.isClosed) throw daxError('ECLOSED', `region ${this.id} is closed`);
+    if (this.buf === undefined) this.buf = native().regionBuffer(this.id);
+    return this.buf;
+  }
+
+  /** Route this region's faults to a channel (null: unbound, faults get SIGBUS). */
+  bind(channel: FaultChannel | null): void {
+    this.checkOpen('bind');
+    native().regionBind(this.id, channel === null ? 0 : channel.id);
+  }
+
+  /** Let the agent answer faults in [offset, +length) itself by installing the device range. */
+  setDirect(offset: number, length: number, deviceId: number, devOffset: number, opts: DirectOptions = {}): void {
+    this.checkOpen('setDirect');
+    checkPages('direct range', offset, length, this.length);
+    const window = opts.window ?? PAGE_SIZE;
+    if (window !== PAGE_SIZE && window !== HUGE_SIZE) throw daxError('EINVAL', `direct window must be ${PAGE_SIZE} or ${HUGE_SIZE}`);
+    if (!Number.isSafeInteger(devOffset) || devOffset < 0 || devOffset % PAGE_SIZE !== 0) {
+      throw daxError('EINVAL', `device offset ${devOffset} must be a page-aligned non-negative integer`);
+    }
+    const flags = (opts.writable ? A_WRITABLE : 0) | (opts.private ? A_PRIVATE : 0) | (opts.populate ? A_POPULATE : 0);
+    native().regionSetDirect(this.id, offset, length, deviceId, devOffset, flags, window);
+  }
+
+  clearDirect(offset: number, length: number): void {
+    this.checkOpen('clearDirect');
+    checkPages('direct range', offset, length, this.length);
+    native().regionClearDirect(this.id, offset, length);
+  }
+
+  /**
+   * Retires the region: the Buffer is detached (later JS access throws or reads
+   * nothing, never reaches memory), the address range becomes inaccessible, and any
+   * thread still waiting on a fault in it is woken (EFAULT in a system call).
+   * Idempotent. Only the thread that created the region may close it.
+   */
+  close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.buf = undefined;
+    native().regionClose(this.id);
+  }
+
+  private checkOpen(what: string): void {
+    if (this.isClosed) throw daxError('ECLOSED', `${what}: region ${this.id} is closed`);
+  }
+}

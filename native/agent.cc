@@ -1,0 +1,614 @@
+// The fault agent: reader thread, routing, registries, and the answer executor.
+#include "agent.h"
+
+#include <poll.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "uffd_compat.h"
+
+namespace daxmap {
+
+namespace {
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kGraceNs = 30ull * 1000000000ull;  // graveyard grace period
+constexpr uint64_t kEagainBudgetNs = 5ull * 1000000000ull;
+
+// Retry an op that met EAGAIN (the mm is changing: a REMAP event is unread). The
+// reader thread reads it independently, so this converges; bounded anyway.
+template <typename F>
+int RetryEagain(F fn) {
+  uint64_t start = MonotonicNs();
+  long sleep_us = 20;
+  for (;;) {
+    int e = fn();
+    if (e != EAGAIN) return e;
+    if (MonotonicNs() - start > kEagainBudgetNs) return e;
+    std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+    sleep_us = std::min(sleep_us * 2, 1000L);
+  }
+}
+}  // namespace
+
+uint64_t MonotonicNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// ---- Channel ----
+
+Channel::EnqueueResult Channel::Enqueue(const FaultEvent& ev) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (orphaned_.load(std::memory_order_relaxed)) return kOrphaned;
+  Key k{ev.region, ev.offset};
+  auto it = live_.find(k);
+  if (it != live_.end()) {
+    it->second.ev.count = static_cast<uint16_t>(std::min<int>(0xffff, it->second.ev.count + ev.count));
+    it->second.ev.flags |= ev.flags;
+    return kMerged;
+  }
+  live_.emplace(k, Live{ev, false});
+  queue_.push_back(k);
+  pending_notify_ = true;
+  return kQueued;
+}
+
+bool Channel::Flush() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!pending_notify_ || notified_) return true;
+    pending_notify_ = false;
+    notified_ = true;
+  }
+  std::lock_guard<std::mutex> n(notify_mu_);
+  if (closed_) return false;
+  return Notify();
+}
+
+size_t Channel::Take(FaultEvent* out, size_t max) {
+  std::lock_guard<std::mutex> g(mu_);
+  size_t n = 0;
+  while (n < max && !queue_.empty()) {
+    Key k = queue_.front();
+    queue_.pop_front();
+    auto it = live_.find(k);
+    if (it == live_.end() || it->second.taken) continue;  // answered meanwhile
+    it->second.taken = true;
+    out[n++] = it->second.ev;
+  }
+  if (queue_.empty()) notified_ = false;  // drained: the next event notifies again
+  return n;
+}
+
+void Channel::Answered(uint32_t region, uint64_t off, uint64_t len) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = live_.lower_bound(Key{region, off});
+  while (it != live_.end() && it->first.first == region && it->first.second < off + len) it = live_.erase(it);
+}
+
+std::vector<FaultEvent> Channel::Orphan() {
+  std::lock_guard<std::mutex> g(mu_);
+  orphaned_.store(true, std::memory_order_release);
+  std::vector<FaultEvent> out;
+  out.reserve(live_.size());
+  for (auto& [k, l] : live_) out.push_back(l.ev);
+  live_.clear();
+  queue_.clear();
+  return out;
+}
+
+std::vector<FaultEvent> Channel::DropRegion(uint32_t region) {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<FaultEvent> out;
+  auto it = live_.lower_bound(Key{region, 0});
+  while (it != live_.end() && it->first.first == region) {
+    out.push_back(it->second.ev);
+    it = live_.erase(it);
+  }
+  return out;
+}
+
+std::vector<FaultEvent> Channel::Abandon(const FaultEvent* evs, size_t n) {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<FaultEvent> out;
+  for (size_t i = 0; i < n; i++) {
+    auto it = live_.find(Key{evs[i].region, evs[i].offset});
+    if (it == live_.end()) continue;
+    out.push_back(it->second.ev);
+    live_.erase(it);
+  }
+  return out;
+}
+
+std::vector<FaultEvent> Channel::Expired(uint64_t now_ns, uint64_t timeout_ns) {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<FaultEvent> out;
+  for (auto it = live_.begin(); it != live_.end();) {
+    if (now_ns - it->second.ev.time_ns > timeout_ns) {
+      out.push_back(it->second.ev);
+      it = live_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return out;
+}
+
+size_t Channel::live() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return live_.size();
+}
+
+void Channel::MarkClosed() {
+  std::lock_guard<std::mutex> n(notify_mu_);
+  closed_ = true;
+}
+
+// ---- Agent ----
+
+Agent* Agent::Get(Status* st) {
+  // Process-wide by nature (one userfaultfd serves every thread's regions), so this
+  // one object is deliberately static and never destroyed: its reader thread must
+  // outlive every environment that uses it.
+  static std::mutex mu;
+  static Agent* agent = nullptr;
+  static Status* failure = nullptr;
+  std::lock_guard<std::mutex> g(mu);
+  if (agent != nullptr) {
+    *st = Status::Ok();
+    return agent;
+  }
+  if (failure != nullptr) {
+    *st = *failure;
+    return nullptr;
+  }
+  Agent* a = new Agent();
+  Status s = a->Start();
+  if (!s.ok()) {
+    delete a;
+    failure = new Status(s);
+    *st = s;
+    return nullptr;
+  }
+  agent = a;
+  *st = Status::Ok();
+  return agent;
+}
+
+Status Agent::Probe(UffdInfo* info) {
+  Uffd u;
+  Status s = u.Open();
+  if (s.ok()) *info = u.info();
+  return s;
+}
+
+Status Agent::Start() {
+  Status s = uffd_.Open();
+  if (!s.ok()) return s;
+  reader_ = std::thread([this] { ReaderLoop(); });
+  reader_id_ = reader_.get_id();
+  reader_.detach();
+  return Status::Ok();
+}
+
+void Agent::ReaderLoop() {
+  struct uffd_msg msgs[64];
+  uint64_t last_tick = MonotonicNs();
+  std::vector<std::shared_ptr<Channel>> touched;
+  for (;;) {
+    struct pollfd p = {uffd_.fd(), POLLIN, 0};
+    int timeout = deferred_.empty() ? 100 : 1;
+    int pr = poll(&p, 1, timeout);
+    uint64_t now = MonotonicNs();
+    if (pr > 0 && (p.revents & POLLIN)) {
+      ssize_t n = read(uffd_.fd(), msgs, sizeof msgs);
+      if (n > 0) {
+        stats_.batches++;
+        touched.clear();
+        size_t count = static_cast<size_t>(n) / sizeof(struct uffd_msg);
+        for (size_t i = 0; i < count; i++) {
+          const struct uffd_msg& m = msgs[i];
+          if (m.event == UFFD_EVENT_PAGEFAULT) {
+            HandleFault(m.arg.pagefault.address, m.arg.pagefault.flags, m.arg.pagefault.feat.ptid, now, &touched);
+          } else if (m.event == UFFD_EVENT_REMAP) {
+            stats_.remaps++;
+          }
+        }
+        std::sort(touched.begin(), touched.end());
+        touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
+        for (auto& ch : touched) {
+          if (!ch->Flush()) OrphanChannel(ch->id());
+        }
+      }
+    } else if (pr > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL))) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // cannot happen while the fd is open
+    }
+    if (!deferred_.empty()) RunDeferred();
+    if (now - last_tick >= 100000000ull) {
+      last_tick = now;
+      Watchdog(now);
+    }
+  }
+}
+
+void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t now,
+                        std::vector<std::shared_ptr<Channel>>* touched) {
+  stats_.events++;
+  uintptr_t page = addr & ~(kPage - 1);
+  std::shared_ptr<Region> r;
+  {
+    std::shared_lock<std::shared_mutex> g(reg_mu_);
+    auto it = by_base_.upper_bound(page);
+    if (it != by_base_.begin()) {
+      --it;
+      if (it->second->Contains(page)) r = it->second;
+    }
+  }
+  if (!r || r->state.load() != kRegionOpen) {
+    // Closed or closing: the thread retries and meets the retired reservation.
+    stats_.stray++;
+    uffd_.Wake(page, kPage);
+    return;
+  }
+  uint64_t off = page - r->base();
+  FaultEvent ev = {};
+  ev.region = r->id();
+  ev.flags = static_cast<uint16_t>(((kflags & UFFD_PAGEFAULT_FLAG_WRITE) ? kEvWrite : 0) |
+                                   ((kflags & UFFD_PAGEFAULT_FLAG_WP) ? kEvWp : 0));
+  ev.count = 1;
+  ev.offset = off;
+  ev.tid = tid;
+  ev.seq = seq_.fetch_add(1);
+  ev.time_ns = now;
+
+  DirectRange d;
+  std::shared_ptr<Channel> ch;
+  bool direct;
+  {
+    std::lock_guard<std::mutex> g(r->mu);
+    direct = r->FindDirect(off, &d);
+    ch = r->channel;
+  }
+  if (direct) {
+    std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
+    if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
+      uffd_.Wake(page, kPage);
+      return;
+    }
+    uint64_t pm = 0;
+    if (!(ev.flags & kEvWp) && ReadPagemap(page, 1, &pm) && (pm & kPmPresent) && (pm & kPmFile)) {
+      uffd_.Wake(page, kPage);  // a stale event: the window is already installed
+      stats_.merged++;
+      return;
+    }
+    uint64_t w = d.window < kPage ? kPage : d.window;
+    uint64_t ws = std::max(d.offset, off & ~(w - 1));
+    uint64_t we = std::min(d.offset + d.length, (off & ~(w - 1)) + w);
+    int e = r->Install(uffd_, ws, we - ws, *d.device, d.dev_offset + (ws - d.offset), d.flags, true);
+    if (e == 0) {
+      stats_.direct++;
+      if (ch) ch->Answered(r->id(), ws, we - ws);
+      return;
+    }
+    // Could not install (e.g. ENOMEM at vm.max_map_count): the handler decides.
+  }
+  if (!ch || ch->orphaned()) {
+    PoisonPage(r, off);
+    return;
+  }
+  switch (ch->Enqueue(ev)) {
+    case Channel::kOrphaned:
+      PoisonPage(r, off);
+      return;
+    case Channel::kMerged:
+      stats_.merged++;
+      return;
+    case Channel::kQueued:
+      stats_.delivered++;
+      touched->push_back(ch);
+      return;
+  }
+}
+
+void Agent::PoisonPage(const std::shared_ptr<Region>& r, uint64_t off) {
+  std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
+  if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
+    uffd_.Wake(r->base() + off, kPage);
+    return;
+  }
+  stats_.poisoned++;
+  if (OnReaderThread()) {
+    int e = r->Poison(uffd_, off, kPage, true);
+    if (e == EAGAIN) {
+      stats_.deferred++;
+      deferred_.emplace_back(r, off);
+    }
+  } else {
+    RetryEagain([&] { return r->Poison(uffd_, off, kPage, true); });
+  }
+}
+
+void Agent::PoisonEvents(const std::vector<FaultEvent>& evs) {
+  for (const FaultEvent& ev : evs) {
+    std::shared_ptr<Region> r = FindRegion(ev.region);
+    if (r) PoisonPage(r, ev.offset);
+  }
+}
+
+void Agent::RunDeferred() {
+  std::vector<std::pair<std::shared_ptr<Region>, uint64_t>> work;
+  work.swap(deferred_);
+  for (auto& [r, off] : work) {
+    stats_.poisoned--;  // counted again by PoisonPage
+    PoisonPage(r, off);
+  }
+}
+
+void Agent::Watchdog(uint64_t now) {
+  uint64_t timeout = fault_timeout_ns_.load();
+  std::vector<std::shared_ptr<Channel>> chans;
+  {
+    std::shared_lock<std::shared_mutex> g(reg_mu_);
+    for (auto& [id, ch] : channels_) chans.push_back(ch);
+  }
+  if (timeout != 0) {
+    for (auto& ch : chans) {
+      std::vector<FaultEvent> evs = ch->Expired(now, timeout);
+      stats_.timeouts += evs.size();
+      PoisonEvents(evs);
+    }
+  }
+  ReleaseGraves(now, false);
+}
+
+Status Agent::CreateRegion(uint64_t length, std::shared_ptr<Region>* out) {
+  std::shared_ptr<Region> r;
+  Status s = Region::Create(uffd_, next_region_.fetch_add(1), length, &r);
+  if (!s.ok()) return s;
+  {
+    std::unique_lock<std::shared_mutex> g(reg_mu_);
+    by_base_[r->base()] = r;
+    by_id_[r->id()] = r;
+  }
+  *out = r;
+  return Status::Ok();
+}
+
+std::shared_ptr<Region> Agent::FindRegion(uint32_t id) {
+  std::shared_lock<std::shared_mutex> g(reg_mu_);
+  auto it = by_id_.find(id);
+  return it == by_id_.end() ? nullptr : it->second;
+}
+
+Status Agent::CloseRegion(uint32_t id) {
+  std::shared_ptr<Region> r;
+  {
+    std::unique_lock<std::shared_mutex> g(reg_mu_);
+    auto it = by_id_.find(id);
+    if (it == by_id_.end()) return Status::Errno(ENOENT, "close region: no such region");
+    r = it->second;
+    by_id_.erase(it);
+    by_base_.erase(r->base());
+  }
+  r->state.store(kRegionClosing);
+  {
+    std::unique_lock<std::shared_mutex> ops(r->ops);
+    r->Retire(uffd_);
+  }
+  std::shared_ptr<Channel> ch;
+  {
+    std::lock_guard<std::mutex> g(r->mu);
+    ch = std::move(r->channel);
+    r->direct.clear();
+  }
+  if (ch) ch->DropRegion(id);  // their threads were woken by Retire
+  r->state.store(kRegionClosed);
+  Bury(r->base(), r->length());
+  return Status::Ok();
+}
+
+Status Agent::BindRegion(uint32_t region, uint32_t channel) {
+  std::shared_ptr<Region> r = FindRegion(region);
+  if (!r) return Status::Errno(ENOENT, "bind region: no such region");
+  std::shared_ptr<Channel> ch;
+  if (channel != 0) {
+    ch = FindChannel(channel);
+    if (!ch) return Status::Errno(ENOENT, "bind region: no such channel");
+  }
+  std::lock_guard<std::mutex> g(r->mu);
+  r->channel = std::move(ch);
+  return Status::Ok();
+}
+
+Status Agent::SetDirect(uint32_t region, const DirectRange& d) {
+  std::shared_ptr<Region> r = FindRegion(region);
+  if (!r) return Status::Errno(ENOENT, "set direct range: no such region");
+  if (d.length == 0 || d.offset % kPage || d.length % kPage || d.offset > r->length() ||
+      d.length > r->length() - d.offset || d.dev_offset % kPage || !d.device ||
+      d.dev_offset > d.device->size() || d.length > d.device->size() - d.dev_offset ||
+      (d.window & (d.window - 1)) != 0) {
+    return Status::Errno(EINVAL, "set direct range: range outside region or device, or bad window");
+  }
+  Status s = ClearDirect(region, d.offset, d.length);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> g(r->mu);
+  auto pos = std::lower_bound(r->direct.begin(), r->direct.end(), d,
+                              [](const DirectRange& a, const DirectRange& b) { return a.offset < b.offset; });
+  r->direct.insert(pos, d);
+  return Status::Ok();
+}
+
+Status Agent::ClearDirect(uint32_t region, uint64_t off, uint64_t len) {
+  std::shared_ptr<Region> r = FindRegion(region);
+  if (!r) return Status::Errno(ENOENT, "clear direct range: no such region");
+  std::lock_guard<std::mutex> g(r->mu);
+  std::vector<DirectRange> out;
+  uint64_t end = off + len;
+  for (const DirectRange& d : r->direct) {
+    uint64_t dend = d.offset + d.length;
+    if (dend <= off || d.offset >= end) {
+      out.push_back(d);
+      continue;
+    }
+    if (d.offset < off) {
+      DirectRange head = d;
+      head.length = off - d.offset;
+      out.push_back(head);
+    }
+    if (dend > end) {
+      DirectRange tail = d;
+      tail.offset = end;
+      tail.length = dend - end;
+      tail.dev_offset = d.dev_offset + (end - d.offset);
+      out.push_back(tail);
+    }
+  }
+  r->direct.swap(out);
+  return Status::Ok();
+}
+
+void Agent::AddChannel(std::shared_ptr<Channel> ch) {
+  std::unique_lock<std::shared_mutex> g(reg_mu_);
+  channels_[ch->id()] = std::move(ch);
+}
+
+std::shared_ptr<Channel> Agent::FindChannel(uint32_t id) {
+  std::shared_lock<std::shared_mutex> g(reg_mu_);
+  auto it = channels_.find(id);
+  return it == channels_.end() ? nullptr : it->second;
+}
+
+void Agent::OrphanChannel(uint32_t id) {
+  std::shared_ptr<Channel> ch;
+  {
+    std::unique_lock<std::shared_mutex> g(reg_mu_);
+    auto it = channels_.find(id);
+    if (it == channels_.end()) return;
+    ch = std::move(it->second);
+    channels_.erase(it);
+  }
+  PoisonEvents(ch->Orphan());
+}
+
+long Agent::Execute(const uint8_t* buf, size_t len, int32_t* results, size_t max_results) {
+  size_t pos = 0;
+  long i = 0;
+  while (pos < len) {
+    if (len - pos < sizeof(Answer)) return -EINVAL;
+    Answer a;
+    memcpy(&a, buf + pos, sizeof a);
+    pos += sizeof a;
+    size_t padded = (static_cast<size_t>(a.payload) + 7) & ~size_t{7};
+    if (padded > len - pos) return -EINVAL;
+    const uint8_t* payload = buf + pos;
+    pos += padded;
+    bool raced = false;
+    int e = ExecuteOne(a, a.payload ? payload : nullptr, &raced);
+    if (static_cast<size_t>(i) < max_results) results[i] = e != 0 ? -e : (raced ? kResultRaced : 0);
+    i++;
+  }
+  return i;
+}
+
+int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
+  stats_.answers++;
+  std::shared_ptr<Region> r = FindRegion(a.region);
+  if (!r) {
+    stats_.answer_errors++;
+    return ENXIO;
+  }
+  if (a.length == 0 || a.offset % kPage || a.length % kPage || a.offset > r->length() ||
+      a.length > r->length() - a.offset) {
+    stats_.answer_errors++;
+    return EINVAL;
+  }
+  std::shared_lock<std::shared_mutex> ops(r->ops);
+  if (r->state.load() != kRegionOpen) {
+    stats_.answer_errors++;
+    return ENXIO;
+  }
+  bool wake = !(a.flags & kAnsNoWake);
+  int e = 0;
+  switch (a.op) {
+    case kOpInstall: {
+      std::shared_ptr<Device> dev = DeviceRegistry::Find(a.device);
+      e = dev ? r->Install(uffd_, a.offset, a.length, *dev, a.dev_offset, a.flags, wake) : ENODEV;
+      break;
+    }
+    case kOpZero:
+      e = RetryEagain([&] { return r->Zero(uffd_, a.offset, a.length, (a.flags & kAnsWp) != 0, wake, raced); });
+      break;
+    case kOpCopy: {
+      const void* src = nullptr;
+      std::shared_ptr<Device> dev;
+      if (a.flags & kAnsFromDevice) {
+        dev = DeviceRegistry::Find(a.device);
+        if (!dev || dev->view() == nullptr || a.dev_offset > dev->size() || a.length > dev->size() - a.dev_offset) {
+          e = dev ? EINVAL : ENODEV;
+          break;
+        }
+        src = dev->view() + a.dev_offset;
+      } else {
+        if (payload == nullptr || a.payload < a.length) {
+          e = EINVAL;
+          break;
+        }
+        src = payload;
+      }
+      e = RetryEagain([&] { return r->Copy(uffd_, a.offset, a.length, src, (a.flags & kAnsWp) != 0, wake); });
+      break;
+    }
+    case kOpPoison:
+      e = RetryEagain([&] { return r->Poison(uffd_, a.offset, a.length, wake); });
+      break;
+    case kOpRevoke:
+      e = OnReaderThread() ? EDEADLK : r->Revoke(uffd_, a.offset, a.length);
+      break;
+    case kOpWake:
+      e = r->Wake(uffd_, a.offset, a.length);
+      break;
+    case kOpUnprotect:
+      e = RetryEagain([&] { return r->Unprotect(uffd_, a.offset, a.length); });
+      break;
+    default:
+      e = EINVAL;
+  }
+  if (e != 0) {
+    stats_.answer_errors++;
+    return e;
+  }
+  if (a.op != kOpRevoke && wake) {
+    std::shared_ptr<Channel> ch;
+    {
+      std::lock_guard<std::mutex> g(r->mu);
+      ch = r->channel;
+    }
+    if (ch) ch->Answered(r->id(), a.offset, a.length);
+  }
+  return 0;
+}
+
+void Agent::Bury(uintptr_t base, uint64_t len) {
+  uint64_t now = MonotonicNs();
+  {
+    std::lock_guard<std::mutex> g(grave_mu_);
+    graveyard_.emplace_back(now, std::make_pair(base, len));
+  }
+  ReleaseGraves(now, false);
+}
+
+void Agent::ReleaseGraves(uint64_t now, bool all) {
+  std::lock_guard<std::mutex> g(grave_mu_);
+  while (!graveyard_.empty() && (all || now - graveyard_.front().first > kGraceNs)) {
+    munmap(reinterpret_cast<void*>(graveyard_.front().second.first), graveyard_.front().second.second);
+    graveyard_.pop_front();
+  }
+}
+
+}  // namespace daxmap

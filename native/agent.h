@@ -1,0 +1,174 @@
+// The fault agent: one per process. It owns the userfaultfd, a reader thread that
+// reads fault events in batches and routes each to the channel of its region (or
+// answers it natively from the region's direct table), and the registries of
+// regions, devices and channels. Answers are executed by Execute() on the caller's
+// thread, never on the reader (revoke's mremap waits for the reader).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "device.h"
+#include "frames.h"
+#include "region.h"
+#include "status.h"
+#include "uffd.h"
+
+namespace daxmap {
+
+// Where a region's faults go. Events for the same page are merged while one is
+// queued or being handled (the handler's answer wakes every thread waiting on the
+// page), so two threads faulting one page get one answer.
+class Channel {
+ public:
+  explicit Channel(uint32_t id) : id_(id) {}
+  virtual ~Channel() = default;
+  uint32_t id() const { return id_; }
+
+  enum EnqueueResult { kOrphaned, kQueued, kMerged };
+  // Reader thread. kOrphaned: nobody will answer, the caller poisons the fault.
+  EnqueueResult Enqueue(const FaultEvent& ev);
+  // Reader thread, after a batch: tell the handler there is work. False if the
+  // handler is gone (the channel is then orphaned by the caller).
+  bool Flush();
+  // Handler side: move up to `max` queued events out; they stay live (outstanding)
+  // until an answer covers their page.
+  size_t Take(FaultEvent* out, size_t max);
+  // An answer for [off, off+len) of `region` ran: its waiters were woken.
+  void Answered(uint32_t region, uint64_t off, uint64_t len);
+  // The handler is gone: every live event is returned for poisoning.
+  std::vector<FaultEvent> Orphan();
+  std::vector<FaultEvent> DropRegion(uint32_t region);
+  // The handler gave up on these events: those not yet answered are removed and
+  // returned (for poisoning); answered ones are left alone.
+  std::vector<FaultEvent> Abandon(const FaultEvent* evs, size_t n);
+  // Live events older than `timeout_ns`, removed and returned (watchdog).
+  std::vector<FaultEvent> Expired(uint64_t now_ns, uint64_t timeout_ns);
+  bool orphaned() const { return orphaned_.load(std::memory_order_acquire); }
+  size_t live() const;
+
+ protected:
+  // Signal the handler (e.g. a thread-safe function call). Called with notify_mu_
+  // held, never after MarkClosed(). False if the handler is gone.
+  virtual bool Notify() = 0;
+  // After this returns Notify() is never called again.
+  void MarkClosed();
+
+ private:
+  using Key = std::pair<uint32_t, uint64_t>;
+  struct Live {
+    FaultEvent ev;
+    bool taken;
+  };
+  uint32_t id_;
+  mutable std::mutex mu_;
+  std::map<Key, Live> live_;
+  std::deque<Key> queue_;
+  bool pending_notify_ = false;  // events queued since the handler last drained
+  bool notified_ = false;        // a notification is in flight
+  std::mutex notify_mu_;
+  bool closed_ = false;          // guarded by notify_mu_
+  std::atomic<bool> orphaned_{false};
+};
+
+struct AgentStats {
+  std::atomic<uint64_t> events{0};      // page faults read
+  std::atomic<uint64_t> batches{0};     // reads that returned events
+  std::atomic<uint64_t> merged{0};      // faults merged into a live event of the same page
+  std::atomic<uint64_t> direct{0};      // answered natively from a direct table
+  std::atomic<uint64_t> delivered{0};   // events handed to channels
+  std::atomic<uint64_t> poisoned{0};    // faults answered with SIGBUS by the agent itself
+  std::atomic<uint64_t> timeouts{0};    // faults the watchdog answered
+  std::atomic<uint64_t> deferred{0};    // agent answers deferred by EAGAIN
+  std::atomic<uint64_t> answers{0};     // answers executed
+  std::atomic<uint64_t> answer_errors{0};
+  std::atomic<uint64_t> remaps{0};      // REMAP events (one per revoke)
+  std::atomic<uint64_t> stray{0};       // faults outside any live region
+};
+
+class Agent {
+ public:
+  // The process's agent, created (userfaultfd opened, reader started) on first use.
+  // A failure is remembered and returned on every later call.
+  static Agent* Get(Status* st);
+  // Only checks that userfaultfd can be opened with our features.
+  static Status Probe(UffdInfo* info);
+
+  const Uffd& uffd() const { return uffd_; }
+  AgentStats& stats() { return stats_; }
+
+  Status CreateRegion(uint64_t length, std::shared_ptr<Region>* out);
+  std::shared_ptr<Region> FindRegion(uint32_t id);
+  Status CloseRegion(uint32_t id);
+  Status BindRegion(uint32_t region, uint32_t channel);
+  Status SetDirect(uint32_t region, const DirectRange& d);
+  Status ClearDirect(uint32_t region, uint64_t off, uint64_t len);
+
+  // Answers each event's page with SIGBUS (skipping closed regions).
+  void PoisonEvents(const std::vector<FaultEvent>& evs);
+
+  uint32_t NextChannelId() { return next_channel_.fetch_add(1); }
+  void AddChannel(std::shared_ptr<Channel> ch);
+  std::shared_ptr<Channel> FindChannel(uint32_t id);
+  // Poisons every live event of the channel and forgets it.
+  void OrphanChannel(uint32_t id);
+
+  // Executes a buffer of Answer frames (with payloads). results[i] gets 0, -errno,
+  // or kResultRaced for the i-th answer. Returns the number of answers parsed, or
+  // -EINVAL for a malformed buffer (answers before the bad frame ran).
+  long Execute(const uint8_t* buf, size_t len, int32_t* results, size_t max_results);
+
+  void set_fault_timeout_ms(uint64_t ms) { fault_timeout_ns_.store(ms * 1000000ull); }
+  uint64_t fault_timeout_ms() const { return fault_timeout_ns_.load() / 1000000ull; }
+  bool OnReaderThread() const { return std::this_thread::get_id() == reader_id_; }
+
+ private:
+  Agent() = default;
+  Status Start();
+  void ReaderLoop();
+  void HandleFault(uint64_t addr, uint64_t flags, uint32_t tid, uint64_t now,
+                   std::vector<std::shared_ptr<Channel>>* touched);
+  // Agent-side poison of one page on the reader thread; deferred on EAGAIN.
+  void PoisonPage(const std::shared_ptr<Region>& r, uint64_t off);
+  void RunDeferred();
+  void Watchdog(uint64_t now);
+  int ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced);
+
+  Uffd uffd_;
+  AgentStats stats_;
+  std::thread reader_;
+  std::thread::id reader_id_;
+  std::atomic<uint32_t> seq_{1};
+  std::atomic<uint32_t> next_region_{1};
+  std::atomic<uint32_t> next_channel_{1};
+  std::atomic<uint64_t> fault_timeout_ns_{30ull * 1000000000ull};
+
+  std::shared_mutex reg_mu_;
+  std::map<uintptr_t, std::shared_ptr<Region>> by_base_;
+  std::unordered_map<uint32_t, std::shared_ptr<Region>> by_id_;
+  std::unordered_map<uint32_t, std::shared_ptr<Channel>> channels_;
+
+  // Reader-thread only: poisons that met EAGAIN (a REMAP event not yet read).
+  std::vector<std::pair<std::shared_ptr<Region>, uint64_t>> deferred_;
+
+  // Retired regions' PROT_NONE reservations, released after a grace period so a
+  // system call still holding a pointer into one fails with EFAULT instead of
+  // touching memory that was handed out again.
+  std::mutex grave_mu_;
+  std::deque<std::pair<uint64_t, std::pair<uintptr_t, uint64_t>>> graveyard_;
+  void Bury(uintptr_t base, uint64_t len);
+  void ReleaseGraves(uint64_t now, bool all);
+};
+
+uint64_t MonotonicNs();
+
+}  // namespace daxmap

@@ -1,0 +1,108 @@
+// JS surface of devices: open (lock, map), views as Buffers, persist, close.
+#include "device.h"
+#include "binding/common.h"
+
+namespace daxmap {
+
+namespace {
+
+bool BoolOpt(Napi::Object o, const char* k, bool dflt) {
+  Napi::Value v = o.Get(k);
+  return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : dflt;
+}
+
+// deviceOpen(path, { create, size, exclusive, view, writable })
+Napi::Value DeviceOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].ToString().Utf8Value();
+  DeviceOptions opts;
+  if (info.Length() > 1 && info[1].IsObject()) {
+    Napi::Object o = info[1].As<Napi::Object>();
+    opts.create = BoolOpt(o, "create", false);
+    opts.exclusive = BoolOpt(o, "exclusive", false);
+    opts.view = BoolOpt(o, "view", true);
+    opts.writable = BoolOpt(o, "writable", true);
+    Napi::Value sz = o.Get("size");
+    if (sz.IsNumber()) opts.size = static_cast<uint64_t>(sz.As<Napi::Number>().DoubleValue());
+  }
+  Device* raw = nullptr;
+  Status s = Device::Open(path, opts, &raw);
+  if (!s.ok()) {
+    ThrowStatus(env, s);
+    return env.Undefined();
+  }
+  std::shared_ptr<Device> dev(raw);
+  uint32_t id = DeviceRegistry::Add(dev);
+  GetEnvData(env)->devices.insert(id);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", Napi::Number::New(env, id));
+  o.Set("size", Napi::Number::New(env, static_cast<double>(dev->size())));
+  o.Set("kind", Napi::String::New(env, dev->kind_name()));
+  o.Set("mapSync", Napi::Boolean::New(env, dev->map_sync()));
+  o.Set("align", Napi::Number::New(env, static_cast<double>(dev->align())));
+  return o;
+}
+
+std::shared_ptr<Device> OwnedDevice(Napi::Env env, uint32_t id, const char* what) {
+  EnvData* d = GetEnvData(env);
+  if (d->devices.count(id) == 0) {
+    ThrowErrno(env, EPERM, std::string(what) + ": device " + std::to_string(id) + " belongs to another thread or is closed");
+    return nullptr;
+  }
+  std::shared_ptr<Device> dev = DeviceRegistry::Find(id);
+  if (!dev) ThrowErrno(env, ENOENT, std::string(what) + ": no such device");
+  return dev;
+}
+
+// deviceView(id, offset, length) → Buffer aliasing the device mapping
+Napi::Value DeviceView(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0);
+  std::shared_ptr<Device> dev = OwnedDevice(env, id, "device view");
+  if (!dev) return env.Undefined();
+  uint64_t off = U64Arg(info, 1), len = U64Arg(info, 2);
+  if (dev->view() == nullptr || off > dev->size() || len > dev->size() - off) {
+    ThrowErrno(env, EINVAL, "device view: range outside the mapped device");
+    return env.Undefined();
+  }
+  Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, dev->view() + off, len);
+  napi_ref ref;
+  napi_create_reference(env, buf.ArrayBuffer(), 0, &ref);
+  GetEnvData(env)->device_views[id].push_back(ref);
+  return buf;
+}
+
+Napi::Value DevicePersist(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "persist");
+  if (!dev) return env.Undefined();
+  Status s = dev->Persist(U64Arg(info, 1), U64Arg(info, 2));
+  if (!s.ok()) ThrowStatus(env, s);
+  return env.Undefined();
+}
+
+Napi::Value DeviceClose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0);
+  EnvData* d = GetEnvData(env);
+  if (d->devices.count(id) == 0) return env.Undefined();  // idempotent
+  auto it = d->device_views.find(id);
+  if (it != d->device_views.end()) {
+    DetachAll(env, it->second);
+    d->device_views.erase(it);
+  }
+  d->devices.erase(id);
+  DeviceRegistry::Remove(id);
+  return env.Undefined();
+}
+
+}  // namespace
+
+void InitDevice(Napi::Env env, Napi::Object exports) {
+  exports.Set("deviceOpen", Napi::Function::New(env, DeviceOpen, "deviceOpen"));
+  exports.Set("deviceView", Napi::Function::New(env, DeviceView, "deviceView"));
+  exports.Set("devicePersist", Napi::Function::New(env, DevicePersist, "devicePersist"));
+  exports.Set("deviceClose", Napi::Function::New(env, DeviceClose, "deviceClose"));
+}
+
+}  // namespace daxmap

@@ -1,0 +1,241 @@
+// Device open/lock/map and the persistence primitives.
+#include "device.h"
+
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#include "uffd_compat.h"
+
+namespace daxmap {
+
+namespace {
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t k2M = 2ull << 20;
+
+bool ReadSysU64(const std::string& path, uint64_t* out) {
+  FILE* f = fopen(path.c_str(), "re");
+  if (f == nullptr) return false;
+  unsigned long long v = 0;
+  bool ok = fscanf(f, "%llu", &v) == 1;
+  fclose(f);
+  if (ok) *out = v;
+  return ok;
+}
+
+Status Fail(int e, const std::string& what, const std::string& path) {
+  return Status::Errno(e, what + " '" + path + "'");
+}
+
+#if defined(__x86_64__)
+enum class FlushInsn { kClwb, kClflushopt, kClflush };
+
+FlushInsn DetectFlush() {
+  unsigned a, b, c, d;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    if (b & (1u << 24)) return FlushInsn::kClwb;
+    if (b & (1u << 23)) return FlushInsn::kClflushopt;
+  }
+  return FlushInsn::kClflush;
+}
+
+__attribute__((target("clwb"))) void FlushClwb(uintptr_t p, uintptr_t end) {
+  for (; p < end; p += 64) _mm_clwb(reinterpret_cast<void*>(p));
+}
+__attribute__((target("clflushopt"))) void FlushClflushopt(uintptr_t p, uintptr_t end) {
+  for (; p < end; p += 64) _mm_clflushopt(reinterpret_cast<void*>(p));
+}
+void FlushClflush(uintptr_t p, uintptr_t end) {
+  for (; p < end; p += 64) _mm_clflush(reinterpret_cast<void*>(p));
+}
+#endif
+}  // namespace
+
+void FlushCacheLines(const void* ptr, size_t len) {
+#if defined(__x86_64__)
+  static const FlushInsn insn = DetectFlush();
+  uintptr_t p = reinterpret_cast<uintptr_t>(ptr) & ~uintptr_t{63};
+  uintptr_t end = reinterpret_cast<uintptr_t>(ptr) + len;
+  switch (insn) {
+    case FlushInsn::kClwb: FlushClwb(p, end); break;
+    case FlushInsn::kClflushopt: FlushClflushopt(p, end); break;
+    case FlushInsn::kClflush: FlushClflush(p, end); break;
+  }
+  _mm_sfence();
+#else
+  // No user-space cache flush known here: fall back to the ordering guarantee
+  // only; Persist() uses msync for such mappings instead.
+  (void)ptr;
+  (void)len;
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+const char* Device::kind_name() const {
+  switch (kind_) {
+    case DeviceKind::kFile: return "file";
+    case DeviceKind::kTmpfs: return "tmpfs";
+    case DeviceKind::kDevDax: return "devdax";
+  }
+  return "file";
+}
+
+Device::~Device() {
+  if (view_ != nullptr) munmap(view_, size_);
+  if (fd_ >= 0) close(fd_);  // also releases the flock (unless an installed mapping still holds the file)
+}
+
+Status Device::Open(const std::string& path, const DeviceOptions& opts, Device** out) {
+  Device* d = new Device();
+  d->path_ = path;
+  d->writable_ = opts.writable;
+  auto fail = [&](Status s) {
+    delete d;
+    return s;
+  };
+  int oflags = (opts.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+  bool created = false;
+  d->fd_ = open(path.c_str(), oflags);
+  if (d->fd_ < 0 && errno == ENOENT && opts.create) {
+    d->fd_ = open(path.c_str(), oflags | O_CREAT | O_EXCL, 0600);
+    created = d->fd_ >= 0;
+  }
+  if (d->fd_ < 0) return fail(Fail(errno, "open device", path));
+
+  if (opts.exclusive && flock(d->fd_, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno == EWOULDBLOCK ? EBUSY : errno;
+    return fail(Status::Errno(e, "lock device '" + path + "' (another daxmap service holds it)"));
+  }
+
+  struct stat st;
+  if (fstat(d->fd_, &st) != 0) return fail(Fail(errno, "stat device", path));
+  if (S_ISCHR(st.st_mode)) {
+    char sys[96];
+    snprintf(sys, sizeof sys, "/sys/dev/char/%u:%u", major(st.st_rdev), minor(st.st_rdev));
+    uint64_t sz = 0;
+    if (!ReadSysU64(std::string(sys) + "/size", &sz)) {
+      return fail(Status::Errno(ENODEV, "device '" + path + "' is a character device but not device-dax (no " +
+                                            sys + "/size)"));
+    }
+    d->kind_ = DeviceKind::kDevDax;
+    d->align_ = k2M;
+    uint64_t a = 0;
+    if (ReadSysU64(std::string(sys) + "/align", &a) && a >= kPage) d->align_ = a;
+    d->size_ = sz - sz % d->align_;
+  } else if (S_ISREG(st.st_mode)) {
+    struct statfs fs;
+    if (fstatfs(d->fd_, &fs) != 0) return fail(Fail(errno, "statfs device", path));
+    d->kind_ = static_cast<unsigned long>(fs.f_type) == TMPFS_MAGIC ? DeviceKind::kTmpfs : DeviceKind::kFile;
+    uint64_t sz = static_cast<uint64_t>(st.st_size);
+    if ((created || sz == 0) && opts.create) {
+      if (opts.size == 0 || opts.size % kPage != 0) {
+        if (created) unlink(path.c_str());
+        return fail(Status::Errno(EINVAL, "create device '" + path + "': size must be a positive multiple of 4096"));
+      }
+      if (ftruncate(d->fd_, static_cast<off_t>(opts.size)) != 0) {
+        int e = errno;
+        if (created) unlink(path.c_str());
+        return fail(Fail(e, "size device", path));
+      }
+      // A sparse regular file would turn a full host filesystem into SIGBUS on a
+      // store through the mapping; reserve the blocks now and fail with ENOSPC
+      // instead. tmpfs is left sparse: reserving would spend the memory up front.
+      if (d->kind_ == DeviceKind::kFile) {
+        int e = posix_fallocate(d->fd_, 0, static_cast<off_t>(opts.size));
+        if (e != 0 && e != EOPNOTSUPP) {
+          if (created) unlink(path.c_str());
+          return fail(Fail(e, "reserve space for device", path));
+        }
+      }
+      sz = opts.size;
+    }
+    d->size_ = sz - sz % kPage;
+  } else {
+    return fail(Status::Errno(ENODEV, "device '" + path + "' is neither a regular file nor a device-dax character device"));
+  }
+
+  if (opts.view && d->size_ > 0) {
+    int prot = PROT_READ | (opts.writable ? PROT_WRITE : 0);
+    void* p = MAP_FAILED;
+    if (opts.writable) {
+      p = mmap(nullptr, d->size_, prot, MAP_SHARED_VALIDATE | MAP_SYNC, d->fd_, 0);
+      if (p != MAP_FAILED) d->map_sync_ = true;
+    }
+    if (p == MAP_FAILED) p = mmap(nullptr, d->size_, prot, MAP_SHARED, d->fd_, 0);
+    if (p == MAP_FAILED) return fail(Fail(errno, "map device", path));
+    d->view_ = static_cast<uint8_t*>(p);
+    if (d->kind_ == DeviceKind::kDevDax) d->map_sync_ = true;  // device-dax stores go straight to media
+  }
+  *out = d;
+  return Status::Ok();
+}
+
+Status Device::Persist(uint64_t off, uint64_t len) const {
+  if (len == 0) return Status::Ok();
+  if (off > size_ || len > size_ - off) return Status::Errno(EINVAL, "persist range outside device '" + path_ + "'");
+  if (view_ == nullptr) {
+    if (fdatasync(fd_) != 0) return Fail(errno, "fdatasync device", path_);
+    return Status::Ok();
+  }
+#if defined(__x86_64__)
+  if (map_sync_) {
+    FlushCacheLines(view_ + off, len);
+    return Status::Ok();
+  }
+#endif
+  uint64_t start = off & ~(kPage - 1);
+  uint64_t end = off + len;
+  if (msync(view_ + start, end - start, MS_SYNC) != 0) return Fail(errno, "msync device", path_);
+  return Status::Ok();
+}
+
+namespace {
+// Process-wide by nature: ids cross threads. Never destroyed (see Agent::Get).
+struct Registry {
+  std::mutex mu;
+  uint32_t next = 1;
+  std::unordered_map<uint32_t, std::shared_ptr<Device>> devices;
+};
+Registry& TheRegistry() {
+  static Registry* r = new Registry();
+  return *r;
+}
+}  // namespace
+
+uint32_t DeviceRegistry::Add(std::shared_ptr<Device> dev) {
+  Registry& r = TheRegistry();
+  std::lock_guard<std::mutex> g(r.mu);
+  uint32_t id = r.next++;
+  r.devices[id] = std::move(dev);
+  return id;
+}
+
+std::shared_ptr<Device> DeviceRegistry::Find(uint32_t id) {
+  Registry& r = TheRegistry();
+  std::lock_guard<std::mutex> g(r.mu);
+  auto it = r.devices.find(id);
+  return it == r.devices.end() ? nullptr : it->second;
+}
+
+void DeviceRegistry::Remove(uint32_t id) {
+  Registry& r = TheRegistry();
+  std::lock_guard<std::mutex> g(r.mu);
+  r.devices.erase(id);
+}
+
+}  // namespace daxmap

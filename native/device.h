@@ -1,0 +1,73 @@
+// A device file the pool lives in: a regular file, a tmpfs file, or a /dev/dax
+// character device. Opened once, locked, mapped MAP_SHARED as the service's
+// direct-access view; the same fd is what fault answers install from.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "status.h"
+
+namespace daxmap {
+
+enum class DeviceKind { kFile, kTmpfs, kDevDax };
+
+struct DeviceOptions {
+  bool create = false;     // create a regular/tmpfs file at `size` if it does not exist
+  uint64_t size = 0;       // for create
+  bool exclusive = false;  // take an exclusive flock; EBUSY if another holder exists
+  bool view = true;        // map the whole device MAP_SHARED for direct access
+  bool writable = true;
+};
+
+class Device {
+ public:
+  ~Device();
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  static Status Open(const std::string& path, const DeviceOptions& opts, Device** out);
+
+  int fd() const { return fd_; }
+  uint64_t size() const { return size_; }
+  DeviceKind kind() const { return kind_; }
+  const char* kind_name() const;
+  bool map_sync() const { return map_sync_; }
+  // Install granularity: devdax mappings must be aligned to it (2 MiB); else a page.
+  uint64_t align() const { return align_; }
+  uint8_t* view() const { return view_; }
+  bool writable() const { return writable_; }
+  const std::string& path() const { return path_; }
+
+  // Make [off, off+len) durable: cache-line write-back + fence for MAP_SYNC
+  // mappings, else msync(MS_SYNC) of the covering pages.
+  Status Persist(uint64_t off, uint64_t len) const;
+
+ private:
+  Device() = default;
+  std::string path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  DeviceKind kind_ = DeviceKind::kFile;
+  bool map_sync_ = false;
+  bool writable_ = true;
+  uint64_t align_ = 4096;
+  uint8_t* view_ = nullptr;
+};
+
+// Process-wide table of open devices by id: fault answers name a device by id, and
+// any thread may execute them. Independent of userfaultfd, so pool tools (fsck)
+// work where userfaultfd is unavailable.
+class DeviceRegistry {
+ public:
+  static uint32_t Add(std::shared_ptr<Device> dev);
+  static std::shared_ptr<Device> Find(uint32_t id);
+  static void Remove(uint32_t id);
+};
+
+// Flush CPU caches for [p, p+len) to the persistence domain and fence.
+void FlushCacheLines(const void* p, size_t len);
+
+}  // namespace daxmap

@@ -1,0 +1,70 @@
+// The binary frames that carry fault events out of the agent and answers back in.
+// Fixed-size, little-endian (the host order on every platform daxmap runs on), so the
+// same bytes serve an in-process handler (a JS worker) and a UNIX socket to the daemon.
+// lib/native/frames.ts mirrors these layouts; keep the two in step.
+#pragma once
+
+#include <cstdint>
+
+namespace daxmap {
+
+constexpr uint32_t kFrameVersion = 1;
+
+enum EventFlags : uint16_t {
+  kEvWrite = 1 << 0,   // the access was a write
+  kEvWp = 1 << 1,      // a write-protect fault (the page is present, protected)
+  kEvKernel = 1 << 2,  // reserved: the kernel does not say; kept for the wire format
+};
+
+// One trapped fault, page-aligned. Faults on the same page read in one batch are
+// coalesced into one event with count > 1.
+struct FaultEvent {
+  uint32_t region;   // region id
+  uint16_t flags;    // EventFlags
+  uint16_t count;    // faults coalesced into this event
+  uint64_t offset;   // page offset within the region
+  uint32_t tid;      // faulting thread (first one)
+  uint32_t seq;      // agent sequence number
+  uint64_t time_ns;  // CLOCK_MONOTONIC when the agent read it
+};
+static_assert(sizeof(FaultEvent) == 32, "FaultEvent is a 32-byte wire frame");
+
+enum AnswerOp : uint8_t {
+  kOpInstall = 1,    // mmap a device range MAP_FIXED over [offset, +length), then wake
+  kOpZero = 2,       // the shared zero page (optionally write-protected), then wake
+  kOpCopy = 3,       // UFFDIO_COPY bytes (payload, or from the device view), then wake
+  kOpPoison = 4,     // SIGBUS for the faulting access(es)
+  kOpRevoke = 5,     // replace [offset, +length) with fresh trapped memory, then wake
+  kOpWake = 6,       // wake threads waiting on [offset, +length)
+  kOpUnprotect = 7,  // clear write protection (private write to a zero page), wake
+};
+
+enum AnswerFlags : uint8_t {
+  kAnsWritable = 1 << 0,  // install: PROT_WRITE
+  kAnsPrivate = 1 << 1,   // install: MAP_PRIVATE (copy-on-write by the kernel)
+  kAnsPopulate = 1 << 2,  // install: MADV_POPULATE_{WRITE,READ} before waking
+  kAnsWp = 1 << 3,        // zero/copy: write-protected, so a later write traps
+  kAnsNoWake = 1 << 4,    // do not wake (a later answer will)
+  kAnsFromDevice = 1 << 5,// copy: source is the device view at dev_offset
+  kAnsAdopt = 1 << 6,     // install: first copy the present pages of the range into the device
+};
+
+// One answer. COPY with a literal payload is followed by `payload` bytes, padded to 8.
+struct Answer {
+  uint8_t op;          // AnswerOp
+  uint8_t flags;       // AnswerFlags
+  uint16_t reserved;
+  uint32_t region;
+  uint64_t offset;     // within the region, page-aligned
+  uint64_t length;     // page multiple
+  uint32_t device;     // device id (install, copy from device)
+  uint32_t payload;    // bytes of payload that follow this header
+  uint64_t dev_offset; // offset within the device
+  uint64_t tag;        // opaque to the agent; echoed with the result
+};
+static_assert(sizeof(Answer) == 48, "Answer is a 48-byte wire frame");
+
+// Result codes beside 0 / -errno.
+constexpr int32_t kResultRaced = 1;  // zero: a racing write landed before write-protection
+
+}  // namespace daxmap

@@ -1,0 +1,180 @@
+// Trapped regions and the answers that resolve their faults.
+#include "region.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "frames.h"
+#include "uffd_compat.h"
+
+namespace daxmap {
+
+namespace {
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t k2M = 2ull << 20;
+}  // namespace
+
+bool ReadPagemap(uintptr_t addr, size_t npages, uint64_t* out) {
+  static int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);  // process-wide, never closed
+  if (fd < 0) return false;
+  size_t want = npages * sizeof(uint64_t);
+  ssize_t n = pread(fd, out, want, static_cast<off_t>((addr / kPage) * sizeof(uint64_t)));
+  return n == static_cast<ssize_t>(want);
+}
+
+Status Region::Create(const Uffd& uffd, uint32_t id, uint64_t length, std::shared_ptr<Region>* out) {
+  if (length == 0 || length % kPage != 0) return Status::Errno(EINVAL, "create region: length must be a positive page multiple");
+  // Reserve 2 MiB extra and trim, so the region is 2 MiB aligned and whole 2 MiB
+  // windows can be installed in it.
+  uint64_t span = length + k2M;
+  void* p = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return Status::Errno(errno, "reserve region address space");
+  uintptr_t raw = reinterpret_cast<uintptr_t>(p);
+  uintptr_t base = (raw + k2M - 1) & ~(k2M - 1);
+  if (base > raw) munmap(p, base - raw);
+  uintptr_t end = base + length;
+  if (raw + span > end) munmap(reinterpret_cast<void*>(end), raw + span - end);
+  int e = uffd.Register(base, length);
+  if (e != 0) {
+    munmap(reinterpret_cast<void*>(base), length);
+    return Status::Errno(e, "register region with userfaultfd");
+  }
+  std::shared_ptr<Region> r(new Region());
+  r->id_ = id;
+  r->base_ = base;
+  r->length_ = length;
+  *out = std::move(r);
+  return Status::Ok();
+}
+
+bool Region::FindDirect(uint64_t offset, DirectRange* out) {
+  for (const DirectRange& d : direct) {
+    if (offset >= d.offset && offset - d.offset < d.length) {
+      *out = d;
+      return true;
+    }
+  }
+  return false;
+}
+
+int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
+                    bool wake) {
+  if (dev_off > dev.size() || len > dev.size() - dev_off) return EINVAL;
+  if (dev.kind() == DeviceKind::kDevDax && ((base_ + off) % dev.align() || dev_off % dev.align() || len % dev.align())) {
+    return EINVAL;  // device-dax only maps whole, aligned extents
+  }
+  bool writable = (flags & kAnsWritable) != 0;
+  bool priv = (flags & kAnsPrivate) != 0;
+  if (writable && !priv && !dev.writable()) return EACCES;
+  if (flags & kAnsAdopt) {
+    // The range holds private pages with data that belongs in the device (a write
+    // that raced a zero-page answer). They are write-protected, so nothing changes
+    // them while we copy; only present pages are read (a missing one would fault
+    // this very thread).
+    if (dev.view() == nullptr) return EINVAL;
+    size_t n = len / kPage;
+    std::vector<uint64_t> pm(n);
+    if (!ReadPagemap(base_ + off, n, pm.data())) return EIO;
+    for (size_t i = 0; i < n; i++) {
+      if ((pm[i] & kPmPresent) && (pm[i] & kPmExclusive)) {
+        memcpy(dev.view() + dev_off + i * kPage, reinterpret_cast<void*>(base_ + off + i * kPage), kPage);
+      }
+    }
+  }
+  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+  int mflags = (priv ? MAP_PRIVATE : MAP_SHARED) | MAP_FIXED;
+  void* p = mmap(reinterpret_cast<void*>(base_ + off), len, prot, mflags, dev.fd(), static_cast<off_t>(dev_off));
+  if (p == MAP_FAILED) return errno;  // ENOMEM here is usually vm.max_map_count: reported, never retried
+  if (flags & kAnsPopulate) {
+    // Best effort: a page that cannot be populated faults in the kernel as usual.
+    int adv = (writable && !priv) ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+    (void)madvise(p, len, adv);
+  }
+  if (wake) u.Wake(base_ + off, len);
+  return 0;
+}
+
+int Region::Zero(const Uffd& u, uint64_t off, uint64_t len, bool wp, bool wake, bool* raced) {
+  *raced = false;
+  size_t n = len / kPage;
+  // Pages already present before this answer are not ours to judge.
+  std::vector<uint64_t> before(n), after(n);
+  bool have_before = wp && ReadPagemap(base_ + off, n, before.data());
+  int e = u.ZeroPages(base_ + off, len);
+  if (e != 0) return e;
+  if (wp) {
+    e = u.WriteProtect(base_ + off, len, true);
+    if (e != 0) return e;
+    // Between placing the zero page and protecting it, a write from a thread that
+    // did not fault could have copied-on-write it into a private page. Detect it.
+    if (have_before && ReadPagemap(base_ + off, n, after.data())) {
+      for (size_t i = 0; i < n; i++) {
+        if (!(before[i] & kPmPresent) && (after[i] & kPmPresent) && (after[i] & kPmExclusive)) *raced = true;
+      }
+    }
+  }
+  if (wake) u.Wake(base_ + off, len);
+  return 0;
+}
+
+int Region::Copy(const Uffd& u, uint64_t off, uint64_t len, const void* src, bool wp, bool wake) {
+  int e = u.Copy(base_ + off, src, len, wp);
+  if (e != 0) return e;
+  if (wake) u.Wake(base_ + off, len);
+  return 0;
+}
+
+int Region::Poison(const Uffd& u, uint64_t off, uint64_t len, bool wake) {
+  // A present page (the zero page under a write fault) cannot take a poison marker;
+  // drop it first. Its contents were zeros or are being discarded by this answer.
+  size_t n = len / kPage;
+  std::vector<uint64_t> pm(n);
+  if (ReadPagemap(base_ + off, n, pm.data())) {
+    for (size_t i = 0; i < n; i++) {
+      if (pm[i] & kPmPresent) (void)madvise(reinterpret_cast<void*>(base_ + off + i * kPage), kPage, MADV_DONTNEED);
+    }
+  }
+  int e = u.Poison(base_ + off, len);
+  if (e != 0) return e;
+  if (wake) u.Wake(base_ + off, len);
+  return 0;
+}
+
+int Region::Unprotect(const Uffd& u, uint64_t off, uint64_t len) {
+  int e = u.WriteProtect(base_ + off, len, false);
+  if (e != 0) return e;
+  u.Wake(base_ + off, len);
+  return 0;
+}
+
+int Region::Wake(const Uffd& u, uint64_t off, uint64_t len) { return u.Wake(base_ + off, len); }
+
+int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len) {
+  void* spare = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (spare == MAP_FAILED) return errno;
+  int e = u.Register(reinterpret_cast<uintptr_t>(spare), len);
+  if (e != 0) {
+    munmap(spare, len);
+    return e;
+  }
+  void* to = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(base_ + off));
+  if (to == MAP_FAILED) {
+    e = errno;
+    munmap(spare, len);
+    return e;
+  }
+  u.Wake(base_ + off, len);
+  return 0;
+}
+
+void Region::Retire(const Uffd& u) {
+  void* p = mmap(reinterpret_cast<void*>(base_), length_, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  (void)p;  // if even this fails the registration stays and waiters are woken below
+  u.Wake(base_, length_);
+}
+
+}  // namespace daxmap

@@ -1,0 +1,90 @@
+// A trapped region: reserved address space registered MISSING|WP with the agent's
+// userfaultfd, and the answers that resolve faults in it. Mechanism only: which
+// answer a fault gets is decided elsewhere.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <vector>
+
+#include "device.h"
+#include "status.h"
+#include "uffd.h"
+
+namespace daxmap {
+
+class Channel;
+
+// A range answered by the agent itself, without a round trip to the handler: a
+// fault inside it installs the covering window of the device range and wakes.
+struct DirectRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  std::shared_ptr<Device> device;
+  uint64_t dev_offset = 0;
+  uint8_t flags = 0;      // AnswerFlags: kAnsWritable, kAnsPrivate, kAnsPopulate
+  uint64_t window = 4096; // bytes installed per fault (aligned within the region)
+};
+
+enum RegionState : int { kRegionOpen = 0, kRegionClosing = 1, kRegionClosed = 2 };
+
+class Region {
+ public:
+  ~Region() = default;
+  static Status Create(const Uffd& uffd, uint32_t id, uint64_t length, std::shared_ptr<Region>* out);
+
+  uint32_t id() const { return id_; }
+  uintptr_t base() const { return base_; }
+  uint64_t length() const { return length_; }
+  bool Contains(uintptr_t addr) const { return addr >= base_ && addr - base_ < length_; }
+
+  std::atomic<int> state{kRegionOpen};
+  // Executors hold it shared; close holds it exclusive, so no answer runs on a
+  // region being retired.
+  std::shared_mutex ops;
+
+  // Guarded by mu.
+  std::mutex mu;
+  std::shared_ptr<Channel> channel;
+  std::vector<DirectRange> direct;  // sorted by offset, non-overlapping
+  bool FindDirect(uint64_t offset, DirectRange* out);
+
+  // The executors. Each returns 0 or a positive errno. `wake` wakes the threads
+  // waiting on the range once the answer is in place. Ranges are page-aligned and
+  // inside the region (checked by the caller).
+  int Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
+              bool wake);
+  // raced: set when a write from another thread slipped in between placing the zero
+  // page and write-protecting it; that page now holds private data (zeros plus the
+  // write) and must be adopted into a block (an install with kAnsAdopt).
+  int Zero(const Uffd& u, uint64_t off, uint64_t len, bool wp, bool wake, bool* raced);
+  int Copy(const Uffd& u, uint64_t off, uint64_t len, const void* src, bool wp, bool wake);
+  int Poison(const Uffd& u, uint64_t off, uint64_t len, bool wake);
+  int Unprotect(const Uffd& u, uint64_t off, uint64_t len);
+  int Wake(const Uffd& u, uint64_t off, uint64_t len);
+  // Atomically replaces the range with fresh trapped memory (a registered spare moved
+  // in with mremap) so the next touch faults again. Must not run on the thread that
+  // reads the userfaultfd: mremap waits until the REMAP event is read.
+  int Revoke(const Uffd& u, uint64_t off, uint64_t len);
+  // Close: replace the whole region with an inaccessible reservation, then wake every
+  // waiter (it retries and meets PROT_NONE: EFAULT in a syscall, SIGSEGV otherwise).
+  void Retire(const Uffd& u);
+
+ private:
+  Region() = default;
+  uint32_t id_ = 0;
+  uintptr_t base_ = 0;
+  uint64_t length_ = 0;
+};
+
+// Pagemap bits for [addr, addr + n pages): true if read. Bit 63 present, bit 56
+// exclusively mapped (a private anonymous page, not the shared zero page).
+bool ReadPagemap(uintptr_t addr, size_t npages, uint64_t* out);
+constexpr uint64_t kPmPresent = 1ull << 63;
+constexpr uint64_t kPmExclusive = 1ull << 56;
+constexpr uint64_t kPmFile = 1ull << 61;
+
+}  // namespace daxmap
