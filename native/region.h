@@ -67,7 +67,9 @@ class Region {
   int Wake(const Uffd& u, uint64_t off, uint64_t len);
   // Atomically replaces the range with fresh trapped memory (a registered spare moved
   // in with mremap) so the next touch faults again. Must not run on the thread that
-  // reads the userfaultfd: mremap waits until the REMAP event is read.
+  // reads the userfaultfd: mremap waits until the REMAP event is read. mremap also
+  // refuses (ENOMEM) within 3 mappings of vm.max_map_count, so callers keep their
+  // installed windows well below the limit; ENOMEM is reported, never retried.
   int Revoke(const Uffd& u, uint64_t off, uint64_t len);
   // Close: replace the whole region with an inaccessible reservation, then wake every
   // waiter (it retries and meets PROT_NONE: EFAULT in a syscall, SIGSEGV otherwise).

@@ -66,6 +66,7 @@ export interface NativeAddon {
   agentStats(): AgentStats;
   agentConfigure(options: { faultTimeoutMs?: number }): void;
   monotonicNow(): bigint;
+  sigbusReport(enable: boolean): void;
   deviceOpen(path: string, options: DeviceOpenOptions): DeviceInfo;
   deviceView(id: number, offset: number, length: number): Buffer;
   devicePersist(id: number, offset: number, length: number): void;

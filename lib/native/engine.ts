@@ -31,6 +31,15 @@ export function monotonicNow(): bigint {
   return native().monotonicNow();
 }
 
+/**
+ * With `enable`, a SIGBUS (a fault daxmap answered with SIGBUS: beyond EOF, or a
+ * fault that could not be satisfied) prints "daxmap: SIGBUS at 0x<address>" to
+ * stderr before the process dies of it. Also switched on by DAXMAP_SIGBUS_REPORT=1.
+ */
+export function reportSigbus(enable = true): void {
+  native().sigbusReport(enable);
+}
+
 let results = new Int32Array(64);
 
 /**

@@ -1,6 +1,9 @@
 // JS surface of the fault agent: userfaultfd probe, channels (a thread-safe
 // function that tells a JS handler "events are waiting"), taking events, executing
 // answers, statistics.
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "agent.h"
@@ -185,6 +188,40 @@ Napi::Value AgentConfigure(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// A SIGBUS from a daxmap answer (beyond EOF, an unsatisfiable fault) kills the
+// process like the kernel's own would; with the reporter on, the address is printed
+// to stderr first. Async-signal-safe: formats by hand and uses write(2).
+void SigbusReporter(int sig, siginfo_t* si, void*) {
+  char msg[64] = "daxmap: SIGBUS at 0x";
+  size_t n = strlen(msg);
+  uintptr_t a = reinterpret_cast<uintptr_t>(si->si_addr);
+  char hex[17];
+  int h = 0;
+  do {
+    hex[h++] = "0123456789abcdef"[a & 15];
+    a >>= 4;
+  } while (a != 0 && h < 16);
+  while (h > 0) msg[n++] = hex[--h];
+  msg[n++] = '\n';
+  (void)!write(2, msg, n);
+  // Back to the default action: returning re-executes the access, which raises
+  // SIGBUS again and ends the process with it.
+  signal(sig, SIG_DFL);
+}
+
+Napi::Value SigbusReport(const Napi::CallbackInfo& info) {
+  struct sigaction sa = {};
+  if (info[0].ToBoolean().Value()) {
+    sa.sa_sigaction = SigbusReporter;
+    sa.sa_flags = SA_SIGINFO;
+  } else {
+    sa.sa_handler = SIG_DFL;
+  }
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, nullptr);
+  return info.Env().Undefined();
+}
+
 Napi::Value MonotonicNow(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), MonotonicNs());
 }
@@ -201,6 +238,7 @@ void InitAgent(Napi::Env env, Napi::Object exports) {
   exports.Set("execute", Napi::Function::New(env, Execute, "execute"));
   exports.Set("agentStats", Napi::Function::New(env, AgentStatsJs, "agentStats"));
   exports.Set("agentConfigure", Napi::Function::New(env, AgentConfigure, "agentConfigure"));
+  exports.Set("sigbusReport", Napi::Function::New(env, SigbusReport, "sigbusReport"));
   exports.Set("monotonicNow", Napi::Function::New(env, MonotonicNow, "monotonicNow"));
 }
 

@@ -1,0 +1,131 @@
+// Test helpers for the native engine: a handler worker with a request/response
+// protocol, devices in tmpfs and on disk, and child-process runners.
+import { Worker } from 'node:worker_threads';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import os from 'node:os';
+import fs from 'node:fs';
+import { openDevice, type DeviceStorage } from '../../dist/device/device';
+
+export const DIST = path.resolve(__dirname, '../../dist');
+export const FIXTURES = path.join(__dirname, 'fixtures');
+
+export interface Rule {
+  mode: 'install' | 'zero' | 'copy' | 'poison' | 'ignore' | 'zero-then-install';
+  device?: number;
+  devBase?: number;
+  window?: number;
+  populate?: boolean;
+  delayMs?: number;
+  payloadByte?: number;
+}
+
+export interface Report {
+  log: [number, number, number, number, number, number][];
+  answersPerPage: [string, number][];
+}
+
+export class Handler {
+  private seq = 0;
+  private waiters = new Map<number, (m: any) => void>();
+  private constructor(readonly worker: Worker, readonly channel: number) {
+    worker.on('message', (m: any) => {
+      const w = this.waiters.get(m.seq);
+      if (w) {
+        this.waiters.delete(m.seq);
+        w(m);
+      }
+    });
+  }
+
+  static async start(): Promise<Handler> {
+    const worker = new Worker(path.join(FIXTURES, 'handler-worker.js'));
+    const ready = await new Promise<any>((res, rej) => {
+      worker.once('message', res);
+      worker.once('error', rej);
+    });
+    return new Handler(worker, ready.channel);
+  }
+
+  /** The object a TrappedRegion binds to. */
+  get ref(): { id: number } {
+    return { id: this.channel };
+  }
+
+  private request(msg: object): Promise<any> {
+    const seq = ++this.seq;
+    return new Promise((res) => {
+      this.waiters.set(seq, res);
+      this.worker.postMessage({ ...msg, seq });
+    });
+  }
+
+  rule(region: number, rule: Rule): Promise<void> {
+    return this.request({ type: 'rule', region, rule });
+  }
+
+  forget(region: number): Promise<void> {
+    return this.request({ type: 'forget', region });
+  }
+
+  report(): Promise<Report> {
+    return this.request({ type: 'report' });
+  }
+
+  execute(answers: object[]): Promise<number[]> {
+    return this.request({ type: 'execute', answers }).then((m) => m.results);
+  }
+
+  closeChannel(): Promise<void> {
+    return this.request({ type: 'close' });
+  }
+
+  async stop(): Promise<void> {
+    await this.worker.terminate();
+  }
+}
+
+let counter = 0;
+/** A fresh device file in tmpfs or on the disk filesystem, removed by the returned cleanup. */
+export function tempDevice(kind: 'tmpfs' | 'disk', size: number): { dev: DeviceStorage; path: string; cleanup: () => void } {
+  const dir = kind === 'tmpfs' ? '/dev/shm' : os.tmpdir();
+  const p = path.join(dir, `daxmap-test-${process.pid}-${Date.now()}-${counter++}.dev`);
+  const dev = openDevice(p, { create: true, size });
+  return {
+    dev,
+    path: p,
+    cleanup: () => {
+      dev.close();
+      fs.rmSync(p, { force: true });
+    },
+  };
+}
+
+export interface ChildResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a fixture script in a child process (a behaviour that kills a process is tested there). */
+export function runChild(script: string, args: string[] = [], opts: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<ChildResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), path.join(FIXTURES, script), ...args], {
+      env: { ...process.env, ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
+      ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 30000);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
