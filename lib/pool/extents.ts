@@ -1,0 +1,177 @@
+// A file's extent map: sorted, non-overlapping runs of file blocks mapped to device
+// blocks, each unwritten or written; gaps are holes. Kept as a list of small sorted
+// leaves so a file with a million extents still updates in microseconds.
+
+import { STATE_UNWRITTEN, STATE_WRITTEN, type ExtentStateCode } from './log';
+
+export interface Extent {
+  readonly fb: number;
+  readonly len: number;
+  readonly dev: number;
+  readonly state: ExtentStateCode;
+}
+
+/** Longest single extent, so lengths fit the checkpoint's u32 field. */
+export const MAX_EXTENT_BLOCKS = 2 ** 31;
+const LEAF_MAX = 128;
+const LEAF_FILL = 64;
+
+export class ExtentMap {
+  private leaves: Extent[][] = [];
+  private n = 0;
+  private blockCount = 0;
+
+  get count(): number { return this.n; }
+  /** Blocks mapped (written or unwritten). */
+  get blocks(): number { return this.blockCount; }
+
+  /** Index of the leaf that holds fb, or would: the last leaf whose first extent starts at or before fb (0 if none). */
+  private leafFor(fb: number): number {
+    const L = this.leaves;
+    let lo = 0;
+    let hi = L.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (L[mid]![0]!.fb <= fb) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  /** The extent that contains fb, or null. */
+  find(fb: number): Extent | null {
+    if (this.n === 0) return null;
+    const leaf = this.leaves[this.leafFor(fb)]!;
+    let lo = 0;
+    let hi = leaf.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const e = leaf[mid]!;
+      if (e.fb + e.len <= fb) lo = mid + 1;
+      else if (e.fb > fb) hi = mid - 1;
+      else return e;
+    }
+    return null;
+  }
+
+  /** The first extent that ends after fb (the one containing fb or the next one), or null. */
+  next(fb: number): Extent | null {
+    if (this.n === 0) return null;
+    let li = this.leafFor(fb);
+    for (; li < this.leaves.length; li++) {
+      for (const e of this.leaves[li]!) if (e.fb + e.len > fb) return e;
+    }
+    return null;
+  }
+
+  /** Extents overlapping [fb, end), in order (whole extents, not clipped). */
+  overlapping(fb: number, end: number): Extent[] {
+    const out: Extent[] = [];
+    if (this.n === 0 || end <= fb) return out;
+    for (let li = this.leafFor(fb); li < this.leaves.length; li++) {
+      for (const e of this.leaves[li]!) {
+        if (e.fb >= end) return out;
+        if (e.fb + e.len > fb) out.push(e);
+      }
+    }
+    return out;
+  }
+
+  last(): Extent | null {
+    const l = this.leaves[this.leaves.length - 1];
+    return l ? l[l.length - 1]! : null;
+  }
+
+  all(): Extent[] {
+    return this.leaves.flat();
+  }
+
+  /** Map [fb, fb+len) to dev.. with `state`, replacing what was there; returns the replaced pieces (clipped). */
+  set(fb: number, len: number, dev: number, state: ExtentStateCode): Extent[] {
+    return this.replace(fb, fb + len, { fb, len, dev, state });
+  }
+
+  /** Make [fb, end) a hole; returns the removed pieces (clipped). */
+  clear(fb: number, end: number): Extent[] {
+    return this.replace(fb, end, null);
+  }
+
+  private replace(fb: number, end: number, ins: Extent | null): Extent[] {
+    const removed: Extent[] = [];
+    if (this.n === 0) {
+      if (ins) { this.leaves = [[ins]]; this.n = 1; this.blockCount = ins.len; this.splitLong(); }
+      return removed;
+    }
+    // a window of leaves that covers the range plus one neighbour on each side
+    const a = Math.max(0, this.leafFor(fb) - 1);
+    const b = Math.min(this.leaves.length - 1, this.leafFor(end) + 1);
+    const win: Extent[] = [];
+    for (let li = a; li <= b; li++) for (const e of this.leaves[li]!) win.push(e);
+    const out: Extent[] = [];
+    let placed = ins === null;
+    for (const e of win) {
+      const eEnd = e.fb + e.len;
+      if (eEnd <= fb) { out.push(e); continue; }
+      if (e.fb >= end) {
+        if (!placed) { out.push(ins!); placed = true; }
+        out.push(e);
+        continue;
+      }
+      // overlaps: keep the parts outside, report the part inside
+      const s = Math.max(e.fb, fb);
+      const t = Math.min(eEnd, end);
+      removed.push({ fb: s, len: t - s, dev: e.dev + (s - e.fb), state: e.state });
+      if (e.fb < fb) out.push({ fb: e.fb, len: fb - e.fb, dev: e.dev, state: e.state });
+      if (eEnd > end) {
+        if (!placed) { out.push(ins!); placed = true; }
+        out.push({ fb: end, len: eEnd - end, dev: e.dev + (end - e.fb), state: e.state });
+      }
+    }
+    if (!placed) out.push(ins!);
+    // merge neighbours that continue each other in file and device with the same state
+    const merged: Extent[] = [];
+    for (const e of out) {
+      const p = merged[merged.length - 1];
+      if (p && p.fb + p.len === e.fb && p.dev + p.len === e.dev && p.state === e.state && p.len + e.len <= MAX_EXTENT_BLOCKS) {
+        merged[merged.length - 1] = { fb: p.fb, len: p.len + e.len, dev: p.dev, state: p.state };
+      } else {
+        merged.push(e);
+      }
+    }
+    let oldBlocks = 0;
+    for (const e of win) oldBlocks += e.len;
+    let newBlocks = 0;
+    for (const e of merged) newBlocks += e.len;
+    const leaves: Extent[][] = [];
+    for (let i = 0; i < merged.length; i += LEAF_FILL) leaves.push(merged.slice(i, i + LEAF_FILL));
+    this.leaves.splice(a, b - a + 1, ...leaves);
+    this.n += merged.length - win.length;
+    this.blockCount += newBlocks - oldBlocks;
+    if (leaves.some((l) => l.length > LEAF_MAX)) this.splitLong();
+    return removed;
+  }
+
+  private splitLong(): void {
+    // only reachable with an inserted extent longer than MAX_EXTENT_BLOCKS (never in practice)
+    this.leaves = this.leaves.filter((l) => l.length > 0);
+  }
+
+  /** Structural self-check for fsck and tests: sorted, non-overlapping, counters right. */
+  check(): string | null {
+    let prevEnd = -1;
+    let n = 0;
+    let blocks = 0;
+    for (const leaf of this.leaves) {
+      if (leaf.length === 0) return 'empty leaf';
+      for (const e of leaf) {
+        if (!(e.len > 0) || e.fb < 0 || (e.state !== STATE_UNWRITTEN && e.state !== STATE_WRITTEN)) return `bad extent ${JSON.stringify(e)}`;
+        if (e.fb < prevEnd) return `extents overlap or are unsorted at file block ${e.fb}`;
+        prevEnd = e.fb + e.len;
+        n++;
+        blocks += e.len;
+      }
+    }
+    if (n !== this.n || blocks !== this.blockCount) return 'extent counters disagree';
+    return null;
+  }
+}

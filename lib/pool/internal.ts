@@ -1,0 +1,61 @@
+// Internal entry points for the fault policy (lib/fault/, issue 4). Not part of the
+// public API. Lock order: the caller holds the file's range lock (class 'range')
+// over the window it works on, may then take its entry lock (class 'entry'); the
+// functions here take 'alloc' then 'log' themselves.
+
+import type { Storage } from '../device/storage';
+import type { RangeLock } from '../lock/index';
+import { coreOf, inodeOf, type Pool, type PoolFile } from './pool';
+import type { DeviceExtent, Inode, Invalidator, LookupResult, PoolCore } from './core';
+
+export type { DeviceExtent, Inode, Invalidator, LookupResult, PoolCore };
+
+export interface EnsureWrittenOptions {
+  /** Return only after the metadata that makes the blocks reachable is durable (MAP_SYNC semantics). */
+  sync?: boolean;
+  /** Allocate whole 2 MiB groups for whole aligned 2 MiB file chunks (device offset congruent to file offset). */
+  preferAligned?: boolean;
+}
+
+export interface PoolInternals {
+  /** The device: `view(deviceOffset, length)` for direct access, `deviceId` for installs. */
+  readonly storage: Storage;
+  /** The inode behind a public file handle. */
+  inode(file: PoolFile): Inode;
+  /** The file's byte-range lock (class 'range'), the outermost lock of any fault on it. */
+  rangeLock(file: Inode): RangeLock;
+  /** Current size in bytes (read it again after taking the range lock). */
+  fileSize(file: Inode): number;
+  /** The extent covering `offset`. Caller holds the range lock over it. */
+  lookup(file: Inode, offset: number): LookupResult;
+  /**
+   * Device extents for [offset, offset+length) (rounded out to blocks), after
+   * allocating holes and converting unwritten blocks: zeroed, zeroing persisted,
+   * then recorded written. Idempotent under the allocator lock: blocks already
+   * written are never zeroed again. EINVAL past the EOF block, ENOSPC with nothing
+   * changed. Caller holds the range lock over the range.
+   */
+  ensureWritten(file: Inode, offset: number, length: number, opts?: EnsureWrittenOptions): Promise<DeviceExtent[]>;
+  /**
+   * Register the hook destructive operations (truncate down, punch hole, zero range,
+   * unlink, rename over a file) await with the file's range lock held exclusive,
+   * before any block is freed or zeroed. null restores the default no-op.
+   */
+  setInvalidator(fn: Invalidator | null): void;
+  /** The core itself (fsck, tests). */
+  readonly core: PoolCore;
+}
+
+export function poolInternals(pool: Pool): PoolInternals {
+  const core = coreOf(pool);
+  return {
+    storage: core.storage,
+    core,
+    inode: (file) => inodeOf(file),
+    rangeLock: (file) => file.rangeLock,
+    fileSize: (file) => file.size,
+    lookup: (file, offset) => core.lookup(file, offset),
+    ensureWritten: (file, offset, length, opts = {}) => core.ensureWritten(file, offset, length, opts),
+    setInvalidator: (fn) => { core.invalidator = fn ?? (async () => {}); },
+  };
+}

@@ -1,0 +1,54 @@
+// Byte access to a Storage across its 1 GiB view chunks, and little-endian helpers
+// for 64-bit fields (stored as two u32 so values stay plain safe-integer numbers).
+
+import { CHUNK_SIZE, type Storage } from '../device/storage';
+
+/** Copy [offset, offset+length) out of storage (a view when it lies inside one chunk). */
+export function readBytes(s: Storage, offset: number, length: number, copy = false): Buffer {
+  if (length === 0) return Buffer.alloc(0);
+  const c0 = Math.floor(offset / CHUNK_SIZE);
+  const c1 = Math.floor((offset + length - 1) / CHUNK_SIZE);
+  if (c0 === c1) {
+    const v = s.view(offset, length);
+    return copy ? Buffer.from(v) : v;
+  }
+  const out = Buffer.allocUnsafe(length);
+  for (let done = 0; done < length;) {
+    const off = offset + done;
+    const n = Math.min(CHUNK_SIZE - (off % CHUNK_SIZE), length - done);
+    s.view(off, n).copy(out, done);
+    done += n;
+  }
+  return out;
+}
+
+export function writeBytes(s: Storage, offset: number, src: Uint8Array, srcStart = 0, length = src.length - srcStart): void {
+  for (let done = 0; done < length;) {
+    const off = offset + done;
+    const n = Math.min(CHUNK_SIZE - (off % CHUNK_SIZE), length - done);
+    s.view(off, n).set(src.subarray(srcStart + done, srcStart + done + n));
+    done += n;
+  }
+}
+
+export function fillBytes(s: Storage, offset: number, length: number, value = 0): void {
+  for (let done = 0; done < length;) {
+    const off = offset + done;
+    const n = Math.min(CHUNK_SIZE - (off % CHUNK_SIZE), length - done);
+    s.view(off, n).fill(value);
+    done += n;
+  }
+}
+
+const TWO32 = 0x1_0000_0000;
+
+export function writeU64(b: Buffer, off: number, v: number): void {
+  b.writeUInt32LE(v % TWO32, off);
+  b.writeUInt32LE(Math.floor(v / TWO32), off + 4);
+}
+
+export function readU64(b: Buffer, off: number): number {
+  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * TWO32;
+}
+
+export const align8 = (n: number): number => (n + 7) & ~7;

@@ -1,0 +1,271 @@
+// The public Pool / PoolFile API over PoolCore. Every call is async and runs as one
+// lock-validator operation; argument checks happen here or in the core before any
+// lock is taken.
+
+import { existsSync, statSync } from 'node:fs';
+import { daxError, isDaxError } from '../errors';
+import type { Storage } from '../device/storage';
+import { openDevice } from '../device/device';
+import { withOperation } from '../lock/index';
+import { PoolCore, formatStorage, readSuperblock, type Inode } from './core';
+import type { FormatOptions } from './format';
+
+export interface CreateOptions {
+  /** Bytes for a new regular/tmpfs device file (default 1 GiB). An existing file keeps its size. */
+  size?: number;
+  /** Format over an existing pool. */
+  force?: boolean;
+}
+
+export interface FileStat {
+  name: string;
+  size: number;
+  /** Bytes of blocks mapped (written and unwritten). */
+  allocated: number;
+  extents: { offset: number; length: number; state: 'written' | 'unwritten' }[];
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeMs: number;
+}
+
+export interface StatFs {
+  /** Bytes in the data area. */
+  size: number;
+  /** Bytes not owned by any file. */
+  free: number;
+  blockSize: number;
+}
+
+export const DEFAULT_POOL_SIZE = 1 << 30;
+
+const cores = new WeakMap<Pool, PoolCore>();
+const inodes = new WeakMap<PoolFile, Inode>();
+
+/** The core behind a public Pool (internal: the fault policy and fsck use it). */
+export function coreOf(pool: Pool): PoolCore {
+  const c = cores.get(pool);
+  if (!c) throw daxError('EINVAL', 'not a Pool');
+  return c;
+}
+
+/** The inode behind a public PoolFile (internal). */
+export function inodeOf(file: PoolFile): Inode {
+  const i = inodes.get(file);
+  if (!i) throw daxError('EINVAL', 'not a PoolFile');
+  return i;
+}
+
+function busy(path: string, cause: unknown): Error {
+  return daxError('EBUSY', `pool '${path}' is in use by another service (another process, or another thread of this one). ` +
+    `A pool has one owner at a time: to share it, run the daemon (daxmapd --device ${path}) and connect to it with Pool.connect(socketPath)`, { cause, path });
+}
+
+function openStorage(path: string, create: boolean, size: number): Storage {
+  try {
+    return openDevice(path, { create, size, exclusive: true });
+  } catch (e) {
+    if (isDaxError(e, 'EBUSY')) throw busy(path, e);
+    if (isDaxError(e, 'ENOENT')) throw daxError('ENOENT', `no pool device at '${path}'`, { cause: e, path });
+    if (isDaxError(e) && !create) throw daxError('EBADF', `'${path}' cannot be opened as a pool device: ${e.message}`, { cause: e, path });
+    throw e;
+  }
+}
+
+export class Pool {
+  /** Operations in flight: close() waits for them. */
+  private readonly inflight = new Set<Promise<unknown>>();
+  private closing = false;
+
+  private constructor(core: PoolCore) {
+    cores.set(this, core);
+  }
+
+  /** Format a device (creating a regular/tmpfs file of `size` if missing), then open it. */
+  static async create(device: string, opts: CreateOptions = {}): Promise<Pool> {
+    return withOperation('pool.create', () => {
+      if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
+      const size = opts.size ?? DEFAULT_POOL_SIZE;
+      if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) throw daxError('EINVAL', `pool size must be a positive multiple of 4096, got ${String(opts.size)}`);
+      if (opts.size !== undefined && existsSync(device)) {
+        const st = statSync(device);
+        if (st.isFile() && st.size !== 0 && st.size !== size) {
+          throw daxError('EINVAL', `'${device}' exists with ${st.size} bytes, not the ${size} asked for: remove it first or leave out the size`, { path: device });
+        }
+      }
+      const storage = openStorage(device, true, size);
+      try {
+        return Pool.createOn(storage, opts);
+      } catch (e) {
+        storage.close();
+        throw e;
+      }
+    });
+  }
+
+  /** Open an existing pool: ENOENT if missing, EBADF if it is not a sound daxmap pool, EBUSY if owned. */
+  static async open(device: string): Promise<Pool> {
+    return withOperation('pool.open', () => {
+      if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
+      const storage = openStorage(device, false, 0);
+      try {
+        return Pool.openOn(storage);
+      } catch (e) {
+        storage.close();
+        throw e;
+      }
+    });
+  }
+
+  /** Internal: format a Storage (MemoryStorage in tests) and open it. */
+  static createOn(storage: Storage, opts: { force?: boolean } & FormatOptions = {}): Pool {
+    if (!opts.force && isPool(storage)) {
+      throw daxError('EEXIST', `'${storage.path}' already holds a daxmap pool (use force to format over it)`, { path: storage.path });
+    }
+    formatStorage(storage, opts);
+    return Pool.openOn(storage);
+  }
+
+  /** Internal: open a pool on a Storage. */
+  static openOn(storage: Storage): Pool {
+    return new Pool(PoolCore.open(storage));
+  }
+
+  /** Run a public call: one lock-validator operation, refused after close, waited for by close. */
+  private call<T>(name: string, fn: (core: PoolCore) => T | Promise<T>): Promise<T> {
+    const core = coreOf(this);
+    if (this.closing || core.closed) return Promise.reject(daxError('EBADF', `pool '${core.storage.path}' is closed`));
+    const p = withOperation(name, () => fn(core));
+    this.inflight.add(p);
+    const done = (): void => { this.inflight.delete(p); };
+    p.then(done, done);
+    return p;
+  }
+
+  /** @internal used by PoolFile */
+  fileCall<T>(name: string, fn: (core: PoolCore) => T | Promise<T>): Promise<T> {
+    return this.call(name, fn);
+  }
+
+  openFile(name: string, opts: { create?: boolean; exclusive?: boolean; mode?: number } = {}): Promise<PoolFile> {
+    return this.call('pool.openFile', async (core) => {
+      const inode = await core.createOrOpen(name, opts.create === true, opts);
+      return new PoolFile(this, inode);
+    });
+  }
+
+  unlink(name: string): Promise<void> {
+    return this.call('pool.unlink', (core) => core.unlink(name));
+  }
+
+  rename(from: string, to: string): Promise<void> {
+    return this.call('pool.rename', (core) => core.rename(from, to));
+  }
+
+  list(): Promise<string[]> {
+    return this.call('pool.list', (core) => [...core.names.keys()].sort());
+  }
+
+  statfs(): Promise<StatFs> {
+    return this.call('pool.statfs', (core) => core.statfs());
+  }
+
+  /** Make every file's data and all metadata durable. */
+  sync(): Promise<void> {
+    return this.call('pool.sync', (core) => core.sync(false));
+  }
+
+  get path(): string {
+    return coreOf(this).storage.path;
+  }
+
+  get closed(): boolean {
+    return this.closing || coreOf(this).closed;
+  }
+
+  /** Wait for calls in flight, flush, checkpoint, release the device. Idempotent. */
+  async close(): Promise<void> {
+    const core = coreOf(this);
+    if (this.closing) return;
+    this.closing = true;
+    await withOperation('pool.close', async () => {
+      while (this.inflight.size) await Promise.allSettled([...this.inflight]);
+      try {
+        await core.sync(true);
+      } finally {
+        core.closed = true;
+        core.storage.close();
+      }
+    });
+  }
+}
+
+/** True when the storage carries a daxmap superblock (valid or not). */
+export function isPool(storage: Storage): boolean {
+  try {
+    readSuperblock(storage);
+    return true;
+  } catch (e) {
+    return !(isDaxError(e, 'EBADF') && /not a daxmap pool|too small/.test(e.message));
+  }
+}
+
+export class PoolFile {
+  private closed = false;
+
+  /** @internal created by Pool.openFile */
+  constructor(private readonly pool: Pool, inode: Inode) {
+    inodes.set(this, inode);
+  }
+
+  /** The name the file had when opened or last renamed. */
+  get name(): string {
+    return inodeOf(this).name;
+  }
+
+  private call<T>(op: string, fn: (core: PoolCore, f: Inode) => T | Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(daxError('EBADF', `file '${this.name}' is closed`));
+    const f = inodeOf(this);
+    return this.pool.fileCall(op, (core) => fn(core, f));
+  }
+
+  stat(): Promise<FileStat> {
+    return this.call('file.stat', (core, f) => {
+      core.checkLive(f);
+      return { name: f.name, ...core.statFile(f), mode: f.mode, uid: f.uid, gid: f.gid, mtimeMs: f.mtimeMs };
+    });
+  }
+
+  truncate(size: number): Promise<void> {
+    return this.call('file.truncate', (core, f) => core.truncate(f, size));
+  }
+
+  fallocate(offset: number, length: number, opts: { keepSize?: boolean } = {}): Promise<void> {
+    return this.call('file.fallocate', (core, f) => core.fallocate(f, offset, length, opts.keepSize === true));
+  }
+
+  punchHole(offset: number, length: number): Promise<void> {
+    return this.call('file.punchHole', (core, f) => core.punchHole(f, offset, length));
+  }
+
+  zeroRange(offset: number, length: number, opts: { keepSize?: boolean } = {}): Promise<void> {
+    return this.call('file.zeroRange', (core, f) => core.zeroRange(f, offset, length, opts.keepSize === true));
+  }
+
+  write(data: Uint8Array, offset: number): Promise<number> {
+    return this.call('file.write', (core, f) => core.write(f, data, offset));
+  }
+
+  read(into: Uint8Array, offset: number): Promise<number> {
+    return this.call('file.read', (core, f) => core.read(f, into, offset));
+  }
+
+  fsync(): Promise<void> {
+    return this.call('file.fsync', (core, f) => core.fsync(f));
+  }
+
+  /** Release the handle (data is not flushed: fsync first when it matters). Idempotent. */
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}
