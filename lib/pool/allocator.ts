@@ -126,8 +126,9 @@ export class BlockAllocator {
   }
 
   private scanGroups(_n: number, want: (g: number) => boolean, grab: (s: number, l: number) => void, left: () => number, congruent: number | undefined): void {
+    const first = this.cursor;
     for (let k = 0; k < this.nGroups && left() > 0; k++) {
-      const g = (this.cursor + k) % this.nGroups;
+      const g = (first + k) % this.nGroups;
       if (!want(g)) continue;
       const base = this.dataStart + g * GROUP_BLOCKS;
       const end = base + this.groupSize(g);

@@ -38,7 +38,7 @@ export interface Geometry {
 }
 
 export interface FormatOptions {
-  /** Bytes of metadata log (default size/64 clamped to [1 MiB, 64 MiB]; the slack up to the 2 MiB data alignment is added). */
+  /** Bytes of metadata log (default size/64 clamped to [1 MiB, 64 MiB]). */
   logBytes?: number;
   /** File limit (default one per 64 KiB of device, at least 64). */
   maxFiles?: number;
@@ -59,9 +59,8 @@ export function computeGeometry(size: number, opts: FormatOptions = {}): Geometr
   const ckptBlocks = Math.ceil(ckptBytes / BLOCK_SIZE);
   const ckptStart = 2;
   const logStart = ckptStart + 2 * ckptBlocks;
-  const minLogBlocks = Math.ceil(logBytes / BLOCK_SIZE);
-  const dataStart = Math.ceil((logStart + minLogBlocks) / GROUP_BLOCKS) * GROUP_BLOCKS;
-  const logBlocks = dataStart - logStart;
+  const logBlocks = Math.ceil(logBytes / BLOCK_SIZE);
+  const dataStart = Math.ceil((logStart + logBlocks) / GROUP_BLOCKS) * GROUP_BLOCKS;
   const dataEnd = totalBlocks;
   if (dataEnd - dataStart < GROUP_BLOCKS / 2) {
     throw daxError('EINVAL', `pool size ${size} leaves no room for data after ${dataStart * BLOCK_SIZE} bytes of metadata`);
@@ -143,7 +142,7 @@ export function checkGeometry(g: Geometry, deviceSize: number): string | null {
   if (g.totalBlocks > devBlocks) return `pool of ${g.totalBlocks} blocks on a device of ${devBlocks} blocks (truncated device?)`;
   if (g.ckptStart !== 2) return `checkpoint area at block ${g.ckptStart}`;
   if (g.ckptBlocks < 1 || g.logStart !== g.ckptStart + 2 * g.ckptBlocks) return 'checkpoint/log areas inconsistent';
-  if (g.logBlocks < 16 || g.dataStart !== g.logStart + g.logBlocks) return 'log/data areas inconsistent';
+  if (g.logBlocks < 16 || g.dataStart < g.logStart + g.logBlocks || g.dataStart - (g.logStart + g.logBlocks) >= GROUP_BLOCKS) return 'log/data areas inconsistent';
   if (g.dataStart % GROUP_BLOCKS !== 0) return `data area at block ${g.dataStart} is not 2 MiB aligned`;
   if (g.dataEnd !== g.totalBlocks || g.dataEnd <= g.dataStart) return 'data area inconsistent';
   if (g.maxFiles < 1) return 'maxFiles is zero';

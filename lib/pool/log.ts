@@ -12,7 +12,7 @@ export const REC_HEADER = 8;
 /** Record flag: more records of the same transaction follow. */
 export const F_CONT = 1;
 
-export const enum RecType {
+export enum RecType {
   Session = 1,
   Create = 2,
   Unlink = 3,

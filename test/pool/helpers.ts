@@ -1,0 +1,54 @@
+// Shared helpers for pool tests: memory pools, a seeded PRNG, stamped data.
+import { MemoryStorage } from '../../dist/device/storage.js';
+import { Pool, coreOf } from '../../dist/pool/pool.js';
+
+export const B = 4096;
+
+export function memPool(size = 16 << 20, opts: { trackPersistence?: boolean; logBytes?: number; maxFiles?: number } = {}): { pool: Pool; storage: MemoryStorage } {
+  const storage = new MemoryStorage(size, { trackPersistence: opts.trackPersistence === true });
+  const fmt: { logBytes?: number; maxFiles?: number } = {};
+  if (opts.logBytes !== undefined) fmt.logBytes = opts.logBytes;
+  if (opts.maxFiles !== undefined) fmt.maxFiles = opts.maxFiles;
+  const pool = Pool.createOn(storage, fmt);
+  return { pool, storage };
+}
+
+/** Reopen a pool over the same bytes (a clean close must already have happened, or this models a crash with no loss). */
+export function reopenFrom(storage: MemoryStorage, img?: Buffer[], track = false): { pool: Pool; storage: MemoryStorage } {
+  const s = new MemoryStorage(storage.size, { from: img ?? storage.crashImage(), trackPersistence: track });
+  return { pool: Pool.openOn(s), storage: s };
+}
+
+/** mulberry32: small, fast, reproducible. */
+export function rng(seed: number): { next(): number; int(n: number): number; pick<T>(a: readonly T[]): T; chance(p: number): boolean } {
+  let s = seed >>> 0;
+  const next = (): number => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return {
+    next,
+    int: (n) => Math.floor(next() * n),
+    pick: (a) => a[Math.floor(next() * a.length)]!,
+    chance: (p) => next() < p,
+  };
+}
+
+/** Bytes that identify the operation that wrote them (never zero): fsx's stamp. */
+export function stamp(op: number, fileOffset: number, len: number): Buffer {
+  const b = Buffer.allocUnsafe(len);
+  for (let i = 0; i < len; i++) b[i] = ((op * 131 + ((fileOffset + i) >>> 0) * 7 + ((fileOffset + i) >>> 8)) % 255) + 1;
+  return b;
+}
+
+export function checkClean(pool: Pool): string[] {
+  return coreOf(pool).checkState();
+}
+
+/** True when `needle` (a recognisable pattern, at least 16 bytes) occurs in `hay`. */
+export function contains(hay: Buffer, needle: Buffer): boolean {
+  return hay.indexOf(needle) >= 0;
+}
