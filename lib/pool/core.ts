@@ -171,7 +171,7 @@ export class PoolCore {
   }
 
   /** Open a formatted storage: superblock, checkpoint, log replay. Throws EBADF for anything not a sound pool. */
-  static open(storage: Storage): PoolCore {
+  static open(storage: Storage, opts: { readOnly?: boolean } = {}): PoolCore {
     const { sb, stale } = readSuperblock(storage);
     const core = new PoolCore(storage, sb);
     try {
@@ -181,7 +181,8 @@ export class PoolCore {
       if (e instanceof RangeError || e instanceof TypeError) throw daxError('EBADF', `'${storage.path}': unreadable pool metadata: ${e.message}`, { cause: e });
       throw e;
     }
-    if (stale) writeSuperblocks(storage, core.sb);
+    // a copy that is damaged or one checkpoint behind (a crash between the two writes) is rewritten
+    if (stale && !opts.readOnly) writeSuperblocks(storage, core.sb);
     return core;
   }
 
@@ -959,42 +960,64 @@ export class PoolCore {
     return { size: this.alloc.capacity * B, free: (this.alloc.free + this.alloc.pendingCount) * B, blockSize: B };
   }
 
-  /** Consistency of the live state: the allocator bitmap against the extents (fsck and tests). */
-  checkState(): string[] {
+  /**
+   * Consistency of the live state (fsck and tests): extent maps well formed, every
+   * block owned at most once and inside the data area, the allocator bitmap equal
+   * to the extents plus the blocks pending reuse, sizes sane, no written block past EOF.
+   */
+  checkState(progress?: (done: number, total: number) => void): string[] {
     const problems: string[] = [];
-    const owners = new Map<number, string>();
+    const add = (p: string): void => { if (problems.length < 200) problems.push(p); };
     const g = this.geometry;
+    const n = g.dataEnd - g.dataStart;
+    const seen = new Uint32Array(Math.ceil(n / 32));
+    const isSeen = (d: number): boolean => (seen[(d - g.dataStart) >>> 5]! & (1 << ((d - g.dataStart) & 31))) !== 0;
+    const setSeen = (d: number): void => { seen[(d - g.dataStart) >>> 5]! |= 1 << ((d - g.dataStart) & 31); };
+    const ownerOf = (d: number, not: Inode): string => {
+      for (const o of this.files.values()) {
+        if (o === not) continue;
+        for (const e of o.extents.overlapping(0, MAX_FILE_BLOCKS)) if (e.dev <= d && d < e.dev + e.len) return `'${o.name}'`;
+      }
+      return 'the same file twice';
+    };
     let used = 0;
+    let done = 0;
+    const total = this.alloc.used + this.alloc.pendingCount + n;
     for (const f of this.files.values()) {
       const bad = f.extents.check();
-      if (bad) problems.push(`file '${f.name}': ${bad}`);
+      if (bad) add(`file '${f.name}': ${bad}`);
+      if (f.size > MAX_FILE_SIZE) add(`file '${f.name}': size ${f.size} above the limit`);
+      if (this.names.get(f.name) !== f) add(`file id ${f.id} not reachable by its name '${f.name}'`);
       const limit = Math.ceil(f.size / B);
       for (const e of f.extents.all()) {
-        if (e.dev < g.dataStart || e.dev + e.len > g.dataEnd) problems.push(`file '${f.name}': extent at file block ${e.fb} maps device blocks [${e.dev}, +${e.len}) outside the data area`);
-        if (e.state === STATE_WRITTEN && e.fb + e.len > limit) problems.push(`file '${f.name}': written extent [${e.fb}, +${e.len}) past EOF block ${limit}`);
+        if (e.dev < g.dataStart || e.dev + e.len > g.dataEnd) {
+          add(`file '${f.name}': file blocks [${e.fb}, +${e.len}) map to device blocks [${e.dev}, +${e.len}) outside the data area [${g.dataStart}, ${g.dataEnd})`);
+          continue;
+        }
+        if (e.state === STATE_WRITTEN && e.fb + e.len > limit) add(`file '${f.name}': written file blocks [${e.fb}, +${e.len}) past its EOF block ${limit}`);
         for (let d = e.dev; d < e.dev + e.len; d++) {
-          const o = owners.get(d);
-          if (o !== undefined) problems.push(`device block ${d} owned twice: by '${o}' and '${f.name}'`);
-          owners.set(d, f.name);
-          if (d >= g.dataStart && d < g.dataEnd && !this.alloc.isUsed(d)) problems.push(`device block ${d} of '${f.name}' is marked free`);
+          if (isSeen(d)) add(`device block ${d} owned twice: by '${f.name}' and by ${ownerOf(d, f)}`);
+          setSeen(d);
+          if (!this.alloc.isUsed(d)) add(`device block ${d} of '${f.name}' is marked free in the allocator`);
         }
         used += e.len;
+        done += e.len;
+        if (progress && (done & 0xffff) < e.len) progress(done, total);
       }
-      if (f.size > MAX_FILE_SIZE) problems.push(`file '${f.name}': size ${f.size} above the limit`);
-      if (this.names.get(f.name) !== f) problems.push(`file id ${f.id} not reachable by its name '${f.name}'`);
     }
-    const pending = new Set<number>();
     for (const r of this.alloc.pendingRuns()) for (let d = r.start; d < r.start + r.len; d++) {
-      if (owners.has(d)) problems.push(`device block ${d} is both pending reuse and owned by '${owners.get(d)}'`);
-      pending.add(d);
+      if (isSeen(d)) add(`device block ${d} is both pending reuse and owned by a file`);
+      setSeen(d);
     }
     for (const r of this.alloc.usedRuns()) for (let d = r.start; d < r.start + r.len; d++) {
-      if (!owners.has(d) && !pending.has(d)) problems.push(`device block ${d} is marked used but no file owns it (leaked)`);
+      if (!isSeen(d)) add(`device block ${d} is marked used in the allocator but no file owns it (leaked)`);
     }
-    problems.push(...this.alloc.checkCounters());
-    if (used !== this.alloc.used) problems.push(`extents hold ${used} blocks, the allocator counts ${this.alloc.used} in use`);
-    if (this.names.size !== this.files.size) problems.push(`${this.names.size} names for ${this.files.size} files`);
-    return problems.slice(0, 200);
+    progress?.(total, total);
+    for (const c of this.alloc.checkCounters()) add(c);
+    if (used !== this.alloc.used) add(`extents hold ${used} blocks, the allocator counts ${this.alloc.used} in use`);
+    if (this.names.size !== this.files.size) add(`${this.names.size} names for ${this.files.size} files`);
+    if (this.files.size > g.maxFiles) add(`${this.files.size} files, above the limit of ${g.maxFiles}`);
+    return problems;
   }
 }
 
