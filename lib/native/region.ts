@@ -24,6 +24,8 @@ export interface DirectOptions {
   window?: number;
 }
 
+let sigbusChecked = false;
+
 export class TrappedRegion {
   readonly id: number;
   readonly length: number;
@@ -35,6 +37,10 @@ export class TrappedRegion {
   constructor(length: number) {
     if (!Number.isSafeInteger(length) || length <= 0 || length % PAGE_SIZE !== 0) {
       throw daxError('EINVAL', `region length must be a positive multiple of ${PAGE_SIZE}, got ${String(length)}`);
+    }
+    if (!sigbusChecked) {
+      sigbusChecked = true;
+      if (process.env.DAXMAP_SIGBUS_REPORT === '1') native().sigbusReport(true);
     }
     const info = native().regionCreate(length);
     this.id = info.id;

@@ -109,10 +109,12 @@ export interface ChildResult {
 }
 
 /** Runs a fixture script in a child process (a behaviour that kills a process is tested there). */
-export function runChild(script: string, args: string[] = [], opts: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<ChildResult> {
+export function runChild(script: string, args: string[] = [], opts: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; nodeArgs?: string[]; cleanEnv?: boolean } = {}): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), path.join(FIXTURES, script), ...args], {
-      env: { ...process.env, ...opts.env },
+      // cleanEnv: without the test runner's NODE_OPTIONS hooks (they write coverage
+      // into .tap/, which another user cannot).
+      env: opts.cleanEnv ? { PATH: process.env.PATH ?? '/usr/bin:/bin', ...opts.env } : { ...process.env, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
       ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
       ...(opts.gid !== undefined ? { gid: opts.gid } : {}),

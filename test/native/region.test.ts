@@ -81,7 +81,7 @@ t.test('two threads fault the same page at once: both proceed, one answer', asyn
   const r = new TrappedRegion(ROUNDS * PAGE);
   // The handler answers after a short delay, so the second thread's fault arrives
   // while the first one is still being handled.
-  await h.rule(r.id, { mode: 'install', device: dev.deviceId, populate: true, delayMs: 3 });
+  await h.rule(r.id, { mode: 'install', device: dev.deviceId, populate: true, delayMs: 10 });
   r.bind(h.ref);
   const b = r.buffer;
   const fd = fs.openSync(srcPath, 'r');
