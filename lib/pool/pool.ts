@@ -2,7 +2,7 @@
 // lock-validator operation; argument checks happen here or in the core before any
 // lock is taken.
 
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { daxError, isDaxError } from '../errors';
 import type { Storage } from '../device/storage';
 import { openDevice } from '../device/device';
@@ -93,11 +93,13 @@ export class Pool {
           throw daxError('EINVAL', `'${device}' exists with ${st.size} bytes, not the ${size} asked for: remove it first or leave out the size`, { path: device });
         }
       }
+      const existed = existsSync(device);
       const storage = openStorage(device, true, size);
       try {
         return Pool.createOn(storage, opts);
       } catch (e) {
         storage.close();
+        if (!existed) rmSync(device, { force: true }); // do not leave a half-made file behind
         throw e;
       }
     });
