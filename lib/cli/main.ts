@@ -1,0 +1,265 @@
+// The `daxmap` command: mkfs, fsck, ls and stat of a pool device. Exit codes: 0 ok,
+// 1 the pool has problems (fsck found errors, or it is not a sound pool), 2 usage
+// or access errors (bad arguments, missing device, pool in use).
+
+import { isDaxError } from '../errors';
+import { openDevice } from '../device/device';
+import type { Storage } from '../device/storage';
+import { Pool, coreOf, DEFAULT_POOL_SIZE } from '../pool/pool';
+import { fsckStorage } from '../pool/fsck';
+import { BLOCK_SIZE } from '../pool/format';
+import { ProgressBar, type ProgressOut } from './progress';
+import { formatSize, parseSize } from './units';
+
+export interface Io {
+  stdout: { write(s: string): unknown };
+  stderr: ProgressOut;
+}
+
+interface OptSpec { [name: string]: 'flag' | 'value' }
+
+interface Command {
+  summary: string;
+  usage: string;
+  help: string;
+  opts: OptSpec;
+  run(args: string[], opts: Record<string, string | true>, io: Io): Promise<number>;
+}
+
+class UsageError extends Error {}
+
+const COMMON = `
+Options for every command:
+  -h, --help     show this help`;
+
+const commands: Record<string, Command> = {
+  mkfs: {
+    summary: 'format a device (a /dev/dax device, or a regular or tmpfs file, created if missing) as an empty pool',
+    usage: 'daxmap mkfs <device> [--size SIZE] [--force]',
+    help: `  --size SIZE    size of a device file to create (default ${formatSize(DEFAULT_POOL_SIZE)}; 4096, 64K, 512M, 1G, 2GiB ...)
+  --force        format over an existing pool (everything in it is lost)`,
+    opts: { size: 'value', force: 'flag' },
+    async run(args, opts, io) {
+      const dev = one(args, 'device');
+      const size = typeof opts['size'] === 'string' ? parseSize(opts['size']) : undefined;
+      const bar = new ProgressBar(io.stderr);
+      bar.update('format', 0, 3);
+      const pool = await Pool.create(dev, { ...(size === undefined ? {} : { size }), force: opts['force'] === true });
+      bar.update('format', 2, 3);
+      const fs = await pool.statfs();
+      const core = coreOf(pool);
+      await pool.close();
+      bar.update('format', 3, 3);
+      bar.done();
+      io.stdout.write(`formatted ${dev}: ${formatSize(core.storage.size)} device, ${formatSize(fs.size)} for data in ${BLOCK_SIZE}-byte blocks, up to ${core.geometry.maxFiles} files, uuid ${core.sb.uuid}\n`);
+      return 0;
+    },
+  },
+  fsck: {
+    summary: 'check a pool: superblocks, checkpoint, log checksums, block ownership, free map, sizes',
+    usage: 'daxmap fsck <device> [--json]',
+    help: `  --json         print the report as JSON
+Exit status: 0 clean, 1 problems found (listed one per line), 2 the device could not be opened.`,
+    opts: { json: 'flag' },
+    async run(args, opts, io) {
+      const dev = one(args, 'device');
+      const storage = openForCheck(dev);
+      const bar = new ProgressBar(io.stderr);
+      let rep;
+      try {
+        rep = fsckStorage(storage, (phase, done, total) => bar.update(phase, done, total));
+      } finally {
+        bar.done();
+        storage.close();
+      }
+      if (opts['json']) {
+        io.stdout.write(`${JSON.stringify({ device: dev, ...rep }, null, 2)}\n`);
+      } else {
+        io.stdout.write(`fsck ${dev}\n`);
+        for (const l of rep.info) io.stdout.write(`  ${l}\n`);
+        for (const w of rep.warnings) io.stdout.write(`  warning: ${w}\n`);
+        if (rep.clean) io.stdout.write('clean\n');
+        else {
+          io.stdout.write(`${rep.errors.length} problem${rep.errors.length === 1 ? '' : 's'}:\n`);
+          for (const e of rep.errors) io.stdout.write(`  error: ${e}\n`);
+        }
+      }
+      return rep.clean ? 0 : 1;
+    },
+  },
+  ls: {
+    summary: 'list the files of a pool: name, size, allocated bytes, extent count',
+    usage: 'daxmap ls <device> [--json] [--bytes]',
+    help: `  --bytes        sizes in bytes instead of K/M/G
+  --json         one JSON object per file
+  --socket PATH  ask a running daxmapd instead of opening the device (needs the daemon)`,
+    opts: { json: 'flag', bytes: 'flag', socket: 'value' },
+    async run(args, opts, io) {
+      const dev = one(args, 'device');
+      noSocket(opts);
+      const pool = await Pool.open(dev);
+      try {
+        const rows = [];
+        for (const name of await pool.list()) {
+          const f = await pool.openFile(name);
+          const st = await f.stat();
+          rows.push({ name, size: st.size, allocated: st.allocated, extents: coreOf(pool).names.get(name)!.extents.count });
+        }
+        if (opts['json']) {
+          for (const r of rows) io.stdout.write(`${JSON.stringify(r)}\n`);
+        } else {
+          const sz = (n: number): string => (opts['bytes'] ? String(n) : formatSize(n));
+          const table = [['NAME', 'SIZE', 'ALLOCATED', 'EXTENTS'], ...rows.map((r) => [r.name, sz(r.size), sz(r.allocated), String(r.extents)])];
+          const w = [0, 1, 2, 3].map((c) => Math.max(...table.map((row) => row[c]!.length)));
+          for (const row of table) io.stdout.write(`${row.map((cell, c) => (c === 0 ? cell.padEnd(w[c]!) : cell.padStart(w[c]!))).join('  ')}\n`);
+        }
+      } finally {
+        await pool.close();
+      }
+      return 0;
+    },
+  },
+  stat: {
+    summary: 'show a pool (geometry, space, log) or, with a file name, one file and its extents',
+    usage: 'daxmap stat <device> [file] [--json]',
+    help: `  --json         print JSON
+  --socket PATH  ask a running daxmapd instead of opening the device (needs the daemon)`,
+    opts: { json: 'flag', socket: 'value' },
+    async run(args, opts, io) {
+      if (args.length < 1 || args.length > 2) throw new UsageError('expected <device> [file]');
+      noSocket(opts);
+      const pool = await Pool.open(args[0]!);
+      try {
+        const core = coreOf(pool);
+        let out: Record<string, unknown>;
+        if (args[1] !== undefined) {
+          const f = await pool.openFile(args[1]);
+          out = { ...(await f.stat()) };
+        } else {
+          const g = core.geometry;
+          const fs = await pool.statfs();
+          out = {
+            device: core.storage.path, kind: core.storage.kind, uuid: core.sb.uuid, formatVersion: core.sb.version,
+            deviceBytes: core.storage.size, blockSize: fs.blockSize, dataBytes: fs.size, freeBytes: fs.free,
+            usedBytes: fs.size - fs.free, files: core.files.size, maxFiles: g.maxFiles,
+            logBytesUsed: core.log.used, logBytes: g.logBlocks * BLOCK_SIZE, checkpointGeneration: core.sb.ckptGen,
+            replayedRecords: core.openInfo.replay.records, created: new Date(core.sb.createdMs).toISOString(),
+          };
+        }
+        if (opts['json']) io.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+        else for (const [k, v] of Object.entries(out)) {
+          if (k === 'extents') {
+            io.stdout.write('extents:\n');
+            for (const e of v as { offset: number; length: number; state: string }[]) io.stdout.write(`  ${e.offset}+${e.length} ${e.state}\n`);
+          } else {
+            io.stdout.write(`${k}: ${typeof v === 'number' && /Bytes$|^size$|^allocated$/.test(k) ? `${v} (${formatSize(v)})` : String(v)}\n`);
+          }
+        }
+      } finally {
+        await pool.close();
+      }
+      return 0;
+    },
+  },
+};
+
+function one(args: string[], what: string): string {
+  if (args.length !== 1) throw new UsageError(`expected exactly one <${what}>`);
+  return args[0]!;
+}
+
+function noSocket(opts: Record<string, string | true>): void {
+  if (opts['socket'] !== undefined) {
+    throw Object.assign(new Error('--socket needs the daxmapd daemon, which this build does not have yet'), { code: 'ENOTSUP' });
+  }
+}
+
+function openForCheck(dev: string): Storage {
+  try {
+    return openDevice(dev, { exclusive: true });
+  } catch (e) {
+    if (isDaxError(e, 'EBUSY')) {
+      throw Object.assign(new Error(`EBUSY: '${dev}' is in use by a running service; stop it (or ask daxmapd) before checking`), { code: 'EBUSY' });
+    }
+    throw e;
+  }
+}
+
+function mainHelp(): string {
+  const lines = ['daxmap: tools for daxmap pools (DAX-like file mappings for Node.js)', '', 'Usage: daxmap <command> [options]', '', 'Commands:'];
+  for (const [name, c] of Object.entries(commands)) lines.push(`  ${name.padEnd(6)} ${c.summary}`);
+  lines.push('', 'Run `daxmap <command> --help` for the options of a command.', '');
+  return lines.join('\n');
+}
+
+function commandHelp(c: Command): string {
+  return `Usage: ${c.usage}\n\n${c.summary[0]!.toUpperCase()}${c.summary.slice(1)}.\n\n${c.help}\n${COMMON.trimStart()}\n`;
+}
+
+function parse(c: Command, argv: string[]): { args: string[]; opts: Record<string, string | true> } {
+  const args: string[] = [];
+  const opts: Record<string, string | true> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') { args.push(...argv.slice(i + 1)); break; }
+    if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      const name = a.slice(2, eq < 0 ? undefined : eq);
+      const kind = c.opts[name];
+      if (!kind) throw new UsageError(`unknown option --${name}`);
+      if (kind === 'flag') {
+        if (eq >= 0) throw new UsageError(`--${name} takes no value`);
+        opts[name] = true;
+      } else {
+        const v = eq >= 0 ? a.slice(eq + 1) : argv[++i];
+        if (v === undefined) throw new UsageError(`--${name} needs a value`);
+        opts[name] = v;
+      }
+    } else if (a.startsWith('-') && a !== '-') {
+      throw new UsageError(`unknown option ${a}`);
+    } else {
+      args.push(a);
+    }
+  }
+  return { args, opts };
+}
+
+/** Run the CLI; returns the exit code (never throws). */
+export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    io.stdout.write(mainHelp());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version' || name === '-V') {
+    io.stdout.write('daxmap 0.1.0\n');
+    return 0;
+  }
+  const c = commands[name];
+  if (!c) {
+    io.stderr.write(`daxmap: unknown command '${name}'\n\n${mainHelp()}`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    io.stdout.write(commandHelp(c));
+    return 0;
+  }
+  try {
+    const { args, opts } = parse(c, rest);
+    return await c.run(args, opts, io);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr.write(`daxmap ${name}: ${e.message}\nUsage: ${c.usage}\n`);
+      return 2;
+    }
+    const code = (e as { code?: string }).code;
+    io.stderr.write(`daxmap ${name}: ${(e as Error).message}\n`);
+    // a device that is there but is not a sound pool is a finding, not a usage error
+    return code === 'EBADF' ? 1 : 2;
+  }
+}
+
+/** Entry point for bin/daxmap. */
+export function run(): void {
+  void main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
+}
