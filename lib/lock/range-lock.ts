@@ -205,6 +205,20 @@ export class KeyedMutex<K> {
       this.drop(key, entry);
       throw err;
     }
+    return this.wrap(key, entry, h);
+  }
+
+  /** The lock for `key` now, or null if it is held; never waits. */
+  tryAcquire(key: K): LockHandle | null {
+    let e = this.locks.get(key);
+    if (!e) { e = { m: new Mutex(this.cls, `${this.cls}[${String(key)}]`), users: 0 }; this.locks.set(key, e); }
+    const h = e.m.tryAcquire();
+    if (!h) return null;
+    e.users++;
+    return this.wrap(key, e, h);
+  }
+
+  private wrap(key: K, entry: { m: Mutex; users: number }, h: LockHandle): LockHandle {
     let done = false;
     return {
       get held() { return h.held; },

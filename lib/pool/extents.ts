@@ -96,64 +96,87 @@ export class ExtentMap {
     return this.replace(fb, end, null);
   }
 
+  private static mergeable(p: Extent, e: Extent): boolean {
+    return p.fb + p.len === e.fb && p.dev + p.len === e.dev && p.state === e.state && p.len + e.len <= MAX_EXTENT_BLOCKS;
+  }
+
   private replace(fb: number, end: number, ins: Extent | null): Extent[] {
     const removed: Extent[] = [];
     if (this.n === 0) {
-      if (ins) { this.leaves = [[ins]]; this.n = 1; this.blockCount = ins.len; this.splitLong(); }
+      if (ins) { this.leaves = [[ins]]; this.n = 1; this.blockCount = ins.len; }
       return removed;
     }
-    // a window of leaves that covers the range plus one neighbour on each side
-    const a = Math.max(0, this.leafFor(fb) - 1);
-    const b = Math.min(this.leaves.length - 1, this.leafFor(end) + 1);
-    const win: Extent[] = [];
-    for (let li = a; li <= b; li++) for (const e of this.leaves[li]!) win.push(e);
+    // fast path: appending past the last extent (replay of a checkpoint, sequential growth)
+    const lastLeaf = this.leaves[this.leaves.length - 1]!;
+    const last = lastLeaf[lastLeaf.length - 1]!;
+    if (fb >= last.fb + last.len) {
+      if (!ins) return removed;
+      if (ExtentMap.mergeable(last, ins)) {
+        lastLeaf[lastLeaf.length - 1] = { fb: last.fb, len: last.len + ins.len, dev: last.dev, state: last.state };
+      } else if (lastLeaf.length < LEAF_MAX) {
+        lastLeaf.push(ins);
+        this.n++;
+      } else {
+        this.leaves.push([ins]);
+        this.n++;
+      }
+      this.blockCount += ins.len;
+      return removed;
+    }
+    // the leaves that hold [fb, end) (the extent containing fb is always in leafFor(fb)),
+    // plus the next leaf when its first extent touches `end` (it may merge)
+    const a = this.leafFor(fb);
+    let b = this.leafFor(Math.max(fb, end - 1));
+    if (b + 1 < this.leaves.length && this.leaves[b + 1]![0]!.fb <= end) b++;
+    const win: Extent[] = a === b ? this.leaves[a]! : this.leaves.slice(a, b + 1).flat();
     const out: Extent[] = [];
     let placed = ins === null;
+    const put = (e: Extent): void => {
+      const p = out[out.length - 1];
+      if (p && ExtentMap.mergeable(p, e)) out[out.length - 1] = { fb: p.fb, len: p.len + e.len, dev: p.dev, state: p.state };
+      else out.push(e);
+    };
     for (const e of win) {
       const eEnd = e.fb + e.len;
-      if (eEnd <= fb) { out.push(e); continue; }
+      if (eEnd <= fb) { put(e); continue; }
       if (e.fb >= end) {
-        if (!placed) { out.push(ins!); placed = true; }
-        out.push(e);
+        if (!placed) { put(ins!); placed = true; }
+        put(e);
         continue;
       }
       // overlaps: keep the parts outside, report the part inside
       const s = Math.max(e.fb, fb);
       const t = Math.min(eEnd, end);
       removed.push({ fb: s, len: t - s, dev: e.dev + (s - e.fb), state: e.state });
-      if (e.fb < fb) out.push({ fb: e.fb, len: fb - e.fb, dev: e.dev, state: e.state });
+      if (e.fb < fb) put({ fb: e.fb, len: fb - e.fb, dev: e.dev, state: e.state });
       if (eEnd > end) {
-        if (!placed) { out.push(ins!); placed = true; }
-        out.push({ fb: end, len: eEnd - end, dev: e.dev + (end - e.fb), state: e.state });
+        if (!placed) { put(ins!); placed = true; }
+        put({ fb: end, len: eEnd - end, dev: e.dev + (end - e.fb), state: e.state });
       }
     }
-    if (!placed) out.push(ins!);
-    // merge neighbours that continue each other in file and device with the same state
-    const merged: Extent[] = [];
-    for (const e of out) {
-      const p = merged[merged.length - 1];
-      if (p && p.fb + p.len === e.fb && p.dev + p.len === e.dev && p.state === e.state && p.len + e.len <= MAX_EXTENT_BLOCKS) {
-        merged[merged.length - 1] = { fb: p.fb, len: p.len + e.len, dev: p.dev, state: p.state };
-      } else {
-        merged.push(e);
+    if (!placed) put(ins!);
+    // the extent before the window (last of leaf a-1) may continue the first one
+    if (a > 0 && out.length > 0) {
+      const pl = this.leaves[a - 1]!;
+      const p = pl[pl.length - 1]!;
+      if (ExtentMap.mergeable(p, out[0]!)) {
+        const first = out.shift()!;
+        pl[pl.length - 1] = { fb: p.fb, len: p.len + first.len, dev: p.dev, state: p.state };
       }
     }
-    let oldBlocks = 0;
-    for (const e of win) oldBlocks += e.len;
-    let newBlocks = 0;
-    for (const e of merged) newBlocks += e.len;
-    const leaves: Extent[][] = [];
-    for (let i = 0; i < merged.length; i += LEAF_FILL) leaves.push(merged.slice(i, i + LEAF_FILL));
-    this.leaves.splice(a, b - a + 1, ...leaves);
-    this.n += merged.length - win.length;
-    this.blockCount += newBlocks - oldBlocks;
-    if (leaves.some((l) => l.length > LEAF_MAX)) this.splitLong();
+    let delta = 0;
+    for (const e of removed) delta -= e.len;
+    if (ins) delta += ins.len;
+    this.blockCount += delta;
+    this.n += out.length - win.length;
+    if (out.length === 0) this.leaves.splice(a, b - a + 1);
+    else if (out.length <= LEAF_MAX) this.leaves.splice(a, b - a + 1, out);
+    else {
+      const chunks: Extent[][] = [];
+      for (let i = 0; i < out.length; i += LEAF_FILL) chunks.push(out.slice(i, i + LEAF_FILL));
+      this.leaves.splice(a, b - a + 1, ...chunks);
+    }
     return removed;
-  }
-
-  private splitLong(): void {
-    // only reachable with an inserted extent longer than MAX_EXTENT_BLOCKS (never in practice)
-    this.leaves = this.leaves.filter((l) => l.length > 0);
   }
 
   /** Structural self-check for fsck and tests: sorted, non-overlapping, counters right. */

@@ -145,4 +145,12 @@ t.test('keyed mutex: per-key exclusion, entries dropped when free', async (t) =>
   const c = await p;
   c.release(); b.release();
   t.equal(km.size, 0);
+  const x = km.tryAcquire(7);
+  t.ok(x);
+  t.equal(km.tryAcquire(7), null);
+  const y = km.tryAcquire(8);
+  x!.release();
+  t.throws(() => x!.release(), { code: 'EINVAL' });
+  y!.release();
+  t.equal(km.size, 0);
 });

@@ -155,7 +155,8 @@ t.test('extent map: set, clear, merge, split against a per-block model', async (
     const fb = r.int(3000);
     const len = 1 + r.int(r.chance(0.1) ? 400 : 8);
     if (r.chance(0.7)) {
-      const dev = r.int(1e6);
+      // half the time an identity-like mapping, so neighbours merge across leaves too
+      const dev = r.chance(0.5) ? fb + 5000 : r.int(1e6);
       const st = r.chance(0.5) ? STATE_WRITTEN : STATE_UNWRITTEN;
       const removed = m.set(fb, len, dev, st);
       let rb = 0; for (const x of removed) rb += x.len;
@@ -191,6 +192,20 @@ t.test('extent map: set, clear, merge, split against a per-block model', async (
   t.equal(z.last()!.len, 30);
   t.same(z.clear(5, 7).map((e) => [e.fb, e.len, e.dev]), [[5, 2, 105]]);
   t.equal(z.count, 2);
+});
+
+t.test('extent map: merging across a leaf boundary', async (t) => {
+  const m = new ExtentMap();
+  for (let i = 0; i < 300; i++) m.set(2 * i, 1, 10 * i, STATE_WRITTEN);
+  t.equal(m.count, 300);
+  m.set(255, 2, 1271, STATE_WRITTEN); // continues extent 127 (the last of the first leaf), covers extent 128
+  t.equal(m.check(), null);
+  t.equal(m.count, 299);
+  t.same(m.find(256), { fb: 254, len: 3, dev: 1270, state: STATE_WRITTEN });
+  m.clear(0, 600);
+  t.equal(m.count, 0);
+  t.equal(m.blocks, 0);
+  t.equal(m.check(), null);
 });
 
 t.test('extent map: a million extents stay fast', async (t) => {
