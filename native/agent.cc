@@ -290,7 +290,7 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
     uint64_t w = d.window < kPage ? kPage : d.window;
     uint64_t ws = std::max(d.offset, off & ~(w - 1));
     uint64_t we = std::min(d.offset + d.length, (off & ~(w - 1)) + w);
-    int e = r->Install(uffd_, ws, we - ws, *d.device, d.dev_offset + (ws - d.offset), d.flags, true);
+    int e = r->Install(uffd_, ws, we - ws, *d.device, d.dev_offset + (ws - d.offset), d.flags, 0, true);
     if (e == 0) {
       stats_.direct++;
       if (ch) ch->Answered(r->id(), ws, we - ws);
@@ -538,7 +538,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
   switch (a.op) {
     case kOpInstall: {
       std::shared_ptr<Device> dev = DeviceRegistry::Find(a.device);
-      e = dev ? r->Install(uffd_, a.offset, a.length, *dev, a.dev_offset, a.flags, wake) : ENODEV;
+      e = dev ? r->Install(uffd_, a.offset, a.length, *dev, a.dev_offset, a.flags, a.flags2, wake) : ENODEV;
       break;
     }
     case kOpZero:
@@ -568,7 +568,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
       e = RetryEagain([&] { return r->Poison(uffd_, a.offset, a.length, wake); });
       break;
     case kOpRevoke:
-      e = OnReaderThread() ? EDEADLK : r->Revoke(uffd_, a.offset, a.length);
+      e = OnReaderThread() ? EDEADLK : r->Revoke(uffd_, a.offset, a.length, (a.flags2 & kAns2KeepPrivate) != 0);
       break;
     case kOpWake:
       e = r->Wake(uffd_, a.offset, a.length);

@@ -49,11 +49,17 @@ enum AnswerFlags : uint8_t {
   kAnsAdopt = 1 << 6,     // install: first copy the present pages of the range into the device
 };
 
+// Second flag word (the frame's former reserved field).
+enum AnswerFlags2 : uint16_t {
+  kAns2PopulateRead = 1 << 0,   // install: populate for reading even if writable (no dirtying)
+  kAns2KeepPrivate = 1 << 1,    // revoke: keep private copy-on-write pages (punch on a private mapping)
+};
+
 // One answer. COPY with a literal payload is followed by `payload` bytes, padded to 8.
 struct Answer {
   uint8_t op;          // AnswerOp
   uint8_t flags;       // AnswerFlags
-  uint16_t reserved;
+  uint16_t flags2;     // AnswerFlags2
   uint32_t region;
   uint64_t offset;     // within the region, page-aligned
   uint64_t length;     // page multiple

@@ -61,7 +61,7 @@ bool Region::FindDirect(uint64_t offset, DirectRange* out) {
 }
 
 int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
-                    bool wake) {
+                    uint16_t flags2, bool wake) {
   if (dev_off > dev.size() || len > dev.size() - dev_off) return EINVAL;
   if (dev.kind() == DeviceKind::kDevDax && ((base_ + off) % dev.align() || dev_off % dev.align() || len % dev.align())) {
     return EINVAL;  // device-dax only maps whole, aligned extents
@@ -90,7 +90,7 @@ int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev
   if (p == MAP_FAILED) return errno;  // ENOMEM here is usually vm.max_map_count: reported, never retried
   if (flags & kAnsPopulate) {
     // Best effort: a page that cannot be populated faults in the kernel as usual.
-    int adv = (writable && !priv) ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
+    int adv = (writable && !priv && !(flags2 & kAns2PopulateRead)) ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;
     (void)madvise(p, len, adv);
   }
   if (wake) u.Wake(base_ + off, len);
@@ -152,7 +152,10 @@ int Region::Unprotect(const Uffd& u, uint64_t off, uint64_t len) {
 
 int Region::Wake(const Uffd& u, uint64_t off, uint64_t len) { return u.Wake(base_ + off, len); }
 
-int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len) {
+namespace {
+// Move a registered spare over [to, to+len) in one atomic step, so no access can
+// land in between and meet unregistered memory.
+int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len) {
   void* spare = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (spare == MAP_FAILED) return errno;
   int e = u.Register(reinterpret_cast<uintptr_t>(spare), len);
@@ -160,14 +163,38 @@ int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len) {
     munmap(spare, len);
     return e;
   }
-  void* to = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(base_ + off));
-  if (to == MAP_FAILED) {
+  void* r = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(to));
+  if (r == MAP_FAILED) {
     e = errno;
     munmap(spare, len);
     return e;
   }
-  u.Wake(base_ + off, len);
   return 0;
+}
+}  // namespace
+
+int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len, bool keep_private) {
+  int e = 0;
+  if (!keep_private) {
+    e = MoveSpareOver(u, base_ + off, len);
+  } else {
+    size_t n = len / kPage;
+    std::vector<uint64_t> pm(n);
+    if (!ReadPagemap(base_ + off, n, pm.data())) return EIO;
+    auto keep = [&](size_t i) { return (pm[i] & kPmPresent) && (pm[i] & kPmExclusive) && !(pm[i] & kPmFile); };
+    for (size_t i = 0; i < n && e == 0;) {
+      if (keep(i)) {
+        i++;
+        continue;
+      }
+      size_t j = i;
+      while (j < n && !keep(j)) j++;
+      e = MoveSpareOver(u, base_ + off + i * kPage, (j - i) * kPage);
+      i = j;
+    }
+  }
+  u.Wake(base_ + off, len);
+  return e;
 }
 
 void Region::Retire(const Uffd& u) {

@@ -56,7 +56,7 @@ class Region {
   // waiting on the range once the answer is in place. Ranges are page-aligned and
   // inside the region (checked by the caller).
   int Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
-              bool wake);
+              uint16_t flags2, bool wake);
   // raced: set when a write from another thread slipped in between placing the zero
   // page and write-protecting it; that page now holds private data (zeros plus the
   // write) and must be adopted into a block (an install with kAnsAdopt).
@@ -70,7 +70,9 @@ class Region {
   // reads the userfaultfd: mremap waits until the REMAP event is read. mremap also
   // refuses (ENOMEM) within 3 mappings of vm.max_map_count, so callers keep their
   // installed windows well below the limit; ENOMEM is reported, never retried.
-  int Revoke(const Uffd& u, uint64_t off, uint64_t len);
+  // keep_private: pages that are private copies (anonymous and exclusively mapped:
+  // copy-on-write results) stay; everything else in the range is revoked.
+  int Revoke(const Uffd& u, uint64_t off, uint64_t len, bool keep_private);
   // Close: replace the whole region with an inaccessible reservation, then wake every
   // waiter (it retries and meets PROT_NONE: EFAULT in a syscall, SIGSEGV otherwise).
   void Retire(const Uffd& u);

@@ -27,6 +27,10 @@ export const A_NOWAKE = 1 << 4;
 export const A_FROM_DEVICE = 1 << 5;
 export const A_ADOPT = 1 << 6;
 
+/** Second flag word. */
+export const A2_POPULATE_READ = 1 << 0;
+export const A2_KEEP_PRIVATE = 1 << 1;
+
 /** Result of an answer beside 0 and -errno: a write raced a zero-page answer. */
 export const RESULT_RACED = 1;
 
@@ -86,6 +90,7 @@ export function encodeEvent(b: Buffer, at: number, ev: FaultEvent): void {
 export interface AnswerSpec {
   op: OpCode;
   flags?: number;
+  flags2?: number;
   region: number;
   offset: number;
   length: number;
@@ -118,7 +123,7 @@ export class AnswerBatch {
     const at = this.used;
     b.writeUInt8(a.op, at);
     b.writeUInt8(a.flags ?? 0, at + 1);
-    b.writeUInt16LE(0, at + 2);
+    b.writeUInt16LE(a.flags2 ?? 0, at + 2);
     b.writeUInt32LE(a.region, at + 4);
     writeU64(b, at + 8, a.offset);
     writeU64(b, at + 16, a.length);
@@ -157,6 +162,7 @@ export function decodeAnswer(b: Buffer, at: number): AnswerSpec & { payloadLengt
   return {
     op: b.readUInt8(at) as OpCode,
     flags: b.readUInt8(at + 1),
+    flags2: b.readUInt16LE(at + 2),
     region: b.readUInt32LE(at + 4),
     offset: readU64(b, at + 8),
     length: readU64(b, at + 16),

@@ -60,7 +60,7 @@ export class TrappedRegion {
   }
 
   /** Route this region's faults to a channel (null: unbound, faults get SIGBUS). */
-  bind(channel: FaultChannel | null): void {
+  bind(channel: Pick<FaultChannel, 'id'> | null): void {
     this.checkOpen('bind');
     native().regionBind(this.id, channel === null ? 0 : channel.id);
   }

@@ -1,0 +1,533 @@
+// The DAX fault policy: the only place that decides what a page becomes. Runs in the
+// service (a worker thread, or the daemon), answers faults of every mapping of every
+// client, and revokes pages before the pool frees or zeroes blocks.
+//
+// Locks, in the one order (DESIGN §5): the file's range lock (class 'range', shared
+// over the 2 MiB chunk of the fault) → the entry lock of that chunk (class 'entry')
+// → the pool's allocator and log locks (taken inside ensureWritten). Every lock is
+// released in `finally`; no lock outlives the fault that took it.
+import { daxError } from '../errors';
+import { KeyedMutex, RANGE_END, withOperation, type LockHandle } from '../lock/index';
+import { logger } from '../log';
+import { monotonicNow } from '../native/engine';
+import {
+  AnswerBatch, Op, EV_WP, EV_WRITE, RESULT_RACED,
+  A_ADOPT, A_POPULATE, A_PRIVATE, A_WP, A2_KEEP_PRIVATE, A2_POPULATE_READ,
+  type AnswerSpec, type FaultEvent,
+} from '../native/frames';
+import type { Inode, PoolInternals } from '../pool/internal';
+import { WindowBudget } from './budget';
+import { HUGE, PAGE, PageState, PageStates } from './states';
+import { FaultStats, type FaultStatsSnapshot } from './stats';
+
+const ENOMEM = -12;
+const ENXIO = -6;
+
+/** Who executes answers for a set of regions: this process (embedded) or a client process (daemon). */
+export interface Client {
+  readonly id: string;
+  /** Executes answers on the client's regions; one result per answer (0, RESULT_RACED, -errno). */
+  run(batch: AnswerBatch): Int32Array | Promise<Int32Array>;
+  /** Installed-window budget of the client's process. */
+  readonly budget: WindowBudget;
+  /** The client's id for the pool's device (installs name it). */
+  readonly deviceId: number;
+}
+
+export interface MapRequest {
+  region: number;
+  inode: Inode;
+  fileOffset: number;
+  length: number;
+  private: boolean;
+  sync: boolean;
+  faultAround: boolean;
+  /** Mapping may write the device (shared, writable). */
+  writable: boolean;
+}
+
+interface Mapping extends MapRequest {
+  readonly key: string;
+  readonly client: Client;
+  readonly states: PageStates;
+  dead: boolean;
+}
+
+interface Classified {
+  allWritten: boolean;
+  anyWritten: boolean;
+  /** device offset of the first byte, when allWritten and contiguous */
+  devStart: number;
+  contiguous: boolean;
+}
+
+/** A fault that must be retried after the locks are dropped (e.g. to evict windows). */
+class RetryAfterEvict extends Error {}
+
+const roundUp = (x: number, a: number): number => Math.ceil(x / a) * a;
+
+export class FaultPolicy {
+  private readonly mappings = new Map<string, Mapping>();
+  private readonly byInode = new Map<number, Set<Mapping>>();
+  private readonly entryLocks = new KeyedMutex<string>('entry');
+  /** Entry keys held right now (eviction skips those instead of waiting). */
+  private readonly busy = new Set<string>();
+  readonly stats = new FaultStats();
+  private readonly log = logger('fault');
+  private evicting = false;
+  /** Test seam: throw from inside a fault after its locks are taken. */
+  inject: ((where: 'huge' | 'page', m: MapRequest) => void) | null = null;
+
+  constructor(private readonly pool: PoolInternals) {
+    pool.setInvalidator((f, off, len) => this.invalidate(f, off, len));
+  }
+
+  // ---- mappings ----
+
+  map(client: Client, req: MapRequest): void {
+    const key = `${client.id}:${req.region}`;
+    if (this.mappings.has(key)) throw daxError('EEXIST', `region ${req.region} is already mapped`);
+    const m: Mapping = { ...req, key, client, states: new PageStates(), dead: false };
+    this.mappings.set(key, m);
+    let set = this.byInode.get(req.inode.id);
+    if (!set) this.byInode.set(req.inode.id, (set = new Set()));
+    set.add(m);
+  }
+
+  /** Forget a mapping (its region is already closed by its owner). */
+  unmap(client: Client, region: number): void {
+    const m = this.mappings.get(`${client.id}:${region}`);
+    if (!m) return;
+    this.forget(m);
+  }
+
+  /** Forget every mapping of a client (it went away). */
+  dropClient(client: Client): void {
+    for (const m of [...this.mappings.values()]) if (m.client === client) this.forget(m);
+  }
+
+  private forget(m: Mapping): void {
+    m.dead = true;
+    this.mappings.delete(m.key);
+    this.byInode.get(m.inode.id)?.delete(m);
+    m.client.budget.dropMapping(m.key);
+    m.states.clear();
+  }
+
+  mappingsOf(inode: Inode): Mapping[] {
+    return [...(this.byInode.get(inode.id) ?? [])];
+  }
+
+  snapshot(): FaultStatsSnapshot {
+    let windows = 0;
+    const seen = new Set<WindowBudget>();
+    for (const m of this.mappings.values()) {
+      if (!seen.has(m.client.budget)) {
+        seen.add(m.client.budget);
+        windows += m.client.budget.count;
+      }
+    }
+    return this.stats.snapshot(windows);
+  }
+
+  // ---- faults ----
+
+  /** Handle a batch of events of one client. Every event gets an answer, whatever happens. */
+  handle(client: Client, events: FaultEvent[]): Promise<void> {
+    return Promise.all(events.map((ev) => this.handleOne(client, ev))).then(() => undefined);
+  }
+
+  private async handleOne(client: Client, ev: FaultEvent): Promise<void> {
+    const m = this.mappings.get(`${client.id}:${ev.region}`);
+    if (!m || m.dead) {
+      // A region unknown to us (unmapped meanwhile): SIGBUS, like a mapping that is gone.
+      await this.answer(client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]);
+      return;
+    }
+    this.stats.faults++;
+    if (ev.flags & EV_WP) this.stats.writeProtect++;
+    if (ev.flags & EV_WRITE) this.stats.write++; else this.stats.read++;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await withOperation('fault', () => this.locked(m, ev));
+        break;
+      } catch (err) {
+        if (err instanceof RetryAfterEvict && attempt === 0) {
+          await this.evict(m.client, Math.max(64, Math.ceil(m.client.budget.count / 8)));
+          continue;
+        }
+        // Anything unsatisfiable (ENOSPC, an I/O error, an injected failure): SIGBUS
+        // for the faulting access, logged; the locks were released by `finally`.
+        this.stats.sigbus++;
+        this.log.warn({ err, region: ev.region, offset: ev.offset, file: m.inode.name }, 'fault answered with SIGBUS');
+        m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.None);
+        await this.answer(client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]).catch(() => {});
+        break;
+      }
+    }
+    this.stats.latency(Number(monotonicNow() - ev.timeNs) / 1000);
+    if (m.client.budget.over) void this.evict(m.client, m.client.budget.count - m.client.budget.limit);
+  }
+
+  /** Takes range (shared, the 2 MiB chunk) → entry (the chunk), resolves, releases. */
+  private async locked(m: Mapping, ev: FaultEvent): Promise<void> {
+    const fileOff = m.fileOffset + ev.offset;
+    const chunk = Math.floor(fileOff / HUGE);
+    const range = await m.inode.rangeLock.acquireShared(chunk * HUGE, (chunk + 1) * HUGE);
+    let entry: LockHandle | undefined;
+    try {
+      entry = await this.lockEntry(`${m.inode.id}:${chunk}`);
+      await this.resolve(m, ev, fileOff);
+    } finally {
+      entry?.release();
+      range.release();
+    }
+  }
+
+  private async lockEntry(key: string): Promise<LockHandle> {
+    const h = await this.entryLocks.acquire(key);
+    this.busy.add(key);
+    const busy = this.busy;
+    return {
+      get held() { return h.held; },
+      release() {
+        busy.delete(key);
+        h.release();
+      },
+    };
+  }
+
+  private async resolve(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
+    const write = (ev.flags & EV_WRITE) !== 0;
+    const wp = (ev.flags & EV_WP) !== 0;
+    const page = ev.offset / PAGE;
+    const st = m.states.get(page);
+    const ino = m.inode;
+
+    if (!ino.live || fileOff >= roundUp(ino.size, PAGE)) {
+      // Beyond EOF, or the file is gone: SIGBUS, as the kernel does.
+      this.stats.beyondEof++;
+      this.stats.sigbus++;
+      await this.answer(m.client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]);
+      m.states.set(page, page + 1, PageState.Poison);
+      return;
+    }
+    // Already answered: a fault that was raised before the answer landed.
+    if (st === PageState.Installed || (st === PageState.Copy && !wp) || (st === PageState.Zero && !write)) {
+      this.stats.spurious++;
+      await this.answer(m.client, [{ op: Op.Wake, region: ev.region, offset: ev.offset, length: PAGE }]);
+      return;
+    }
+    if (m.private) return this.resolvePrivate(m, ev, fileOff, write, st);
+    if (!write) return this.resolveRead(m, ev, fileOff, false);
+    return this.resolveSharedWrite(m, ev, fileOff);
+  }
+
+  /** The 2 MiB window around fileOff, if fault-around may answer it whole. */
+  private hugeWindow(m: Mapping, fileOff: number): { fileStart: number; regionOff: number } | null {
+    if (!m.faultAround) return null;
+    const fileStart = Math.floor(fileOff / HUGE) * HUGE;
+    const regionOff = fileStart - m.fileOffset;
+    // Aligned in the mapping (the region is 2 MiB aligned), inside the mapping, and
+    // wholly inside EOF.
+    if (regionOff < 0 || regionOff % HUGE !== 0 || regionOff + HUGE > m.length) return null;
+    if (fileStart + HUGE > m.inode.size) return null;
+    return { fileStart, regionOff };
+  }
+
+  private classify(ino: Inode, start: number, end: number): Classified {
+    const c: Classified = { allWritten: true, anyWritten: false, devStart: -1, contiguous: true };
+    let expect = -1;
+    for (let off = start; off < end;) {
+      const x = this.pool.lookup(ino, off);
+      const xEnd = Math.min(end, x.offset + x.length);
+      if (x.state === 'written') {
+        c.anyWritten = true;
+        const dev = (x.deviceOffset as number) + (off - x.offset);
+        if (off === start) c.devStart = dev;
+        else if (dev !== expect) c.contiguous = false;
+        expect = dev + (xEnd - off);
+      } else {
+        c.allWritten = false;
+      }
+      off = xEnd;
+    }
+    return c;
+  }
+
+  private countExtent(state: 'hole' | 'unwritten' | 'written'): void {
+    if (state === 'written') this.stats.written++;
+    else if (state === 'unwritten') this.stats.unwritten++;
+    else this.stats.hole++;
+  }
+
+  private installSpec(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): AnswerSpec {
+    let flags = A_POPULATE;
+    if (m.private) flags |= A_PRIVATE | 1; // private mappings are writable copy-on-write
+    else if (m.writable) flags |= 1;
+    if (adopt) flags |= A_ADOPT;
+    return {
+      op: Op.Install, flags, flags2: forRead || m.private ? A2_POPULATE_READ : 0,
+      region: m.region, offset: regionOff, length, device: m.client.deviceId, devOffset: devOff,
+    };
+  }
+
+  /** Read fault (shared or private): the device range if written, else the zero page. */
+  private async resolveRead(m: Mapping, ev: FaultEvent, fileOff: number, privateWrite: boolean): Promise<void> {
+    const win = this.hugeWindow(m, fileOff);
+    if (win && !privateWrite) {
+      this.inject?.('huge', m);
+      const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
+      const p0 = win.regionOff / PAGE;
+      if (c.allWritten && c.contiguous && c.devStart % HUGE === 0) {
+        this.stats.written++;
+        this.stats.pmd++;
+        await this.install(m, win.regionOff, HUGE, c.devStart, true);
+        return;
+      }
+      if (!c.anyWritten && !m.states.any(p0, p0 + HUGE / PAGE, PageState.Installed)) {
+        this.countExtent(this.pool.lookup(m.inode, fileOff).state);
+        this.stats.pmd++;
+        await this.zero(m, win.regionOff, HUGE);
+        return;
+      }
+    }
+    this.inject?.('page', m);
+    const x = this.pool.lookup(m.inode, fileOff);
+    this.countExtent(x.state);
+    this.stats.pte++;
+    if (x.state === 'written') {
+      await this.install(m, ev.offset, PAGE, (x.deviceOffset as number) + (fileOff - x.offset), true);
+    } else if (privateWrite) {
+      // A private write to a hole: a private zero-filled page, no block.
+      this.stats.copy++;
+      await this.answer(m.client, [{ op: Op.Copy, region: m.region, offset: ev.offset, length: PAGE, payload: ZERO_PAGE }]);
+      m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Copy);
+    } else {
+      await this.zero(m, ev.offset, PAGE);
+    }
+  }
+
+  private async resolvePrivate(m: Mapping, ev: FaultEvent, fileOff: number, write: boolean, st: PageState): Promise<void> {
+    if (!write) return this.resolveRead(m, ev, fileOff, false);
+    if (st === PageState.Zero || st === PageState.Copy) {
+      // Write to a write-protected private page: let the kernel copy it on write.
+      this.stats.copy++;
+      await this.answer(m.client, [{ op: Op.Unprotect, region: m.region, offset: ev.offset, length: PAGE }]);
+      m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Copy);
+      return;
+    }
+    // Missing page, write: the file's page mapped copy-on-write (the kernel copies it
+    // on this very write), or a private zero page for a hole. The pool never changes.
+    return this.resolveRead(m, ev, fileOff, true);
+  }
+
+  /** Write fault on a shared mapping: the pool allocates/converts and zeroes, then we install. */
+  private async resolveSharedWrite(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
+    if (!m.writable) {
+      this.stats.sigbus++;
+      await this.answer(m.client, [{ op: Op.Poison, region: m.region, offset: ev.offset, length: PAGE }]);
+      return;
+    }
+    const win = this.hugeWindow(m, fileOff);
+    if (win) {
+      this.inject?.('huge', m);
+      const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
+      this.countExtent(c.allWritten ? 'written' : this.pool.lookup(m.inode, fileOff).state);
+      const exts = c.allWritten && c.contiguous && !m.sync
+        ? [{ offset: win.fileStart, length: HUGE, deviceOffset: c.devStart }]
+        : await this.pool.ensureWritten(m.inode, win.fileStart, HUGE, { sync: m.sync, preferAligned: true });
+      const single = exts.length === 1 && exts[0]!.length === HUGE && exts[0]!.deviceOffset % HUGE === 0;
+      if (single) {
+        this.stats.pmd++;
+        await this.install(m, win.regionOff, HUGE, exts[0]!.deviceOffset, false);
+        return;
+      }
+      // Not one aligned run: install the faulting page only (the rest is written now
+      // and will be installed on its own first touch).
+      const e = exts.find((x) => x.offset <= fileOff && fileOff < x.offset + x.length)!;
+      this.stats.pte++;
+      await this.install(m, ev.offset, PAGE, e.deviceOffset + (fileOff - e.offset), false);
+      return;
+    }
+    this.inject?.('page', m);
+    const x = this.pool.lookup(m.inode, fileOff);
+    this.countExtent(x.state);
+    this.stats.pte++;
+    let devOff: number;
+    if (x.state === 'written' && !m.sync) {
+      devOff = (x.deviceOffset as number) + (fileOff - x.offset);
+    } else {
+      const [e] = await this.pool.ensureWritten(m.inode, fileOff, PAGE, { sync: m.sync });
+      devOff = e!.deviceOffset;
+    }
+    await this.install(m, ev.offset, PAGE, devOff, false);
+  }
+
+  private async install(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): Promise<void> {
+    const [r] = await this.answer(m.client, [this.installSpec(m, regionOff, length, devOff, forRead, adopt)]);
+    if (r === ENOMEM) throw new RetryAfterEvict();
+    if (r !== 0 && r !== ENXIO) throw daxError('EIO', `install answer failed: ${r}`);
+    if (r === 0) {
+      m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Installed);
+      m.client.budget.add({ mapping: m.key, offset: regionOff, length });
+    }
+  }
+
+  /** The zero page, write-protected. A write that raced it is adopted into a block. */
+  private async zero(m: Mapping, regionOff: number, length: number): Promise<void> {
+    this.stats.zeroPage++;
+    const [r] = await this.answer(m.client, [{ op: Op.Zero, flags: A_WP, region: m.region, offset: regionOff, length }]);
+    if (r === RESULT_RACED) {
+      this.stats.raced++;
+      if (m.private) {
+        // The racing write made a private page: exactly a private copy.
+        m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Copy);
+        return;
+      }
+      // Zeros plus that write is the right content for the hole: make it a block.
+      const fileOff = m.fileOffset + regionOff;
+      const exts = await this.pool.ensureWritten(m.inode, fileOff, length, { sync: m.sync });
+      for (const e of exts) {
+        await this.install(m, e.offset - m.fileOffset, e.length, e.deviceOffset, false, true);
+      }
+      return;
+    }
+    if (r !== 0 && r !== ENXIO) throw daxError('EIO', `zero answer failed: ${r}`);
+    if (r === 0) m.states.setWhere(regionOff / PAGE, (regionOff + length) / PAGE, PageState.None, PageState.Zero);
+  }
+
+  private async answer(client: Client, specs: AnswerSpec[]): Promise<number[]> {
+    const b = new AnswerBatch(specs.length);
+    for (const s of specs) b.add(s);
+    return Array.from(await client.run(b));
+  }
+
+  // ---- eviction ----
+
+  /**
+   * Revoke up to `n` of the client's least recently installed windows. Each victim is
+   * taken with its own locks (range shared → entry), skipped if they are busy; never
+   * called with locks held.
+   */
+  async evict(client: Client, n: number): Promise<void> {
+    if (this.evicting || n <= 0) return;
+    this.evicting = true;
+    try {
+      await withOperation('evict', async () => {
+        for (const w of client.budget.oldest(n)) await this.evictOne(client, w);
+      });
+    } finally {
+      this.evicting = false;
+    }
+  }
+
+  private async evictOne(client: Client, w: { mapping: string; offset: number; length: number }): Promise<void> {
+    const m = this.mappings.get(w.mapping);
+    if (!m || m.dead) {
+      client.budget.dropRange(w.mapping, w.offset, w.length);
+      return;
+    }
+    const chunk = Math.floor((m.fileOffset + w.offset) / HUGE);
+    const key = `${m.inode.id}:${chunk}`;
+    if (this.busy.has(key)) return;
+    const range = m.inode.rangeLock.tryAcquire(chunk * HUGE, (chunk + 1) * HUGE, 'shared');
+    if (!range) return;
+    let entry: LockHandle | undefined;
+    try {
+      entry = await this.lockEntry(key);
+      // A private window keeps its copy-on-write pages; only the file pages go.
+      const [r] = await this.answer(client, [{ op: Op.Revoke, flags2: m.private ? A2_KEEP_PRIVATE : 0, region: m.region, offset: w.offset, length: w.length }]);
+      if (r === 0 || r === ENXIO) {
+        this.stats.evictions++;
+        m.states.setWhere(w.offset / PAGE, (w.offset + w.length) / PAGE, PageState.Installed, PageState.None);
+        client.budget.dropRange(w.mapping, w.offset, w.length);
+      }
+    } finally {
+      entry?.release();
+      range.release();
+    }
+  }
+
+  // ---- invalidation: truncate, punch hole, zero range, unlink, rename over ----
+
+  /**
+   * The pool calls this with the file's range lock held exclusive over
+   * [offset, offset+length), before it frees or zeroes any block. Every page of the
+   * range is revoked in every mapping (waiting for each client), so no mapping can
+   * reach a block once it is freed. A length to the end means truncate, unlink or
+   * rename: private copies go too. A bounded range means punch or zero range: as in
+   * Linux, private copy-on-write pages stay.
+   */
+  async invalidate(ino: Inode, offset: number, length: number): Promise<void> {
+    const toEnd = offset + length >= RANGE_END;
+    // Truncate keeps the page that holds the new EOF; punch and zero revoke whole
+    // pages only (partial pages are zeroed in place, in the same block).
+    const start = roundUp(offset, PAGE);
+    const end = toEnd ? RANGE_END : Math.floor((offset + length) / PAGE) * PAGE;
+    if (end <= start) return;
+    const work: Promise<void>[] = [];
+    for (const m of this.mappingsOf(ino)) {
+      const lo = Math.max(start, m.fileOffset);
+      const hi = Math.min(end, m.fileOffset + m.length);
+      if (hi <= lo) continue;
+      const rlo = lo - m.fileOffset;
+      const rhi = hi - m.fileOffset;
+      if (m.states.allNone(rlo / PAGE, rhi / PAGE)) continue;
+      work.push(this.revokeRange(m, rlo, rhi - rlo, m.private && !toEnd));
+    }
+    await Promise.all(work);
+  }
+
+  private async revokeRange(m: Mapping, regionOff: number, length: number, keepPrivate: boolean): Promise<void> {
+    this.stats.revokes++;
+    const [r] = await this.answer(m.client, [{ op: Op.Revoke, flags2: keepPrivate ? A2_KEEP_PRIVATE : 0, region: m.region, offset: regionOff, length }]);
+    if (r !== 0 && r !== ENXIO) {
+      // The pages could not be taken back: the blocks must not be freed under them.
+      throw daxError('EIO', `revoke of [${regionOff}, +${length}) in a mapping of '${m.inode.name}' failed (${r})`);
+    }
+    const p0 = regionOff / PAGE;
+    const p1 = (regionOff + length) / PAGE;
+    if (keepPrivate) {
+      m.states.setWhere(p0, p1, PageState.Installed, PageState.None);
+      m.states.setWhere(p0, p1, PageState.Zero, PageState.None);
+    } else {
+      m.states.set(p0, p1, PageState.None);
+    }
+    m.client.budget.dropRange(m.key, regionOff, length);
+  }
+
+  /**
+   * The file grew (truncate up, fallocate, an extending write): pages poisoned as
+   * beyond EOF that are now inside it are taken back, so the next touch faults.
+   */
+  async grown(ino: Inode): Promise<void> {
+    const eof = roundUp(ino.size, PAGE);
+    const work: Promise<void>[] = [];
+    for (const m of this.mappingsOf(ino)) {
+      if (m.states.poisoned === 0) continue;
+      const hi = Math.min(m.length, eof - m.fileOffset);
+      for (const [a, b] of m.states.runs(0, Math.max(0, hi / PAGE), PageState.Poison)) {
+        work.push(this.revokeRange(m, a * PAGE, (b - a) * PAGE, false));
+      }
+    }
+    await Promise.all(work);
+  }
+
+  /** Revoke everything of a mapping (pool closing with mappings in other threads). */
+  async revokeAll(m: Mapping): Promise<void> {
+    if (!m.states.allNone(0, m.length / PAGE)) await this.revokeRange(m, 0, m.length, false);
+  }
+
+  allMappings(): Mapping[] {
+    return [...this.mappings.values()];
+  }
+
+  /** Kill a mapping: every page revoked and later faults get SIGBUS (the pool is closing). */
+  async kill(m: Mapping): Promise<void> {
+    await this.revokeAll(m).catch(() => {});
+    this.forget(m);
+  }
+}
+
+const ZERO_PAGE = new Uint8Array(PAGE);

@@ -1,0 +1,77 @@
+// Fault counters by kind and a latency histogram (log2 buckets of microseconds).
+
+export interface FaultStatsSnapshot {
+  faults: number;
+  read: number;
+  write: number;
+  writeProtect: number;
+  hole: number;
+  unwritten: number;
+  written: number;
+  beyondEof: number;
+  pmd: number;
+  pte: number;
+  zeroPage: number;
+  copy: number;
+  sigbus: number;
+  spurious: number;
+  raced: number;
+  evictions: number;
+  revokes: number;
+  installedWindows: number;
+  latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
+}
+
+const BUCKETS = 40;
+
+export class FaultStats {
+  faults = 0;
+  read = 0;
+  write = 0;
+  writeProtect = 0;
+  hole = 0;
+  unwritten = 0;
+  written = 0;
+  beyondEof = 0;
+  pmd = 0;
+  pte = 0;
+  zeroPage = 0;
+  copy = 0;
+  sigbus = 0;
+  spurious = 0;
+  raced = 0;
+  evictions = 0;
+  revokes = 0;
+  private hist = new Array<number>(BUCKETS).fill(0);
+  private maxUs = 0;
+  private samples = 0;
+
+  latency(us: number): void {
+    const b = us <= 1 ? 0 : Math.min(BUCKETS - 1, Math.ceil(Math.log2(us)));
+    this.hist[b]!++;
+    this.samples++;
+    if (us > this.maxUs) this.maxUs = us;
+  }
+
+  private percentile(p: number): number {
+    if (this.samples === 0) return 0;
+    const want = Math.ceil(this.samples * p);
+    let seen = 0;
+    for (let b = 0; b < BUCKETS; b++) {
+      seen += this.hist[b]!;
+      if (seen >= want) return Math.min(2 ** b, this.maxUs);
+    }
+    return this.maxUs;
+  }
+
+  snapshot(installedWindows: number): FaultStatsSnapshot {
+    return {
+      faults: this.faults, read: this.read, write: this.write, writeProtect: this.writeProtect,
+      hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
+      pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
+      spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes,
+      installedWindows,
+      latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
+    };
+  }
+}

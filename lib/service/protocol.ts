@@ -1,0 +1,49 @@
+// Messages between a Pool (client) and its service over a MessagePort. A request
+// names an operation and carries its arguments; every request gets exactly one
+// response. The service may also send notices (the pool was closed).
+
+export interface Request {
+  id: number;
+  op: string;
+  args: unknown[];
+}
+
+export interface ErrorInfo {
+  code: string;
+  message: string;
+}
+
+export type Response =
+  | { id: number; ok: true; value: unknown }
+  | { id: number; ok: false; error: ErrorInfo };
+
+export interface Notice {
+  notice: 'closed';
+}
+
+export interface Hello {
+  /** The service's fault channel: regions of this process bind to it. */
+  channel: number;
+  /** The pool's device id in this process (embedded mode: the service's own). */
+  deviceId: number;
+  path: string;
+}
+
+export interface MapOptions {
+  private: boolean;
+  sync: boolean;
+  faultAround: boolean;
+}
+
+export interface StartRequest {
+  device: string;
+  mode: 'create' | 'open';
+  size?: number;
+  force?: boolean;
+}
+
+export type StartReply = { ok: true; hello: Hello } | { ok: false; error: ErrorInfo };
+
+export function isNotice(m: unknown): m is Notice {
+  return typeof m === 'object' && m !== null && 'notice' in m;
+}

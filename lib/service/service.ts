@@ -1,0 +1,294 @@
+// The service: one pool and its fault policy, serving any number of clients (the
+// thread that opened the pool, and threads it shared the pool with) over
+// MessagePorts. In embedded mode it runs in its own worker thread, so the threads
+// that fault never have to answer their own faults. It never touches a trapped
+// region itself.
+import type { MessagePort } from 'node:worker_threads';
+import { isDaxError, daxError } from '../errors';
+import { FaultChannel } from '../native/channel';
+import { execute } from '../native/engine';
+import type { AnswerBatch, FaultEvent } from '../native/frames';
+import { logger } from '../log';
+import { lockdep } from '../lock/index';
+import { Pool as LocalPool, PoolFile as LocalFile } from '../pool/pool';
+import { poolInternals, type PoolInternals } from '../pool/internal';
+import { FaultPolicy, type Client } from '../fault/policy';
+import { WindowBudget } from '../fault/budget';
+import { PAGE } from '../fault/states';
+import type { ErrorInfo, Hello, MapOptions, Request, Response, StartRequest } from './protocol';
+
+const log = logger('service');
+
+/** Answers for regions of this very process: executed here, by the native agent. */
+class LocalClient implements Client {
+  readonly id = 'local';
+  readonly budget = new WindowBudget();
+  constructor(readonly deviceId: number) {}
+  run(batch: AnswerBatch): Int32Array {
+    return Int32Array.from(execute(batch));
+  }
+}
+
+interface Conn {
+  port: MessagePort;
+  files: Map<number, LocalFile>;
+  /** region id → the file handle it maps */
+  regions: Map<number, { handle: number; fileOffset: number; length: number }>;
+  closed: boolean;
+}
+
+export class Service {
+  private readonly internals: PoolInternals;
+  readonly policy: FaultPolicy;
+  private readonly local: LocalClient;
+  private readonly channel: FaultChannel;
+  private readonly conns = new Set<Conn>();
+  private nextHandle = 1;
+  private closing: Promise<void> | null = null;
+
+  private constructor(private readonly pool: LocalPool) {
+    this.internals = poolInternals(pool);
+    this.policy = new FaultPolicy(this.internals);
+    this.local = new LocalClient(this.internals.storage.deviceId);
+    this.channel = new FaultChannel((events: FaultEvent[]) => this.policy.handle(this.local, events), {
+      onError: (err) => log.error({ err }, 'fault handler failed; its unanswered faults got SIGBUS'),
+    });
+  }
+
+  static async start(req: StartRequest): Promise<Service> {
+    const pool = req.mode === 'create'
+      ? await LocalPool.create(req.device, { ...(req.size !== undefined ? { size: req.size } : {}), force: req.force === true })
+      : await LocalPool.open(req.device);
+    return new Service(pool);
+  }
+
+  hello(): Hello {
+    return { channel: this.channel.id, deviceId: this.local.deviceId, path: this.pool.path };
+  }
+
+  /** Serve a client on this port until it closes. */
+  connect(port: MessagePort): void {
+    const conn: Conn = { port, files: new Map(), regions: new Map(), closed: false };
+    this.conns.add(conn);
+    port.on('message', (msg: Request) => {
+      void this.dispatch(conn, msg);
+    });
+    port.on('close', () => this.disconnect(conn));
+    port.start?.();
+  }
+
+  private disconnect(conn: Conn): void {
+    if (conn.closed) return;
+    conn.closed = true;
+    this.conns.delete(conn);
+    // The client's thread is gone (or let go of the pool): its regions were closed
+    // with it; forget their mappings and close its files.
+    for (const region of conn.regions.keys()) this.policy.unmap(this.local, region);
+    conn.regions.clear();
+    for (const f of conn.files.values()) void f.close().catch(() => {});
+    conn.files.clear();
+  }
+
+  private reply(conn: Conn, r: Response, transfer: ArrayBuffer[] = []): void {
+    if (conn.closed) return;
+    try {
+      conn.port.postMessage(r, transfer);
+    } catch (err) {
+      log.warn({ err }, 'could not reply to a client');
+    }
+  }
+
+  private async dispatch(conn: Conn, req: Request): Promise<void> {
+    try {
+      const { value, transfer } = await this.run(conn, req.op, req.args);
+      this.reply(conn, { id: req.id, ok: true, value }, transfer);
+    } catch (err) {
+      const info: ErrorInfo = isDaxError(err)
+        ? { code: err.code, message: err.message }
+        : { code: 'EIO', message: `EIO: ${(err as Error)?.message ?? String(err)}` };
+      if (!isDaxError(err)) log.error({ err, op: req.op }, 'unexpected error in a pool operation');
+      this.reply(conn, { id: req.id, ok: false, error: info });
+    }
+  }
+
+  private file(conn: Conn, handle: unknown): LocalFile {
+    const f = conn.files.get(handle as number);
+    if (!f) throw daxError('EBADF', `file handle ${String(handle)} is not open`);
+    return f;
+  }
+
+  private async afterResize(f: LocalFile, before: number): Promise<void> {
+    const ino = this.internals.inode(f);
+    if (ino.size > before) await this.policy.grown(ino);
+  }
+
+  private async run(conn: Conn, op: string, a: unknown[]): Promise<{ value: unknown; transfer?: ArrayBuffer[] }> {
+    if (this.closing && op !== 'close') throw daxError('ECLOSED', 'the pool is closed');
+    const v = (value: unknown = undefined): { value: unknown } => ({ value });
+    switch (op) {
+      case 'hello':
+        return v(this.hello());
+      case 'attach': {
+        this.connect(a[0] as MessagePort);
+        return v();
+      }
+      case 'openFile': {
+        const f = await this.pool.openFile(a[0] as string, (a[1] ?? {}) as { create?: boolean });
+        const handle = this.nextHandle++;
+        conn.files.set(handle, f);
+        return v({ handle, name: f.name });
+      }
+      case 'unlink':
+        await this.pool.unlink(a[0] as string);
+        return v();
+      case 'rename':
+        await this.pool.rename(a[0] as string, a[1] as string);
+        return v();
+      case 'list':
+        return v(await this.pool.list());
+      case 'statfs':
+        return v(await this.pool.statfs());
+      case 'stats':
+        return v(this.policy.snapshot());
+      case 'lockdep':
+        return v(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null);
+      case 'configure': {
+        const o = (a[0] ?? {}) as { windowBudget?: number };
+        if (o.windowBudget !== undefined) this.local.budget.limit = o.windowBudget;
+        return v();
+      }
+      case 'stat':
+        return v(await this.file(conn, a[0]).stat());
+      case 'truncate': {
+        const f = this.file(conn, a[0]);
+        const before = this.internals.inode(f).size;
+        await f.truncate(a[1] as number);
+        await this.afterResize(f, before);
+        return v();
+      }
+      case 'fallocate': {
+        const f = this.file(conn, a[0]);
+        const before = this.internals.inode(f).size;
+        await f.fallocate(a[1] as number, a[2] as number, (a[3] ?? {}) as { keepSize?: boolean });
+        await this.afterResize(f, before);
+        return v();
+      }
+      case 'punchHole':
+        await this.file(conn, a[0]).punchHole(a[1] as number, a[2] as number);
+        return v();
+      case 'zeroRange': {
+        const f = this.file(conn, a[0]);
+        const before = this.internals.inode(f).size;
+        await f.zeroRange(a[1] as number, a[2] as number, (a[3] ?? {}) as { keepSize?: boolean });
+        await this.afterResize(f, before);
+        return v();
+      }
+      case 'write': {
+        const f = this.file(conn, a[0]);
+        const before = this.internals.inode(f).size;
+        const n = await f.write(a[1] as Uint8Array, a[2] as number);
+        await this.afterResize(f, before);
+        return v(n);
+      }
+      case 'read': {
+        const f = this.file(conn, a[0]);
+        const buf = Buffer.alloc(a[1] as number);
+        const n = await f.read(buf, a[2] as number);
+        const out = new Uint8Array(buf.buffer, buf.byteOffset, n);
+        return { value: out, transfer: buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? [buf.buffer as ArrayBuffer] : [] };
+      }
+      case 'fsync':
+        await this.file(conn, a[0]).fsync();
+        return v();
+      case 'closeFile': {
+        const f = conn.files.get(a[0] as number);
+        if (f) {
+          conn.files.delete(a[0] as number);
+          await f.close();
+        }
+        return v();
+      }
+      case 'map':
+        return v(this.map(conn, a[0] as number, a[1] as number, a[2] as number, a[3] as number, a[4] as MapOptions));
+      case 'unmap': {
+        const region = a[0] as number;
+        conn.regions.delete(region);
+        this.policy.unmap(this.local, region);
+        return v();
+      }
+      case 'flush':
+        await this.flush(conn, a[0] as number, a[1] as number, a[2] as number);
+        return v();
+      case 'close':
+        await this.close(conn);
+        return v();
+      default:
+        throw daxError('EINVAL', `unknown pool operation '${op}'`);
+    }
+  }
+
+  private map(conn: Conn, handle: number, region: number, fileOffset: number, length: number, o: MapOptions): null {
+    const f = this.file(conn, handle);
+    const inode = this.internals.inode(f);
+    if (!inode.live) throw daxError('ENOENT', `file '${inode.name}' was removed`);
+    const dev = this.internals.storage;
+    if (dev.kind === 'devdax' && fileOffset % (2 << 20) !== 0) {
+      throw daxError('EINVAL', 'on a device-dax pool, mappings must start at a 2 MiB aligned file offset');
+    }
+    this.policy.map(this.local, {
+      region, inode, fileOffset, length, private: o.private, sync: o.sync, faultAround: o.faultAround, writable: true,
+    });
+    conn.regions.set(region, { handle, fileOffset, length });
+    return null;
+  }
+
+  /** Data (device ranges of the mapped extents) and metadata durable for the range. */
+  private async flush(conn: Conn, region: number, offset: number, length: number): Promise<void> {
+    const r = conn.regions.get(region);
+    if (!r) throw daxError('EBADF', `region ${region} is not mapped`);
+    const f = this.file(conn, r.handle);
+    const ino = this.internals.inode(f);
+    const start = r.fileOffset + offset;
+    const end = Math.min(r.fileOffset + offset + length, ino.size);
+    const range = await ino.rangeLock.acquireShared(start, Math.max(start + 1, end));
+    try {
+      for (let off = start; off < end;) {
+        const x = this.internals.lookup(ino, off);
+        const xEnd = Math.min(end, x.offset + x.length);
+        if (x.state === 'written') {
+          const d0 = (x.deviceOffset as number) + (off - x.offset);
+          const d1 = Math.ceil(((x.deviceOffset as number) + (xEnd - x.offset)) / PAGE) * PAGE;
+          this.internals.storage.persist(Math.floor(d0 / PAGE) * PAGE, d1 - Math.floor(d0 / PAGE) * PAGE);
+        }
+        off = xEnd;
+      }
+    } finally {
+      range.release();
+    }
+    await f.fsync();
+  }
+
+  /** Close the pool: every mapping in every thread is revoked (later touches get SIGBUS), clients are told, the pool is flushed and released. */
+  close(from?: Conn): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closing = (async () => {
+      for (const m of this.policy.allMappings()) await this.policy.kill(m);
+      for (const c of this.conns) {
+        if (c !== from && !c.closed) {
+          try {
+            c.port.postMessage({ notice: 'closed' });
+          } catch {
+            // that client is gone already
+          }
+        }
+      }
+      this.channel.close();
+      for (const c of this.conns) {
+        for (const f of c.files.values()) await f.close().catch(() => {});
+        c.files.clear();
+      }
+      await this.pool.close();
+    })();
+    return this.closing;
+  }
+}
