@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { daxError } from '../errors';
 import { CHUNK_SIZE, type Storage } from '../device/storage';
 import { Mutex, RangeLock, RANGE_END, type LockHandle } from '../lock/index';
+import { logger } from '../log';
 import { BlockAllocator, type Run } from './allocator';
 import { ExtentMap, type Extent } from './extents';
 import {
@@ -27,6 +28,7 @@ import {
 } from './log';
 
 const B = BLOCK_SIZE;
+const log = logger('pool');
 const MAX_FILE_BLOCKS = MAX_FILE_SIZE / B;
 
 /** A file as the pool and the fault policy see it (internal; the public handle is PoolFile). */
@@ -183,6 +185,10 @@ export class PoolCore {
     }
     // a copy that is damaged or one checkpoint behind (a crash between the two writes) is rewritten
     if (stale && !opts.readOnly) writeSuperblocks(storage, core.sb);
+    if (log.isLevelEnabled('debug')) {
+      const r = core.openInfo.replay;
+      log.debug({ path: storage.path, generation: sb.ckptGen, files: core.files.size, records: r.records, logBytes: r.tail, stop: r.stop }, 'pool opened');
+    }
     return core;
   }
 
@@ -392,9 +398,11 @@ export class PoolCore {
     this.sb = { ...this.sb, ckptGen: gen, ckptCrc: crc };
     writeSuperblocks(this.storage, this.sb);
     this.log.reset(seed);
+    const released = this.alloc.pendingCount;
     this.alloc.releasePending();
     for (const f of this.files.values()) f.mtimeDirty = false;
     this.checkpoints++;
+    if (log.isLevelEnabled('debug')) log.debug({ path: this.storage.path, generation: gen, files: files.length, usedBlocks: used, released }, 'checkpoint');
   }
 
   checkOpen(): void {
