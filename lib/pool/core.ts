@@ -173,11 +173,11 @@ export class PoolCore {
   }
 
   /** Open a formatted storage: superblock, checkpoint, log replay. Throws EBADF for anything not a sound pool. */
-  static open(storage: Storage, opts: { readOnly?: boolean } = {}): PoolCore {
+  static open(storage: Storage, opts: { readOnly?: boolean; progress?: (done: number, total: number) => void } = {}): PoolCore {
     const { sb, stale } = readSuperblock(storage);
     const core = new PoolCore(storage, sb);
     try {
-      core.load();
+      core.load(opts.progress);
     } catch (e) {
       if (e instanceof ReplayError) throw daxError('EBADF', `'${storage.path}': damaged pool metadata: ${e.message} (run daxmap fsck)`, { cause: e });
       if (e instanceof RangeError || e instanceof TypeError) throw daxError('EBADF', `'${storage.path}': unreadable pool metadata: ${e.message}`, { cause: e });
@@ -192,7 +192,7 @@ export class PoolCore {
     return core;
   }
 
-  private load(): void {
+  private load(progress?: (done: number, total: number) => void): void {
     const g = this.geometry;
     const problem = checkGeometry(g, this.storage.size);
     if (problem) corrupt(problem);
@@ -224,7 +224,7 @@ export class PoolCore {
         if (e instanceof ReplayError) corrupt(`log transaction at log offset ${off} (${txn.map((x) => recordName(x.t)).join('+')}): ${e.message}`);
         throw e;
       }
-    });
+    }, progress);
     this.log = new MetaLog(this.storage, g.logStart * B, g.logBlocks * B, end.tail, end.chain, true);
     this.openInfo = { sb: this.sb, replay: end, ckptFiles: c.files.length, ckptExtents: extents, ckptUsedBlocks: c.usedBlocks };
   }

@@ -51,7 +51,7 @@ export function fsckStorage(storage: Storage, progress?: Progress): FsckReport {
   progress?.('replay', 0, 1);
   let core: PoolCore;
   try {
-    core = PoolCore.open(storage, { readOnly: true });
+    core = PoolCore.open(storage, { readOnly: true, progress: (done, total) => progress?.('replay', done, total) });
   } catch (e) {
     rep.errors.push(isDaxError(e) ? e.message : `open failed: ${(e as Error).message}`);
     return rep;

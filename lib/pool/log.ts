@@ -160,7 +160,8 @@ export interface ReplayEnd {
  * together or not at all). `apply` may throw to reject a semantically impossible
  * transaction; the caller decides what that means.
  */
-export function scanLog(buf: Buffer, seed: number, apply: (txn: LogRecord[], offset: number) => void): ReplayEnd {
+export function scanLog(buf: Buffer, seed: number, apply: (txn: LogRecord[], offset: number) => void,
+  progress?: (pos: number, capacity: number) => void): ReplayEnd {
   let pos = 0;
   let chain = seed;
   let txnStart = 0;
@@ -194,6 +195,7 @@ export function scanLog(buf: Buffer, seed: number, apply: (txn: LogRecord[], off
       records += txn.length;
       transactions++;
       txn = [];
+      if (progress && (transactions & 0xffff) === 0) progress(pos, cap);
     }
   }
   if (txn.length > 0) {
