@@ -44,60 +44,64 @@ t.test('sizes', async (t) => {
 });
 
 t.test('help on every command, usage errors exit 2', async (t) => {
-  const top = cli('--help');
+  const top = cli('--help'); // through bin/daxmap once
   t.equal(top.code, 0);
   for (const c of ['mkfs', 'fsck', 'ls', 'stat']) {
     t.match(top.out, new RegExp(`\\n  ${c} `));
-    const h = cli(c, '--help');
+    const h = await inproc(c, '--help');
     t.equal(h.code, 0, `${c} --help`);
     t.match(h.out, new RegExp(`^Usage: daxmap ${c} <device>`));
   }
-  t.match(cli('ls', '--help').out, /--socket PATH/);
+  t.match((await inproc('ls', '--help')).out, /--socket PATH/);
   t.equal(cli().code, 2);
-  t.equal(cli('frobnicate').code, 2);
-  t.equal(cli('mkfs').code, 2);
-  t.equal(cli('mkfs', 'a', 'b').code, 2);
-  t.equal(cli('fsck', 'x', '--nope').code, 2);
-  t.equal(cli('mkfs', join(dir, 'x'), '--size').code, 2);
-  t.equal(cli('mkfs', join(dir, 'x'), '--size', 'lots').code, 2);
-  t.equal(cli('--version').code, 0);
+  t.equal((await inproc('frobnicate')).code, 2);
+  t.equal((await inproc('mkfs')).code, 2);
+  t.equal((await inproc('mkfs', 'a', 'b')).code, 2);
+  t.equal((await inproc('fsck', 'x', '--nope')).code, 2);
+  t.equal((await inproc('fsck', 'x', '-q')).code, 2);
+  t.equal((await inproc('mkfs', join(dir, 'x'), '--size')).code, 2);
+  t.equal((await inproc('mkfs', join(dir, 'x'), '--size', 'lots')).code, 2);
+  t.equal((await inproc('mkfs', join(dir, 'x'), '--force=yes')).code, 2);
+  t.equal((await inproc('--version')).code, 0);
 });
 
 t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
-  for (const dev of [shm, join(dir, 'pool')]) {
-    const m = cli('mkfs', dev, '--size', '32M');
+  for (const [i, dev] of [shm, join(dir, 'pool')].entries()) {
+    const run = i === 0 ? async (...a: string[]) => cli(...a) : inproc; // the tmpfs round goes through bin/daxmap
+    const m = await run('mkfs', dev, '--size', '32M');
     t.equal(m.code, 0, m.err);
     t.match(m.out, /formatted .*: 32M device/);
-    t.equal(cli('mkfs', dev).code, 2, 'refuses an existing pool');
-    t.match(cli('mkfs', dev).err, /EEXIST/);
+    const again = await run('mkfs', dev);
+    t.equal(again.code, 2, 'refuses an existing pool');
+    t.match(again.err, /EEXIST/);
     const pool = await Pool.open(dev);
     const f = await pool.openFile('file one', { create: true });
     await f.write(Buffer.alloc(10000, 1), 0);
     await f.fallocate(1 << 20, 1 << 20, { keepSize: true });
     await (await pool.openFile('empty', { create: true })).fsync();
-    t.equal(cli('ls', dev).code, 2, 'busy while open');
-    t.match(cli('fsck', dev).err, /EBUSY/);
+    t.equal((await run('ls', dev)).code, 2, 'busy while open');
+    t.match((await run('fsck', dev)).err, /EBUSY/);
     await pool.close();
-    const ls = cli('ls', dev, '--bytes');
+    const ls = await run('ls', dev, '--bytes');
     t.equal(ls.code, 0, ls.err);
     t.match(ls.out, /NAME\s+SIZE\s+ALLOCATED\s+EXTENTS/);
     t.match(ls.out, /empty\s+0\s+0\s+0/);
     t.match(ls.out, /file one\s+10000\s+1060864\s+2/);
-    const lj = cli('ls', dev, '--json').out.trim().split('\n').map((l) => JSON.parse(l));
+    const lj = (await run('ls', dev, '--json')).out.trim().split('\n').map((l) => JSON.parse(l));
     t.same(lj.map((r) => r.name), ['empty', 'file one']);
-    const st = JSON.parse(cli('stat', dev, '--json').out);
+    const st = JSON.parse((await run('stat', dev, '--json')).out);
     t.equal(st.files, 2);
     t.equal(st.deviceBytes, 32 << 20);
-    t.match(cli('stat', dev).out, /freeBytes: \d+ \(/);
-    const fst = cli('stat', dev, 'file one');
+    t.match((await run('stat', dev)).out, /freeBytes: \d+ \(/);
+    const fst = await run('stat', dev, 'file one');
     t.match(fst.out, /size: 10000/);
     t.match(fst.out, /extents:\n  0\+12288 written\n  1048576\+1048576 unwritten/);
-    t.equal(cli('stat', dev, 'nope').code, 2);
-    t.equal(cli('ls', dev, '--socket', '/tmp/x').code, 2);
-    const fk = cli('fsck', dev);
+    t.equal((await run('stat', dev, 'nope')).code, 2);
+    t.equal((await run('ls', dev, '--socket', '/tmp/x')).code, 2);
+    const fk = await run('fsck', dev);
     t.equal(fk.code, 0, fk.out + fk.err);
     t.match(fk.out, /clean\n$/);
-    const fj = JSON.parse(cli('fsck', dev, '--json').out);
+    const fj = JSON.parse((await run('fsck', dev, '--json')).out);
     t.equal(fj.clean, true);
     t.equal(fj.summary.files, 2);
   }
@@ -105,7 +109,7 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
 
 t.test('fsck reports damage precisely and exits 1', async (t) => {
   const dev = join(dir, 'damaged');
-  t.equal(cli('mkfs', dev, '--size', '16M').code, 0);
+  t.equal((await inproc('mkfs', dev, '--size', '16M')).code, 0);
   const pool = await Pool.open(dev);
   const f = await pool.openFile('f', { create: true });
   await f.write(Buffer.alloc(3 * 4096, 7), 0);
@@ -123,31 +127,31 @@ t.test('fsck reports damage precisely and exits 1', async (t) => {
   t.match(r.out, /error: .*device block \d+ mapped by file \d+ \('g'\) is already owned by file \d+ \('f'\)/);
   // superblocks both destroyed
   const d2 = join(dir, 'nosb');
-  t.equal(cli('mkfs', d2, '--size', '16M').code, 0);
+  t.equal((await inproc('mkfs', d2, '--size', '16M')).code, 0);
   const fd = openSync(d2, 'r+');
   writeSync(fd, Buffer.alloc(16, 0xff), 0, 16, 100);
   writeSync(fd, Buffer.alloc(16, 0xff), 0, 16, 4096 + 100);
   closeSync(fd);
-  const r2 = cli('fsck', d2);
+  const r2 = await inproc('fsck', d2);
   t.equal(r2.code, 1);
   t.match(r2.out, /error: .*bad superblock \(superblock copy 0: checksum .*; superblock copy 1: checksum/);
   // one copy: a warning, still clean
   const d3 = join(dir, 'onesb');
-  t.equal(cli('mkfs', d3, '--size', '16M').code, 0);
+  t.equal((await inproc('mkfs', d3, '--size', '16M')).code, 0);
   const fd3 = openSync(d3, 'r+');
   writeSync(fd3, Buffer.alloc(16, 0xff), 0, 16, 100);
   closeSync(fd3);
-  const r3 = cli('fsck', d3);
+  const r3 = await inproc('fsck', d3);
   t.equal(r3.code, 0);
   t.match(r3.out, /warning: superblock copy 0: checksum/);
   // not a pool
   const d4 = join(dir, 'foreign');
   writeFileSync(d4, Buffer.alloc(1 << 20, 1));
-  const r4 = cli('fsck', d4);
+  const r4 = await inproc('fsck', d4);
   t.equal(r4.code, 1);
   t.match(r4.out, /not a daxmap pool/);
-  t.equal(cli('fsck', join(dir, 'missing')).code, 2);
-  t.equal(cli('ls', d4).code, 1, 'ls of a non-pool is a finding (EBADF)');
+  t.equal((await inproc('fsck', join(dir, 'missing'))).code, 2);
+  t.equal((await inproc('ls', d4)).code, 1, 'ls of a non-pool is a finding (EBADF)');
 });
 
 t.test('in-process main and the progress bar', async (t) => {
