@@ -287,6 +287,10 @@ export class PoolCore {
         if (!(r.len > 0) || r.fb + r.len > MAX_FILE_BLOCKS) corrupt(`map of file blocks [${r.fb}, +${r.len}) out of range`);
         if (!this.alloc.inData(r.dev, r.len)) corrupt(`map to device blocks [${r.dev}, +${r.len}) outside the data area [${this.geometry.dataStart}, ${this.geometry.dataEnd})`);
         const removed = f.extents.set(r.fb, r.len, r.dev, r.state);
+        if (removed.length === 0) {
+          if (replay) this.claim(f, r.dev, r.len);
+          return;
+        }
         // blocks that stay (a state change) vs blocks that left the file
         const kept: Run[] = [];
         for (const p of removed) {

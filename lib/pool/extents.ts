@@ -14,6 +14,8 @@ export interface Extent {
 /** Longest single extent, so lengths fit the checkpoint's u32 field. */
 export const MAX_EXTENT_BLOCKS = 2 ** 31;
 const LEAF_MAX = 128;
+/** Shared result for the common "nothing was replaced" case (callers only iterate it). */
+const NONE: Extent[] = [];
 const LEAF_FILL = 64;
 
 export class ExtentMap {
@@ -101,16 +103,15 @@ export class ExtentMap {
   }
 
   private replace(fb: number, end: number, ins: Extent | null): Extent[] {
-    const removed: Extent[] = [];
     if (this.n === 0) {
       if (ins) { this.leaves = [[ins]]; this.n = 1; this.blockCount = ins.len; }
-      return removed;
+      return NONE;
     }
     // fast path: appending past the last extent (replay of a checkpoint, sequential growth)
     const lastLeaf = this.leaves[this.leaves.length - 1]!;
     const last = lastLeaf[lastLeaf.length - 1]!;
     if (fb >= last.fb + last.len) {
-      if (!ins) return removed;
+      if (!ins) return NONE;
       if (ExtentMap.mergeable(last, ins)) {
         lastLeaf[lastLeaf.length - 1] = { fb: last.fb, len: last.len + ins.len, dev: last.dev, state: last.state };
       } else if (lastLeaf.length < LEAF_MAX) {
@@ -121,8 +122,9 @@ export class ExtentMap {
         this.n++;
       }
       this.blockCount += ins.len;
-      return removed;
+      return NONE;
     }
+    const removed: Extent[] = [];
     // the leaves that hold [fb, end) (the extent containing fb is always in leafFor(fb)),
     // plus the next leaf when its first extent touches `end` (it may merge)
     const a = this.leafFor(fb);

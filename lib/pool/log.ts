@@ -166,7 +166,7 @@ export function scanLog(buf: Buffer, seed: number, apply: (txn: LogRecord[], off
   let chain = seed;
   let txnStart = 0;
   let txnChain = seed;
-  let txn: LogRecord[] = [];
+  const txn: LogRecord[] = [];
   let records = 0;
   let transactions = 0;
   let stop: ReplayEnd['stop'] = 'end';
@@ -191,10 +191,10 @@ export function scanLog(buf: Buffer, seed: number, apply: (txn: LogRecord[], off
     chain = crc;
     pos += size;
     if ((flags & F_CONT) === 0) {
-      apply(txn, txnStart);
+      apply(txn, txnStart); // apply must not keep the array: it is reused
       records += txn.length;
       transactions++;
-      txn = [];
+      txn.length = 0;
       if (progress && (transactions & 0xffff) === 0) progress(pos, cap);
     }
   }
