@@ -21,7 +21,11 @@ const dir = mkdtempSync(join(tmpdir(), 'daxmap-crash-'));
 const SECRET = Buffer.from('CRASH-SECRET-PAT');
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
-async function runAndKill(path: string, seed: number, delayMs: number): Promise<{ synced: Map<string, string>; lines: number }> {
+/**
+ * Kill the child once it has reported `afterLines` lines (so the point depends on its
+ * progress, not on how loaded the machine is), after a further random delay.
+ */
+async function runAndKill(path: string, seed: number, afterLines: number, delayMs: number): Promise<{ synced: Map<string, string>; lines: number }> {
   const p = spawn(process.execPath, [child, root, path, String(seed)], { stdio: ['ignore', 'pipe', 'inherit'] });
   const synced = new Map<string, string>();
   let buf = '';
@@ -37,7 +41,8 @@ async function runAndKill(path: string, seed: number, delayMs: number): Promise<
       buf = buf.slice(i + 1);
       lines++;
       const [kind, name, hash] = line.split(' ');
-      if (kind === 'ready') killTimer = setTimeout(() => p.kill('SIGKILL'), delayMs);
+      if (lines === afterLines) killTimer = setTimeout(() => p.kill('SIGKILL'), delayMs);
+      if (kind === 'ready') continue;
       else if (kind === 'dirty') synced.delete(name!);
       else if (kind === 'synced') synced.set(name!, hash!);
       else if (kind === 'error') throw new Error(`child failed: ${line}`);
@@ -80,9 +85,11 @@ for (const [kind, mk, rounds] of places) {
     t.teardown(() => rmSync(path, { force: true }));
     await (await Pool.create(path, { size: 16 << 20 })).close();
     let syncedChecked = 0;
-    for (let round = 0; round < rounds; round++) {
-      const { synced, lines } = await runAndKill(path, 1000 + round, 50 + r.int(700));
-      t.ok(lines > 1, `round ${round}: child ran (${lines} lines)`);
+    // extra rounds (up to 12) until at least one fsync'ed file could be checked
+    for (let round = 0; round < rounds || (syncedChecked === 0 && round < 12); round++) {
+      const target = 20 + r.int(400);
+      const { synced, lines } = await runAndKill(path, 1000 + round, target, r.int(30));
+      t.ok(lines >= target, `round ${round}: killed after ${lines} lines`);
       syncedChecked += synced.size;
       await check(t, path, synced);
     }
