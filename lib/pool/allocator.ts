@@ -7,6 +7,8 @@ import { GROUP_BLOCKS } from './format';
 
 export interface Run { start: number; len: number }
 
+const MAX_RUN = 2 ** 31;
+
 export class BlockAllocator {
   /** Bit set = block in use (owned by a file, or pending reuse). Indexed from dataStart. */
   private readonly bits: Uint32Array;
@@ -99,10 +101,20 @@ export class BlockAllocator {
     let left = n;
     const grab = (start: number, len: number): void => {
       this.markUsed(start, len);
-      const last = out[out.length - 1];
-      if (last && last.start + last.len === start) last.len += len;
-      else out.push({ start, len });
       left -= len;
+      // runs stay below 2^31 blocks (the checkpoint's extent length field)
+      for (let s = start; s < start + len;) {
+        const last = out[out.length - 1];
+        if (last && last.start + last.len === s && last.len < MAX_RUN) {
+          const n = Math.min(MAX_RUN - last.len, start + len - s);
+          last.len += n;
+          s += n;
+        } else {
+          const n = Math.min(MAX_RUN, start + len - s);
+          out.push({ start: s, len: n });
+          s += n;
+        }
+      }
     };
     if (opts.goal !== undefined && opts.goal >= this.dataStart && opts.goal < this.dataEnd) {
       let d = opts.goal;
