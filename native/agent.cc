@@ -290,10 +290,11 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
     uint64_t w = d.window < kPage ? kPage : d.window;
     uint64_t ws = std::max(d.offset, off & ~(w - 1));
     uint64_t we = std::min(d.offset + d.length, (off & ~(w - 1)) + w);
-    int e = r->Install(uffd_, ws, we - ws, *d.device, d.dev_offset + (ws - d.offset), d.flags, 0, true);
+    int e = r->Install(uffd_, ws, we - ws, *d.device, d.dev_offset + (ws - d.offset), d.flags, 0, false);
     if (e == 0) {
       stats_.direct++;
-      if (ch) ch->Answered(r->id(), ws, we - ws);
+      if (ch) ch->Answered(r->id(), ws, we - ws);  // before the wake: see Region's executors
+      uffd_.Wake(r->base() + ws, we - ws);
       return;
     }
     // Could not install (e.g. ENOMEM at vm.max_map_count): the handler decides.
@@ -533,16 +534,20 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
     stats_.answer_errors++;
     return ENXIO;
   }
+  // Every op runs without waking; once it succeeded the page's live event is
+  // dropped and only then are the waiters woken. Woken first, a thread could fault
+  // on the page again at once, be merged into the event being retired, and never
+  // be answered.
   bool wake = !(a.flags & kAnsNoWake);
   int e = 0;
   switch (a.op) {
     case kOpInstall: {
       std::shared_ptr<Device> dev = DeviceRegistry::Find(a.device);
-      e = dev ? r->Install(uffd_, a.offset, a.length, *dev, a.dev_offset, a.flags, a.flags2, wake) : ENODEV;
+      e = dev ? r->Install(uffd_, a.offset, a.length, *dev, a.dev_offset, a.flags, a.flags2, false) : ENODEV;
       break;
     }
     case kOpZero:
-      e = RetryEagain([&] { return r->Zero(uffd_, a.offset, a.length, (a.flags & kAnsWp) != 0, wake, raced); });
+      e = RetryEagain([&] { return r->Zero(uffd_, a.offset, a.length, (a.flags & kAnsWp) != 0, false, raced); });
       break;
     case kOpCopy: {
       const void* src = nullptr;
@@ -561,20 +566,20 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
         }
         src = payload;
       }
-      e = RetryEagain([&] { return r->Copy(uffd_, a.offset, a.length, src, (a.flags & kAnsWp) != 0, wake); });
+      e = RetryEagain([&] { return r->Copy(uffd_, a.offset, a.length, src, (a.flags & kAnsWp) != 0, false); });
       break;
     }
     case kOpPoison:
-      e = RetryEagain([&] { return r->Poison(uffd_, a.offset, a.length, wake); });
+      e = RetryEagain([&] { return r->Poison(uffd_, a.offset, a.length, false); });
       break;
     case kOpRevoke:
+      // Not an answer to a fault: it wakes its range itself, and waiters refault.
       e = OnReaderThread() ? EDEADLK : r->Revoke(uffd_, a.offset, a.length, (a.flags2 & kAns2KeepPrivate) != 0);
       break;
     case kOpWake:
-      e = r->Wake(uffd_, a.offset, a.length);
       break;
     case kOpUnprotect:
-      e = RetryEagain([&] { return r->Unprotect(uffd_, a.offset, a.length); });
+      e = RetryEagain([&] { return r->Unprotect(uffd_, a.offset, a.length, false); });
       break;
     default:
       e = EINVAL;
@@ -590,6 +595,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
       ch = r->channel;
     }
     if (ch) ch->Answered(r->id(), a.offset, a.length);
+    r->Wake(uffd_, a.offset, a.length);
   }
   return 0;
 }

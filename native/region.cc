@@ -143,10 +143,10 @@ int Region::Poison(const Uffd& u, uint64_t off, uint64_t len, bool wake) {
   return 0;
 }
 
-int Region::Unprotect(const Uffd& u, uint64_t off, uint64_t len) {
-  int e = u.WriteProtect(base_ + off, len, false);
+int Region::Unprotect(const Uffd& u, uint64_t off, uint64_t len, bool wake) {
+  int e = u.WriteProtect(base_ + off, len, false, !wake);
   if (e != 0) return e;
-  u.Wake(base_ + off, len);
+  if (wake) u.Wake(base_ + off, len);
   return 0;
 }
 

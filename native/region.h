@@ -53,7 +53,9 @@ class Region {
   bool FindDirect(uint64_t offset, DirectRange* out);
 
   // The executors. Each returns 0 or a positive errno. `wake` wakes the threads
-  // waiting on the range once the answer is in place. Ranges are page-aligned and
+  // waiting on the range once the answer is in place. The agent passes wake=false
+  // and wakes itself, after it has dropped the page's live event: a thread woken
+  // earlier could fault again at once and be merged into the event being retired. Ranges are page-aligned and
   // inside the region (checked by the caller).
   int Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
               uint16_t flags2, bool wake);
@@ -63,7 +65,7 @@ class Region {
   int Zero(const Uffd& u, uint64_t off, uint64_t len, bool wp, bool wake, bool* raced);
   int Copy(const Uffd& u, uint64_t off, uint64_t len, const void* src, bool wp, bool wake);
   int Poison(const Uffd& u, uint64_t off, uint64_t len, bool wake);
-  int Unprotect(const Uffd& u, uint64_t off, uint64_t len);
+  int Unprotect(const Uffd& u, uint64_t off, uint64_t len, bool wake);
   int Wake(const Uffd& u, uint64_t off, uint64_t len);
   // Atomically replaces the range with fresh trapped memory (a registered spare moved
   // in with mremap) so the next touch faults again. Must not run on the thread that

@@ -183,12 +183,12 @@ int Uffd::ZeroPages(uintptr_t start, size_t len) const {
   return 0;
 }
 
-int Uffd::WriteProtect(uintptr_t start, size_t len, bool protect) const {
+int Uffd::WriteProtect(uintptr_t start, size_t len, bool protect, bool dontwake) const {
   struct uffdio_writeprotect w = {};
   w.range.start = start;
   w.range.len = len;
   // WP never wakes, and the kernel rejects WP together with DONTWAKE.
-  w.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
+  w.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : (dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
   return ioctl(fd_, UFFDIO_WRITEPROTECT, &w) == 0 ? 0 : errno;
 }
 

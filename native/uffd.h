@@ -44,7 +44,8 @@ class Uffd {
   // Fill [start, start+len) with the zero page, skipping pages already present
   // (EEXIST), without waking.
   int ZeroPages(uintptr_t start, size_t len) const;
-  int WriteProtect(uintptr_t start, size_t len, bool protect) const;
+  // Clearing protection wakes waiters unless dontwake.
+  int WriteProtect(uintptr_t start, size_t len, bool protect, bool dontwake = false) const;
   // Copy from src, skipping present pages; wp: install write-protected.
   int Copy(uintptr_t dst, const void* src, size_t len, bool wp) const;
   // SIGBUS markers on the missing pages of the range, skipping present ones.

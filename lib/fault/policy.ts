@@ -75,6 +75,8 @@ export class FaultPolicy {
   readonly stats = new FaultStats();
   private readonly log = logger('fault');
   private evicting = false;
+  /** How long a SIGBUS for a failed fault stands before the page is taken back. */
+  transientPoisonMs = 20;
   /** Test seam: throw from inside a fault after its locks are taken. */
   inject: ((where: 'huge' | 'page', m: MapRequest) => void) | null = null;
 
@@ -160,8 +162,14 @@ export class FaultPolicy {
         // for the faulting access, logged; the locks were released by `finally`.
         this.stats.sigbus++;
         this.log.warn({ err, region: ev.region, offset: ev.offset, file: m.inode.name }, 'fault answered with SIGBUS');
-        m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.None);
         await this.answer(client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]).catch(() => {});
+        m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Poison);
+        // A poison marker stays until the page is taken back. This failure may be
+        // transient (ENOSPC until space is freed, an I/O error): once the faulting
+        // access has had its SIGBUS, take the page back so the next access faults
+        // afresh, as with the kernel's own faults.
+        const timer = setTimeout(() => void this.recover(m, ev.offset), this.transientPoisonMs);
+        timer.unref();
         break;
       }
     }
@@ -401,6 +409,27 @@ export class FaultPolicy {
     const b = new AnswerBatch(specs.length);
     for (const s of specs) b.add(s);
     return Array.from(await client.run(b));
+  }
+
+  /** Take back a page poisoned by a failed fault, unless something else answered it since. */
+  private async recover(m: Mapping, regionOff: number): Promise<void> {
+    if (m.dead) return;
+    await withOperation('recover', async () => {
+      const chunk = Math.floor((m.fileOffset + regionOff) / HUGE);
+      const range = await m.inode.rangeLock.acquireShared(chunk * HUGE, (chunk + 1) * HUGE);
+      let entry: LockHandle | undefined;
+      try {
+        entry = await this.lockEntry(`${m.inode.id}:${chunk}`);
+        const page = regionOff / PAGE;
+        if (m.dead || m.states.get(page) !== PageState.Poison) return;
+        if (m.fileOffset + regionOff >= roundUp(m.inode.size, PAGE)) return; // beyond EOF: stays poisoned
+        await this.revokeRange(m, regionOff, PAGE, false);
+        this.stats.recovered++;
+      } finally {
+        entry?.release();
+        range.release();
+      }
+    }).catch((err: unknown) => this.log.warn({ err }, 'could not take back a poisoned page'));
   }
 
   // ---- eviction ----

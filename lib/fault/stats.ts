@@ -18,6 +18,8 @@ export interface FaultStatsSnapshot {
   raced: number;
   evictions: number;
   revokes: number;
+  /** pages poisoned by a failed fault and taken back afterwards */
+  recovered: number;
   installedWindows: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
 }
@@ -42,6 +44,7 @@ export class FaultStats {
   raced = 0;
   evictions = 0;
   revokes = 0;
+  recovered = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private samples = 0;
@@ -69,7 +72,7 @@ export class FaultStats {
       faults: this.faults, read: this.read, write: this.write, writeProtect: this.writeProtect,
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
-      spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes,
+      spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered,
       installedWindows,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
     };

@@ -152,6 +152,16 @@ export class Service {
         return v(this.policy.snapshot());
       case 'lockdep':
         return v(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null);
+      case 'testInject': {
+        // Test hook (DAXMAP_TEST_HOOKS=1 only): make faults on a path fail after their locks are taken.
+        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
+        const o = (a[0] ?? {}) as { where?: 'huge' | 'page' | 'any' | null; code?: string };
+        const where = o.where ?? null;
+        this.policy.inject = where === null ? null : (w) => {
+          if (where === 'any' || where === w) throw daxError(o.code ?? 'EIO', `failure injected on the ${w} path`);
+        };
+        return v();
+      }
       case 'configure': {
         const o = (a[0] ?? {}) as { windowBudget?: number };
         if (o.windowBudget !== undefined) this.local.budget.limit = o.windowBudget;

@@ -1,5 +1,5 @@
 // userfaultfd availability: the handshake, and the EUFFD error with its remedy.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { probeUffd, agentStats } from '../../dist/native/engine';
@@ -17,7 +17,7 @@ t.test('userfaultfd opens with the features daxmap needs', async (t) => {
   t.type(agentStats().events, 'number');
 });
 
-function checkEuffd(t: Tap.Test, out: any, region: any): void {
+function checkEuffd(t: Test, out: any, region: any): void {
   t.equal(out.ok, false);
   t.equal(out.code, 'EUFFD');
   t.match(out.message, /userfaultfd is unavailable/);

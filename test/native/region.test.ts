@@ -133,6 +133,17 @@ t.test('zero page, then a write traps again as a write-protect fault', async (t)
   r.close();
 });
 
+t.test('a thread that faults again the moment it is woken is answered again', async (t) => {
+  // Regression: an answer used to wake its waiters before retiring the page's live
+  // event, so the woken thread's next fault (a write after a zero-page read) could
+  // be merged into the retired event and never answered.
+  const devPath = `/dev/shm/daxmap-test-rtw-${process.pid}`;
+  t.teardown(() => fs.rmSync(devPath, { force: true }));
+  const res = await runChild('read-then-write-child.js', ['2000', devPath], { timeoutMs: 60000 });
+  t.equal(res.signal, null, 'the child was not killed');
+  t.match(res.stdout, /^done 0 2000$/m, 'every read saw zero, every write landed');
+});
+
 t.test('poison: the faulting access dies of SIGBUS at that address', async (t) => {
   const res = await runChild('sigbus-child.js', ['3', 'poison']);
   t.equal(res.signal, 'SIGBUS', 'the child died of SIGBUS');
