@@ -1,2 +1,9 @@
-// daxmap: the package root.
-export { Pool, PoolFile, type CreateOptions, type FileStat, type StatFs } from './pool/index';
+// daxmap: the package root. `Pool` is the client of a pool service: in embedded mode
+// the service (pool + fault policy) runs in a worker thread that Pool.create/open
+// starts, so any thread of the application may touch a mapping freely.
+export {
+  Pool, PoolFile, Mapping,
+  type CreateOptions, type FileStat, type StatFs, type MapRequestOptions, type SharedPool,
+} from './client/pool';
+export type { FaultStatsSnapshot as FaultStats } from './fault/stats';
+export { probeUffd, reportSigbus } from './native/engine';
