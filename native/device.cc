@@ -2,6 +2,7 @@
 #include "device.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -182,6 +183,21 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
     if (d->kind_ == DeviceKind::kDevDax) d->map_sync_ = true;  // device-dax stores go straight to media
   }
   *out = d;
+  return Status::Ok();
+}
+
+Status Device::Zero(uint64_t off, uint64_t len) const {
+  if (len == 0) return Status::Ok();
+  if (off > size_ || len > size_ - off || off % kPage || len % kPage) {
+    return Status::Errno(EINVAL, "zero range not page-aligned or outside device '" + path_ + "'");
+  }
+  int mode = -1;
+  if (kind_ == DeviceKind::kTmpfs) mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+  if (kind_ == DeviceKind::kFile) mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+  if (mode >= 0 && fallocate(fd_, mode, static_cast<off_t>(off), static_cast<off_t>(len)) == 0) return Status::Ok();
+  if (view_ == nullptr) return Status::Errno(errno ? errno : EOPNOTSUPP, "zero range of device '" + path_ + "'");
+  memset(view_ + off, 0, len);
+  if (map_sync_) FlushCacheLines(view_ + off, len);
   return Status::Ok();
 }
 

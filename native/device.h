@@ -44,6 +44,11 @@ class Device {
   // Make [off, off+len) durable: cache-line write-back + fence for MAP_SYNC
   // mappings, else msync(MS_SYNC) of the covering pages.
   Status Persist(uint64_t off, uint64_t len) const;
+  // Make [off, off+len) read as zeros, page-aligned, without touching the memory
+  // where the backing allows: a hole punched in tmpfs (its pages are freed), a
+  // zeroed range in a regular file (FALLOC_FL_ZERO_RANGE, blocks stay allocated),
+  // memset + flush on device-dax. Not durable until Persist().
+  Status Zero(uint64_t off, uint64_t len) const;
 
  private:
   Device() = default;

@@ -57,6 +57,11 @@ export class DeviceStorage implements Storage {
     this.persist(0, this.size);
   }
 
+  zero(offset: number, length: number): void {
+    if (this.isClosed) throw daxError('ECLOSED', `device '${this.path}' is closed`);
+    native().deviceZero(this.deviceId, offset, length);
+  }
+
   close(): void {
     if (this.isClosed) return;
     this.isClosed = true;

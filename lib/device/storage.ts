@@ -24,6 +24,12 @@ export interface Storage {
   persist(offset: number, length: number): void;
   /** Make every store so far durable. */
   persistAll(): void;
+  /**
+   * Optional fast path: make the page-aligned [offset, offset+length) read as zeros
+   * without touching memory where the backing allows (a hole punched in tmpfs, a
+   * zeroed range in a regular file). Not durable until persist().
+   */
+  zero?(offset: number, length: number): void;
   /** Unmap (views become detached) and release the device lock. Idempotent. */
   close(): void;
 }

@@ -70,6 +70,7 @@ export interface NativeAddon {
   deviceOpen(path: string, options: DeviceOpenOptions): DeviceInfo;
   deviceView(id: number, offset: number, length: number): Buffer;
   devicePersist(id: number, offset: number, length: number): void;
+  deviceZero(id: number, offset: number, length: number): void;
   deviceClose(id: number): void;
 }
 

@@ -32,6 +32,12 @@ export function writeBytes(s: Storage, offset: number, src: Uint8Array, srcStart
 }
 
 export function fillBytes(s: Storage, offset: number, length: number, value = 0): void {
+  // Whole pages of zeros: let the device do it without touching the memory (on
+  // tmpfs the pages are simply freed; the next touch gets a fresh zeroed page).
+  if (value === 0 && s.zero && offset % 4096 === 0 && length % 4096 === 0 && length > 0) {
+    s.zero(offset, length);
+    return;
+  }
   for (let done = 0; done < length;) {
     const off = offset + done;
     const n = Math.min(CHUNK_SIZE - (off % CHUNK_SIZE), length - done);

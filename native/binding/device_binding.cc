@@ -81,6 +81,15 @@ Napi::Value DevicePersist(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value DeviceZero(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "zero");
+  if (!dev) return env.Undefined();
+  Status s = dev->Zero(U64Arg(info, 1), U64Arg(info, 2));
+  if (!s.ok()) ThrowStatus(env, s);
+  return env.Undefined();
+}
+
 Napi::Value DeviceClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t id = U32Arg(info, 0);
@@ -102,6 +111,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceOpen", Napi::Function::New(env, DeviceOpen, "deviceOpen"));
   exports.Set("deviceView", Napi::Function::New(env, DeviceView, "deviceView"));
   exports.Set("devicePersist", Napi::Function::New(env, DevicePersist, "devicePersist"));
+  exports.Set("deviceZero", Napi::Function::New(env, DeviceZero, "deviceZero"));
   exports.Set("deviceClose", Napi::Function::New(env, DeviceClose, "deviceClose"));
 }
 
