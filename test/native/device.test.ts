@@ -59,14 +59,15 @@ for (const where of ['tmpfs', 'disk'] as const) {
     const blocksBefore = fs.statSync(p).blocks;
     d.zero(8 * PAGE, 16 * PAGE);
     d.persist(8 * PAGE, 16 * PAGE);
+    // (Before reading it back: a read through a shared tmpfs mapping allocates pages again.)
+    if (where === 'tmpfs') t.ok(fs.statSync(p).blocks < blocksBefore, 'tmpfs: the zeroed pages were freed');
+    else t.equal(fs.statSync(p).blocks, blocksBefore, 'disk: the blocks stay allocated (no ENOSPC later)');
     const v = d.view(0, 64 * PAGE);
     t.ok(v.subarray(8 * PAGE, 24 * PAGE).every((x) => x === 0), 'the range reads zero through the view');
     t.equal(v[8 * PAGE - 1], 0x5a, 'the byte before is untouched');
     t.equal(v[24 * PAGE], 0x5a, 'the byte after is untouched');
     const onDisk = fs.readFileSync(p);
     t.ok(onDisk.subarray(8 * PAGE, 24 * PAGE).every((x) => x === 0), 'and through the file');
-    if (where === 'tmpfs') t.ok(fs.statSync(p).blocks < blocksBefore, 'tmpfs: the zeroed pages were freed');
-    else t.equal(fs.statSync(p).blocks, blocksBefore, 'disk: the blocks stay allocated (no ENOSPC later)');
     t.throws(() => d.zero(100, PAGE), { code: 'EINVAL' }, 'unaligned ranges are refused');
     t.throws(() => d.zero(63 * PAGE, 2 * PAGE), { code: 'EINVAL' });
     d.close();
