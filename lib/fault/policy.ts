@@ -6,7 +6,7 @@
 // over the 2 MiB chunk of the fault) → the entry lock of that chunk (class 'entry')
 // → the pool's allocator and log locks (taken inside ensureWritten). Every lock is
 // released in `finally`; no lock outlives the fault that took it.
-import { daxError } from '../errors';
+import { daxError, isDaxError } from '../errors';
 import { KeyedMutex, RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { logger } from '../log';
 import { monotonicNow } from '../native/engine';
@@ -342,9 +342,19 @@ export class FaultPolicy {
       this.inject?.('huge', m);
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
       this.countExtent(c.allWritten ? 'written' : this.pool.lookup(m.inode, fileOff).state);
-      const exts = c.allWritten && c.contiguous && !m.sync
-        ? [{ offset: win.fileStart, length: HUGE, deviceOffset: c.devStart }]
-        : await this.pool.ensureWritten(m.inode, win.fileStart, HUGE, { sync: m.sync, preferAligned: true });
+      let exts;
+      try {
+        exts = c.allWritten && c.contiguous && !m.sync
+          ? [{ offset: win.fileStart, length: HUGE, deviceOffset: c.devStart }]
+          : await this.materialise(m, win.fileStart, HUGE, { sync: m.sync, preferAligned: true }, [win.regionOff, win.regionOff + HUGE]);
+      } catch (err) {
+        // Not enough space for the whole window: fall back to this page alone, as the
+        // kernel falls back from a PMD fault to a PTE fault.
+        if (!isDaxError(err, 'ENOSPC')) throw err;
+        this.stats.fallback++;
+        exts = null;
+      }
+      if (exts === null) return this.resolveSharedWritePage(m, ev, fileOff);
       const single = exts.length === 1 && exts[0]!.length === HUGE && exts[0]!.deviceOffset % HUGE === 0;
       if (single) {
         this.stats.pmd++;
@@ -358,6 +368,10 @@ export class FaultPolicy {
       await this.install(m, ev.offset, PAGE, e.deviceOffset + (fileOff - e.offset), false);
       return;
     }
+    return this.resolveSharedWritePage(m, ev, fileOff);
+  }
+
+  private async resolveSharedWritePage(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
     this.inject?.('page', m);
     const x = this.pool.lookup(m.inode, fileOff);
     this.countExtent(x.state);
@@ -366,10 +380,64 @@ export class FaultPolicy {
     if (x.state === 'written' && !m.sync) {
       devOff = (x.deviceOffset as number) + (fileOff - x.offset);
     } else {
-      const [e] = await this.pool.ensureWritten(m.inode, fileOff, PAGE, { sync: m.sync });
+      const [e] = await this.materialise(m, fileOff, PAGE, { sync: m.sync }, [ev.offset, ev.offset + PAGE]);
       devOff = e!.deviceOffset;
     }
     await this.install(m, ev.offset, PAGE, devOff, false);
+  }
+
+  /**
+   * ensureWritten, then take back the zero pages every mapping of the file holds
+   * over the range: they stood for a hole or an unwritten block that is now a
+   * written block, and would otherwise go on reading zeros (the kernel's DAX code
+   * unmaps zero-page entries from all mappings when a block replaces them).
+   * `skip`: a range of one mapping about to be installed over anyway.
+   */
+  private async materialise(m: Mapping, fileOff: number, length: number, opts: { sync: boolean; preferAligned?: boolean }, skip?: [number, number]) {
+    const exts = await this.pool.ensureWritten(m.inode, fileOff, length, opts);
+    await this.refreshZeros(m.inode, fileOff, fileOff + length, skip ? { m, lo: skip[0], hi: skip[1] } : undefined);
+    return exts;
+  }
+
+  /** Revoke Zero pages of every mapping of `ino` within file range [start, end). Caller holds the entry lock(s). */
+  private async refreshZeros(ino: Inode, start: number, end: number, skip?: { m: Mapping; lo: number; hi: number }): Promise<void> {
+    for (const o of this.mappingsOf(ino)) {
+      const lo = Math.max(start, o.fileOffset);
+      const hi = Math.min(end, o.fileOffset + o.length);
+      if (hi <= lo) continue;
+      const p0 = Math.floor((lo - o.fileOffset) / PAGE);
+      const p1 = Math.ceil((hi - o.fileOffset) / PAGE);
+      if (!o.states.any(p0, p1, PageState.Zero)) continue;
+      for (const [a, b] of o.states.runs(p0, p1, PageState.Zero)) {
+        let ra = a * PAGE;
+        let rb = b * PAGE;
+        if (skip && skip.m === o) {
+          // The part about to be installed over needs no revoke.
+          if (ra >= skip.lo && rb <= skip.hi) continue;
+          if (ra < skip.lo && rb > skip.hi) {
+            await this.revokeRange(o, ra, skip.lo - ra, false);
+            ra = skip.hi;
+          } else if (ra < skip.hi && rb > skip.hi) ra = skip.hi;
+          else if (ra < skip.lo && rb > skip.lo) rb = skip.lo;
+        }
+        if (rb > ra) await this.revokeRange(o, ra, rb - ra, false);
+      }
+    }
+  }
+
+  /** After file.write: blocks in the range may have turned from hole/unwritten to written. */
+  async written(ino: Inode, offset: number, length: number): Promise<void> {
+    if (length <= 0 || this.mappingsOf(ino).length === 0) return;
+    await withOperation('written', async () => {
+      for (let chunk = Math.floor(offset / HUGE); chunk * HUGE < offset + length; chunk++) {
+        const entry = await this.lockEntry(`${ino.id}:${chunk}`);
+        try {
+          await this.refreshZeros(ino, Math.max(offset, chunk * HUGE), Math.min(offset + length, (chunk + 1) * HUGE));
+        } finally {
+          entry.release();
+        }
+      }
+    });
   }
 
   private async install(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): Promise<void> {
@@ -395,7 +463,7 @@ export class FaultPolicy {
       }
       // Zeros plus that write is the right content for the hole: make it a block.
       const fileOff = m.fileOffset + regionOff;
-      const exts = await this.pool.ensureWritten(m.inode, fileOff, length, { sync: m.sync });
+      const exts = await this.materialise(m, fileOff, length, { sync: m.sync }, [regionOff, regionOff + length]);
       for (const e of exts) {
         await this.install(m, e.offset - m.fileOffset, e.length, e.deviceOffset, false, true);
       }

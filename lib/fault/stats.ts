@@ -20,6 +20,8 @@ export interface FaultStatsSnapshot {
   revokes: number;
   /** pages poisoned by a failed fault and taken back afterwards */
   recovered: number;
+  /** 2 MiB write faults that fell back to 4 KiB for lack of space */
+  fallback: number;
   installedWindows: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
 }
@@ -45,6 +47,7 @@ export class FaultStats {
   evictions = 0;
   revokes = 0;
   recovered = 0;
+  fallback = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private samples = 0;
@@ -72,7 +75,7 @@ export class FaultStats {
       faults: this.faults, read: this.read, write: this.write, writeProtect: this.writeProtect,
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
-      spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered,
+      spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
       installedWindows,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
     };

@@ -197,6 +197,7 @@ export class Service {
         const f = this.file(conn, a[0]);
         const before = this.internals.inode(f).size;
         const n = await f.write(a[1] as Uint8Array, a[2] as number);
+        await this.policy.written(this.internals.inode(f), a[2] as number, n);
         await this.afterResize(f, before);
         return v(n);
       }

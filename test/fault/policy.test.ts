@@ -124,6 +124,24 @@ forBackings(t, 'written extents are mapped directly: stores are coherent everywh
   await b.unmap();
 });
 
+forBackings(t, 'a hole read through a mapping, then written elsewhere: the mapping sees the data', async (t, { pool }) => {
+  const f = await pool.openFile('z', { create: true });
+  await f.truncate(2 * HUGE);
+  const reader = await f.map();
+  const reader4k = await f.map({ faultAround: false });
+  t.equal(reader.buffer[HUGE + 3], 0, 'a zero page (2 MiB window)');
+  t.equal(reader4k.buffer[HUGE + 3], 0, 'a zero page (4 KiB)');
+  await f.write(Buffer.from('by file.write'), HUGE);
+  t.equal(reader.buffer.toString('utf8', HUGE, HUGE + 13), 'by file.write', 'file.write into a hole replaces the zero pages of every mapping');
+  t.equal(reader4k.buffer.toString('utf8', HUGE, HUGE + 13), 'by file.write');
+  t.equal(reader.buffer[5], 0);
+  const writer = await f.map({ faultAround: false });
+  writer.buffer[10] = 0x77; // a write fault allocates the hole the readers saw as zeros
+  t.equal(reader.buffer[10], 0x77, 'a write fault in one mapping replaces the zero pages of the others');
+  t.equal(reader4k.buffer[10], 0x77);
+  for (const m of [reader, reader4k, writer]) await m.unmap();
+});
+
 forBackings(t, 'beyond EOF: SIGBUS (a system call touching it gets EFAULT)', async (t, { pool }) => {
   const f = await pool.openFile('eof', { create: true });
   await f.truncate(PAGE + 10);
