@@ -235,6 +235,7 @@ export class PoolFile {
   constructor(readonly pool: Pool, /** @internal */ readonly handle: number, readonly name: string) {}
 
   private call<T>(op: string, args: unknown[] = []): Promise<T> {
+    if (this.pool.closed) return Promise.reject(daxError('ECLOSED', `the pool '${this.pool.path}' is closed`));
     if (this.isClosed) return Promise.reject(daxError('EBADF', `file '${this.name}' is closed`));
     return this.pool.request<T>(op, [this.handle, ...args]);
   }

@@ -1,0 +1,205 @@
+// Mappings over the life of a pool: closing with live mappings (in this thread and
+// in another), MAP_SYNC semantics across a crash, a full pool, the window budget,
+// and bad arguments.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { forBackings, kernelTouch, runChild, poolPath, Pool, PAGE, HUGE, DIST, checkLockdep } from './helpers';
+import { fsckStorage } from '../../dist/pool/fsck';
+import { openDevice } from '../../dist/device/device';
+
+forBackings(t, 'pool.close() with live mappings: detached here, revoked and detached in other threads', async (t, { pool }) => {
+  const f = await pool.openFile('a', { create: true });
+  await f.write(Buffer.alloc(HUGE, 1), 0);
+  const m = await f.map();
+  const untouched = await f.map({ faultAround: false });
+  t.equal(m.buffer[5], 1);
+  const shared = pool.share();
+  const w = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads');
+    const { Pool } = require(${JSON.stringify(path.join(DIST, 'index.js'))});
+    (async () => {
+      const pool = await Pool.attach(workerData);
+      const f = await pool.openFile('a');
+      const m = await f.map();
+      const b = m.buffer;
+      const first = b[7];
+      parentPort.postMessage({ first });
+      // Wait for the owner to close the pool, then look.
+      const t0 = Date.now();
+      while (b.byteLength !== 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+      let err = null;
+      try { await f.stat(); } catch (e) { err = e.code; }
+      parentPort.postMessage({ detached: b.byteLength === 0, closed: pool.closed, err });
+    })().catch((e) => parentPort.postMessage({ error: e.message }));
+  `, { eval: true, workerData: shared, transferList: shared.transferList });
+  const first = await new Promise<any>((res) => w.once('message', res));
+  t.equal(first.first, 1, 'the worker mapped the file');
+  const stale = m.buffer;
+  const report = new Promise<any>((res) => w.once('message', res));
+  await pool.close();
+  t.throws(() => stale.fill(0), TypeError, 'this thread\'s buffer is detached');
+  t.throws(() => m.buffer, { code: 'ECLOSED' });
+  t.throws(() => untouched.buffer, { code: 'ECLOSED' });
+  const later = await report;
+  t.same(later, { detached: true, closed: true, err: 'ECLOSED' }, 'the other thread\'s mapping was detached and its pool closed');
+  await w.terminate();
+  await t.rejects(pool.openFile('a'), { code: 'ECLOSED' });
+});
+
+forBackings(t, 'file.close() with live mappings unmaps them first', async (t, { pool }) => {
+  const f = await pool.openFile('a', { create: true });
+  await f.truncate(HUGE);
+  const m = await f.map();
+  m.buffer[1] = 2;
+  const b = m.buffer;
+  await f.close();
+  t.notOk(m.mapped);
+  t.equal(b.byteLength, 0, 'detached');
+  await t.rejects(f.stat(), { code: 'EBADF' });
+  const g = await pool.openFile('a');
+  const r = Buffer.alloc(2);
+  await g.read(r, 0);
+  t.equal(r[1], 2, 'the store is in the file');
+  await g.close();
+});
+
+t.test('sync: true — a write fault is answered only once its block is durable (crash right after)', async (t) => {
+  for (const mode of ['sync', 'nosync'] as const) {
+    const p = poolPath('disk');
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    const pool = await Pool.create(p, { size: 32 << 20 });
+    await pool.close();
+    const res = await runChild('sync-child.js', [p, mode]);
+    t.equal(res.signal, 'SIGKILL', `${mode}: the child died before any close`);
+    t.match(res.stdout, /stored/);
+    const again = await Pool.open(p);
+    const f = await again.openFile('s');
+    const st = await f.stat();
+    const written = st.extents.filter((e) => e.state === 'written').reduce((a, e) => a + e.length / PAGE, 0);
+    if (mode === 'sync') {
+      t.equal(written, 16, 'sync: all 16 blocks are allocated after the crash');
+      const b = Buffer.alloc(64 * PAGE);
+      await f.read(b, 0);
+      let ok = 0;
+      for (let i = 0; i < 16; i++) if (b[i * 4 * PAGE + 1] === 0x40 + i) ok++;
+      t.equal(ok, 16, 'and hold the stores (tmpfs/page cache survives process death)');
+    } else {
+      t.ok(written <= 16, `no sync: ${written} of 16 blocks survived (not guaranteed)`);
+    }
+    await again.close();
+    t.same(await fsckReport(p), [], `${mode}: fsck clean after the crash`);
+  }
+});
+
+forBackings(t, 'a full pool: the write fault gets SIGBUS, nothing is half done, the next fault works', async (t, { pool, path: p }) => {
+  const f = await pool.openFile('big', { create: true });
+  const st = await pool.statfs();
+  await f.fallocate(0, st.free);
+  const g = await pool.openFile('g', { create: true });
+  await g.truncate(4 * HUGE);
+  const m = await g.map();
+  t.equal(m.buffer[HUGE], 0, 'reads of the hole still work');
+  t.equal(await new Promise<string | null>((res) => {
+    // A kernel-mode write fault (read(2) into the mapping): SIGBUS shows as EFAULT.
+    const src = `/dev/shm/daxmap-enospc-${process.pid}`;
+    fs.writeFileSync(src, 'x');
+    const fd = fs.openSync(src, 'r');
+    fs.read(fd, m.buffer, HUGE + 5, 1, 0, (e) => { fs.closeSync(fd); fs.rmSync(src); res(e ? e.code ?? '?' : null); });
+  }), 'EFAULT', 'ENOSPC: the write fault was answered with SIGBUS');
+  const s = await pool.stats();
+  t.ok(s.sigbus >= 1 && s.fallback >= 1, 'the 2 MiB window fell back to 4 KiB, which failed too');
+  t.equal((await g.stat()).allocated, 0, 'nothing allocated');
+  await f.punchHole(0, HUGE);
+  // The failed page is taken back shortly after its SIGBUS; then it faults afresh.
+  while ((await pool.stats()).recovered < 1) await new Promise((r) => setTimeout(r, 5));
+  m.buffer[HUGE + 5] = 9;
+  t.equal(m.buffer[HUGE + 5], 9, 'with space again the same page faults and works');
+  await m.unmap();
+  await checkLockdep(t, pool);
+  await pool.close();
+  t.same(await fsckReport(p), [], 'fsck clean');
+});
+
+async function fsckReport(p: string): Promise<string[]> {
+  const dev = openDevice(p, { exclusive: true });
+  try {
+    return fsckStorage(dev).errors;
+  } finally {
+    dev.close();
+  }
+}
+
+forBackings(t, 'the window budget: old windows are revoked, random access never fails', async (t, { pool }) => {
+  await pool.request('configure', [{ windowBudget: 32 }]);
+  const f = await pool.openFile('r', { create: true });
+  const pages = 2048;
+  const data = Buffer.alloc(pages * PAGE);
+  for (let i = 0; i < pages; i++) data.writeUInt32LE(i, i * PAGE);
+  await f.write(data, 0);
+  const m = await f.map({ faultAround: false });
+  let seed = 12345;
+  const rand = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) % pages;
+  let bad = 0;
+  for (let k = 0; k < 3000; k++) {
+    const i = rand();
+    if (m.buffer.readUInt32LE(i * PAGE) !== i) bad++;
+    m.buffer[i * PAGE + 100] = 1;
+  }
+  t.equal(bad, 0, 'every page read right');
+  const s = await pool.stats();
+  t.ok(s.evictions > 0, `windows were evicted (${s.evictions})`);
+  t.ok(s.installedWindows <= 32 + 64, `installed windows stay near the budget (${s.installedWindows})`);
+  t.equal(s.sigbus, 0);
+  await m.unmap();
+});
+
+forBackings(t, 'bad arguments to map, and a mapping after unmap', async (t, { pool }) => {
+  const f = await pool.openFile('a', { create: true });
+  await f.truncate(HUGE);
+  await t.rejects(f.map({ offset: 100 }), { code: 'EINVAL' });
+  await t.rejects(f.map({ offset: -4096 }), { code: 'EINVAL' });
+  await t.rejects(f.map({ length: 0 }), { code: 'EINVAL' });
+  await t.rejects(f.map({ offset: 2 * HUGE }), { code: 'EINVAL' }, 'nothing to map past EOF without a length');
+  const m = await f.map({ offset: 4096, length: 3 * HUGE });
+  t.equal(m.buffer.length, 3 * HUGE, 'a mapping may extend past EOF');
+  await t.rejects(m.flush(0, 4 * HUGE), { code: 'EINVAL' });
+  await m.unmap();
+  await m.unmap();
+  t.throws(() => m.buffer, { code: 'ECLOSED' });
+  await t.rejects(m.flush(), { code: 'ECLOSED' });
+  await pool.unlink('a');
+  await t.rejects(f.map({ length: PAGE }), { code: 'ENOENT' });
+  await f.close();
+  await t.rejects(f.map({ length: PAGE }), { code: 'EBADF' });
+});
+
+forBackings(t, 'a thread that exits with live mappings: the service forgets them', async (t, { pool }) => {
+  const f = await pool.openFile('a', { create: true });
+  await f.truncate(HUGE);
+  const shared = pool.share();
+  const w = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads');
+    const { Pool } = require(${JSON.stringify(path.join(DIST, 'index.js'))});
+    (async () => {
+      const pool = await Pool.attach(workerData);
+      const f = await pool.openFile('a');
+      const m = await f.map();
+      m.buffer[0] = 5;
+      parentPort.postMessage('mapped');
+    })();
+  `, { eval: true, workerData: shared, transferList: shared.transferList });
+  t.equal(await new Promise((res) => w.once('message', res)), 'mapped');
+  const before = (await pool.stats()).installedWindows;
+  await w.terminate();
+  let after = before;
+  for (let i = 0; i < 100 && after >= before; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    after = (await pool.stats()).installedWindows;
+  }
+  t.ok(after < before, 'its windows left the budget');
+  const m = await f.map();
+  t.equal(m.buffer[0], 5, 'its store is in the file');
+  await m.unmap();
+});
