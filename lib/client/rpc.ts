@@ -14,6 +14,8 @@ export class Rpc {
   constructor(private readonly port: MessagePort, private readonly worker: Worker | null) {
     port.on('message', (m: Response | Notice) => this.receive(m));
     port.on('close', () => this.fail(daxError('ECLOSED', 'the pool service is gone')));
+    // A Worker reports its end with 'exit', not 'close'.
+    worker?.on('exit', (code) => this.fail(daxError('ECLOSED', `the pool service exited (${code})`)));
     this.idle();
   }
 

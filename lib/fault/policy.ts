@@ -155,7 +155,7 @@ export class FaultPolicy {
         break;
       } catch (err) {
         if (err instanceof RetryAfterEvict && attempt === 0) {
-          await this.evict(m.client, Math.max(64, Math.ceil(m.client.budget.count / 8)));
+          await this.evict(m.client, Math.max(64, Math.ceil(m.client.budget.count / 8))).catch(() => {});
           continue;
         }
         // Anything unsatisfiable (ENOSPC, an I/O error, an injected failure): SIGBUS
@@ -174,7 +174,11 @@ export class FaultPolicy {
       }
     }
     this.stats.latency(Number(monotonicNow() - ev.timeNs) / 1000);
-    if (m.client.budget.over) void this.evict(m.client, m.client.budget.count - m.client.budget.limit);
+    if (m.client.budget.over) {
+      this.evict(m.client, m.client.budget.count - m.client.budget.limit).catch((err: unknown) => {
+        this.log.warn({ err }, 'eviction of installed windows failed');
+      });
+    }
   }
 
   /** Takes range (shared, the 2 MiB chunk) → entry (the chunk), resolves, releases. */

@@ -162,6 +162,12 @@ export class Service {
         };
         return v();
       }
+      case 'testExit': {
+        // Test hook (DAXMAP_TEST_HOOKS=1 only): the service thread dies abruptly.
+        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
+        setImmediate(() => process.exit(3));
+        return v();
+      }
       case 'configure': {
         const o = (a[0] ?? {}) as { windowBudget?: number };
         if (o.windowBudget !== undefined) this.local.budget.limit = o.windowBudget;

@@ -203,3 +203,22 @@ forBackings(t, 'a thread that exits with live mappings: the service forgets them
   t.equal(m.buffer[0], 5, 'its store is in the file');
   await m.unmap();
 });
+
+t.test('a service that dies: requests fail with ECLOSED, untouched pages get SIGBUS, nothing hangs', async (t) => {
+  const p = poolPath('tmpfs');
+  t.teardown(() => fs.rmSync(p, { force: true }));
+  const pool = await Pool.create(p, { size: 16 << 20 });
+  const f = await pool.openFile('a', { create: true });
+  await f.write(Buffer.alloc(PAGE, 7), 0);
+  await f.truncate(HUGE);
+  const m = await f.map({ faultAround: false });
+  t.equal(m.buffer[1], 7, 'an installed page');
+  await pool.request('testExit');
+  await t.rejects(new Promise<void>((_res, rej) => {
+    const poll = (): void => void f.stat().then(() => setTimeout(poll, 10), rej);
+    poll();
+  }), { code: 'ECLOSED' }, 'requests fail once the service is gone');
+  t.equal(await kernelTouch(m.buffer, 5 * PAGE), 'EFAULT', 'an untouched page: SIGBUS (EFAULT in a system call), no hang');
+  t.equal(m.buffer[2], 7, 'an installed page still maps the device');
+  await pool.close();
+});
