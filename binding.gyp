@@ -7,11 +7,13 @@
         "native/region.cc",
         "native/device.cc",
         "native/agent.cc",
+        "native/socket_channel.cc",
         "native/binding/addon.cc",
         "native/binding/common.cc",
         "native/binding/region_binding.cc",
         "native/binding/device_binding.cc",
-        "native/binding/agent_binding.cc"
+        "native/binding/agent_binding.cc",
+        "native/binding/socket_binding.cc"
       ],
       "include_dirs": ["native"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],

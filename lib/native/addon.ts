@@ -49,6 +49,26 @@ export interface AgentStats {
   via: string;
 }
 
+export interface SocketChannelInfo {
+  /** handshake: our HELLO sent, the daemon's not yet received; open; closed (orphaned) */
+  state: 'handshake' | 'open' | 'closed';
+  /** why it closed, "<CODE>: <text>"; '' while running */
+  reason: string;
+  /** the daemon's pid from its HELLO (0 before) */
+  peerPid: number;
+  session: bigint;
+  /** fault events live in the channel: queued, or sent and not yet answered */
+  live: number;
+  eventsSent: number;
+  eventMessages: number;
+  answers: number;
+  answerMessages: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** bytes queued in user space because the socket is full */
+  pendingOut: number;
+}
+
 export interface NativeAddon {
   uffdProbe(): UffdInfo;
   regionCreate(length: number): RegionInfo;
@@ -62,6 +82,11 @@ export interface NativeAddon {
   channelAbandon(id: number, events: Uint8Array, count: number): number;
   channelClose(id: number): void;
   channelRef(id: number, ref: boolean): void;
+  channelOpenSocket(fd: number, session: bigint, onClosed?: (reason: string) => void): number;
+  channelConnectSocket(path: string, session: bigint, onClosed?: (reason: string) => void): number;
+  channelCloseSocket(id: number): void;
+  channelRefSocket(id: number, ref: boolean): void;
+  channelSocketInfo(id: number): SocketChannelInfo | undefined;
   execute(answers: Uint8Array, results: Int32Array): number;
   agentStats(): AgentStats;
   agentConfigure(options: { faultTimeoutMs?: number }): void;

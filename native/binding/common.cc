@@ -4,11 +4,16 @@
 #include <cstring>
 
 #include "agent.h"
+#include "socket_channel.h"
 
 namespace daxmap {
 
 EnvData::~EnvData() {
   // Environment teardown: no JS can touch these any more; release the native side.
+  // Socket channels first: each stops its I/O thread (which may be executing an
+  // answer on one of the regions below) and orphans itself.
+  for (auto& [id, ch] : socket_channels) ch->Close();
+  socket_channels.clear();
   for (uint32_t id : devices) DeviceRegistry::Remove(id);
   if (channels.empty() && regions.empty()) return;
   Status st;

@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -15,6 +16,7 @@
 namespace daxmap {
 
 class Agent;
+class SocketChannel;
 
 // What one JS environment (main thread or a worker) owns. Regions, device views
 // and channels belong to the environment that made them: only it can detach the
@@ -26,6 +28,8 @@ struct EnvData {
   std::unordered_map<uint32_t, std::vector<napi_ref>> device_views;    // weak refs
   std::unordered_set<uint32_t> devices;
   std::unordered_set<uint32_t> channels;
+  std::unordered_map<uint32_t, std::shared_ptr<SocketChannel>> socket_channels;  // closed at teardown
+  std::unordered_map<uint32_t, std::shared_ptr<void>> socket_notifiers;          // their death callbacks
   ~EnvData();
 };
 
@@ -49,5 +53,6 @@ void DetachAll(Napi::Env env, std::vector<napi_ref>& refs);
 void InitRegion(Napi::Env env, Napi::Object exports);
 void InitDevice(Napi::Env env, Napi::Object exports);
 void InitAgent(Napi::Env env, Napi::Object exports);
+void InitSocket(Napi::Env env, Napi::Object exports);
 
 }  // namespace daxmap
