@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 
@@ -77,7 +78,7 @@ Status SocketChannel::Open(Agent* agent, int fd, uint64_t session, ClosedFn on_c
   agent->AddChannel(ch);
   try {
     ch->io_ = std::thread([c = ch.get()] { c->Loop(); });
-  } catch (const std::system_error& e) {
+  } catch (const std::system_error&) {
     ch->MarkClosed();
     ch->state_.store(kClosed);
     agent->OrphanChannel(ch->id());
@@ -301,11 +302,9 @@ bool SocketChannel::OnMessage(const wire::Header& h, const uint8_t* body, std::s
       wire::Hello hello;
       memcpy(&hello, body, sizeof hello);
       if (hello.magic != wire::kMagic) {
-        *why = Reason("EPROTO", "bad HELLO magic 0x" + [&] {
-          char b[16];
-          snprintf(b, sizeof b, "%08x", hello.magic);
-          return std::string(b);
-        }());
+        char hex[16];
+        snprintf(hex, sizeof hex, "%08x", hello.magic);
+        *why = Reason("EPROTO", std::string("bad HELLO magic 0x") + hex);
         return false;
       }
       if (hello.version != wire::kVersion) {

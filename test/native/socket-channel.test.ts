@@ -42,6 +42,9 @@ t.test('HELLO both ways: the daemon echoes the session, the client learns its pi
   t.same(rep.hello, { pid: process.pid, session: session.toString(), version: 1 }, 'the daemon read the client\'s HELLO');
   t.equal(ch.closed, false);
   t.equal(ch.reason, undefined);
+  ch.unref();
+  ch.ref();
+  t.pass('ref and unref');
 });
 
 t.test('the main thread faults; the answer comes from the other process', async (t) => {
@@ -247,6 +250,11 @@ t.test('argument checks and connect errors', async (t) => {
   fs.closeSync(fd);
   fs.rmSync(file);
   t.throws(() => new SocketFaultChannel(1 << 30, { session: 0n }), { code: 'EBADF' }, 'a closed descriptor');
+  const server = net.createServer();
+  await new Promise<void>((res) => server.listen(`/tmp/daxmap-test-listen-${process.pid}.sock`, res));
+  const lfd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+  t.throws(() => new SocketFaultChannel(lfd, { session: 0n }), { code: 'ENOTCONN' }, 'a listening socket is not connected');
+  await new Promise((res) => server.close(res));
 });
 
 t.test('a worker that exits with its socket channel open: the channel says BYE and stops', async (t) => {
