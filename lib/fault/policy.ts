@@ -11,7 +11,7 @@ import { KeyedMutex, RANGE_END, withOperation, type LockHandle } from '../lock/i
 import { logger } from '../log';
 import { monotonicNow } from '../native/engine';
 import {
-  AnswerBatch, Op, EV_WP, EV_WRITE, RESULT_RACED,
+  Op, EV_WP, EV_WRITE, RESULT_RACED,
   A_ADOPT, A_POPULATE, A_PRIVATE, A_WP, A2_KEEP_PRIVATE, A2_POPULATE_READ,
   type AnswerSpec, type FaultEvent,
 } from '../native/frames';
@@ -26,8 +26,12 @@ const ENXIO = -6;
 /** Who executes answers for a set of regions: this process (embedded) or a client process (daemon). */
 export interface Client {
   readonly id: string;
-  /** Executes answers on the client's regions; one result per answer (0, RESULT_RACED, -errno). */
-  run(batch: AnswerBatch): Int32Array | Promise<Int32Array>;
+  /**
+   * Executes answers on the client's regions, in order; one result per answer (0,
+   * RESULT_RACED, -errno). A client that is gone answers -ENXIO for every one (its
+   * regions are gone with it).
+   */
+  run(answers: AnswerSpec[]): number[] | Promise<number[]>;
   /** Installed-window budget of the client's process. */
   readonly budget: WindowBudget;
   /** The client's id for the pool's device (installs name it). */
@@ -478,9 +482,7 @@ export class FaultPolicy {
   }
 
   private async answer(client: Client, specs: AnswerSpec[]): Promise<number[]> {
-    const b = new AnswerBatch(specs.length);
-    for (const s of specs) b.add(s);
-    return Array.from(await client.run(b));
+    return client.run(specs);
   }
 
   /** Take back a page poisoned by a failed fault, unless something else answered it since. */

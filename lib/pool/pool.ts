@@ -149,7 +149,7 @@ export class Pool {
     return this.call(name, fn);
   }
 
-  openFile(name: string, opts: { create?: boolean; exclusive?: boolean; mode?: number } = {}): Promise<PoolFile> {
+  openFile(name: string, opts: { create?: boolean; exclusive?: boolean; mode?: number; uid?: number; gid?: number } = {}): Promise<PoolFile> {
     return this.call('pool.openFile', async (core) => {
       const inode = await core.createOrOpen(name, opts.create === true, opts);
       return new PoolFile(this, inode);

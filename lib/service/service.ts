@@ -7,7 +7,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { isDaxError, daxError } from '../errors';
 import { FaultChannel } from '../native/channel';
 import { execute } from '../native/engine';
-import type { AnswerBatch, FaultEvent } from '../native/frames';
+import { AnswerBatch, type AnswerSpec, type FaultEvent } from '../native/frames';
 import { logger } from '../log';
 import { lockdep } from '../lock/index';
 import { Pool as LocalPool, PoolFile as LocalFile } from '../pool/pool';
@@ -15,7 +15,7 @@ import { poolInternals, type PoolInternals } from '../pool/internal';
 import { FaultPolicy, type Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
 import { PAGE } from '../fault/states';
-import type { ErrorInfo, Hello, MapOptions, Request, Response, StartRequest } from './protocol';
+import type { ErrorInfo, Hello, MapOptions, Notice, Request, Response, StartRequest } from './protocol';
 
 const log = logger('service');
 
@@ -23,19 +23,44 @@ const log = logger('service');
 class LocalClient implements Client {
   readonly id = 'local';
   readonly budget = new WindowBudget();
+  private readonly batch = new AnswerBatch();
   constructor(readonly deviceId: number) {}
-  run(batch: AnswerBatch): Int32Array {
-    return Int32Array.from(execute(batch));
+  run(answers: AnswerSpec[]): number[] {
+    this.batch.reset();
+    for (const a of answers) this.batch.add(a);
+    return Array.from(execute(this.batch));
   }
 }
 
-interface Conn {
-  port: MessagePort;
+/** Who is on the other end of a connection (daemon mode). */
+export interface Peer {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** How replies and notices reach a client. */
+export interface Transport {
+  send(msg: Response | Notice, transfer?: ArrayBuffer[]): void;
+  close(): void;
+}
+
+export interface Conn {
+  transport: Transport;
+  /** Executes answers on this connection's regions. */
+  client: Client;
+  /** null: the same process (embedded mode), which may do anything. */
+  peer: Peer | null;
+  /** The client may map the device (it could open the device itself). */
+  mayMap: boolean;
   files: Map<number, LocalFile>;
   /** region id → the file handle it maps */
   regions: Map<number, { handle: number; fileOffset: number; length: number }>;
   closed: boolean;
 }
+
+const R_OK = 4;
+const W_OK = 2;
 
 export class Service {
   private readonly internals: PoolInternals;
@@ -66,10 +91,12 @@ export class Service {
     return { channel: this.channel.id, deviceId: this.local.deviceId, path: this.pool.path };
   }
 
-  /** Serve a client on this port until it closes. */
+  /** Serve a thread of this process on this port until it closes (embedded mode). */
   connect(port: MessagePort): void {
-    const conn: Conn = { port, files: new Map(), regions: new Map(), closed: false };
-    this.conns.add(conn);
+    const conn = this.open({
+      send: (msg, transfer) => port.postMessage(msg, transfer ?? []),
+      close: () => port.close(),
+    }, this.local, null, true);
     port.on('message', (msg: Request) => {
       void this.dispatch(conn, msg);
     });
@@ -77,28 +104,69 @@ export class Service {
     port.start?.();
   }
 
-  private disconnect(conn: Conn): void {
+  /** A connection over any transport (the daemon's sockets). */
+  open(transport: Transport, client: Client, peer: Peer | null, mayMap: boolean): Conn {
+    const conn: Conn = { transport, client, peer, mayMap, files: new Map(), regions: new Map(), closed: false };
+    this.conns.add(conn);
+    return conn;
+  }
+
+  /** The client is gone (or let go of the pool): forget its mappings, close its files. */
+  disconnect(conn: Conn): void {
     if (conn.closed) return;
     conn.closed = true;
     this.conns.delete(conn);
-    // The client's thread is gone (or let go of the pool): its regions were closed
-    // with it; forget their mappings and close its files.
-    for (const region of conn.regions.keys()) this.policy.unmap(this.local, region);
+    for (const region of conn.regions.keys()) this.policy.unmap(conn.client, region);
     conn.regions.clear();
     for (const f of conn.files.values()) void f.close().catch(() => {});
     conn.files.clear();
   }
 
+  get connections(): number {
+    return this.conns.size;
+  }
+
   private reply(conn: Conn, r: Response, transfer: ArrayBuffer[] = []): void {
     if (conn.closed) return;
     try {
-      conn.port.postMessage(r, transfer);
+      conn.transport.send(r, transfer);
     } catch (err) {
       log.warn({ err }, 'could not reply to a client');
     }
   }
 
-  private async dispatch(conn: Conn, req: Request): Promise<void> {
+  /** Does the peer have `want` (R_OK/W_OK) on the file? Root and embedded callers always do. */
+  private allowed(conn: Conn, f: LocalFile, want: number): boolean {
+    const p = conn.peer;
+    if (p === null || p.uid === 0) return true;
+    const ino = this.internals.inode(f);
+    const bits = p.uid === ino.uid ? (ino.mode >> 6) & 7 : p.gid === ino.gid ? (ino.mode >> 3) & 7 : ino.mode & 7;
+    return (bits & want) === want;
+  }
+
+  private check(conn: Conn, f: LocalFile, want: number, what: string): void {
+    if (!this.allowed(conn, f, want)) {
+      throw daxError('EACCES', `${what} '${f.name}': permission denied for uid ${conn.peer?.uid} (mode ${this.internals.inode(f).mode.toString(8)})`);
+    }
+  }
+
+  /** Unlink or rename: the owner (or root) only, as in a sticky shared directory. */
+  private async checkOwner(conn: Conn, name: string, what: string): Promise<void> {
+    const p = conn.peer;
+    if (p === null || p.uid === 0) return;
+    const f = await this.pool.openFile(name).catch(() => null);
+    if (f === null) return; // ENOENT comes from the operation itself
+    const owner = this.internals.inode(f).uid;
+    await f.close();
+    if (owner !== p.uid) throw daxError('EPERM', `${what} '${name}': only its owner (uid ${owner}) may`);
+  }
+
+  private rootOnly(conn: Conn, what: string): void {
+    if (conn.peer !== null && conn.peer.uid !== 0) throw daxError('EPERM', `${what}: root only`);
+  }
+
+  /** Handle one request from a connection; the reply goes back over its transport. */
+  async dispatch(conn: Conn, req: Request): Promise<void> {
     try {
       const { value, transfer } = await this.run(conn, req.op, req.args);
       this.reply(conn, { id: req.id, ok: true, value }, transfer);
@@ -111,9 +179,10 @@ export class Service {
     }
   }
 
-  private file(conn: Conn, handle: unknown): LocalFile {
+  private file(conn: Conn, handle: unknown, want = 0, what = 'use'): LocalFile {
     const f = conn.files.get(handle as number);
     if (!f) throw daxError('EBADF', `file handle ${String(handle)} is not open`);
+    if (want) this.check(conn, f, want, what);
     return f;
   }
 
@@ -133,15 +202,29 @@ export class Service {
         return v();
       }
       case 'openFile': {
-        const f = await this.pool.openFile(a[0] as string, (a[1] ?? {}) as { create?: boolean });
+        const o = (a[1] ?? {}) as { create?: boolean; mode?: number };
+        const opts: { create: boolean; mode?: number; uid?: number; gid?: number } = { create: o.create === true };
+        if (o.mode !== undefined) opts.mode = o.mode & 0o777;
+        if (conn.peer) {
+          opts.uid = conn.peer.uid;
+          opts.gid = conn.peer.gid;
+        }
+        const f = await this.pool.openFile(a[0] as string, opts);
+        if (!this.allowed(conn, f, R_OK) && !this.allowed(conn, f, W_OK)) {
+          await f.close();
+          throw daxError('EACCES', `open '${String(a[0])}': permission denied`);
+        }
         const handle = this.nextHandle++;
         conn.files.set(handle, f);
         return v({ handle, name: f.name });
       }
       case 'unlink':
+        await this.checkOwner(conn, a[0] as string, 'unlink');
         await this.pool.unlink(a[0] as string);
         return v();
       case 'rename':
+        await this.checkOwner(conn, a[0] as string, 'rename');
+        await this.checkOwner(conn, a[1] as string, 'rename over');
         await this.pool.rename(a[0] as string, a[1] as string);
         return v();
       case 'list':
@@ -151,8 +234,10 @@ export class Service {
       case 'stats':
         return v(this.policy.snapshot());
       case 'lockdep':
+        this.rootOnly(conn, 'lockdep');
         return v(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null);
       case 'testInject': {
+        this.rootOnly(conn, 'testInject');
         // Test hook (DAXMAP_TEST_HOOKS=1 only): make faults on a path fail after their locks are taken.
         if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
         const o = (a[0] ?? {}) as { where?: 'huge' | 'page' | 'any' | null; code?: string };
@@ -163,44 +248,46 @@ export class Service {
         return v();
       }
       case 'testExit': {
+        this.rootOnly(conn, 'testExit');
         // Test hook (DAXMAP_TEST_HOOKS=1 only): the service thread dies abruptly.
         if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
         setImmediate(() => process.exit(3));
         return v();
       }
       case 'configure': {
+        this.rootOnly(conn, 'configure');
         const o = (a[0] ?? {}) as { windowBudget?: number };
-        if (o.windowBudget !== undefined) this.local.budget.limit = o.windowBudget;
+        if (o.windowBudget !== undefined) conn.client.budget.limit = o.windowBudget;
         return v();
       }
       case 'stat':
-        return v(await this.file(conn, a[0]).stat());
+        return v(await this.file(conn, a[0], R_OK, 'stat').stat());
       case 'truncate': {
-        const f = this.file(conn, a[0]);
+        const f = this.file(conn, a[0], W_OK, 'truncate');
         const before = this.internals.inode(f).size;
         await f.truncate(a[1] as number);
         await this.afterResize(f, before);
         return v();
       }
       case 'fallocate': {
-        const f = this.file(conn, a[0]);
+        const f = this.file(conn, a[0], W_OK, 'fallocate');
         const before = this.internals.inode(f).size;
         await f.fallocate(a[1] as number, a[2] as number, (a[3] ?? {}) as { keepSize?: boolean });
         await this.afterResize(f, before);
         return v();
       }
       case 'punchHole':
-        await this.file(conn, a[0]).punchHole(a[1] as number, a[2] as number);
+        await this.file(conn, a[0], W_OK, 'punch hole in').punchHole(a[1] as number, a[2] as number);
         return v();
       case 'zeroRange': {
-        const f = this.file(conn, a[0]);
+        const f = this.file(conn, a[0], W_OK, 'zero range of');
         const before = this.internals.inode(f).size;
         await f.zeroRange(a[1] as number, a[2] as number, (a[3] ?? {}) as { keepSize?: boolean });
         await this.afterResize(f, before);
         return v();
       }
       case 'write': {
-        const f = this.file(conn, a[0]);
+        const f = this.file(conn, a[0], W_OK, 'write');
         const before = this.internals.inode(f).size;
         const n = await f.write(a[1] as Uint8Array, a[2] as number);
         await this.policy.written(this.internals.inode(f), a[2] as number, n);
@@ -208,14 +295,14 @@ export class Service {
         return v(n);
       }
       case 'read': {
-        const f = this.file(conn, a[0]);
+        const f = this.file(conn, a[0], R_OK, 'read');
         const buf = Buffer.alloc(a[1] as number);
         const n = await f.read(buf, a[2] as number);
         const out = new Uint8Array(buf.buffer, buf.byteOffset, n);
         return { value: out, transfer: buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? [buf.buffer as ArrayBuffer] : [] };
       }
       case 'fsync':
-        await this.file(conn, a[0]).fsync();
+        await this.file(conn, a[0], R_OK, 'fsync').fsync();
         return v();
       case 'closeFile': {
         const f = conn.files.get(a[0] as number);
@@ -230,7 +317,7 @@ export class Service {
       case 'unmap': {
         const region = a[0] as number;
         conn.regions.delete(region);
-        this.policy.unmap(this.local, region);
+        this.policy.unmap(conn.client, region);
         return v();
       }
       case 'flush':
@@ -245,15 +332,19 @@ export class Service {
   }
 
   private map(conn: Conn, handle: number, region: number, fileOffset: number, length: number, o: MapOptions): null {
-    const f = this.file(conn, handle);
+    if (!conn.mayMap) throw daxError('EACCES', 'map: this client cannot open the pool device, so it may not map it');
+    const f = this.file(conn, handle, R_OK, 'map');
+    const writable = !o.private && this.allowed(conn, f, W_OK);
+    if (o.sync && !writable) throw daxError('EACCES', `map '${f.name}' with sync: needs write permission`);
+    if (conn.regions.has(region)) throw daxError('EEXIST', `region ${region} is already mapped`);
     const inode = this.internals.inode(f);
     if (!inode.live) throw daxError('ENOENT', `file '${inode.name}' was removed`);
     const dev = this.internals.storage;
     if (dev.kind === 'devdax' && fileOffset % (2 << 20) !== 0) {
       throw daxError('EINVAL', 'on a device-dax pool, mappings must start at a 2 MiB aligned file offset');
     }
-    this.policy.map(this.local, {
-      region, inode, fileOffset, length, private: o.private, sync: o.sync, faultAround: o.faultAround, writable: true,
+    this.policy.map(conn.client, {
+      region, inode, fileOffset, length, private: o.private, sync: o.sync, faultAround: o.faultAround, writable,
     });
     conn.regions.set(region, { handle, fileOffset, length });
     return null;
@@ -293,7 +384,7 @@ export class Service {
       for (const c of this.conns) {
         if (c !== from && !c.closed) {
           try {
-            c.port.postMessage({ notice: 'closed' });
+            c.transport.send({ notice: 'closed' });
           } catch {
             // that client is gone already
           }
