@@ -28,8 +28,14 @@ export function defaultWindowBudget(): number {
   return Math.max(64, Math.floor((limit - 8192) / 2));
 }
 
+const PAGE = 4096;
+const HUGE = 2 * 1024 * 1024;
+
 export class WindowBudget {
+  /** Insertion order is recency: the first entries are the least recently installed. */
   private windows = new Map<string, Window>();
+  /** mapping → offset → key, so a range of one mapping is found without a scan. */
+  private byMapping = new Map<string, Map<number, string>>();
 
   constructor(public limit: number = defaultWindowBudget()) {}
 
@@ -45,17 +51,49 @@ export class WindowBudget {
     const k = `${w.mapping}@${w.offset}`;
     this.windows.delete(k);
     this.windows.set(k, w);
+    let m = this.byMapping.get(w.mapping);
+    if (!m) this.byMapping.set(w.mapping, (m = new Map()));
+    m.set(w.offset, k);
+  }
+
+  private drop(mapping: string, offset: number): void {
+    const m = this.byMapping.get(mapping);
+    const k = m?.get(offset);
+    if (k === undefined || !m) return;
+    m.delete(offset);
+    if (m.size === 0) this.byMapping.delete(mapping);
+    this.windows.delete(k);
   }
 
   /** Forget windows of a mapping overlapping [offset, offset+length) (they were revoked). */
   dropRange(mapping: string, offset: number, length: number): void {
-    for (const [k, w] of this.windows) {
-      if (w.mapping === mapping && w.offset < offset + length && offset < w.offset + w.length) this.windows.delete(k);
+    const m = this.byMapping.get(mapping);
+    if (!m) return;
+    // Windows are page-aligned and at most 2 MiB long: one overlapping the range
+    // starts less than 2 MiB before it. Probe those offsets, or scan this mapping's
+    // windows when that is fewer.
+    const lo = Math.max(0, offset - HUGE + PAGE);
+    const probes = (offset + length - lo) / PAGE;
+    if (probes < m.size) {
+      for (let o = lo; o < offset + length; o += PAGE) {
+        const k = m.get(o);
+        if (k === undefined) continue;
+        const w = this.windows.get(k);
+        if (w && w.offset + w.length > offset) this.drop(mapping, o);
+      }
+      return;
+    }
+    for (const [o, k] of [...m]) {
+      const w = this.windows.get(k);
+      if (w && w.offset < offset + length && offset < w.offset + w.length) this.drop(mapping, o);
     }
   }
 
   dropMapping(mapping: string): void {
-    for (const [k, w] of this.windows) if (w.mapping === mapping) this.windows.delete(k);
+    const m = this.byMapping.get(mapping);
+    if (!m) return;
+    for (const k of m.values()) this.windows.delete(k);
+    this.byMapping.delete(mapping);
   }
 
   /** Least recently installed first. */

@@ -179,7 +179,9 @@ export class FaultPolicy {
     }
     this.stats.latency(Number(monotonicNow() - ev.timeNs) / 1000);
     if (m.client.budget.over) {
-      this.evict(m.client, m.client.budget.count - m.client.budget.limit).catch((err: unknown) => {
+      // Evict in batches (1/64 of the budget at least), not one window per fault.
+      const b = m.client.budget;
+      this.evict(m.client, Math.max(b.count - b.limit, Math.ceil(b.limit / 64))).catch((err: unknown) => {
         this.log.warn({ err }, 'eviction of installed windows failed');
       });
     }
