@@ -9,6 +9,7 @@
         "native/agent.cc",
         "native/socket_channel.cc",
         "native/binding/addon.cc",
+        "native/binding/net_binding.cc",
         "native/binding/common.cc",
         "native/binding/region_binding.cc",
         "native/binding/device_binding.cc",

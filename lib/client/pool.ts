@@ -9,7 +9,10 @@ import { daxError } from '../errors';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../service/protocol';
-import { Rpc } from './rpc';
+import { Rpc, type RpcChannel } from './rpc';
+import { SocketRpc } from './socket-rpc';
+import { openDevice, type DeviceStorage } from '../device/device';
+import { SocketFaultChannel } from '../native/socket-channel';
 
 const PAGE = 4096;
 const MAX_NAME = 255;
@@ -82,13 +85,55 @@ export class Pool {
   private closing: Promise<void> | null = null;
 
   private constructor(
-    /** @internal */ readonly rpc: Rpc,
+    /** @internal */ readonly rpc: RpcChannel,
     /** @internal */ readonly hello: Hello,
     private readonly worker: Worker | null,
+    /** daemon mode: this process's own handle on the device, and its fault connection */
+    private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null } | null = null,
   ) {
     rpc.onNotice = (n) => {
       if (n.notice === 'closed') this.lost();
     };
+  }
+
+  /**
+   * A Pool served by the daemon daxmapd listening on `socketPath`, with exactly the
+   * embedded API. Mapping needs this process to be able to open the pool's device
+   * itself (read-write); faults are forwarded to the daemon natively, so a thread
+   * blocked in a fault is answered whatever the JS threads do.
+   */
+  static async connect(socketPath: string): Promise<Pool> {
+    if (typeof socketPath !== 'string' || socketPath.length === 0) throw daxError('EINVAL', 'socket path must be a non-empty string');
+    const rpc = await SocketRpc.connect(socketPath);
+    let device: DeviceStorage | null = null;
+    let channel: SocketFaultChannel | null = null;
+    try {
+      const h = await rpc.call<{ session: string; device: string; mayMap: boolean }>('hello', [{ pid: process.pid }]);
+      if (h.mayMap) {
+        try {
+          device = openDevice(h.device, { view: false });
+        } catch {
+          device = null; // no direct access for this process: map() will say so
+        }
+      }
+      let pool: Pool | null = null;
+      if (device) {
+        await rpc.call('attachDevice', [device.deviceId]);
+        channel = SocketFaultChannel.connect(socketPath, {
+          session: BigInt(h.session),
+          ref: false,
+          onClose: () => pool?.lost(),
+        });
+      }
+      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel });
+      rpc.onGone = () => pool?.lost();
+      return pool;
+    } catch (err) {
+      channel?.close();
+      device?.close();
+      rpc.close();
+      throw err;
+    }
   }
 
   /** Formats the device (creating a regular/tmpfs file at `size`), then opens it. EEXIST over an existing pool unless `force`. */
@@ -143,6 +188,7 @@ export class Pool {
   /** A value to post to a worker thread, where `Pool.attach()` turns it into a Pool on the same service. */
   share(): SharedPool {
     this.check();
+    if (this.remote) throw daxError('EINVAL', 'a pool served by daxmapd is not shared between threads: call Pool.connect() in the other thread');
     const { port1, port2 } = new MessageChannel();
     void this.rpc.call('attach', [port1], [port1]);
     return { kind: 'daxmap.shared-pool', port: port2, transferList: [port2] };
@@ -201,6 +247,8 @@ export class Pool {
       } else {
         this.rpc.close();
       }
+      this.remote?.channel?.close();
+      this.remote?.device?.close();
     })();
     return this.closing;
   }
@@ -216,8 +264,9 @@ export class Pool {
     this.files.delete(f);
   }
 
-  private lost(): void {
-    // The owner closed the pool: our mappings were revoked; detach them here.
+  /** @internal The owner closed the pool, or the daemon went away: our mappings were revoked; detach them here. */
+  lost(): void {
+    if (this.isClosed) return;
     for (const f of this.files) f.detachAll();
     this.isClosed = true;
   }
@@ -303,6 +352,9 @@ export class PoolFile {
     }
     checkInt('length', length, 1);
     const o: MapOptions = { private: opts.private === true, sync: opts.sync === true, faultAround: opts.faultAround !== false };
+    if (this.pool.hello.channel === 0) {
+      throw daxError('EACCES', `map '${this.name}': this process cannot open the pool's device '${this.pool.path}' itself, so it may not map it`);
+    }
     const region = new TrappedRegion(Math.ceil(length / PAGE) * PAGE);
     try {
       await this.call('map', [region.id, offset, region.length, o]);

@@ -5,7 +5,14 @@ import type { MessagePort, Worker } from 'node:worker_threads';
 import { daxError, type DaxmapError } from '../errors';
 import { isNotice, type Notice, type Response } from '../service/protocol';
 
-export class Rpc {
+/** What a Pool needs of its connection to a service: requests, notices, closing. */
+export interface RpcChannel {
+  onNotice: ((n: Notice) => void) | null;
+  call<T>(op: string, args?: unknown[], transfer?: (ArrayBuffer | MessagePort)[]): Promise<T>;
+  close(): void;
+}
+
+export class Rpc implements RpcChannel {
   private nextId = 1;
   private pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: DaxmapError) => void }>();
   private dead: DaxmapError | null = null;

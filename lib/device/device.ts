@@ -10,6 +10,10 @@ export interface OpenDeviceOptions {
   size?: number;
   /** Take an exclusive lock on the device; a second holder gets EBUSY. */
   exclusive?: boolean;
+  /** Map the device for direct access (default true). A daemon client needs only the fd, for installs. */
+  view?: boolean;
+  /** Open read-write (default true). */
+  writable?: boolean;
 }
 
 export class DeviceStorage implements Storage {
@@ -85,8 +89,8 @@ export function openDevice(path: string, opts: OpenDeviceOptions = {}): DeviceSt
     create: opts.create === true,
     size: opts.size ?? 0,
     exclusive: opts.exclusive === true,
-    view: true,
-    writable: true,
+    view: opts.view !== false,
+    writable: opts.writable !== false,
   });
   return new DeviceStorage(path, info);
 }

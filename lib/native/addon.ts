@@ -96,6 +96,7 @@ export interface NativeAddon {
   deviceView(id: number, offset: number, length: number): Buffer;
   devicePersist(id: number, offset: number, length: number): void;
   deviceZero(id: number, offset: number, length: number): void;
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
   deviceClose(id: number): void;
 }
 

@@ -66,28 +66,42 @@ export class Service {
   private readonly internals: PoolInternals;
   readonly policy: FaultPolicy;
   private readonly local: LocalClient;
-  private readonly channel: FaultChannel;
+  /** In-process faults (embedded mode). A daemon has none: its clients fault in their own processes. */
+  private readonly channel: FaultChannel | null;
   private readonly conns = new Set<Conn>();
   private nextHandle = 1;
   private closing: Promise<void> | null = null;
 
-  private constructor(private readonly pool: LocalPool) {
+  private constructor(private readonly pool: LocalPool, inProcessFaults: boolean) {
     this.internals = poolInternals(pool);
     this.policy = new FaultPolicy(this.internals);
     this.local = new LocalClient(this.internals.storage.deviceId);
-    this.channel = new FaultChannel((events: FaultEvent[]) => this.policy.handle(this.local, events), {
-      onError: (err) => log.error({ err }, 'fault handler failed; its unanswered faults got SIGBUS'),
-    });
+    this.channel = inProcessFaults
+      ? new FaultChannel((events: FaultEvent[]) => this.policy.handle(this.local, events), {
+        onError: (err) => log.error({ err }, 'fault handler failed; its unanswered faults got SIGBUS'),
+      })
+      : null;
   }
 
-  static async start(req: StartRequest): Promise<Service> {
+  /** Starts a service on a pool. `inProcessFaults`: this process's threads map (embedded mode). */
+  static async start(req: StartRequest, inProcessFaults = true): Promise<Service> {
     const pool = req.mode === 'create'
       ? await LocalPool.create(req.device, { ...(req.size !== undefined ? { size: req.size } : {}), force: req.force === true })
       : await LocalPool.open(req.device);
-    return new Service(pool);
+    try {
+      return new Service(pool, inProcessFaults);
+    } catch (err) {
+      await pool.close();
+      throw err;
+    }
+  }
+
+  get path(): string {
+    return this.pool.path;
   }
 
   hello(): Hello {
+    if (this.channel === null) throw daxError('EINVAL', 'no in-process fault channel in this service');
     return { channel: this.channel.id, deviceId: this.local.deviceId, path: this.pool.path };
   }
 
@@ -390,7 +404,7 @@ export class Service {
           }
         }
       }
-      this.channel.close();
+      this.channel?.close();
       for (const c of this.conns) {
         for (const f of c.files.values()) await f.close().catch(() => {});
         c.files.clear();

@@ -23,6 +23,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   daxmap::InitAgent(env, exports);
   daxmap::InitRegion(env, exports);
   daxmap::InitDevice(env, exports);
+  daxmap::InitNet(env, exports);
   daxmap::InitSocket(env, exports);
   return exports;
 }

@@ -52,6 +52,7 @@ void DetachAll(Napi::Env env, std::vector<napi_ref>& refs);
 
 void InitRegion(Napi::Env env, Napi::Object exports);
 void InitDevice(Napi::Env env, Napi::Object exports);
+void InitNet(Napi::Env env, Napi::Object exports);
 void InitAgent(Napi::Env env, Napi::Object exports);
 void InitSocket(Napi::Env env, Napi::Object exports);
 

@@ -1,0 +1,258 @@
+// daxmapd: one pool and its fault policy, served to many client processes over a
+// UNIX socket. Each client opens two connections: a control connection (requests,
+// framed JSON — lib/daemon/control.ts) and a fault connection (the binary wire
+// protocol of docs/wire.md, spoken natively by the client's agent). The first byte
+// tells them apart: "D" (DXC1) for control, 0x04 (a wire HELLO) for faults.
+import fs from 'node:fs';
+import net from 'node:net';
+import crypto from 'node:crypto';
+import type { Logger } from 'pino';
+import { daxError, isDaxError } from '../errors';
+import { native } from '../native/addon';
+import { Service, type Conn, type Peer } from '../service/service';
+import type { Request, Response, Notice } from '../service/protocol';
+import { ControlReader, encodeFrame, restorePayload } from './control';
+import { RemoteClient, readFaultHello } from './remote-client';
+
+export interface DaemonOptions {
+  device: string;
+  socket: string;
+  /** Size of the device when daxmapd creates it (missing device). */
+  size: number;
+  log: Logger;
+  /** Mode of the socket file (default 0o660). */
+  socketMode?: number;
+  /** An answer a client does not acknowledge within this long counts it as gone. */
+  answerTimeoutMs?: number;
+}
+
+interface Session {
+  token: bigint;
+  conn: Conn;
+  client: RemoteClient;
+  peer: Peer;
+  control: net.Socket;
+}
+
+const HANDSHAKE_MS = 10000;
+
+function socketFd(sock: net.Socket): number {
+  const h = (sock as unknown as { _handle?: { fd?: number } })._handle;
+  const fd = h?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw daxError('EBADF', 'no file descriptor behind the client socket');
+  return fd;
+}
+
+/** Remove a socket file left by a daemon that died; refuse to steal a live one. */
+export async function claimSocketPath(path: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw daxError('EEXIST', `${path} exists and is not a socket; refusing to replace it`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = net.connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (alive) throw daxError('EADDRINUSE', `a daxmapd is already serving ${path}`);
+  fs.unlinkSync(path);
+}
+
+export class Daemon {
+  private readonly server: net.Server;
+  private readonly sessions = new Map<string, Session>();
+  private stopping: Promise<void> | null = null;
+  readonly started = Date.now();
+
+  private constructor(readonly service: Service, private readonly opts: DaemonOptions) {
+    this.server = net.createServer((sock) => this.accept(sock));
+    this.server.on('error', (err) => opts.log.error({ err }, 'listening socket error'));
+  }
+
+  /** Opens (or creates and formats) the device, then listens on the socket. */
+  static async start(opts: DaemonOptions): Promise<Daemon> {
+    await claimSocketPath(opts.socket);
+    const exists = fs.existsSync(opts.device);
+    const service = await Service.start(exists ? { device: opts.device, mode: 'open' } : { device: opts.device, mode: 'create', size: opts.size }, false);
+    if (!exists) opts.log.info({ device: opts.device, size: opts.size }, 'created and formatted the pool device');
+    const d = new Daemon(service, opts);
+    try {
+      await d.listen();
+    } catch (err) {
+      await service.close();
+      throw err;
+    }
+    return d;
+  }
+
+  private listen(): Promise<void> {
+    const mode = this.opts.socketMode ?? 0o660;
+    return new Promise((resolve, reject) => {
+      // The socket file is born with the mode it keeps: no window in which anyone
+      // else could connect.
+      const old = process.umask(0o777 & ~mode);
+      this.server.once('error', reject);
+      this.server.listen(this.opts.socket, () => {
+        process.umask(old);
+        this.server.removeListener('error', reject);
+        try {
+          fs.chmodSync(this.opts.socket, mode);
+        } catch (err) {
+          reject(err);
+          return;
+        }
+        this.opts.log.info({ socket: this.opts.socket, device: this.opts.device, mode: mode.toString(8) }, 'daxmapd listening');
+        resolve();
+      });
+    });
+  }
+
+  get clients(): number {
+    return this.sessions.size;
+  }
+
+  private accept(sock: net.Socket): void {
+    if (this.stopping) {
+      sock.destroy();
+      return;
+    }
+    sock.on('error', () => {});
+    const timer = setTimeout(() => sock.destroy(), HANDSHAKE_MS);
+    sock.once('data', (first: Buffer) => {
+      clearTimeout(timer);
+      sock.pause();
+      let peer: Peer;
+      try {
+        peer = native().peerCred(socketFd(sock));
+      } catch (err) {
+        this.opts.log.warn({ err }, 'no peer credentials; connection dropped');
+        sock.destroy();
+        return;
+      }
+      if (first[0] === 0x44) this.control(sock, first, peer);
+      else if (first[0] === 0x04) void this.fault(sock, first, peer);
+      else sock.destroy();
+      sock.resume();
+    });
+  }
+
+  /** Can this peer open the device read-write itself? Only then may it map. */
+  private mayMap(peer: Peer): boolean {
+    if (peer.uid === 0) return true;
+    try {
+      const st = fs.statSync(this.opts.device);
+      const bits = peer.uid === st.uid ? (st.mode >> 6) & 7 : peer.gid === st.gid ? (st.mode >> 3) & 7 : st.mode & 7;
+      return (bits & 6) === 6;
+    } catch {
+      return false;
+    }
+  }
+
+  private control(sock: net.Socket, first: Buffer, peer: Peer): void {
+    const log = this.opts.log;
+    const reader = new ControlReader({ expectMagic: true });
+    let session: Session | null = null;
+    const send = (msg: Response | Notice): void => {
+      if (sock.destroyed) return;
+      try {
+        sock.write(encodeFrame(msg as unknown as Record<string, unknown>));
+      } catch (err) {
+        log.warn({ err }, 'could not encode a reply; dropping the client');
+        sock.destroy();
+      }
+    };
+    const fail = (id: unknown, code: string, message: string): void => {
+      send({ id: typeof id === 'number' ? id : -1, ok: false, error: { code, message: `${code}: ${message}` } });
+    };
+    const onFrame = (json: Record<string, unknown>, payload: Buffer | null): void => {
+      const { id, op, args } = json;
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || typeof op !== 'string' || !Array.isArray(args)) {
+        throw daxError('EPROTO', 'a request needs a numeric id, a string op and an args array');
+      }
+      const a = args.map((x) => restorePayload(x, payload));
+      if (session === null) {
+        if (op !== 'hello') return fail(id, 'EPROTO', 'the first request must be hello');
+        const token = crypto.randomBytes(8).readBigUInt64LE(0);
+        const client = new RemoteClient(`c${token.toString(16)}`, token, peer.pid, log, this.opts.answerTimeoutMs);
+        client.onEvents = (c, events) => void this.service.policy.handle(c, events);
+        client.onGone = (c) => this.service.policy.dropClient(c);
+        const mayMap = this.mayMap(peer);
+        const conn = this.service.open({ send, close: () => sock.destroy() }, client, peer, mayMap);
+        session = { token, conn, client, peer, control: sock };
+        this.sessions.set(token.toString(), session);
+        log.info({ clientPid: peer.pid, uid: peer.uid, gid: peer.gid, mayMap }, 'client connected');
+        send({ id, ok: true, value: { session: token.toString(), device: this.opts.device, daemonPid: process.pid, mayMap } });
+        return;
+      }
+      if (op === 'attachDevice') {
+        const dev = a[0];
+        if (typeof dev !== 'number' || !Number.isSafeInteger(dev) || dev <= 0 || dev > 0xffffffff) return fail(id, 'EINVAL', 'attachDevice needs a device id');
+        session.client.deviceId = dev;
+        return send({ id, ok: true, value: null });
+      }
+      void this.service.dispatch(session.conn, { id, op, args: a } as Request);
+    };
+    const onData = (chunk: Buffer): void => {
+      try {
+        for (const f of reader.push(chunk)) onFrame(f.json as Record<string, unknown>, f.payload);
+      } catch (err) {
+        log.warn({ clientPid: peer.pid, err: isDaxError(err) ? err.message : String(err) }, 'malformed control traffic; client dropped');
+        sock.destroy();
+      }
+    };
+    sock.on('data', onData);
+    sock.on('close', () => {
+      if (session) {
+        this.sessions.delete(session.token.toString());
+        this.service.disconnect(session.conn);
+        session.client.die('control connection closed');
+        log.info({ clientPid: peer.pid }, 'client disconnected');
+      }
+    });
+    onData(first);
+  }
+
+  private async fault(sock: net.Socket, first: Buffer, peer: Peer): Promise<void> {
+    try {
+      const h = await readFaultHello(sock, first, HANDSHAKE_MS);
+      const s = this.sessions.get(h.session.toString());
+      // The fault connection must come from the same user as its control connection.
+      if (!s || s.peer.uid !== peer.uid || s.client.connected || s.client.gone) throw daxError('EPERM', 'no such session');
+      s.client.attach(sock, h.reader, h.rest);
+    } catch (err) {
+      this.opts.log.warn({ clientPid: peer.pid, err: (err as Error).message }, 'fault connection refused');
+      sock.destroy();
+    }
+  }
+
+  /**
+   * Stop: no new clients; every mapping of every client is revoked (each client
+   * acknowledges, or is dropped after the answer timeout) so later touches get
+   * SIGBUS, in-flight faults are answered, clients are told, the pool is flushed and
+   * closed, the socket file removed.
+   */
+  stop(): Promise<void> {
+    if (this.stopping) return this.stopping;
+    this.stopping = (async () => {
+      this.server.close();
+      await this.service.close();
+      for (const s of this.sessions.values()) {
+        s.client.die('daxmapd is stopping');
+        s.control.end();
+      }
+      try {
+        fs.unlinkSync(this.opts.socket);
+      } catch {
+        // already gone
+      }
+      this.opts.log.info('daxmapd stopped');
+    })();
+    return this.stopping;
+  }
+}
