@@ -1,0 +1,116 @@
+// Helpers for daemon tests: a daxmapd process on a private socket and pool, and
+// client processes driven over IPC.
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '../..');
+export const DAEMON = path.join(ROOT, 'bin', 'daxmapd');
+export const FIXTURES = path.join(__dirname, 'fixtures');
+export const PAGE = 4096;
+export const HUGE = 2 << 20;
+
+let n = 0;
+export function tmpName(kind: string): string {
+  return `/tmp/daxmap-dtest-${process.pid}-${Date.now()}-${n++}.${kind}`;
+}
+
+export interface DaemonProc {
+  proc: ChildProcess;
+  socket: string;
+  device: string;
+  log: string[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Stop the daemon; its socket and (unless keepDevice) its device file are removed. */
+  stop(signal?: NodeJS.Signals, keepDevice?: boolean): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function startDaemon(opts: { device?: string; socket?: string; size?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonProc> {
+  const socket = opts.socket ?? tmpName('sock');
+  const device = opts.device ?? `/dev/shm/daxmap-dtest-${process.pid}-${n++}.pool`;
+  const proc = spawn(process.execPath, [DAEMON, '--device', device, '--socket', socket, '--size', opts.size ?? '64M', '--log-level', 'info', ...(opts.args ?? [])], {
+    env: { ...process.env, DAXMAP_LOCKDEP: '1', DAXMAP_TEST_HOOKS: '1', ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const log: string[] = [];
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.on('exit', (code, signal) => res({ code, signal })));
+  let buf = '';
+  proc.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    const lines = buf.split('\n');
+    buf = lines.pop()!;
+    log.push(...lines);
+  });
+  proc.stderr!.on('data', (d: Buffer) => log.push(d.toString()));
+  const t0 = Date.now();
+  while (!log.some((l) => l.includes('daxmapd listening'))) {
+    if (proc.exitCode !== null || Date.now() - t0 > 20000) throw new Error(`daxmapd did not start: ${log.join('\n')}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    proc, socket, device, log, exited,
+    async stop(signal: NodeJS.Signals = 'SIGTERM', keepDevice = false) {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      const r = await exited;
+      if (!keepDevice) fs.rmSync(device, { force: true });
+      fs.rmSync(socket, { force: true });
+      return r;
+    },
+  };
+}
+
+export interface Client {
+  proc: ChildProcess;
+  pid: number;
+  call<T = unknown>(cmd: string, args?: Record<string, unknown>): Promise<T>;
+  /** Send without waiting (for a command that blocks the child). */
+  send(cmd: string, args?: Record<string, unknown>): Promise<unknown>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  kill(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function startClient(socket: string, opts: { uid?: number; gid?: number } = {}): Promise<Client> {
+  const proc = fork(path.join(FIXTURES, 'client.js'), [], {
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    env: { ...process.env, DAXMAP_SIGBUS_REPORT: '1' },
+    ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
+    ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
+  });
+  proc.stderr!.on('data', () => {});
+  proc.stdout!.on('data', () => {});
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.on('exit', (code, signal) => res({ code, signal })));
+  await new Promise<void>((res, rej) => {
+    proc.once('message', () => res());
+    proc.once('exit', (c) => rej(new Error(`client exited early (${c})`)));
+  });
+  let seq = 0;
+  const waiters = new Map<number, { res: (v: unknown) => void; rej: (e: Error) => void }>();
+  proc.on('message', (m: any) => {
+    const w = waiters.get(m.seq);
+    if (!w) return;
+    waiters.delete(m.seq);
+    if (m.ok) w.res(m.value);
+    else w.rej(Object.assign(new Error(m.message), { code: m.code }));
+  });
+  exited.then((e) => {
+    for (const w of waiters.values()) w.rej(Object.assign(new Error(`client died (${e.signal ?? e.code})`), { code: 'EDIED', signal: e.signal }));
+    waiters.clear();
+  });
+  const send = (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => {
+    const s = ++seq;
+    return new Promise((res, rej) => {
+      waiters.set(s, { res, rej });
+      proc.send({ ...args, cmd, seq: s });
+    });
+  };
+  const c: Client = {
+    proc, pid: proc.pid!, exited, send,
+    call: <T>(cmd: string, args: Record<string, unknown> = {}) => send(cmd, args) as Promise<T>,
+    async kill(signal: NodeJS.Signals = 'SIGKILL') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return exited;
+    },
+  };
+  await c.call('connect', { socket });
+  return c;
+}
