@@ -18,7 +18,7 @@ import {
 import type { Inode, PoolInternals } from '../pool/internal';
 import { WindowBudget } from './budget';
 import { HUGE, PAGE, PageState, PageStates } from './states';
-import { FaultStats, type FaultStatsSnapshot } from './stats';
+import { FaultStats, type CounterName, type FaultStatsSnapshot } from './stats';
 
 const ENOMEM = -12;
 const ENXIO = -6;
@@ -77,6 +77,8 @@ export class FaultPolicy {
   /** Entry keys held right now (eviction skips those instead of waiting). */
   private readonly busy = new Set<string>();
   readonly stats = new FaultStats();
+  /** Per file (inode id), each feeding the pool-wide `stats`. */
+  private readonly perFile = new Map<number, { name: () => string; stats: FaultStats }>();
   private readonly log = logger('fault');
   private evicting = false;
   /** How long a SIGBUS for a failed fault stands before the page is taken back. */
@@ -150,9 +152,9 @@ export class FaultPolicy {
       await this.answer(client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]);
       return;
     }
-    this.stats.faults++;
-    if (ev.flags & EV_WP) this.stats.writeProtect++;
-    if (ev.flags & EV_WRITE) this.stats.write++; else this.stats.read++;
+    this.bump(m, 'faults');
+    if (ev.flags & EV_WP) this.bump(m, 'writeProtect');
+    if (ev.flags & EV_WRITE) this.bump(m, 'write'); else this.bump(m, 'read');
     for (let attempt = 0; ; attempt++) {
       try {
         await withOperation('fault', () => this.locked(m, ev));
@@ -164,7 +166,7 @@ export class FaultPolicy {
         }
         // Anything unsatisfiable (ENOSPC, an I/O error, an injected failure): SIGBUS
         // for the faulting access, logged; the locks were released by `finally`.
-        this.stats.sigbus++;
+        this.bump(m, 'sigbus');
         this.log.warn({ err, region: ev.region, offset: ev.offset, file: m.inode.name }, 'fault answered with SIGBUS');
         await this.answer(client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]).catch(() => {});
         m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Poison);
@@ -177,7 +179,7 @@ export class FaultPolicy {
         break;
       }
     }
-    this.stats.latency(Number(monotonicNow() - ev.timeNs) / 1000);
+    this.fileStats(m).latency(Number(monotonicNow() - ev.timeNs) / 1000);
     if (m.client.budget.over) {
       // Evict in batches (1/64 of the budget at least), not one window per fault.
       const b = m.client.budget;
@@ -202,6 +204,25 @@ export class FaultPolicy {
     }
   }
 
+  private fileStats(m: Mapping): FaultStats {
+    let e = this.perFile.get(m.inode.id);
+    if (!e) {
+      const ino = m.inode;
+      e = { name: () => ino.name, stats: new FaultStats(this.stats) };
+      this.perFile.set(ino.id, e);
+    }
+    return e.stats;
+  }
+
+  private bump(m: Mapping, counter: CounterName): void {
+    this.fileStats(m).bump(counter);
+  }
+
+  /** Per-file fault statistics (files that took faults since the service started). */
+  fileSnapshots(): { file: string; stats: FaultStatsSnapshot }[] {
+    return [...this.perFile.values()].map((e) => ({ file: e.name(), stats: e.stats.snapshot(0) }));
+  }
+
   private async lockEntry(key: string): Promise<LockHandle> {
     const h = await this.entryLocks.acquire(key);
     this.busy.add(key);
@@ -224,15 +245,15 @@ export class FaultPolicy {
 
     if (!ino.live || fileOff >= roundUp(ino.size, PAGE)) {
       // Beyond EOF, or the file is gone: SIGBUS, as the kernel does.
-      this.stats.beyondEof++;
-      this.stats.sigbus++;
+      this.bump(m, 'beyondEof');
+      this.bump(m, 'sigbus');
       await this.answer(m.client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]);
       m.states.set(page, page + 1, PageState.Poison);
       return;
     }
     // Already answered: a fault that was raised before the answer landed.
     if (st === PageState.Installed || (st === PageState.Copy && !wp) || (st === PageState.Zero && !write)) {
-      this.stats.spurious++;
+      this.bump(m, 'spurious');
       await this.answer(m.client, [{ op: Op.Wake, region: ev.region, offset: ev.offset, length: PAGE }]);
       return;
     }
@@ -273,10 +294,10 @@ export class FaultPolicy {
     return c;
   }
 
-  private countExtent(state: 'hole' | 'unwritten' | 'written'): void {
-    if (state === 'written') this.stats.written++;
-    else if (state === 'unwritten') this.stats.unwritten++;
-    else this.stats.hole++;
+  private countExtent(m: Mapping, state: 'hole' | 'unwritten' | 'written'): void {
+    if (state === 'written') this.bump(m, 'written');
+    else if (state === 'unwritten') this.bump(m, 'unwritten');
+    else this.bump(m, 'hole');
   }
 
   private installSpec(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): AnswerSpec {
@@ -298,27 +319,27 @@ export class FaultPolicy {
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
       const p0 = win.regionOff / PAGE;
       if (c.allWritten && c.contiguous && c.devStart % HUGE === 0) {
-        this.stats.written++;
-        this.stats.pmd++;
+        this.bump(m, 'written');
+        this.bump(m, 'pmd');
         await this.install(m, win.regionOff, HUGE, c.devStart, true);
         return;
       }
       if (!c.anyWritten && !m.states.any(p0, p0 + HUGE / PAGE, PageState.Installed)) {
-        this.countExtent(this.pool.lookup(m.inode, fileOff).state);
-        this.stats.pmd++;
+        this.countExtent(m, this.pool.lookup(m.inode, fileOff).state);
+        this.bump(m, 'pmd');
         await this.zero(m, win.regionOff, HUGE);
         return;
       }
     }
     this.inject?.('page', m);
     const x = this.pool.lookup(m.inode, fileOff);
-    this.countExtent(x.state);
-    this.stats.pte++;
+    this.countExtent(m, x.state);
+    this.bump(m, 'pte');
     if (x.state === 'written') {
       await this.install(m, ev.offset, PAGE, (x.deviceOffset as number) + (fileOff - x.offset), true);
     } else if (privateWrite) {
       // A private write to a hole: a private zero-filled page, no block.
-      this.stats.copy++;
+      this.bump(m, 'copy');
       await this.answer(m.client, [{ op: Op.Copy, region: m.region, offset: ev.offset, length: PAGE, payload: ZERO_PAGE }]);
       m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Copy);
     } else {
@@ -330,7 +351,7 @@ export class FaultPolicy {
     if (!write) return this.resolveRead(m, ev, fileOff, false);
     if (st === PageState.Zero || st === PageState.Copy) {
       // Write to a write-protected private page: let the kernel copy it on write.
-      this.stats.copy++;
+      this.bump(m, 'copy');
       await this.answer(m.client, [{ op: Op.Unprotect, region: m.region, offset: ev.offset, length: PAGE }]);
       m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Copy);
       return;
@@ -343,7 +364,7 @@ export class FaultPolicy {
   /** Write fault on a shared mapping: the pool allocates/converts and zeroes, then we install. */
   private async resolveSharedWrite(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
     if (!m.writable) {
-      this.stats.sigbus++;
+      this.bump(m, 'sigbus');
       await this.answer(m.client, [{ op: Op.Poison, region: m.region, offset: ev.offset, length: PAGE }]);
       return;
     }
@@ -351,7 +372,7 @@ export class FaultPolicy {
     if (win) {
       this.inject?.('huge', m);
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
-      this.countExtent(c.allWritten ? 'written' : this.pool.lookup(m.inode, fileOff).state);
+      this.countExtent(m, c.allWritten ? 'written' : this.pool.lookup(m.inode, fileOff).state);
       let exts;
       try {
         exts = c.allWritten && c.contiguous && !m.sync
@@ -361,20 +382,20 @@ export class FaultPolicy {
         // Not enough space for the whole window: fall back to this page alone, as the
         // kernel falls back from a PMD fault to a PTE fault.
         if (!isDaxError(err, 'ENOSPC')) throw err;
-        this.stats.fallback++;
+        this.bump(m, 'fallback');
         exts = null;
       }
       if (exts === null) return this.resolveSharedWritePage(m, ev, fileOff);
       const single = exts.length === 1 && exts[0]!.length === HUGE && exts[0]!.deviceOffset % HUGE === 0;
       if (single) {
-        this.stats.pmd++;
+        this.bump(m, 'pmd');
         await this.install(m, win.regionOff, HUGE, exts[0]!.deviceOffset, false);
         return;
       }
       // Not one aligned run: install the faulting page only (the rest is written now
       // and will be installed on its own first touch).
       const e = exts.find((x) => x.offset <= fileOff && fileOff < x.offset + x.length)!;
-      this.stats.pte++;
+      this.bump(m, 'pte');
       await this.install(m, ev.offset, PAGE, e.deviceOffset + (fileOff - e.offset), false);
       return;
     }
@@ -384,8 +405,8 @@ export class FaultPolicy {
   private async resolveSharedWritePage(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
     this.inject?.('page', m);
     const x = this.pool.lookup(m.inode, fileOff);
-    this.countExtent(x.state);
-    this.stats.pte++;
+    this.countExtent(m, x.state);
+    this.bump(m, 'pte');
     let devOff: number;
     if (x.state === 'written' && !m.sync) {
       devOff = (x.deviceOffset as number) + (fileOff - x.offset);
@@ -462,10 +483,10 @@ export class FaultPolicy {
 
   /** The zero page, write-protected. A write that raced it is adopted into a block. */
   private async zero(m: Mapping, regionOff: number, length: number): Promise<void> {
-    this.stats.zeroPage++;
+    this.bump(m, 'zeroPage');
     const [r] = await this.answer(m.client, [{ op: Op.Zero, flags: A_WP, region: m.region, offset: regionOff, length }]);
     if (r === RESULT_RACED) {
-      this.stats.raced++;
+      this.bump(m, 'raced');
       if (m.private) {
         // The racing write made a private page: exactly a private copy.
         m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Copy);
@@ -500,7 +521,7 @@ export class FaultPolicy {
         if (m.dead || m.states.get(page) !== PageState.Poison) return;
         if (m.fileOffset + regionOff >= roundUp(m.inode.size, PAGE)) return; // beyond EOF: stays poisoned
         await this.revokeRange(m, regionOff, PAGE, false);
-        this.stats.recovered++;
+        this.bump(m, 'recovered');
       } finally {
         entry?.release();
         range.release();
@@ -544,7 +565,7 @@ export class FaultPolicy {
       // A private window keeps its copy-on-write pages; only the file pages go.
       const [r] = await this.answer(client, [{ op: Op.Revoke, flags2: m.private ? A2_KEEP_PRIVATE : 0, region: m.region, offset: w.offset, length: w.length }]);
       if (r === 0 || r === ENXIO) {
-        this.stats.evictions++;
+        this.bump(m, 'evictions');
         m.states.setWhere(w.offset / PAGE, (w.offset + w.length) / PAGE, PageState.Installed, PageState.None);
         client.budget.dropRange(w.mapping, w.offset, w.length);
       }
@@ -585,7 +606,7 @@ export class FaultPolicy {
   }
 
   private async revokeRange(m: Mapping, regionOff: number, length: number, keepPrivate: boolean): Promise<void> {
-    this.stats.revokes++;
+    this.bump(m, 'revokes');
     const [r] = await this.answer(m.client, [{ op: Op.Revoke, flags2: keepPrivate ? A2_KEEP_PRIVATE : 0, region: m.region, offset: regionOff, length }]);
     if (r !== 0 && r !== ENXIO) {
       // The pages could not be taken back: the blocks must not be freed under them.

@@ -28,7 +28,20 @@ export interface FaultStatsSnapshot {
 
 const BUCKETS = 40;
 
+export type CounterName =
+  | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
+  | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
+  | 'recovered' | 'fallback';
+
+/** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
+  constructor(private readonly parent: FaultStats | null = null) {}
+
+  bump(k: CounterName): void {
+    this[k]++;
+    this.parent?.bump(k);
+  }
+
   faults = 0;
   read = 0;
   write = 0;
@@ -53,6 +66,7 @@ export class FaultStats {
   private samples = 0;
 
   latency(us: number): void {
+    this.parent?.latency(us);
     const b = us <= 1 ? 0 : Math.min(BUCKETS - 1, Math.ceil(Math.log2(us)));
     this.hist[b]!++;
     this.samples++;

@@ -247,6 +247,8 @@ export class Service {
         return v(await this.pool.statfs());
       case 'stats':
         return v(this.policy.snapshot());
+      case 'statsByFile':
+        return v(this.policy.fileSnapshots());
       case 'lockdep':
         this.rootOnly(conn, 'lockdep');
         return v(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null);

@@ -223,3 +223,28 @@ forBackings(t, 'fault-around: 2 MiB windows where alignment, EOF and the extent 
   await u.unmap();
   await m.unmap();
 });
+
+forBackings(t, 'statistics per file add up to the pool\'s', async (t, { pool }) => {
+  const a = await pool.openFile('a', { create: true });
+  const b = await pool.openFile('b', { create: true });
+  await a.truncate(HUGE);
+  await b.truncate(4 * PAGE);
+  const ma = await a.map();
+  const mb = await b.map({ length: 8 * PAGE });
+  ma.buffer[0] = 1;
+  for (let i = 0; i < 4; i++) t.equal(mb.buffer[i * PAGE], 0);
+  t.equal(await kernelTouch(mb.buffer, 6 * PAGE), 'EFAULT');
+  const total = await pool.stats();
+  const per = await pool.request<{ file: string; stats: any }[]>('statsByFile');
+  const byName = Object.fromEntries(per.map((x) => [x.file, x.stats]));
+  t.same(Object.keys(byName).sort(), ['a', 'b']);
+  t.equal(byName.a.write, 1);
+  t.equal(byName.b.read, 5);
+  t.equal(byName.b.sigbus, 1);
+  for (const k of ['faults', 'read', 'write', 'sigbus', 'pmd', 'pte', 'hole'] as const) {
+    t.equal(byName.a[k] + byName.b[k], total[k], `${k}: the files add up to the pool`);
+  }
+  t.equal(byName.a.latencyUs.count + byName.b.latencyUs.count, total.latencyUs.count);
+  await ma.unmap();
+  await mb.unmap();
+});
