@@ -212,6 +212,8 @@ export class Service {
       case 'hello':
         return v(this.hello());
       case 'attach': {
+        // A MessagePort, from a thread of this process: nothing a socket can carry.
+        if (conn.peer !== null) throw daxError('EINVAL', 'attach: only threads of the service\'s own process attach');
         this.connect(a[0] as MessagePort);
         return v();
       }
@@ -340,6 +342,10 @@ export class Service {
         await this.flush(conn, a[0] as number, a[1] as number, a[2] as number);
         return v();
       case 'close':
+        // Closing the pool is its owner's: the embedded Pool that started the service.
+        // daxmapd's pool closes when the daemon stops (SIGTERM); a client lets go of
+        // its own files and mappings by disconnecting (pool.close()).
+        if (conn.peer !== null) throw daxError('EPERM', 'close: a daxmapd client cannot close the daemon\'s pool (stop daxmapd with SIGTERM); pool.close() lets go of this client\'s own files');
         await this.close(conn);
         return v();
       default:
