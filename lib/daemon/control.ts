@@ -46,11 +46,13 @@ export function encodeFrame(msg: Record<string, unknown>): Buffer {
   return p === null ? Buffer.concat([head, json]) : Buffer.concat([head, json, p]);
 }
 
-/** Put the payload back where `{ "$bin": true }` stands. */
+/**
+ * Put the payload back where `{ "$bin": true }` stands. A frame without payload bytes
+ * carries an empty one: a zero-length write, or a read at EOF.
+ */
 export function restorePayload(v: unknown, payload: Buffer | null): unknown {
   if (v !== null && typeof v === 'object' && (v as Record<string, unknown>)[BIN] === true) {
-    if (payload === null) throw daxError('EPROTO', 'a binary argument without a payload');
-    return payload;
+    return payload ?? Buffer.alloc(0);
   }
   return v;
 }
@@ -61,6 +63,10 @@ export function restorePayload(v: unknown, payload: Buffer | null): unknown {
  */
 export class ControlReader {
   private buf: Buffer = Buffer.alloc(0);
+  /** Chunks of a frame whose header is read but whose body has not all come: joined once, when it has. */
+  private parts: Buffer[] = [];
+  private partsLength = 0;
+  private need = 0;
   private magicSeen: boolean;
   private failed = false;
 
@@ -70,8 +76,19 @@ export class ControlReader {
 
   push(chunk: Buffer): Frame[] {
     if (this.failed) throw daxError('EPROTO', 'the control stream already failed');
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     const out: Frame[] = [];
+    if (this.need > 0) {
+      // A large frame arrives in many chunks: collect them, never re-copy what came before.
+      this.parts.push(chunk);
+      this.partsLength += chunk.length;
+      if (this.partsLength < this.need) return out;
+      this.buf = Buffer.concat(this.parts, this.partsLength);
+      this.parts = [];
+      this.partsLength = 0;
+      this.need = 0;
+    } else {
+      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    }
     try {
       if (!this.magicSeen) {
         if (this.buf.length < CONTROL_MAGIC.length) return out;
@@ -86,7 +103,13 @@ export class ControlReader {
         if (jlen === 0 || jlen > MAX_JSON) throw daxError('EMSGSIZE', `control frame JSON of ${jlen} bytes`);
         if (plen > MAX_PAYLOAD) throw daxError('EMSGSIZE', `control frame payload of ${plen} bytes`);
         const total = FRAME_HEADER + jlen + plen;
-        if (this.buf.length < total) break;
+        if (this.buf.length < total) {
+          this.need = total;
+          this.parts = [this.buf];
+          this.partsLength = this.buf.length;
+          this.buf = Buffer.alloc(0);
+          break;
+        }
         let json: unknown;
         try {
           json = JSON.parse(this.buf.toString('utf8', FRAME_HEADER, FRAME_HEADER + jlen));

@@ -11,6 +11,8 @@ import { daxError, isDaxError } from '../errors';
 import { native } from '../native/addon';
 import { Service, type Conn, type Peer } from '../service/service';
 import type { Request, Response, Notice } from '../service/protocol';
+import type { FaultEvent } from '../native/frames';
+import { monotonicNow } from '../native/engine';
 import { ControlReader, encodeFrame, restorePayload } from './control';
 import { RemoteClient, readFaultHello } from './remote-client';
 
@@ -35,6 +37,31 @@ interface Session {
 }
 
 const HANDSHAKE_MS = 10000;
+const PAGE = 4096;
+/**
+ * Fault events of one client being handled at once. A client's agent has at most one
+ * live event per faulting page and thread (each blocked in its fault); far more than
+ * this is a client flooding the daemon.
+ */
+const MAX_EVENTS_IN_FLIGHT = 1 << 16;
+/** An event's time older than this (or in the future) is not the client agent's: the daemon's clock stands in. */
+const MAX_EVENT_AGE_NS = 60_000_000_000n;
+
+/**
+ * What a well-behaved agent never sends (docs/wire.md): an offset that is not a page
+ * of its region. An event on a region the daemon does not know is fine (unmapped
+ * meanwhile: it gets SIGBUS).
+ */
+function badEvent(conn: Conn, events: FaultEvent[]): string | null {
+  const now = monotonicNow();
+  for (const ev of events) {
+    if (!Number.isSafeInteger(ev.offset) || ev.offset % PAGE !== 0) return `offset ${ev.offset} of region ${ev.region} is not a page offset`;
+    const r = conn.regions.get(ev.region);
+    if (r && ev.offset >= r.length) return `offset ${ev.offset} is past the ${r.length} bytes of region ${ev.region}`;
+    if (ev.timeNs > now || now - ev.timeNs > MAX_EVENT_AGE_NS) ev.timeNs = now;
+  }
+  return null;
+}
 
 function socketFd(sock: net.Socket): number {
   const h = (sock as unknown as { _handle?: { fd?: number } })._handle;
@@ -180,10 +207,27 @@ export class Daemon {
         if (op !== 'hello') return fail(id, 'EPROTO', 'the first request must be hello');
         const token = crypto.randomBytes(8).readBigUInt64LE(0);
         const client = new RemoteClient(`c${token.toString(16)}`, token, peer.pid, log, this.opts.answerTimeoutMs);
-        client.onEvents = (c, events) => void this.service.policy.handle(c, events);
-        client.onGone = (c) => this.service.policy.dropClient(c);
         const mayMap = this.mayMap(peer);
         const conn = this.service.open({ send, close: () => sock.destroy() }, client, peer, mayMap);
+        let inFlight = 0;
+        client.onEvents = (c, events) => {
+          if (c.gone) return;
+          // Checked before the policy sees them; a client that breaks the protocol loses its fault connection.
+          const bad = badEvent(conn, events);
+          if (bad !== null || inFlight + events.length > MAX_EVENTS_IN_FLIGHT) {
+            const why = bad ?? `more than ${MAX_EVENTS_IN_FLIGHT} fault events in flight`;
+            log.warn({ clientPid: peer.pid, why }, 'malformed fault traffic; fault connection dropped');
+            c.die(`malformed fault traffic: ${why}`);
+            return;
+          }
+          inFlight += events.length;
+          this.service.policy.handle(c, events).catch((err: unknown) => {
+            log.error({ err, clientPid: peer.pid }, 'fault handling failed');
+          }).finally(() => {
+            inFlight -= events.length;
+          });
+        };
+        client.onGone = (c) => this.service.policy.dropClient(c);
         session = { token, conn, client, peer, control: sock };
         this.sessions.set(token.toString(), session);
         log.info({ clientPid: peer.pid, uid: peer.uid, gid: peer.gid, mayMap }, 'client connected');

@@ -61,6 +61,34 @@ export interface Conn {
 
 const R_OK = 4;
 const W_OK = 2;
+/** Largest file.read through a socket: its reply must fit one control frame (lib/daemon/control.ts MAX_PAYLOAD). */
+const REMOTE_MAX_READ = 32 << 20;
+/** Mappings end at or below this file offset (the pool's largest file, lib/pool/format.ts). */
+const MAX_MAP_END = 2 ** 44;
+
+// Arguments from a daxmapd client are untrusted: anything JSON can say. These turn a
+// wrong type or range into EINVAL before it reaches the pool or the fault policy.
+function intArg(what: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw daxError('EINVAL', `${what} must be an integer in [${min}, ${max}], got ${typeof v === 'string' ? `'${v.slice(0, 40)}'` : String(v)}`);
+  }
+  return v;
+}
+
+function pagesArg(what: string, v: unknown, min: number, max: number): number {
+  const n = intArg(what, v, min, max);
+  if (n % PAGE !== 0) throw daxError('EINVAL', `${what} ${n} is not a multiple of the page size ${PAGE}`);
+  return n;
+}
+
+function mapOptionsArg(v: unknown): MapOptions {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw daxError('EINVAL', 'map options must be an object');
+  const o = v as Record<string, unknown>;
+  for (const k of ['private', 'sync', 'faultAround'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'boolean') throw daxError('EINVAL', `map option ${k} must be a boolean`);
+  }
+  return { private: o.private === true, sync: o.sync === true, faultAround: o.faultAround !== false };
+}
 
 export class Service {
   private readonly internals: PoolInternals;
@@ -218,9 +246,9 @@ export class Service {
         return v();
       }
       case 'openFile': {
-        const o = (a[1] ?? {}) as { create?: boolean; mode?: number };
+        const o = (a[1] ?? {}) as { create?: boolean; mode?: unknown };
         const opts: { create: boolean; mode?: number; uid?: number; gid?: number } = { create: o.create === true };
-        if (o.mode !== undefined) opts.mode = o.mode & 0o777;
+        if (o.mode !== undefined) opts.mode = intArg('mode', o.mode, 0, 0o7777) & 0o777;
         if (conn.peer) {
           opts.uid = conn.peer.uid;
           opts.gid = conn.peer.gid;
@@ -274,8 +302,8 @@ export class Service {
       }
       case 'configure': {
         this.rootOnly(conn, 'configure');
-        const o = (a[0] ?? {}) as { windowBudget?: number };
-        if (o.windowBudget !== undefined) conn.client.budget.limit = o.windowBudget;
+        const o = (a[0] ?? {}) as { windowBudget?: unknown };
+        if (o.windowBudget !== undefined) conn.client.budget.limit = intArg('windowBudget', o.windowBudget, 1, 2 ** 31);
         return v();
       }
       case 'stat':
@@ -314,7 +342,7 @@ export class Service {
       }
       case 'read': {
         const f = this.file(conn, a[0], R_OK, 'read');
-        const buf = Buffer.alloc(a[1] as number);
+        const buf = Buffer.alloc(intArg('read length', a[1], 0, conn.peer === null ? MAX_MAP_END : REMOTE_MAX_READ));
         const n = await f.read(buf, a[2] as number);
         const out = new Uint8Array(buf.buffer, buf.byteOffset, n);
         return { value: out, transfer: buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? [buf.buffer as ArrayBuffer] : [] };
@@ -330,8 +358,12 @@ export class Service {
         }
         return v();
       }
-      case 'map':
-        return v(this.map(conn, a[0] as number, a[1] as number, a[2] as number, a[3] as number, a[4] as MapOptions));
+      case 'map': {
+        const region = intArg('region', a[1], 1, 0xffffffff);
+        const fileOffset = pagesArg('mapping offset', a[2], 0, MAX_MAP_END - PAGE);
+        const length = pagesArg('mapping length', a[3], PAGE, MAX_MAP_END - fileOffset);
+        return v(this.map(conn, a[0] as number, region, fileOffset, length, mapOptionsArg(a[4])));
+      }
       case 'unmap': {
         const region = a[0] as number;
         conn.regions.delete(region);
@@ -376,6 +408,8 @@ export class Service {
   private async flush(conn: Conn, region: number, offset: number, length: number): Promise<void> {
     const r = conn.regions.get(region);
     if (!r) throw daxError('EBADF', `region ${region} is not mapped`);
+    intArg('flush offset', offset, 0, r.length);
+    intArg('flush length', length, 0, r.length - offset);
     const f = this.file(conn, r.handle);
     const ino = this.internals.inode(f);
     const start = r.fileOffset + offset;
