@@ -158,7 +158,9 @@ export class Pool {
   }
 
   private static async start(req: StartRequest): Promise<Pool> {
-    const worker = new Worker(SERVICE_ENTRY, { workerData: req });
+    // A clean execArgv: the service runs compiled JS only, and must not pay for loader
+    // hooks (--import/--require) the application's main thread was started with.
+    const worker = new Worker(SERVICE_ENTRY, { workerData: req, execArgv: [] });
     const reply = await new Promise<StartReply>((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', reject);

@@ -33,7 +33,7 @@ forBackings(t, 'pool.close() with live mappings: detached here, revoked and deta
       try { await f.stat(); } catch (e) { err = e.code; }
       parentPort.postMessage({ detached: b.byteLength === 0, closed: pool.closed, err });
     })().catch((e) => parentPort.postMessage({ error: e.message }));
-  `, { eval: true, workerData: shared, transferList: shared.transferList });
+  `, { eval: true, execArgv: [], workerData: shared, transferList: shared.transferList });
   const first = await new Promise<any>((res) => w.once('message', res));
   t.equal(first.first, 1, 'the worker mapped the file');
   const stale = m.buffer;
@@ -190,7 +190,7 @@ forBackings(t, 'a thread that exits with live mappings: the service forgets them
       parentPort.postMessage('mapped');
       setInterval(() => {}, 1000); // stay alive until terminated
     })();
-  `, { eval: true, workerData: shared, transferList: shared.transferList });
+  `, { eval: true, execArgv: [], workerData: shared, transferList: shared.transferList });
   t.equal(await new Promise((res) => w.once('message', res)), 'mapped');
   const before = (await pool.stats()).installedWindows;
   await w.terminate();

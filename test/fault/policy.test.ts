@@ -113,7 +113,7 @@ forBackings(t, 'written extents are mapped directly: stores are coherent everywh
         parentPort.postMessage('done');
       });
     })().catch((e) => parentPort.postMessage('error ' + e.message));
-  `, { eval: true, workerData: shared, transferList: shared.transferList });
+  `, { eval: true, execArgv: [], workerData: shared, transferList: shared.transferList });
   const first = await new Promise((res) => w.once('message', res));
   t.equal(first, 'through a', 'the worker\'s mapping sees this thread\'s store');
   w.postMessage('go');

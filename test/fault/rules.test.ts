@@ -21,6 +21,7 @@ for (const [label, faultAround, stride] of [['4 KiB path', false, PAGE], ['2 MiB
     const workers = Array.from({ length: N }, (_, id) => {
       const shared = pool.share();
       return new Worker(path.join(FIXTURES, 'racer-worker.js'), {
+        execArgv: [],
         workerData: { shared, id, rounds, stride, faultAround, sab },
         transferList: shared.transferList,
       });

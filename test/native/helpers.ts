@@ -39,7 +39,7 @@ export class Handler {
   }
 
   static async start(): Promise<Handler> {
-    const worker = new Worker(path.join(FIXTURES, 'handler-worker.js'));
+    const worker = new Worker(path.join(FIXTURES, 'handler-worker.js'), { execArgv: [] });
     const ready = await new Promise<any>((res, rej) => {
       worker.once('message', res);
       worker.once('error', rej);

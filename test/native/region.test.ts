@@ -54,7 +54,7 @@ t.test('several worker threads fault at once', async (t) => {
   const N = 4;
   const pages = 64;
   const workers = Array.from({ length: N }, (_, i) =>
-    new Worker(path.join(FIXTURES, 'toucher-worker.js'), { workerData: { channel: h.channel, pages, stamp: i * 17 } }));
+    new Worker(path.join(FIXTURES, 'toucher-worker.js'), { execArgv: [], workerData: { channel: h.channel, pages, stamp: i * 17 } }));
   const regions = await Promise.all(workers.map((w) => new Promise<number>((res) => w.once('message', (m) => res(m.id)))));
   for (let i = 0; i < N; i++) await h.rule(regions[i]!, { mode: 'install', device: dev.deviceId, devBase: i * pages * PAGE, populate: true });
   const done = workers.map((w) => new Promise<any>((res) => w.once('message', res)));
@@ -385,7 +385,7 @@ t.test('the addon loads in several workers at once, each with its own state', as
     parentPort.postMessage(sum);
     // regions and devices left open are released at worker teardown
   `;
-  const ws = Array.from({ length: 4 }, () => new Worker(src, { eval: true }));
+  const ws = Array.from({ length: 4 }, () => new Worker(src, { eval: true, execArgv: [] }));
   const exits = ws.map((w) => new Promise((res) => w.once('exit', res)));
   const sums = await Promise.all(ws.map((w) => new Promise((res, rej) => { w.once('message', res); w.once('error', rej); })));
   t.same(sums, [768, 768, 768, 768]);

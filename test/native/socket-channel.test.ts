@@ -267,7 +267,7 @@ t.test('a worker that exits with its socket channel open: the channel says BYE a
       if (ch.info().state === 'open') { clearInterval(iv); parentPort.postMessage(ch.id); }
     }, 5);
   `;
-  const w = new Worker(src, { eval: true, workerData: d.path });
+  const w = new Worker(src, { eval: true, execArgv: [], workerData: d.path });
   const exit = new Promise<number>((res) => w.once('exit', res));
   await new Promise((res, rej) => {
     w.once('message', res);

@@ -54,7 +54,7 @@ for (const [kind, mk] of Object.entries(places)) {
     t.match((e as Error).message, /daxmapd/);
     const fromWorker = await new Promise<string>((res, rej) => {
       const w = new Worker(`const { Pool } = require(${JSON.stringify(dist)}); const { parentPort } = require('node:worker_threads');
-        Pool.open(${JSON.stringify(path)}).then(() => parentPort.postMessage('opened'), (e) => parentPort.postMessage(e.code));`, { eval: true });
+        Pool.open(${JSON.stringify(path)}).then(() => parentPort.postMessage('opened'), (e) => parentPort.postMessage(e.code));`, { eval: true, execArgv: [] });
       w.once('message', (m) => { res(String(m)); void w.terminate(); });
       w.once('error', rej);
     });
