@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "frames.h"
@@ -105,6 +106,11 @@ int Region::Zero(const Uffd& u, uint64_t off, uint64_t len, bool wp, bool wake, 
   bool have_before = wp && ReadPagemap(base_ + off, n, before.data());
   int e = u.ZeroPages(base_ + off, len);
   if (e != 0) return e;
+  // Test seam (DAXMAP_TEST_ZERO_RACE=1): a store from a thread that did not fault,
+  // landing exactly in the window between the zero page and its write protection.
+  // The real race is a microsecond wide; this makes the detection testable.
+  static const bool race_seam = getenv("DAXMAP_TEST_ZERO_RACE") != nullptr && getenv("DAXMAP_TEST_ZERO_RACE")[0] == '1';
+  if (race_seam && wp) *reinterpret_cast<volatile uint8_t*>(base_ + off + 7) = 0x7d;
   if (wp) {
     e = u.WriteProtect(base_ + off, len, true);
     if (e != 0) return e;
