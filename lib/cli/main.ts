@@ -1,11 +1,14 @@
-// The `daxmap` command: mkfs, fsck, ls and stat of a pool device. Exit codes: 0 ok,
-// 1 the pool has problems (fsck found errors, or it is not a sound pool), 2 usage
-// or access errors (bad arguments, missing device, pool in use).
+// The `daxmap` command: mkfs, fsck, ls and stat of a pool device; ls and stat also
+// of the pool a running daxmapd serves (--socket). Exit codes: 0 ok, 1 the pool has
+// problems (fsck found errors, or it is not a sound pool), 2 usage or access errors
+// (bad arguments, missing device, pool in use, no daemon at the socket).
 
 import { isDaxError } from '../errors';
 import { openDevice } from '../device/device';
 import type { Storage } from '../device/storage';
-import { Pool, coreOf, DEFAULT_POOL_SIZE } from '../pool/pool';
+import { Pool, DEFAULT_POOL_SIZE, coreOf } from '../pool/pool';
+import { Pool as ClientPool } from '../client/pool';
+import type { FaultStatsSnapshot } from '../fault/stats';
 import { fsckStorage } from '../pool/fsck';
 import { BLOCK_SIZE } from '../pool/format';
 import { ProgressBar, type ProgressOut } from './progress';
@@ -89,45 +92,78 @@ Exit status: 0 clean, 1 problems found (listed one per line), 2 the device could
   },
   ls: {
     summary: 'list the files of a pool: name, size, allocated bytes, extent count',
-    usage: 'daxmap ls <device> [--json] [--bytes]',
-    help: `  --bytes        sizes in bytes instead of K/M/G
+    usage: 'daxmap ls <device> | --socket PATH [--json] [--bytes]',
+    help: `  --socket PATH  ask the daxmapd listening on PATH instead of opening the device
+                 (the device is in use while the daemon runs); files you may not
+                 read are listed without figures
+  --bytes        sizes in bytes instead of K/M/G
   --json         one JSON object per file
-  --socket PATH  ask a running daxmapd instead of opening the device (needs the daemon)`,
+Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.`,
     opts: { json: 'flag', bytes: 'flag', socket: 'value' },
     async run(args, opts, io) {
-      const dev = one(args, 'device');
-      noSocket(opts);
-      const pool = await Pool.open(dev);
-      try {
-        const rows = [];
-        for (const name of await pool.list()) {
-          const f = await pool.openFile(name);
-          const st = await f.stat();
-          rows.push({ name, size: st.size, allocated: st.allocated, extents: coreOf(pool).names.get(name)!.extents.count });
+      let rows: LsRow[];
+      if (typeof opts['socket'] === 'string') {
+        if (args.length !== 0) throw new UsageError('give either <device> or --socket PATH, not both');
+        const pool = await ClientPool.connect(opts['socket']);
+        try {
+          rows = [];
+          for (const name of await pool.list()) {
+            try {
+              const f = await pool.openFile(name);
+              try {
+                const st = await f.stat();
+                rows.push({ name, size: st.size, allocated: st.allocated, extents: st.extents.length });
+              } finally {
+                await f.close();
+              }
+            } catch (e) {
+              const code = (e as { code?: string }).code;
+              if (code !== 'EACCES' && code !== 'ENOENT') throw e;
+              if (code === 'EACCES') rows.push({ name, error: code }); // ENOENT: removed meanwhile
+            }
+          }
+        } finally {
+          await pool.close();
         }
-        if (opts['json']) {
-          for (const r of rows) io.stdout.write(`${JSON.stringify(r)}\n`);
-        } else {
-          const sz = (n: number): string => (opts['bytes'] ? String(n) : formatSize(n));
-          const table = [['NAME', 'SIZE', 'ALLOCATED', 'EXTENTS'], ...rows.map((r) => [r.name, sz(r.size), sz(r.allocated), String(r.extents)])];
-          const w = [0, 1, 2, 3].map((c) => Math.max(...table.map((row) => row[c]!.length)));
-          for (const row of table) io.stdout.write(`${row.map((cell, c) => (c === 0 ? cell.padEnd(w[c]!) : cell.padStart(w[c]!))).join('  ')}\n`);
+      } else {
+        const dev = one(args, 'device');
+        const pool = await Pool.open(dev);
+        try {
+          rows = [];
+          for (const name of await pool.list()) {
+            const f = await pool.openFile(name);
+            const st = await f.stat();
+            rows.push({ name, size: st.size, allocated: st.allocated, extents: st.extents.length });
+          }
+        } finally {
+          await pool.close();
         }
-      } finally {
-        await pool.close();
+      }
+      if (opts['json']) {
+        for (const r of rows) io.stdout.write(`${JSON.stringify(r)}\n`);
+      } else {
+        const sz = (n: number | undefined): string => (n === undefined ? '-' : opts['bytes'] ? String(n) : formatSize(n));
+        const table = [['NAME', 'SIZE', 'ALLOCATED', 'EXTENTS'], ...rows.map((r) => [r.name, sz(r.size), sz(r.allocated), r.extents === undefined ? '-' : String(r.extents)])];
+        writeTable(io, table);
       }
       return 0;
     },
   },
   stat: {
     summary: 'show a pool (geometry, space, log) or, with a file name, one file and its extents',
-    usage: 'daxmap stat <device> [file] [--json]',
-    help: `  --json         print JSON
-  --socket PATH  ask a running daxmapd instead of opening the device (needs the daemon)`,
+    usage: 'daxmap stat <device> [file] | --socket PATH [file] [--json]',
+    help: `  --socket PATH  ask the daxmapd listening on PATH: the pool's space, and fault
+                 counts by kind with latency percentiles, in total and per file
+                 (files that took faults since the daemon started); with a file
+                 name, that file, its extents and its faults
+  --json         print JSON`,
     opts: { json: 'flag', socket: 'value' },
     async run(args, opts, io) {
+      if (typeof opts['socket'] === 'string') {
+        if (args.length > 1) throw new UsageError('expected --socket PATH [file]');
+        return statDaemon(opts['socket'], args[0], opts['json'] === true, io);
+      }
       if (args.length < 1 || args.length > 2) throw new UsageError('expected <device> [file]');
-      noSocket(opts);
       const pool = await Pool.open(args[0]!);
       try {
         const core = coreOf(pool);
@@ -168,9 +204,88 @@ function one(args: string[], what: string): string {
   return args[0]!;
 }
 
-function noSocket(opts: Record<string, string | true>): void {
-  if (opts['socket'] !== undefined) {
-    throw Object.assign(new Error('--socket needs the daxmapd daemon, which this build does not have yet'), { code: 'ENOTSUP' });
+interface LsRow {
+  name: string;
+  size?: number;
+  allocated?: number;
+  extents?: number;
+  /** the file could not be read (EACCES through daxmapd) */
+  error?: string;
+}
+
+/** Left-aligned first column, right-aligned numbers. */
+function writeTable(io: Io, table: string[][]): void {
+  const cols = table[0]!.length;
+  const w = Array.from({ length: cols }, (_x, c) => Math.max(...table.map((row) => row[c]!.length)));
+  for (const row of table) io.stdout.write(`${row.map((cell, c) => (c === 0 ? cell.padEnd(w[c]!) : cell.padStart(w[c]!))).join('  ').trimEnd()}\n`);
+}
+
+/** Fault counters; `installedWindows` only for the pool (it is per client process, not per file). */
+function faultLines(s: FaultStatsSnapshot, indent: string, pool: boolean): string[] {
+  const l = s.latencyUs;
+  return [
+    `${indent}faults: ${s.faults} (read ${s.read}, write ${s.write}, write-protect ${s.writeProtect})`,
+    `${indent}  by extent: hole ${s.hole}, unwritten ${s.unwritten}, written ${s.written}, beyond EOF ${s.beyondEof}`,
+    `${indent}  by window: 2 MiB ${s.pmd}, 4 KiB ${s.pte}`,
+    `${indent}  answers: zero page ${s.zeroPage}, copy ${s.copy}, SIGBUS ${s.sigbus}, spurious ${s.spurious}, raced ${s.raced}`,
+    `${indent}  fallback 2 MiB to 4 KiB ${s.fallback}, evictions ${s.evictions}, revokes ${s.revokes}, recovered ${s.recovered}${pool ? `, installed windows ${s.installedWindows}` : ''}`,
+    `${indent}latency µs: p50 ${Math.round(l.p50)}, p90 ${Math.round(l.p90)}, p99 ${Math.round(l.p99)}, max ${Math.round(l.max)} (${l.count} faults)`,
+  ];
+}
+
+/** `daxmap stat --socket PATH [file]`: what a running daxmapd says. */
+async function statDaemon(socket: string, file: string | undefined, json: boolean, io: Io): Promise<number> {
+  const pool = await ClientPool.connect(socket);
+  try {
+    const byFile = await pool.request<{ file: string; stats: FaultStatsSnapshot }[]>('statsByFile');
+    if (file !== undefined) {
+      const f = await pool.openFile(file);
+      let st;
+      try {
+        st = await f.stat();
+      } finally {
+        await f.close();
+      }
+      const faults = byFile.find((x) => x.file === file)?.stats ?? null;
+      if (json) {
+        io.stdout.write(`${JSON.stringify({ ...st, faults }, null, 2)}\n`);
+        return 0;
+      }
+      const s = st as typeof st & { name?: string; mode?: number; uid?: number; gid?: number; mtimeMs?: number };
+      io.stdout.write(`file: ${file}\n`);
+      io.stdout.write(`size: ${st.size} (${formatSize(st.size)})\n`);
+      io.stdout.write(`allocated: ${st.allocated} (${formatSize(st.allocated)})\n`);
+      if (s.mode !== undefined) io.stdout.write(`mode: ${s.mode.toString(8).padStart(4, '0')}, uid ${s.uid}, gid ${s.gid}\n`);
+      if (s.mtimeMs !== undefined) io.stdout.write(`modified: ${new Date(s.mtimeMs).toISOString()}\n`);
+      io.stdout.write('extents:\n');
+      for (const e of st.extents) io.stdout.write(`  ${e.offset}+${e.length} ${e.state}\n`);
+      if (faults) for (const l of faultLines(faults, '', false)) io.stdout.write(`${l}\n`);
+      else io.stdout.write('faults: none since daxmapd started\n');
+      return 0;
+    }
+    const [fs, faults, names] = await Promise.all([pool.statfs(), pool.stats(), pool.list()]);
+    if (json) {
+      io.stdout.write(`${JSON.stringify({
+        socket, device: pool.path, dataBytes: fs.size, freeBytes: fs.free, usedBytes: fs.size - fs.free, blockSize: fs.blockSize,
+        files: names.length, faults, byFile,
+      }, null, 2)}\n`);
+      return 0;
+    }
+    const bytes = (n: number): string => `${n} (${formatSize(n)})`;
+    io.stdout.write(`daemon: ${socket}\ndevice: ${pool.path}\n`);
+    io.stdout.write(`dataBytes: ${bytes(fs.size)}\nfreeBytes: ${bytes(fs.free)}\nusedBytes: ${bytes(fs.size - fs.free)}\nblockSize: ${fs.blockSize}\nfiles: ${names.length}\n`);
+    for (const l of faultLines(faults, '', true)) io.stdout.write(`${l}\n`);
+    if (byFile.length > 0) {
+      io.stdout.write('per file:\n');
+      const table = [['  FILE', 'FAULTS', 'READ', 'WRITE', 'WP', '2M', '4K', 'ZERO', 'COPY', 'SIGBUS', 'P50us', 'P99us', 'MAXus']];
+      for (const { file: name, stats: x } of byFile) {
+        table.push([`  ${name}`, ...[x.faults, x.read, x.write, x.writeProtect, x.pmd, x.pte, x.zeroPage, x.copy, x.sigbus, x.latencyUs.p50, x.latencyUs.p99, x.latencyUs.max].map((n) => String(Math.round(n)))]);
+      }
+      writeTable(io, table);
+    }
+    return 0;
+  } finally {
+    await pool.close();
   }
 }
 
