@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { daxError, isDaxError } from '../errors';
 import { native } from '../native/addon';
-import { Service, type Conn, type Peer } from '../service/service';
+import { Service, permBits, type Conn, type Peer } from '../service/service';
 import type { Request, Response, Notice } from '../service/protocol';
 import type { FaultEvent } from '../native/frames';
 import { monotonicNow } from '../native/engine';
@@ -61,6 +61,24 @@ function badEvent(conn: Conn, events: FaultEvent[]): string | null {
     if (ev.timeNs > now || now - ev.timeNs > MAX_EVENT_AGE_NS) ev.timeNs = now;
   }
   return null;
+}
+
+/**
+ * The peer's supplementary groups. SO_PEERCRED has only the primary gid; the rest
+ * comes from /proc, and only if that process is still the one that connected (same
+ * uid and gid), else none: group access is then judged by the primary gid alone.
+ */
+export function peerGroups(peer: Peer): number[] {
+  try {
+    const st = fs.readFileSync(`/proc/${peer.pid}/status`, 'latin1');
+    const ids = (name: string): number[] => (new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(st)?.[1] ?? '').trim().split(/\s+/).filter(Boolean).map(Number);
+    const [, euid] = ids('Uid');
+    const [, egid] = ids('Gid');
+    if (euid !== peer.uid || egid !== peer.gid) return [];
+    return ids('Groups').filter((g) => Number.isSafeInteger(g));
+  } catch {
+    return [];
+  }
 }
 
 function socketFd(sock: net.Socket): number {
@@ -157,6 +175,7 @@ export class Daemon {
       let peer: Peer;
       try {
         peer = native().peerCred(socketFd(sock));
+        peer.groups = peerGroups(peer);
       } catch (err) {
         this.opts.log.warn({ err }, 'no peer credentials; connection dropped');
         sock.destroy();
@@ -174,8 +193,7 @@ export class Daemon {
     if (peer.uid === 0) return true;
     try {
       const st = fs.statSync(this.opts.device);
-      const bits = peer.uid === st.uid ? (st.mode >> 6) & 7 : peer.gid === st.gid ? (st.mode >> 3) & 7 : st.mode & 7;
-      return (bits & 6) === 6;
+      return (permBits(peer, st.uid, st.gid, st.mode) & 6) === 6;
     } catch {
       return false;
     }

@@ -37,6 +37,15 @@ export interface Peer {
   pid: number;
   uid: number;
   gid: number;
+  /** Supplementary groups (daemon: from /proc/<pid>/status at connect). */
+  groups?: readonly number[];
+}
+
+/** The permission bits of `mode` that apply to the peer: owner, group (primary or supplementary), other. */
+export function permBits(p: Peer, uid: number, gid: number, mode: number): number {
+  if (p.uid === uid) return (mode >> 6) & 7;
+  if (p.gid === gid || (p.groups?.includes(gid) ?? false)) return (mode >> 3) & 7;
+  return mode & 7;
 }
 
 /** How replies and notices reach a client. */
@@ -182,8 +191,7 @@ export class Service {
     const p = conn.peer;
     if (p === null || p.uid === 0) return true;
     const ino = this.internals.inode(f);
-    const bits = p.uid === ino.uid ? (ino.mode >> 6) & 7 : p.gid === ino.gid ? (ino.mode >> 3) & 7 : ino.mode & 7;
-    return (bits & want) === want;
+    return (permBits(p, ino.uid, ino.gid, ino.mode) & want) === want;
   }
 
   private check(conn: Conn, f: LocalFile, want: number, what: string): void {

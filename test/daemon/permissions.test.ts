@@ -25,6 +25,36 @@ function asNobody(script: string): string {
 
 const dist = (p: string): string => JSON.stringify(path.join(ROOT, 'dist', p));
 
+/**
+ * Requests over a raw control connection, run with `setpriv` as any uid, primary gid
+ * and supplementary groups; the replies, in order. In the arguments '$h' stands for
+ * the handle the last openFile returned, { $text } for a payload.
+ */
+function rawAs(ids: { uid: number; gid: number; groups: number[] }, socket: string, requests: [string, unknown[]][]): { ok: boolean; value?: any; error?: { code: string } }[] {
+  const script = `
+    const net = require('node:net');
+    const { CONTROL_MAGIC, ControlReader, encodeFrame } = require(${dist('daemon/control.js')});
+    const reqs = ${JSON.stringify(requests)};
+    const s = net.connect(${JSON.stringify(socket)});
+    const r = new ControlReader({ expectMagic: false });
+    const out = [];
+    let h = 0;
+    const arg = (a) => (a === '$h' ? h : a && a.$text !== undefined ? Buffer.from(a.$text) : a);
+    const next = () => {
+      const last = out[out.length - 1];
+      if (last && last.ok && last.value && typeof last.value.handle === 'number') h = last.value.handle;
+      if (out.length === reqs.length) { console.log(JSON.stringify(out)); process.exit(0); }
+      s.write(encodeFrame({ id: out.length + 1, op: reqs[out.length][0], args: reqs[out.length][1].map(arg) }));
+    };
+    s.on('connect', () => { s.write(CONTROL_MAGIC); next(); });
+    s.on('data', (b) => { for (const f of r.push(b)) { out.push(f.json); next(); } });
+    s.on('error', (e) => { console.log(JSON.stringify({ error: e.code })); process.exit(0); });`;
+  const groups = ids.groups.length ? [`--groups=${ids.groups.join(',')}`] : ['--clear-groups'];
+  const r = spawnSync('setpriv', [`--reuid=${ids.uid}`, `--regid=${ids.gid}`, ...groups, process.execPath, '-e', script], { encoding: 'utf8', timeout: 20000, cwd: '/' });
+  if (r.status !== 0) throw new Error(`setpriv script failed (${r.status ?? r.signal}): ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
 async function rejectsCode(t: Test, p: Promise<unknown>, code: string, what: string): Promise<void> {
   try {
     await p;
@@ -164,4 +194,36 @@ t.test('a fault connection must come from its control connection\'s user', async
   t.ok(await f.until(() => f.messages.length > 0, 5000), 'root\'s own fault connection is accepted');
   t.equal(f.messages[0]!.type, 4, 'with the daemon\'s HELLO');
   t.match(d.log.join('\n'), /fault connection refused/);
+});
+
+t.test('supplementary groups count, for the device as for files', async (t) => {
+  const hasSetpriv = spawnSync('setpriv', ['--version']).status === 0;
+  if (!hasSetpriv) {
+    t.skip('needs setpriv (util-linux)');
+    return;
+  }
+  const GRP = 100; // 'users'
+  const d = await startDaemon({ args: ['--socket-mode', '666'] });
+  t.teardown(() => d.stop());
+  // The device: read-write for its group.
+  fs.chownSync(d.device, 0, GRP);
+  fs.chmodSync(d.device, 0o660);
+  const hello: [string, unknown[]] = ['hello', [{}]];
+  const inGroup = { uid: NOBODY, gid: NOBODY, groups: [GRP] };
+  const outside = { uid: NOBODY, gid: NOBODY, groups: [] };
+  t.equal(rawAs(inGroup, d.socket, [hello])[0]!.value.mayMap, true, 'a member of the device\'s group (supplementary) may map');
+  t.equal(rawAs(outside, d.socket, [hello])[0]!.value.mayMap, false, 'without the group it may not');
+  t.equal(rawAs({ uid: NOBODY, gid: GRP, groups: [] }, d.socket, [hello])[0]!.value.mayMap, true, 'and so may one whose primary group it is');
+
+  // A file of uid 1000, group GRP, mode 0640: readable by the group, not writable.
+  const made = rawAs({ uid: 1000, gid: GRP, groups: [] }, d.socket, [hello, ['openFile', ['grp', { create: true, mode: 0o640 }]], ['write', ['$h', { $text: 'group data' }, 0]]]);
+  t.equal(made[1]!.ok, true, 'uid 1000 creates its file');
+  t.equal(made[2]!.value, 10, 'and writes it');
+  const member = rawAs(inGroup, d.socket, [hello, ['openFile', ['grp', {}]], ['read', ['$h', 5, 0]], ['truncate', ['$h', 0]]]);
+  t.equal(member[1]!.ok, true, 'a supplementary member opens it');
+  t.equal(member[2]!.ok, true, 'reads it');
+  t.same(member[2]!.value, { $bin: true }, '(the bytes came as the payload)');
+  t.equal(member[3]!.error?.code, 'EACCES', 'but may not write it');
+  const stranger = rawAs(outside, d.socket, [hello, ['openFile', ['grp', {}]]]);
+  t.equal(stranger[1]!.error?.code, 'EACCES', 'someone outside the group may not open it');
 });
