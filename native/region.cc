@@ -104,8 +104,14 @@ int Region::Zero(const Uffd& u, uint64_t off, uint64_t len, bool wp, bool wake, 
   // Pages already present before this answer are not ours to judge.
   std::vector<uint64_t> before(n), after(n);
   bool have_before = wp && ReadPagemap(base_ + off, n, before.data());
-  int e = u.ZeroPages(base_ + off, len);
-  if (e != 0) return e;
+  size_t done = 0;
+  int e = u.ZeroPages(base_ + off, len, &done);
+  if (e != 0) {
+    // The range spans more than one mapping (ENOENT past the first). Zero pages
+    // already placed must not stay writable-by-copy: protect them, then report.
+    if (wp && done > 0) (void)u.WriteProtect(base_ + off, done, true);
+    return e;
+  }
   // Test seam (DAXMAP_TEST_ZERO_RACE=1): a store from a thread that did not fault,
   // landing exactly in the window between the zero page and its write protection.
   // The real race is a microsecond wide; this makes the detection testable.

@@ -164,23 +164,29 @@ int Uffd::Wake(uintptr_t start, size_t len) const {
 
 // The fill ioctls stop at the first page already present (EEXIST) and report how
 // far they got; skip that page and go on.
-int Uffd::ZeroPages(uintptr_t start, size_t len) const {
+int Uffd::ZeroPages(uintptr_t start, size_t len, size_t* done_out) const {
   size_t done = 0;
+  int e = 0;
   while (done < len) {
     struct uffdio_zeropage z = {};
     z.range.start = start + done;
     z.range.len = len - done;
     z.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE;
-    if (ioctl(fd_, UFFDIO_ZEROPAGE, &z) == 0) return 0;
-    int e = errno;
+    if (ioctl(fd_, UFFDIO_ZEROPAGE, &z) == 0) {
+      done = len;
+      break;
+    }
+    e = errno;
     if (z.zeropage > 0) done += static_cast<size_t>(z.zeropage);
     if (e == EEXIST) {
       done += kPage;
+      e = 0;
       continue;
     }
-    return e;
+    break;
   }
-  return 0;
+  if (done_out != nullptr) *done_out = done;
+  return e;
 }
 
 int Uffd::WriteProtect(uintptr_t start, size_t len, bool protect, bool dontwake) const {

@@ -42,8 +42,9 @@ class Uffd {
   int Unregister(uintptr_t start, size_t len) const;
   int Wake(uintptr_t start, size_t len) const;
   // Fill [start, start+len) with the zero page, skipping pages already present
-  // (EEXIST), without waking.
-  int ZeroPages(uintptr_t start, size_t len) const;
+  // (EEXIST), without waking. `done` (optional) gets how far it got: the kernel
+  // fills within one mapping only, so a range spanning two stops (ENOENT) there.
+  int ZeroPages(uintptr_t start, size_t len, size_t* done = nullptr) const;
   // Clearing protection wakes waiters unless dontwake.
   int WriteProtect(uintptr_t start, size_t len, bool protect, bool dontwake = false) const;
   // Copy from src, skipping present pages; wp: install write-protected.

@@ -22,6 +22,7 @@ import { FaultStats, type CounterName, type FaultStatsSnapshot } from './stats';
 
 const ENOMEM = -12;
 const ENXIO = -6;
+const ENOENT = -2;
 
 /** Who executes answers for a set of regions: this process (embedded) or a client process (daemon). */
 export interface Client {
@@ -54,6 +55,14 @@ interface Mapping extends MapRequest {
   readonly key: string;
   readonly client: Client;
   readonly states: PageStates;
+  /**
+   * Private mappings: 2 MiB chunks (of the region) where the mapping may hold pages
+   * of its own — a private copy we made, or one the kernel made on a write to a
+   * copy-on-write install (untrapped, so we cannot see it), kept across a punch or
+   * an eviction. A 2 MiB answer there would cover them: such chunks get 4 KiB
+   * answers only.
+   */
+  readonly ownChunks: Set<number>;
   dead: boolean;
 }
 
@@ -95,7 +104,7 @@ export class FaultPolicy {
   map(client: Client, req: MapRequest): void {
     const key = `${client.id}:${req.region}`;
     if (this.mappings.has(key)) throw daxError('EEXIST', `region ${req.region} is already mapped`);
-    const m: Mapping = { ...req, key, client, states: new PageStates(), dead: false };
+    const m: Mapping = { ...req, key, client, states: new PageStates(), ownChunks: new Set(), dead: false };
     this.mappings.set(key, m);
     let set = this.byInode.get(req.inode.id);
     if (!set) this.byInode.set(req.inode.id, (set = new Set()));
@@ -271,6 +280,7 @@ export class FaultPolicy {
     // wholly inside EOF.
     if (regionOff < 0 || regionOff % HUGE !== 0 || regionOff + HUGE > m.length) return null;
     if (fileStart + HUGE > m.inode.size) return null;
+    if (m.private && m.ownChunks.has(regionOff / HUGE)) return null;
     return { fileStart, regionOff };
   }
 
@@ -327,8 +337,8 @@ export class FaultPolicy {
       if (!c.anyWritten && !m.states.any(p0, p0 + HUGE / PAGE, PageState.Installed)) {
         this.countExtent(m, this.pool.lookup(m.inode, fileOff).state);
         this.bump(m, 'pmd');
-        await this.zero(m, win.regionOff, HUGE);
-        return;
+        if (await this.zero(m, win.regionOff, HUGE)) return;
+        // Fell back: answer the faulting page alone, below.
       }
     }
     this.inject?.('page', m);
@@ -349,6 +359,7 @@ export class FaultPolicy {
 
   private async resolvePrivate(m: Mapping, ev: FaultEvent, fileOff: number, write: boolean, st: PageState): Promise<void> {
     if (!write) return this.resolveRead(m, ev, fileOff, false);
+    m.ownChunks.add(Math.floor(ev.offset / HUGE));
     if (st === PageState.Zero || st === PageState.Copy) {
       // Write to a write-protected private page: let the kernel copy it on write.
       this.bump(m, 'copy');
@@ -481,16 +492,26 @@ export class FaultPolicy {
     }
   }
 
-  /** The zero page, write-protected. A write that raced it is adopted into a block. */
-  private async zero(m: Mapping, regionOff: number, length: number): Promise<void> {
+  /**
+   * The zero page, write-protected. A write that raced it is adopted into a block.
+   * False if a multi-page window could not be answered whole (ENOENT: the range of
+   * the region is split into several mappings there); the caller falls back to the
+   * faulting page.
+   */
+  private async zero(m: Mapping, regionOff: number, length: number): Promise<boolean> {
     this.bump(m, 'zeroPage');
     const [r] = await this.answer(m.client, [{ op: Op.Zero, flags: A_WP, region: m.region, offset: regionOff, length }]);
+    if (r === ENOENT && length > PAGE) {
+      this.bump(m, 'fallback');
+      return false;
+    }
     if (r === RESULT_RACED) {
       this.bump(m, 'raced');
       if (m.private) {
         // The racing write made a private page: exactly a private copy.
         m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Copy);
-        return;
+        this.markOwn(m, regionOff, length);
+        return true;
       }
       // Zeros plus that write is the right content for the hole: make it a block.
       const fileOff = m.fileOffset + regionOff;
@@ -498,10 +519,11 @@ export class FaultPolicy {
       for (const e of exts) {
         await this.install(m, e.offset - m.fileOffset, e.length, e.deviceOffset, false, true);
       }
-      return;
+      return true;
     }
     if (r !== 0 && r !== ENXIO) throw daxError('EIO', `zero answer failed: ${r}`);
     if (r === 0) m.states.setWhere(regionOff / PAGE, (regionOff + length) / PAGE, PageState.None, PageState.Zero);
+    return true;
   }
 
   private async answer(client: Client, specs: AnswerSpec[]): Promise<number[]> {
@@ -563,6 +585,7 @@ export class FaultPolicy {
     try {
       entry = await this.lockEntry(key);
       // A private window keeps its copy-on-write pages; only the file pages go.
+      this.markOwn(m, w.offset, w.length);
       const [r] = await this.answer(client, [{ op: Op.Revoke, flags2: m.private ? A2_KEEP_PRIVATE : 0, region: m.region, offset: w.offset, length: w.length }]);
       if (r === 0 || r === ENXIO) {
         this.bump(m, 'evictions');
@@ -605,8 +628,15 @@ export class FaultPolicy {
     await Promise.all(work);
   }
 
+  /** The chunks of [regionOff, +length) may hold private pages of a private mapping. */
+  private markOwn(m: Mapping, regionOff: number, length: number): void {
+    if (!m.private) return;
+    for (let c = Math.floor(regionOff / HUGE); c * HUGE < regionOff + length; c++) m.ownChunks.add(c);
+  }
+
   private async revokeRange(m: Mapping, regionOff: number, length: number, keepPrivate: boolean): Promise<void> {
     this.bump(m, 'revokes');
+    if (keepPrivate) this.markOwn(m, regionOff, length);
     const [r] = await this.answer(m.client, [{ op: Op.Revoke, flags2: keepPrivate ? A2_KEEP_PRIVATE : 0, region: m.region, offset: regionOff, length }]);
     if (r !== 0 && r !== ENXIO) {
       // The pages could not be taken back: the blocks must not be freed under them.

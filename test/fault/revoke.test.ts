@@ -135,3 +135,45 @@ forBackings(t, 'stale data: no mapping of another file ever shows freed bytes, a
   await fresh2.unmap();
   await victim.m.unmap();
 });
+
+// Regressions found by the model test (test/model/map-model.test.ts).
+forBackings(t, 'a 2 MiB zero window over a chunk split into several mappings falls back to the page', async (t, { pool }) => {
+  // Reduction: write 1 byte at 100*4K; truncate to 2 MiB+4K; map private at 0;
+  // read 100*4K; store at 100*4K+1; punch [0, 2 MiB); read page 0.
+  const f = await pool.openFile('z', { create: true });
+  await f.write(Buffer.from([1]), 100 * PAGE);
+  await f.truncate(HUGE + PAGE);
+  const m = await f.map({ private: true });
+  t.equal(m.buffer[100 * PAGE], 1);
+  m.buffer[100 * PAGE + 1] = 2; // a private copy-on-write page, in a mapping of its own
+  await f.punchHole(0, HUGE);
+  t.equal(await kernelTouch(m.buffer, 0), null, 'page 0 of the hole faults in (no SIGBUS)');
+  t.equal(m.buffer[5 * PAGE], 0);
+  t.equal(m.buffer[100 * PAGE + 1], 2, 'the private page is kept');
+  t.equal((await pool.stats()).sigbus, 0);
+  await m.unmap();
+});
+
+forBackings(t, 'a 2 MiB install never covers pages a private mapping made its own', async (t, { pool }) => {
+  // Reduction: truncate to 10 pages; map private, 2 MiB at 0; store 0x55 at 5*4K;
+  // write 2 MiB of 7 at 0 (one aligned extent); read page 20.
+  const f = await pool.openFile('p', { create: true });
+  await f.truncate(10 * PAGE);
+  const m = await f.map({ private: true, length: HUGE });
+  m.buffer[5 * PAGE] = 0x55;
+  await f.write(Buffer.alloc(HUGE, 7), 0);
+  t.equal(m.buffer[20 * PAGE], 7, 'a page it never wrote shows the file');
+  t.equal(m.buffer[5 * PAGE], 0x55, 'the page it wrote is still its own');
+  // Through eviction: a private window evicted, then faulted again.
+  await pool.request('configure', [{ windowBudget: 4 }]);
+  const g = await pool.openFile('q', { create: true });
+  await g.write(Buffer.alloc(HUGE + 64 * 1024, 9), 0);
+  const p = await g.map({ private: true });
+  t.equal(p.buffer[0], 9);
+  p.buffer[5 * PAGE] = 0x66;
+  for (let i = 0; i < 16; i++) t.equal(p.buffer[HUGE + i * PAGE], 9);
+  t.equal(p.buffer[0], 9);
+  t.equal(p.buffer[5 * PAGE], 0x66, 'eviction kept the private page, and the next fault did not cover it');
+  await p.unmap();
+  await m.unmap();
+});
