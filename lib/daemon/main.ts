@@ -4,7 +4,9 @@ import path from 'node:path';
 import { configureLogger } from '../log';
 import { parseSize } from '../cli/units';
 import { isDaxError } from '../errors';
-import { Daemon } from './daemon';
+// Loaded only once the logger is configured: modules that take their logger when
+// they load (the service, the pool) must get the daemon's (stdout, --log-level).
+import type { Daemon } from './daemon';
 
 const HELP = `Usage: daxmapd [options]
 
@@ -87,6 +89,8 @@ export async function run(argv = process.argv.slice(2)): Promise<void> {
   const log = configureLogger({ name: 'daxmapd', level: args.logLevel, fd: 1, pretty: process.stdout.isTTY === true });
   let daemon: Daemon;
   try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { Daemon } = require('./daemon') as typeof import('./daemon');
     daemon = await Daemon.start({ device: args.device, socket: args.socket, size: args.size, socketMode: args.socketMode, log });
   } catch (err) {
     log.fatal({ err: isDaxError(err) ? { code: err.code, message: err.message } : err }, 'daxmapd could not start');

@@ -1,5 +1,6 @@
-// What the frame fuzzer (fuzz.test.ts) found, one deterministic test each: every one
-// of these failed before its fix in lib/daemon or lib/service.
+// What the frame fuzzer (fuzz.test.ts) found, and what turned up while checking its
+// results, one deterministic test each: every one of these failed before its fix in
+// lib/daemon or lib/service.
 import t from 'tap';
 import { startDaemon } from './helpers';
 import { RawControl, RawFault, eventBytes, wireMessage } from './fuzz-wire';
@@ -117,4 +118,17 @@ t.test('a large control frame in many small chunks is joined once', async (t) =>
   t.ok(got[0]!.payload!.equals(payload), 'the payload is intact');
   t.comment(`16 MiB in 4 KiB chunks: ${ms.toFixed(1)} ms`);
   t.ok(ms < 5000, 'not quadratic (a bound 15x above what it takes)');
+});
+
+t.test('every layer logs through the daemon\'s logger: stdout, --log-level', async (t) => {
+  // The service and the pool take their logger when their module loads; they used to
+  // load before the daemon configured it, and logged to stderr at 'warn' whatever
+  // --log-level said.
+  const d = await startDaemon({ args: ['--log-level', 'debug'] });
+  const lines = d.log.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { name: string; msg: string; level: number });
+  const opened = lines.find((l) => l.msg === 'pool opened');
+  t.ok(opened, 'the pool\'s debug line is there', { log: d.log.slice(0, 10) });
+  t.equal(opened?.name, 'daxmapd', 'from the daemon\'s logger');
+  t.same(lines.filter((l) => l.name !== 'daxmapd'), [], 'no line from another logger');
+  await d.stop();
 });
