@@ -20,8 +20,7 @@
 // truncate drops those wholly past the new EOF (the page holding EOF stays). Mapped
 // stores never reach past EOF: the file is extended first, as fsx does.
 //
-// Known library bugs are tolerated, narrowly (their exact symptom) and visibly
-// (counted, reported), or avoided when generating: see KNOWN_BUGS.
+// A known library bug is avoided when generating, narrowly and visibly: see KNOWN_BUGS.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -117,8 +116,8 @@ export interface RunOptions {
   /** Operation weights (0 turns a kind off). */
   weights?: Partial<Record<Kind, number>>;
   /**
-   * Fail on the known library bugs too (see KNOWN_BUGS) instead of tolerating or
-   * avoiding them. Default: process.env.DAXMAP_MODEL_STRICT === '1'.
+   * Generate the operations that hit known library bugs too (see KNOWN_BUGS)
+   * instead of avoiding them. Default: process.env.DAXMAP_MODEL_STRICT === '1'.
    */
   strict?: boolean;
   /** Per-process budget of installed windows for the run (small: eviction pressure). */
@@ -128,57 +127,30 @@ export interface RunOptions {
 }
 
 /**
- * Library bugs this model found and the library still has. Each is tolerated — its
- * exact symptom only, counted and reported — or, where that cannot be done
- * narrowly, avoided when generating, so that the rest of the model keeps running
- * in CI. DAXMAP_MODEL_STRICT=1 (or `strict`) turns all of it off; remove an entry
- * once the library is fixed. (A third, stale zero pages after a hole got
- * data through file.write or another mapping, was fixed while this test was written:
- * the policy's refreshZeros; the model checks it strictly.)
+ * Library bugs this model found that the library still has. Each is avoided when
+ * generating (replays of a script are unaffected), narrowly and visibly, so that the
+ * rest of the model keeps running in CI. DAXMAP_MODEL_STRICT=1 (or `strict`) turns
+ * that off; remove an entry once the library is fixed.
  *
- * zero-window-enoent. A read fault that fault-around answers with a whole 2 MiB
- *   zero window fails (UFFDIO_ZEROPAGE: ENOENT → EIO → SIGBUS for a page inside
- *   EOF) when that chunk of the region is no longer a single VMA: a revoke
- *   (truncate, punch, zero range, refreshing zero pages) moved a spare over part of
- *   it and the spare did not merge with its neighbours, or a private copy-on-write
- *   page kept by punch/zero range sits in its own VMA there. Deterministic: write
- *   1 byte at 100*4K; truncate to 2 MiB+4K; map private at 0; read 100*4K; store
- *   at 100*4K+1; punch [0, 2 MiB); read page 0 → EFAULT. Without a private page it
- *   depends on where the kernel put the spare (1-8 runs in 8 here): map shared
- *   4 MiB at 0; write 1 byte at 0xe358a; read [0, 0xe4000); truncate to 4096;
- *   write 1896 bytes at 0x20b000; read page 1 → EFAULT.
- *   Tolerated: EFAULT inside EOF in a chunk that mapping could answer whole and
- *   where the model has no written block: the mapping is mapped again (same range
- *   and options; a private one loses its pages, as the model does).
+ * Found and fixed while this test was written (checked strictly now): stale zero
+ * pages after a hole got data through file.write or another mapping (fixed by
+ * refreshZeros); a 2 MiB zero window over a chunk split into several VMAs failing
+ * with ENOENT → SIGBUS inside EOF, and a 2 MiB install window in a private mapping
+ * discarding the mapping's own pages (fixed in 522e381).
  *
- * private-lost-to-install. A read fault that fault-around answers with a whole
- *   2 MiB install window (the chunk is one aligned written extent) maps the file
- *   over the entire window of a private mapping, also over the pages the mapping
- *   has made its own (the install path does not look at the pages present, and a
- *   keep-private revoke — punch, zero range, eviction — even marks kept pages "not
- *   present"): the mapping's own data is lost, it shows the file again.
- *   Reduced: truncate to 10 pages; map private, 2 MiB at 0; store 0x55 at 5*4K;
- *   write 2 MiB of 7 at 0 (one aligned extent; EOF 2 MiB); read page 20 → byte
- *   5*4K reads 7. Through eviction: write 2 MiB at 0 and 64 KiB after; map
- *   private; read byte 0; store at 5*4K; window budget 4; read the 64 pages past
- *   2 MiB (the window is evicted); read byte 0 → byte 5*4K shows the file again.
- *   Tolerated: a page of the private mapping, its own in the model, shows the
- *   file's current bytes, in a chunk the mapping could answer whole (inside it and
- *   EOF, fault-around, 2 MiB aligned): the model drops the page too. (This would
- *   also hide a punch that dropped private pages in such a chunk.)
- *
- * kept-private-survives-truncate. After a punch hole / zero range kept a private
- *   mapping's copy-on-write page (marked "not present" by the policy, as above), a
- *   truncate below it skips the revoke when every page of the mapping past the new
- *   EOF looks "not present" (the allNone shortcut of invalidate), so the private
- *   page stays mapped: readable past EOF instead of SIGBUS, and its stale contents
- *   come back if the file grows again. Reduced: write 4 pages; map private (no
- *   fault-around); read page 2; store at page 2; punch page 2; truncate to 4096 →
- *   a system call reading page 2 succeeds (expected EFAULT).
- *   Avoided, when generating only: no truncate below a private page that a punch
- *   or zero range kept (replays of a script are unaffected).
+ * kept-private-survives-truncate. A punch hole / zero range keeps a private
+ *   mapping's copy-on-write pages (as Linux does) but marks them "not present" in
+ *   the policy. A later truncate below such a page skips the revoke when every
+ *   page of the mapping past the new EOF looks "not present" (the allNone shortcut
+ *   of invalidate), so the private page stays mapped: readable past EOF instead of
+ *   SIGBUS, and its stale contents would show again if the file grew back.
+ *   Reduced: write 4 pages; map private (no fault-around); read page 2; store at
+ *   page 2; punch page 2; truncate to 4096 → a system call reading page 2
+ *   succeeds (expected EFAULT).
+ *   Avoided: no truncate is generated below a private page that a punch or zero
+ *   range kept.
  */
-export const KNOWN_BUGS = ['zero-window-enoent', 'private-lost-to-install', 'kept-private-survives-truncate'] as const;
+export const KNOWN_BUGS = ['kept-private-survives-truncate'] as const;
 
 export interface RunResult {
   ops: number;
@@ -187,10 +159,8 @@ export interface RunResult {
   eofPagesChecked: number;
   bytesCompared: number;
   privatePagesMax: number;
-  /** Times known bug zero-window-enoent was hit (each: one SIGBUS answered, the mapping mapped again). */
-  zeroWindowRemaps: number;
-  /** Private pages known bug private-lost-to-install took from the private mapping. */
-  privateLost: number;
+  /** Truncates not generated because of the known bug kept-private-survives-truncate. */
+  avoided: number;
 }
 
 export const DEFAULT_WEIGHTS = {
@@ -220,11 +190,6 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
   const writes: { n: number; off: number; len: number; how: string }[] = [];
   const live: Record<Which, Live | null> = { S: null, P: null };
   const strict = o.strict ?? process.env['DAXMAP_MODEL_STRICT'] === '1';
-  // Per 4 KiB block: 0 hole, 1 unwritten, 2 written. A lower bound of what the pool
-  // has written (a shared store with fault-around writes its whole 2 MiB chunk); used
-  // to recognise the known bug "zero-window-enoent".
-  const HOLE = 0, UNWRITTEN = 1, WRITTEN = 2;
-  const blocks = new Uint8Array(CAP / PAGE);
   /** Private pages a punch/zero range kept (known bug kept-private-survives-truncate). */
   const kept = new Set<number>();
   const dropPrivate = (p: number): void => {
@@ -246,7 +211,7 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
   fs.unlinkSync(scratch);
   const logFd = o.logFile ? fs.openSync(o.logFile, 'w') : -1;
 
-  const res: RunResult = { ops: 0, skipped: 0, efaultProbes: 0, eofPagesChecked: 0, bytesCompared: 0, privatePagesMax: 0, zeroWindowRemaps: 0, privateLost: 0 };
+  const res: RunResult = { ops: 0, skipped: 0, efaultProbes: 0, eofPagesChecked: 0, bytesCompared: 0, privatePagesMax: 0, avoided: 0 };
   let n = 0;
   const fail: (msg: string) => never = (msg) => { throw new ModelMismatch(`after op ${n}: ${msg}`); };
 
@@ -319,75 +284,27 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
 
   const expectedOf = (w: Which, from: number, to: number): Buffer => (w === 'S' ? bytes.subarray(from, to) : privView(from, to));
 
-  /** Known bug zero-window-enoent (not strict): could an EFAULT at file offset pos of mapping w be a failed 2 MiB zero window? */
-  const bug2 = (w: Which, pos: number): boolean => {
-    const l = live[w]!;
-    if (strict || !l.faultAround || l.off % HUGE !== 0) return false;
-    const c = Math.floor(pos / HUGE) * HUGE;
-    if (c < l.off || c + HUGE > l.off + l.len || c + HUGE > size) return false;
-    for (let p = c / PAGE; p < (c + HUGE) / PAGE; p++) if (blocks[p] === WRITTEN) return false;
-    return true;
-  };
   const mapLive = async (w: Which, off: number, len: number, faultAround: boolean, sync: boolean): Promise<void> => {
     const m = await f.map({ offset: off, length: len, private: w === 'P', faultAround, sync });
     if (m.buffer.length !== len) fail(`mapping buffer has ${m.buffer.length} bytes, asked for ${len}`);
     live[w] = { m, off, len, faultAround, sync };
   };
   /** The kernel reads file [from, to) of mapping w (inside EOF): every page must be readable. */
-  const ensureReadable = async (w: Which, from: number, to: number, what: string): Promise<void> => {
-    for (let attempt = 0; ; attempt++) {
-      const l = live[w]!;
-      const bad = kread(l.m.buffer, from - l.off, to - from);
-      if (!bad) return;
-      const pos = l.off + bad.at;
-      if (attempt === 0 && bad.code === 'EFAULT' && bug2(w, pos)) {
-        res.zeroWindowRemaps++;
-        o.log[o.log.length - 1] += ` [known bug zero-window-enoent: EFAULT at 0x${pos.toString(16)} inside EOF; ${w === 'S' ? 'shared' : 'private'} mapping mapped again]`;
-        await l.m.unmap();
-        forgetMapping(w);
-        await mapLive(w, l.off, l.len, l.faultAround, l.sync);
-        continue;
-      }
-      fail(`${what}: a page inside EOF is not readable: ${bad.code} at file offset 0x${pos.toString(16)} (size 0x${size.toString(16)})`);
-    }
+  const ensureReadable = (w: Which, from: number, to: number, what: string): void => {
+    const l = live[w]!;
+    const bad = kread(l.m.buffer, from - l.off, to - from);
+    if (bad) fail(`${what}: a page inside EOF is not readable: ${bad.code} at file offset 0x${(l.off + bad.at).toString(16)} (size 0x${size.toString(16)})`);
   };
 
   /** Compare a mapping's bytes for file [from, to) (inside EOF) with the model, the kernel reading them first. */
   const compareMapped = async (w: Which, from: number, to: number, what: string): Promise<void> => {
     if (to <= from) return;
-    await ensureReadable(w, from, to, what);
+    ensureReadable(w, from, to, what);
     const l = live[w]!;
     const act = l.m.buffer.subarray(from - l.off, to - l.off);
     const exp = expectedOf(w, from, to);
     res.bytesCompared += to - from;
-    if (Buffer.compare(act, exp) === 0) return;
-    if (!strict) {
-      // Page by page: only private-lost-to-install's symptom is tolerated.
-      let ok = true;
-      for (let p = Math.floor(from / PAGE); p * PAGE < to && ok; p++) {
-        const s = Math.max(from, p * PAGE) - from;
-        const e = Math.min(to, (p + 1) * PAGE) - from;
-        if (Buffer.compare(act.subarray(s, e), exp.subarray(s, e)) === 0) continue;
-        if (!lostPrivate(w, p, act.subarray(s, e), from + s)) ok = false;
-      }
-      if (ok) return;
-    }
-    describeDiff(what, act, exp, from, w === 'P');
-  };
-  /**
-   * Known bug private-lost-to-install: page p of the private mapping, its own in the model, shows the file's
-   * bytes instead, in a chunk the mapping may answer with a 2 MiB window: the mapping
-   * lost the page; so does the model.
-   */
-  const lostPrivate = (w: Which, p: number, shown: Uint8Array, at: number): boolean => {
-    const l = live[w]!;
-    if (strict || w !== 'P' || !priv.has(p) || !l.faultAround || l.off % HUGE !== 0) return false;
-    const c = Math.floor((p * PAGE) / HUGE) * HUGE;
-    if (c < l.off || c + HUGE > l.off + l.len || c + HUGE > size) return false;
-    if (Buffer.compare(shown, bytes.subarray(at, at + shown.length)) !== 0) return false;
-    dropPrivate(p);
-    res.privateLost++;
-    return true;
+    if (Buffer.compare(act, exp) !== 0) describeDiff(what, act, exp, from, w === 'P');
   };
   const fileName = o.file ?? 'map-model';
   const f: PoolFile = await o.pool.openFile(fileName, { create: true });
@@ -486,7 +403,10 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
           if (r.chance(0.2)) s = Math.floor(s / PAGE) * PAGE;
           s = Math.min(s, MAXFILE);
           // Known bug kept-private-survives-truncate (not strict): do not truncate below a kept private page.
-          if (!strict && [...kept].some((p) => p * PAGE >= roundUp(s, PAGE))) continue;
+          if (!strict && [...kept].some((p) => p * PAGE >= roundUp(s, PAGE))) {
+            res.avoided++;
+            continue;
+          }
           return { k, size: s };
         }
         case 'map':
@@ -533,7 +453,6 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
       modelZero(ns, size, op);
       // truncate discards the private mapping's pages wholly past the new EOF (the page holding EOF stays)
       for (const p of [...priv.keys()]) if (p * PAGE >= roundUp(ns, PAGE)) dropPrivate(p);
-      blocks.fill(HOLE, Math.ceil(ns / PAGE));
     }
     size = ns;
   };
@@ -568,7 +487,6 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
           writes.push({ n, off: op.off, len: op.len, how: 'a private mapped store' });
         } else {
           modelStore(op.off, data, n);
-          blocks.fill(WRITTEN, Math.floor(op.off / PAGE), Math.ceil((op.off + op.len) / PAGE));
           writes.push({ n, off: op.off, len: op.len, how: 'a shared mapped store' });
         }
         data.copy(l.m.buffer, op.off - l.off);
@@ -586,7 +504,6 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
         const w = await f.write(data, op.off);
         if (w !== op.len) fail(`file.write returned ${w}, not ${op.len}`);
         modelStore(op.off, data, n);
-        blocks.fill(WRITTEN, Math.floor(op.off / PAGE), Math.ceil((op.off + op.len) / PAGE));
         if (op.off + op.len > size) size = op.off + op.len;
         writes.push({ n, off: op.off, len: op.len, how: 'file.write' });
         return true;
@@ -607,19 +524,16 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
         return true;
       case 'fallocate':
         await f.fallocate(op.off, op.len, { keepSize: op.keep });
-        for (let p = Math.floor(op.off / PAGE); p * PAGE < op.off + op.len; p++) if (blocks[p] === HOLE) blocks[p] = UNWRITTEN;
         if (!op.keep && op.off + op.len > size) size = op.off + op.len;
         return true;
       case 'punch':
         await f.punchHole(op.off, op.len);
         modelZero(op.off, Math.min(op.off + op.len, size), n);
-        blocks.fill(HOLE, Math.ceil(op.off / PAGE), Math.floor((op.off + op.len) / PAGE));
         keepPrivate(op.off, op.len);
         return true;
       case 'zero':
         await f.zeroRange(op.off, op.len, { keepSize: op.keep });
         modelZero(op.off, Math.min(op.off + op.len, size), n);
-        for (let p = Math.ceil(op.off / PAGE); p < Math.floor((op.off + op.len) / PAGE); p++) if (blocks[p] === WRITTEN) blocks[p] = UNWRITTEN;
         keepPrivate(op.off, op.len);
         if (!op.keep && op.off + op.len > size) size = op.off + op.len;
         return true;

@@ -8,7 +8,7 @@
 //
 // Each attempt runs on a fresh pool. Options (the run to reduce must be generated the
 // same way): --weights '{"unmap":0}', --budget N (window budget: eviction pressure),
-// --strict (no tolerance of known bugs).
+// --strict (generate what hits the known bugs too).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
