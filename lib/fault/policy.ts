@@ -622,10 +622,20 @@ export class FaultPolicy {
       if (hi <= lo) continue;
       const rlo = lo - m.fileOffset;
       const rhi = hi - m.fileOffset;
-      if (m.states.allNone(rlo / PAGE, rhi / PAGE)) continue;
+      // Pages a punch or zero range kept private are tracked as None but are still
+      // there: truncate must take them too, so a private mapping with own chunks in
+      // the range is revoked even when every page state says None.
+      if (m.states.allNone(rlo / PAGE, rhi / PAGE) && !(toEnd && this.ownsAny(m, rlo, rhi))) continue;
       work.push(this.revokeRange(m, rlo, rhi - rlo, m.private && !toEnd));
     }
     await Promise.all(work);
+  }
+
+  /** A private mapping may hold pages of its own somewhere in [lo, hi) of its region. */
+  private ownsAny(m: Mapping, lo: number, hi: number): boolean {
+    if (!m.private) return false;
+    for (const c of m.ownChunks) if (c * HUGE < hi && (c + 1) * HUGE > lo) return true;
+    return false;
   }
 
   /** The chunks of [regionOff, +length) may hold private pages of a private mapping. */

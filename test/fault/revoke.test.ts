@@ -154,6 +154,22 @@ forBackings(t, 'a 2 MiB zero window over a chunk split into several mappings fal
   await m.unmap();
 });
 
+forBackings(t, 'a private page kept by punch is discarded by a later truncate', async (t, { pool }) => {
+  // Reduction (model test, kept-private-survives-truncate): write 4 pages; map private
+  // without fault-around; read then store page 2; punch page 2; truncate to one page.
+  // The kept page was the only non-empty one, and truncate skipped the mapping.
+  const f = await pool.openFile('k', { create: true });
+  await f.write(Buffer.alloc(4 * PAGE, PATTERN), 0);
+  const m = await f.map({ private: true, faultAround: false });
+  t.equal(m.buffer[2 * PAGE], PATTERN);
+  m.buffer[2 * PAGE] = 9;
+  await f.punchHole(2 * PAGE, PAGE);
+  t.equal(m.buffer[2 * PAGE], 9, 'punch keeps the private page');
+  await f.truncate(PAGE);
+  t.equal(await kernelTouch(m.buffer, 2 * PAGE), 'EFAULT', 'truncate discards it: SIGBUS past EOF');
+  await m.unmap();
+});
+
 forBackings(t, 'a 2 MiB install never covers pages a private mapping made its own', async (t, { pool }) => {
   // Reduction: truncate to 10 pages; map private, 2 MiB at 0; store 0x55 at 5*4K;
   // write 2 MiB of 7 at 0 (one aligned extent); read page 20.

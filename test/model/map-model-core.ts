@@ -20,7 +20,12 @@
 // truncate drops those wholly past the new EOF (the page holding EOF stays). Mapped
 // stores never reach past EOF: the file is extended first, as fsx does.
 //
-// A known library bug is avoided when generating, narrowly and visibly: see KNOWN_BUGS.
+// Bugs this model found, all fixed and now checked (regression tests in
+// test/fault/revoke.test.ts): stale zero pages after a hole got data through
+// file.write or another mapping (refreshZeros); a 2 MiB zero window over a chunk split
+// into several VMAs failing with ENOENT → SIGBUS inside EOF; a 2 MiB install window in
+// a private mapping discarding the mapping's own pages; and a private page kept by a
+// punch or zero range surviving a later truncate (readable past EOF instead of SIGBUS).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -115,42 +120,11 @@ export interface RunOptions {
   trace?: MapOp[];
   /** Operation weights (0 turns a kind off). */
   weights?: Partial<Record<Kind, number>>;
-  /**
-   * Generate the operations that hit known library bugs too (see KNOWN_BUGS)
-   * instead of avoiding them. Default: process.env.DAXMAP_MODEL_STRICT === '1'.
-   */
-  strict?: boolean;
   /** Per-process budget of installed windows for the run (small: eviction pressure). */
   windowBudget?: number;
   /** Time spent per operation kind (executing, checking), ms. */
   profile?: Record<string, { n: number; exec: number; check: number }>;
 }
-
-/**
- * Library bugs this model found that the library still has. Each is avoided when
- * generating (replays of a script are unaffected), narrowly and visibly, so that the
- * rest of the model keeps running in CI. DAXMAP_MODEL_STRICT=1 (or `strict`) turns
- * that off; remove an entry once the library is fixed.
- *
- * Found and fixed while this test was written (checked strictly now): stale zero
- * pages after a hole got data through file.write or another mapping (fixed by
- * refreshZeros); a 2 MiB zero window over a chunk split into several VMAs failing
- * with ENOENT → SIGBUS inside EOF, and a 2 MiB install window in a private mapping
- * discarding the mapping's own pages (fixed in 522e381).
- *
- * kept-private-survives-truncate. A punch hole / zero range keeps a private
- *   mapping's copy-on-write pages (as Linux does) but marks them "not present" in
- *   the policy. A later truncate below such a page skips the revoke when every
- *   page of the mapping past the new EOF looks "not present" (the allNone shortcut
- *   of invalidate), so the private page stays mapped: readable past EOF instead of
- *   SIGBUS, and its stale contents would show again if the file grew back.
- *   Reduced: write 4 pages; map private (no fault-around); read page 2; store at
- *   page 2; punch page 2; truncate to 4096 → a system call reading page 2
- *   succeeds (expected EFAULT).
- *   Avoided: no truncate is generated below a private page that a punch or zero
- *   range kept.
- */
-export const KNOWN_BUGS = ['kept-private-survives-truncate'] as const;
 
 export interface RunResult {
   ops: number;
@@ -159,8 +133,6 @@ export interface RunResult {
   eofPagesChecked: number;
   bytesCompared: number;
   privatePagesMax: number;
-  /** Truncates not generated because of the known bug kept-private-survives-truncate. */
-  avoided: number;
 }
 
 export const DEFAULT_WEIGHTS = {
@@ -189,20 +161,12 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
   const privOwner = new Map<number, number>();
   const writes: { n: number; off: number; len: number; how: string }[] = [];
   const live: Record<Which, Live | null> = { S: null, P: null };
-  const strict = o.strict ?? process.env['DAXMAP_MODEL_STRICT'] === '1';
-  /** Private pages a punch/zero range kept (known bug kept-private-survives-truncate). */
-  const kept = new Set<number>();
   const dropPrivate = (p: number): void => {
     priv.delete(p);
     privOwner.delete(p);
-    kept.delete(p);
   };
   const forgetMapping = (w: Which): void => {
-    if (w === 'P') { priv.clear(); privOwner.clear(); kept.clear(); }
-  };
-  /** punch/zero range [off, +len): the private pages it covers whole are kept (as Linux keeps COW pages). */
-  const keepPrivate = (off: number, len: number): void => {
-    for (let p = Math.ceil(off / PAGE); p < Math.floor((off + len) / PAGE); p++) if (priv.has(p)) kept.add(p);
+    if (w === 'P') { priv.clear(); privOwner.clear(); }
   };
 
   // ---- the scratch file the kernel copies mapped ranges into (the EFAULT probe) ----
@@ -211,7 +175,7 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
   fs.unlinkSync(scratch);
   const logFd = o.logFile ? fs.openSync(o.logFile, 'w') : -1;
 
-  const res: RunResult = { ops: 0, skipped: 0, efaultProbes: 0, eofPagesChecked: 0, bytesCompared: 0, privatePagesMax: 0, avoided: 0 };
+  const res: RunResult = { ops: 0, skipped: 0, efaultProbes: 0, eofPagesChecked: 0, bytesCompared: 0, privatePagesMax: 0 };
   let n = 0;
   const fail: (msg: string) => never = (msg) => { throw new ModelMismatch(`after op ${n}: ${msg}`); };
 
@@ -402,11 +366,6 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
           else s = r.int(MAXFILE + 1);
           if (r.chance(0.2)) s = Math.floor(s / PAGE) * PAGE;
           s = Math.min(s, MAXFILE);
-          // Known bug kept-private-survives-truncate (not strict): do not truncate below a kept private page.
-          if (!strict && [...kept].some((p) => p * PAGE >= roundUp(s, PAGE))) {
-            res.avoided++;
-            continue;
-          }
           return { k, size: s };
         }
         case 'map':
@@ -529,12 +488,10 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
       case 'punch':
         await f.punchHole(op.off, op.len);
         modelZero(op.off, Math.min(op.off + op.len, size), n);
-        keepPrivate(op.off, op.len);
         return true;
       case 'zero':
         await f.zeroRange(op.off, op.len, { keepSize: op.keep });
         modelZero(op.off, Math.min(op.off + op.len, size), n);
-        keepPrivate(op.off, op.len);
         if (!op.keep && op.off + op.len > size) size = op.off + op.len;
         return true;
       case 'map': {

@@ -7,8 +7,7 @@
 //   ... --script ops.json [--reduce]      (a JSON array of operations, e.g. printed by --reduce)
 //
 // Each attempt runs on a fresh pool. Options (the run to reduce must be generated the
-// same way): --weights '{"unmap":0}', --budget N (window budget: eviction pressure),
-// --strict (generate what hits the known bugs too).
+// same way): --weights '{"unmap":0}', --budget N (window budget: eviction pressure).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,7 +27,6 @@ const { values: a } = parseArgs({
     reduce: { type: 'boolean', default: false },
     weights: { type: 'string' },
     budget: { type: 'string' },
-    strict: { type: 'boolean', default: false },
   },
 });
 const seed = Number(a.seed);
@@ -52,7 +50,7 @@ async function attempt(script: MapOp[] | undefined, ops: number): Promise<Outcom
   const trace: MapOp[] = [];
   try {
     await runMapModel({
-      pool, seed, ops, log, trace, strict: a.strict,
+      pool, seed, ops, log, trace,
       ...(script ? { script } : {}), ...(weights ? { weights } : {}), ...(windowBudget !== undefined ? { windowBudget } : {}),
     });
     const v = await pool.request<unknown[]>('lockdep');

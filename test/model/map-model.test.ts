@@ -8,8 +8,7 @@
 //
 // Runs on a pool in a tmpfs file and on one on disk, the lock validator on and
 // asserted clean. DAXMAP_SEED (a seed, or a comma list) and DAXMAP_OPS override the
-// CI seeds and count for long runs; DAXMAP_MODEL_STRICT=1 also generates what hits the
-// known library bug the model otherwise avoids (KNOWN_BUGS). A failure prints the seed, the
+// CI seeds and count for long runs. A failure prints the seed, the
 // backing and the operation log; the log is also written as it goes to
 // $TMPDIR/daxmap-map-model-<seed>-<backing>.log (kept on failure), so a run that
 // dies outright still leaves it. map-model-replay.ts replays and reduces a run.
@@ -40,7 +39,6 @@ forBackings(t, `map model, ${ops} ops per seed`, async (t, { pool, backing }) =>
         return;
       }
       fs.rmSync(logFile, { force: true });
-      if (res.avoided) t.comment(`known library bug kept-private-survives-truncate avoided: ${res.avoided} truncates not generated (KNOWN_BUGS in map-model-core.ts; DAXMAP_MODEL_STRICT=1 generates them)`);
       t.pass(`${res.ops} operations matched the model (${res.skipped} skipped) in ${Date.now() - t0} ms: ` +
         `${(res.bytesCompared / 1048576).toFixed(0)} MiB compared, ${res.eofPagesChecked} pages past EOF probed, ` +
         `up to ${res.privatePagesMax} private pages`);
