@@ -397,7 +397,10 @@ export class Service {
     if (!conn.mayMap) throw daxError('EACCES', 'map: this client cannot open the pool device, so it may not map it');
     const f = this.file(conn, handle, R_OK, 'map');
     const writable = !o.private && this.allowed(conn, f, W_OK);
-    if (o.sync && !writable) throw daxError('EACCES', `map '${f.name}' with sync: needs write permission`);
+    // sync governs write faults of the shared mapping only: as Linux ignores MAP_SYNC
+    // on a private mapping (and a read-only one never takes a write fault), it is
+    // accepted and has no effect there.
+    const sync = o.sync && writable;
     if (conn.regions.has(region)) throw daxError('EEXIST', `region ${region} is already mapped`);
     const inode = this.internals.inode(f);
     if (!inode.live) throw daxError('ENOENT', `file '${inode.name}' was removed`);
@@ -406,7 +409,7 @@ export class Service {
       throw daxError('EINVAL', 'on a device-dax pool, mappings must start at a 2 MiB aligned file offset');
     }
     this.policy.map(conn.client, {
-      region, inode, fileOffset, length, private: o.private, sync: o.sync, faultAround: o.faultAround, writable,
+      region, inode, fileOffset, length, private: o.private, sync, faultAround: o.faultAround, writable,
     });
     conn.regions.set(region, { handle, fileOffset, length });
     return null;

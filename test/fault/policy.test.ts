@@ -200,6 +200,18 @@ forBackings(t, 'private mappings copy on write: the pool never changes', async (
   await m.unmap();
 });
 
+forBackings(t, 'sync on a private mapping is accepted and has no effect (as Linux ignores MAP_SYNC there)', async (t, { pool }) => {
+  const f = await pool.openFile('ps', { create: true });
+  await f.write(Buffer.alloc(PAGE, 0x21), 0);
+  const m = await f.map({ private: true, sync: true });
+  t.equal(m.buffer[0], 0x21);
+  m.buffer[0] = 0x22;
+  const b = Buffer.alloc(1);
+  await f.read(b, 0);
+  t.equal(b[0], 0x21, 'the file did not change');
+  await m.unmap();
+});
+
 forBackings(t, 'fault-around: 2 MiB windows where alignment, EOF and the extent allow, else 4 KiB', async (t, { pool }) => {
   const f = await pool.openFile('fa', { create: true });
   await f.truncate(3 * HUGE + 10 * PAGE);
