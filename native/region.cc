@@ -166,14 +166,20 @@ int Region::Wake(const Uffd& u, uint64_t off, uint64_t len) { return u.Wake(base
 
 namespace {
 // Move a registered spare over [to, to+len) in one atomic step, so no access can
-// land in between and meet unregistered memory.
-int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len) {
+// land in between and meet unregistered memory. `still` (optional) is asked last,
+// with the spare ready, right before the move: false cancels it (EAGAIN).
+template <typename Check>
+int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len, Check still) {
   void* spare = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (spare == MAP_FAILED) return errno;
   int e = u.Register(reinterpret_cast<uintptr_t>(spare), len);
   if (e != 0) {
     munmap(spare, len);
     return e;
+  }
+  if (!still()) {
+    munmap(spare, len);
+    return EAGAIN;
   }
   void* r = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(to));
   if (r == MAP_FAILED) {
@@ -188,20 +194,38 @@ int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len) {
 int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len, bool keep_private) {
   int e = 0;
   if (!keep_private) {
-    e = MoveSpareOver(u, base_ + off, len);
+    e = MoveSpareOver(u, base_ + off, len, [] { return true; });
   } else {
+    // Keep the pages that are the mapping's own (anonymous and exclusively mapped:
+    // copy-on-write results); move fresh trapped memory over each run of the others.
+    // A store from another thread can copy a page on write at any moment, and
+    // userfaultfd cannot stop it (a private file mapping cannot be write-protected):
+    // the pagemap is read again for each run, with its spare ready, right before the
+    // move, so that window is a read and one system call wide (see "known
+    // limitations" in docs/fault-policy.md).
     size_t n = len / kPage;
     std::vector<uint64_t> pm(n);
-    if (!ReadPagemap(base_ + off, n, pm.data())) return EIO;
     auto keep = [&](size_t i) { return (pm[i] & kPmPresent) && (pm[i] & kPmExclusive) && !(pm[i] & kPmFile); };
-    for (size_t i = 0; i < n && e == 0;) {
-      if (keep(i)) {
-        i++;
-        continue;
-      }
+    size_t i = 0;
+    for (int rounds = 0; i < n && e == 0; rounds++) {
+      if (!ReadPagemap(base_ + off + i * kPage, n - i, pm.data() + i)) return EIO;
+      while (i < n && keep(i)) i++;
+      if (i == n) break;
       size_t j = i;
       while (j < n && !keep(j)) j++;
-      e = MoveSpareOver(u, base_ + off + i * kPage, (j - i) * kPage);
+      uintptr_t at = base_ + off + i * kPage;
+      size_t pages = j - i;
+      e = MoveSpareOver(u, at, pages * kPage, [&] {
+        if (!ReadPagemap(at, pages, pm.data() + i)) return false;
+        for (size_t k = i; k < j; k++) {
+          if (keep(k)) return false;  // copied on write meanwhile: look again
+        }
+        return true;
+      });
+      if (e == EAGAIN && rounds < 64) {
+        e = 0;
+        continue;
+      }
       i = j;
     }
   }

@@ -56,6 +56,11 @@ export class WindowBudget {
     m.set(w.offset, k);
   }
 
+  /** A window of the mapping starts at this offset. */
+  has(mapping: string, offset: number): boolean {
+    return this.byMapping.get(mapping)?.has(offset) === true;
+  }
+
   private drop(mapping: string, offset: number): void {
     const m = this.byMapping.get(mapping);
     const k = m?.get(offset);

@@ -223,8 +223,8 @@ export class FaultPolicy {
     return e.stats;
   }
 
-  private bump(m: Mapping, counter: CounterName): void {
-    this.fileStats(m).bump(counter);
+  private bump(m: Mapping, counter: CounterName, n = 1): void {
+    this.fileStats(m).bump(counter, n);
   }
 
   /** Per-file fault statistics (files that took faults since the service started). */
@@ -554,23 +554,38 @@ export class FaultPolicy {
   // ---- eviction ----
 
   /**
-   * Revoke up to `n` of the client's least recently installed windows. Each victim is
-   * taken with its own locks (range shared → entry), skipped if they are busy; never
-   * called with locks held.
+   * Revoke at least `n` of the client's installed windows, oldest first, a whole
+   * 2 MiB file chunk of a mapping at a time: the chunk of the least recently
+   * installed window goes with every window of it. One revoke (one mremap, one TLB
+   * shootdown, one REMAP event) then takes back up to 512 windows, where a window at
+   * a time cost as much as a fault each. Each chunk is taken with its own locks
+   * (range shared → entry), skipped if they are busy; never called with locks held.
    */
   async evict(client: Client, n: number): Promise<void> {
     if (this.evicting || n <= 0) return;
     this.evicting = true;
     try {
       await withOperation('evict', async () => {
-        for (const w of client.budget.oldest(n)) await this.evictOne(client, w);
+        const start = client.budget.count;
+        const victims = client.budget.oldest(n);
+        // Windows of shared mappings first: evicting a private window races the first
+        // store to its pages (docs/fault-policy.md, known limitations), so private
+        // windows go only when shared ones are not enough.
+        for (const privateToo of [false, true]) {
+          for (const w of victims) {
+            if (start - client.budget.count >= n) return;
+            if (!client.budget.has(w.mapping, w.offset)) continue; // went with an earlier chunk
+            if (!privateToo && this.mappings.get(w.mapping)?.private === true) continue;
+            await this.evictChunk(client, w);
+          }
+        }
       });
     } finally {
       this.evicting = false;
     }
   }
 
-  private async evictOne(client: Client, w: { mapping: string; offset: number; length: number }): Promise<void> {
+  private async evictChunk(client: Client, w: { mapping: string; offset: number; length: number }): Promise<void> {
     const m = this.mappings.get(w.mapping);
     if (!m || m.dead) {
       client.budget.dropRange(w.mapping, w.offset, w.length);
@@ -584,13 +599,25 @@ export class FaultPolicy {
     let entry: LockHandle | undefined;
     try {
       entry = await this.lockEntry(key);
-      // A private window keeps its copy-on-write pages; only the file pages go.
-      this.markOwn(m, w.offset, w.length);
-      const [r] = await this.answer(client, [{ op: Op.Revoke, flags2: m.private ? A2_KEEP_PRIVATE : 0, region: m.region, offset: w.offset, length: w.length }]);
+      // The chunk's part of the mapping (a mapping at an offset that is not 2 MiB
+      // aligned has a partial chunk at each end). A private mapping loses only the
+      // window itself, the least it can: it keeps its copy-on-write and copied pages,
+      // and the revoke races a first store to the others.
+      const lo = m.private ? w.offset : Math.max(0, chunk * HUGE - m.fileOffset);
+      const hi = m.private ? w.offset + w.length : Math.min(m.length, (chunk + 1) * HUGE - m.fileOffset);
+      this.markOwn(m, lo, hi - lo);
+      const [r] = await this.answer(client, [{ op: Op.Revoke, flags2: m.private ? A2_KEEP_PRIVATE : 0, region: m.region, offset: lo, length: hi - lo }]);
       if (r === 0 || r === ENXIO) {
-        this.bump(m, 'evictions');
-        m.states.setWhere(w.offset / PAGE, (w.offset + w.length) / PAGE, PageState.Installed, PageState.None);
-        client.budget.dropRange(w.mapping, w.offset, w.length);
+        const before = client.budget.count;
+        client.budget.dropRange(w.mapping, lo, hi - lo);
+        this.bump(m, 'evictions', before - client.budget.count);
+        const p0 = lo / PAGE;
+        const p1 = hi / PAGE;
+        if (m.private) {
+          for (const s of [PageState.Installed, PageState.Zero, PageState.Poison]) m.states.setWhere(p0, p1, s, PageState.None);
+        } else {
+          m.states.set(p0, p1, PageState.None);
+        }
       }
     } finally {
       entry?.release();

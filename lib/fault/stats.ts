@@ -37,9 +37,9 @@ export type CounterName =
 export class FaultStats {
   constructor(private readonly parent: FaultStats | null = null) {}
 
-  bump(k: CounterName): void {
-    this[k]++;
-    this.parent?.bump(k);
+  bump(k: CounterName, n = 1): void {
+    this[k] += n;
+    this.parent?.bump(k, n);
   }
 
   faults = 0;
