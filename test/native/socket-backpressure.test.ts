@@ -85,7 +85,9 @@ t.test('a daemon that stops reading never blocks the reader', async (t) => {
   t.equal(jr.buffer[3 * PAGE], 0x6a, 'the JS channel is still answered');
   await d.resume();
   t.same(await Promise.all(writes), [null, null, null, null], 'all four faults answered');
-  const rep2 = await d.until((x) => x.floodResults === 140000, 'all flood results', 20n);
+  // The faulting threads are woken before the client sends its RESULTS back: wait
+  // for those too, not only for the flood's.
+  const rep2 = await d.until((x) => x.floodResults === 140000 && x.log.slice(-4).every((l) => l[5] !== null), 'all flood results and the four results', 20n);
   t.equal(rep2.eventMessages[rep2.eventMessages.length - 1], 4, 'the four events came in one EVENTS message');
   const last = rep2.log.slice(-4);
   t.same(last.map((l) => l[1]).sort((a, z) => a - z), [10, 11, 12, 13].map((p) => p * PAGE));
