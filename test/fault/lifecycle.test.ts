@@ -155,6 +155,35 @@ forBackings(t, 'the window budget: old windows are revoked, random access never 
   await m.unmap();
 });
 
+forBackings(t, 'eviction of whole chunks: zero pages, data and past-EOF poison all come back right', async (t, { pool }) => {
+  await pool.request('configure', [{ windowBudget: 8 }]);
+  const f = await pool.openFile('c', { create: true });
+  // Chunk 0: data in even pages, holes in odd ones; chunk 1: EOF in its middle.
+  for (let p = 0; p < 64; p += 2) await f.write(Buffer.alloc(PAGE, p + 1), p * PAGE);
+  await f.truncate(HUGE + 8 * PAGE);
+  const m = await f.map({ faultAround: false, length: 3 * HUGE });
+  const check = async (what: string): Promise<void> => {
+    let bad = 0;
+    for (let p = 0; p < 64; p++) if (m.buffer[p * PAGE + 9] !== (p % 2 === 0 ? p + 1 : 0)) bad++;
+    t.equal(bad, 0, `${what}: data and holes read right`);
+    t.equal(await kernelTouch(m.buffer, HUGE + 16 * PAGE), 'EFAULT', `${what}: past EOF is SIGBUS`);
+  };
+  await check('first touch');
+  // Many more windows than the budget, in chunk 1 below EOF and back in chunk 0.
+  for (let round = 0; round < 4; round++) {
+    for (let p = 0; p < 8; p++) m.buffer[HUGE + p * PAGE] = 0x40 + p;
+    await check(`round ${round}`);
+  }
+  const s = await pool.stats();
+  t.ok(s.evictions > 0, `windows were evicted (${s.evictions})`);
+  t.ok(s.installedWindows <= 8 + 64, `installed windows stay near the budget (${s.installedWindows})`);
+  for (let p = 0; p < 8; p++) t.equal(m.buffer[HUGE + p * PAGE], 0x40 + p, 'stores below EOF in the evicted chunk are kept');
+  await f.truncate(2 * HUGE);
+  t.equal(m.buffer[HUGE + 16 * PAGE], 0, 'after growing: the page past the old EOF reads zero');
+  t.equal(s.sigbus, (await pool.stats()).sigbus, 'no SIGBUS below EOF');
+  await m.unmap();
+});
+
 forBackings(t, 'bad arguments to map, and a mapping after unmap', async (t, { pool }) => {
   const f = await pool.openFile('a', { create: true });
   await f.truncate(HUGE);
