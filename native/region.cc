@@ -207,22 +207,28 @@ int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len, bool keep_private)
     std::vector<uint64_t> pm(n);
     auto keep = [&](size_t i) { return (pm[i] & kPmPresent) && (pm[i] & kPmExclusive) && !(pm[i] & kPmFile); };
     size_t i = 0;
-    for (int rounds = 0; i < n && e == 0; rounds++) {
-      if (!ReadPagemap(base_ + off + i * kPage, n - i, pm.data() + i)) return EIO;
+    int retries = 0;  // bounded: past it, a run is moved without the last look
+    while (i < n && e == 0) {
+      if (!ReadPagemap(base_ + off + i * kPage, n - i, pm.data() + i)) {
+        e = EIO;
+        break;
+      }
       while (i < n && keep(i)) i++;
       if (i == n) break;
       size_t j = i;
       while (j < n && !keep(j)) j++;
       uintptr_t at = base_ + off + i * kPage;
       size_t pages = j - i;
+      bool look = retries < 64;
       e = MoveSpareOver(u, at, pages * kPage, [&] {
-        if (!ReadPagemap(at, pages, pm.data() + i)) return false;
+        if (!look || !ReadPagemap(at, pages, pm.data() + i)) return true;
         for (size_t k = i; k < j; k++) {
           if (keep(k)) return false;  // copied on write meanwhile: look again
         }
         return true;
       });
-      if (e == EAGAIN && rounds < 64) {
+      if (e == EAGAIN && look) {  // our own cancel, not mremap's
+        retries++;
         e = 0;
         continue;
       }
