@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <vector>
 
 #include "uffd_compat.h"
 
@@ -33,6 +34,47 @@ int RetryEagain(F fn) {
     sleep_us = std::min(sleep_us * 2, 1000L);
   }
 }
+
+// Bytes of a device range staged in memory, for a copy answer in a process that has
+// no view of the device: pread for files and tmpfs, a transient mapping of the
+// covering aligned range for a device-DAX character device (it has no read(2)).
+class DeviceBytes {
+ public:
+  ~DeviceBytes() {
+    if (map_ != nullptr) munmap(map_, map_len_);
+  }
+  int Read(const Device& dev, uint64_t off, uint64_t len) {
+    if (dev.kind() == DeviceKind::kDevDax) {
+      uint64_t a = dev.align();
+      uint64_t start = off - off % a;
+      uint64_t end = (off + len + a - 1) / a * a;
+      void* p = mmap(nullptr, end - start, PROT_READ, MAP_SHARED, dev.fd(), static_cast<off_t>(start));
+      if (p == MAP_FAILED) return errno;
+      map_ = p;
+      map_len_ = end - start;
+      data_ = static_cast<const uint8_t*>(p) + (off - start);
+      return 0;
+    }
+    buf_.resize(len);
+    uint64_t done = 0;
+    while (done < len) {
+      ssize_t n = pread(dev.fd(), buf_.data() + done, len - done, static_cast<off_t>(off + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return errno;
+      if (n == 0) return EIO;  // the device is shorter than its recorded size
+      done += static_cast<uint64_t>(n);
+    }
+    data_ = buf_.data();
+    return 0;
+  }
+  const uint8_t* data() const { return data_; }
+
+ private:
+  std::vector<uint8_t> buf_;
+  void* map_ = nullptr;
+  uint64_t map_len_ = 0;
+  const uint8_t* data_ = nullptr;
+};
 }  // namespace
 
 uint64_t MonotonicNs() {
@@ -552,13 +594,22 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
     case kOpCopy: {
       const void* src = nullptr;
       std::shared_ptr<Device> dev;
+      DeviceBytes staged;
       if (a.flags & kAnsFromDevice) {
         dev = DeviceRegistry::Find(a.device);
-        if (!dev || dev->view() == nullptr || a.dev_offset > dev->size() || a.length > dev->size() - a.dev_offset) {
+        if (!dev || a.dev_offset > dev->size() || a.length > dev->size() - a.dev_offset) {
           e = dev ? EINVAL : ENODEV;
           break;
         }
-        src = dev->view() + a.dev_offset;
+        if (dev->view() != nullptr) {
+          src = dev->view() + a.dev_offset;
+        } else {
+          // A client that opened the device without a view (daemon mode): read the
+          // bytes through its own descriptor.
+          e = staged.Read(*dev, a.dev_offset, a.length);
+          if (e != 0) break;
+          src = staged.data();
+        }
       } else {
         if (payload == nullptr || a.payload < a.length) {
           e = EINVAL;
@@ -574,7 +625,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
       break;
     case kOpRevoke:
       // Not an answer to a fault: it wakes its range itself, and waiters refault.
-      e = OnReaderThread() ? EDEADLK : r->Revoke(uffd_, a.offset, a.length, (a.flags2 & kAns2KeepPrivate) != 0);
+      e = OnReaderThread() ? EDEADLK : r->Revoke(uffd_, a.offset, a.length);
       break;
     case kOpWake:
       break;

@@ -52,7 +52,6 @@ enum AnswerFlags : uint8_t {
 // Second flag word (the frame's former reserved field).
 enum AnswerFlags2 : uint16_t {
   kAns2PopulateRead = 1 << 0,   // install: populate for reading even if writable (no dirtying)
-  kAns2KeepPrivate = 1 << 1,    // revoke: keep private copy-on-write pages (punch on a private mapping)
 };
 
 // One answer. COPY with a literal payload is followed by `payload` bytes, padded to 8.

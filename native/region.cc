@@ -166,20 +166,14 @@ int Region::Wake(const Uffd& u, uint64_t off, uint64_t len) { return u.Wake(base
 
 namespace {
 // Move a registered spare over [to, to+len) in one atomic step, so no access can
-// land in between and meet unregistered memory. `still` (optional) is asked last,
-// with the spare ready, right before the move: false cancels it (EAGAIN).
-template <typename Check>
-int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len, Check still) {
+// land in between and meet unregistered memory.
+int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len) {
   void* spare = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (spare == MAP_FAILED) return errno;
   int e = u.Register(reinterpret_cast<uintptr_t>(spare), len);
   if (e != 0) {
     munmap(spare, len);
     return e;
-  }
-  if (!still()) {
-    munmap(spare, len);
-    return EAGAIN;
   }
   void* r = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(to));
   if (r == MAP_FAILED) {
@@ -191,50 +185,8 @@ int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len, Check still) {
 }
 }  // namespace
 
-int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len, bool keep_private) {
-  int e = 0;
-  if (!keep_private) {
-    e = MoveSpareOver(u, base_ + off, len, [] { return true; });
-  } else {
-    // Keep the pages that are the mapping's own (anonymous and exclusively mapped:
-    // copy-on-write results); move fresh trapped memory over each run of the others.
-    // A store from another thread can copy a page on write at any moment, and
-    // userfaultfd cannot stop it (a private file mapping cannot be write-protected):
-    // the pagemap is read again for each run, with its spare ready, right before the
-    // move, so that window is a read and one system call wide (see "known
-    // limitations" in docs/fault-policy.md).
-    size_t n = len / kPage;
-    std::vector<uint64_t> pm(n);
-    auto keep = [&](size_t i) { return (pm[i] & kPmPresent) && (pm[i] & kPmExclusive) && !(pm[i] & kPmFile); };
-    size_t i = 0;
-    int retries = 0;  // bounded: past it, a run is moved without the last look
-    while (i < n && e == 0) {
-      if (!ReadPagemap(base_ + off + i * kPage, n - i, pm.data() + i)) {
-        e = EIO;
-        break;
-      }
-      while (i < n && keep(i)) i++;
-      if (i == n) break;
-      size_t j = i;
-      while (j < n && !keep(j)) j++;
-      uintptr_t at = base_ + off + i * kPage;
-      size_t pages = j - i;
-      bool look = retries < 64;
-      e = MoveSpareOver(u, at, pages * kPage, [&] {
-        if (!look || !ReadPagemap(at, pages, pm.data() + i)) return true;
-        for (size_t k = i; k < j; k++) {
-          if (keep(k)) return false;  // copied on write meanwhile: look again
-        }
-        return true;
-      });
-      if (e == EAGAIN && look) {  // our own cancel, not mremap's
-        retries++;
-        e = 0;
-        continue;
-      }
-      i = j;
-    }
-  }
+int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len) {
+  int e = MoveSpareOver(u, base_ + off, len);
   u.Wake(base_ + off, len);
   return e;
 }

@@ -72,9 +72,7 @@ class Region {
   // reads the userfaultfd: mremap waits until the REMAP event is read. mremap also
   // refuses (ENOMEM) within 3 mappings of vm.max_map_count, so callers keep their
   // installed windows well below the limit; ENOMEM is reported, never retried.
-  // keep_private: pages that are private copies (anonymous and exclusively mapped:
-  // copy-on-write results) stay; everything else in the range is revoked.
-  int Revoke(const Uffd& u, uint64_t off, uint64_t len, bool keep_private);
+  int Revoke(const Uffd& u, uint64_t off, uint64_t len);
   // Close: replace the whole region with an inaccessible reservation, then wake every
   // waiter (it retries and meets PROT_NONE: EFAULT in a syscall, SIGSEGV otherwise).
   void Retire(const Uffd& u);

@@ -12,7 +12,7 @@ import { logger } from '../log';
 import { monotonicNow } from '../native/engine';
 import {
   Op, EV_WP, EV_WRITE, RESULT_RACED,
-  A_ADOPT, A_POPULATE, A_PRIVATE, A_WP, A2_KEEP_PRIVATE, A2_POPULATE_READ,
+  A_ADOPT, A_FROM_DEVICE, A_POPULATE, A_WP, A2_POPULATE_READ,
   type AnswerSpec, type FaultEvent,
 } from '../native/frames';
 import type { Inode, PoolInternals } from '../pool/internal';
@@ -54,15 +54,12 @@ export interface MapRequest {
 interface Mapping extends MapRequest {
   readonly key: string;
   readonly client: Client;
-  readonly states: PageStates;
   /**
-   * Private mappings: 2 MiB chunks (of the region) where the mapping may hold pages
-   * of its own — a private copy we made, or one the kernel made on a write to a
-   * copy-on-write install (untrapped, so we cannot see it), kept across a punch or
-   * an eviction. A 2 MiB answer there would cover them: such chunks get 4 KiB
-   * answers only.
+   * What each page is. For a private mapping the states are exact: its pages are
+   * anonymous copies in its own trapped region (never windows of the device), and
+   * every first store to one traps, so Copy marks precisely the pages it owns.
    */
-  readonly ownChunks: Set<number>;
+  readonly states: PageStates;
   dead: boolean;
 }
 
@@ -104,7 +101,7 @@ export class FaultPolicy {
   map(client: Client, req: MapRequest): void {
     const key = `${client.id}:${req.region}`;
     if (this.mappings.has(key)) throw daxError('EEXIST', `region ${req.region} is already mapped`);
-    const m: Mapping = { ...req, key, client, states: new PageStates(), ownChunks: new Set(), dead: false };
+    const m: Mapping = { ...req, key, client, states: new PageStates(), dead: false };
     this.mappings.set(key, m);
     let set = this.byInode.get(req.inode.id);
     if (!set) this.byInode.set(req.inode.id, (set = new Set()));
@@ -261,13 +258,13 @@ export class FaultPolicy {
       return;
     }
     // Already answered: a fault that was raised before the answer landed.
-    if (st === PageState.Installed || (st === PageState.Copy && !wp) || (st === PageState.Zero && !write)) {
+    if (st === PageState.Installed || (st === PageState.Copy && !wp) || ((st === PageState.Zero || st === PageState.Clean) && !write)) {
       this.bump(m, 'spurious');
       await this.answer(m.client, [{ op: Op.Wake, region: ev.region, offset: ev.offset, length: PAGE }]);
       return;
     }
     if (m.private) return this.resolvePrivate(m, ev, fileOff, write, st);
-    if (!write) return this.resolveRead(m, ev, fileOff, false);
+    if (!write) return this.resolveRead(m, ev, fileOff);
     return this.resolveSharedWrite(m, ev, fileOff);
   }
 
@@ -280,7 +277,6 @@ export class FaultPolicy {
     // wholly inside EOF.
     if (regionOff < 0 || regionOff % HUGE !== 0 || regionOff + HUGE > m.length) return null;
     if (fileStart + HUGE > m.inode.size) return null;
-    if (m.private && m.ownChunks.has(regionOff / HUGE)) return null;
     return { fileStart, regionOff };
   }
 
@@ -312,19 +308,18 @@ export class FaultPolicy {
 
   private installSpec(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): AnswerSpec {
     let flags = A_POPULATE;
-    if (m.private) flags |= A_PRIVATE | 1; // private mappings are writable copy-on-write
-    else if (m.writable) flags |= 1;
+    if (m.writable) flags |= 1;
     if (adopt) flags |= A_ADOPT;
     return {
-      op: Op.Install, flags, flags2: forRead || m.private ? A2_POPULATE_READ : 0,
+      op: Op.Install, flags, flags2: forRead ? A2_POPULATE_READ : 0,
       region: m.region, offset: regionOff, length, device: m.client.deviceId, devOffset: devOff,
     };
   }
 
-  /** Read fault (shared or private): the device range if written, else the zero page. */
-  private async resolveRead(m: Mapping, ev: FaultEvent, fileOff: number, privateWrite: boolean): Promise<void> {
+  /** Read fault on a shared mapping: the device range if written, else the zero page. */
+  private async resolveRead(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
     const win = this.hugeWindow(m, fileOff);
-    if (win && !privateWrite) {
+    if (win) {
       this.inject?.('huge', m);
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
       const p0 = win.regionOff / PAGE;
@@ -347,29 +342,90 @@ export class FaultPolicy {
     this.bump(m, 'pte');
     if (x.state === 'written') {
       await this.install(m, ev.offset, PAGE, (x.deviceOffset as number) + (fileOff - x.offset), true);
-    } else if (privateWrite) {
-      // A private write to a hole: a private zero-filled page, no block.
-      this.bump(m, 'copy');
-      await this.answer(m.client, [{ op: Op.Copy, region: m.region, offset: ev.offset, length: PAGE, payload: ZERO_PAGE }]);
-      m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Copy);
     } else {
       await this.zero(m, ev.offset, PAGE);
     }
   }
 
+  /**
+   * A private mapping never maps the device: every page it has is an anonymous page
+   * of its own trapped region. A read copies the file's bytes write-protected
+   * (Clean) or maps the zero page (Zero); the first store to either traps and makes
+   * the page the mapping's own (Copy). So the policy knows exactly which pages a
+   * private mapping owns, and a revoke takes back the others without racing a store
+   * — the kernel's copy-on-write of a device window could not be seen, nor stopped.
+   * The price: a read copies the file's bytes into memory (the kernel would share the
+   * page), and a page once read does not follow later stores made through a shared
+   * mapping (file.write, punch, zero range and truncate are followed).
+   */
   private async resolvePrivate(m: Mapping, ev: FaultEvent, fileOff: number, write: boolean, st: PageState): Promise<void> {
-    if (!write) return this.resolveRead(m, ev, fileOff, false);
-    m.ownChunks.add(Math.floor(ev.offset / HUGE));
-    if (st === PageState.Zero || st === PageState.Copy) {
-      // Write to a write-protected private page: let the kernel copy it on write.
+    const page = ev.offset / PAGE;
+    if (write && (st === PageState.Zero || st === PageState.Clean || st === PageState.Copy)) {
+      // The first store to a protected copy or zero page: it becomes the mapping's own.
       this.bump(m, 'copy');
       await this.answer(m.client, [{ op: Op.Unprotect, region: m.region, offset: ev.offset, length: PAGE }]);
-      m.states.set(ev.offset / PAGE, ev.offset / PAGE + 1, PageState.Copy);
+      m.states.set(page, page + 1, PageState.Copy);
       return;
     }
-    // Missing page, write: the file's page mapped copy-on-write (the kernel copies it
-    // on this very write), or a private zero page for a hole. The pool never changes.
-    return this.resolveRead(m, ev, fileOff, true);
+    const win = write ? null : this.hugeWindow(m, fileOff);
+    if (win && m.states.allNone(win.regionOff / PAGE, (win.regionOff + HUGE) / PAGE)) {
+      this.inject?.('huge', m);
+      const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
+      if (c.allWritten) {
+        this.bump(m, 'written');
+        this.bump(m, 'pmd');
+        await this.copyFromFile(m, win.fileStart, HUGE, true);
+        return;
+      }
+      if (!c.anyWritten) {
+        this.countExtent(m, this.pool.lookup(m.inode, fileOff).state);
+        this.bump(m, 'pmd');
+        if (await this.zero(m, win.regionOff, HUGE)) return;
+      }
+    }
+    this.inject?.('page', m);
+    const x = this.pool.lookup(m.inode, fileOff);
+    this.countExtent(m, x.state);
+    this.bump(m, 'pte');
+    if (x.state === 'written') {
+      if (write) this.bump(m, 'copy');
+      await this.copyFromFile(m, fileOff, PAGE, !write);
+    } else if (write) {
+      // A store to a hole: a private zero-filled page, no block.
+      this.bump(m, 'copy');
+      await this.answer(m.client, [{ op: Op.Copy, region: m.region, offset: ev.offset, length: PAGE, payload: ZERO_PAGE }]);
+      m.states.set(page, page + 1, PageState.Copy);
+    } else {
+      await this.zero(m, ev.offset, PAGE);
+    }
+  }
+
+  /**
+   * Copy the file's written bytes of [fileOff, +length) into a private mapping, one
+   * answer per device run: write-protected (Clean) for a read, writable and its own
+   * (Copy) for a write. Pages already present are skipped by the copy and keep their
+   * state. Caller holds the chunk's locks, so the extents cannot change meanwhile.
+   */
+  private async copyFromFile(m: Mapping, fileOff: number, length: number, forRead: boolean): Promise<void> {
+    const specs: AnswerSpec[] = [];
+    for (let off = fileOff; off < fileOff + length;) {
+      const x = this.pool.lookup(m.inode, off);
+      const end = Math.min(fileOff + length, x.offset + x.length);
+      if (x.state !== 'written') throw daxError('EIO', `copy of a range that is not written (${x.state}) at ${off}`);
+      specs.push({
+        op: Op.Copy, flags: A_FROM_DEVICE | (forRead ? A_WP : 0), region: m.region, offset: off - m.fileOffset,
+        length: end - off, device: m.client.deviceId, devOffset: (x.deviceOffset as number) + (off - x.offset),
+      });
+      off = end;
+    }
+    const results = await this.answer(m.client, specs);
+    for (let i = 0; i < specs.length; i++) {
+      const r = results[i];
+      if (r === ENXIO) return; // the client is gone
+      if (r !== 0) throw daxError('EIO', `copy answer failed: ${r}`);
+      const a = specs[i]!;
+      m.states.setWhere(a.offset / PAGE, (a.offset + a.length) / PAGE, PageState.None, forRead ? PageState.Clean : PageState.Copy);
+    }
   }
 
   /** Write fault on a shared mapping: the pool allocates/converts and zeroes, then we install. */
@@ -441,40 +497,47 @@ export class FaultPolicy {
     return exts;
   }
 
-  /** Revoke Zero pages of every mapping of `ino` within file range [start, end). Caller holds the entry lock(s). */
-  private async refreshZeros(ino: Inode, start: number, end: number, skip?: { m: Mapping; lo: number; hi: number }): Promise<void> {
+  /**
+   * Revoke Zero pages of every mapping of `ino` within file range [start, end), and
+   * with `clean` (the file's bytes changed: file.write) the Clean copies of private
+   * mappings too, over every page the range touches. Caller holds the entry lock(s).
+   */
+  private async refreshZeros(ino: Inode, start: number, end: number, skip?: { m: Mapping; lo: number; hi: number }, clean = false): Promise<void> {
     for (const o of this.mappingsOf(ino)) {
       const lo = Math.max(start, o.fileOffset);
       const hi = Math.min(end, o.fileOffset + o.length);
       if (hi <= lo) continue;
       const p0 = Math.floor((lo - o.fileOffset) / PAGE);
       const p1 = Math.ceil((hi - o.fileOffset) / PAGE);
-      if (!o.states.any(p0, p1, PageState.Zero)) continue;
-      for (const [a, b] of o.states.runs(p0, p1, PageState.Zero)) {
+      const stale = (st: PageState): boolean => st === PageState.Zero || (clean && st === PageState.Clean);
+      for (const [a, b] of o.states.runsWhere(p0, p1, stale)) {
         let ra = a * PAGE;
         let rb = b * PAGE;
         if (skip && skip.m === o) {
           // The part about to be installed over needs no revoke.
           if (ra >= skip.lo && rb <= skip.hi) continue;
           if (ra < skip.lo && rb > skip.hi) {
-            await this.revokeRange(o, ra, skip.lo - ra, false);
+            await this.revokeRange(o, ra, skip.lo - ra);
             ra = skip.hi;
           } else if (ra < skip.hi && rb > skip.hi) ra = skip.hi;
           else if (ra < skip.lo && rb > skip.lo) rb = skip.lo;
         }
-        if (rb > ra) await this.revokeRange(o, ra, rb - ra, false);
+        if (rb > ra) await this.revokeRange(o, ra, rb - ra);
       }
     }
   }
 
-  /** After file.write: blocks in the range may have turned from hole/unwritten to written. */
+  /**
+   * After file.write: blocks in the range may have turned from hole/unwritten to
+   * written, and private mappings' copies of the old bytes are stale.
+   */
   async written(ino: Inode, offset: number, length: number): Promise<void> {
     if (length <= 0 || this.mappingsOf(ino).length === 0) return;
     await withOperation('written', async () => {
       for (let chunk = Math.floor(offset / HUGE); chunk * HUGE < offset + length; chunk++) {
         const entry = await this.lockEntry(`${ino.id}:${chunk}`);
         try {
-          await this.refreshZeros(ino, Math.max(offset, chunk * HUGE), Math.min(offset + length, (chunk + 1) * HUGE));
+          await this.refreshZeros(ino, Math.max(offset, chunk * HUGE), Math.min(offset + length, (chunk + 1) * HUGE), undefined, true);
         } finally {
           entry.release();
         }
@@ -508,9 +571,10 @@ export class FaultPolicy {
     if (r === RESULT_RACED) {
       this.bump(m, 'raced');
       if (m.private) {
-        // The racing write made a private page: exactly a private copy.
+        // The racing write made a private page: exactly a private copy. (The agent
+        // cannot say which pages of a window raced; the others are zero pages that
+        // this mapping now treats as its own, which only costs their revocation.)
         m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Copy);
-        this.markOwn(m, regionOff, length);
         return true;
       }
       // Zeros plus that write is the right content for the hole: make it a block.
@@ -542,7 +606,7 @@ export class FaultPolicy {
         const page = regionOff / PAGE;
         if (m.dead || m.states.get(page) !== PageState.Poison) return;
         if (m.fileOffset + regionOff >= roundUp(m.inode.size, PAGE)) return; // beyond EOF: stays poisoned
-        await this.revokeRange(m, regionOff, PAGE, false);
+        await this.revokeRange(m, regionOff, PAGE);
         this.bump(m, 'recovered');
       } finally {
         entry?.release();
@@ -567,17 +631,12 @@ export class FaultPolicy {
     try {
       await withOperation('evict', async () => {
         const start = client.budget.count;
-        const victims = client.budget.oldest(n);
-        // Windows of shared mappings first: evicting a private window races the first
-        // store to its pages (docs/fault-policy.md, known limitations), so private
-        // windows go only when shared ones are not enough.
-        for (const privateToo of [false, true]) {
-          for (const w of victims) {
-            if (start - client.budget.count >= n) return;
-            if (!client.budget.has(w.mapping, w.offset)) continue; // went with an earlier chunk
-            if (!privateToo && this.mappings.get(w.mapping)?.private === true) continue;
-            await this.evictChunk(client, w);
-          }
+        // Only shared mappings have windows (a private mapping's pages are its own
+        // anonymous memory), so eviction never touches a private mapping.
+        for (const w of client.budget.oldest(n)) {
+          if (start - client.budget.count >= n) return;
+          if (!client.budget.has(w.mapping, w.offset)) continue; // went with an earlier chunk
+          await this.evictChunk(client, w);
         }
       });
     } finally {
@@ -600,24 +659,15 @@ export class FaultPolicy {
     try {
       entry = await this.lockEntry(key);
       // The chunk's part of the mapping (a mapping at an offset that is not 2 MiB
-      // aligned has a partial chunk at each end). A private mapping loses only the
-      // window itself, the least it can: it keeps its copy-on-write and copied pages,
-      // and the revoke races a first store to the others.
-      const lo = m.private ? w.offset : Math.max(0, chunk * HUGE - m.fileOffset);
-      const hi = m.private ? w.offset + w.length : Math.min(m.length, (chunk + 1) * HUGE - m.fileOffset);
-      this.markOwn(m, lo, hi - lo);
-      const [r] = await this.answer(client, [{ op: Op.Revoke, flags2: m.private ? A2_KEEP_PRIVATE : 0, region: m.region, offset: lo, length: hi - lo }]);
+      // aligned has a partial chunk at each end).
+      const lo = Math.max(0, chunk * HUGE - m.fileOffset);
+      const hi = Math.min(m.length, (chunk + 1) * HUGE - m.fileOffset);
+      const [r] = await this.answer(client, [{ op: Op.Revoke, region: m.region, offset: lo, length: hi - lo }]);
       if (r === 0 || r === ENXIO) {
         const before = client.budget.count;
         client.budget.dropRange(w.mapping, lo, hi - lo);
         this.bump(m, 'evictions', before - client.budget.count);
-        const p0 = lo / PAGE;
-        const p1 = hi / PAGE;
-        if (m.private) {
-          for (const s of [PageState.Installed, PageState.Zero, PageState.Poison]) m.states.setWhere(p0, p1, s, PageState.None);
-        } else {
-          m.states.set(p0, p1, PageState.None);
-        }
+        m.states.set(lo / PAGE, hi / PAGE, PageState.None);
       }
     } finally {
       entry?.release();
@@ -641,52 +691,54 @@ export class FaultPolicy {
     // pages only (partial pages are zeroed in place, in the same block).
     const start = roundUp(offset, PAGE);
     const end = toEnd ? RANGE_END : Math.floor((offset + length) / PAGE) * PAGE;
-    if (end <= start) return;
+    // A private mapping's copies of the file's bytes (Clean, Zero) are taken back over
+    // every page the operation touches, partial ones included: they hold bytes the
+    // file no longer has. Its own pages (Copy) stay, except wholly past a new EOF.
+    const outStart = Math.floor(offset / PAGE) * PAGE;
+    const outEnd = toEnd ? RANGE_END : roundUp(offset + length, PAGE);
     const work: Promise<void>[] = [];
     for (const m of this.mappingsOf(ino)) {
+      if (m.private) {
+        work.push(this.revokePrivate(m, outStart, outEnd, toEnd ? start : RANGE_END));
+        continue;
+      }
+      if (end <= start) continue;
       const lo = Math.max(start, m.fileOffset);
       const hi = Math.min(end, m.fileOffset + m.length);
       if (hi <= lo) continue;
       const rlo = lo - m.fileOffset;
       const rhi = hi - m.fileOffset;
-      // Pages a punch or zero range kept private are tracked as None but are still
-      // there: truncate must take them too, so a private mapping with own chunks in
-      // the range is revoked even when every page state says None.
-      if (m.states.allNone(rlo / PAGE, rhi / PAGE) && !(toEnd && this.ownsAny(m, rlo, rhi))) continue;
-      work.push(this.revokeRange(m, rlo, rhi - rlo, m.private && !toEnd));
+      if (m.states.allNone(rlo / PAGE, rhi / PAGE)) continue;
+      work.push(this.revokeRange(m, rlo, rhi - rlo));
     }
     await Promise.all(work);
   }
 
-  /** A private mapping may hold pages of its own somewhere in [lo, hi) of its region. */
-  private ownsAny(m: Mapping, lo: number, hi: number): boolean {
-    if (!m.private) return false;
-    for (const c of m.ownChunks) if (c * HUGE < hi && (c + 1) * HUGE > lo) return true;
-    return false;
+  /**
+   * Take back a private mapping's pages over file range [start, end): every page that
+   * is not its own, and its own pages too from file offset `ownFrom` on. Each run of
+   * such pages is revoked whole. A store racing this cannot be lost: a first store to
+   * a protected page traps and waits for our locks, and own pages are not touched.
+   */
+  private async revokePrivate(m: Mapping, start: number, end: number, ownFrom: number): Promise<void> {
+    const lo = Math.max(start, m.fileOffset);
+    const hi = Math.min(end, m.fileOffset + m.length);
+    if (hi <= lo) return;
+    const p0 = (lo - m.fileOffset) / PAGE;
+    const p1 = Math.ceil((hi - m.fileOffset) / PAGE);
+    const ownFromPage = Math.ceil((ownFrom - m.fileOffset) / PAGE);
+    const runs = m.states.runsWhere(p0, p1, (st, p) => st !== PageState.None && (st !== PageState.Copy || p >= ownFromPage));
+    await Promise.all(runs.map(([a, b]) => this.revokeRange(m, a * PAGE, (b - a) * PAGE)));
   }
 
-  /** The chunks of [regionOff, +length) may hold private pages of a private mapping. */
-  private markOwn(m: Mapping, regionOff: number, length: number): void {
-    if (!m.private) return;
-    for (let c = Math.floor(regionOff / HUGE); c * HUGE < regionOff + length; c++) m.ownChunks.add(c);
-  }
-
-  private async revokeRange(m: Mapping, regionOff: number, length: number, keepPrivate: boolean): Promise<void> {
+  private async revokeRange(m: Mapping, regionOff: number, length: number): Promise<void> {
     this.bump(m, 'revokes');
-    if (keepPrivate) this.markOwn(m, regionOff, length);
-    const [r] = await this.answer(m.client, [{ op: Op.Revoke, flags2: keepPrivate ? A2_KEEP_PRIVATE : 0, region: m.region, offset: regionOff, length }]);
+    const [r] = await this.answer(m.client, [{ op: Op.Revoke, region: m.region, offset: regionOff, length }]);
     if (r !== 0 && r !== ENXIO) {
       // The pages could not be taken back: the blocks must not be freed under them.
       throw daxError('EIO', `revoke of [${regionOff}, +${length}) in a mapping of '${m.inode.name}' failed (${r})`);
     }
-    const p0 = regionOff / PAGE;
-    const p1 = (regionOff + length) / PAGE;
-    if (keepPrivate) {
-      m.states.setWhere(p0, p1, PageState.Installed, PageState.None);
-      m.states.setWhere(p0, p1, PageState.Zero, PageState.None);
-    } else {
-      m.states.set(p0, p1, PageState.None);
-    }
+    m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.None);
     m.client.budget.dropRange(m.key, regionOff, length);
   }
 
@@ -701,7 +753,7 @@ export class FaultPolicy {
       if (m.states.poisoned === 0) continue;
       const hi = Math.min(m.length, eof - m.fileOffset);
       for (const [a, b] of m.states.runs(0, Math.max(0, hi / PAGE), PageState.Poison)) {
-        work.push(this.revokeRange(m, a * PAGE, (b - a) * PAGE, false));
+        work.push(this.revokeRange(m, a * PAGE, (b - a) * PAGE));
       }
     }
     await Promise.all(work);
@@ -709,7 +761,7 @@ export class FaultPolicy {
 
   /** Revoke everything of a mapping (pool closing with mappings in other threads). */
   async revokeAll(m: Mapping): Promise<void> {
-    if (!m.states.allNone(0, m.length / PAGE)) await this.revokeRange(m, 0, m.length, false);
+    if (!m.states.allNone(0, m.length / PAGE)) await this.revokeRange(m, 0, m.length);
   }
 
   allMappings(): Mapping[] {

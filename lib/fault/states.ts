@@ -12,10 +12,16 @@ export const enum PageState {
   Zero = 1,
   /** A device range mapped directly (shared), or copy-on-write (private). */
   Installed = 2,
-  /** A private anonymous page (private mapping: a write to a hole). */
+  /** A private mapping's own page: written through it (an anonymous page, writable). */
   Copy = 3,
   /** Poisoned: every access gets SIGBUS (beyond EOF). */
   Poison = 4,
+  /**
+   * Private mapping: a write-protected copy of the file's bytes (read, never
+   * written). Its first store traps, so the policy always knows which pages a
+   * private mapping has made its own (Copy) and which it may take back.
+   */
+  Clean = 5,
 }
 
 export class PageStates {
@@ -97,6 +103,39 @@ export class PageStates {
         start = -1;
       }
     }
+    return out;
+  }
+
+  /**
+   * Maximal runs [from, to) of pages within [lo, hi) whose state satisfies `take`
+   * (which must be false for None), visiting only the chunks that exist.
+   */
+  runsWhere(lo: number, hi: number, take: (s: PageState, page: number) => boolean): [number, number][] {
+    const out: [number, number][] = [];
+    const first = Math.floor(lo / PAGES_PER_HUGE);
+    const last = Math.floor((hi - 1) / PAGES_PER_HUGE);
+    const idx = [...this.chunks.keys()].filter((c) => c >= first && c <= last).sort((a, b) => a - b);
+    let start = -1;
+    let prev = -1;
+    for (const ci of idx) {
+      const c = this.chunks.get(ci)!;
+      const from = Math.max(lo, ci * PAGES_PER_HUGE);
+      const to = Math.min(hi, (ci + 1) * PAGES_PER_HUGE);
+      if (start >= 0 && prev !== from) {
+        out.push([start, prev]);
+        start = -1;
+      }
+      for (let p = from; p < to; p++) {
+        const hit = take(c[p % PAGES_PER_HUGE] as PageState, p);
+        if (hit && start < 0) start = p;
+        if (!hit && start >= 0) {
+          out.push([start, p]);
+          start = -1;
+        }
+      }
+      prev = to;
+    }
+    if (start >= 0) out.push([start, prev]);
     return out;
   }
 

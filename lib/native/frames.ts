@@ -29,7 +29,6 @@ export const A_ADOPT = 1 << 6;
 
 /** Second flag word. */
 export const A2_POPULATE_READ = 1 << 0;
-export const A2_KEEP_PRIVATE = 1 << 1;
 
 /** Result of an answer beside 0 and -errno: a write raced a zero-page answer. */
 export const RESULT_RACED = 1;

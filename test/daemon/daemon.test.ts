@@ -45,6 +45,34 @@ t.test('two processes mapping one file see each other\'s stores at once', async 
   t.same(r, { code: 0, signal: null }, 'daxmapd exits 0 on SIGTERM');
 });
 
+t.test('a private mapping in a client copies the file through the client\'s own descriptor; punch keeps its stores', async (t) => {
+  const d = await startDaemon();
+  const a = await startClient(d.socket);
+  const b = await startClient(d.socket);
+  t.teardown(async () => {
+    await a.kill();
+    await b.kill();
+    await d.stop();
+  });
+  await a.call('open', { name: 'f', create: true });
+  await a.call('truncate', { name: 'f', size: 2 * HUGE });
+  await a.call('map', { name: 'f', id: 1 });
+  await a.call('fill', { id: 1, offset: 0, length: 2 * HUGE, byte: 0x41 });
+  await b.call('open', { name: 'f' });
+  await b.call('map', { name: 'f', id: 1, opts: { private: true } });
+  await b.call('map', { name: 'f', id: 2, opts: { private: true, faultAround: false } });
+  t.equal(await b.call('load', { id: 1, offset: HUGE + 7, length: 3 }), 'AAA', 'a 2 MiB copy of written data');
+  t.equal(await b.call('load', { id: 2, offset: 5 * PAGE, length: 3 }), 'AAA', 'a 4 KiB copy');
+  await b.call('store', { id: 2, offset: 6 * PAGE + 1, text: 'mine' });
+  t.equal(await b.call('load', { id: 2, offset: 6 * PAGE, length: 6 }), 'AmineA', 'a store into a fresh copy');
+  await a.call('punch', { name: 'f', offset: 5 * PAGE, length: 2 * PAGE });
+  t.equal(await b.call('load', { id: 2, offset: 6 * PAGE + 1, length: 4 }), 'mine', 'punch keeps the private store');
+  t.equal(await b.call('load', { id: 2, offset: 5 * PAGE, length: 1 }), '\0', 'a page only read shows the hole');
+  t.equal(await a.call('read', { name: 'f', offset: 6 * PAGE + 1, length: 1 }), '\0', 'the file never saw the private store');
+  const s = await b.call<any>('stats');
+  t.equal(s.sigbus, 0, 'no fault failed');
+});
+
 t.test('truncate in one process revokes the range in every other process first', async (t) => {
   const d = await startDaemon();
   const a = await startClient(d.socket);

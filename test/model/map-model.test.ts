@@ -7,7 +7,9 @@
 // probed by the kernel (EFAULT), never touched from JavaScript.
 //
 // Runs on a pool in a tmpfs file and on one on disk, the lock validator on and
-// asserted clean. DAXMAP_SEED (a seed, or a comma list) and DAXMAP_OPS override the
+// asserted clean; once with the default window budget and once with a budget of 16
+// windows, so that installed windows are evicted all the time (DAXMAP_MODEL_BUDGET
+// overrides the small one). DAXMAP_SEED (a seed, or a comma list) and DAXMAP_OPS override the
 // CI seeds and count for long runs. A failure prints the seed, the
 // backing and the operation log; the log is also written as it goes to
 // $TMPDIR/daxmap-map-model-<seed>-<backing>.log (kept on failure), so a run that
@@ -23,18 +25,21 @@ const envSeed = process.env['DAXMAP_SEED'];
 const seeds = envSeed ? envSeed.split(',').map(Number) : [1, 2, 3];
 const ops = Number(process.env['DAXMAP_OPS'] ?? 200);
 
-forBackings(t, `map model, ${ops} ops per seed`, async (t, { pool, backing }) => {
+const smallBudget = Number(process.env['DAXMAP_MODEL_BUDGET'] ?? 16);
+
+for (const budget of [undefined, smallBudget]) {
+forBackings(t, `map model, ${ops} ops per seed${budget ? `, window budget ${budget} (constant eviction)` : ''}`, async (t, { pool, backing }) => {
   for (const seed of seeds) {
     await t.test(`seed ${seed}`, async (t) => {
       const log: string[] = [];
-      const logFile = path.join(os.tmpdir(), `daxmap-map-model-${seed}-${backing}.log`);
+      const logFile = path.join(os.tmpdir(), `daxmap-map-model-${seed}-${backing}${budget ? `-b${budget}` : ''}.log`);
       const s0 = await pool.stats();
       let res: RunResult;
       const t0 = Date.now();
       try {
-        res = await runMapModel({ pool, seed, ops, log, logFile, file: `map-model-${seed}` });
+        res = await runMapModel({ pool, seed, ops, log, logFile, file: `map-model-${seed}`, windowBudget: budget });
       } catch (e) {
-        t.comment(`FAILED on ${backing} with DAXMAP_SEED=${seed} DAXMAP_OPS=${ops} (whole log: ${logFile}); last operations:\n${log.slice(-60).join('\n')}`);
+        t.comment(`FAILED on ${backing} with DAXMAP_SEED=${seed} DAXMAP_OPS=${ops}${budget ? ` window budget ${budget}` : ''} (whole log: ${logFile}); last operations:\n${log.slice(-60).join('\n')}`);
         t.fail(`seed ${seed} [${backing}]: ${e instanceof ModelMismatch ? '' : 'unexpected error: '}${(e as Error).stack ?? String(e)}`);
         return;
       }
@@ -47,14 +52,16 @@ forBackings(t, `map model, ${ops} ops per seed`, async (t, { pool, backing }) =>
       // each one of this test's kernel probes (a probe of a page already poisoned
       // faults no more).
       const s1 = await pool.stats();
-      const d = (k: 'sigbus' | 'beyondEof' | 'recovered' | 'faults' | 'read' | 'write' | 'writeProtect' | 'zeroPage' | 'copy' | 'revokes' | 'pmd' | 'pte'): number => s1[k] - s0[k];
+      const d = (k: 'sigbus' | 'beyondEof' | 'recovered' | 'faults' | 'read' | 'write' | 'writeProtect' | 'zeroPage' | 'copy' | 'revokes' | 'pmd' | 'pte' | 'evictions'): number => s1[k] - s0[k];
       t.equal(d('sigbus'), d('beyondEof'), 'every SIGBUS was for a page past EOF');
       t.ok(d('beyondEof') <= res.efaultProbes, `beyond-EOF faults (${d('beyondEof')}) are no more than the probes past EOF (${res.efaultProbes})`);
       t.equal(d('recovered'), 0, 'no page was poisoned by a failed fault');
       t.ok(d('read') > 0 && d('write') > 0, `faults were taken (${d('read')} read, ${d('write')} write, ${d('writeProtect')} write-protect; ${d('pmd')} 2 MiB, ${d('pte')} 4 KiB)`);
       t.ok(d('zeroPage') > 0 && d('copy') > 0, `zero pages (${d('zeroPage')}) and private copies (${d('copy')}) were answered`);
       t.ok(d('revokes') > 0, `pages were revoked (${d('revokes')})`);
+      if (budget) t.ok(d('evictions') > 0, `windows were evicted (${d('evictions')})`);
     });
   }
   t.same(await pool.list(), [], 'every run removed its file');
 }, { size: 32 << 20 });
+}
