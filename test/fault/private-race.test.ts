@@ -40,6 +40,8 @@ for (const op of ['punchHole', 'zeroRange'] as const) {
       let lost = 0;
       let lostRounds = 0;
       let badReads = 0;
+      let before = 0;
+      let after = 0;
       for (let r = 0; r < ROUNDS; r++) {
         const base = r * GROUP;
         const pages = Array.from({ length: GROUP }, (_, i) => base + i);
@@ -52,6 +54,8 @@ for (const op of ['punchHole', 'zeroRange'] as const) {
         Atomics.notify(ctl, 2);
         const res = await next();
         if (res.sum !== GROUP * 0xaa) badReads++;
+        before += res.before;
+        after += res.after;
         if (res.lost.length) {
           lost += res.lost.length;
           lostRounds++;
@@ -60,6 +64,8 @@ for (const op of ['punchHole', 'zeroRange'] as const) {
       t.comment(`${op} faultAround=${faultAround}: ${lost} stores lost in ${lostRounds} of ${ROUNDS} rounds`);
       t.equal(badReads, 0, 'every round read the file before its stores');
       t.equal(lost, 0, 'no store to the private mapping was lost');
+      // The race was run: stores landed on both sides of the revokes.
+      t.ok(before > 0 && after > 0, `revoked pages stored to before their revoke (${before}) and after it (${after})`);
       await w.terminate();
       await checkLockdep(t, pool);
     }, { size: 128 << 20 });
