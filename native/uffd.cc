@@ -200,17 +200,27 @@ int Uffd::WriteProtect(uintptr_t start, size_t len, bool protect, bool dontwake)
 
 int Uffd::Copy(uintptr_t dst, const void* src, size_t len, bool wp) const {
   size_t done = 0;
+  // One UFFDIO_COPY must lie in one VMA (ENOENT otherwise); a trapped range that
+  // revokes have split into several is copied a page at a time instead.
+  bool by_page = false;
   while (done < len) {
     struct uffdio_copy c = {};
     c.dst = dst + done;
     c.src = reinterpret_cast<uintptr_t>(src) + done;
-    c.len = len - done;
+    c.len = by_page ? kPage : len - done;
     c.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0);
-    if (ioctl(fd_, UFFDIO_COPY, &c) == 0) return 0;
+    if (ioctl(fd_, UFFDIO_COPY, &c) == 0) {
+      done += c.len;
+      continue;
+    }
     int e = errno;
     if (c.copy > 0) done += static_cast<size_t>(c.copy);
     if (e == EEXIST) {
       done += kPage;
+      continue;
+    }
+    if (e == ENOENT && !by_page && len - done > kPage) {
+      by_page = true;
       continue;
     }
     return e;

@@ -27,9 +27,13 @@ const ops = Number(process.env['DAXMAP_OPS'] ?? 200);
 
 const smallBudget = Number(process.env['DAXMAP_MODEL_BUDGET'] ?? 16);
 
+// Seed 11 with the small budget found a 2 MiB private copy over a chunk that revokes
+// had split into several VMAs (UFFDIO_COPY met ENOENT: SIGBUS inside EOF).
+const budgetSeeds = envSeed ? seeds : [...seeds, 11];
+
 for (const budget of [undefined, smallBudget]) {
 forBackings(t, `map model, ${ops} ops per seed${budget ? `, window budget ${budget} (constant eviction)` : ''}`, async (t, { pool, backing }) => {
-  for (const seed of seeds) {
+  for (const seed of budget ? budgetSeeds : seeds) {
     await t.test(`seed ${seed}`, async (t) => {
       const log: string[] = [];
       const logFile = path.join(os.tmpdir(), `daxmap-map-model-${seed}-${backing}${budget ? `-b${budget}` : ''}.log`);
