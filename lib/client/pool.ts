@@ -4,6 +4,7 @@
 // (Pool.attach). Every call is async. Arguments are checked here, before anything is
 // sent.
 import path from 'node:path';
+import { constants as bufferConstants } from 'node:buffer';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { daxError } from '../errors';
 import { TrappedRegion } from '../native/region';
@@ -75,6 +76,19 @@ function checkName(name: unknown): string {
 function checkBytes(what: string, v: unknown): Uint8Array {
   if (!(v instanceof Uint8Array)) throw daxError('EINVAL', `${what} must be a Buffer or Uint8Array`);
   return v;
+}
+
+/** The largest Buffer this runtime makes: a mapping's buffer is one Buffer (4 GiB on Node 20). */
+const MAX_MAPPING = bufferConstants.MAX_LENGTH;
+
+/** The steps of PoolFile.map() a test may make fail (testHooks.failMapAt). */
+export type MapStep = 'reserve' | 'register' | 'bind' | 'buffer';
+
+/** @internal Test seams of the client. */
+export const testHooks: { failMapAt: MapStep | null } = { failMapAt: null };
+
+function mapStep(step: MapStep): void {
+  if (testHooks.failMapAt === step) throw daxError('EIO', `failure injected after the '${step}' step of map()`);
 }
 
 const SERVICE_ENTRY = path.join(__dirname, '..', 'service', 'worker.js');
@@ -341,7 +355,11 @@ export class PoolFile {
     return this.call('fsync');
   }
 
-  /** Maps [offset, offset+length) of the file. See MapRequestOptions. */
+  /**
+   * Maps [offset, offset+length) of the file. See MapRequestOptions. A failure at any
+   * step undoes the steps before it: the reserved region, the service's record of the
+   * mapping (and with it its window budget).
+   */
   async map(opts: MapRequestOptions = {}): Promise<Mapping> {
     if (this.isClosed) throw daxError('EBADF', `file '${this.name}' is closed`);
     const offset = checkInt('offset', opts.offset ?? 0);
@@ -357,17 +375,36 @@ export class PoolFile {
     if (this.pool.hello.channel === 0) {
       throw daxError('EACCES', `map '${this.name}': this process cannot open the pool's device '${this.pool.path}' itself, so it may not map it`);
     }
-    const region = new TrappedRegion(Math.ceil(length / PAGE) * PAGE);
+    const regionLength = Math.ceil(length / PAGE) * PAGE;
+    if (regionLength > MAX_MAPPING) {
+      throw daxError('EINVAL', `map '${this.name}': ${length} bytes is more than one Buffer of this runtime holds ` +
+        `(${MAX_MAPPING} bytes, buffer.constants.MAX_LENGTH); map the file in pieces of at most that length`);
+    }
+    // Each step is undone, last first, if a later one fails.
+    let region: TrappedRegion | null = null;
+    let registered = false;
     try {
+      region = new TrappedRegion(regionLength);
+      mapStep('reserve');
       await this.call('map', [region.id, offset, region.length, o]);
+      registered = true;
+      mapStep('register');
       region.bind({ id: this.pool.hello.channel });
+      mapStep('bind');
+      const m = new Mapping(this, region, offset, length, o);
+      mapStep('buffer');
+      // The handle or the pool may have closed while the service was asked.
+      if (this.pool.closed) throw daxError('ECLOSED', `the pool '${this.pool.path}' is closed`);
+      if (this.isClosed) throw daxError('EBADF', `file '${this.name}' was closed while it was being mapped`);
+      this.mappings.add(m);
+      return m;
     } catch (err) {
-      region.close();
+      // As unmap(): the region is retired first, then the service forgets it. Its
+      // memory never left this function, so its address range goes back at once.
+      region?.discard();
+      if (registered) await this.pool.rpc.call('unmap', [region!.id]).catch(() => {});
       throw err;
     }
-    const m = new Mapping(this, region, offset, length, o);
-    this.mappings.add(m);
-    return m;
   }
 
   /** Unmaps this handle's mappings (their buffers are detached), then closes the handle. */
@@ -378,9 +415,10 @@ export class PoolFile {
   /** @internal */
   async closeLocal(): Promise<void> {
     if (this.isClosed) return;
-    for (const m of [...this.mappings]) await m.unmap().catch(() => {});
-    await this.pool.request('closeFile', [this.handle]).catch(() => {});
+    // Closed from here on: a map() still waiting for the service undoes itself.
     this.isClosed = true;
+    for (const m of [...this.mappings]) await m.unmap().catch(() => {});
+    await this.pool.rpc.call('closeFile', [this.handle]).catch(() => {});
     this.pool.forgetFile(this);
   }
 

@@ -308,6 +308,13 @@ export class Service {
         setImmediate(() => process.exit(3));
         return v();
       }
+      case 'testState': {
+        this.rootOnly(conn, 'testState');
+        // Test hook (DAXMAP_TEST_HOOKS=1 only): what the service holds for this connection.
+        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
+        const mine = this.policy.allMappings().filter((m) => m.client === conn.client).length;
+        return v({ mappings: mine, regions: conn.regions.size, files: conn.files.size, windows: conn.client.budget.count });
+      }
       case 'configure': {
         this.rootOnly(conn, 'configure');
         const o = (a[0] ?? {}) as { windowBudget?: unknown };
