@@ -4,9 +4,10 @@
 // (Pool.attach). Every call is async. Arguments are checked here, before anything is
 // sent.
 import path from 'node:path';
-import { constants as bufferConstants } from 'node:buffer';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { daxError } from '../errors';
+import * as arg from './args';
+import { PAGE, MAX_MAPPING } from './args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../service/protocol';
@@ -15,8 +16,6 @@ import { SocketRpc } from './socket-rpc';
 import { openDevice, type DeviceStorage } from '../device/device';
 import { SocketFaultChannel } from '../native/socket-channel';
 
-const PAGE = 4096;
-const MAX_NAME = 255;
 
 export interface CreateOptions {
   /** Size of a new regular/tmpfs device file, bytes (default 1 GiB). */
@@ -50,36 +49,21 @@ export interface MapRequestOptions {
   faultAround?: boolean;
 }
 
+export interface OpenFileOptions {
+  /** Create the file when it does not exist (default false). */
+  create?: boolean;
+  /** With create: fail with EEXIST when the file exists (default false). */
+  exclusive?: boolean;
+  /** Permission bits of a file created here (default 0o644). */
+  mode?: number;
+}
+
 /** A value that can be posted to a worker thread: `worker.postMessage(shared, shared.transferList)`. */
 export interface SharedPool {
   readonly kind: 'daxmap.shared-pool';
   readonly port: MessagePort;
   readonly transferList: MessagePort[];
 }
-
-function checkInt(what: string, v: unknown, min = 0): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-    throw daxError('EINVAL', `${what} must be an integer >= ${min}, got ${String(v)}`);
-  }
-  return v;
-}
-
-function checkName(name: unknown): string {
-  if (typeof name !== 'string') throw daxError('EINVAL', `file name must be a string`);
-  const bytes = Buffer.byteLength(name, 'utf8');
-  if (bytes < 1 || bytes > MAX_NAME || name.includes('/') || name.includes('\0')) {
-    throw daxError('EINVAL', `file name '${name}' must be 1-${MAX_NAME} bytes of UTF-8 without '/' or NUL`);
-  }
-  return name;
-}
-
-function checkBytes(what: string, v: unknown): Uint8Array {
-  if (!(v instanceof Uint8Array)) throw daxError('EINVAL', `${what} must be a Buffer or Uint8Array`);
-  return v;
-}
-
-/** The largest Buffer this runtime makes: a mapping's buffer is one Buffer (4 GiB on Node 20). */
-const MAX_MAPPING = bufferConstants.MAX_LENGTH;
 
 /** The steps of PoolFile.map() a test may make fail (testHooks.failMapAt). */
 export type MapStep = 'reserve' | 'register' | 'bind' | 'buffer';
@@ -151,21 +135,24 @@ export class Pool {
   }
 
   /** Formats the device (creating a regular/tmpfs file at `size`), then opens it. EEXIST over an existing pool unless `force`. */
-  static async create(device: string, opts: CreateOptions = {}): Promise<Pool> {
-    if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
-    if (opts.size !== undefined) checkInt('size', opts.size, 1);
-    return Pool.start({ device, mode: 'create', ...(opts.size !== undefined ? { size: opts.size } : {}), force: opts.force === true });
+  static async create(device: string, opts?: CreateOptions): Promise<Pool> {
+    arg.pathString('device path', device);
+    const o = arg.options('create options', opts, { size: 'integer', force: 'boolean' });
+    if (o.size !== undefined) arg.int('size', o.size, 1);
+    return Pool.start({ device, mode: 'create', ...(o.size !== undefined ? { size: o.size } : {}), force: o.force === true });
   }
 
   /** Opens an existing pool: ENOENT, EBADF (not a pool), EBUSY (another service holds it). */
   static async open(device: string): Promise<Pool> {
-    if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
+    arg.pathString('device path', device);
     return Pool.start({ device, mode: 'open' });
   }
 
   /** In a worker thread: a Pool on the service another thread shared with `share()`. */
   static async attach(shared: SharedPool): Promise<Pool> {
-    if (!shared || shared.kind !== 'daxmap.shared-pool' || !shared.port) throw daxError('EINVAL', 'not a value from pool.share()');
+    if (typeof shared !== 'object' || shared === null || shared.kind !== 'daxmap.shared-pool' || !(shared.port instanceof MessagePort)) {
+      throw daxError('EINVAL', 'Pool.attach() takes the value of pool.share(), posted to this thread with its transferList');
+    }
     const rpc = new Rpc(shared.port, null);
     const hello = await rpc.call<Hello>('hello');
     return new Pool(rpc, hello, null);
@@ -206,14 +193,19 @@ export class Pool {
     this.check();
     if (this.remote) throw daxError('EINVAL', 'a pool served by daxmapd is not shared between threads: call Pool.connect() in the other thread');
     const { port1, port2 } = new MessageChannel();
-    void this.rpc.call('attach', [port1], [port1]);
+    // No reply to wait for: if the service is gone, Pool.attach() in the other thread says so.
+    this.rpc.call('attach', [port1], [port1]).catch(() => {});
     return { kind: 'daxmap.shared-pool', port: port2, transferList: [port2] };
   }
 
-  async openFile(name: string, opts: { create?: boolean } = {}): Promise<PoolFile> {
+  async openFile(name: string, opts?: OpenFileOptions): Promise<PoolFile> {
     this.check();
-    checkName(name);
-    const r = await this.rpc.call<{ handle: number; name: string }>('openFile', [name, { create: opts.create === true }]);
+    arg.name(name);
+    const o = arg.options('openFile options', opts, { create: 'boolean', exclusive: 'boolean', mode: 'integer' });
+    if (o.mode !== undefined) arg.int('mode', o.mode, 0, 0o777);
+    const r = await this.rpc.call<{ handle: number; name: string }>('openFile', [name, {
+      create: o.create === true, exclusive: o.create === true && o.exclusive === true, ...(o.mode !== undefined ? { mode: o.mode } : {}),
+    }]);
     const f = new PoolFile(this, r.handle, r.name);
     this.files.add(f);
     return f;
@@ -221,12 +213,12 @@ export class Pool {
 
   async unlink(name: string): Promise<void> {
     this.check();
-    await this.rpc.call('unlink', [checkName(name)]);
+    await this.rpc.call('unlink', [arg.name(name)]);
   }
 
   async rename(from: string, to: string): Promise<void> {
     this.check();
-    await this.rpc.call('rename', [checkName(from), checkName(to)]);
+    await this.rpc.call('rename', [arg.name(from, 'rename source'), arg.name(to, 'rename target')]);
   }
 
   async list(): Promise<string[]> {
@@ -237,6 +229,12 @@ export class Pool {
   async statfs(): Promise<StatFs> {
     this.check();
     return this.rpc.call<StatFs>('statfs');
+  }
+
+  /** Makes every file's data and all metadata durable. */
+  async sync(): Promise<void> {
+    this.check();
+    await this.rpc.call('sync');
   }
 
   /** Fault counters by kind and latency percentiles (µs). */
@@ -270,7 +268,7 @@ export class Pool {
   }
 
   /** @internal a request to the service (tests, tools). */
-  request<T>(op: string, args: unknown[] = []): Promise<T> {
+  async request<T>(op: string, args: unknown[] = []): Promise<T> {
     this.check();
     return this.rpc.call<T>(op, args);
   }
@@ -305,37 +303,39 @@ export class PoolFile {
     return this.pool.request<T>(op, [this.handle, ...args]);
   }
 
-  stat(): Promise<FileStat> {
+  async stat(): Promise<FileStat> {
     return this.call('stat');
   }
 
-  truncate(size: number): Promise<void> {
-    checkInt('size', size);
+  async truncate(size: number): Promise<void> {
+    arg.fileInt('size', size);
     return this.call('truncate', [size]);
   }
 
-  fallocate(offset: number, length: number, opts: { keepSize?: boolean } = {}): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length, 1);
-    return this.call('fallocate', [offset, length, { keepSize: opts.keepSize === true }]);
+  async fallocate(offset: number, length: number, opts?: { keepSize?: boolean }): Promise<void> {
+    arg.fileInt('offset', offset);
+    arg.fileInt('length', length, 1);
+    const o = arg.options('fallocate options', opts, { keepSize: 'boolean' });
+    return this.call('fallocate', [offset, length, { keepSize: o.keepSize === true }]);
   }
 
-  punchHole(offset: number, length: number): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length, 1);
+  async punchHole(offset: number, length: number): Promise<void> {
+    arg.fileInt('offset', offset);
+    arg.fileInt('length', length, 1);
     return this.call('punchHole', [offset, length]);
   }
 
-  zeroRange(offset: number, length: number, opts: { keepSize?: boolean } = {}): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length, 1);
-    return this.call('zeroRange', [offset, length, { keepSize: opts.keepSize === true }]);
+  async zeroRange(offset: number, length: number, opts?: { keepSize?: boolean }): Promise<void> {
+    arg.fileInt('offset', offset);
+    arg.fileInt('length', length, 1);
+    const o = arg.options('zeroRange options', opts, { keepSize: 'boolean' });
+    return this.call('zeroRange', [offset, length, { keepSize: o.keepSize === true }]);
   }
 
   /** Writes all of `data` at `offset`; resolves to the bytes written. */
   async write(data: Uint8Array, offset: number): Promise<number> {
-    checkBytes('data', data);
-    checkInt('offset', offset);
+    arg.bytes('data', data);
+    arg.fileInt('offset', offset);
     // A copy: `data` may be a trapped mapping, whose pages must be faulted here, on
     // this thread, never by the service.
     return this.call<number>('write', [Uint8Array.prototype.slice.call(data), offset]);
@@ -343,15 +343,15 @@ export class PoolFile {
 
   /** Reads into `into` from `offset`; resolves to the bytes read (short at EOF). */
   async read(into: Uint8Array, offset: number): Promise<number> {
-    checkBytes('into', into);
-    checkInt('offset', offset);
+    arg.bytes('into', into);
+    arg.fileInt('offset', offset);
     if (into.length === 0) return 0;
     const got = await this.call<Uint8Array>('read', [into.length, offset]);
     into.set(got);
     return got.length;
   }
 
-  fsync(): Promise<void> {
+  async fsync(): Promise<void> {
     return this.call('fsync');
   }
 
@@ -360,18 +360,20 @@ export class PoolFile {
    * step undoes the steps before it: the reserved region, the service's record of the
    * mapping (and with it its window budget).
    */
-  async map(opts: MapRequestOptions = {}): Promise<Mapping> {
-    if (this.isClosed) throw daxError('EBADF', `file '${this.name}' is closed`);
-    const offset = checkInt('offset', opts.offset ?? 0);
+  async map(opts?: MapRequestOptions): Promise<Mapping> {
+    const req = arg.options('map options', opts, { offset: 'integer', length: 'integer', private: 'boolean', sync: 'boolean', faultAround: 'boolean' });
+    const offset = arg.fileInt('offset', req.offset ?? 0);
     if (offset % PAGE !== 0) throw daxError('EINVAL', `mapping offset ${offset} is not a multiple of the page size ${PAGE}`);
-    let length = opts.length;
+    if (req.length !== undefined) arg.fileInt('length', req.length, 1);
+    if (this.pool.closed) throw daxError('ECLOSED', `the pool '${this.pool.path}' is closed`);
+    if (this.isClosed) throw daxError('EBADF', `file '${this.name}' is closed`);
+    let length = req.length;
     if (length === undefined) {
       const st = await this.stat();
       length = st.size - offset;
       if (length <= 0) throw daxError('EINVAL', `file '${this.name}' has no bytes at offset ${offset} to map; give a length`);
     }
-    checkInt('length', length, 1);
-    const o: MapOptions = { private: opts.private === true, sync: opts.sync === true, faultAround: opts.faultAround !== false };
+    const o: MapOptions = { private: req.private === true, sync: req.sync === true, faultAround: req.faultAround !== false };
     if (this.pool.hello.channel === 0) {
       throw daxError('EACCES', `map '${this.name}': this process cannot open the pool's device '${this.pool.path}' itself, so it may not map it`);
     }
@@ -470,12 +472,12 @@ export class Mapping {
 
   /** Makes the data stored in [offset, offset+length) of the mapping, and the metadata that reaches it, durable. */
   async flush(offset = 0, length = this.length - offset): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length);
+    arg.int('offset', offset);
+    arg.int('length', length);
     if (this.buf === null) throw daxError('ECLOSED', 'the mapping is unmapped');
     if (offset + length > this.length) throw daxError('EINVAL', `flush range [${offset}, +${length}) passes the mapping's ${this.length} bytes`);
     if (this.opts.private || length === 0) return;
-    await this.file.pool.request('flush', [this.region.id, offset, length]);
+    await this.file.pool.rpc.call('flush', [this.region.id, offset, length]);
   }
 
   /** Unmaps: the buffer is detached, then the service forgets the mapping. Idempotent. */
@@ -483,7 +485,7 @@ export class Mapping {
     if (this.buf === null) return;
     this.detach();
     this.file.forget(this);
-    await this.file.pool.request('unmap', [this.region.id]).catch(() => {});
+    await this.file.pool.rpc.call('unmap', [this.region.id]).catch(() => {});
   }
 
   /** @internal */

@@ -254,8 +254,8 @@ export class Service {
         return v();
       }
       case 'openFile': {
-        const o = (a[1] ?? {}) as { create?: boolean; mode?: unknown };
-        const opts: { create: boolean; mode?: number; uid?: number; gid?: number } = { create: o.create === true };
+        const o = (a[1] ?? {}) as { create?: boolean; exclusive?: boolean; mode?: unknown };
+        const opts: { create: boolean; exclusive: boolean; mode?: number; uid?: number; gid?: number } = { create: o.create === true, exclusive: o.exclusive === true };
         if (o.mode !== undefined) opts.mode = intArg('mode', o.mode, 0, 0o7777) & 0o777;
         if (conn.peer) {
           opts.uid = conn.peer.uid;
@@ -283,6 +283,10 @@ export class Service {
         return v(await this.pool.list());
       case 'statfs':
         return v(await this.pool.statfs());
+      case 'sync':
+        // Anyone may make the pool durable, as anyone may call sync(2).
+        await this.pool.sync();
+        return v();
       case 'stats':
         return v(this.policy.snapshot());
       case 'statsByFile':
