@@ -248,21 +248,29 @@ export class Pool {
    * mapping in every thread is revoked first (this thread's buffers are detached;
    * other threads' mappings get SIGBUS on touch until they notice), the pool is
    * flushed and released. An attached pool only lets go of its own files and
-   * mappings. Idempotent.
+   * mappings. Rejects when the service's final flush or checkpoint fails (the device
+   * is released all the same; reopening replays the log). Idempotent: every call
+   * returns the same promise.
    */
   close(): Promise<void> {
     if (this.closing) return this.closing;
     this.closing = (async () => {
       for (const f of [...this.files]) await f.closeLocal();
       this.isClosed = true;
+      let failure: unknown = null;
       if (this.worker) {
-        await this.rpc.call('close').catch(() => {});
+        // The service's final flush and checkpoint: if they fail, so does close(),
+        // once the service is gone and the device released all the same.
+        await this.rpc.call('close').catch((err: unknown) => {
+          failure = err;
+        });
         await this.worker.terminate();
       } else {
         this.rpc.close();
       }
       this.remote?.channel?.close();
       this.remote?.device?.close();
+      if (failure !== null) throw failure;
     })();
     return this.closing;
   }

@@ -312,6 +312,19 @@ export class Service {
         setImmediate(() => process.exit(3));
         return v();
       }
+      case 'testFailPersist': {
+        this.rootOnly(conn, 'testFailPersist');
+        // Test hook (DAXMAP_TEST_HOOKS=1 only): from now on every persist of the device fails.
+        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
+        const o = (a[0] ?? {}) as { code?: string };
+        const storage = this.internals.storage as { persist(o: number, l: number): void; persistAll(): void };
+        const fail = (): never => {
+          throw daxError(o.code ?? 'EIO', `persist of '${this.pool.path}' failed (injected)`);
+        };
+        storage.persist = fail;
+        storage.persistAll = fail;
+        return v();
+      }
       case 'testState': {
         this.rootOnly(conn, 'testState');
         // Test hook (DAXMAP_TEST_HOOKS=1 only): what the service holds for this connection.
