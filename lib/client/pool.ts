@@ -5,7 +5,7 @@
 // sent.
 import path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
-import { daxError } from '../errors';
+import { daxError, type DaxmapError } from '../errors';
 import * as arg from './args';
 import { PAGE, MAX_MAPPING } from './args';
 import { TrappedRegion } from '../native/region';
@@ -81,6 +81,8 @@ export class Pool {
   private readonly files = new Set<PoolFile>();
   private isClosed = false;
   private closing: Promise<void> | null = null;
+  /** Why the pool closed without close(): the service died, or its owner closed it. */
+  private gone: DaxmapError | null = null;
 
   private constructor(
     /** @internal */ readonly rpc: RpcChannel,
@@ -90,8 +92,10 @@ export class Pool {
     private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null } | null = null,
   ) {
     rpc.onNotice = (n) => {
-      if (n.notice === 'closed') this.lost();
+      if (n.notice === 'closed') this.lost(daxError('ECLOSED', 'its owner closed it'));
     };
+    // The service's thread died (embedded), or the daemon's connection closed.
+    rpc.onGone = (err) => this.lost(err);
   }
 
   /**
@@ -261,9 +265,14 @@ export class Pool {
       if (this.worker) {
         // The service's final flush and checkpoint: if they fail, so does close(),
         // once the service is gone and the device released all the same.
-        await this.rpc.call('close').catch((err: unknown) => {
-          failure = err;
-        });
+        if (this.gone) {
+          failure = daxError('ECLOSED', `close '${this.hello.path}': the pool was not closed cleanly, its service died first ` +
+            `(${this.gone.message}); what it had not synced is replayed from the log when the pool is opened again`, { cause: this.gone });
+        } else {
+          await this.rpc.call('close').catch((err: unknown) => {
+            failure = err;
+          });
+        }
         await this.worker.terminate();
       } else {
         this.rpc.close();
@@ -286,15 +295,26 @@ export class Pool {
     this.files.delete(f);
   }
 
-  /** @internal The owner closed the pool, or the daemon went away: our mappings were revoked; detach them here. */
-  lost(): void {
+  /**
+   * @internal The owner closed the pool, or the service died (its worker thread, or
+   * the daemon): the mappings were revoked or lost their handler, so touching them is
+   * SIGBUS; detach them here. Every later call fails with ECLOSED.
+   */
+  lost(why?: DaxmapError): void {
     if (this.isClosed) return;
+    this.gone = why ?? daxError('ECLOSED', 'the pool service is gone');
     for (const f of this.files) f.detachAll();
     this.isClosed = true;
   }
 
+  /** @internal The error of a call on this closed pool. */
+  closedError(): DaxmapError {
+    const why = this.gone ? `: ${this.gone.message.replace(/^ECLOSED: /, '')}` : '';
+    return daxError('ECLOSED', `the pool '${this.hello.path}' is closed${why}`, this.gone ? { cause: this.gone } : {});
+  }
+
   private check(): void {
-    if (this.isClosed) throw daxError('ECLOSED', `the pool '${this.hello.path}' is closed`);
+    if (this.isClosed) throw this.closedError();
   }
 }
 
@@ -306,7 +326,7 @@ export class PoolFile {
   constructor(readonly pool: Pool, /** @internal */ readonly handle: number, readonly name: string) {}
 
   private call<T>(op: string, args: unknown[] = []): Promise<T> {
-    if (this.pool.closed) return Promise.reject(daxError('ECLOSED', `the pool '${this.pool.path}' is closed`));
+    if (this.pool.closed) return Promise.reject(this.pool.closedError());
     if (this.isClosed) return Promise.reject(daxError('EBADF', `file '${this.name}' is closed`));
     return this.pool.request<T>(op, [this.handle, ...args]);
   }
@@ -373,7 +393,7 @@ export class PoolFile {
     const offset = arg.fileInt('offset', req.offset ?? 0);
     if (offset % PAGE !== 0) throw daxError('EINVAL', `mapping offset ${offset} is not a multiple of the page size ${PAGE}`);
     if (req.length !== undefined) arg.fileInt('length', req.length, 1);
-    if (this.pool.closed) throw daxError('ECLOSED', `the pool '${this.pool.path}' is closed`);
+    if (this.pool.closed) throw this.pool.closedError();
     if (this.isClosed) throw daxError('EBADF', `file '${this.name}' is closed`);
     let length = req.length;
     if (length === undefined) {
@@ -404,7 +424,7 @@ export class PoolFile {
       const m = new Mapping(this, region, offset, length, o);
       mapStep('buffer');
       // The handle or the pool may have closed while the service was asked.
-      if (this.pool.closed) throw daxError('ECLOSED', `the pool '${this.pool.path}' is closed`);
+      if (this.pool.closed) throw this.pool.closedError();
       if (this.isClosed) throw daxError('EBADF', `file '${this.name}' was closed while it was being mapped`);
       this.mappings.add(m);
       return m;

@@ -309,7 +309,14 @@ export class Service {
         this.rootOnly(conn, 'testExit');
         // Test hook (DAXMAP_TEST_HOOKS=1 only): the service thread dies abruptly.
         if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
-        setImmediate(() => process.exit(3));
+        // { crash: true }: an uncaught exception instead of process.exit(3);
+        // { reply: false }: die without answering this request.
+        const o = (a[0] ?? {}) as { crash?: boolean; reply?: boolean };
+        setImmediate(() => {
+          if (o.crash === true) throw new Error('crash of the pool service (injected)');
+          process.exit(3);
+        });
+        if (o.reply === false) return new Promise<never>(() => {});
         return v();
       }
       case 'testFailPersist': {
