@@ -480,9 +480,42 @@ export class Mapping {
     this.buf = region.buffer.subarray(0, length);
   }
 
-  /** The mapping's memory: loads and stores go to the pool. Detached after unmap: access throws, never reaches memory. */
+  /**
+   * The mapping's memory: loads and stores go to the pool. Throws ECLOSED once the
+   * mapping is unmapped or its pool is gone (closed, or its service died). A Buffer
+   * kept from before then is detached: it reads `undefined`, has length 0 and drops
+   * stores silently — JavaScript's rule for detached buffers, no error. Read
+   * `mapping.buffer` afresh rather than keeping it, or use the checked `load()` and
+   * `store()`.
+   */
   get buffer(): Buffer {
-    if (this.buf === null) throw daxError('ECLOSED', 'the mapping is unmapped');
+    return this.live();
+  }
+
+  /** Checked read: a copy of [offset, offset+length) of the mapping. ECLOSED once unmapped or the pool is gone; EINVAL outside the mapping. */
+  load(offset: number, length: number): Buffer {
+    const b = this.live();
+    arg.int('offset', offset, 0, this.length);
+    arg.int('length', length, 0, this.length - offset);
+    return Buffer.from(b.subarray(offset, offset + length));
+  }
+
+  /** Checked write: all of `data` at `offset` of the mapping. ECLOSED once unmapped or the pool is gone; EINVAL outside the mapping. */
+  store(data: Uint8Array, offset: number): void {
+    const b = this.live();
+    arg.bytes('data', data);
+    arg.int('offset', offset, 0, this.length);
+    if (data.length > this.length - offset) {
+      throw daxError('EINVAL', `store of ${data.length} bytes at ${offset} passes the mapping's ${this.length} bytes`);
+    }
+    b.set(data, offset);
+  }
+
+  private live(): Buffer {
+    if (this.buf === null) {
+      if (this.file.pool.closed) throw this.file.pool.closedError();
+      throw daxError('ECLOSED', `the mapping of '${this.file.name}' at ${this.offset} is unmapped`);
+    }
     return this.buf;
   }
 
@@ -502,7 +535,7 @@ export class Mapping {
   async flush(offset = 0, length = this.length - offset): Promise<void> {
     arg.int('offset', offset);
     arg.int('length', length);
-    if (this.buf === null) throw daxError('ECLOSED', 'the mapping is unmapped');
+    this.live();
     if (offset + length > this.length) throw daxError('EINVAL', `flush range [${offset}, +${length}) passes the mapping's ${this.length} bytes`);
     if (this.opts.private || length === 0) return;
     await this.file.pool.rpc.call('flush', [this.region.id, offset, length]);

@@ -4,7 +4,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { Pool, poolPath, type ChildResult } from '../fault/helpers';
+import { Pool, PAGE, HUGE, forBackings, poolPath, type ChildResult } from '../fault/helpers';
 
 function child(args: string[], timeoutMs = 60000): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
@@ -61,6 +61,7 @@ for (const how of ['exit', 'crash'] as const) {
     t.equal(rep.closed, true, 'pool.closed');
     t.equal(rep.mapped, false, 'the mapping was detached');
     t.equal(rep.buffer, 'ECLOSED', 'mapping.buffer throws ECLOSED');
+    t.same([rep.load, rep.store], ['ECLOSED', 'ECLOSED'], 'the checked load() and store() throw ECLOSED');
     t.same([rep.keptLength, rep.keptRead], [0, 'undefined'], 'a Buffer kept from before reads nothing (documented)');
     t.same(rep.inflight, ['ok', 'ok', 'ok', 'ok', 'ok'], 'calls in flight at the death resolved or rejected ECLOSED');
     for (const [k, v] of Object.entries(rep.after)) t.equal(v, 'ECLOSED', `${k} after the death`);
@@ -92,3 +93,40 @@ for (const how of ['exit', 'crash'] as const) {
     t.match(r.stderr, /daxmap: SIGBUS at 0x/, 'reported by DAXMAP_SIGBUS_REPORT');
   });
 }
+
+forBackings(t, 'the checked accessors load() and store(), and what a kept Buffer does after unmap()', async (t, { pool }) => {
+  const f = await pool.openFile('a', { create: true });
+  await f.truncate(HUGE);
+  const m = await f.map();
+  m.store(Buffer.from('hello'), PAGE - 2);
+  t.equal(m.load(PAGE - 2, 5).toString(), 'hello', 'store then load, across a page boundary');
+  t.equal(m.buffer.toString('latin1', PAGE - 2, PAGE + 3), 'hello', 'the same bytes through the buffer');
+  const b = Buffer.alloc(5);
+  await f.read(b, PAGE - 2);
+  t.equal(b.toString(), 'hello', 'and in the file');
+  const copy = m.load(0, 4);
+  copy[0] = 9;
+  t.equal(m.buffer[0], 0, 'load() returns a copy');
+  t.equal(m.load(HUGE, 0).length, 0, 'an empty load at the end');
+  for (const [what, fn] of [
+    ['load(-1, 1)', () => m.load(-1, 1)],
+    ['load(0, HUGE + 1)', () => m.load(0, HUGE + 1)],
+    ['load(HUGE, 1)', () => m.load(HUGE, 1)],
+    ["load('0', 1)", () => m.load('0' as never, 1)],
+    ['store(data, HUGE - 1) of 2 bytes', () => m.store(Buffer.alloc(2), HUGE - 1)],
+    ['store(data, -1)', () => m.store(Buffer.alloc(1), -1)],
+    ["store('text', 0)", () => m.store('text' as never, 0)],
+  ] as [string, () => unknown][]) t.throws(fn, { code: 'EINVAL' }, what);
+  const kept = m.buffer;
+  await m.unmap();
+  kept[0] = 42;
+  t.equal(kept[0], undefined, 'a Buffer kept from before unmap() reads undefined and dropped the store (no error: documented)');
+  t.equal(kept.length, 0);
+  t.throws(() => m.load(0, 1), { code: 'ECLOSED', message: /unmapped/ }, 'load() after unmap()');
+  t.throws(() => m.store(Buffer.from('x'), 0), { code: 'ECLOSED' }, 'store() after unmap()');
+  t.throws(() => m.buffer, { code: 'ECLOSED' }, 'buffer after unmap()');
+  const n = await f.map();
+  t.equal(n.buffer[0], 0, 'the dropped store never reached the file');
+  await pool.close();
+  t.throws(() => n.load(0, 1), { code: 'ECLOSED', message: /pool .* is closed/ }, 'load() once the pool is closed');
+});
