@@ -5,7 +5,7 @@
 // sent.
 import path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
-import { daxError, type DaxmapError } from '../errors';
+import { daxError, isDaxError, type DaxmapError } from '../errors';
 import * as arg from './args';
 import { PAGE, MAX_MAPPING } from './args';
 import { TrappedRegion } from '../native/region';
@@ -165,10 +165,18 @@ export class Pool {
   private static async start(req: StartRequest): Promise<Pool> {
     // A clean execArgv: the service runs compiled JS only, and must not pay for loader
     // hooks (--import/--require) the application's main thread was started with.
-    const worker = new Worker(SERVICE_ENTRY, { workerData: req, execArgv: [] });
+    // An errno-style code is ours (or the system's); the runtime's ERR_* codes are not.
+    const failed = (err: unknown): DaxmapError => isDaxError(err) && /^E[A-Z0-9]+$/.test(err.code) ? err
+      : daxError('EIO', `the pool service could not start: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    let worker: Worker;
+    try {
+      worker = new Worker(SERVICE_ENTRY, { workerData: req, execArgv: [] });
+    } catch (err) {
+      throw failed(err);
+    }
     const reply = await new Promise<StartReply>((resolve, reject) => {
       worker.once('message', resolve);
-      worker.once('error', reject);
+      worker.once('error', (err) => reject(failed(err)));
       worker.once('exit', (code) => reject(daxError('EIO', `the pool service exited (${code}) before it started`)));
     });
     if (!reply.ok) {

@@ -130,3 +130,21 @@ forBackings(t, 'the checked accessors load() and store(), and what a kept Buffer
   await pool.close();
   t.throws(() => n.load(0, 1), { code: 'ECLOSED', message: /pool .* is closed/ }, 'load() once the pool is closed');
 });
+
+t.test('a service worker that cannot start: a coded error (EIO), not the runtime\'s', async (t) => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const wt = require('node:worker_threads') as { Worker: unknown };
+  const Real = wt.Worker as new (...a: unknown[]) => import('node:worker_threads').Worker;
+  t.teardown(() => { wt.Worker = Real; });
+  const p = poolPath('tmpfs');
+  wt.Worker = function Broken(): never {
+    throw Object.assign(new Error('no threads today'), { code: 'ERR_WORKER_INIT_FAILED' });
+  };
+  await t.rejects(Pool.create(p, { size: 16 << 20 }), { code: 'EIO', message: /could not start: no threads today/ }, 'the constructor throws');
+  // A worker whose script fails to load: it emits 'error', then exits.
+  wt.Worker = function Failing(_file: unknown, opts: Record<string, unknown>) {
+    return new Real('throw new Error("the service module failed to load")', { ...opts, eval: true });
+  };
+  await t.rejects(Pool.create(p, { size: 16 << 20 }), { code: 'EIO', message: /could not start: the service module failed to load/ }, 'the worker fails');
+  t.notOk(fs.existsSync(p), 'no device was made');
+});
