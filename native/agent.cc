@@ -429,7 +429,7 @@ std::shared_ptr<Region> Agent::FindRegion(uint32_t id) {
   return it == by_id_.end() ? nullptr : it->second;
 }
 
-Status Agent::CloseRegion(uint32_t id) {
+Status Agent::CloseRegion(uint32_t id, bool bury) {
   std::shared_ptr<Region> r;
   {
     std::unique_lock<std::shared_mutex> g(reg_mu_);
@@ -452,7 +452,11 @@ Status Agent::CloseRegion(uint32_t id) {
   }
   if (ch) ch->DropRegion(id);  // their threads were woken by Retire
   r->state.store(kRegionClosed);
-  Bury(r->base(), r->length());
+  if (bury) {
+    Bury(r->base(), r->length());
+  } else {
+    munmap(reinterpret_cast<void*>(r->base()), r->length());
+  }
   return Status::Ok();
 }
 

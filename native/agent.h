@@ -108,7 +108,10 @@ class Agent {
 
   Status CreateRegion(uint64_t length, std::shared_ptr<Region>* out);
   std::shared_ptr<Region> FindRegion(uint32_t id);
-  Status CloseRegion(uint32_t id);
+  // bury: keep the PROT_NONE reservation for the grace period (a system call may
+  // still hold a pointer into it); false releases it at once, for a region whose
+  // memory never reached anyone (a map() that failed before returning it).
+  Status CloseRegion(uint32_t id, bool bury = true);
   Status BindRegion(uint32_t region, uint32_t channel);
   Status SetDirect(uint32_t region, const DirectRange& d);
   Status ClearDirect(uint32_t region, uint64_t off, uint64_t len);

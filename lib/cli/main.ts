@@ -1,7 +1,9 @@
 // The `daxmap` command: mkfs, fsck, ls and stat of a pool device; ls and stat also
-// of the pool a running daxmapd serves (--socket). Exit codes: 0 ok, 1 the pool has
-// problems (fsck found errors, or it is not a sound pool), 2 usage or access errors
-// (bad arguments, missing device, pool in use, no daemon at the socket).
+// of the pool a running daxmapd serves (--socket). One rule for the exit status of
+// every command (EXIT_STATUS below, in the help and the README): 0 done; 1 the device
+// was read and is not a sound pool (fsck found problems, or EBADF: not a pool, or
+// damaged); 2 nothing was examined: a usage error, or the device or daemon could not
+// be reached (missing, a directory or other non-device, permission, in use, no daemon).
 
 import { isDaxError } from '../errors';
 import { openDevice } from '../device/device';
@@ -30,6 +32,20 @@ interface Command {
 }
 
 class UsageError extends Error {}
+
+const EXIT_STATUS = `Exit status (every command):
+  0  done (fsck: the pool is clean)
+  1  the device was read and is not a sound pool: fsck found problems, or it is
+     not a daxmap pool or is damaged (EBADF)
+  2  nothing was examined: a usage error, or the device or daemon could not be
+     reached (missing, a directory or other non-device, permission, in use, no
+     daxmapd at the socket)`;
+
+/** The exit status of a command that failed with `e` (see EXIT_STATUS). */
+export function exitStatus(e: unknown): 1 | 2 {
+  if (e instanceof UsageError) return 2;
+  return (e as { code?: unknown } | null)?.code === 'EBADF' ? 1 : 2;
+}
 
 const COMMON = `
 Options for every command:
@@ -62,7 +78,7 @@ const commands: Record<string, Command> = {
     summary: 'check a pool: superblocks, checkpoint, log checksums, block ownership, free map, sizes',
     usage: 'daxmap fsck <device> [--json]',
     help: `  --json         print the report as JSON
-Exit status: 0 clean, 1 problems found (listed one per line), 2 the device could not be opened.`,
+Problems found are listed one per line (exit status 1).`,
     opts: { json: 'flag' },
     async run(args, opts, io) {
       const dev = one(args, 'device');
@@ -303,12 +319,12 @@ function openForCheck(dev: string): Storage {
 function mainHelp(): string {
   const lines = ['daxmap: tools for daxmap pools (DAX-like file mappings for Node.js)', '', 'Usage: daxmap <command> [options]', '', 'Commands:'];
   for (const [name, c] of Object.entries(commands)) lines.push(`  ${name.padEnd(6)} ${c.summary}`);
-  lines.push('', 'Run `daxmap <command> --help` for the options of a command.', '');
+  lines.push('', 'Run `daxmap <command> --help` for the options of a command.', '', EXIT_STATUS, '');
   return lines.join('\n');
 }
 
 function commandHelp(c: Command): string {
-  return `Usage: ${c.usage}\n\n${c.summary[0]!.toUpperCase()}${c.summary.slice(1)}.\n\n${c.help}\n${COMMON.trimStart()}\n`;
+  return `Usage: ${c.usage}\n\n${c.summary[0]!.toUpperCase()}${c.summary.slice(1)}.\n\n${c.help}\n${COMMON.trimStart()}\n\n${EXIT_STATUS}\n`;
 }
 
 function parse(c: Command, argv: string[]): { args: string[]; opts: Record<string, string | true> } {
@@ -367,10 +383,8 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       io.stderr.write(`daxmap ${name}: ${e.message}\nUsage: ${c.usage}\n`);
       return 2;
     }
-    const code = (e as { code?: string }).code;
     io.stderr.write(`daxmap ${name}: ${(e as Error).message}\n`);
-    // a device that is there but is not a sound pool is a finding, not a usage error
-    return code === 'EBADF' ? 1 : 2;
+    return exitStatus(e);
   }
 }
 

@@ -4,8 +4,10 @@
 // (Pool.attach). Every call is async. Arguments are checked here, before anything is
 // sent.
 import path from 'node:path';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
-import { daxError } from '../errors';
+import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
+import { daxError, isDaxError, type DaxmapError } from '../errors';
+import * as arg from './args';
+import { PAGE, MAX_MAPPING } from './args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../service/protocol';
@@ -14,8 +16,6 @@ import { SocketRpc } from './socket-rpc';
 import { openDevice, type DeviceStorage } from '../device/device';
 import { SocketFaultChannel } from '../native/socket-channel';
 
-const PAGE = 4096;
-const MAX_NAME = 255;
 
 export interface CreateOptions {
   /** Size of a new regular/tmpfs device file, bytes (default 1 GiB). */
@@ -49,6 +49,15 @@ export interface MapRequestOptions {
   faultAround?: boolean;
 }
 
+export interface OpenFileOptions {
+  /** Create the file when it does not exist (default false). */
+  create?: boolean;
+  /** With create: fail with EEXIST when the file exists (default false). */
+  exclusive?: boolean;
+  /** Permission bits of a file created here (default 0o644). */
+  mode?: number;
+}
+
 /** A value that can be posted to a worker thread: `worker.postMessage(shared, shared.transferList)`. */
 export interface SharedPool {
   readonly kind: 'daxmap.shared-pool';
@@ -56,25 +65,14 @@ export interface SharedPool {
   readonly transferList: MessagePort[];
 }
 
-function checkInt(what: string, v: unknown, min = 0): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
-    throw daxError('EINVAL', `${what} must be an integer >= ${min}, got ${String(v)}`);
-  }
-  return v;
-}
+/** The steps of PoolFile.map() a test may make fail (testHooks.failMapAt). */
+export type MapStep = 'reserve' | 'register' | 'bind' | 'buffer';
 
-function checkName(name: unknown): string {
-  if (typeof name !== 'string') throw daxError('EINVAL', `file name must be a string`);
-  const bytes = Buffer.byteLength(name, 'utf8');
-  if (bytes < 1 || bytes > MAX_NAME || name.includes('/') || name.includes('\0')) {
-    throw daxError('EINVAL', `file name '${name}' must be 1-${MAX_NAME} bytes of UTF-8 without '/' or NUL`);
-  }
-  return name;
-}
+/** @internal Test seams of the client. */
+export const testHooks: { failMapAt: MapStep | null } = { failMapAt: null };
 
-function checkBytes(what: string, v: unknown): Uint8Array {
-  if (!(v instanceof Uint8Array)) throw daxError('EINVAL', `${what} must be a Buffer or Uint8Array`);
-  return v;
+function mapStep(step: MapStep): void {
+  if (testHooks.failMapAt === step) throw daxError('EIO', `failure injected after the '${step}' step of map()`);
 }
 
 const SERVICE_ENTRY = path.join(__dirname, '..', 'service', 'worker.js');
@@ -83,6 +81,8 @@ export class Pool {
   private readonly files = new Set<PoolFile>();
   private isClosed = false;
   private closing: Promise<void> | null = null;
+  /** Why the pool closed without close(): the service died, or its owner closed it. */
+  private gone: DaxmapError | null = null;
 
   private constructor(
     /** @internal */ readonly rpc: RpcChannel,
@@ -92,8 +92,10 @@ export class Pool {
     private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null } | null = null,
   ) {
     rpc.onNotice = (n) => {
-      if (n.notice === 'closed') this.lost();
+      if (n.notice === 'closed') this.lost(daxError('ECLOSED', 'its owner closed it'));
     };
+    // The service's thread died (embedded), or the daemon's connection closed.
+    rpc.onGone = (err) => this.lost(err);
   }
 
   /**
@@ -137,21 +139,24 @@ export class Pool {
   }
 
   /** Formats the device (creating a regular/tmpfs file at `size`), then opens it. EEXIST over an existing pool unless `force`. */
-  static async create(device: string, opts: CreateOptions = {}): Promise<Pool> {
-    if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
-    if (opts.size !== undefined) checkInt('size', opts.size, 1);
-    return Pool.start({ device, mode: 'create', ...(opts.size !== undefined ? { size: opts.size } : {}), force: opts.force === true });
+  static async create(device: string, opts?: CreateOptions): Promise<Pool> {
+    arg.pathString('device path', device);
+    const o = arg.options('create options', opts, { size: 'integer', force: 'boolean' });
+    if (o.size !== undefined) arg.int('size', o.size, 1);
+    return Pool.start({ device, mode: 'create', ...(o.size !== undefined ? { size: o.size } : {}), force: o.force === true });
   }
 
   /** Opens an existing pool: ENOENT, EBADF (not a pool), EBUSY (another service holds it). */
   static async open(device: string): Promise<Pool> {
-    if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
+    arg.pathString('device path', device);
     return Pool.start({ device, mode: 'open' });
   }
 
   /** In a worker thread: a Pool on the service another thread shared with `share()`. */
   static async attach(shared: SharedPool): Promise<Pool> {
-    if (!shared || shared.kind !== 'daxmap.shared-pool' || !shared.port) throw daxError('EINVAL', 'not a value from pool.share()');
+    if (typeof shared !== 'object' || shared === null || shared.kind !== 'daxmap.shared-pool' || !(shared.port instanceof MessagePort)) {
+      throw daxError('EINVAL', 'Pool.attach() takes the value of pool.share(), posted to this thread with its transferList');
+    }
     const rpc = new Rpc(shared.port, null);
     const hello = await rpc.call<Hello>('hello');
     return new Pool(rpc, hello, null);
@@ -160,10 +165,18 @@ export class Pool {
   private static async start(req: StartRequest): Promise<Pool> {
     // A clean execArgv: the service runs compiled JS only, and must not pay for loader
     // hooks (--import/--require) the application's main thread was started with.
-    const worker = new Worker(SERVICE_ENTRY, { workerData: req, execArgv: [] });
+    // An errno-style code is ours (or the system's); the runtime's ERR_* codes are not.
+    const failed = (err: unknown): DaxmapError => isDaxError(err) && /^E[A-Z0-9]+$/.test(err.code) ? err
+      : daxError('EIO', `the pool service could not start: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    let worker: Worker;
+    try {
+      worker = new Worker(SERVICE_ENTRY, { workerData: req, execArgv: [] });
+    } catch (err) {
+      throw failed(err);
+    }
     const reply = await new Promise<StartReply>((resolve, reject) => {
       worker.once('message', resolve);
-      worker.once('error', reject);
+      worker.once('error', (err) => reject(failed(err)));
       worker.once('exit', (code) => reject(daxError('EIO', `the pool service exited (${code}) before it started`)));
     });
     if (!reply.ok) {
@@ -192,14 +205,19 @@ export class Pool {
     this.check();
     if (this.remote) throw daxError('EINVAL', 'a pool served by daxmapd is not shared between threads: call Pool.connect() in the other thread');
     const { port1, port2 } = new MessageChannel();
-    void this.rpc.call('attach', [port1], [port1]);
+    // No reply to wait for: if the service is gone, Pool.attach() in the other thread says so.
+    this.rpc.call('attach', [port1], [port1]).catch(() => {});
     return { kind: 'daxmap.shared-pool', port: port2, transferList: [port2] };
   }
 
-  async openFile(name: string, opts: { create?: boolean } = {}): Promise<PoolFile> {
+  async openFile(name: string, opts?: OpenFileOptions): Promise<PoolFile> {
     this.check();
-    checkName(name);
-    const r = await this.rpc.call<{ handle: number; name: string }>('openFile', [name, { create: opts.create === true }]);
+    arg.name(name);
+    const o = arg.options('openFile options', opts, { create: 'boolean', exclusive: 'boolean', mode: 'integer' });
+    if (o.mode !== undefined) arg.int('mode', o.mode, 0, 0o777);
+    const r = await this.rpc.call<{ handle: number; name: string }>('openFile', [name, {
+      create: o.create === true, exclusive: o.create === true && o.exclusive === true, ...(o.mode !== undefined ? { mode: o.mode } : {}),
+    }]);
     const f = new PoolFile(this, r.handle, r.name);
     this.files.add(f);
     return f;
@@ -207,12 +225,12 @@ export class Pool {
 
   async unlink(name: string): Promise<void> {
     this.check();
-    await this.rpc.call('unlink', [checkName(name)]);
+    await this.rpc.call('unlink', [arg.name(name)]);
   }
 
   async rename(from: string, to: string): Promise<void> {
     this.check();
-    await this.rpc.call('rename', [checkName(from), checkName(to)]);
+    await this.rpc.call('rename', [arg.name(from, 'rename source'), arg.name(to, 'rename target')]);
   }
 
   async list(): Promise<string[]> {
@@ -223,6 +241,12 @@ export class Pool {
   async statfs(): Promise<StatFs> {
     this.check();
     return this.rpc.call<StatFs>('statfs');
+  }
+
+  /** Makes every file's data and all metadata durable. */
+  async sync(): Promise<void> {
+    this.check();
+    await this.rpc.call('sync');
   }
 
   /** Fault counters by kind and latency percentiles (µs). */
@@ -236,27 +260,40 @@ export class Pool {
    * mapping in every thread is revoked first (this thread's buffers are detached;
    * other threads' mappings get SIGBUS on touch until they notice), the pool is
    * flushed and released. An attached pool only lets go of its own files and
-   * mappings. Idempotent.
+   * mappings. Rejects when the service's final flush or checkpoint fails (the device
+   * is released all the same; reopening replays the log). Idempotent: every call
+   * returns the same promise.
    */
   close(): Promise<void> {
     if (this.closing) return this.closing;
     this.closing = (async () => {
       for (const f of [...this.files]) await f.closeLocal();
       this.isClosed = true;
+      let failure: unknown = null;
       if (this.worker) {
-        await this.rpc.call('close').catch(() => {});
+        // The service's final flush and checkpoint: if they fail, so does close(),
+        // once the service is gone and the device released all the same.
+        if (this.gone) {
+          failure = daxError('ECLOSED', `close '${this.hello.path}': the pool was not closed cleanly, its service died first ` +
+            `(${this.gone.message}); what it had not synced is replayed from the log when the pool is opened again`, { cause: this.gone });
+        } else {
+          await this.rpc.call('close').catch((err: unknown) => {
+            failure = err;
+          });
+        }
         await this.worker.terminate();
       } else {
         this.rpc.close();
       }
       this.remote?.channel?.close();
       this.remote?.device?.close();
+      if (failure !== null) throw failure;
     })();
     return this.closing;
   }
 
   /** @internal a request to the service (tests, tools). */
-  request<T>(op: string, args: unknown[] = []): Promise<T> {
+  async request<T>(op: string, args: unknown[] = []): Promise<T> {
     this.check();
     return this.rpc.call<T>(op, args);
   }
@@ -266,15 +303,26 @@ export class Pool {
     this.files.delete(f);
   }
 
-  /** @internal The owner closed the pool, or the daemon went away: our mappings were revoked; detach them here. */
-  lost(): void {
+  /**
+   * @internal The owner closed the pool, or the service died (its worker thread, or
+   * the daemon): the mappings were revoked or lost their handler, so touching them is
+   * SIGBUS; detach them here. Every later call fails with ECLOSED.
+   */
+  lost(why?: DaxmapError): void {
     if (this.isClosed) return;
+    this.gone = why ?? daxError('ECLOSED', 'the pool service is gone');
     for (const f of this.files) f.detachAll();
     this.isClosed = true;
   }
 
+  /** @internal The error of a call on this closed pool. */
+  closedError(): DaxmapError {
+    const why = this.gone ? `: ${this.gone.message.replace(/^ECLOSED: /, '')}` : '';
+    return daxError('ECLOSED', `the pool '${this.hello.path}' is closed${why}`, this.gone ? { cause: this.gone } : {});
+  }
+
   private check(): void {
-    if (this.isClosed) throw daxError('ECLOSED', `the pool '${this.hello.path}' is closed`);
+    if (this.isClosed) throw this.closedError();
   }
 }
 
@@ -286,42 +334,44 @@ export class PoolFile {
   constructor(readonly pool: Pool, /** @internal */ readonly handle: number, readonly name: string) {}
 
   private call<T>(op: string, args: unknown[] = []): Promise<T> {
-    if (this.pool.closed) return Promise.reject(daxError('ECLOSED', `the pool '${this.pool.path}' is closed`));
+    if (this.pool.closed) return Promise.reject(this.pool.closedError());
     if (this.isClosed) return Promise.reject(daxError('EBADF', `file '${this.name}' is closed`));
     return this.pool.request<T>(op, [this.handle, ...args]);
   }
 
-  stat(): Promise<FileStat> {
+  async stat(): Promise<FileStat> {
     return this.call('stat');
   }
 
-  truncate(size: number): Promise<void> {
-    checkInt('size', size);
+  async truncate(size: number): Promise<void> {
+    arg.fileInt('size', size);
     return this.call('truncate', [size]);
   }
 
-  fallocate(offset: number, length: number, opts: { keepSize?: boolean } = {}): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length, 1);
-    return this.call('fallocate', [offset, length, { keepSize: opts.keepSize === true }]);
+  async fallocate(offset: number, length: number, opts?: { keepSize?: boolean }): Promise<void> {
+    arg.fileInt('offset', offset);
+    arg.fileInt('length', length, 1);
+    const o = arg.options('fallocate options', opts, { keepSize: 'boolean' });
+    return this.call('fallocate', [offset, length, { keepSize: o.keepSize === true }]);
   }
 
-  punchHole(offset: number, length: number): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length, 1);
+  async punchHole(offset: number, length: number): Promise<void> {
+    arg.fileInt('offset', offset);
+    arg.fileInt('length', length, 1);
     return this.call('punchHole', [offset, length]);
   }
 
-  zeroRange(offset: number, length: number, opts: { keepSize?: boolean } = {}): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length, 1);
-    return this.call('zeroRange', [offset, length, { keepSize: opts.keepSize === true }]);
+  async zeroRange(offset: number, length: number, opts?: { keepSize?: boolean }): Promise<void> {
+    arg.fileInt('offset', offset);
+    arg.fileInt('length', length, 1);
+    const o = arg.options('zeroRange options', opts, { keepSize: 'boolean' });
+    return this.call('zeroRange', [offset, length, { keepSize: o.keepSize === true }]);
   }
 
   /** Writes all of `data` at `offset`; resolves to the bytes written. */
   async write(data: Uint8Array, offset: number): Promise<number> {
-    checkBytes('data', data);
-    checkInt('offset', offset);
+    arg.bytes('data', data);
+    arg.fileInt('offset', offset);
     // A copy: `data` may be a trapped mapping, whose pages must be faulted here, on
     // this thread, never by the service.
     return this.call<number>('write', [Uint8Array.prototype.slice.call(data), offset]);
@@ -329,45 +379,70 @@ export class PoolFile {
 
   /** Reads into `into` from `offset`; resolves to the bytes read (short at EOF). */
   async read(into: Uint8Array, offset: number): Promise<number> {
-    checkBytes('into', into);
-    checkInt('offset', offset);
+    arg.bytes('into', into);
+    arg.fileInt('offset', offset);
     if (into.length === 0) return 0;
     const got = await this.call<Uint8Array>('read', [into.length, offset]);
     into.set(got);
     return got.length;
   }
 
-  fsync(): Promise<void> {
+  async fsync(): Promise<void> {
     return this.call('fsync');
   }
 
-  /** Maps [offset, offset+length) of the file. See MapRequestOptions. */
-  async map(opts: MapRequestOptions = {}): Promise<Mapping> {
-    if (this.isClosed) throw daxError('EBADF', `file '${this.name}' is closed`);
-    const offset = checkInt('offset', opts.offset ?? 0);
+  /**
+   * Maps [offset, offset+length) of the file. See MapRequestOptions. A failure at any
+   * step undoes the steps before it: the reserved region, the service's record of the
+   * mapping (and with it its window budget).
+   */
+  async map(opts?: MapRequestOptions): Promise<Mapping> {
+    const req = arg.options('map options', opts, { offset: 'integer', length: 'integer', private: 'boolean', sync: 'boolean', faultAround: 'boolean' });
+    const offset = arg.fileInt('offset', req.offset ?? 0);
     if (offset % PAGE !== 0) throw daxError('EINVAL', `mapping offset ${offset} is not a multiple of the page size ${PAGE}`);
-    let length = opts.length;
+    if (req.length !== undefined) arg.fileInt('length', req.length, 1);
+    if (this.pool.closed) throw this.pool.closedError();
+    if (this.isClosed) throw daxError('EBADF', `file '${this.name}' is closed`);
+    let length = req.length;
     if (length === undefined) {
       const st = await this.stat();
       length = st.size - offset;
       if (length <= 0) throw daxError('EINVAL', `file '${this.name}' has no bytes at offset ${offset} to map; give a length`);
     }
-    checkInt('length', length, 1);
-    const o: MapOptions = { private: opts.private === true, sync: opts.sync === true, faultAround: opts.faultAround !== false };
+    const o: MapOptions = { private: req.private === true, sync: req.sync === true, faultAround: req.faultAround !== false };
     if (this.pool.hello.channel === 0) {
       throw daxError('EACCES', `map '${this.name}': this process cannot open the pool's device '${this.pool.path}' itself, so it may not map it`);
     }
-    const region = new TrappedRegion(Math.ceil(length / PAGE) * PAGE);
+    const regionLength = Math.ceil(length / PAGE) * PAGE;
+    if (regionLength > MAX_MAPPING) {
+      throw daxError('EINVAL', `map '${this.name}': ${length} bytes is more than one Buffer of this runtime holds ` +
+        `(${MAX_MAPPING} bytes, buffer.constants.MAX_LENGTH); map the file in pieces of at most that length`);
+    }
+    // Each step is undone, last first, if a later one fails.
+    let region: TrappedRegion | null = null;
+    let registered = false;
     try {
+      region = new TrappedRegion(regionLength);
+      mapStep('reserve');
       await this.call('map', [region.id, offset, region.length, o]);
+      registered = true;
+      mapStep('register');
       region.bind({ id: this.pool.hello.channel });
+      mapStep('bind');
+      const m = new Mapping(this, region, offset, length, o);
+      mapStep('buffer');
+      // The handle or the pool may have closed while the service was asked.
+      if (this.pool.closed) throw this.pool.closedError();
+      if (this.isClosed) throw daxError('EBADF', `file '${this.name}' was closed while it was being mapped`);
+      this.mappings.add(m);
+      return m;
     } catch (err) {
-      region.close();
+      // As unmap(): the region is retired first, then the service forgets it. Its
+      // memory never left this function, so its address range goes back at once.
+      region?.discard();
+      if (registered) await this.pool.rpc.call('unmap', [region!.id]).catch(() => {});
       throw err;
     }
-    const m = new Mapping(this, region, offset, length, o);
-    this.mappings.add(m);
-    return m;
   }
 
   /** Unmaps this handle's mappings (their buffers are detached), then closes the handle. */
@@ -378,9 +453,10 @@ export class PoolFile {
   /** @internal */
   async closeLocal(): Promise<void> {
     if (this.isClosed) return;
-    for (const m of [...this.mappings]) await m.unmap().catch(() => {});
-    await this.pool.request('closeFile', [this.handle]).catch(() => {});
+    // Closed from here on: a map() still waiting for the service undoes itself.
     this.isClosed = true;
+    for (const m of [...this.mappings]) await m.unmap().catch(() => {});
+    await this.pool.rpc.call('closeFile', [this.handle]).catch(() => {});
     this.pool.forgetFile(this);
   }
 
@@ -412,9 +488,42 @@ export class Mapping {
     this.buf = region.buffer.subarray(0, length);
   }
 
-  /** The mapping's memory: loads and stores go to the pool. Detached after unmap: access throws, never reaches memory. */
+  /**
+   * The mapping's memory: loads and stores go to the pool. Throws ECLOSED once the
+   * mapping is unmapped or its pool is gone (closed, or its service died). A Buffer
+   * kept from before then is detached: it reads `undefined`, has length 0 and drops
+   * stores silently — JavaScript's rule for detached buffers, no error. Read
+   * `mapping.buffer` afresh rather than keeping it, or use the checked `load()` and
+   * `store()`.
+   */
   get buffer(): Buffer {
-    if (this.buf === null) throw daxError('ECLOSED', 'the mapping is unmapped');
+    return this.live();
+  }
+
+  /** Checked read: a copy of [offset, offset+length) of the mapping. ECLOSED once unmapped or the pool is gone; EINVAL outside the mapping. */
+  load(offset: number, length: number): Buffer {
+    const b = this.live();
+    arg.int('offset', offset, 0, this.length);
+    arg.int('length', length, 0, this.length - offset);
+    return Buffer.from(b.subarray(offset, offset + length));
+  }
+
+  /** Checked write: all of `data` at `offset` of the mapping. ECLOSED once unmapped or the pool is gone; EINVAL outside the mapping. */
+  store(data: Uint8Array, offset: number): void {
+    const b = this.live();
+    arg.bytes('data', data);
+    arg.int('offset', offset, 0, this.length);
+    if (data.length > this.length - offset) {
+      throw daxError('EINVAL', `store of ${data.length} bytes at ${offset} passes the mapping's ${this.length} bytes`);
+    }
+    b.set(data, offset);
+  }
+
+  private live(): Buffer {
+    if (this.buf === null) {
+      if (this.file.pool.closed) throw this.file.pool.closedError();
+      throw daxError('ECLOSED', `the mapping of '${this.file.name}' at ${this.offset} is unmapped`);
+    }
     return this.buf;
   }
 
@@ -432,12 +541,12 @@ export class Mapping {
 
   /** Makes the data stored in [offset, offset+length) of the mapping, and the metadata that reaches it, durable. */
   async flush(offset = 0, length = this.length - offset): Promise<void> {
-    checkInt('offset', offset);
-    checkInt('length', length);
-    if (this.buf === null) throw daxError('ECLOSED', 'the mapping is unmapped');
+    arg.int('offset', offset);
+    arg.int('length', length);
+    this.live();
     if (offset + length > this.length) throw daxError('EINVAL', `flush range [${offset}, +${length}) passes the mapping's ${this.length} bytes`);
     if (this.opts.private || length === 0) return;
-    await this.file.pool.request('flush', [this.region.id, offset, length]);
+    await this.file.pool.rpc.call('flush', [this.region.id, offset, length]);
   }
 
   /** Unmaps: the buffer is detached, then the service forgets the mapping. Idempotent. */
@@ -445,7 +554,7 @@ export class Mapping {
     if (this.buf === null) return;
     this.detach();
     this.file.forget(this);
-    await this.file.pool.request('unmap', [this.region.id]).catch(() => {});
+    await this.file.pool.rpc.call('unmap', [this.region.id]).catch(() => {});
   }
 
   /** @internal */

@@ -8,6 +8,8 @@ import { isNotice, type Notice, type Response } from '../service/protocol';
 /** What a Pool needs of its connection to a service: requests, notices, closing. */
 export interface RpcChannel {
   onNotice: ((n: Notice) => void) | null;
+  /** The service went away (its thread or process died, or the connection closed): every call fails from now on. */
+  onGone: ((err: DaxmapError) => void) | null;
   call<T>(op: string, args?: unknown[], transfer?: (ArrayBuffer | MessagePort)[]): Promise<T>;
   close(): void;
 }
@@ -16,13 +18,22 @@ export class Rpc implements RpcChannel {
   private nextId = 1;
   private pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: DaxmapError) => void }>();
   private dead: DaxmapError | null = null;
+  /** An uncaught exception that ended the service's worker ('error' comes before 'exit'). */
+  private crash: Error | null = null;
   onNotice: ((n: Notice) => void) | null = null;
+  onGone: ((err: DaxmapError) => void) | null = null;
 
   constructor(private readonly port: MessagePort, private readonly worker: Worker | null) {
     port.on('message', (m: Response | Notice) => this.receive(m));
     port.on('close', () => this.fail(daxError('ECLOSED', 'the pool service is gone')));
     // A Worker reports its end with 'exit', not 'close'.
-    worker?.on('exit', (code) => this.fail(daxError('ECLOSED', `the pool service exited (${code})`)));
+    worker?.on('error', (err: Error) => {
+      this.crash = err;
+    });
+    worker?.on('exit', (code) => {
+      const why = this.crash ? `: ${this.crash.message}` : '';
+      this.fail(daxError('ECLOSED', `the pool service exited (code ${code}${why})`, this.crash ? { cause: this.crash } : {}));
+    });
     this.idle();
   }
 
@@ -65,10 +76,12 @@ export class Rpc implements RpcChannel {
   }
 
   private fail(err: DaxmapError): void {
+    if (this.dead) return;
     this.dead = err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     this.idle();
+    this.onGone?.(err);
   }
 
   private busy(): void {

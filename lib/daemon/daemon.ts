@@ -4,6 +4,7 @@
 // protocol of docs/wire.md, spoken natively by the client's agent). The first byte
 // tells them apart: "D" (DXC1) for control, 0x04 (a wire HELLO) for faults.
 import fs from 'node:fs';
+import nodePath from 'node:path';
 import net from 'node:net';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
@@ -88,6 +89,38 @@ function socketFd(sock: net.Socket): number {
   return fd;
 }
 
+/** Longest UNIX socket path Linux takes (sun_path is 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * Can a socket be created at `socketPath`? Checked before the device is touched, so a
+ * bad --socket costs nothing and says what is wrong: ENAMETOOLONG, ENOENT (no such
+ * directory), ENOTDIR, EACCES (no write and search permission on the directory).
+ */
+export function checkSocketPath(socketPath: string): void {
+  if (typeof socketPath !== 'string' || socketPath.length === 0) throw daxError('EINVAL', 'the socket path must be a non-empty string');
+  const bytes = Buffer.byteLength(socketPath);
+  if (bytes > MAX_SOCKET_PATH) {
+    throw daxError('ENAMETOOLONG', `socket path '${socketPath}' is ${bytes} bytes; a UNIX socket path may have at most ${MAX_SOCKET_PATH}`);
+  }
+  const dir = nodePath.dirname(nodePath.resolve(socketPath));
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
+    throw daxError(code, code === 'ENOENT'
+      ? `the socket's directory '${dir}' does not exist: create it first (mkdir -p ${dir}) or give another --socket`
+      : `the socket's directory '${dir}' cannot be examined: ${(err as Error).message}`, { path: dir });
+  }
+  if (!st.isDirectory()) throw daxError('ENOTDIR', `the socket's directory '${dir}' is not a directory`, { path: dir });
+  try {
+    fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch {
+    throw daxError('EACCES', `cannot create the socket in '${dir}': uid ${process.getuid?.()} has no write and search permission on it`, { path: dir });
+  }
+}
+
 /** Remove a socket file left by a daemon that died; refuse to steal a live one. */
 export async function claimSocketPath(path: string): Promise<void> {
   let st: fs.Stats;
@@ -122,6 +155,7 @@ export class Daemon {
 
   /** Opens (or creates and formats) the device, then listens on the socket. */
   static async start(opts: DaemonOptions): Promise<Daemon> {
+    checkSocketPath(opts.socket);
     await claimSocketPath(opts.socket);
     const exists = fs.existsSync(opts.device);
     const service = await Service.start(exists ? { device: opts.device, mode: 'open' } : { device: opts.device, mode: 'create', size: opts.size }, false);

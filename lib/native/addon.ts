@@ -73,7 +73,7 @@ export interface NativeAddon {
   uffdProbe(): UffdInfo;
   regionCreate(length: number): RegionInfo;
   regionBuffer(id: number): Buffer;
-  regionClose(id: number): void;
+  regionClose(id: number, releaseNow?: boolean): void;
   regionBind(id: number, channel: number): void;
   regionSetDirect(id: number, offset: number, length: number, device: number, devOffset: number, flags: number, window: number): void;
   regionClearDirect(id: number, offset: number, length: number): void;

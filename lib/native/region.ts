@@ -97,6 +97,18 @@ export class TrappedRegion {
     native().regionClose(this.id);
   }
 
+  /**
+   * Closes the region and gives its address range back at once, skipping the 30 s
+   * graveyard. Only for a region whose memory never reached anyone: no Buffer of it
+   * handed out, no system call given a pointer into it (a map() that failed).
+   */
+  discard(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.buf = undefined;
+    native().regionClose(this.id, true);
+  }
+
   private checkOpen(what: string): void {
     if (this.isClosed) throw daxError('ECLOSED', `${what}: region ${this.id} is closed`);
   }

@@ -67,7 +67,9 @@ function openStorage(path: string, create: boolean, size: number): Storage {
   } catch (e) {
     if (isDaxError(e, 'EBUSY')) throw busy(path, e);
     if (isDaxError(e, 'ENOENT')) throw daxError('ENOENT', `no pool device at '${path}'`, { cause: e, path });
-    if (isDaxError(e) && !create) throw daxError('EBADF', `'${path}' cannot be opened as a pool device: ${e.message}`, { cause: e, path });
+    // Anything else (EISDIR, EACCES, ENODEV, ...) says why the path cannot be opened
+    // as a device, before any byte of it was read: it keeps its code. EBADF is kept
+    // for a device that was read and is not a sound pool.
     throw e;
   }
 }

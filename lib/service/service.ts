@@ -254,8 +254,8 @@ export class Service {
         return v();
       }
       case 'openFile': {
-        const o = (a[1] ?? {}) as { create?: boolean; mode?: unknown };
-        const opts: { create: boolean; mode?: number; uid?: number; gid?: number } = { create: o.create === true };
+        const o = (a[1] ?? {}) as { create?: boolean; exclusive?: boolean; mode?: unknown };
+        const opts: { create: boolean; exclusive: boolean; mode?: number; uid?: number; gid?: number } = { create: o.create === true, exclusive: o.exclusive === true };
         if (o.mode !== undefined) opts.mode = intArg('mode', o.mode, 0, 0o7777) & 0o777;
         if (conn.peer) {
           opts.uid = conn.peer.uid;
@@ -283,6 +283,10 @@ export class Service {
         return v(await this.pool.list());
       case 'statfs':
         return v(await this.pool.statfs());
+      case 'sync':
+        // Anyone may make the pool durable, as anyone may call sync(2).
+        await this.pool.sync();
+        return v();
       case 'stats':
         return v(this.policy.snapshot());
       case 'statsByFile':
@@ -305,8 +309,35 @@ export class Service {
         this.rootOnly(conn, 'testExit');
         // Test hook (DAXMAP_TEST_HOOKS=1 only): the service thread dies abruptly.
         if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
-        setImmediate(() => process.exit(3));
+        // { crash: true }: an uncaught exception instead of process.exit(3);
+        // { reply: false }: die without answering this request.
+        const o = (a[0] ?? {}) as { crash?: boolean; reply?: boolean };
+        setImmediate(() => {
+          if (o.crash === true) throw new Error('crash of the pool service (injected)');
+          process.exit(3);
+        });
+        if (o.reply === false) return new Promise<never>(() => {});
         return v();
+      }
+      case 'testFailPersist': {
+        this.rootOnly(conn, 'testFailPersist');
+        // Test hook (DAXMAP_TEST_HOOKS=1 only): from now on every persist of the device fails.
+        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
+        const o = (a[0] ?? {}) as { code?: string };
+        const storage = this.internals.storage as { persist(o: number, l: number): void; persistAll(): void };
+        const fail = (): never => {
+          throw daxError(o.code ?? 'EIO', `persist of '${this.pool.path}' failed (injected)`);
+        };
+        storage.persist = fail;
+        storage.persistAll = fail;
+        return v();
+      }
+      case 'testState': {
+        this.rootOnly(conn, 'testState');
+        // Test hook (DAXMAP_TEST_HOOKS=1 only): what the service holds for this connection.
+        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
+        const mine = this.policy.allMappings().filter((m) => m.client === conn.client).length;
+        return v({ mappings: mine, regions: conn.regions.size, files: conn.files.size, windows: conn.client.budget.count });
       }
       case 'configure': {
         this.rootOnly(conn, 'configure');

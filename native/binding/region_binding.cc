@@ -66,7 +66,9 @@ Napi::Value RegionClose(const Napi::CallbackInfo& info) {
     d->region_buffers.erase(it);
   }
   d->regions.erase(id);
-  Status s = agent->CloseRegion(id);
+  // regionClose(id, releaseNow): releaseNow skips the graveyard (see Agent::CloseRegion).
+  bool release_now = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  Status s = agent->CloseRegion(id, !release_now);
   if (!s.ok()) ThrowStatus(env, s);
   return env.Undefined();
 }

@@ -2,7 +2,7 @@
 // every command, exit codes, and a damaged pool reported precisely.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Pool, coreOf } from '../../dist/pool/pool.js';
@@ -176,4 +176,39 @@ t.test('in-process main and the progress bar', async (t) => {
   off.update('x', 1, 2);
   off.done();
   t.equal(quiet, '', 'nothing drawn when stderr is not a terminal');
+});
+
+t.test('one rule for the exit status: 1 a device read and found unsound, 2 nothing examined', async (t) => {
+  const sub = join(dir, 'a-directory');
+  mkdirSync(sub);
+  const foreign = join(dir, 'exit-foreign');
+  writeFileSync(foreign, Buffer.alloc(1 << 20, 7));
+  const missing = join(dir, 'exit-missing');
+  const pool = join(dir, 'exit-pool');
+  t.equal((await inproc('mkfs', pool, '--size', '8M')).code, 0);
+  const cases: [string[], number, string][] = [
+    [['stat', sub], 2, 'a directory'],
+    [['fsck', sub], 2, 'a directory'],
+    [['ls', sub], 2, 'a directory'],
+    [['mkfs', sub], 2, 'a directory'],
+    [['stat', missing], 2, 'a missing device'],
+    [['ls', missing], 2, 'a missing device'],
+    [['fsck', missing], 2, 'a missing device'],
+    [['stat', '/dev/null'], 2, 'a character device that is not device-dax'],
+    [['fsck', '/dev/null'], 2, 'a character device that is not device-dax'],
+    [['stat', foreign], 1, 'not a pool'],
+    [['ls', foreign], 1, 'not a pool'],
+    [['fsck', foreign], 1, 'not a pool'],
+    [['stat', pool, 'no-such-file'], 2, 'no such file in the pool'],
+    [['ls', '--socket', join(dir, 'no-daemon.sock')], 2, 'no daemon'],
+    [['stat', '--socket', join(dir, 'no-daemon.sock')], 2, 'no daemon'],
+    [['fsck', pool], 0, 'a clean pool'],
+    [['stat', pool], 0, 'a clean pool'],
+  ];
+  for (const [args, code, what] of cases) {
+    const r = await inproc(...args);
+    t.equal(r.code, code, `daxmap ${args.join(' ')} (${what}): ${code}${r.code === code ? '' : ` — ${r.err}`}`);
+  }
+  t.match(cli('--help').out, /Exit status \(every command\):\n {2}0 {2}done/, 'the rule is in the help');
+  t.match(cli('stat', '--help').out, /Exit status \(every command\)/, 'and in each command\'s help');
 });

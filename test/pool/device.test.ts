@@ -67,7 +67,7 @@ for (const [kind, mk] of Object.entries(places)) {
   });
 }
 
-t.test('open: ENOENT, EBADF for foreign, empty and directory paths', async (t) => {
+t.test('open: ENOENT, EBADF for foreign and empty devices, EISDIR for a directory', async (t) => {
   await t.rejects(Pool.open(join(diskDir, 'missing')), { code: 'ENOENT' });
   const foreign = join(diskDir, 'foreign');
   writeFileSync(foreign, Buffer.alloc(1 << 20, 0x5a));
@@ -75,7 +75,8 @@ t.test('open: ENOENT, EBADF for foreign, empty and directory paths', async (t) =
   const empty = join(diskDir, 'empty');
   writeFileSync(empty, '');
   await t.rejects(Pool.open(empty), { code: 'EBADF' });
-  await t.rejects(Pool.open(diskDir), { code: 'EBADF' });
+  // A directory is not read at all: its own code, not EBADF (the device is not a sound pool).
+  await t.rejects(Pool.open(diskDir), { code: 'EISDIR' });
   await t.rejects(Pool.open(''), { code: 'EINVAL' });
   await t.rejects(Pool.create(join(diskDir, 'bad'), { size: 1000 }), { code: 'EINVAL' });
   await t.rejects(Pool.create(join(diskDir, 'small'), { size: 1 << 20 }), { code: 'EINVAL' });

@@ -1,0 +1,78 @@
+// A map() that fails leaves nothing behind: no address space, no registration with
+// the service, no window budget — whether it fails on the runtime's Buffer limit or
+// at any step of its own (failures injected through the client's test seam).
+import t from 'tap';
+import fs from 'node:fs';
+import { constants as bufferConstants } from 'node:buffer';
+import { forBackings, PAGE, HUGE } from '../fault/helpers';
+import { testHooks, type MapStep } from '../../dist/client/pool';
+
+const GiB = 2 ** 30;
+
+function vmSize(): number {
+  const m = /VmSize:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+  return Number(m?.[1] ?? 0) * 1024;
+}
+
+interface State { mappings: number; regions: number; windows: number }
+
+forBackings(t, 'mapping more than one Buffer holds fails with EINVAL and leaks nothing', async (t, { pool }) => {
+  t.equal(bufferConstants.MAX_LENGTH <= 2 ** 53, true);
+  const f = await pool.openFile('big', { create: true });
+  const size = Math.max(5 * GiB, bufferConstants.MAX_LENGTH + HUGE);
+  await f.truncate(size);
+  const before = vmSize();
+  for (let i = 0; i < 20; i++) {
+    await t.rejects(f.map(), { code: 'EINVAL', message: /more than one Buffer/ }, `whole-file map ${i}`);
+  }
+  await t.rejects(f.map({ length: bufferConstants.MAX_LENGTH + PAGE }), { code: 'EINVAL' }, 'an explicit length past the limit');
+  const after = vmSize();
+  t.ok(after - before < GiB / 4, `address space after 21 failed maps of ${size / GiB} GiB: ${(before / GiB).toFixed(1)} -> ${(after / GiB).toFixed(1)} GiB`);
+  t.same(await pool.request<State>('testState'), { mappings: 0, regions: 0, files: 1, windows: 0 }, 'the service holds no mapping');
+  const m = await f.map({ offset: size - HUGE, length: HUGE });
+  m.buffer[7] = 7;
+  t.equal(m.buffer[7], 7, 'a mapping within the limit works');
+  await m.unmap();
+});
+
+const STEPS: MapStep[] = ['reserve', 'register', 'bind', 'buffer'];
+
+forBackings(t, 'a failure at every step of map() undoes the steps before it', async (t, { pool }) => {
+  t.teardown(() => { testHooks.failMapAt = null; });
+  const f = await pool.openFile('a', { create: true });
+  await f.truncate(GiB);
+  const keep = await f.map({ length: HUGE });
+  keep.buffer[0] = 1;
+  const base = (await pool.request<State>('testState'));
+  t.equal(base.mappings, 1);
+  const before = vmSize();
+  for (const step of STEPS) {
+    testHooks.failMapAt = step;
+    for (let i = 0; i < 4; i++) {
+      await t.rejects(f.map({ faultAround: false }), { code: 'EIO', message: new RegExp(`'${step}' step`) }, `${step} ${i}`);
+    }
+    testHooks.failMapAt = null;
+    const after = vmSize();
+    t.ok(after - before < GiB / 4, `${step}: 4 failed maps of 1 GiB left the address space at ${(before / GiB).toFixed(2)} -> ${(after / GiB).toFixed(2)} GiB`);
+    t.same(await pool.request<State>('testState'), base, `${step}: the service holds only the mapping kept`);
+  }
+  const m = await f.map({ faultAround: false });
+  m.buffer[5 * PAGE] = 9;
+  t.equal(m.buffer[5 * PAGE], 9, 'the next map works');
+  t.equal(keep.buffer[0], 1, 'the mapping kept was not disturbed');
+  await m.unmap();
+  await keep.unmap();
+  t.same(await pool.request<State>('testState'), { mappings: 0, regions: 0, files: 1, windows: 0 });
+});
+
+forBackings(t, 'a handle closed while map() waits for the service: the mapping is undone, EBADF', async (t, { pool }) => {
+  const f = await pool.openFile('a', { create: true });
+  await f.truncate(GiB);
+  const before = vmSize();
+  const mapping = f.map({ length: GiB });
+  const closing = f.close();
+  await t.rejects(mapping, { code: 'EBADF' });
+  await closing;
+  t.ok(vmSize() - before < GiB / 4, 'its region was released');
+  t.same(await pool.request<State>('testState'), { mappings: 0, regions: 0, files: 0, windows: 0 });
+});
