@@ -5,13 +5,14 @@
 // sent.
 import path from 'node:path';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
-import { daxError } from '../errors';
+import { daxError, type DaxmapError } from '../errors';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../service/protocol';
 import { Rpc, type RpcChannel } from './rpc';
 import { SocketRpc } from './socket-rpc';
-import { openDevice, type DeviceStorage } from '../device/device';
+import type { DeviceStorage } from '../device/device';
+import { openVerifiedDevice, parseIdentity } from '../device/identity';
 import { SocketFaultChannel } from '../native/socket-channel';
 
 const PAGE = 4096;
@@ -89,7 +90,7 @@ export class Pool {
     /** @internal */ readonly hello: Hello,
     private readonly worker: Worker | null,
     /** daemon mode: this process's own handle on the device, and its fault connection */
-    private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null } | null = null,
+    private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null; mapError: DaxmapError | null } | null = null,
   ) {
     rpc.onNotice = (n) => {
       if (n.notice === 'closed') this.lost();
@@ -108,12 +109,19 @@ export class Pool {
     let device: DeviceStorage | null = null;
     let channel: SocketFaultChannel | null = null;
     try {
-      const h = await rpc.call<{ session: string; device: string; mayMap: boolean }>('hello', [{ pid: process.pid }]);
+      const h = await rpc.call<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]);
+      // Mapping installs ranges of this process's own descriptor of the device: it
+      // must be daxmapd's device, proved through that descriptor (pool UUID, st_dev/
+      // st_ino), or map() refuses with the reason (ENOENT, EACCES, EXDEV, ...).
+      let mapError: DaxmapError | null = null;
       if (h.mayMap) {
+        const theirs = parseIdentity(h.identity);
         try {
-          device = openDevice(h.device, { view: false });
-        } catch {
-          device = null; // no direct access for this process: map() will say so
+          if (theirs === null) throw daxError('EPROTO', `daxmapd did not say which device it serves (an older daemon?); cannot prove '${h.device}' is it`);
+          device = openVerifiedDevice(h.device, theirs);
+        } catch (err) {
+          device = null;
+          mapError = err as DaxmapError;
         }
       }
       let pool: Pool | null = null;
@@ -125,7 +133,7 @@ export class Pool {
           onClose: () => pool?.lost(),
         });
       }
-      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel });
+      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel, mapError });
       rpc.onGone = () => pool?.lost();
       return pool;
     } catch (err) {
@@ -261,6 +269,13 @@ export class Pool {
     return this.rpc.call<T>(op, args);
   }
 
+  /** @internal Why this process may not map (daemon mode): a fresh error per call. */
+  cannotMap(name: string): DaxmapError {
+    const e = this.remote?.mapError;
+    if (!e) return daxError('EACCES', `map '${name}': this process cannot open the pool's device '${this.hello.path}' itself, so it may not map it`);
+    return daxError(e.code, `map '${name}': ${e.message.replace(/^[A-Z_]+: /, '')}`, { ...(e.path !== undefined ? { path: e.path } : {}), cause: e });
+  }
+
   /** @internal */
   forgetFile(f: PoolFile): void {
     this.files.delete(f);
@@ -354,9 +369,7 @@ export class PoolFile {
     }
     checkInt('length', length, 1);
     const o: MapOptions = { private: opts.private === true, sync: opts.sync === true, faultAround: opts.faultAround !== false };
-    if (this.pool.hello.channel === 0) {
-      throw daxError('EACCES', `map '${this.name}': this process cannot open the pool's device '${this.pool.path}' itself, so it may not map it`);
-    }
+    if (this.pool.hello.channel === 0) throw this.pool.cannotMap(this.name);
     const region = new TrappedRegion(Math.ceil(length / PAGE) * PAGE);
     try {
       await this.call('map', [region.id, offset, region.length, o]);
