@@ -13,7 +13,8 @@ import { Rpc, type RpcChannel } from './rpc';
 import { SocketRpc } from './socket-rpc';
 import type { DeviceStorage } from '../device/device';
 import { openVerifiedDevice, parseIdentity } from '../device/identity';
-import { SocketFaultChannel } from '../native/socket-channel';
+import { DEFAULT_CONNECT_TIMEOUT_MS, SocketFaultChannel, type ConnectTimeoutOptions } from '../native/socket-channel';
+import { Deadline, checkSignal, checkTimeout } from '../deadline';
 
 const PAGE = 4096;
 const MAX_NAME = 255;
@@ -49,6 +50,9 @@ export interface MapRequestOptions {
   /** Answer whole aligned 2 MiB windows where the file allows (default true). */
   faultAround?: boolean;
 }
+
+/** Pool.connect(): `timeoutMs` (default 10 000, Infinity for none) bounds the whole connect; `signal` aborts it. */
+export type ConnectOptions = ConnectTimeoutOptions;
 
 /** A value that can be posted to a worker thread: `worker.postMessage(shared, shared.transferList)`. */
 export interface SharedPool {
@@ -102,14 +106,22 @@ export class Pool {
    * embedded API. Mapping needs this process to be able to open the pool's device
    * itself (read-write); faults are forwarded to the daemon natively, so a thread
    * blocked in a fault is answered whatever the JS threads do.
+   *
+   * `opts.timeoutMs` (default 10 000; Infinity: none) bounds the whole connect —
+   * connection, hello, device check, fault channel — and rejects with ETIMEDOUT;
+   * `opts.signal` aborts it (an AbortError, code ABORT_ERR). Nothing here blocks the
+   * event loop: a full listen backlog is retried on a timer.
    */
-  static async connect(socketPath: string): Promise<Pool> {
+  static async connect(socketPath: string, opts: ConnectOptions = {}): Promise<Pool> {
     if (typeof socketPath !== 'string' || socketPath.length === 0) throw daxError('EINVAL', 'socket path must be a non-empty string');
-    const rpc = await SocketRpc.connect(socketPath);
+    if (typeof opts !== 'object' || opts === null) throw daxError('EINVAL', 'connect options must be an object');
+    const dl = new Deadline(`connect to daxmapd at '${socketPath}'`, checkTimeout(opts.timeoutMs, DEFAULT_CONNECT_TIMEOUT_MS), checkSignal(opts.signal));
+    dl.check('connection');
+    const rpc = await SocketRpc.connect(socketPath, dl);
     let device: DeviceStorage | null = null;
     let channel: SocketFaultChannel | null = null;
     try {
-      const h = await rpc.call<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]);
+      const h = await dl.race(rpc.call<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]), 'answer to hello');
       // Mapping installs ranges of this process's own descriptor of the device: it
       // must be daxmapd's device, proved through that descriptor (pool UUID, st_dev/
       // st_ino), or map() refuses with the reason (ENOENT, EACCES, EXDEV, ...).
@@ -126,12 +138,13 @@ export class Pool {
       }
       let pool: Pool | null = null;
       if (device) {
-        await rpc.call('attachDevice', [device.deviceId]);
-        channel = SocketFaultChannel.connect(socketPath, {
+        await dl.race(rpc.call('attachDevice', [device.deviceId]), 'answer to attachDevice');
+        channel = await SocketFaultChannel.connectWithin(socketPath, {
           session: BigInt(h.session),
           ref: false,
           onClose: () => pool?.lost(),
-        });
+        }, dl);
+        dl.check('fault channel');
       }
       pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel, mapError });
       rpc.onGone = () => pool?.lost();
@@ -139,7 +152,7 @@ export class Pool {
     } catch (err) {
       channel?.close();
       device?.close();
-      rpc.close();
+      rpc.destroy();
       throw err;
     }
   }
