@@ -5,7 +5,7 @@ export type ErrorCode =
   | 'EUFFD' | 'ENOENT' | 'EEXIST' | 'EINVAL' | 'EBADF' | 'EBUSY' | 'ENOSPC'
   | 'ENOMEM' | 'EAGAIN' | 'EIO' | 'EPERM' | 'EACCES' | 'ENOTDIR' | 'EISDIR'
   | 'ENAMETOOLONG' | 'EFBIG' | 'ENXIO' | 'ENODEV' | 'EOPNOTSUPP' | 'ECLOSED'
-  | 'ESRCH' | 'EPROTO' | 'ECONNREFUSED' | 'ETIMEDOUT' | 'EFAULT' | 'ESTALE';
+  | 'ESRCH' | 'EPROTO' | 'ECONNREFUSED' | 'ETIMEDOUT' | 'EFAULT' | 'ESTALE' | 'EXDEV';
 
 export interface DaxmapError extends Error {
   code: string;

@@ -3,7 +3,7 @@
 // starts, so any thread of the application may touch a mapping freely.
 export {
   Pool, PoolFile, Mapping,
-  type CreateOptions, type OpenFileOptions, type FileStat, type StatFs, type MapRequestOptions, type SharedPool,
+  type CreateOptions, type OpenFileOptions, type ConnectOptions, type FileStat, type StatFs, type MapRequestOptions, type SharedPool,
 } from './client/pool';
 export type { FaultStatsSnapshot as FaultStats } from './fault/stats';
 export { probeUffd, reportSigbus } from './native/engine';

@@ -186,6 +186,42 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
   return Status::Ok();
 }
 
+Status Device::Identify(DeviceIdentity* id, uint8_t* head, size_t len) const {
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return Fail(errno, "stat device", path_);
+  id->dev = static_cast<uint64_t>(st.st_dev);
+  id->ino = static_cast<uint64_t>(st.st_ino);
+  id->rdev = static_cast<uint64_t>(st.st_rdev);
+  id->char_device = S_ISCHR(st.st_mode);
+  id->mode = st.st_mode;
+  id->uid = st.st_uid;
+  id->gid = st.st_gid;
+  if (len > (1u << 20) || len > size_) return Status::Errno(EINVAL, "identify device '" + path_ + "': read past its size");
+  if (len == 0) return Status::Ok();
+  if (view_ != nullptr) {
+    memcpy(head, view_, len);
+    return Status::Ok();
+  }
+  if (kind_ != DeviceKind::kDevDax) {
+    size_t got = 0;
+    while (got < len) {
+      ssize_t r = pread(fd_, head + got, len - got, static_cast<off_t>(got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return Fail(errno, "read the superblock of device", path_);
+      if (r == 0) return Status::Errno(EIO, "read the superblock of device '" + path_ + "': short file");
+      got += static_cast<size_t>(r);
+    }
+    return Status::Ok();
+  }
+  // device-dax has no read(2): map its first aligned unit read-only for a moment.
+  uint64_t maplen = (len + align_ - 1) / align_ * align_;
+  void* p = mmap(nullptr, maplen, PROT_READ, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) return Fail(errno, "map the superblock of device", path_);
+  memcpy(head, p, len);
+  munmap(p, maplen);
+  return Status::Ok();
+}
+
 Status Device::Zero(uint64_t off, uint64_t len) const {
   if (len == 0) return Status::Ok();
   if (off > size_ || len > size_ - off || off % kPage || len % kPage) {

@@ -14,6 +14,16 @@ namespace daxmap {
 
 enum class DeviceKind { kFile, kTmpfs, kDevDax };
 
+// What the descriptor is (fstat) and the first bytes behind it: how a daemon
+// client proves that the device it opened is the daemon's (docs/daemon.md).
+struct DeviceIdentity {
+  uint64_t dev = 0;   // st_dev
+  uint64_t ino = 0;   // st_ino
+  uint64_t rdev = 0;  // st_rdev (device-dax: which device the node names)
+  bool char_device = false;
+  uint32_t mode = 0, uid = 0, gid = 0;
+};
+
 struct DeviceOptions {
   bool create = false;     // create a regular/tmpfs file at `size` if it does not exist
   uint64_t size = 0;       // for create
@@ -49,6 +59,10 @@ class Device {
   // zeroed range in a regular file (FALLOC_FL_ZERO_RANGE, blocks stay allocated),
   // memset + flush on device-dax. Not durable until Persist().
   Status Zero(uint64_t off, uint64_t len) const;
+  // fstat of this descriptor, and its first `len` bytes (at most 1 MiB) read through
+  // it: pread, or a transient read-only mapping where the device cannot be read
+  // (device-dax). Never re-opens the path.
+  Status Identify(DeviceIdentity* id, uint8_t* head, size_t len) const;
 
  private:
   Device() = default;

@@ -414,11 +414,12 @@ Status UnixConnect(const std::string& path, int* fd) {
     return Status::Errno(EINVAL, "connect '" + path + "': not a usable UNIX socket path (at most 107 bytes)");
   }
   memcpy(addr.sun_path, path.data(), path.size());
-  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Non-blocking: a full listen backlog makes connect(2) of a blocking AF_UNIX
+  // socket wait (on the JS thread that called us). Non-blocking, it fails with
+  // EAGAIN at once instead, and the caller retries on a timer (SocketFaultChannel.
+  // connectAsync). AF_UNIX connects never return EINPROGRESS.
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (s < 0) return Status::Errno(errno, "connect '" + path + "': socket");
-  // A full listen backlog would block connect(2) indefinitely; bound it.
-  struct timeval tv = {5, 0};
-  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   int r;
   do {
     r = connect(s, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr);
@@ -426,10 +427,17 @@ Status UnixConnect(const std::string& path, int* fd) {
   if (r != 0) {
     int e = errno;
     close(s);
-    return Status::Errno(e == EINPROGRESS ? ETIMEDOUT : e, "connect '" + path + "'");
+    if (e == EAGAIN) return Status::Errno(EAGAIN, "connect '" + path + "': the listen backlog is full (try again)");
+    return Status::Errno(e, "connect '" + path + "'");
   }
-  struct timeval zero = {0, 0};
-  setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &zero, sizeof zero);
+  // Back to a blocking descriptor, as the channel was always given one (its own
+  // I/O uses MSG_DONTWAIT and poll).
+  int fl = fcntl(s, F_GETFL);
+  if (fl < 0 || fcntl(s, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+    int e = errno;
+    close(s);
+    return Status::Errno(e, "connect '" + path + "': fcntl");
+  }
   *fd = s;
   return Status::Ok();
 }

@@ -125,7 +125,8 @@ class SocketChannel : public Channel {
 };
 
 // Connects a SOCK_STREAM socket to a UNIX socket path (close-on-exec). For the
-// client side of daemon mode; the caller owns and closes the fd.
+// client side of daemon mode; the caller owns and closes the fd. Never waits: a
+// full listen backlog is EAGAIN (retry later).
 Status UnixConnect(const std::string& path, int* fd);
 
 }  // namespace daxmap

@@ -13,8 +13,10 @@ import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../service/protocol';
 import { Rpc, type RpcChannel } from './rpc';
 import { SocketRpc } from './socket-rpc';
-import { openDevice, type DeviceStorage } from '../device/device';
-import { SocketFaultChannel } from '../native/socket-channel';
+import type { DeviceStorage } from '../device/device';
+import { openVerifiedDevice, parseIdentity } from '../device/identity';
+import { DEFAULT_CONNECT_TIMEOUT_MS, SocketFaultChannel, type ConnectTimeoutOptions } from '../native/socket-channel';
+import { Deadline, checkSignal, checkTimeout } from '../deadline';
 
 
 export interface CreateOptions {
@@ -48,6 +50,9 @@ export interface MapRequestOptions {
   /** Answer whole aligned 2 MiB windows where the file allows (default true). */
   faultAround?: boolean;
 }
+
+/** Pool.connect(): `timeoutMs` (default 10 000, Infinity for none) bounds the whole connect; `signal` aborts it. */
+export type ConnectOptions = ConnectTimeoutOptions;
 
 export interface OpenFileOptions {
   /** Create the file when it does not exist (default false). */
@@ -89,7 +94,7 @@ export class Pool {
     /** @internal */ readonly hello: Hello,
     private readonly worker: Worker | null,
     /** daemon mode: this process's own handle on the device, and its fault connection */
-    private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null } | null = null,
+    private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null; mapError: DaxmapError | null } | null = null,
   ) {
     rpc.onNotice = (n) => {
       if (n.notice === 'closed') this.lost(daxError('ECLOSED', 'its owner closed it'));
@@ -103,37 +108,53 @@ export class Pool {
    * embedded API. Mapping needs this process to be able to open the pool's device
    * itself (read-write); faults are forwarded to the daemon natively, so a thread
    * blocked in a fault is answered whatever the JS threads do.
+   *
+   * `opts.timeoutMs` (default 10 000; Infinity: none) bounds the whole connect —
+   * connection, hello, device check, fault channel — and rejects with ETIMEDOUT;
+   * `opts.signal` aborts it (an AbortError, code ABORT_ERR). Nothing here blocks the
+   * event loop: a full listen backlog is retried on a timer.
    */
-  static async connect(socketPath: string): Promise<Pool> {
+  static async connect(socketPath: string, opts: ConnectOptions = {}): Promise<Pool> {
     if (typeof socketPath !== 'string' || socketPath.length === 0) throw daxError('EINVAL', 'socket path must be a non-empty string');
-    const rpc = await SocketRpc.connect(socketPath);
+    if (typeof opts !== 'object' || opts === null) throw daxError('EINVAL', 'connect options must be an object');
+    const dl = new Deadline(`connect to daxmapd at '${socketPath}'`, checkTimeout(opts.timeoutMs, DEFAULT_CONNECT_TIMEOUT_MS), checkSignal(opts.signal));
+    dl.check('connection');
+    const rpc = await SocketRpc.connect(socketPath, dl);
     let device: DeviceStorage | null = null;
     let channel: SocketFaultChannel | null = null;
     try {
-      const h = await rpc.call<{ session: string; device: string; mayMap: boolean }>('hello', [{ pid: process.pid }]);
+      const h = await dl.race(rpc.call<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]), 'answer to hello');
+      // Mapping installs ranges of this process's own descriptor of the device: it
+      // must be daxmapd's device, proved through that descriptor (pool UUID, st_dev/
+      // st_ino), or map() refuses with the reason (ENOENT, EACCES, EXDEV, ...).
+      let mapError: DaxmapError | null = null;
       if (h.mayMap) {
+        const theirs = parseIdentity(h.identity);
         try {
-          device = openDevice(h.device, { view: false });
-        } catch {
-          device = null; // no direct access for this process: map() will say so
+          if (theirs === null) throw daxError('EPROTO', `daxmapd did not say which device it serves (an older daemon?); cannot prove '${h.device}' is it`);
+          device = openVerifiedDevice(h.device, theirs);
+        } catch (err) {
+          device = null;
+          mapError = err as DaxmapError;
         }
       }
       let pool: Pool | null = null;
       if (device) {
-        await rpc.call('attachDevice', [device.deviceId]);
-        channel = SocketFaultChannel.connect(socketPath, {
+        await dl.race(rpc.call('attachDevice', [device.deviceId]), 'answer to attachDevice');
+        channel = await SocketFaultChannel.connectWithin(socketPath, {
           session: BigInt(h.session),
           ref: false,
           onClose: () => pool?.lost(),
-        });
+        }, dl);
+        dl.check('fault channel');
       }
-      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel });
+      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel, mapError });
       rpc.onGone = () => pool?.lost();
       return pool;
     } catch (err) {
       channel?.close();
       device?.close();
-      rpc.close();
+      rpc.destroy();
       throw err;
     }
   }
@@ -298,6 +319,13 @@ export class Pool {
     return this.rpc.call<T>(op, args);
   }
 
+  /** @internal Why this process may not map (daemon mode): a fresh error per call. */
+  cannotMap(name: string): DaxmapError {
+    const e = this.remote?.mapError;
+    if (!e) return daxError('EACCES', `map '${name}': this process cannot open the pool's device '${this.hello.path}' itself, so it may not map it`);
+    return daxError(e.code, `map '${name}': ${e.message.replace(/^[A-Z_]+: /, '')}`, { ...(e.path !== undefined ? { path: e.path } : {}), cause: e });
+  }
+
   /** @internal */
   forgetFile(f: PoolFile): void {
     this.files.delete(f);
@@ -410,9 +438,7 @@ export class PoolFile {
       if (length <= 0) throw daxError('EINVAL', `file '${this.name}' has no bytes at offset ${offset} to map; give a length`);
     }
     const o: MapOptions = { private: req.private === true, sync: req.sync === true, faultAround: req.faultAround !== false };
-    if (this.pool.hello.channel === 0) {
-      throw daxError('EACCES', `map '${this.name}': this process cannot open the pool's device '${this.pool.path}' itself, so it may not map it`);
-    }
+    if (this.pool.hello.channel === 0) throw this.pool.cannotMap(this.name);
     const regionLength = Math.ceil(length / PAGE) * PAGE;
     if (regionLength > MAX_MAPPING) {
       throw daxError('EINVAL', `map '${this.name}': ${length} bytes is more than one Buffer of this runtime holds ` +

@@ -6,6 +6,7 @@ import { daxError, type DaxmapError } from '../errors';
 import { CONTROL_MAGIC, ControlReader, encodeFrame, restorePayload } from '../daemon/control';
 import type { Notice, Response } from '../service/protocol';
 import type { RpcChannel } from './rpc';
+import type { Deadline } from '../deadline';
 
 export class SocketRpc implements RpcChannel {
   private nextId = 1;
@@ -32,19 +33,33 @@ export class SocketRpc implements RpcChannel {
     this.idle();
   }
 
-  static connect(path: string): Promise<SocketRpc> {
-    return new Promise((resolve, reject) => {
+  /**
+   * Connects within `dl` (its time limit and signal): a full listen backlog
+   * (EAGAIN) is retried on a timer; ETIMEDOUT or an AbortError when `dl` runs out.
+   */
+  static async connect(path: string, dl: Deadline): Promise<SocketRpc> {
+    for (let backoff = 1; ; backoff = Math.min(backoff * 2, 50)) {
       const sock = net.connect(path);
-      sock.once('connect', () => {
+      sock.on('error', () => {});
+      const r = await dl.race(new Promise<NodeJS.ErrnoException | null>((resolve) => {
+        sock.once('connect', () => resolve(null));
+        sock.once('error', (err: NodeJS.ErrnoException) => resolve(err));
+      }), 'connection').catch((err: unknown) => {
+        sock.destroy();
+        throw err;
+      });
+      if (r === null) {
         sock.removeAllListeners('error');
         sock.write(CONTROL_MAGIC);
-        resolve(new SocketRpc(sock));
-      });
-      sock.once('error', (err: NodeJS.ErrnoException) => {
-        const code = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? err.code : (err.code ?? 'EIO');
-        reject(daxError(code, `cannot connect to daxmapd at '${path}': ${err.message}. Is daxmapd running (npm start)?`));
-      });
-    });
+        return new SocketRpc(sock);
+      }
+      sock.destroy();
+      if (r.code !== 'EAGAIN') {
+        const code = r.code === 'ENOENT' || r.code === 'ECONNREFUSED' ? r.code : (r.code ?? 'EIO');
+        throw daxError(code, `cannot connect to daxmapd at '${path}': ${r.message}. Is daxmapd running (npm start)?`);
+      }
+      await dl.sleep(backoff, 'connection (the listen backlog stayed full)');
+    }
   }
 
   call<T>(op: string, args: unknown[] = []): Promise<T> {
@@ -65,6 +80,11 @@ export class SocketRpc implements RpcChannel {
 
   close(): void {
     this.sock.end();
+  }
+
+  /** Drops the connection now (a connect that failed half-way): pending calls reject with ECLOSED. */
+  destroy(): void {
+    this.sock.destroy();
   }
 
   private receive(m: Response | Notice, payload: Buffer | null): void {

@@ -4,8 +4,9 @@
 // protocol of docs/wire.md, spoken natively by the client's agent). The first byte
 // tells them apart: "D" (DXC1) for control, 0x04 (a wire HELLO) for faults.
 import fs from 'node:fs';
-import nodePath from 'node:path';
+
 import net from 'node:net';
+import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { daxError, isDaxError } from '../errors';
@@ -16,6 +17,7 @@ import type { FaultEvent } from '../native/frames';
 import { monotonicNow } from '../native/engine';
 import { ControlReader, encodeFrame, restorePayload } from './control';
 import { RemoteClient, readFaultHello } from './remote-client';
+import type { DeviceIdentity } from '../device/identity';
 
 export interface DaemonOptions {
   device: string;
@@ -103,7 +105,7 @@ export function checkSocketPath(socketPath: string): void {
   if (bytes > MAX_SOCKET_PATH) {
     throw daxError('ENAMETOOLONG', `socket path '${socketPath}' is ${bytes} bytes; a UNIX socket path may have at most ${MAX_SOCKET_PATH}`);
   }
-  const dir = nodePath.dirname(nodePath.resolve(socketPath));
+  const dir = path.dirname(path.resolve(socketPath));
   let st: fs.Stats;
   try {
     st = fs.statSync(dir);
@@ -147,21 +149,28 @@ export class Daemon {
   private readonly sessions = new Map<string, Session>();
   private stopping: Promise<void> | null = null;
   readonly started = Date.now();
+  /** The device as clients must find it: the pool's UUID and fstat of our own descriptor. */
+  private readonly identity: DeviceIdentity;
 
   private constructor(readonly service: Service, private readonly opts: DaemonOptions) {
+    this.identity = service.deviceIdentity();
     this.server = net.createServer((sock) => this.accept(sock));
     this.server.on('error', (err) => opts.log.error({ err }, 'listening socket error'));
   }
 
   /** Opens (or creates and formats) the device, then listens on the socket. */
-  static async start(opts: DaemonOptions): Promise<Daemon> {
-    checkSocketPath(opts.socket);
+  static async start(given: DaemonOptions): Promise<Daemon> {
+    checkSocketPath(given.socket);
+    // Clients open the device path we hand them, from their own cwd: it must be
+    // absolute (they still prove it is the same device before mapping).
+    const opts = { ...given, device: path.resolve(given.device) };
     await claimSocketPath(opts.socket);
     const exists = fs.existsSync(opts.device);
     const service = await Service.start(exists ? { device: opts.device, mode: 'open' } : { device: opts.device, mode: 'create', size: opts.size }, false);
     if (!exists) opts.log.info({ device: opts.device, size: opts.size }, 'created and formatted the pool device');
-    const d = new Daemon(service, opts);
+    let d: Daemon;
     try {
+      d = new Daemon(service, opts);
       await d.listen();
     } catch (err) {
       await service.close();
@@ -226,7 +235,8 @@ export class Daemon {
   private mayMap(peer: Peer): boolean {
     if (peer.uid === 0) return true;
     try {
-      const st = fs.statSync(this.opts.device);
+      // The device itself (our descriptor), not whatever its path names now.
+      const st = this.service.deviceOwner();
       return (permBits(peer, st.uid, st.gid, st.mode) & 6) === 6;
     } catch {
       return false;
@@ -283,7 +293,7 @@ export class Daemon {
         session = { token, conn, client, peer, control: sock };
         this.sessions.set(token.toString(), session);
         log.info({ clientPid: peer.pid, uid: peer.uid, gid: peer.gid, mayMap }, 'client connected');
-        send({ id, ok: true, value: { session: token.toString(), device: this.opts.device, daemonPid: process.pid, mayMap } });
+        send({ id, ok: true, value: { session: token.toString(), device: this.opts.device, identity: this.identity, daemonPid: process.pid, mayMap } });
         return;
       }
       if (op === 'attachDevice') {

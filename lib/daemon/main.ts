@@ -14,7 +14,8 @@ Serve a daxmap pool to client processes over a UNIX socket (Pool.connect).
 
 Options:
   --device PATH      the pool device: a tmpfs or regular file, or /dev/daxX.Y
-                     (default /dev/shm/daxmap.pool; created and formatted when missing)
+                     (default /dev/shm/daxmap.pool; created and formatted when missing;
+                     a relative path is resolved against the current directory)
   --size SIZE        size of a device created here (default 1G; 512M, 2GiB, ...)
   --socket PATH      the listening socket (default $XDG_RUNTIME_DIR/daxmap.sock,
                      else /tmp/daxmap.sock); created mode 0660

@@ -98,6 +98,8 @@ export interface NativeAddon {
   deviceZero(id: number, offset: number, length: number): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   deviceClose(id: number): void;
+  /** fstat of the device's own descriptor, and its first `length` bytes (≤ 1 MiB) read through it. */
+  deviceIdentify(id: number, length: number): { dev: bigint; ino: bigint; rdev: bigint; charDevice: boolean; mode: number; uid: number; gid: number; head: Buffer };
 }
 
 let cached: NativeAddon | undefined;

@@ -2,7 +2,8 @@
 // (daemon mode). Forwarding is native (an I/O thread per channel), so a client whose
 // main thread is blocked in a fault is still answered. Regions bind to it exactly
 // like to a FaultChannel.
-import { daxError, type DaxmapError } from '../errors';
+import { daxError, isDaxError, type DaxmapError } from '../errors';
+import { Deadline, checkSignal, checkTimeout } from '../deadline';
 import { native, type SocketChannelInfo } from './addon';
 
 export interface SocketChannelOptions {
@@ -18,6 +19,15 @@ export interface SocketChannelOptions {
   /** Whether the open channel keeps the event loop alive (default true). */
   ref?: boolean;
 }
+
+export interface ConnectTimeoutOptions {
+  /** Give up after this many ms with ETIMEDOUT (default 10 000; Infinity: never). */
+  timeoutMs?: number;
+  /** Abort: rejects with an AbortError (code ABORT_ERR). */
+  signal?: AbortSignal;
+}
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 class ConnectTo {
   constructor(readonly path: string) {}
@@ -58,12 +68,39 @@ export class SocketFaultChannel {
     if (opts.ref === false) native().channelRefSocket(this.id, false);
   }
 
-  /** Connects to the daemon's socket at `path` and opens a channel over the connection. */
+  /**
+   * Connects to the daemon's socket at `path` and opens a channel over the
+   * connection. Never waits: a listen backlog that is full throws `EAGAIN` (see
+   * connectAsync, which retries).
+   */
   static connect(path: string, opts: SocketChannelOptions): SocketFaultChannel {
     if (typeof path !== 'string' || path.length === 0 || path.includes('\0') || Buffer.byteLength(path) > 107) {
       throw daxError('EINVAL', `socket path must be a non-empty string of at most 107 bytes without NUL`);
     }
     return new (SocketFaultChannel as new (t: number | ConnectTo, o: SocketChannelOptions) => SocketFaultChannel)(new ConnectTo(path), opts);
+  }
+
+  /**
+   * connect(), retried on a timer while the daemon's listen backlog is full, within
+   * `timeoutMs` (default 10 s; `ETIMEDOUT` after) and until `signal` aborts
+   * (`AbortError`, code `ABORT_ERR`). The event loop runs meanwhile.
+   */
+  static async connectAsync(path: string, opts: SocketChannelOptions & ConnectTimeoutOptions): Promise<SocketFaultChannel> {
+    const dl = new Deadline(`connect a fault channel to '${path}'`, checkTimeout(opts.timeoutMs, DEFAULT_CONNECT_TIMEOUT_MS), checkSignal(opts.signal));
+    return SocketFaultChannel.connectWithin(path, opts, dl);
+  }
+
+  /** @internal connectAsync within a caller's deadline (Pool.connect: one limit for every step). */
+  static async connectWithin(path: string, opts: SocketChannelOptions, dl: Deadline): Promise<SocketFaultChannel> {
+    for (let backoff = 1; ; backoff = Math.min(backoff * 2, 50)) {
+      dl.check('connection');
+      try {
+        return SocketFaultChannel.connect(path, opts);
+      } catch (err) {
+        if (!isDaxError(err, 'EAGAIN')) throw err;
+      }
+      await dl.sleep(backoff, 'connection (the listen backlog stayed full)');
+    }
   }
 
   /** Closed by close(), or died (see `reason`). */

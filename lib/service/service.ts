@@ -12,6 +12,7 @@ import { logger } from '../log';
 import { lockdep } from '../lock/index';
 import { Pool as LocalPool, PoolFile as LocalFile } from '../pool/pool';
 import { poolInternals, type PoolInternals } from '../pool/internal';
+import { statIdentity, statOwner, type DeviceIdentity } from '../device/identity';
 import { FaultPolicy, type Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
 import { PAGE } from '../fault/states';
@@ -135,6 +136,16 @@ export class Service {
 
   get path(): string {
     return this.pool.path;
+  }
+
+  /** The pool's UUID and what fstat says of the service's own device descriptor (daxmapd tells its clients). */
+  deviceIdentity(): DeviceIdentity {
+    return statIdentity(this.internals.storage, this.internals.core.sb.uuid);
+  }
+
+  /** Mode and owner of the service's own device descriptor (fstat): who may open that device. */
+  deviceOwner(): { mode: number; uid: number; gid: number } {
+    return statOwner(this.internals.storage);
   }
 
   hello(): Hello {

@@ -105,6 +105,36 @@ Napi::Value DeviceClose(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// deviceIdentify(id, length) → { dev, ino, rdev: bigint, charDevice, mode, uid, gid, head: Buffer }:
+// fstat of the device's own descriptor and its first `length` bytes read through it.
+Napi::Value DeviceIdentify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "identify");
+  if (!dev) return env.Undefined();
+  uint64_t len = U64Arg(info, 1);
+  if (len > (1u << 20)) {
+    ThrowErrno(env, EINVAL, "identify: at most 1 MiB of the device");
+    return env.Undefined();
+  }
+  Napi::Buffer<uint8_t> head = Napi::Buffer<uint8_t>::New(env, static_cast<size_t>(len));
+  DeviceIdentity id;
+  Status s = dev->Identify(&id, head.Data(), static_cast<size_t>(len));
+  if (!s.ok()) {
+    ThrowStatus(env, s);
+    return env.Undefined();
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("dev", Napi::BigInt::New(env, id.dev));
+  o.Set("ino", Napi::BigInt::New(env, id.ino));
+  o.Set("rdev", Napi::BigInt::New(env, id.rdev));
+  o.Set("charDevice", Napi::Boolean::New(env, id.char_device));
+  o.Set("mode", Napi::Number::New(env, id.mode));
+  o.Set("uid", Napi::Number::New(env, id.uid));
+  o.Set("gid", Napi::Number::New(env, id.gid));
+  o.Set("head", head);
+  return o;
+}
+
 }  // namespace
 
 void InitDevice(Napi::Env env, Napi::Object exports) {
@@ -113,6 +143,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("devicePersist", Napi::Function::New(env, DevicePersist, "devicePersist"));
   exports.Set("deviceZero", Napi::Function::New(env, DeviceZero, "deviceZero"));
   exports.Set("deviceClose", Napi::Function::New(env, DeviceClose, "deviceClose"));
+  exports.Set("deviceIdentify", Napi::Function::New(env, DeviceIdentify, "deviceIdentify"));
 }
 
 }  // namespace daxmap

@@ -25,12 +25,13 @@ export interface DaemonProc {
   stop(signal?: NodeJS.Signals, keepDevice?: boolean): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export async function startDaemon(opts: { device?: string; socket?: string; size?: string; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<DaemonProc> {
+export async function startDaemon(opts: { device?: string; socket?: string; size?: string; args?: string[]; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<DaemonProc> {
   const socket = opts.socket ?? tmpName('sock');
   const device = opts.device ?? `/dev/shm/daxmap-dtest-${process.pid}-${n++}.pool`;
   const proc = spawn(process.execPath, [DAEMON, '--device', device, '--socket', socket, '--size', opts.size ?? '64M', '--log-level', 'info', ...(opts.args ?? [])], {
     env: { ...process.env, DAXMAP_LOCKDEP: '1', DAXMAP_TEST_HOOKS: '1', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
   });
   const log: string[] = [];
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.on('exit', (code, signal) => res({ code, signal })));
@@ -69,12 +70,13 @@ export interface Client {
   kill(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export async function startClient(socket: string, opts: { uid?: number; gid?: number } = {}): Promise<Client> {
+export async function startClient(socket: string, opts: { uid?: number; gid?: number; cwd?: string } = {}): Promise<Client> {
   const proc = fork(path.join(FIXTURES, 'client.js'), [], {
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     env: { ...process.env, DAXMAP_SIGBUS_REPORT: '1' },
     ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
     ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
+    ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
   });
   proc.stderr!.on('data', () => {});
   proc.stdout!.on('data', () => {});
