@@ -7,9 +7,13 @@
 // ../../../dist exactly as it does in the checkout.
 //
 // The unprivileged side also must not inherit the test runner's preloads: tap puts
-// its loaders in NODE_OPTIONS and in process.execArgv (which fork() passes on), and
+// its loaders in process.execArgv (which fork() passes on) and in NODE_OPTIONS, and
 // they live in the checkout's node_modules (ERR_MODULE_NOT_FOUND as that user).
-// Staged scripts are plain JS, so every --import/--require/--loader is dropped.
+// Staged scripts are plain JS, so every --import/--require/--loader is dropped. An
+// environment without them is not enough: tap's process-info hook rewrites the
+// environment of every process spawned from a test (process-on-spawn) to put its
+// loader back into NODE_OPTIONS. So node is started through env(1), which sets
+// NODE_OPTIONS last, after that hook: see Stage.node().
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -150,11 +154,15 @@ export interface Stage {
   readonly gid: number;
   /** The staged copy of a path in the checkout (absolute, or relative to the checkout). */
   path(p: string): string;
+  /**
+   * The command line that runs node with `args` without preloads: env(1) setting
+   * NODE_OPTIONS to this process's less the preloads, then node with this process's
+   * execArgv less the preloads. Spawn argv[0] with the rest (or put a setpriv before it).
+   */
+  node(args: string[]): string[];
   /** The environment to run with: this one's, less the test runner's preloads, plus `extra`. */
   env(extra?: NodeJS.ProcessEnv): NodeJS.ProcessEnv;
-  /** process.execArgv less the preloads (for fork(), which passes execArgv on). */
-  readonly execArgv: string[];
-  /** Options for spawn/spawnSync/fork: the stage's user, environment, and the stage as cwd. */
+  /** Options for spawn/spawnSync: the stage's user, environment, and the stage as cwd. */
   spawnOptions(extra?: NodeJS.ProcessEnv): { uid: number; gid: number; cwd: string; env: NodeJS.ProcessEnv };
   remove(): void;
 }
@@ -196,6 +204,7 @@ export function stageFor(owner: { teardown(fn: () => void): void }, files: strin
     throw err;
   }
   const execArgv = withoutPreloads(process.execArgv);
+  const nodeOptions = unprivilegedEnv().NODE_OPTIONS ?? '';
   const stage: Stage = {
     root,
     uid: ids.uid,
@@ -205,21 +214,23 @@ export function stageFor(owner: { teardown(fn: () => void): void }, files: strin
       if (rel.startsWith('..')) throw new Error(`staging: ${p} is outside the checkout`);
       return path.join(root, rel);
     },
+    node: (args) => ['env', `NODE_OPTIONS=${nodeOptions}`, process.execPath, ...execArgv, ...args],
     env: (extra = {}) => ({ ...unprivilegedEnv(), ...extra }),
-    execArgv,
     spawnOptions: (extra = {}) => ({ uid: ids.uid, gid: ids.gid, cwd: root, env: stage.env(extra) }),
     remove,
   };
   // The check: that user loads the library, its dependencies and the addon from the stage.
-  const probe = spawnSync(process.execPath, [...execArgv, '-e', `
+  const [cmd, ...argv] = stage.node(['-e', `
     const { native } = require(${JSON.stringify(path.join(root, 'dist/native/addon.js'))});
     require(${JSON.stringify(path.join(root, 'dist/index.js'))});
     for (const p of ${JSON.stringify([...distRequires()])}) require(require.resolve(p, { paths: [${JSON.stringify(path.join(root, 'dist'))}] }));
     if (typeof native().uffdProbe !== 'function') throw new Error('the addon did not load');
-    console.log('staged ok');`], { ...stage.spawnOptions(), encoding: 'utf8', timeout: 30000 });
-  if (probe.stdout.trim() !== 'staged ok') {
+    console.log('staged ok');`]);
+  const probe = spawnSync(cmd!, argv, { ...stage.spawnOptions(), encoding: 'utf8', timeout: 30000 });
+  if ((probe.stdout ?? '').trim() !== 'staged ok') {
     remove();
-    const why = (probe.stderr || String(probe.error ?? probe.signal ?? probe.status)).trim().split('\n').find((l) => /Error|error/.test(l)) ?? probe.stderr.trim().split('\n')[0];
+    const lines = (probe.stderr ?? '').trim().split('\n');
+    const why = lines.find((l) => /Error/.test(l)) ?? (lines[0] || String(probe.error ?? probe.signal ?? probe.status));
     return `uid ${ids.uid} cannot load the library staged in ${base}: ${why}`;
   }
   owner.teardown(remove);

@@ -17,9 +17,8 @@ const MiB = 1 << 20;
 
 /** Runs the tool; with a stage, as its user and from it (see ../unprivileged.ts). */
 function cli(args: string[], stage?: Stage): { code: number | null; out: string; err: string } {
-  const r = stage
-    ? spawnSync(process.execPath, [stage.path('bin/daxmap'), ...args], { encoding: 'utf8', timeout: 30000, ...stage.spawnOptions() })
-    : spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 30000, cwd: '/' });
+  const [cmd, ...argv] = stage ? stage.node([stage.path('bin/daxmap'), ...args]) : [process.execPath, bin, ...args];
+  const r = spawnSync(cmd!, argv, { encoding: 'utf8', timeout: 30000, ...(stage ? stage.spawnOptions() : { cwd: '/' }) });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 

@@ -78,8 +78,9 @@ export interface Client {
 export async function startClient(socket: string, opts: { stage?: Stage } = {}): Promise<Client> {
   const script = path.join(FIXTURES, 'client.js');
   const s = opts.stage;
+  const [cmd, ...args] = s ? s.node([s.path(script)]) : [];
   const proc = s
-    ? fork(s.path(script), [], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], execArgv: s.execArgv, ...s.spawnOptions({ DAXMAP_SIGBUS_REPORT: '1' }) })
+    ? spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], ...s.spawnOptions({ DAXMAP_SIGBUS_REPORT: '1' }) })
     : fork(script, [], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: { ...process.env, DAXMAP_SIGBUS_REPORT: '1' } });
   let stderr = '';
   proc.stderr!.on('data', (d: Buffer) => {

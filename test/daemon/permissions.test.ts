@@ -25,7 +25,8 @@ const stage: Stage = staged;
 
 /** Run a script as nobody; its stdout, trimmed. */
 function asNobody(script: string): string {
-  const r = spawnSync(process.execPath, ['-e', script], { ...stage.spawnOptions(), encoding: 'utf8', timeout: 20000 });
+  const [cmd, ...args] = stage.node(['-e', script]);
+  const r = spawnSync(cmd!, args, { ...stage.spawnOptions(), encoding: 'utf8', timeout: 20000 });
   if (r.status !== 0) throw new Error(`nobody's script failed (${r.status ?? r.signal}): ${r.stderr}`);
   return r.stdout.trim();
 }
@@ -58,7 +59,7 @@ function rawAs(ids: { uid: number; gid: number; groups: number[] }, socket: stri
     s.on('data', (b) => { for (const f of r.push(b)) { out.push(f.json); next(); } });
     s.on('error', (e) => { console.log(JSON.stringify({ error: e.code })); process.exit(0); });`;
   const groups = ids.groups.length ? [`--groups=${ids.groups.join(',')}`] : ['--clear-groups'];
-  const r = spawnSync('setpriv', [`--reuid=${ids.uid}`, `--regid=${ids.gid}`, ...groups, process.execPath, '-e', script], { env: stage.env(), cwd: stage.root, encoding: 'utf8', timeout: 20000 });
+  const r = spawnSync('setpriv', [`--reuid=${ids.uid}`, `--regid=${ids.gid}`, ...groups, ...stage.node(['-e', script])], { env: stage.env(), cwd: stage.root, encoding: 'utf8', timeout: 20000 });
   if (r.status !== 0) throw new Error(`setpriv script failed (${r.status ?? r.signal}): ${r.stderr}`);
   return JSON.parse(r.stdout);
 }

@@ -118,7 +118,8 @@ export function runChild(script: string, args: string[] = [], opts: { env?: Node
   return new Promise((resolve, reject) => {
     const file = path.join(FIXTURES, script);
     const s = opts.stage;
-    const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), s ? s.path(file) : file, ...args], {
+    const [cmd, ...argv] = s ? s.node([...(opts.nodeArgs ?? []), s.path(file), ...args]) : [process.execPath, ...(opts.nodeArgs ?? []), file, ...args];
+    const child = spawn(cmd!, argv, {
       ...(s ? s.spawnOptions(opts.env) : { env: { ...process.env, ...opts.env } }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
