@@ -3,7 +3,8 @@
 import t from 'tap';
 import fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { startDaemon, startClient, until, DAEMON, PAGE, HUGE, tmpName } from './helpers';
+import { startDaemon, startClient, DAEMON, PAGE, HUGE, tmpName } from './helpers';
+import { until } from '../wait';
 import { fsckStorage } from '../../dist/pool/fsck';
 import { openDevice } from '../../dist/device/device';
 

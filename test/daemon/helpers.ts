@@ -16,18 +16,6 @@ export function tmpName(kind: string): string {
   return `/tmp/daxmap-dtest-${process.pid}-${Date.now()}-${n++}.${kind}`;
 }
 
-/**
- * Checks `cond` (which may ask a process something) until it holds; throws after
- * `ms`, naming `what`. For states that no event announces.
- */
-export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 20000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 export interface DaemonProc {
   proc: ChildProcess;
   socket: string;

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { forBackings, kernelTouch, runChild, poolPath, Pool, PAGE, HUGE, DIST, checkLockdep } from './helpers';
+import { until } from '../wait';
 import { fsckStorage } from '../../dist/pool/fsck';
 import { openDevice } from '../../dist/device/device';
 
@@ -113,7 +114,8 @@ forBackings(t, 'a full pool: the write fault gets SIGBUS, nothing is half done, 
   t.equal((await g.stat()).allocated, 0, 'nothing allocated');
   await f.punchHole(0, HUGE);
   // The failed page is taken back shortly after its SIGBUS; then it faults afresh.
-  while ((await pool.stats()).recovered < 1) await new Promise((r) => setTimeout(r, 5));
+  let last = s;
+  await until(async () => (last = await pool.stats()).recovered >= 1, 'the failed page to be taken back', { detail: () => last });
   m.buffer[HUGE + 5] = 9;
   t.equal(m.buffer[HUGE + 5], 9, 'with space again the same page faults and works');
   await m.unmap();
@@ -244,10 +246,9 @@ t.test('a service that dies: requests fail with ECLOSED, untouched pages get SIG
   const m = await f.map({ faultAround: false });
   t.equal(m.buffer[1], 7, 'an installed page');
   await pool.request('testExit');
-  await t.rejects(new Promise<void>((_res, rej) => {
-    const poll = (): void => void f.stat().then(() => setTimeout(poll, 10), rej);
-    poll();
-  }), { code: 'ECLOSED' }, 'requests fail once the service is gone');
+  let err: unknown;
+  await until(() => f.stat().then(() => false, (e: unknown) => ((err = e), true)), 'a request to fail');
+  t.match(err, { code: 'ECLOSED' }, 'requests fail once the service is gone');
   t.equal(await kernelTouch(m.buffer, 5 * PAGE), 'EFAULT', 'an untouched page: SIGBUS (EFAULT in a system call), no hang');
   t.equal(m.buffer[2], 7, 'an installed page still maps the device');
   await pool.close();
