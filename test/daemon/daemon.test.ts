@@ -4,8 +4,10 @@ import t from 'tap';
 import fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { startDaemon, startClient, DAEMON, PAGE, HUGE, tmpName } from './helpers';
+import { until } from '../wait';
 import { fsckStorage } from '../../dist/pool/fsck';
 import { openDevice } from '../../dist/device/device';
+import { Pool } from '../../dist/index';
 
 function fsckClean(device: string): string[] {
   const dev = openDevice(device, { exclusive: true });
@@ -112,16 +114,34 @@ t.test('a client killed while others wait on it: the daemon lets go of everythin
   });
   await a.call('open', { name: 'f', create: true });
   await a.call('truncate', { name: 'f', size: 4 * HUGE });
+  // g: blocks of A's that nobody maps, for a truncate with nothing to revoke.
+  await a.call('open', { name: 'g', create: true });
+  await a.call('write', { name: 'g', offset: 0, text: 'g'.repeat(4 * PAGE) });
   await b.call('open', { name: 'f' });
   await b.call('map', { name: 'f', id: 1 });
   await b.call('fill', { id: 1, offset: 0, length: 4 * HUGE, byte: 1 });
+  // B's threads are woken before its agent sends the daemon the RESULTS of those
+  // faults, and the daemon holds their locks until then: wait until every fault is
+  // complete (its latency recorded), so that B's pages are all that can hold A up.
+  type Stats = { faults: number; revokes: number; latencyUs: { count: number } };
+  let st: Stats | undefined;
+  await until(async () => {
+    st = await a.call<Stats>('stats');
+    return st.faults > 0 && st.latencyUs.count === st.faults;
+  }, 'B\'s faults to complete', { detail: () => st });
   // B stops answering: A's truncate must wait for B to give its pages back...
   b.proc.kill('SIGSTOP');
   // kill(2) returns before the process has stopped: wait until it has.
-  while (!/^\d+ \(.*\) T /.test(fs.readFileSync(`/proc/${b.pid}/stat`, 'utf8'))) await new Promise((r) => setTimeout(r, 5));
-  const truncating = a.call('truncate', { name: 'f', size: 0 });
-  const early = await Promise.race([truncating.then(() => 'done'), new Promise((r) => setTimeout(() => r('waiting'), 500))]);
-  t.equal(early, 'waiting', 'the truncate waits for the stopped client to revoke', { daemonLog: d.log.slice(-8) });
+  await until(() => /^\d+ \(.*\) T /.test(fs.readFileSync(`/proc/${b.pid}/stat`, 'utf8')), 'client B to stop');
+  const revokes0 = st!.revokes;
+  let settled = false;
+  const truncating = a.call('truncate', { name: 'f', size: 0 }).finally(() => (settled = true));
+  // The daemon counts a revoke as it sends it: then B's pages are all that holds the
+  // truncate up. A truncate that has nothing to revoke, asked for after that, gets
+  // through the same daemon and pool: had f's not waited for B, it would be done first.
+  await until(async () => (st = await a.call<Stats>('stats')).revokes > revokes0, 'the daemon to send B the revoke', { detail: () => st });
+  await a.call('truncate', { name: 'g', size: 0 });
+  t.equal(settled, false, 'the truncate waits for the stopped client to revoke', { daemonLog: d.log.slice(-8) });
   // ...until B dies: then nothing of B's holds it any more.
   await b.kill('SIGKILL');
   await truncating;
@@ -183,17 +203,22 @@ t.test('SIGTERM with faults in flight: every client thread is answered, the daem
   await a.call('map', { name: 'f', id: 1, opts: { faultAround: false } });
   // Make faults slow, then have a kernel-mode touch wait in one.
   await a.call('request', { op: 'testInject', args: [{ where: null }] });
-  // The first touch blocks the client's main thread in a fault; the others wait in
-  // its IPC queue and may run only after the Pool has heard the daemon is closing
-  // and detached the mapping (which of the two sockets the client's event loop
-  // reads first is up to the scheduler): those get ECLOSED from the detached
-  // buffer, having touched nothing. What none may do is hang.
-  const touches = [0, 1, 2, 3].map((i) => a.call('ktouch', { id: 1, offset: i * HUGE + PAGE }).catch((e: { code?: string }) => e.code));
+  // The client runs the touches one after the other; one that starts only after it
+  // learnt the daemon is gone finds the mapping detached (ECLOSED), as documented.
+  const touches = [0, 1, 2, 3].map((i) => a.call('ktouch', { id: 1, offset: i * HUGE + PAGE }).then((x) => x, (e: { code?: string }) => e.code ?? String(e)));
+  // Stop the daemon once the first touch has reached it (a fault counted), not before.
+  const watcher = await Pool.connect(d.socket);
+  await until(async () => (await watcher.stats()).faults >= 1, 'the first touch to reach the daemon');
+  await watcher.close();
   const r = await d.stop('SIGTERM');
   t.same(r, { code: 0, signal: null }, 'daxmapd exited 0');
   const results = await Promise.all(touches);
-  for (const x of results) t.ok(x === null || x === 'EFAULT' || x === 'ECLOSED', `a touch in flight got a page or SIGBUS, or found the mapping detached (${x})`);
-  // The client learnt the daemon is gone: its mappings are detached, calls fail.
+  t.ok(results[0] === null || results[0] === 'EFAULT', `the touch the daemon had got a page or SIGBUS (${results[0]})`);
+  for (const x of results.slice(1)) t.ok(x === null || x === 'EFAULT' || x === 'ECLOSED', `a later touch got a page or SIGBUS, or found the mapping detached (${x})`);
+  // The client learns the daemon is gone from its control connection, in its own
+  // time: once a call fails with ECLOSED, its mappings are detached too.
+  let last: unknown;
+  await until(() => a.call('read', { name: 'f', offset: 0, length: 1 }).then((v) => ((last = v), false), (e: { code?: string }) => ((last = e.code), e.code === 'ECLOSED')), 'a call to fail with ECLOSED', { detail: () => last });
   await t.rejects(a.call('ktouch', { id: 1, offset: 9 * HUGE }), { code: 'ECLOSED' }, 'the mapping was detached, nothing hangs');
   await t.rejects(a.call('read', { name: 'f', offset: 0, length: 1 }), { code: 'ECLOSED' });
 });

@@ -3,6 +3,7 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Stage } from '../unprivileged';
 
 export const ROOT = path.resolve(__dirname, '../..');
 export const DAEMON = path.join(ROOT, 'bin', 'daxmapd');
@@ -70,20 +71,28 @@ export interface Client {
   kill(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export async function startClient(socket: string, opts: { uid?: number; gid?: number; cwd?: string } = {}): Promise<Client> {
-  const proc = fork(path.join(FIXTURES, 'client.js'), [], {
-    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-    env: { ...process.env, DAXMAP_SIGBUS_REPORT: '1' },
-    ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
-    ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
-    ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+/**
+ * A client process (fixtures/client.js) connected to `socket`. With a `stage` it runs
+ * as the stage's user, from the stage (see ../unprivileged.ts): another user may not
+ * be able to read the checkout, nor load the test runner's preloads. `cwd`: where it runs.
+ */
+export async function startClient(socket: string, opts: { stage?: Stage; cwd?: string } = {}): Promise<Client> {
+  const script = path.join(FIXTURES, 'client.js');
+  const s = opts.stage;
+  const where = opts.cwd !== undefined ? { cwd: opts.cwd } : {};
+  const [cmd, ...args] = s ? s.node([s.path(script)]) : [];
+  const proc = s
+    ? spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], ...s.spawnOptions({ DAXMAP_SIGBUS_REPORT: '1' }), ...where })
+    : fork(script, [], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: { ...process.env, DAXMAP_SIGBUS_REPORT: '1' }, ...where });
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => {
+    if (stderr.length < 4096) stderr += d.toString();
   });
-  proc.stderr!.on('data', () => {});
   proc.stdout!.on('data', () => {});
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => proc.on('exit', (code, signal) => res({ code, signal })));
   await new Promise<void>((res, rej) => {
     proc.once('message', () => res());
-    proc.once('exit', (c) => rej(new Error(`client exited early (${c})`)));
+    proc.once('exit', (c, sig) => rej(new Error(`client exited early (${c ?? sig}): ${stderr.trim()}`)));
   });
   let seq = 0;
   const waiters = new Map<number, { res: (v: unknown) => void; rej: (e: Error) => void }>();

@@ -1,29 +1,38 @@
 // Who may do what through daxmapd: the socket's mode decides who may connect; a
 // file's mode and owner decide what a client may do with it; mapping needs the
-// device itself. The daemon runs as root; the unprivileged clients run as `nobody`.
+// device itself. The daemon runs as root; the unprivileged clients run as `nobody`
+// (and other uids), from a world-readable copy of the library (../unprivileged.ts),
+// so this works wherever the checkout lives.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { startDaemon, startClient, ROOT, type Client } from './helpers';
+import { startDaemon, startClient, type Client } from './helpers';
 import { RawControl, RawFault } from './fuzz-wire';
 import { Pool } from '../../dist/index';
-
-const NOBODY = 65534;
+import { stageFor, NOBODY, type Stage } from '../unprivileged';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'permission tests need root (they drop to nobody in child processes)');
   process.exit(0);
 }
+const staged = stageFor(t, ['test/daemon/fixtures/client.js']);
+if (typeof staged === 'string') {
+  t.plan(0, `permission tests run processes as nobody, and here ${staged}`);
+  process.exit(0);
+}
+const stage: Stage = staged;
 
 /** Run a script as nobody; its stdout, trimmed. */
 function asNobody(script: string): string {
-  const r = spawnSync(process.execPath, ['-e', script], { uid: NOBODY, gid: NOBODY, encoding: 'utf8', timeout: 20000, cwd: '/' });
+  const [cmd, ...args] = stage.node(['-e', script]);
+  const r = spawnSync(cmd!, args, { ...stage.spawnOptions(), encoding: 'utf8', timeout: 20000 });
   if (r.status !== 0) throw new Error(`nobody's script failed (${r.status ?? r.signal}): ${r.stderr}`);
   return r.stdout.trim();
 }
 
-const dist = (p: string): string => JSON.stringify(path.join(ROOT, 'dist', p));
+/** A module of the staged library, as a string literal for a script. */
+const dist = (p: string): string => JSON.stringify(stage.path(path.join('dist', p)));
 
 /**
  * Requests over a raw control connection, run with `setpriv` as any uid, primary gid
@@ -50,7 +59,7 @@ function rawAs(ids: { uid: number; gid: number; groups: number[] }, socket: stri
     s.on('data', (b) => { for (const f of r.push(b)) { out.push(f.json); next(); } });
     s.on('error', (e) => { console.log(JSON.stringify({ error: e.code })); process.exit(0); });`;
   const groups = ids.groups.length ? [`--groups=${ids.groups.join(',')}`] : ['--clear-groups'];
-  const r = spawnSync('setpriv', [`--reuid=${ids.uid}`, `--regid=${ids.gid}`, ...groups, process.execPath, '-e', script], { encoding: 'utf8', timeout: 20000, cwd: '/' });
+  const r = spawnSync('setpriv', [`--reuid=${ids.uid}`, `--regid=${ids.gid}`, ...groups, ...stage.node(['-e', script])], { env: stage.env(), cwd: stage.root, encoding: 'utf8', timeout: 20000 });
   if (r.status !== 0) throw new Error(`setpriv script failed (${r.status ?? r.signal}): ${r.stderr}`);
   return JSON.parse(r.stdout);
 }
@@ -103,7 +112,7 @@ t.test('--socket-mode 666: nobody connects, and gets what file modes and ownersh
   await mk('readable', 0o644, 'everyone may read');
   await mk('shared', 0o666, 'everyone may write');
 
-  nobody = await startClient(d.socket, { uid: NOBODY, gid: NOBODY });
+  nobody = await startClient(d.socket, { stage });
   const n = nobody;
 
   // its own files: create and use them

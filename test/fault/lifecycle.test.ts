@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { forBackings, kernelTouch, runChild, poolPath, Pool, PAGE, HUGE, DIST, checkLockdep } from './helpers';
+import { until } from '../wait';
 import { fsckStorage } from '../../dist/pool/fsck';
 import { openDevice } from '../../dist/device/device';
 
@@ -113,7 +114,8 @@ forBackings(t, 'a full pool: the write fault gets SIGBUS, nothing is half done, 
   t.equal((await g.stat()).allocated, 0, 'nothing allocated');
   await f.punchHole(0, HUGE);
   // The failed page is taken back shortly after its SIGBUS; then it faults afresh.
-  while ((await pool.stats()).recovered < 1) await new Promise((r) => setTimeout(r, 5));
+  let last = s;
+  await until(async () => (last = await pool.stats()).recovered >= 1, 'the failed page to be taken back', { detail: () => last });
   m.buffer[HUGE + 5] = 9;
   t.equal(m.buffer[HUGE + 5], 9, 'with space again the same page faults and works');
   await m.unmap();
@@ -245,10 +247,9 @@ t.test('a service that dies: requests fail with ECLOSED, the mappings are detach
   t.equal(m.buffer[1], 7, 'an installed page');
   const kept = m.buffer;
   await pool.request('testExit');
-  await t.rejects(new Promise<void>((_res, rej) => {
-    const poll = (): void => void f.stat().then(() => setTimeout(poll, 10), rej);
-    poll();
-  }), { code: 'ECLOSED' }, 'requests fail once the service is gone');
+  let err: unknown;
+  await until(() => f.stat().then(() => false, (e: unknown) => ((err = e), true)), 'a request to fail');
+  t.match(err, { code: 'ECLOSED' }, 'requests fail once the service is gone');
   // The Pool learnt of the death: as with a dead daemon, its mappings are detached. A
   // touch before it learnt is SIGBUS, never a hang: test/client/lifecycle.test.ts.
   t.equal(m.mapped, false, 'the mapping is detached');

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import fs from 'node:fs';
 import { forBackings, kernelTouch, rss, PAGE, HUGE, DIST, Pool } from './helpers';
+import { until } from '../wait';
 
 forBackings(t, 'reading holes and unwritten extents maps the zero page, allocates nothing', async (t, { pool }) => {
   const f = await pool.openFile('holes', { create: true });
@@ -169,7 +170,7 @@ forBackings(t, 'injected failures on the 2 MiB and 4 KiB paths: SIGBUS, no lock 
     t.equal(await kernelTouch(m2.buffer, off), 'EFAULT', `the failing fault on the ${where} path answered SIGBUS`);
     await pool.request('testInject', [{ where: null }]);
     // The SIGBUS answered that access only: the page is taken back right after.
-    while ((await pool.stats()).recovered === r0) await new Promise((r) => setTimeout(r, 5));
+    await until(async () => (await pool.stats()).recovered > r0, `the failed page (${where}) to be taken back`);
     m2.buffer[off + 1] = 7;
     t.equal(m2.buffer[off + 1], 7, `the next fault on that range (${where}) completed`);
     if (m2 !== m) await m2.unmap();

@@ -9,6 +9,18 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { forBackings, FIXTURES, PAGE, HUGE } from './helpers';
 
+/** Waits (on the workers' Atomics.notify, not by polling) until a[0] >= n; fails after `ms`. */
+async function counted(a: Int32Array, n: number, what: string, ms = 60000): Promise<void> {
+  const waitAsync = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, ms: number): { async: boolean; value: Promise<string> | string } }).waitAsync;
+  const end = Date.now() + ms;
+  for (let v = Atomics.load(a, 0); v < n; v = Atomics.load(a, 0)) {
+    const left = end - Date.now();
+    if (left <= 0) throw new Error(`timed out after ${ms} ms waiting for ${what} (${v} of ${n})`);
+    const w = waitAsync(a, 0, v, left);
+    if (w.async) await w.value;
+  }
+}
+
 for (const [label, faultAround, stride] of [['4 KiB path', false, PAGE], ['2 MiB path', true, HUGE]] as const) {
   forBackings(t, `rule 1: simultaneous write faults on one hole, ${label}: no store is lost`, async (t, { pool }) => {
     const N = 3;
@@ -33,7 +45,7 @@ for (const [label, faultAround, stride] of [['4 KiB path', false, PAGE], ['2 MiB
       // Release every worker at once into the round's untouched window.
       Atomics.store(gen, 0, r + 1);
       Atomics.notify(gen, 0);
-      while (Atomics.load(done, 0) < (r + 1) * N) await new Promise((res) => setImmediate(res));
+      await counted(done, (r + 1) * N, `round ${r}: every worker's stores`);
     }
     t.same(await finished, Array(N).fill('finished'));
     await Promise.all(workers.map((w) => w.terminate()));

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { probeUffd, agentStats } from '../../dist/native/engine';
 import { runChild } from './helpers';
+import { stageFor, NOBODY } from '../unprivileged';
 
 t.test('userfaultfd opens with the features daxmap needs', async (t) => {
   const info = probeUffd();
@@ -28,23 +29,24 @@ function checkEuffd(t: Test, out: any, region: any): void {
 }
 
 // A real denial: an unprivileged user on this machine (vm.unprivileged_userfaultfd=0,
-// /dev/userfaultfd root-only). Needs the checkout to be readable by that user.
+// /dev/userfaultfd root-only). That user runs a staged copy of the library, so this
+// works wherever the checkout lives (../unprivileged.ts).
 t.test('EUFFD for an unprivileged user', async (t) => {
-  const nobody = 65534;
   const sysctl = fs.readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim();
   const devMode = fs.statSync('/dev/userfaultfd', { throwIfNoEntry: false })?.mode ?? 0;
   if (process.getuid?.() !== 0 || sysctl !== '0' || (devMode & 0o006) !== 0) {
     t.skip('needs root to drop to an unprivileged user, and a machine where that user is denied userfaultfd');
     return;
   }
-  const probe = await runChild('euffd-child.js', [], { uid: nobody, gid: nobody, cleanEnv: true });
-  // (The test runner's own exit hook may complain on stderr that it cannot write
-  // its files as that user; only the child's stdout matters.)
-  const lines = probe.stdout.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
-  if (lines.length < 2) {
-    t.skip(`the checkout is not readable by uid ${nobody}: ${probe.stderr.trim().split('\n')[0]}`);
+  const stage = stageFor(t, ['test/native/fixtures/euffd-child.js'], { uid: NOBODY, gid: NOBODY });
+  if (typeof stage === 'string') {
+    t.skip(`cannot run as uid ${NOBODY}: ${stage}`);
     return;
   }
+  const probe = await runChild('euffd-child.js', [], { stage });
+  t.equal(probe.code, 0, `the probe ran as uid ${NOBODY}`, { stderr: probe.stderr });
+  const lines = probe.stdout.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  t.equal(lines.length, 2, 'it reported the probe and the region', { stdout: probe.stdout });
   checkEuffd(t, lines[0], lines[1]);
 });
 

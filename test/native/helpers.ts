@@ -6,6 +6,7 @@ import path from 'node:path';
 import os from 'node:os';
 import fs from 'node:fs';
 import { openDevice, type DeviceStorage } from '../../dist/device/device';
+import type { Stage } from '../unprivileged';
 
 export const DIST = path.resolve(__dirname, '../../dist');
 export const FIXTURES = path.join(__dirname, 'fixtures');
@@ -108,16 +109,19 @@ export interface ChildResult {
   stderr: string;
 }
 
-/** Runs a fixture script in a child process (a behaviour that kills a process is tested there). */
-export function runChild(script: string, args: string[] = [], opts: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; nodeArgs?: string[]; cleanEnv?: boolean } = {}): Promise<ChildResult> {
+/**
+ * Runs a fixture script in a child process (a behaviour that kills a process is
+ * tested there). With a `stage`, the staged copy of the fixture runs as the stage's
+ * user, without the test runner's preloads (see ../unprivileged.ts).
+ */
+export function runChild(script: string, args: string[] = [], opts: { env?: NodeJS.ProcessEnv; stage?: Stage; timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), path.join(FIXTURES, script), ...args], {
-      // cleanEnv: without the test runner's NODE_OPTIONS hooks (they write coverage
-      // into .tap/, which another user cannot).
-      env: opts.cleanEnv ? { PATH: process.env.PATH ?? '/usr/bin:/bin', ...opts.env } : { ...process.env, ...opts.env },
+    const file = path.join(FIXTURES, script);
+    const s = opts.stage;
+    const [cmd, ...argv] = s ? s.node([...(opts.nodeArgs ?? []), s.path(file), ...args]) : [process.execPath, ...(opts.nodeArgs ?? []), file, ...args];
+    const child = spawn(cmd!, argv, {
+      ...(s ? s.spawnOptions(opts.env) : { env: { ...process.env, ...opts.env } }),
       stdio: ['ignore', 'pipe', 'pipe'],
-      ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
-      ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
     });
     let stdout = '';
     let stderr = '';

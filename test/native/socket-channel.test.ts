@@ -228,7 +228,11 @@ t.test('close from JS: BYE, waiting faults fail, later faults fail', async (t) =
   t.throws(() => ch.info(), { code: 'ECLOSED' });
   ch.close();
   t.pass('close is idempotent');
-  await new Promise((res) => setTimeout(res, 50));
+  // The I/O thread reports every stop, the owner's close included, to the channel's
+  // JS side (which keeps the reason and calls onClose only for a death): once the
+  // reason is here, onClose would have been called by now.
+  await waitFor(() => ch.reason !== undefined, 'the I/O thread to report the close');
+  t.match(ch.reason, /^ECLOSED: .*closed by its owner/, 'it reported the owner\'s close');
   t.equal(called, false, 'onClose is not called for the owner\'s own close');
   fs.closeSync(fd);
   r.close();

@@ -8,6 +8,7 @@ import { poolInternals } from '../../dist/pool/internal.js';
 import { withOperation, lockdep } from '../../dist/lock/index.js';
 import { memPool, B } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
+import { until } from '../wait.ts';
 
 useLockdep(t);
 
@@ -168,9 +169,12 @@ t.test('mtime changes are logged by fsync', async (t) => {
   const { pool, storage } = memPool(8 << 20, { trackPersistence: true });
   const f = await pool.openFile('f', { create: true });
   await f.write(Buffer.alloc(B), 0);
-  await new Promise((r) => setTimeout(r, 5));
+  const m0 = (await f.stat()).mtimeMs;
+  // mtime is in ms: once the clock has passed it, the overwrite gives a new one.
+  await until(() => Date.now() > m0, 'the clock to pass the first write\'s mtime', { ms: 5000 });
   await f.write(Buffer.from('x'), 0); // overwrite: no metadata change but mtime
   const m = (await f.stat()).mtimeMs;
+  t.ok(m > m0, 'the overwrite changed mtime');
   await f.fsync();
   const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   t.equal((await (await p2.openFile('f')).stat()).mtimeMs, m);
