@@ -89,8 +89,8 @@ export class FaultPolicy {
   private evicting = false;
   /** How long a SIGBUS for a failed fault stands before the page is taken back. */
   transientPoisonMs = 20;
-  /** Test seam: throw from inside a fault after its locks are taken. */
-  inject: ((where: 'huge' | 'page', m: MapRequest) => void) | null = null;
+  /** Test seam: throw from (or wait inside) a fault after its locks are taken. */
+  inject: ((where: 'huge' | 'page', m: MapRequest) => void | Promise<void>) | null = null;
 
   constructor(private readonly pool: PoolInternals) {
     pool.setInvalidator((f, off, len) => this.invalidate(f, off, len));
@@ -320,7 +320,7 @@ export class FaultPolicy {
   private async resolveRead(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
     const win = this.hugeWindow(m, fileOff);
     if (win) {
-      this.inject?.('huge', m);
+      await this.inject?.('huge', m);
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
       const p0 = win.regionOff / PAGE;
       if (c.allWritten && c.contiguous && c.devStart % HUGE === 0) {
@@ -336,7 +336,7 @@ export class FaultPolicy {
         // Fell back: answer the faulting page alone, below.
       }
     }
-    this.inject?.('page', m);
+    await this.inject?.('page', m);
     const x = this.pool.lookup(m.inode, fileOff);
     this.countExtent(m, x.state);
     this.bump(m, 'pte');
@@ -369,7 +369,7 @@ export class FaultPolicy {
     }
     const win = write ? null : this.hugeWindow(m, fileOff);
     if (win && m.states.allNone(win.regionOff / PAGE, (win.regionOff + HUGE) / PAGE)) {
-      this.inject?.('huge', m);
+      await this.inject?.('huge', m);
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
       if (c.allWritten) {
         this.bump(m, 'written');
@@ -383,7 +383,7 @@ export class FaultPolicy {
         if (await this.zero(m, win.regionOff, HUGE)) return;
       }
     }
-    this.inject?.('page', m);
+    await this.inject?.('page', m);
     const x = this.pool.lookup(m.inode, fileOff);
     this.countExtent(m, x.state);
     this.bump(m, 'pte');
@@ -437,7 +437,7 @@ export class FaultPolicy {
     }
     const win = this.hugeWindow(m, fileOff);
     if (win) {
-      this.inject?.('huge', m);
+      await this.inject?.('huge', m);
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
       this.countExtent(m, c.allWritten ? 'written' : this.pool.lookup(m.inode, fileOff).state);
       let exts;
@@ -470,7 +470,7 @@ export class FaultPolicy {
   }
 
   private async resolveSharedWritePage(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
-    this.inject?.('page', m);
+    await this.inject?.('page', m);
     const x = this.pool.lookup(m.inode, fileOff);
     this.countExtent(m, x.state);
     this.bump(m, 'pte');

@@ -307,12 +307,16 @@ export class Service {
         return v(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null);
       case 'testInject': {
         this.rootOnly(conn, 'testInject');
-        // Test hook (DAXMAP_TEST_HOOKS=1 only): make faults on a path fail after their locks are taken.
+        // Test hook (DAXMAP_TEST_HOOKS=1 only): make faults on a path fail after their
+        // locks are taken, or with `delayMs` take that long there (a fault in flight).
         if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
-        const o = (a[0] ?? {}) as { where?: 'huge' | 'page' | 'any' | null; code?: string };
+        const o = (a[0] ?? {}) as { where?: 'huge' | 'page' | 'any' | null; code?: string; delayMs?: unknown };
         const where = o.where ?? null;
+        const delayMs = o.delayMs === undefined ? null : intArg('delayMs', o.delayMs, 0, 60000);
         this.policy.inject = where === null ? null : (w) => {
-          if (where === 'any' || where === w) throw daxError(o.code ?? 'EIO', `failure injected on the ${w} path`);
+          if (where !== 'any' && where !== w) return;
+          if (delayMs !== null) return new Promise<void>((res) => setTimeout(res, delayMs));
+          throw daxError(o.code ?? 'EIO', `failure injected on the ${w} path`);
         };
         return v();
       }

@@ -201,15 +201,19 @@ t.test('SIGTERM with faults in flight: every client thread is answered, the daem
   await a.call('open', { name: 'f', create: true });
   await a.call('truncate', { name: 'f', size: 16 * HUGE });
   await a.call('map', { name: 'f', id: 1, opts: { faultAround: false } });
-  // Make faults slow, then have a kernel-mode touch wait in one.
-  await a.call('request', { op: 'testInject', args: [{ where: null }] });
+  // Make faults slow (each waits 3 s inside the policy, its locks held), then have a
+  // kernel-mode touch wait in one.
+  await a.call('request', { op: 'testInject', args: [{ where: 'any', delayMs: 3000 }] });
   // The client runs the touches one after the other; one that starts only after it
   // learnt the daemon is gone finds the mapping detached (ECLOSED), as documented.
   const touches = [0, 1, 2, 3].map((i) => a.call('ktouch', { id: 1, offset: i * HUGE + PAGE }).then((x) => x, (e: { code?: string }) => e.code ?? String(e)));
+  let firstDone = false;
+  void touches[0]!.then(() => (firstDone = true));
   // Stop the daemon once the first touch has reached it (a fault counted), not before.
   const watcher = await Pool.connect(d.socket);
   await until(async () => (await watcher.stats()).faults >= 1, 'the first touch to reach the daemon');
   await watcher.close();
+  t.notOk(firstDone, 'the first touch is still waiting in its fault when SIGTERM comes');
   const r = await d.stop('SIGTERM');
   t.same(r, { code: 0, signal: null }, 'daxmapd exited 0');
   const results = await Promise.all(touches);
