@@ -1,4 +1,4 @@
-// The seven rules of DESIGN.md §1 that are about faults racing each other. The
+// The seven rules (docs/fault-policy.md) that are about faults racing each other. The
 // others are covered where they live (see docs/fault-policy.md): the lock
 // primitives refuse a release of a lock not held (test/lock), every test runs with
 // the lock validator on and fails on an order cycle or a lock held past its

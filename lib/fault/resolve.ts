@@ -1,0 +1,333 @@
+// What a fault becomes (docs/fault-policy.md, "What a fault becomes"): the zero page
+// for a hole, the device range for written data, a block allocated and zeroed for a
+// shared write, a copy for a private mapping, or SIGBUS. Called with the fault's
+// range lock (shared, its 2 MiB chunk) and entry lock held.
+import { daxError, isDaxError } from '../errors';
+import {
+  Op, EV_WP, EV_WRITE, RESULT_RACED,
+  A_ADOPT, A_FROM_DEVICE, A_POPULATE, A_WP, A_WRITABLE, A2_POPULATE_READ,
+  type AnswerSpec, type FaultEvent,
+} from '../native/frames';
+import type { Inode } from '../pool/internal';
+import { ENOENT, ENOMEM, ENXIO, RetryAfterEvict, roundUp, type FaultContext, type MapRequest, type Mapping } from './context';
+import type { Revoker } from './revoke';
+import { HUGE, PAGE, PageState } from './states';
+
+interface Classified {
+  allWritten: boolean;
+  anyWritten: boolean;
+  /** device offset of the first byte, when allWritten and contiguous */
+  devStart: number;
+  contiguous: boolean;
+}
+
+const ZERO_PAGE = new Uint8Array(PAGE);
+
+export class Resolver {
+  /** Test seam: throw from (or wait inside) a fault after its locks are taken. */
+  inject: ((where: 'huge' | 'page', m: MapRequest) => void | Promise<void>) | null = null;
+
+  constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
+
+  async resolve(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
+    const write = (ev.flags & EV_WRITE) !== 0;
+    const wp = (ev.flags & EV_WP) !== 0;
+    const page = ev.offset / PAGE;
+    const st = m.states.get(page);
+    const ino = m.inode;
+
+    if (!ino.live || fileOff >= roundUp(ino.size, PAGE)) {
+      // Beyond EOF, or the file is gone: SIGBUS, as the kernel does.
+      this.ctx.bump(m, 'beyondEof');
+      this.ctx.bump(m, 'sigbus');
+      await this.ctx.answer(m.client, [{ op: Op.Poison, region: ev.region, offset: ev.offset, length: PAGE }]);
+      m.states.set(page, page + 1, PageState.Poison);
+      return;
+    }
+    // Already answered: a fault that was raised before the answer landed.
+    if (st === PageState.Installed || (st === PageState.Copy && !wp) || ((st === PageState.Zero || st === PageState.Clean) && !write)) {
+      this.ctx.bump(m, 'spurious');
+      await this.ctx.answer(m.client, [{ op: Op.Wake, region: ev.region, offset: ev.offset, length: PAGE }]);
+      return;
+    }
+    if (m.private) return this.resolvePrivate(m, ev, fileOff, write, st);
+    if (!write) return this.resolveRead(m, ev, fileOff);
+    return this.resolveSharedWrite(m, ev, fileOff);
+  }
+
+  /** The 2 MiB window around fileOff, if fault-around may answer it whole. */
+  private hugeWindow(m: Mapping, fileOff: number): { fileStart: number; regionOff: number } | null {
+    if (!m.faultAround) return null;
+    const fileStart = Math.floor(fileOff / HUGE) * HUGE;
+    const regionOff = fileStart - m.fileOffset;
+    // Aligned in the mapping (the region is 2 MiB aligned), inside the mapping, and
+    // wholly inside EOF.
+    if (regionOff < 0 || regionOff % HUGE !== 0 || regionOff + HUGE > m.length) return null;
+    if (fileStart + HUGE > m.inode.size) return null;
+    return { fileStart, regionOff };
+  }
+
+  private classify(ino: Inode, start: number, end: number): Classified {
+    const c: Classified = { allWritten: true, anyWritten: false, devStart: -1, contiguous: true };
+    let expect = -1;
+    for (let off = start; off < end;) {
+      const x = this.ctx.pool.lookup(ino, off);
+      const xEnd = Math.min(end, x.offset + x.length);
+      if (x.state === 'written') {
+        c.anyWritten = true;
+        const dev = (x.deviceOffset as number) + (off - x.offset);
+        if (off === start) c.devStart = dev;
+        else if (dev !== expect) c.contiguous = false;
+        expect = dev + (xEnd - off);
+      } else {
+        c.allWritten = false;
+      }
+      off = xEnd;
+    }
+    return c;
+  }
+
+  private countExtent(m: Mapping, state: 'hole' | 'unwritten' | 'written'): void {
+    if (state === 'written') this.ctx.bump(m, 'written');
+    else if (state === 'unwritten') this.ctx.bump(m, 'unwritten');
+    else this.ctx.bump(m, 'hole');
+  }
+
+  private installSpec(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): AnswerSpec {
+    let flags = A_POPULATE;
+    if (m.writable) flags |= A_WRITABLE;
+    if (adopt) flags |= A_ADOPT;
+    return {
+      op: Op.Install, flags, flags2: forRead ? A2_POPULATE_READ : 0,
+      region: m.region, offset: regionOff, length, device: m.client.deviceId, devOffset: devOff,
+    };
+  }
+
+  /** Read fault on a shared mapping: the device range if written, else the zero page. */
+  private async resolveRead(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
+    const win = this.hugeWindow(m, fileOff);
+    if (win) {
+      await this.inject?.('huge', m);
+      const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
+      const p0 = win.regionOff / PAGE;
+      if (c.allWritten && c.contiguous && c.devStart % HUGE === 0) {
+        this.ctx.bump(m, 'written');
+        this.ctx.bump(m, 'pmd');
+        await this.install(m, win.regionOff, HUGE, c.devStart, true);
+        return;
+      }
+      if (!c.anyWritten && !m.states.any(p0, p0 + HUGE / PAGE, PageState.Installed)) {
+        if (await this.zeroWindow(m, win.regionOff, fileOff)) return;
+        // Fell back: answer the faulting page alone, below.
+      }
+    }
+    await this.inject?.('page', m);
+    const x = this.ctx.pool.lookup(m.inode, fileOff);
+    this.countExtent(m, x.state);
+    this.ctx.bump(m, 'pte');
+    if (x.state === 'written') {
+      await this.install(m, ev.offset, PAGE, (x.deviceOffset as number) + (fileOff - x.offset), true);
+    } else {
+      await this.zero(m, ev.offset, PAGE);
+    }
+  }
+
+  /** A read of a hole or unwritten chunk with fault-around: its 2 MiB of zero pages; false if it fell back. */
+  private async zeroWindow(m: Mapping, regionOff: number, fileOff: number): Promise<boolean> {
+    this.countExtent(m, this.ctx.pool.lookup(m.inode, fileOff).state);
+    this.ctx.bump(m, 'pmd');
+    return this.zero(m, regionOff, HUGE);
+  }
+
+  /**
+   * A private mapping never maps the device: every page it has is an anonymous page
+   * of its own trapped region. A read copies the file's bytes write-protected
+   * (Clean) or maps the zero page (Zero); the first store to either traps and makes
+   * the page the mapping's own (Copy). So the policy knows exactly which pages a
+   * private mapping owns, and a revoke takes back the others without racing a store
+   * — the kernel's copy-on-write of a device window could not be seen, nor stopped.
+   * The price: a read copies the file's bytes into memory (the kernel would share the
+   * page), and a page once read does not follow later stores made through a shared
+   * mapping (file.write, punch, zero range and truncate are followed).
+   */
+  private async resolvePrivate(m: Mapping, ev: FaultEvent, fileOff: number, write: boolean, st: PageState): Promise<void> {
+    const page = ev.offset / PAGE;
+    if (write && (st === PageState.Zero || st === PageState.Clean || st === PageState.Copy)) {
+      // The first store to a protected copy or zero page: it becomes the mapping's own.
+      this.ctx.bump(m, 'copy');
+      await this.ctx.answer(m.client, [{ op: Op.Unprotect, region: m.region, offset: ev.offset, length: PAGE }]);
+      m.states.set(page, page + 1, PageState.Copy);
+      return;
+    }
+    const win = write ? null : this.hugeWindow(m, fileOff);
+    if (win && m.states.allNone(win.regionOff / PAGE, (win.regionOff + HUGE) / PAGE)) {
+      await this.inject?.('huge', m);
+      const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
+      if (c.allWritten) {
+        this.ctx.bump(m, 'written');
+        this.ctx.bump(m, 'pmd');
+        await this.copyFromFile(m, win.fileStart, HUGE, true);
+        return;
+      }
+      if (!c.anyWritten && (await this.zeroWindow(m, win.regionOff, fileOff))) return;
+    }
+    await this.inject?.('page', m);
+    const x = this.ctx.pool.lookup(m.inode, fileOff);
+    this.countExtent(m, x.state);
+    this.ctx.bump(m, 'pte');
+    if (x.state === 'written') {
+      if (write) this.ctx.bump(m, 'copy');
+      await this.copyFromFile(m, fileOff, PAGE, !write);
+    } else if (write) {
+      // A store to a hole: a private zero-filled page, no block.
+      this.ctx.bump(m, 'copy');
+      await this.ctx.answer(m.client, [{ op: Op.Copy, region: m.region, offset: ev.offset, length: PAGE, payload: ZERO_PAGE }]);
+      m.states.set(page, page + 1, PageState.Copy);
+    } else {
+      await this.zero(m, ev.offset, PAGE);
+    }
+  }
+
+  /**
+   * Copy the file's written bytes of [fileOff, +length) into a private mapping, one
+   * answer per device run: write-protected (Clean) for a read, writable and its own
+   * (Copy) for a write. Pages already present are skipped by the copy and keep their
+   * state. Caller holds the chunk's locks, so the extents cannot change meanwhile.
+   */
+  private async copyFromFile(m: Mapping, fileOff: number, length: number, forRead: boolean): Promise<void> {
+    const specs: AnswerSpec[] = [];
+    for (let off = fileOff; off < fileOff + length;) {
+      const x = this.ctx.pool.lookup(m.inode, off);
+      const end = Math.min(fileOff + length, x.offset + x.length);
+      if (x.state !== 'written') throw daxError('EIO', `copy of a range that is not written (${x.state}) at ${off}`);
+      specs.push({
+        op: Op.Copy, flags: A_FROM_DEVICE | (forRead ? A_WP : 0), region: m.region, offset: off - m.fileOffset,
+        length: end - off, device: m.client.deviceId, devOffset: (x.deviceOffset as number) + (off - x.offset),
+      });
+      off = end;
+    }
+    const results = await this.ctx.answer(m.client, specs);
+    for (let i = 0; i < specs.length; i++) {
+      const r = results[i];
+      if (r === ENXIO) return; // the client is gone
+      if (r !== 0) throw daxError('EIO', `copy answer failed: ${r}`);
+      const a = specs[i]!;
+      m.states.setWhere(a.offset / PAGE, (a.offset + a.length) / PAGE, PageState.None, forRead ? PageState.Clean : PageState.Copy);
+    }
+  }
+
+  /** Write fault on a shared mapping: the pool allocates/converts and zeroes, then we install. */
+  private async resolveSharedWrite(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
+    if (!m.writable) {
+      this.ctx.bump(m, 'sigbus');
+      await this.ctx.answer(m.client, [{ op: Op.Poison, region: m.region, offset: ev.offset, length: PAGE }]);
+      return;
+    }
+    const win = this.hugeWindow(m, fileOff);
+    if (win) {
+      await this.inject?.('huge', m);
+      const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
+      this.countExtent(m, c.allWritten ? 'written' : this.ctx.pool.lookup(m.inode, fileOff).state);
+      let exts;
+      try {
+        exts = c.allWritten && c.contiguous && !m.sync
+          ? [{ offset: win.fileStart, length: HUGE, deviceOffset: c.devStart }]
+          : await this.materialise(m, win.fileStart, HUGE, { sync: m.sync, preferAligned: true }, [win.regionOff, win.regionOff + HUGE]);
+      } catch (err) {
+        // Not enough space for the whole window: fall back to this page alone, as the
+        // kernel falls back from a PMD fault to a PTE fault.
+        if (!isDaxError(err, 'ENOSPC')) throw err;
+        this.ctx.bump(m, 'fallback');
+        exts = null;
+      }
+      if (exts === null) return this.resolveSharedWritePage(m, ev, fileOff);
+      const single = exts.length === 1 && exts[0]!.length === HUGE && exts[0]!.deviceOffset % HUGE === 0;
+      if (single) {
+        this.ctx.bump(m, 'pmd');
+        await this.install(m, win.regionOff, HUGE, exts[0]!.deviceOffset, false);
+        return;
+      }
+      // Not one aligned run: install the faulting page only (the rest is written now
+      // and will be installed on its own first touch).
+      const e = exts.find((x) => x.offset <= fileOff && fileOff < x.offset + x.length)!;
+      this.ctx.bump(m, 'pte');
+      await this.install(m, ev.offset, PAGE, e.deviceOffset + (fileOff - e.offset), false);
+      return;
+    }
+    return this.resolveSharedWritePage(m, ev, fileOff);
+  }
+
+  private async resolveSharedWritePage(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
+    await this.inject?.('page', m);
+    const x = this.ctx.pool.lookup(m.inode, fileOff);
+    this.countExtent(m, x.state);
+    this.ctx.bump(m, 'pte');
+    let devOff: number;
+    if (x.state === 'written' && !m.sync) {
+      devOff = (x.deviceOffset as number) + (fileOff - x.offset);
+    } else {
+      const [e] = await this.materialise(m, fileOff, PAGE, { sync: m.sync }, [ev.offset, ev.offset + PAGE]);
+      devOff = e!.deviceOffset;
+    }
+    await this.install(m, ev.offset, PAGE, devOff, false);
+  }
+
+  /**
+   * ensureWritten, then take back the zero pages every mapping of the file holds
+   * over the range: they stood for a hole or an unwritten block that is now a
+   * written block, and would otherwise go on reading zeros (the kernel's DAX code
+   * unmaps zero-page entries from all mappings when a block replaces them).
+   * `skip`: a range of one mapping about to be installed over anyway.
+   */
+  private async materialise(m: Mapping, fileOff: number, length: number, opts: { sync: boolean; preferAligned?: boolean }, skip?: [number, number]) {
+    const exts = await this.ctx.pool.ensureWritten(m.inode, fileOff, length, opts);
+    await this.revoker.refreshZeros(m.inode, fileOff, fileOff + length, skip ? { m, lo: skip[0], hi: skip[1] } : undefined);
+    return exts;
+  }
+
+  private async install(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): Promise<void> {
+    const [r] = await this.ctx.answer(m.client, [this.installSpec(m, regionOff, length, devOff, forRead, adopt)]);
+    if (r === ENOMEM) throw new RetryAfterEvict();
+    if (r !== 0 && r !== ENXIO) throw daxError('EIO', `install answer failed: ${r}`);
+    if (r === 0) {
+      m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Installed);
+      m.client.budget.add({ mapping: m.key, offset: regionOff, length });
+    }
+  }
+
+  /**
+   * The zero page, write-protected. A write that raced it is adopted into a block.
+   * False if a multi-page window could not be answered whole (ENOENT: the range of
+   * the region is split into several mappings there); the caller falls back to the
+   * faulting page.
+   */
+  private async zero(m: Mapping, regionOff: number, length: number): Promise<boolean> {
+    this.ctx.bump(m, 'zeroPage');
+    const [r] = await this.ctx.answer(m.client, [{ op: Op.Zero, flags: A_WP, region: m.region, offset: regionOff, length }]);
+    if (r === ENOENT && length > PAGE) {
+      this.ctx.bump(m, 'fallback');
+      return false;
+    }
+    if (r === RESULT_RACED) {
+      this.ctx.bump(m, 'raced');
+      if (m.private) {
+        // The racing write made a private page: exactly a private copy. (The agent
+        // cannot say which pages of a window raced; the others are zero pages that
+        // this mapping now treats as its own, which only costs their revocation.)
+        m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Copy);
+        return true;
+      }
+      // Zeros plus that write is the right content for the hole: make it a block.
+      const fileOff = m.fileOffset + regionOff;
+      const exts = await this.materialise(m, fileOff, length, { sync: m.sync }, [regionOff, regionOff + length]);
+      for (const e of exts) {
+        await this.install(m, e.offset - m.fileOffset, e.length, e.deviceOffset, false, true);
+      }
+      return true;
+    }
+    if (r !== 0 && r !== ENXIO) throw daxError('EIO', `zero answer failed: ${r}`);
+    if (r === 0) m.states.setWhere(regionOff / PAGE, (regionOff + length) / PAGE, PageState.None, PageState.Zero);
+    return true;
+  }
+
+}
