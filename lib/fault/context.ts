@@ -51,8 +51,17 @@ export interface Mapping extends MapRequest {
    * every first store to one traps, so Copy marks precisely the pages it owns.
    */
   readonly states: PageStates;
+  /**
+   * Where recent write faults of this mapping ended (file offsets, newest last, at
+   * most WRITE_STREAMS): a write that starts where one ended continues a sequential
+   * stream, and only those get whole 2 MiB windows allocated (resolve.ts).
+   */
+  readonly writeStreams: number[];
   dead: boolean;
 }
+
+/** Sequential write streams remembered per mapping (a few writer threads). */
+export const WRITE_STREAMS = 8;
 
 /** A fault that must be retried after the locks are dropped (e.g. to evict windows). */
 export class RetryAfterEvict extends Error {}

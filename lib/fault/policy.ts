@@ -57,7 +57,7 @@ export class FaultPolicy {
   map(client: Client, req: MapRequest): void {
     const key = `${client.id}:${req.region}`;
     if (this.ctx.mappings.has(key)) throw daxError('EEXIST', `region ${req.region} is already mapped`);
-    const m: Mapping = { ...req, key, client, states: new PageStates(), dead: false };
+    const m: Mapping = { ...req, key, client, states: new PageStates(), writeStreams: [], dead: false };
     this.ctx.mappings.set(key, m);
     let set = this.ctx.byInode.get(req.inode.id);
     if (!set) this.ctx.byInode.set(req.inode.id, (set = new Set()));

@@ -9,7 +9,7 @@ import {
   type AnswerSpec, type FaultEvent,
 } from '../native/frames';
 import type { Inode } from '../pool/internal';
-import { ENOENT, ENOMEM, ENXIO, RetryAfterEvict, roundUp, type FaultContext, type MapRequest, type Mapping } from './context';
+import { ENOENT, ENOMEM, ENXIO, RetryAfterEvict, WRITE_STREAMS, roundUp, type FaultContext, type MapRequest, type Mapping } from './context';
 import type { Revoker } from './revoke';
 import { HUGE, PAGE, PageState } from './states';
 
@@ -22,6 +22,12 @@ interface Classified {
 }
 
 const ZERO_PAGE = new Uint8Array(PAGE);
+/**
+ * How far past a stream's end a write fault may start and still continue it: the
+ * very next page. Any slack lets random writes pass for sequential ones (8 streams
+ * × 64 KiB of slack over 1 GiB took a 2 MiB window every ~2,000 random faults).
+ */
+const SEQ_GAP = PAGE;
 
 export class Resolver {
   /** Test seam: throw from (or wait inside) a fault after its locks are taken. */
@@ -227,6 +233,10 @@ export class Resolver {
     if (win) {
       await this.inject?.('huge', m);
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
+      // A window that would allocate is taken whole only for a sequential writer:
+      // sparse random writes get 4 KiB blocks, not 2 MiB each (the kernel falls back
+      // from PMD to PTE faults; we choose up front).
+      if (!c.allWritten && !this.sequential(m, fileOff)) return this.resolveSharedWritePage(m, ev, fileOff);
       this.countExtent(m, c.allWritten ? 'written' : this.ctx.pool.lookup(m.inode, fileOff).state);
       let exts;
       try {
@@ -245,6 +255,7 @@ export class Resolver {
       if (single) {
         this.ctx.bump(m, 'pmd');
         await this.install(m, win.regionOff, HUGE, exts[0]!.deviceOffset, false);
+        this.wrote(m, fileOff, win.fileStart + HUGE);
         return;
       }
       // Not one aligned run: install the faulting page only (the rest is written now
@@ -252,9 +263,30 @@ export class Resolver {
       const e = exts.find((x) => x.offset <= fileOff && fileOff < x.offset + x.length)!;
       this.ctx.bump(m, 'pte');
       await this.install(m, ev.offset, PAGE, e.deviceOffset + (fileOff - e.offset), false);
+      this.wrote(m, fileOff, fileOff + PAGE);
       return;
     }
     return this.resolveSharedWritePage(m, ev, fileOff);
+  }
+
+  /**
+   * Does a write fault at fileOff continue a sequential stream of this mapping (it
+   * starts where a recent write fault ended)? The first write
+   * fault of a mapping counts as one when it is at a chunk's start, as a writer
+   * going through the file from its beginning is.
+   */
+  private sequential(m: Mapping, fileOff: number): boolean {
+    if (m.writeStreams.length === 0) return fileOff % HUGE === 0;
+    return m.writeStreams.some((end) => fileOff >= end && fileOff < end + SEQ_GAP);
+  }
+
+  /** A write fault answered [fileOff, end): extend its stream, or start one. */
+  private wrote(m: Mapping, fileOff: number, end: number): void {
+    const s = m.writeStreams;
+    const i = s.findIndex((e) => fileOff >= e && fileOff < e + SEQ_GAP);
+    if (i >= 0) s.splice(i, 1);
+    else if (s.length >= WRITE_STREAMS) s.shift();
+    s.push(end);
   }
 
   private async resolveSharedWritePage(m: Mapping, ev: FaultEvent, fileOff: number): Promise<void> {
@@ -270,6 +302,7 @@ export class Resolver {
       devOff = e!.deviceOffset;
     }
     await this.install(m, ev.offset, PAGE, devOff, false);
+    this.wrote(m, fileOff, fileOff + PAGE);
   }
 
   /**

@@ -1,0 +1,70 @@
+// Adaptive fault-around for writes: a write fault that would allocate takes a whole
+// 2 MiB window only when it continues a sequential stream (or is a mapping's first
+// write, at a chunk's start); sparse random writes allocate 4 KiB blocks. Reads of
+// holes keep their free 2 MiB zero windows.
+import t from 'tap';
+import { forBackings, PAGE, HUGE } from './helpers';
+
+function rng(seed: number): () => number {
+  let x = seed >>> 0;
+  return () => {
+    x = (x * 1664525 + 1013904223) >>> 0;
+    return x / 2 ** 32;
+  };
+}
+
+forBackings(t, 'sparse random writes allocate about the bytes they touch, not 2 MiB each', async (t, { pool }) => {
+  const f = await pool.openFile('sparse', { create: true });
+  const size = 256 << 20;
+  await f.truncate(size);
+  const m = await f.map(); // the default policy: fault-around on
+  const r = rng(7);
+  const pages = new Set<number>();
+  while (pages.size < 256) {
+    const p = Math.floor(r() * (size / PAGE));
+    if (p % (HUGE / PAGE) !== 0) pages.add(p); // never a chunk's first page
+  }
+  for (const p of pages) m.buffer[p * PAGE + 5] = 0x5a;
+  const st = await f.stat();
+  const touched = pages.size * PAGE;
+  t.ok(st.allocated <= 1.1 * touched, `allocated ${st.allocated} bytes for ${touched} touched (≤ 1.1×)`);
+  let seen = 0;
+  for (const p of pages) if (m.buffer[p * PAGE + 5] === 0x5a) seen++;
+  t.equal(seen, pages.size, 'every store is there');
+  await m.unmap();
+}, { size: 64 << 20 });
+
+forBackings(t, 'a sequential writer still gets whole 2 MiB windows, from its first chunk or its second', async (t, { pool }) => {
+  const f = await pool.openFile('seq', { create: true });
+  await f.truncate(8 * HUGE);
+  const m = await f.map();
+  let s0 = await pool.stats();
+  for (let off = 0; off < 4 * HUGE; off += PAGE) m.buffer[off] = 1; // from the file's start
+  let s1 = await pool.stats();
+  t.equal(s1.pmd - s0.pmd, 4, 'from a chunk\'s start: a 2 MiB window per chunk');
+  t.equal(s1.faults - s0.faults, 4, 'one fault each');
+  const g = await pool.openFile('seq2', { create: true });
+  await g.truncate(8 * HUGE);
+  const n = await g.map();
+  s0 = await pool.stats();
+  for (let off = 3 * PAGE; off < 4 * HUGE; off += PAGE) n.buffer[off] = 2; // from inside the first chunk
+  s1 = await pool.stats();
+  t.ok(s1.pmd - s0.pmd >= 3, `starting inside a chunk: whole windows from the next chunk on (${s1.pmd - s0.pmd} of 4)`);
+  t.ok(s1.faults - s0.faults < 16, `few faults (${s1.faults - s0.faults}): the rest of the first chunk is allocated on the second`);
+  const st = await g.stat();
+  t.ok(st.allocated <= 4 * HUGE, `allocated ${st.allocated}: no more than the chunks written`);
+  await m.unmap();
+  await n.unmap();
+});
+
+forBackings(t, 'reads of holes keep 2 MiB zero windows whatever the pattern', async (t, { pool }) => {
+  const f = await pool.openFile('r', { create: true });
+  await f.truncate(8 * HUGE);
+  const m = await f.map();
+  const s0 = await pool.stats();
+  for (const p of [5, 600, 1500, 2000]) t.equal(m.buffer[p * PAGE + 1], 0);
+  const s1 = await pool.stats();
+  t.equal(s1.pmd - s0.pmd, 4, 'one zero window per chunk read');
+  t.equal((await f.stat()).allocated, 0, 'nothing allocated');
+  await m.unmap();
+});
