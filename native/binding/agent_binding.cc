@@ -67,12 +67,27 @@ Napi::Value ChannelOpen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, ch->id());
 }
 
+// The channel `id` if this environment opened it; nullptr if it is closed (a
+// notification may still arrive after close: nothing to take); a thrown EPERM if
+// it is alive but another environment's (or a socket channel), whose events only
+// its own handler may take or give up.
+std::shared_ptr<Channel> OwnedChannel(Napi::Env env, Agent* agent, uint32_t id, const char* what) {
+  std::shared_ptr<Channel> ch = agent->FindChannel(id);
+  if (ch && GetEnvData(env)->channels.count(id) == 0) {
+    ThrowErrno(env, EPERM, std::string(what) + ": channel " + std::to_string(id) + " belongs to another thread");
+    return nullptr;
+  }
+  return ch;
+}
+
 // channelTake(id, buffer) → number of 32-byte events written into buffer
 Napi::Value ChannelTake(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0);
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  std::shared_ptr<Channel> ch = agent->FindChannel(U32Arg(info, 0));
+  std::shared_ptr<Channel> ch = OwnedChannel(env, agent, id, "take events");
+  if (env.IsExceptionPending()) return env.Undefined();
   if (!ch || !info[1].IsTypedArray()) return Napi::Number::New(env, 0);
   Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
   uint8_t* data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
@@ -84,13 +99,16 @@ Napi::Value ChannelTake(const Napi::CallbackInfo& info) {
 // channelAbandon(id, events, count) → events poisoned (those still unanswered)
 Napi::Value ChannelAbandon(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0);
+  uint64_t count = U64Arg(info, 2);
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  std::shared_ptr<Channel> ch = agent->FindChannel(U32Arg(info, 0));
+  std::shared_ptr<Channel> ch = OwnedChannel(env, agent, id, "abandon events");
+  if (env.IsExceptionPending()) return env.Undefined();
   if (!ch || !info[1].IsTypedArray()) return Napi::Number::New(env, 0);
   Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
   const uint8_t* data = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  size_t n = std::min<size_t>(U64Arg(info, 2), ta.ByteLength() / sizeof(FaultEvent));
+  size_t n = std::min<size_t>(count, ta.ByteLength() / sizeof(FaultEvent));
   std::vector<FaultEvent> evs(n);
   if (n) memcpy(evs.data(), data, n * sizeof(FaultEvent));
   std::vector<FaultEvent> live = ch->Abandon(evs.data(), n);
