@@ -92,6 +92,11 @@ Napi::Value ChannelTake(const Napi::CallbackInfo& info) {
   Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
   uint8_t* data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
   size_t max = ta.ByteLength() / sizeof(FaultEvent);
+  if (max != 0 && reinterpret_cast<uintptr_t>(data) % alignof(FaultEvent) != 0) {
+    // Events are stored as structs: a misaligned store would be undefined behaviour.
+    throw StatusError(env, Status::Errno(EINVAL, "take events: the buffer must be " + std::to_string(alignof(FaultEvent)) + "-byte aligned"),
+                      ErrorKind::kRangeError);
+  }
   size_t n = ch->Take(reinterpret_cast<FaultEvent*>(data), max);
   return Napi::Number::New(env, static_cast<double>(n));
 }
@@ -152,9 +157,10 @@ Napi::Value Execute(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  if (!info[0].IsTypedArray() || !info[1].IsTypedArray()) {
-    ThrowErrno(env, EINVAL, "execute: expected (Uint8Array, Int32Array)");
-    return env.Undefined();
+  // results must really be an Int32Array: its elements are then 4-byte aligned.
+  if (!info[0].IsTypedArray() || !info[1].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    throw StatusError(env, Status::Errno(EINVAL, "execute: expected (Uint8Array, Int32Array)"), ErrorKind::kTypeError);
   }
   Napi::TypedArray in = info[0].As<Napi::TypedArray>();
   Napi::TypedArray out = info[1].As<Napi::TypedArray>();
@@ -201,7 +207,8 @@ Napi::Value AgentConfigure(const Napi::CallbackInfo& info) {
   if (agent == nullptr) return env.Undefined();
   if (info[0].IsObject()) {
     Napi::Value t = info[0].As<Napi::Object>().Get("faultTimeoutMs");
-    if (t.IsNumber()) agent->set_fault_timeout_ms(static_cast<uint64_t>(t.As<Napi::Number>().DoubleValue()));
+    // Bounded so that the conversion to nanoseconds cannot wrap.
+    if (!t.IsUndefined()) agent->set_fault_timeout_ms(ToU64(env, t, UINT64_MAX / 1000000u, "faultTimeoutMs"));
   }
   return env.Undefined();
 }

@@ -97,7 +97,7 @@ Napi::Value RegionSetDirect(const Napi::CallbackInfo& info) {
   d.length = U64Arg(info, 2);
   uint32_t device = U32Arg(info, 3);
   d.dev_offset = U64Arg(info, 4);
-  d.flags = static_cast<uint8_t>(U32Arg(info, 5));
+  d.flags = static_cast<uint8_t>(U64Arg(info, 5, UINT8_MAX));
   d.window = U64Arg(info, 6);
   if (!OwnedHere(env, id, "set direct range")) return env.Undefined();
   Agent* agent = GetAgent(env);
