@@ -108,13 +108,23 @@ export interface ChildResult {
   stderr: string;
 }
 
+/**
+ * The variables of a sanitizer run (scripts/sanitize.js: which addon build to load,
+ * the preloaded runtimes and their options), which even a child started with a
+ * clean environment keeps, so that it runs what the rest of the run runs.
+ */
+export function sanitizerEnv(): NodeJS.ProcessEnv {
+  const keep = ['DAXMAP_ADDON_DIR', 'LD_PRELOAD', 'ASAN_OPTIONS', 'UBSAN_OPTIONS', 'TSAN_OPTIONS', 'DAXMAP_UBSAN_LOG'];
+  return Object.fromEntries(keep.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
+}
+
 /** Runs a fixture script in a child process (a behaviour that kills a process is tested there). */
 export function runChild(script: string, args: string[] = [], opts: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; nodeArgs?: string[]; cleanEnv?: boolean } = {}): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), path.join(FIXTURES, script), ...args], {
       // cleanEnv: without the test runner's NODE_OPTIONS hooks (they write coverage
       // into .tap/, which another user cannot).
-      env: opts.cleanEnv ? { PATH: process.env.PATH ?? '/usr/bin:/bin', ...opts.env } : { ...process.env, ...opts.env },
+      env: opts.cleanEnv ? { PATH: process.env.PATH ?? '/usr/bin:/bin', ...sanitizerEnv(), ...opts.env } : { ...process.env, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
       ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
       ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
