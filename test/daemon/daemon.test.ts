@@ -156,6 +156,10 @@ t.test('SIGTERM with faults in flight: every client thread is answered, the daem
   // Make faults slow, then have a kernel-mode touch wait in one.
   await a.call('request', { op: 'testInject', args: [{ where: null }] });
   const touches = [0, 1, 2, 3].map((i) => a.call('ktouch', { id: 1, offset: i * HUGE + PAGE }));
+  // Stop only once every touch has faulted (is answered or waiting): a touch the
+  // client had not begun before it learnt the daemon was gone would fail with
+  // ECLOSED instead — a slow (loaded, or sanitized) run saw exactly that.
+  while ((await a.call<{ faults: number }>('stats')).faults < 4) await new Promise((res) => setImmediate(res));
   const r = await d.stop('SIGTERM');
   t.same(r, { code: 0, signal: null }, 'daxmapd exited 0');
   const results = await Promise.all(touches);
