@@ -1,4 +1,8 @@
 {
+  # sanitize: "" (normal build), "address" (AddressSanitizer + UndefinedBehaviorSanitizer)
+  # or "thread" (ThreadSanitizer). Set by `node-gyp rebuild --sanitize=address`, which
+  # scripts/sanitize.js runs in a build directory of its own (build-sanitize/).
+  "variables": {"sanitize%": ""},
   "targets": [
     {
       "target_name": "daxmap",
@@ -22,7 +26,19 @@
       "cflags_cc": ["-std=c++20", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-O2"],
       "cflags_cc!": ["-std=gnu++17", "-fno-exceptions"],
       "ldflags": ["-pthread"],
-      "libraries": ["-ldl"]
+      "libraries": ["-ldl"],
+      "conditions": [
+        ["sanitize=='address'", {
+          "cflags_cc": ["-fsanitize=address,undefined,float-cast-overflow,float-divide-by-zero", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"],
+          "cflags_cc!": ["-O2", "-O3"],
+          "ldflags": ["-fsanitize=address,undefined"]
+        }],
+        ["sanitize=='thread'", {
+          "cflags_cc": ["-fsanitize=thread", "-fno-omit-frame-pointer", "-g", "-O1"],
+          "cflags_cc!": ["-O2", "-O3"],
+          "ldflags": ["-fsanitize=thread"]
+        }]
+      ]
     }
   ]
 }

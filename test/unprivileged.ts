@@ -63,11 +63,18 @@ export function withoutPreloads(args: string[]): string[] {
 }
 
 /** An environment for a process run as another user: this one's, less the test runner's preloads. */
+const SANITIZER_VARS = ['DAXMAP_ADDON_DIR', 'LD_PRELOAD', 'ASAN_OPTIONS', 'UBSAN_OPTIONS', 'TSAN_OPTIONS', 'DAXMAP_UBSAN_LOG'];
+
 export function unprivilegedEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
   const out: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(env)) {
     // (These only configure tap's process-info loader, which is gone.)
-    if (!k.startsWith('_TAPJS_PROCESSINFO_')) out[k] = v;
+    if (k.startsWith('_TAPJS_PROCESSINFO_')) continue;
+    // A sanitizer run's addon build and runtimes (scripts/sanitize.js) live in the
+    // checkout, which the other user may not read: its processes run the staged
+    // ordinary addon, unsanitized.
+    if (SANITIZER_VARS.includes(k)) continue;
+    out[k] = v;
   }
   const opts = withoutPreloads(splitNodeOptions(env.NODE_OPTIONS ?? ''));
   if (opts.length > 0) out.NODE_OPTIONS = opts.map((o) => `"${o.replace(/[\\"]/g, '\\$&')}"`).join(' ');

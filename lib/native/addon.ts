@@ -1,6 +1,11 @@
 // Typed loader for the native addon (build/Release, then build/Debug, then
 // prebuilds/, via node-gyp-build). The interface below is the whole native surface;
 // callers above lib/native validate arguments before they reach it.
+//
+// DAXMAP_ADDON_DIR names another directory to load it from (its build/Release, …):
+// the sanitizer builds of scripts/sanitize.js live in build-sanitize/<kind>/. It is
+// read by every thread and inherited by child processes, so a whole test run uses
+// the one build.
 import path from 'node:path';
 import load = require('node-gyp-build');
 
@@ -108,7 +113,8 @@ let cached: NativeAddon | undefined;
 export function native(): NativeAddon {
   if (cached === undefined) {
     // dist/native/addon.js → the package root holds build/ and prebuilds/.
-    cached = load(path.resolve(__dirname, '..', '..')) as NativeAddon;
+    const dir = process.env.DAXMAP_ADDON_DIR || path.resolve(__dirname, '..', '..');
+    cached = load(dir) as NativeAddon;
   }
   return cached;
 }

@@ -67,16 +67,36 @@ Napi::Value ChannelOpen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, ch->id());
 }
 
+// The channel `id` if this environment opened it; nullptr if it is closed (a
+// notification may still arrive after close: nothing to take); a thrown EPERM if
+// it is alive but another environment's (or a socket channel), whose events only
+// its own handler may take or give up.
+std::shared_ptr<Channel> OwnedChannel(Napi::Env env, Agent* agent, uint32_t id, const char* what) {
+  std::shared_ptr<Channel> ch = agent->FindChannel(id);
+  if (ch && GetEnvData(env)->channels.count(id) == 0) {
+    ThrowErrno(env, EPERM, std::string(what) + ": channel " + std::to_string(id) + " belongs to another thread");
+    return nullptr;
+  }
+  return ch;
+}
+
 // channelTake(id, buffer) → number of 32-byte events written into buffer
 Napi::Value ChannelTake(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0);
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  std::shared_ptr<Channel> ch = agent->FindChannel(U32Arg(info, 0));
+  std::shared_ptr<Channel> ch = OwnedChannel(env, agent, id, "take events");
+  if (env.IsExceptionPending()) return env.Undefined();
   if (!ch || !info[1].IsTypedArray()) return Napi::Number::New(env, 0);
   Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
   uint8_t* data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
   size_t max = ta.ByteLength() / sizeof(FaultEvent);
+  if (max != 0 && reinterpret_cast<uintptr_t>(data) % alignof(FaultEvent) != 0) {
+    // Events are stored as structs: a misaligned store would be undefined behaviour.
+    throw StatusError(env, Status::Errno(EINVAL, "take events: the buffer must be " + std::to_string(alignof(FaultEvent)) + "-byte aligned"),
+                      ErrorKind::kRangeError);
+  }
   size_t n = ch->Take(reinterpret_cast<FaultEvent*>(data), max);
   return Napi::Number::New(env, static_cast<double>(n));
 }
@@ -84,13 +104,16 @@ Napi::Value ChannelTake(const Napi::CallbackInfo& info) {
 // channelAbandon(id, events, count) → events poisoned (those still unanswered)
 Napi::Value ChannelAbandon(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0);
+  uint64_t count = U64Arg(info, 2);
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  std::shared_ptr<Channel> ch = agent->FindChannel(U32Arg(info, 0));
+  std::shared_ptr<Channel> ch = OwnedChannel(env, agent, id, "abandon events");
+  if (env.IsExceptionPending()) return env.Undefined();
   if (!ch || !info[1].IsTypedArray()) return Napi::Number::New(env, 0);
   Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
   const uint8_t* data = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  size_t n = std::min<size_t>(U64Arg(info, 2), ta.ByteLength() / sizeof(FaultEvent));
+  size_t n = std::min<size_t>(count, ta.ByteLength() / sizeof(FaultEvent));
   std::vector<FaultEvent> evs(n);
   if (n) memcpy(evs.data(), data, n * sizeof(FaultEvent));
   std::vector<FaultEvent> live = ch->Abandon(evs.data(), n);
@@ -134,9 +157,10 @@ Napi::Value Execute(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  if (!info[0].IsTypedArray() || !info[1].IsTypedArray()) {
-    ThrowErrno(env, EINVAL, "execute: expected (Uint8Array, Int32Array)");
-    return env.Undefined();
+  // results must really be an Int32Array: its elements are then 4-byte aligned.
+  if (!info[0].IsTypedArray() || !info[1].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    throw StatusError(env, Status::Errno(EINVAL, "execute: expected (Uint8Array, Int32Array)"), ErrorKind::kTypeError);
   }
   Napi::TypedArray in = info[0].As<Napi::TypedArray>();
   Napi::TypedArray out = info[1].As<Napi::TypedArray>();
@@ -183,7 +207,8 @@ Napi::Value AgentConfigure(const Napi::CallbackInfo& info) {
   if (agent == nullptr) return env.Undefined();
   if (info[0].IsObject()) {
     Napi::Value t = info[0].As<Napi::Object>().Get("faultTimeoutMs");
-    if (t.IsNumber()) agent->set_fault_timeout_ms(static_cast<uint64_t>(t.As<Napi::Number>().DoubleValue()));
+    // Bounded so that the conversion to nanoseconds cannot wrap.
+    if (!t.IsUndefined()) agent->set_fault_timeout_ms(ToU64(env, t, UINT64_MAX / 1000000u, "faultTimeoutMs"));
   }
   return env.Undefined();
 }

@@ -1,6 +1,9 @@
 // Binding helpers shared by every binding file.
 #include "binding/common.h"
 
+#include <climits>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "agent.h"
@@ -32,15 +35,19 @@ EnvData* GetEnvData(Napi::Env env) {
   return d;
 }
 
-void ThrowStatus(Napi::Env env, const Status& s) {
+Napi::Error StatusError(Napi::Env env, const Status& s, ErrorKind kind) {
   std::string code = s.code.empty() ? ErrnoName(s.err) : s.code;
   std::string msg = code + ": " + s.what;
   if (s.code.empty() && s.err != 0) msg += ": " + std::string(strerror(s.err));
-  Napi::Error e = Napi::Error::New(env, msg);
+  Napi::Error e = kind == ErrorKind::kTypeError    ? Napi::TypeError::New(env, msg)
+                  : kind == ErrorKind::kRangeError ? Napi::RangeError::New(env, msg)
+                                                   : Napi::Error::New(env, msg);
   e.Set("code", Napi::String::New(env, code));
   e.Set("errno", Napi::Number::New(env, -s.err));
-  e.ThrowAsJavaScriptException();
+  return e;
 }
+
+void ThrowStatus(Napi::Env env, const Status& s) { StatusError(env, s).ThrowAsJavaScriptException(); }
 
 void ThrowErrno(Napi::Env env, int err, const std::string& what) { ThrowStatus(env, Status::Errno(err, what)); }
 
@@ -51,17 +58,79 @@ Agent* GetAgent(Napi::Env env) {
   return a;
 }
 
-uint64_t U64Arg(const Napi::CallbackInfo& info, size_t i) {
-  if (info.Length() <= i) return 0;
-  if (info[i].IsBigInt()) {
-    bool lossless;
-    return info[i].As<Napi::BigInt>().Uint64Value(&lossless);
+namespace {
+
+constexpr double kMaxSafeInteger = 9007199254740991.0;  // 2^53 - 1, Number.MAX_SAFE_INTEGER
+
+const char* TypeName(const Napi::Value& v) {
+  switch (v.Type()) {
+    case napi_undefined: return "undefined";
+    case napi_null: return "null";
+    case napi_boolean: return "a boolean";
+    case napi_number: return "a number";
+    case napi_string: return "a string";
+    case napi_symbol: return "a symbol";
+    case napi_object: return "an object";
+    case napi_function: return "a function";
+    case napi_external: return "an external";
+    case napi_bigint: return "a bigint";
   }
-  double v = info[i].ToNumber().DoubleValue();
-  return v < 0 ? 0 : static_cast<uint64_t>(v);
+  return "an unknown value";
 }
 
-uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i) { return static_cast<uint32_t>(U64Arg(info, i)); }
+[[noreturn]] void BadValue(Napi::Env env, int err, ErrorKind kind, const std::string& what) {
+  throw StatusError(env, Status::Errno(err, what), kind);
+}
+
+// Checks a JS value as an integer in [0, max] without ever casting a double that
+// does not fit (NaN, infinities, fractions, negatives, beyond 2^53 - 1).
+uint64_t CheckedInteger(Napi::Env env, Napi::Value v, uint64_t max, const std::string& what, int err) {
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    uint64_t u = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless || u > max) {
+      BadValue(env, err, ErrorKind::kRangeError, what + " must be an integer in [0, " + std::to_string(max) + "], got a bigint out of range");
+    }
+    return u;
+  }
+  if (!v.IsNumber()) {
+    BadValue(env, err, ErrorKind::kTypeError, what + " must be a number, got " + TypeName(v));
+  }
+  double d = v.As<Napi::Number>().DoubleValue();
+  double limit = max >= static_cast<uint64_t>(kMaxSafeInteger) ? kMaxSafeInteger : static_cast<double>(max);
+  // NaN fails every comparison, so test for the good case.
+  if (!(d >= 0 && d <= limit && std::floor(d) == d)) {
+    char got[40];
+    snprintf(got, sizeof got, "%.17g", d);
+    BadValue(env, err, ErrorKind::kRangeError,
+             what + " must be an integer in [0, " + std::to_string(static_cast<uint64_t>(limit)) + "], got " + got);
+  }
+  return static_cast<uint64_t>(d);
+}
+
+std::string ArgName(size_t i) { return "argument " + std::to_string(i + 1); }
+
+}  // namespace
+
+uint64_t ToU64(Napi::Env env, Napi::Value v, uint64_t max, const std::string& what) {
+  return CheckedInteger(env, v, max, what, EINVAL);
+}
+
+uint64_t U64Arg(const Napi::CallbackInfo& info, size_t i, uint64_t max) {
+  return CheckedInteger(info.Env(), info[i], max, ArgName(i), EINVAL);
+}
+
+uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i) {
+  return static_cast<uint32_t>(CheckedInteger(info.Env(), info[i], UINT32_MAX, ArgName(i), EINVAL));
+}
+
+int FdArg(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Value v = info[i];
+  if (!v.IsNumber()) {  // a descriptor is a number, never a bigint
+    BadValue(info.Env(), EBADF, ErrorKind::kTypeError, ArgName(i) + " (a file descriptor) must be a number, got " + TypeName(v));
+  }
+  return static_cast<int>(CheckedInteger(info.Env(), v, INT_MAX, ArgName(i) + " (a file descriptor)", EBADF));
+}
 
 void DetachAll(Napi::Env env, std::vector<napi_ref>& refs) {
   for (napi_ref ref : refs) {

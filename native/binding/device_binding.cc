@@ -23,7 +23,7 @@ Napi::Value DeviceOpen(const Napi::CallbackInfo& info) {
     opts.view = BoolOpt(o, "view", true);
     opts.writable = BoolOpt(o, "writable", true);
     Napi::Value sz = o.Get("size");
-    if (sz.IsNumber()) opts.size = static_cast<uint64_t>(sz.As<Napi::Number>().DoubleValue());
+    if (!sz.IsUndefined()) opts.size = ToU64(env, sz, UINT64_MAX, "device size");
   }
   Device* raw = nullptr;
   Status s = Device::Open(path, opts, &raw);

@@ -11,7 +11,7 @@ namespace {
 // peerCred(fd) → { pid, uid, gid }
 Napi::Value PeerCred(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = static_cast<int>(U64Arg(info, 0));
+  int fd = FdArg(info, 0);
   struct ucred cred = {};
   socklen_t len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {

@@ -7,10 +7,14 @@ namespace daxmap {
 
 namespace {
 
-bool OwnedHere(Napi::Env env, uint32_t id) {
+// Every binding that acts on a region by id checks that this environment created
+// it: another thread's region (or one closed here) gets EPERM, never the action.
+// (Answers executed by a fault handler act on other threads' regions by design;
+// they go through execute(), not these.)
+bool OwnedHere(Napi::Env env, uint32_t id, const char* what = "region") {
   EnvData* d = GetEnvData(env);
   if (d->regions.count(id) != 0) return true;
-  ThrowErrno(env, EPERM, "region " + std::to_string(id) + " belongs to another thread or is closed");
+  ThrowErrno(env, EPERM, std::string(what) + ": region " + std::to_string(id) + " belongs to another thread or is closed");
   return false;
 }
 
@@ -73,11 +77,15 @@ Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// regionBind(id, channel): the channel may be another environment's (a region of
+// the main thread is answered by the pool's worker); the region must be ours.
 Napi::Value RegionBind(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0), channel = U32Arg(info, 1);
+  if (!OwnedHere(env, id, "bind region")) return env.Undefined();
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  Status s = agent->BindRegion(U32Arg(info, 0), U32Arg(info, 1));
+  Status s = agent->BindRegion(id, channel);
   if (!s.ok()) ThrowStatus(env, s);
   return env.Undefined();
 }
@@ -85,29 +93,35 @@ Napi::Value RegionBind(const Napi::CallbackInfo& info) {
 // regionSetDirect(id, offset, length, deviceId, devOffset, flags, window)
 Napi::Value RegionSetDirect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Agent* agent = GetAgent(env);
-  if (agent == nullptr) return env.Undefined();
+  uint32_t id = U32Arg(info, 0);
   DirectRange d;
   d.offset = U64Arg(info, 1);
   d.length = U64Arg(info, 2);
-  d.device = DeviceRegistry::Find(U32Arg(info, 3));
+  uint32_t device = U32Arg(info, 3);
+  d.dev_offset = U64Arg(info, 4);
+  d.flags = static_cast<uint8_t>(U64Arg(info, 5, UINT8_MAX));
+  d.window = U64Arg(info, 6);
+  if (!OwnedHere(env, id, "set direct range")) return env.Undefined();
+  Agent* agent = GetAgent(env);
+  if (agent == nullptr) return env.Undefined();
+  d.device = DeviceRegistry::Find(device);
   if (!d.device) {
     ThrowErrno(env, ENODEV, "set direct range: no such device");
     return env.Undefined();
   }
-  d.dev_offset = U64Arg(info, 4);
-  d.flags = static_cast<uint8_t>(U32Arg(info, 5));
-  d.window = U64Arg(info, 6);
-  Status s = agent->SetDirect(U32Arg(info, 0), d);
+  Status s = agent->SetDirect(id, d);
   if (!s.ok()) ThrowStatus(env, s);
   return env.Undefined();
 }
 
 Napi::Value RegionClearDirect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  uint32_t id = U32Arg(info, 0);
+  uint64_t off = U64Arg(info, 1), len = U64Arg(info, 2);
+  if (!OwnedHere(env, id, "clear direct range")) return env.Undefined();
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  Status s = agent->ClearDirect(U32Arg(info, 0), U64Arg(info, 1), U64Arg(info, 2));
+  Status s = agent->ClearDirect(id, off, len);
   if (!s.ok()) ThrowStatus(env, s);
   return env.Undefined();
 }

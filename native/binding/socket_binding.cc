@@ -86,11 +86,9 @@ Napi::Value ChannelOpenSocket(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
-  if (!info[0].IsNumber()) {
-    ThrowErrno(env, EBADF, "open socket channel: fd must be a number");
-    return env.Undefined();
-  }
-  uint32_t id = OpenChannel(env, agent, info[0].As<Napi::Number>().Int32Value(), U64Arg(info, 1), info[2]);
+  int fd = FdArg(info, 0);
+  uint64_t session = U64Arg(info, 1);
+  uint32_t id = OpenChannel(env, agent, fd, session, info[2]);
   return id == 0 ? env.Undefined() : Napi::Number::New(env, id);
 }
 
@@ -104,13 +102,14 @@ Napi::Value ChannelConnectSocket(const Napi::CallbackInfo& info) {
     ThrowErrno(env, EINVAL, "connect: path must be a string");
     return env.Undefined();
   }
+  uint64_t session = U64Arg(info, 1);  // before connecting: a bad argument throws
   int fd = -1;
   Status s = UnixConnect(info[0].As<Napi::String>().Utf8Value(), &fd);
   if (!s.ok()) {
     ThrowStatus(env, s);
     return env.Undefined();
   }
-  uint32_t id = OpenChannel(env, agent, fd, U64Arg(info, 1), info[2]);
+  uint32_t id = OpenChannel(env, agent, fd, session, info[2]);
   close(fd);  // the channel holds its own duplicate
   return id == 0 ? env.Undefined() : Napi::Number::New(env, id);
 }

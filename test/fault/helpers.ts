@@ -97,6 +97,11 @@ export function kernelTouch(buf: Buffer, offset: number, length = PAGE): Promise
   });
 }
 
+/** Whether this process runs under AddressSanitizer (npm run test:asan preloads its runtime). */
+export function underAsan(): boolean {
+  return /\/libasan\.so/.test(fs.readFileSync('/proc/self/maps', 'utf8'));
+}
+
 export function rss(): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'));
   return Number(m?.[1] ?? 0) * 1024;

@@ -4,7 +4,7 @@ import t from 'tap';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import fs from 'node:fs';
-import { forBackings, kernelTouch, rss, PAGE, HUGE, DIST, Pool } from './helpers';
+import { forBackings, kernelTouch, rss, underAsan, PAGE, HUGE, DIST, Pool } from './helpers';
 import { until } from '../wait';
 
 forBackings(t, 'reading holes and unwritten extents maps the zero page, allocates nothing', async (t, { pool }) => {
@@ -41,7 +41,13 @@ t.test('reading 1 GiB of holes grows RSS by less than 16 MiB', async (t) => {
   for (let off = 0; off < 1 << 30; off += PAGE) sum += m.buffer[off]!;
   const grew = rss() - r0;
   t.equal(sum, 0);
-  t.ok(grew < 16 << 20, `RSS grew by ${(grew / 1048576).toFixed(2)} MiB`);
+  if (underAsan()) {
+    // Its allocator's redzones, shadow and quarantine (freed memory held back) grow
+    // RSS with every native allocation the faults make: not the mapping's pages.
+    t.skip(`RSS grew by ${(grew / 1048576).toFixed(2)} MiB: not a measure of the mapping under AddressSanitizer`);
+  } else {
+    t.ok(grew < 16 << 20, `RSS grew by ${(grew / 1048576).toFixed(2)} MiB`);
+  }
   t.equal((await f.stat()).allocated, 0, 'and nothing was allocated');
   await m.unmap();
 });

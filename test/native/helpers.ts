@@ -110,9 +110,21 @@ export interface ChildResult {
 }
 
 /**
+ * The variables of a sanitizer run (scripts/sanitize.js: which addon build to load,
+ * the preloaded runtimes and their options), which even a child started with a
+ * clean environment keeps, so that it runs what the rest of the run runs.
+ */
+export function sanitizerEnv(): NodeJS.ProcessEnv {
+  const keep = ['DAXMAP_ADDON_DIR', 'LD_PRELOAD', 'ASAN_OPTIONS', 'UBSAN_OPTIONS', 'TSAN_OPTIONS', 'DAXMAP_UBSAN_LOG'];
+  return Object.fromEntries(keep.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
+}
+
+/**
  * Runs a fixture script in a child process (a behaviour that kills a process is
  * tested there). With a `stage`, the staged copy of the fixture runs as the stage's
- * user, without the test runner's preloads (see ../unprivileged.ts).
+ * user, without the test runner's preloads (see ../unprivileged.ts), and without a
+ * sanitizer build (the stage holds the ordinary addon; another user may not read
+ * the checkout's sanitizer build or write its report directory).
  */
 export function runChild(script: string, args: string[] = [], opts: { env?: NodeJS.ProcessEnv; stage?: Stage; timeoutMs?: number; nodeArgs?: string[] } = {}): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
