@@ -193,8 +193,8 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
           out = {
             device: core.storage.path, kind: core.storage.kind, uuid: core.sb.uuid, formatVersion: core.sb.version,
             deviceBytes: core.storage.size, blockSize: fs.blockSize, dataBytes: fs.size, freeBytes: fs.free,
-            usedBytes: fs.size - fs.free, files: core.files.size, maxFiles: g.maxFiles,
-            logBytesUsed: core.log.used, logBytes: g.logBlocks * BLOCK_SIZE, checkpointGeneration: core.sb.ckptGen,
+            usedBytes: fs.size - fs.free, files: core.state.files.size, maxFiles: g.maxFiles,
+            logBytesUsed: core.txn.log.used, logBytes: g.logBlocks * BLOCK_SIZE, checkpointGeneration: core.sb.ckptGen,
             replayedRecords: core.openInfo.replay.records, created: new Date(core.sb.createdMs).toISOString(),
           };
         }

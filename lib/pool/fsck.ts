@@ -3,8 +3,8 @@
 
 import type { Storage } from '../device/storage';
 import { isDaxError } from '../errors';
-import { PoolCore, readSuperblock } from './core';
-import { BLOCK_SIZE } from './format';
+import { PoolCore } from './core';
+import { BLOCK_SIZE, readSuperblock } from './format';
 
 export interface FsckReport {
   clean: boolean;
@@ -65,10 +65,10 @@ export function fsckStorage(storage: Storage, progress?: Progress): FsckReport {
   if (r.stop === 'bad-type') rep.errors.push(`log record at offset ${r.stopOffset} has a valid checksum but an unknown type or bad length`);
   const problems = core.checkState((done, total) => progress?.('blocks', done, total));
   rep.errors.push(...problems);
-  const a = core.alloc;
-  rep.info.push(`files: ${core.files.size}; blocks: ${a.used} used, ${a.free} free, ${a.pendingCount} freed since the checkpoint`);
+  const a = core.state.alloc;
+  rep.info.push(`files: ${core.state.files.size}; blocks: ${a.used} used, ${a.free} free, ${a.pendingCount} freed since the checkpoint`);
   rep.summary = {
-    uuid: sb.uuid, blocks: g.totalBlocks, dataBlocks: g.dataEnd - g.dataStart, files: core.files.size, usedBlocks: a.used,
+    uuid: sb.uuid, blocks: g.totalBlocks, dataBlocks: g.dataEnd - g.dataStart, files: core.state.files.size, usedBlocks: a.used,
     freeBlocks: a.free, pendingBlocks: a.pendingCount, logRecords: r.records, logBytes: r.tail, logCapacity: g.logBlocks * BLOCK_SIZE,
     checkpointGeneration: sb.ckptGen,
   };

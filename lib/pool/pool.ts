@@ -7,8 +7,8 @@ import { daxError, isDaxError } from '../errors';
 import type { Storage } from '../device/storage';
 import { openDevice } from '../device/device';
 import { withOperation } from '../lock/index';
-import { PoolCore, formatStorage, readSuperblock, type Inode } from './core';
-import type { FormatOptions } from './format';
+import { PoolCore, type Inode } from './core';
+import { formatStorage, readSuperblock, type FormatOptions } from './format';
 
 export interface CreateOptions {
   /** Bytes for a new regular/tmpfs device file (default 1 GiB). An existing file keeps its size. */
@@ -167,7 +167,7 @@ export class Pool {
   }
 
   list(): Promise<string[]> {
-    return this.call('pool.list', (core) => [...core.names.keys()].sort());
+    return this.call('pool.list', (core) => [...core.state.names.keys()].sort());
   }
 
   statfs(): Promise<StatFs> {
@@ -197,8 +197,7 @@ export class Pool {
       try {
         await core.sync(true);
       } finally {
-        core.closed = true;
-        core.storage.close();
+        core.release();
       }
     });
   }

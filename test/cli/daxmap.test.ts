@@ -114,11 +114,11 @@ t.test('fsck reports damage precisely and exits 1', async (t) => {
   const f = await pool.openFile('f', { create: true });
   await f.write(Buffer.alloc(3 * 4096, 7), 0);
   const core = coreOf(pool);
-  const devBlock = core.lookup(core.names.get('f')!, 0).deviceOffset! / 4096;
+  const devBlock = core.lookup(core.state.names.get('f')!, 0).deviceOffset! / 4096;
   const g = await pool.openFile('g', { create: true });
   // forge a valid record that gives g a block of f: fsck must name both
-  core.log.append([{ t: 5, id: core.names.get('g')!.id, fb: 0, len: 1, dev: devBlock + 1, state: 2 } as never]);
-  core.log.persist();
+  core.txn.log.append([{ t: 5, id: core.state.names.get('g')!.id, fb: 0, len: 1, dev: devBlock + 1, state: 2 } as never]);
+  core.txn.log.persist();
   // leave without close (a crash): the forged record stays in the log
   core.storage.close();
   void g;

@@ -168,7 +168,7 @@ async function runModel(seed: number, ops: number, log: string[]): Promise<{ eno
           break;
         case 'reopen': {
           await pool.close();
-          checkpoints += coreOf(pool).checkpoints;
+          checkpoints += coreOf(pool).txn.checkpoints;
           handles.clear();
           // close persisted everything: the durable image alone must hold the whole state
           storage = new MemoryStorage(storage.size, { from: storage.crashImage(), trackPersistence: true });
@@ -192,7 +192,7 @@ async function runModel(seed: number, ops: number, log: string[]): Promise<{ eno
     }
   }
   await pool.close();
-  checkpoints += coreOf(pool).checkpoints;
+  checkpoints += coreOf(pool).txn.checkpoints;
   return { enospc, checkpoints };
 }
 

@@ -28,10 +28,10 @@ t.test(`open time with ${RECORDS} log records`, async (t) => {
     }
   }
   const core = coreOf(pool);
-  t.comment(`built: ${core.log.appended} records, ${(core.log.used / 2 ** 20).toFixed(1)} MiB of log, ${core.checkpoints} checkpoints, in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  t.equal(core.checkpoints, 0, 'the log was not compacted during the build');
+  t.comment(`built: ${core.txn.log.appended} records, ${(core.txn.log.used / 2 ** 20).toFixed(1)} MiB of log, ${core.txn.checkpoints} checkpoints, in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  t.equal(core.txn.checkpoints, 0, 'the log was not compacted during the build');
   // crash: make the log durable, drop the pool without a checkpoint
-  core.log.persist();
+  core.txn.log.persist();
   storage.close();
   // open in a fresh process each time, as a restart would (this process still holds the built pool's heap)
   const times: number[] = [];

@@ -22,7 +22,7 @@ async function image(): Promise<{ img: Buffer[]; g: ReturnType<typeof coreOf>['g
     await f.write(stamp(i, 0, 20000), 0);
   }
   await pool.sync();
-  coreOf(pool).checkpoint();
+  coreOf(pool).txn.checkpoint();
   for (let op = 0; op < 300; op++) {
     const f = await pool.openFile(`f${r.int(6)}`, { create: true });
     const off = r.int(200000);
@@ -32,7 +32,7 @@ async function image(): Promise<{ img: Buffer[]; g: ReturnType<typeof coreOf>['g
   }
   await pool.sync();
   const core = coreOf(pool);
-  return { img: s.crashImage(), g: core.geometry, logUsed: core.log.used };
+  return { img: s.crashImage(), g: core.geometry, logUsed: core.txn.log.used };
 }
 
 function flip(img: Buffer[], byte: number, bit: number): Buffer[] {
@@ -155,10 +155,10 @@ t.test('a valid-checksum log record naming a block owned twice is refused', asyn
   await b.write(Buffer.alloc(B, 2), 0);
   await pool.sync();
   const core = coreOf(pool);
-  const devA = core.lookup(core.names.get('a')!, 0).deviceOffset! / B;
+  const devA = core.lookup(core.state.names.get('a')!, 0).deviceOffset! / B;
   // forge a well-formed record that maps a's block into b
-  core.log.append([{ t: 5, id: core.names.get('b')!.id, fb: 1, len: 1, dev: devA, state: 2 } as never]);
-  core.log.persist();
+  core.txn.log.append([{ t: 5, id: core.state.names.get('b')!.id, fb: 1, len: 1, dev: devA, state: 2 } as never]);
+  core.txn.log.persist();
   t.throws(() => Pool.openOn(new MemoryStorage(SIZE, { from: s.crashImage() })), { code: 'EBADF', message: /owned by file/ });
   const rep = fsckStorage(new MemoryStorage(SIZE, { from: s.crashImage() }));
   t.match(rep.errors[0], /device block \d+ mapped by file \d+ \('b'\) is already owned by file \d+ \('a'\)/);

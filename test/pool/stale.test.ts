@@ -65,7 +65,7 @@ for (const [how, free] of Object.entries(freers)) {
         if (v.indexOf(PAT) >= 0) t.fail(`pattern visible through a mapping of c at ${e.offset + o}`);
       }
     }
-    const reused = coreOf(pool).checkpoints;
+    const reused = coreOf(pool).txn.checkpoints;
     t.ok(reused >= 1, 'allocation pressure made the freed blocks reusable (checkpoint)');
     for (const f of [a, b, c]) t.equal((await readAll(f)).indexOf(PAT), -1, `no pattern in ${f.name}`);
     if (how === 'punch') {
