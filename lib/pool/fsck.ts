@@ -1,6 +1,7 @@
 // fsck: a read-only check of a pool's superblocks, checkpoint, log and the state
 // they replay to. Used by `daxmap fsck` and by the crash tests.
 
+import { openDevice } from '../device/device';
 import type { Storage } from '../device/storage';
 import { isDaxError } from '../errors';
 import { PoolCore } from './core';
@@ -74,4 +75,14 @@ export function fsckStorage(storage: Storage, progress?: Progress): FsckReport {
   };
   rep.clean = rep.errors.length === 0;
   return rep;
+}
+
+/** Check the pool on the device at `path`: opened exclusively (EBUSY while a service owns it), never written. */
+export function fsckDevice(path: string, progress?: Progress): FsckReport {
+  const storage = openDevice(path, { exclusive: true });
+  try {
+    return fsckStorage(storage, progress);
+  } finally {
+    storage.close();
+  }
 }

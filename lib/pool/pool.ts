@@ -4,11 +4,11 @@
 
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { daxError, isDaxError } from '../errors';
-import type { Storage } from '../device/storage';
+import type { Storage, StorageKind } from '../device/storage';
 import { openDevice } from '../device/device';
 import { withOperation } from '../lock/index';
 import { PoolCore, type Inode } from './core';
-import { formatStorage, readSuperblock, type FormatOptions } from './format';
+import { BLOCK_SIZE, formatStorage, readSuperblock, type FormatOptions } from './format';
 
 export interface CreateOptions {
   /** Bytes for a new regular/tmpfs device file (default 1 GiB). An existing file keeps its size. */
@@ -35,6 +35,26 @@ export interface StatFs {
   /** Bytes not owned by any file. */
   free: number;
   blockSize: number;
+}
+
+/** What the pool is and where it stands (`daxmap mkfs` and `daxmap stat` print it). */
+export interface PoolInfo {
+  /** The device path, its kind and size in bytes. */
+  device: string;
+  kind: StorageKind;
+  deviceBytes: number;
+  uuid: string;
+  formatVersion: number;
+  /** When the pool was formatted, ms since the epoch. */
+  createdMs: number;
+  files: number;
+  maxFiles: number;
+  /** Bytes of metadata log in use, and its capacity. */
+  logBytesUsed: number;
+  logBytes: number;
+  checkpointGeneration: number;
+  /** Log records replayed when the pool was opened. */
+  replayedRecords: number;
 }
 
 export const DEFAULT_POOL_SIZE = 1 << 30;
@@ -172,6 +192,17 @@ export class Pool {
 
   statfs(): Promise<StatFs> {
     return this.call('pool.statfs', (core) => core.statfs());
+  }
+
+  info(): Promise<PoolInfo> {
+    return this.call('pool.info', (core) => {
+      const { storage, geometry: g, sb } = core;
+      return {
+        device: storage.path, kind: storage.kind, deviceBytes: storage.size, uuid: sb.uuid, formatVersion: sb.version,
+        createdMs: sb.createdMs, files: core.state.files.size, maxFiles: g.maxFiles, logBytesUsed: core.txn.log.used,
+        logBytes: g.logBlocks * BLOCK_SIZE, checkpointGeneration: sb.ckptGen, replayedRecords: core.openInfo.replay.records,
+      };
+    });
   }
 
   /** Make every file's data and all metadata durable. */

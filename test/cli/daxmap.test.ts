@@ -90,7 +90,10 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
     const lj = (await run('ls', dev, '--json')).out.trim().split('\n').map((l) => JSON.parse(l));
     t.same(lj.map((r) => r.name), ['empty', 'file one']);
     const st = JSON.parse((await run('stat', dev, '--json')).out);
+    t.same(Object.keys(st), ['device', 'kind', 'uuid', 'formatVersion', 'deviceBytes', 'blockSize', 'dataBytes', 'freeBytes',
+      'usedBytes', 'files', 'maxFiles', 'logBytesUsed', 'logBytes', 'checkpointGeneration', 'replayedRecords', 'created']);
     t.equal(st.files, 2);
+    t.equal(st.logBytesUsed, 0, 'closed cleanly: the log was checkpointed');
     t.equal(st.deviceBytes, 32 << 20);
     t.match((await run('stat', dev)).out, /freeBytes: \d+ \(/);
     const fst = await run('stat', dev, 'file one');

@@ -165,6 +165,31 @@ t.test('metadata survives close and reopen', async (t) => {
   await p2.close();
 });
 
+t.test('info: what the pool is and where its log stands', async (t) => {
+  const { pool, storage } = memPool(8 << 20, { trackPersistence: true, maxFiles: 100 });
+  const i0 = await pool.info();
+  t.match(i0, { device: storage.path, kind: 'memory', deviceBytes: 8 << 20, formatVersion: 1, files: 0, maxFiles: 100,
+    logBytesUsed: 0, checkpointGeneration: 1, replayedRecords: 0 });
+  t.match(i0.uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  t.ok(Math.abs(i0.createdMs - Date.now()) < 60_000, 'formatted just now');
+  t.equal(i0.logBytes % B, 0);
+  await pool.openFile('a', { create: true });
+  await pool.openFile('b', { create: true });
+  const i1 = await pool.info();
+  t.equal(i1.files, 2);
+  t.ok(i1.logBytesUsed > 0, 'the creates are in the log');
+  await pool.sync();
+  // a crash now: the next open replays the two creates (and the session record)
+  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const i2 = await p2.info();
+  t.equal(i2.uuid, i0.uuid);
+  t.equal(i2.createdMs, i0.createdMs);
+  t.ok(i2.replayedRecords >= 2, `replayed ${i2.replayedRecords} records`);
+  await p2.close();
+  await pool.close();
+  await t.rejects(pool.info(), { code: 'EBADF' });
+});
+
 t.test('mtime changes are logged by fsync', async (t) => {
   const { pool, storage } = memPool(8 << 20, { trackPersistence: true });
   const f = await pool.openFile('f', { create: true });
