@@ -6,7 +6,7 @@
 // be reached (missing, a directory or other non-device, permission, in use, no daemon).
 
 import { isDaxError } from '../errors';
-import { Pool, DEFAULT_POOL_SIZE, fsckDevice, type FsckReport } from '../pool/index';
+import { PoolFs, DEFAULT_POOL_SIZE, fsckDevice, type FsckReport } from '../pool/index';
 import { Pool as ClientPool } from '../client/pool';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import { ProgressBar, type ProgressOut } from './progress';
@@ -59,7 +59,7 @@ const commands: Record<string, Command> = {
       const size = typeof opts['size'] === 'string' ? parseSize(opts['size']) : undefined;
       const bar = new ProgressBar(io.stderr);
       bar.update('format', 0, 3);
-      const pool = await Pool.create(dev, { ...(size === undefined ? {} : { size }), force: opts['force'] === true });
+      const pool = await PoolFs.create(dev, { ...(size === undefined ? {} : { size }), force: opts['force'] === true });
       bar.update('format', 2, 3);
       const fs = await pool.statfs();
       const info = await pool.info();
@@ -142,7 +142,7 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
         }
       } else {
         const dev = one(args, 'device');
-        const pool = await Pool.open(dev);
+        const pool = await PoolFs.open(dev);
         try {
           rows = [];
           for (const name of await pool.list()) {
@@ -179,7 +179,7 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
         return statDaemon(opts['socket'], args[0], opts['json'] === true, io);
       }
       if (args.length < 1 || args.length > 2) throw new UsageError('expected <device> [file]');
-      const pool = await Pool.open(args[0]!);
+      const pool = await PoolFs.open(args[0]!);
       try {
         let out: Record<string, unknown>;
         if (args[1] !== undefined) {

@@ -13,7 +13,7 @@ import { RecType, STATE_WRITTEN, type LogRecord } from './log';
 const B = BLOCK_SIZE;
 export const MAX_FILE_BLOCKS = MAX_FILE_SIZE / B;
 
-/** A file as the pool and the fault policy see it (internal; the handle is PoolFile). */
+/** A file as the pool and the fault policy see it (internal; its handle is a PoolFsFile). */
 export interface Inode {
   readonly id: number;
   name: string;

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { main } from '../../dist/cli/main.js';
 import { parseSize, formatSize } from '../../dist/cli/units.js';
 import { ProgressBar } from '../../dist/cli/progress.js';
@@ -74,7 +74,7 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
     const again = await run('mkfs', dev);
     t.equal(again.code, 2, 'refuses an existing pool');
     t.match(again.err, /EEXIST/);
-    const pool = await Pool.open(dev);
+    const pool = await PoolFs.open(dev);
     const f = await pool.openFile('file one', { create: true });
     await f.write(Buffer.alloc(10000, 1), 0);
     await f.fallocate(1 << 20, 1 << 20, { keepSize: true });
@@ -113,7 +113,7 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
 t.test('fsck reports damage precisely and exits 1', async (t) => {
   const dev = join(dir, 'damaged');
   t.equal((await inproc('mkfs', dev, '--size', '16M')).code, 0);
-  const pool = await Pool.open(dev);
+  const pool = await PoolFs.open(dev);
   const f = await pool.openFile('f', { create: true });
   await f.write(Buffer.alloc(3 * 4096, 7), 0);
   const core = coreOf(pool);

@@ -3,7 +3,7 @@
 // points the fault policy builds on (lookup, ensureWritten, the invalidation hook).
 import t from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
 import { withOperation, lockdep } from '../../dist/lock/index.js';
 import { memPool, B } from './helpers.ts';
@@ -157,7 +157,7 @@ t.test('metadata survives close and reopen', async (t) => {
   await f.fallocate(8 * B, 2 * B, { keepSize: true });
   const st = await f.stat();
   await pool.close();
-  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   const st2 = await (await p2.openFile('f')).stat();
   t.same(st2, st);
   t.equal(st2.mode, 0o600);
@@ -180,7 +180,7 @@ t.test('info: what the pool is and where its log stands', async (t) => {
   t.ok(i1.logBytesUsed > 0, 'the creates are in the log');
   await pool.sync();
   // a crash now: the next open replays the two creates (and the session record)
-  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   const i2 = await p2.info();
   t.equal(i2.uuid, i0.uuid);
   t.equal(i2.createdMs, i0.createdMs);
@@ -201,7 +201,7 @@ t.test('mtime changes are logged by fsync', async (t) => {
   const m = (await f.stat()).mtimeMs;
   t.ok(m > m0, 'the overwrite changed mtime');
   await f.fsync();
-  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   t.equal((await (await p2.openFile('f')).stat()).mtimeMs, m);
   await p2.close();
   await pool.close();
@@ -254,7 +254,7 @@ t.test('internal API: lookup, ensureWritten (idempotent, never re-zeroes), sync'
     } finally { h.release(); }
   });
   // sync: the record is durable: a crash now keeps the block written
-  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   const ip2 = poolInternals(p2);
   t.equal(ip2.lookup(ip2.inode(await p2.openFile('f')), 3 << 20).state, 'written');
   await p2.close();
@@ -334,11 +334,11 @@ t.test('concurrent operations on several files keep the pool consistent', async 
   await pool.close();
 });
 
-t.test('Pool.createOn refuses to format over a pool unless forced', async (t) => {
+t.test('PoolFs.createOn refuses to format over a pool unless forced', async (t) => {
   const s = new MemoryStorage(8 << 20);
-  Pool.createOn(s);
-  t.throws(() => Pool.createOn(s), { code: 'EEXIST' });
-  const p = Pool.createOn(s, { force: true });
+  PoolFs.createOn(s);
+  t.throws(() => PoolFs.createOn(s), { code: 'EEXIST' });
+  const p = PoolFs.createOn(s, { force: true });
   t.same(await p.list(), []);
   await p.close();
 });
