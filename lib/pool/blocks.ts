@@ -94,7 +94,7 @@ export class BlockIo {
     if (dev >= 0) this.markDirty(f, dev, 1);
   }
 
-  /** Before the size grows past a partial EOF block: zero its tail, durably, so no old bytes reappear (rule 4). */
+  /** Before the size grows past a partial EOF block: zero its tail, durably, so no old bytes reappear (ordering rule 4). */
   zeroEofTail(f: Inode): void {
     const dev = this.zeroIn(f, f.size, Math.ceil(f.size / B) * B);
     if (dev >= 0) this.storage.persist(dev * B, B);

@@ -152,7 +152,8 @@ export class PoolCore {
           recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len: p.len, dev: p.dev, state: STATE_WRITTEN });
         }
       }
-      // rule 3: the zeroes (and data) are durable before the records that expose them
+      // zero before expose (docs/pool-format.md, ordering rule 1): the zeroes (and data)
+      // are durable before the records that expose them
       this.blocks.persistRuns(fresh);
     } catch (e) {
       for (const t of taken) this.state.alloc.unmark(t.start, t.len);
@@ -161,7 +162,7 @@ export class PoolCore {
     return recs;
   }
 
-  // ---- file operations (public API calls land here) ----
+  // ---- file operations (PoolFs / PoolFsFile calls land here) ----
 
   async createOrOpen(name: string, create: boolean, opts: { mode?: number; uid?: number; gid?: number; exclusive?: boolean }): Promise<Inode> {
     this.checkOpen();

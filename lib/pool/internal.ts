@@ -1,7 +1,8 @@
-// Internal entry points for the fault policy (lib/fault/, issue 4). Not part of the
-// public API. Lock order: the caller holds the file's range lock (class 'range')
-// over the window it works on, may then take its entry lock (class 'entry'); the
-// functions here take 'alloc' then 'log' themselves.
+// Internal entry points for the fault policy (lib/fault/, docs/fault-policy.md);
+// not part of the pool's public surface (index.ts). Lock order (docs/locking.md):
+// the caller holds the file's range lock (class 'range') over the window it works
+// on, may then take its entry lock (class 'entry'); the functions here take
+// 'alloc' then 'log' themselves.
 
 import type { Storage } from '../device/storage';
 import type { RangeLock } from '../lock/index';
@@ -20,7 +21,7 @@ export interface EnsureWrittenOptions {
 export interface PoolInternals {
   /** The device: `view(deviceOffset, length)` for direct access, `deviceId` for installs. */
   readonly storage: Storage;
-  /** The inode behind a public file handle. */
+  /** The inode behind a file handle. */
   inode(file: PoolFsFile): Inode;
   /** The file's byte-range lock (class 'range'), the outermost lock of any fault on it. */
   rangeLock(file: Inode): RangeLock;
