@@ -6,13 +6,9 @@
 // be reached (missing, a directory or other non-device, permission, in use, no daemon).
 
 import { isDaxError } from '../errors';
-import { openDevice } from '../device/device';
-import type { Storage } from '../device/storage';
-import { Pool, DEFAULT_POOL_SIZE, coreOf } from '../pool/pool';
+import { PoolFs, DEFAULT_POOL_SIZE, fsckDevice, type FsckReport } from '../pool/index';
 import { Pool as ClientPool } from '../client/pool';
 import type { FaultStatsSnapshot } from '../fault/stats';
-import { fsckStorage } from '../pool/fsck';
-import { BLOCK_SIZE } from '../pool/format';
 import { ProgressBar, type ProgressOut } from './progress';
 import { formatSize, parseSize } from './units';
 
@@ -63,14 +59,14 @@ const commands: Record<string, Command> = {
       const size = typeof opts['size'] === 'string' ? parseSize(opts['size']) : undefined;
       const bar = new ProgressBar(io.stderr);
       bar.update('format', 0, 3);
-      const pool = await Pool.create(dev, { ...(size === undefined ? {} : { size }), force: opts['force'] === true });
+      const pool = await PoolFs.create(dev, { ...(size === undefined ? {} : { size }), force: opts['force'] === true });
       bar.update('format', 2, 3);
       const fs = await pool.statfs();
-      const core = coreOf(pool);
+      const info = await pool.info();
       await pool.close();
       bar.update('format', 3, 3);
       bar.done();
-      io.stdout.write(`formatted ${dev}: ${formatSize(core.storage.size)} device, ${formatSize(fs.size)} for data in ${BLOCK_SIZE}-byte blocks, up to ${core.geometry.maxFiles} files, uuid ${core.sb.uuid}\n`);
+      io.stdout.write(`formatted ${dev}: ${formatSize(info.deviceBytes)} device, ${formatSize(fs.size)} for data in ${fs.blockSize}-byte blocks, up to ${info.maxFiles} files, uuid ${info.uuid}\n`);
       return 0;
     },
   },
@@ -82,14 +78,17 @@ Problems found are listed one per line (exit status 1).`,
     opts: { json: 'flag' },
     async run(args, opts, io) {
       const dev = one(args, 'device');
-      const storage = openForCheck(dev);
       const bar = new ProgressBar(io.stderr);
-      let rep;
+      let rep: FsckReport;
       try {
-        rep = fsckStorage(storage, (phase, done, total) => bar.update(phase, done, total));
+        rep = fsckDevice(dev, (phase, done, total) => bar.update(phase, done, total));
+      } catch (e) {
+        if (isDaxError(e, 'EBUSY')) {
+          throw Object.assign(new Error(`EBUSY: '${dev}' is in use by a running service; stop it (or ask daxmapd) before checking`), { code: 'EBUSY' });
+        }
+        throw e;
       } finally {
         bar.done();
-        storage.close();
       }
       if (opts['json']) {
         io.stdout.write(`${JSON.stringify({ device: dev, ...rep }, null, 2)}\n`);
@@ -143,7 +142,7 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
         }
       } else {
         const dev = one(args, 'device');
-        const pool = await Pool.open(dev);
+        const pool = await PoolFs.open(dev);
         try {
           rows = [];
           for (const name of await pool.list()) {
@@ -180,22 +179,21 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
         return statDaemon(opts['socket'], args[0], opts['json'] === true, io);
       }
       if (args.length < 1 || args.length > 2) throw new UsageError('expected <device> [file]');
-      const pool = await Pool.open(args[0]!);
+      const pool = await PoolFs.open(args[0]!);
       try {
-        const core = coreOf(pool);
         let out: Record<string, unknown>;
         if (args[1] !== undefined) {
           const f = await pool.openFile(args[1]);
           out = { ...(await f.stat()) };
         } else {
-          const g = core.geometry;
           const fs = await pool.statfs();
+          const i = await pool.info();
           out = {
-            device: core.storage.path, kind: core.storage.kind, uuid: core.sb.uuid, formatVersion: core.sb.version,
-            deviceBytes: core.storage.size, blockSize: fs.blockSize, dataBytes: fs.size, freeBytes: fs.free,
-            usedBytes: fs.size - fs.free, files: core.files.size, maxFiles: g.maxFiles,
-            logBytesUsed: core.log.used, logBytes: g.logBlocks * BLOCK_SIZE, checkpointGeneration: core.sb.ckptGen,
-            replayedRecords: core.openInfo.replay.records, created: new Date(core.sb.createdMs).toISOString(),
+            device: i.device, kind: i.kind, uuid: i.uuid, formatVersion: i.formatVersion,
+            deviceBytes: i.deviceBytes, blockSize: fs.blockSize, dataBytes: fs.size, freeBytes: fs.free,
+            usedBytes: fs.size - fs.free, files: i.files, maxFiles: i.maxFiles,
+            logBytesUsed: i.logBytesUsed, logBytes: i.logBytes, checkpointGeneration: i.checkpointGeneration,
+            replayedRecords: i.replayedRecords, created: new Date(i.createdMs).toISOString(),
           };
         }
         if (opts['json']) io.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
@@ -302,17 +300,6 @@ async function statDaemon(socket: string, file: string | undefined, json: boolea
     return 0;
   } finally {
     await pool.close();
-  }
-}
-
-function openForCheck(dev: string): Storage {
-  try {
-    return openDevice(dev, { exclusive: true });
-  } catch (e) {
-    if (isDaxError(e, 'EBUSY')) {
-      throw Object.assign(new Error(`EBUSY: '${dev}' is in use by a running service; stop it (or ask daxmapd) before checking`), { code: 'EBUSY' });
-    }
-    throw e;
   }
 }
 

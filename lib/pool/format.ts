@@ -1,11 +1,12 @@
 // The on-media layout of a pool: geometry, the two superblock copies and the two
-// checkpoint slots. docs/pool-format.md describes every field.
+// checkpoint slots, and formatting an empty pool. docs/pool-format.md describes
+// every field.
 
 import { randomBytes } from 'node:crypto';
 import { daxError } from '../errors';
 import type { Storage } from '../device/storage';
 import { crc32c } from './crc32c';
-import { readBytes, readU64, writeBytes, writeU64 } from './io';
+import { fillBytes, readBytes, readU64, writeBytes, writeU64 } from './io';
 
 export const BLOCK_SIZE = 4096;
 export const BLOCK_SHIFT = 12;
@@ -163,6 +164,39 @@ function formatUuid(b: Buffer): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+/** Write both superblock copies, each persisted before the next (copy 0 first). */
+export function writeSuperblocks(storage: Storage, sb: Superblock): void {
+  for (const copy of [0, 1]) {
+    writeBytes(storage, copy * BLOCK_SIZE, encodeSuperblock(sb, copy));
+    storage.persist(copy * BLOCK_SIZE, BLOCK_SIZE);
+  }
+}
+
+/** Read the superblock copies: the valid one with the newest checkpoint, or a clear EBADF. */
+export function readSuperblock(storage: Storage): { sb: Superblock; stale: boolean; notes: string[] } {
+  const B = BLOCK_SIZE;
+  if (storage.size < 2 * B) throw daxError('EBADF', `'${storage.path}' (${storage.size} bytes) is too small to be a daxmap pool`);
+  const r0 = decodeSuperblock(readBytes(storage, 0, B, true), storage.size);
+  const r1 = decodeSuperblock(readBytes(storage, B, B, true), storage.size);
+  const notes: string[] = [];
+  if (!r0.ok) notes.push(`superblock copy 0: ${r0.detail}`);
+  if (!r1.ok) notes.push(`superblock copy 1: ${r1.detail}`);
+  if (!r0.ok && !r1.ok) {
+    if (r0.reason === 'no-magic' && r1.reason === 'no-magic') throw daxError('EBADF', `'${storage.path}' is not a daxmap pool (no superblock)`);
+    throw daxError('EBADF', `'${storage.path}': bad superblock (${notes.join('; ')})`);
+  }
+  if (r0.ok && r1.ok) {
+    const a = r0.sb.geometry;
+    const b = r1.sb.geometry;
+    if (r0.sb.uuid !== r1.sb.uuid || JSON.stringify(a) !== JSON.stringify(b)) {
+      throw daxError('EBADF', `'${storage.path}': the two superblock copies describe different pools`);
+    }
+    const sb = r0.sb.ckptGen >= r1.sb.ckptGen ? r0.sb : r1.sb;
+    return { sb, stale: r0.sb.ckptGen !== r1.sb.ckptGen, notes };
+  }
+  return { sb: r0.ok ? r0.sb : (r1 as { ok: true; sb: Superblock }).sb, stale: true, notes };
+}
+
 // ---- checkpoint slots ----
 
 export interface CkptFile {
@@ -300,4 +334,21 @@ export function readCheckpoint(s: Storage, g: Geometry, gen: number, expectCrc: 
     o = next;
   }
   return { ok: true, header: h, ckpt: { gen: h.gen, logSeed: h.logSeed, nextFileId: h.nextFileId, usedBlocks: h.usedBlocks, files } };
+}
+
+// ---- an empty pool ----
+
+/** Format `storage` as an empty pool: an empty log, checkpoint generation 1, both superblocks. */
+export function formatStorage(storage: Storage, opts: FormatOptions = {}): Superblock {
+  const B = BLOCK_SIZE;
+  const g = computeGeometry(storage.size, opts);
+  const seed = randomBytes(4).readUInt32LE(0);
+  const ckpt: Checkpoint = { gen: 1, logSeed: seed, nextFileId: 1, usedBlocks: 0, files: [] };
+  // an empty first log record: the log reads as cleanly ended
+  fillBytes(storage, g.logStart * B, 64);
+  storage.persist(g.logStart * B, 64);
+  const crc = writeCheckpoint(storage, g, ckpt);
+  const sb: Superblock = { version: 1, uuid: newUuid(), geometry: g, createdMs: Date.now(), ckptGen: 1, ckptCrc: crc };
+  writeSuperblocks(storage, sb);
+  return sb;
 }

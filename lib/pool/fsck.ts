@@ -1,10 +1,11 @@
 // fsck: a read-only check of a pool's superblocks, checkpoint, log and the state
 // they replay to. Used by `daxmap fsck` and by the crash tests.
 
+import { openDevice } from '../device/device';
 import type { Storage } from '../device/storage';
 import { isDaxError } from '../errors';
-import { PoolCore, readSuperblock } from './core';
-import { BLOCK_SIZE } from './format';
+import { PoolCore } from './core';
+import { BLOCK_SIZE, readSuperblock } from './format';
 
 export interface FsckReport {
   clean: boolean;
@@ -65,13 +66,23 @@ export function fsckStorage(storage: Storage, progress?: Progress): FsckReport {
   if (r.stop === 'bad-type') rep.errors.push(`log record at offset ${r.stopOffset} has a valid checksum but an unknown type or bad length`);
   const problems = core.checkState((done, total) => progress?.('blocks', done, total));
   rep.errors.push(...problems);
-  const a = core.alloc;
-  rep.info.push(`files: ${core.files.size}; blocks: ${a.used} used, ${a.free} free, ${a.pendingCount} freed since the checkpoint`);
+  const a = core.state.alloc;
+  rep.info.push(`files: ${core.state.files.size}; blocks: ${a.used} used, ${a.free} free, ${a.pendingCount} freed since the checkpoint`);
   rep.summary = {
-    uuid: sb.uuid, blocks: g.totalBlocks, dataBlocks: g.dataEnd - g.dataStart, files: core.files.size, usedBlocks: a.used,
+    uuid: sb.uuid, blocks: g.totalBlocks, dataBlocks: g.dataEnd - g.dataStart, files: core.state.files.size, usedBlocks: a.used,
     freeBlocks: a.free, pendingBlocks: a.pendingCount, logRecords: r.records, logBytes: r.tail, logCapacity: g.logBlocks * BLOCK_SIZE,
     checkpointGeneration: sb.ckptGen,
   };
   rep.clean = rep.errors.length === 0;
   return rep;
+}
+
+/** Check the pool on the device at `path`: opened exclusively (EBUSY while a service owns it), never written. */
+export function fsckDevice(path: string, progress?: Progress): FsckReport {
+  const storage = openDevice(path, { exclusive: true });
+  try {
+    return fsckStorage(storage, progress);
+  } finally {
+    storage.close();
+  }
 }

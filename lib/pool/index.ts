@@ -1,2 +1,8 @@
-// The pool: a crash-safe extent filesystem inside the device (docs/pool.md).
-export { Pool, PoolFile, type CreateOptions, type FileStat, type StatFs } from './pool';
+// The pool: a crash-safe extent filesystem inside the device (docs/pool.md). What
+// the layers above (the service, the CLI) use of it; the fault policy's entry
+// points are in internal.ts.
+export {
+  PoolFs, PoolFsFile, DEFAULT_POOL_SIZE,
+  type PoolFsCreateOptions, type PoolFsFileStat, type PoolFsInfo, type PoolFsStatFs,
+} from './pool-fs';
+export { fsckDevice, type FsckReport } from './fsck';

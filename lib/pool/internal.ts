@@ -1,11 +1,12 @@
-// Internal entry points for the fault policy (lib/fault/, issue 4). Not part of the
-// public API. Lock order: the caller holds the file's range lock (class 'range')
-// over the window it works on, may then take its entry lock (class 'entry'); the
-// functions here take 'alloc' then 'log' themselves.
+// Internal entry points for the fault policy (lib/fault/, docs/fault-policy.md);
+// not part of the pool's public surface (index.ts). Lock order (docs/locking.md):
+// the caller holds the file's range lock (class 'range') over the window it works
+// on, may then take its entry lock (class 'entry'); the functions here take
+// 'alloc' then 'log' themselves.
 
 import type { Storage } from '../device/storage';
 import type { RangeLock } from '../lock/index';
-import { coreOf, inodeOf, type Pool, type PoolFile } from './pool';
+import { coreOf, inodeOf, type PoolFs, type PoolFsFile } from './pool-fs';
 import type { DeviceExtent, Inode, Invalidator, LookupResult, PoolCore } from './core';
 
 export type { DeviceExtent, Inode, Invalidator, LookupResult, PoolCore };
@@ -20,8 +21,8 @@ export interface EnsureWrittenOptions {
 export interface PoolInternals {
   /** The device: `view(deviceOffset, length)` for direct access, `deviceId` for installs. */
   readonly storage: Storage;
-  /** The inode behind a public file handle. */
-  inode(file: PoolFile): Inode;
+  /** The inode behind a file handle. */
+  inode(file: PoolFsFile): Inode;
   /** The file's byte-range lock (class 'range'), the outermost lock of any fault on it. */
   rangeLock(file: Inode): RangeLock;
   /** Current size in bytes (read it again after taking the range lock). */
@@ -42,11 +43,11 @@ export interface PoolInternals {
    * before any block is freed or zeroed. null restores the default no-op.
    */
   setInvalidator(fn: Invalidator | null): void;
-  /** The core itself (fsck, tests). */
+  /** The core itself (the service reads the pool's superblock from it; tests). */
   readonly core: PoolCore;
 }
 
-export function poolInternals(pool: Pool): PoolInternals {
+export function poolInternals(pool: PoolFs): PoolInternals {
   const core = coreOf(pool);
   return {
     storage: core.storage,

@@ -10,7 +10,7 @@ import { execute } from '../native/engine';
 import { AnswerBatch, type AnswerSpec, type FaultEvent } from '../native/frames';
 import { logger } from '../log';
 import { lockdep } from '../lock/index';
-import { Pool as LocalPool, PoolFile as LocalFile } from '../pool/pool';
+import { PoolFs as LocalPool, PoolFsFile as LocalFile } from '../pool/index';
 import { poolInternals, type PoolInternals } from '../pool/internal';
 import { statIdentity, statOwner, type DeviceIdentity } from '../device/identity';
 import { FaultPolicy, type Client } from '../fault/policy';

@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, openSync, writeSync, closeSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { main } from '../../dist/cli/main.js';
 import { parseSize, formatSize } from '../../dist/cli/units.js';
 import { ProgressBar } from '../../dist/cli/progress.js';
@@ -74,7 +74,7 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
     const again = await run('mkfs', dev);
     t.equal(again.code, 2, 'refuses an existing pool');
     t.match(again.err, /EEXIST/);
-    const pool = await Pool.open(dev);
+    const pool = await PoolFs.open(dev);
     const f = await pool.openFile('file one', { create: true });
     await f.write(Buffer.alloc(10000, 1), 0);
     await f.fallocate(1 << 20, 1 << 20, { keepSize: true });
@@ -90,7 +90,10 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
     const lj = (await run('ls', dev, '--json')).out.trim().split('\n').map((l) => JSON.parse(l));
     t.same(lj.map((r) => r.name), ['empty', 'file one']);
     const st = JSON.parse((await run('stat', dev, '--json')).out);
+    t.same(Object.keys(st), ['device', 'kind', 'uuid', 'formatVersion', 'deviceBytes', 'blockSize', 'dataBytes', 'freeBytes',
+      'usedBytes', 'files', 'maxFiles', 'logBytesUsed', 'logBytes', 'checkpointGeneration', 'replayedRecords', 'created']);
     t.equal(st.files, 2);
+    t.equal(st.logBytesUsed, 0, 'closed cleanly: the log was checkpointed');
     t.equal(st.deviceBytes, 32 << 20);
     t.match((await run('stat', dev)).out, /freeBytes: \d+ \(/);
     const fst = await run('stat', dev, 'file one');
@@ -110,15 +113,15 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
 t.test('fsck reports damage precisely and exits 1', async (t) => {
   const dev = join(dir, 'damaged');
   t.equal((await inproc('mkfs', dev, '--size', '16M')).code, 0);
-  const pool = await Pool.open(dev);
+  const pool = await PoolFs.open(dev);
   const f = await pool.openFile('f', { create: true });
   await f.write(Buffer.alloc(3 * 4096, 7), 0);
   const core = coreOf(pool);
-  const devBlock = core.lookup(core.names.get('f')!, 0).deviceOffset! / 4096;
+  const devBlock = core.lookup(core.state.names.get('f')!, 0).deviceOffset! / 4096;
   const g = await pool.openFile('g', { create: true });
   // forge a valid record that gives g a block of f: fsck must name both
-  core.log.append([{ t: 5, id: core.names.get('g')!.id, fb: 0, len: 1, dev: devBlock + 1, state: 2 } as never]);
-  core.log.persist();
+  core.txn.log.append([{ t: 5, id: core.state.names.get('g')!.id, fb: 0, len: 1, dev: devBlock + 1, state: 2 } as never]);
+  core.txn.log.persist();
   // leave without close (a crash): the forged record stays in the log
   core.storage.close();
   void g;

@@ -6,7 +6,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startDaemon, startClient, PAGE } from './helpers';
-import { Pool as LocalPool } from '../../dist/pool/pool';
+import { PoolFs as LocalPool } from '../../dist/pool/pool-fs';
 import { openDevice } from '../../dist/device/device';
 import { identityMismatch, openVerifiedDevice, parseIdentity, readIdentity, type DeviceIdentity } from '../../dist/device/identity';
 

@@ -4,7 +4,7 @@
 // the seed and the operation log that reproduces it.
 import t from 'tap';
 import { memPool, rng, stamp, checkClean, B } from '../pool/helpers.ts';
-import { Pool, PoolFile, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { MemoryStorage } from '../../dist/device/storage.js';
 import { useLockdep } from '../lock/guard.ts';
 
@@ -44,8 +44,8 @@ async function runModel(seed: number, ops: number, log: string[]): Promise<{ eno
   const r = rng(seed);
   let { pool, storage } = memPool(8 << 20, { logBytes: 64 * 1024, trackPersistence: true });
   const shadows = new Map<string, Shadow>();
-  const handles = new Map<string, PoolFile>();
-  const handle = async (name: string): Promise<PoolFile> => {
+  const handles = new Map<string, PoolFsFile>();
+  const handle = async (name: string): Promise<PoolFsFile> => {
     let h = handles.get(name);
     if (!h) { h = await pool.openFile(name, { create: true }); handles.set(name, h); if (!shadows.has(name)) shadows.set(name, emptyShadow()); }
     return h;
@@ -168,11 +168,11 @@ async function runModel(seed: number, ops: number, log: string[]): Promise<{ eno
           break;
         case 'reopen': {
           await pool.close();
-          checkpoints += coreOf(pool).checkpoints;
+          checkpoints += coreOf(pool).txn.checkpoints;
           handles.clear();
           // close persisted everything: the durable image alone must hold the whole state
           storage = new MemoryStorage(storage.size, { from: storage.crashImage(), trackPersistence: true });
-          pool = Pool.openOn(storage);
+          pool = PoolFs.openOn(storage);
           break;
         }
       }
@@ -192,7 +192,7 @@ async function runModel(seed: number, ops: number, log: string[]): Promise<{ eno
     }
   }
   await pool.close();
-  checkpoints += coreOf(pool).checkpoints;
+  checkpoints += coreOf(pool).txn.checkpoints;
   return { enospc, checkpoints };
 }
 

@@ -5,7 +5,7 @@ import t from 'tap';
 import { rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Pool } from '../../dist/pool/pool.js';
+import { PoolFs } from '../../dist/pool/pool-fs.js';
 
 const B = 4096;
 const N = Number(process.env['DAXMAP_BENCH_OPS'] ?? 50000);
@@ -24,7 +24,7 @@ for (const [kind, dir, n] of [['tmpfs', '/dev/shm', N], ['disk file', tmpdir(), 
   const path = join(dir, `daxmap-bench-${process.pid}`);
   const N = n;
   t.teardown(() => rmSync(path, { force: true }));
-  const pool = await Pool.create(path, { size: 2 * 2 ** 30 });
+  const pool = await PoolFs.create(path, { size: 2 * 2 ** 30 });
   const f = await pool.openFile('bench', { create: true });
   // every other block, so each fallocate makes its own extent (no merging)
   const perm = Array.from({ length: N }, (_, i) => i);

@@ -6,7 +6,7 @@ import { rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { openDevice } from '../../dist/device/device.js';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 
 const B = 4096;
 const RECORDS = Number(process.env['DAXMAP_BENCH_RECORDS'] ?? 1_000_000);
@@ -16,7 +16,7 @@ t.test(`open time with ${RECORDS} log records`, async (t) => {
   t.teardown(() => rmSync(path, { force: true }));
   const storage = openDevice(path, { create: true, size: 4 * 2 ** 30, exclusive: true });
   // a log big enough for the run (40 bytes per 4 KiB fallocate record)
-  const pool = Pool.createOn(storage, { logBytes: 64 << 20 });
+  const pool = PoolFs.createOn(storage, { logBytes: 64 << 20 });
   const files = await Promise.all(Array.from({ length: 100 }, (_, i) => pool.openFile(`f${i}`, { create: true })));
   const t0 = Date.now();
   const per = Math.ceil(RECORDS / files.length);
@@ -28,10 +28,10 @@ t.test(`open time with ${RECORDS} log records`, async (t) => {
     }
   }
   const core = coreOf(pool);
-  t.comment(`built: ${core.log.appended} records, ${(core.log.used / 2 ** 20).toFixed(1)} MiB of log, ${core.checkpoints} checkpoints, in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  t.equal(core.checkpoints, 0, 'the log was not compacted during the build');
+  t.comment(`built: ${core.txn.log.appended} records, ${(core.txn.log.used / 2 ** 20).toFixed(1)} MiB of log, ${core.txn.checkpoints} checkpoints, in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  t.equal(core.txn.checkpoints, 0, 'the log was not compacted during the build');
   // crash: make the log durable, drop the pool without a checkpoint
-  core.log.persist();
+  core.txn.log.persist();
   storage.close();
   // open in a fresh process each time, as a restart would (this process still holds the built pool's heap)
   const times: number[] = [];
@@ -51,10 +51,10 @@ t.test(`open time with ${RECORDS} log records`, async (t) => {
 
 function openInChild(path: string, close: boolean): { ms: number; records: number; closeMs: number } {
   const code = `
-    const { Pool, coreOf } = require(${JSON.stringify(resolve(__dirname, '../../dist/pool/pool.js'))});
+    const { PoolFs, coreOf } = require(${JSON.stringify(resolve(__dirname, '../../dist/pool/pool-fs.js'))});
     (async () => {
       const t0 = process.hrtime.bigint();
-      const p = await Pool.open(${JSON.stringify(path)});
+      const p = await PoolFs.open(${JSON.stringify(path)});
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       const records = coreOf(p).openInfo.replay.records;
       let closeMs = 0;

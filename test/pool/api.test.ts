@@ -3,7 +3,7 @@
 // points the fault policy builds on (lookup, ensureWritten, the invalidation hook).
 import t from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
 import { withOperation, lockdep } from '../../dist/lock/index.js';
 import { memPool, B } from './helpers.ts';
@@ -157,12 +157,37 @@ t.test('metadata survives close and reopen', async (t) => {
   await f.fallocate(8 * B, 2 * B, { keepSize: true });
   const st = await f.stat();
   await pool.close();
-  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   const st2 = await (await p2.openFile('f')).stat();
   t.same(st2, st);
   t.equal(st2.mode, 0o600);
   t.equal(coreOf(p2).openInfo.replay.records, 0, 'close checkpointed: nothing to replay');
   await p2.close();
+});
+
+t.test('info: what the pool is and where its log stands', async (t) => {
+  const { pool, storage } = memPool(8 << 20, { trackPersistence: true, maxFiles: 100 });
+  const i0 = await pool.info();
+  t.match(i0, { device: storage.path, kind: 'memory', deviceBytes: 8 << 20, formatVersion: 1, files: 0, maxFiles: 100,
+    logBytesUsed: 0, checkpointGeneration: 1, replayedRecords: 0 });
+  t.match(i0.uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  t.ok(Math.abs(i0.createdMs - Date.now()) < 60_000, 'formatted just now');
+  t.equal(i0.logBytes % B, 0);
+  await pool.openFile('a', { create: true });
+  await pool.openFile('b', { create: true });
+  const i1 = await pool.info();
+  t.equal(i1.files, 2);
+  t.ok(i1.logBytesUsed > 0, 'the creates are in the log');
+  await pool.sync();
+  // a crash now: the next open replays the two creates (and the session record)
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const i2 = await p2.info();
+  t.equal(i2.uuid, i0.uuid);
+  t.equal(i2.createdMs, i0.createdMs);
+  t.ok(i2.replayedRecords >= 2, `replayed ${i2.replayedRecords} records`);
+  await p2.close();
+  await pool.close();
+  await t.rejects(pool.info(), { code: 'EBADF' });
 });
 
 t.test('mtime changes are logged by fsync', async (t) => {
@@ -176,7 +201,7 @@ t.test('mtime changes are logged by fsync', async (t) => {
   const m = (await f.stat()).mtimeMs;
   t.ok(m > m0, 'the overwrite changed mtime');
   await f.fsync();
-  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   t.equal((await (await p2.openFile('f')).stat()).mtimeMs, m);
   await p2.close();
   await pool.close();
@@ -229,7 +254,7 @@ t.test('internal API: lookup, ensureWritten (idempotent, never re-zeroes), sync'
     } finally { h.release(); }
   });
   // sync: the record is durable: a crash now keeps the block written
-  const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
   const ip2 = poolInternals(p2);
   t.equal(ip2.lookup(ip2.inode(await p2.openFile('f')), 3 << 20).state, 'written');
   await p2.close();
@@ -309,11 +334,11 @@ t.test('concurrent operations on several files keep the pool consistent', async 
   await pool.close();
 });
 
-t.test('Pool.createOn refuses to format over a pool unless forced', async (t) => {
+t.test('PoolFs.createOn refuses to format over a pool unless forced', async (t) => {
   const s = new MemoryStorage(8 << 20);
-  Pool.createOn(s);
-  t.throws(() => Pool.createOn(s), { code: 'EEXIST' });
-  const p = Pool.createOn(s, { force: true });
+  PoolFs.createOn(s);
+  t.throws(() => PoolFs.createOn(s), { code: 'EEXIST' });
+  const p = PoolFs.createOn(s, { force: true });
   t.same(await p.list(), []);
   await p.close();
 });

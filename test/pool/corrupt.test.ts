@@ -3,7 +3,7 @@
 // the intact prefix; never a crash, a hang or an inconsistent pool.
 import t from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { fsckStorage } from '../../dist/pool/fsck.js';
 import { rng, stamp, B } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
@@ -15,14 +15,14 @@ const SIZE = 8 << 20;
 /** A pool image with a checkpoint and a log of a few hundred records (crash image: not closed). */
 async function image(): Promise<{ img: Buffer[]; g: ReturnType<typeof coreOf>['geometry']; logUsed: number }> {
   const s = new MemoryStorage(SIZE, { trackPersistence: true });
-  const pool = Pool.createOn(s);
+  const pool = PoolFs.createOn(s);
   const r = rng(3);
   for (let i = 0; i < 4; i++) {
     const f = await pool.openFile(`f${i}`, { create: true });
     await f.write(stamp(i, 0, 20000), 0);
   }
   await pool.sync();
-  coreOf(pool).checkpoint();
+  coreOf(pool).txn.checkpoint();
   for (let op = 0; op < 300; op++) {
     const f = await pool.openFile(`f${r.int(6)}`, { create: true });
     const off = r.int(200000);
@@ -32,7 +32,7 @@ async function image(): Promise<{ img: Buffer[]; g: ReturnType<typeof coreOf>['g
   }
   await pool.sync();
   const core = coreOf(pool);
-  return { img: s.crashImage(), g: core.geometry, logUsed: core.log.used };
+  return { img: s.crashImage(), g: core.geometry, logUsed: core.txn.log.used };
 }
 
 function flip(img: Buffer[], byte: number, bit: number): Buffer[] {
@@ -43,9 +43,9 @@ function flip(img: Buffer[], byte: number, bit: number): Buffer[] {
 
 /** Open must either fail with EBADF or give a sound pool; returns which. */
 async function openOutcome(img: Buffer[]): Promise<'ebadf' | 'ok'> {
-  let pool: Pool;
+  let pool: PoolFs;
   try {
-    pool = Pool.openOn(new MemoryStorage(SIZE, { from: img }));
+    pool = PoolFs.openOn(new MemoryStorage(SIZE, { from: img }));
   } catch (e) {
     const code = (e as { code?: string }).code;
     if (code !== 'EBADF') throw new Error(`open threw ${code}: ${(e as Error).message}`);
@@ -84,7 +84,7 @@ t.test('flipped bits in both superblock copies: EBADF with a clear message', asy
   const { img } = await image();
   const both = flip(flip(img, 50, 1), B + 50, 1);
   t.equal(await openOutcome(both), 'ebadf');
-  t.throws(() => Pool.openOn(new MemoryStorage(SIZE, { from: both })), { code: 'EBADF', message: /bad superblock/ });
+  t.throws(() => PoolFs.openOn(new MemoryStorage(SIZE, { from: both })), { code: 'EBADF', message: /bad superblock/ });
   const rep = fsckStorage(new MemoryStorage(SIZE, { from: both }));
   t.equal(rep.clean, false);
   t.match(rep.errors[0], /superblock/);
@@ -92,7 +92,7 @@ t.test('flipped bits in both superblock copies: EBADF with a clear message', asy
 
 t.test('flipped bits in the checkpoint in force: EBADF, fsck says where', async (t) => {
   const { img, g } = await image();
-  const probe = coreOf(Pool.openOn(new MemoryStorage(SIZE, { from: img })));
+  const probe = coreOf(PoolFs.openOn(new MemoryStorage(SIZE, { from: img })));
   const slot = (g.ckptStart + (probe.sb.ckptGen % 2) * g.ckptBlocks) * B;
   const bytes = 64 + probe.openInfo.ckptFiles * 48 + probe.openInfo.ckptExtents * 24;
   const r = rng(4);
@@ -126,11 +126,11 @@ t.test('flipped bits in the log: a clean replay of the intact prefix', async (t)
 t.test('truncated, foreign, empty and tiny devices', async (t) => {
   const { img } = await image();
   const half = new MemoryStorage(SIZE / 2, { from: [img[0]!.subarray(0, SIZE / 2)] });
-  t.throws(() => Pool.openOn(half), { code: 'EBADF', message: /truncated/ });
+  t.throws(() => PoolFs.openOn(half), { code: 'EBADF', message: /truncated/ });
   const foreign = new MemoryStorage(1 << 20, { from: [Buffer.from(Array.from({ length: 1 << 20 }, (_, i) => (i * 7919) & 0xff))] });
-  t.throws(() => Pool.openOn(foreign), { code: 'EBADF', message: /not a daxmap pool/ });
-  t.throws(() => Pool.openOn(new MemoryStorage(SIZE)), { code: 'EBADF', message: /not a daxmap pool/ });
-  t.throws(() => Pool.openOn(new MemoryStorage(4096)), { code: 'EBADF', message: /too small/ });
+  t.throws(() => PoolFs.openOn(foreign), { code: 'EBADF', message: /not a daxmap pool/ });
+  t.throws(() => PoolFs.openOn(new MemoryStorage(SIZE)), { code: 'EBADF', message: /not a daxmap pool/ });
+  t.throws(() => PoolFs.openOn(new MemoryStorage(4096)), { code: 'EBADF', message: /too small/ });
   t.equal(fsckStorage(new MemoryStorage(SIZE)).clean, false);
 });
 
@@ -148,18 +148,18 @@ t.test('random garbage over the whole metadata area behind a valid superblock', 
 
 t.test('a valid-checksum log record naming a block owned twice is refused', async (t) => {
   const s = new MemoryStorage(SIZE, { trackPersistence: true });
-  const pool = Pool.createOn(s);
+  const pool = PoolFs.createOn(s);
   const a = await pool.openFile('a', { create: true });
   const b = await pool.openFile('b', { create: true });
   await a.write(Buffer.alloc(B, 1), 0);
   await b.write(Buffer.alloc(B, 2), 0);
   await pool.sync();
   const core = coreOf(pool);
-  const devA = core.lookup(core.names.get('a')!, 0).deviceOffset! / B;
+  const devA = core.lookup(core.state.names.get('a')!, 0).deviceOffset! / B;
   // forge a well-formed record that maps a's block into b
-  core.log.append([{ t: 5, id: core.names.get('b')!.id, fb: 1, len: 1, dev: devA, state: 2 } as never]);
-  core.log.persist();
-  t.throws(() => Pool.openOn(new MemoryStorage(SIZE, { from: s.crashImage() })), { code: 'EBADF', message: /owned by file/ });
+  core.txn.log.append([{ t: 5, id: core.state.names.get('b')!.id, fb: 1, len: 1, dev: devA, state: 2 } as never]);
+  core.txn.log.persist();
+  t.throws(() => PoolFs.openOn(new MemoryStorage(SIZE, { from: s.crashImage() })), { code: 'EBADF', message: /owned by file/ });
   const rep = fsckStorage(new MemoryStorage(SIZE, { from: s.crashImage() }));
   t.match(rep.errors[0], /device block \d+ mapped by file \d+ \('b'\) is already owned by file \d+ \('a'\)/);
 });

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { rng } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
 
@@ -55,7 +55,7 @@ async function runAndKill(path: string, seed: number, afterLines: number, delayM
 }
 
 async function check(t: Tap.Test, path: string, synced: Map<string, string>): Promise<void> {
-  const pool = await Pool.open(path);
+  const pool = await PoolFs.open(path);
   t.same(coreOf(pool).checkState(), [], 'consistent after recovery');
   for (const name of await pool.list()) {
     const f = await pool.openFile(name);
@@ -83,7 +83,7 @@ for (const [kind, mk, rounds] of places) {
     const r = rng(kind === 'tmpfs' ? 17 : 23);
     const path = mk();
     t.teardown(() => rmSync(path, { force: true }));
-    await (await Pool.create(path, { size: 16 << 20 })).close();
+    await (await PoolFs.create(path, { size: 16 << 20 })).close();
     let syncedChecked = 0;
     // extra rounds (up to 12) until at least one fsync'ed file could be checked
     for (let round = 0; round < rounds || (syncedChecked === 0 && round < 12); round++) {

@@ -1,22 +1,22 @@
 // Shared helpers for pool tests: memory pools, a seeded PRNG, stamped data.
 import { MemoryStorage } from '../../dist/device/storage.js';
-import { Pool, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 
 export const B = 4096;
 
-export function memPool(size = 16 << 20, opts: { trackPersistence?: boolean; logBytes?: number; maxFiles?: number } = {}): { pool: Pool; storage: MemoryStorage } {
+export function memPool(size = 16 << 20, opts: { trackPersistence?: boolean; logBytes?: number; maxFiles?: number } = {}): { pool: PoolFs; storage: MemoryStorage } {
   const storage = new MemoryStorage(size, { trackPersistence: opts.trackPersistence === true });
   const fmt: { logBytes?: number; maxFiles?: number } = {};
   if (opts.logBytes !== undefined) fmt.logBytes = opts.logBytes;
   if (opts.maxFiles !== undefined) fmt.maxFiles = opts.maxFiles;
-  const pool = Pool.createOn(storage, fmt);
+  const pool = PoolFs.createOn(storage, fmt);
   return { pool, storage };
 }
 
 /** Reopen a pool over the same bytes (a clean close must already have happened, or this models a crash with no loss). */
-export function reopenFrom(storage: MemoryStorage, img?: Buffer[], track = false): { pool: Pool; storage: MemoryStorage } {
+export function reopenFrom(storage: MemoryStorage, img?: Buffer[], track = false): { pool: PoolFs; storage: MemoryStorage } {
   const s = new MemoryStorage(storage.size, { from: img ?? storage.crashImage(), trackPersistence: track });
-  return { pool: Pool.openOn(s), storage: s };
+  return { pool: PoolFs.openOn(s), storage: s };
 }
 
 /** mulberry32: small, fast, reproducible. */
@@ -44,7 +44,7 @@ export function stamp(op: number, fileOffset: number, len: number): Buffer {
   return b;
 }
 
-export function checkClean(pool: Pool): string[] {
+export function checkClean(pool: PoolFs): string[] {
   return coreOf(pool).checkState();
 }
 

@@ -4,7 +4,7 @@
 // fsync'ed file byte for byte, and never show a freed file's pattern elsewhere.
 import t from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
-import { Pool, PoolFile, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { fsckStorage } from '../../dist/pool/fsck.js';
 import { rng, stamp, B } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
@@ -31,7 +31,7 @@ class CrashingStorage extends MemoryStorage {
   }
 }
 
-async function readAll(f: PoolFile): Promise<Buffer> {
+async function readAll(f: PoolFsFile): Promise<Buffer> {
   const st = await f.stat();
   const b = Buffer.alloc(st.size);
   await f.read(b, 0);
@@ -40,9 +40,9 @@ async function readAll(f: PoolFile): Promise<Buffer> {
 
 async function verify(snap: Snap): Promise<string | null> {
   const s = new MemoryStorage(SIZE, { from: snap.img });
-  let pool: Pool;
+  let pool: PoolFs;
   try {
-    pool = Pool.openOn(s);
+    pool = PoolFs.openOn(s);
   } catch (e) {
     return `recovery failed: ${(e as Error).message}`;
   }
@@ -66,10 +66,10 @@ async function scenario(t: Tap.Test, seed: number, ops: number): Promise<void> {
   const r = rng(seed);
   const durable = new Map<string, Buffer>(); // name -> content at its last fsync, while untouched since
   const storage = new CrashingStorage(SIZE, r, 0.4, () => new Map(durable));
-  const pool = Pool.createOn(storage, { logBytes: 64 * 1024 });
+  const pool = PoolFs.createOn(storage, { logBytes: 64 * 1024 });
   const names = ['a', 'b', 'c', 'd'];
-  const files = new Map<string, PoolFile>();
-  const open = async (n: string): Promise<PoolFile> => {
+  const files = new Map<string, PoolFsFile>();
+  const open = async (n: string): Promise<PoolFsFile> => {
     let f = files.get(n);
     if (!f) { f = await pool.openFile(n, { create: true }); files.set(n, f); }
     return f;

@@ -4,7 +4,7 @@
 // show through a read, a later mapping (ensureWritten + the device view), or a crash.
 import t from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
-import { Pool, PoolFile, coreOf } from '../../dist/pool/pool.js';
+import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
 import { withOperation } from '../../dist/lock/index.js';
 import { memPool, B } from './helpers.ts';
@@ -20,14 +20,14 @@ function pattern(len: number): Buffer {
   return b;
 }
 
-async function readAll(f: PoolFile): Promise<Buffer> {
+async function readAll(f: PoolFsFile): Promise<Buffer> {
   const st = await f.stat();
   const b = Buffer.alloc(st.size);
   await f.read(b, 0);
   return b;
 }
 
-type Freer = (pool: Pool, f: PoolFile) => Promise<void>;
+type Freer = (pool: PoolFs, f: PoolFsFile) => Promise<void>;
 const freers: Record<string, Freer> = {
   unlink: async (pool) => { await pool.unlink('secret'); },
   truncate: async (_p, f) => { await f.truncate(100); },
@@ -65,7 +65,7 @@ for (const [how, free] of Object.entries(freers)) {
         if (v.indexOf(PAT) >= 0) t.fail(`pattern visible through a mapping of c at ${e.offset + o}`);
       }
     }
-    const reused = coreOf(pool).checkpoints;
+    const reused = coreOf(pool).txn.checkpoints;
     t.ok(reused >= 1, 'allocation pressure made the freed blocks reusable (checkpoint)');
     for (const f of [a, b, c]) t.equal((await readAll(f)).indexOf(PAT), -1, `no pattern in ${f.name}`);
     if (how === 'punch') {
@@ -80,7 +80,7 @@ for (const [how, free] of Object.entries(freers)) {
     }
     t.same(coreOf(pool).checkState(), []);
     // and after a crash with nothing closed
-    const p2 = Pool.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+    const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
     for (const n of ['a', 'b', 'c']) {
       const f = await p2.openFile(n);
       t.equal((await readAll(f)).indexOf(PAT), -1, `no pattern in ${n} after a crash`);

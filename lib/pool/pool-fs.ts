@@ -1,35 +1,37 @@
-// The public Pool / PoolFile API over PoolCore. Every call is async and runs as one
+// The pool's filesystem as handles: PoolFs (an open pool) and PoolFsFile (a file
+// in it), over PoolCore. The service (lib/service) is their user; the package's
+// API is lib/client's Pool / PoolFile. Every call is async and runs as one
 // lock-validator operation; argument checks happen here or in the core before any
 // lock is taken.
 
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { daxError, isDaxError } from '../errors';
-import type { Storage } from '../device/storage';
+import type { Storage, StorageKind } from '../device/storage';
 import { openDevice } from '../device/device';
 import { withOperation } from '../lock/index';
-import { PoolCore, formatStorage, readSuperblock, type Inode } from './core';
-import type { FormatOptions } from './format';
+import { PoolCore, type ExtentInfo, type Inode } from './core';
+import { BLOCK_SIZE, formatStorage, readSuperblock, type FormatOptions } from './format';
 
-export interface CreateOptions {
+export interface PoolFsCreateOptions {
   /** Bytes for a new regular/tmpfs device file (default 1 GiB). An existing file keeps its size. */
   size?: number;
   /** Format over an existing pool. */
   force?: boolean;
 }
 
-export interface FileStat {
+export interface PoolFsFileStat {
   name: string;
   size: number;
   /** Bytes of blocks mapped (written and unwritten). */
   allocated: number;
-  extents: { offset: number; length: number; state: 'written' | 'unwritten' }[];
+  extents: ExtentInfo[];
   mode: number;
   uid: number;
   gid: number;
   mtimeMs: number;
 }
 
-export interface StatFs {
+export interface PoolFsStatFs {
   /** Bytes in the data area. */
   size: number;
   /** Bytes not owned by any file. */
@@ -37,22 +39,42 @@ export interface StatFs {
   blockSize: number;
 }
 
+/** What the pool is and where it stands (`daxmap mkfs` and `daxmap stat` print it). */
+export interface PoolFsInfo {
+  /** The device path, its kind and size in bytes. */
+  device: string;
+  kind: StorageKind;
+  deviceBytes: number;
+  uuid: string;
+  formatVersion: number;
+  /** When the pool was formatted, ms since the epoch. */
+  createdMs: number;
+  files: number;
+  maxFiles: number;
+  /** Bytes of metadata log in use, and its capacity. */
+  logBytesUsed: number;
+  logBytes: number;
+  checkpointGeneration: number;
+  /** Log records replayed when the pool was opened. */
+  replayedRecords: number;
+}
+
 export const DEFAULT_POOL_SIZE = 1 << 30;
 
-const cores = new WeakMap<Pool, PoolCore>();
-const inodes = new WeakMap<PoolFile, Inode>();
+const cores = new WeakMap<PoolFs, PoolCore>();
+const inodes = new WeakMap<PoolFsFile, Inode>();
 
-/** The core behind a public Pool (internal: the fault policy and fsck use it). */
-export function coreOf(pool: Pool): PoolCore {
+/** The core behind a PoolFs (internal: the fault policy, through internal.ts, and the tests). */
+export function coreOf(pool: PoolFs): PoolCore {
   const c = cores.get(pool);
-  if (!c) throw daxError('EINVAL', 'not a Pool');
+  if (!c) throw daxError('EINVAL', 'not a PoolFs');
   return c;
 }
 
-/** The inode behind a public PoolFile (internal). */
-export function inodeOf(file: PoolFile): Inode {
+/** The inode behind a PoolFsFile (internal). */
+export function inodeOf(file: PoolFsFile): Inode {
   const i = inodes.get(file);
-  if (!i) throw daxError('EINVAL', 'not a PoolFile');
+  if (!i) throw daxError('EINVAL', 'not a PoolFsFile');
   return i;
 }
 
@@ -74,7 +96,7 @@ function openStorage(path: string, create: boolean, size: number): Storage {
   }
 }
 
-export class Pool {
+export class PoolFs {
   /** Operations in flight: close() waits for them. */
   private readonly inflight = new Set<Promise<unknown>>();
   private closing = false;
@@ -84,7 +106,7 @@ export class Pool {
   }
 
   /** Format a device (creating a regular/tmpfs file of `size` if missing), then open it. */
-  static async create(device: string, opts: CreateOptions = {}): Promise<Pool> {
+  static async create(device: string, opts: PoolFsCreateOptions = {}): Promise<PoolFs> {
     return withOperation('pool.create', () => {
       if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
       const size = opts.size ?? DEFAULT_POOL_SIZE;
@@ -98,7 +120,7 @@ export class Pool {
       const existed = existsSync(device);
       const storage = openStorage(device, true, size);
       try {
-        return Pool.createOn(storage, opts);
+        return PoolFs.createOn(storage, opts);
       } catch (e) {
         storage.close();
         if (!existed) rmSync(device, { force: true }); // do not leave a half-made file behind
@@ -108,12 +130,12 @@ export class Pool {
   }
 
   /** Open an existing pool: ENOENT if missing, EBADF if it is not a sound daxmap pool, EBUSY if owned. */
-  static async open(device: string): Promise<Pool> {
+  static async open(device: string): Promise<PoolFs> {
     return withOperation('pool.open', () => {
       if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
       const storage = openStorage(device, false, 0);
       try {
-        return Pool.openOn(storage);
+        return PoolFs.openOn(storage);
       } catch (e) {
         storage.close();
         throw e;
@@ -122,17 +144,17 @@ export class Pool {
   }
 
   /** Internal: format a Storage (MemoryStorage in tests) and open it. */
-  static createOn(storage: Storage, opts: { force?: boolean } & FormatOptions = {}): Pool {
+  static createOn(storage: Storage, opts: { force?: boolean } & FormatOptions = {}): PoolFs {
     if (!opts.force && isPool(storage)) {
       throw daxError('EEXIST', `'${storage.path}' already holds a daxmap pool (use force to format over it)`, { path: storage.path });
     }
     formatStorage(storage, opts);
-    return Pool.openOn(storage);
+    return PoolFs.openOn(storage);
   }
 
   /** Internal: open a pool on a Storage. */
-  static openOn(storage: Storage): Pool {
-    return new Pool(PoolCore.open(storage));
+  static openOn(storage: Storage): PoolFs {
+    return new PoolFs(PoolCore.open(storage));
   }
 
   /** Run a public call: one lock-validator operation, refused after close, waited for by close. */
@@ -146,15 +168,15 @@ export class Pool {
     return p;
   }
 
-  /** @internal used by PoolFile */
+  /** @internal used by PoolFsFile */
   fileCall<T>(name: string, fn: (core: PoolCore) => T | Promise<T>): Promise<T> {
     return this.call(name, fn);
   }
 
-  openFile(name: string, opts: { create?: boolean; exclusive?: boolean; mode?: number; uid?: number; gid?: number } = {}): Promise<PoolFile> {
+  openFile(name: string, opts: { create?: boolean; exclusive?: boolean; mode?: number; uid?: number; gid?: number } = {}): Promise<PoolFsFile> {
     return this.call('pool.openFile', async (core) => {
       const inode = await core.createOrOpen(name, opts.create === true, opts);
-      return new PoolFile(this, inode);
+      return new PoolFsFile(this, inode);
     });
   }
 
@@ -167,11 +189,22 @@ export class Pool {
   }
 
   list(): Promise<string[]> {
-    return this.call('pool.list', (core) => [...core.names.keys()].sort());
+    return this.call('pool.list', (core) => [...core.state.names.keys()].sort());
   }
 
-  statfs(): Promise<StatFs> {
+  statfs(): Promise<PoolFsStatFs> {
     return this.call('pool.statfs', (core) => core.statfs());
+  }
+
+  info(): Promise<PoolFsInfo> {
+    return this.call('pool.info', (core) => {
+      const { storage, geometry: g, sb } = core;
+      return {
+        device: storage.path, kind: storage.kind, deviceBytes: storage.size, uuid: sb.uuid, formatVersion: sb.version,
+        createdMs: sb.createdMs, files: core.state.files.size, maxFiles: g.maxFiles, logBytesUsed: core.txn.log.used,
+        logBytes: g.logBlocks * BLOCK_SIZE, checkpointGeneration: sb.ckptGen, replayedRecords: core.openInfo.replay.records,
+      };
+    });
   }
 
   /** Make every file's data and all metadata durable. */
@@ -197,8 +230,7 @@ export class Pool {
       try {
         await core.sync(true);
       } finally {
-        core.closed = true;
-        core.storage.close();
+        core.release();
       }
     });
   }
@@ -214,11 +246,11 @@ export function isPool(storage: Storage): boolean {
   }
 }
 
-export class PoolFile {
+export class PoolFsFile {
   private closed = false;
 
-  /** @internal created by Pool.openFile */
-  constructor(private readonly pool: Pool, inode: Inode) {
+  /** @internal created by PoolFs.openFile */
+  constructor(private readonly pool: PoolFs, inode: Inode) {
     inodes.set(this, inode);
   }
 
@@ -233,7 +265,7 @@ export class PoolFile {
     return this.pool.fileCall(op, (core) => fn(core, f));
   }
 
-  stat(): Promise<FileStat> {
+  stat(): Promise<PoolFsFileStat> {
     return this.call('file.stat', (core, f) => {
       core.checkLive(f);
       return { name: f.name, ...core.statFile(f), mode: f.mode, uid: f.uid, gid: f.gid, mtimeMs: f.mtimeMs };

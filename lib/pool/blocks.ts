@@ -1,0 +1,107 @@
+// File data on the device: copying bytes in and out of a file's blocks, zeroing
+// them, persisting them, and each file's list of blocks overwritten since its last
+// fsync. No metadata changes here: the callers (core.ts) decide when a block is
+// exposed, after what is written here has been persisted (docs/pool-format.md,
+// ordering rules 1, 3 and 4).
+
+import { daxError } from '../errors';
+import { CHUNK_SIZE, type Storage } from '../device/storage';
+import type { Run } from './allocator';
+import { BLOCK_SIZE } from './format';
+import { fillBytes, writeBytes } from './io';
+import { STATE_WRITTEN } from './log';
+import type { Inode, Segment } from './state';
+
+const B = BLOCK_SIZE;
+
+export class BlockIo {
+  constructor(private readonly storage: Storage) {}
+
+  copyOut(dev: number, dst: Uint8Array, dstStart: number, len: number): void {
+    for (let done = 0; done < len;) {
+      const off = dev + done;
+      const n = Math.min(CHUNK_SIZE - (off % CHUNK_SIZE), len - done);
+      dst.set(this.storage.view(off, n), dstStart + done);
+      done += n;
+    }
+  }
+
+  /** Persist device block runs, merging those that touch or overlap. */
+  persistRuns(runs: Run[]): void {
+    runs.sort((a, b) => a.start - b.start);
+    let cur: Run | null = null;
+    for (const r of runs) {
+      if (cur && cur.start + cur.len >= r.start) cur.len = Math.max(cur.len, r.start + r.len - cur.start);
+      else { if (cur) this.storage.persist(cur.start * B, cur.len * B); cur = { ...r }; }
+    }
+    if (cur) this.storage.persist(cur.start * B, cur.len * B);
+  }
+
+  private markDirty(f: Inode, dev: number, len: number): void {
+    const last = f.dirty[f.dirty.length - 1];
+    if (last && last.start + last.len === dev) last.len += len;
+    else if (!last || last.start !== dev || last.len < len) f.dirty.push({ start: dev, len });
+    if (f.dirty.length > 4096) this.flushDirty(f);
+  }
+
+  /** Persist the blocks of `f` overwritten since its last flush. */
+  flushDirty(f: Inode): void {
+    const d = f.dirty;
+    f.dirty = [];
+    this.persistRuns(d);
+  }
+
+  /**
+   * Fill device blocks [dev, dev+n) that back file blocks [fb, fb+n): the bytes of
+   * `data` (at file offset `dataOff`) where they overlap, zeros everywhere else.
+   */
+  fillBlocks(dev: number, fb: number, n: number, data: Uint8Array | null, dataOff: number): void {
+    const lo = fb * B;
+    const hi = (fb + n) * B;
+    const s = data ? Math.max(lo, Math.min(hi, dataOff)) : hi;
+    const t = data ? Math.max(s, Math.min(hi, dataOff + data.length)) : hi;
+    if (s > lo) fillBytes(this.storage, dev * B, s - lo);
+    if (t > s) writeBytes(this.storage, dev * B + (s - lo), data!, s - dataOff, t - s);
+    if (hi > t) fillBytes(this.storage, dev * B + (t - lo), hi - t);
+  }
+
+  /** Copy the part of `data` (at file offset `offset`) that falls in a written segment; durable at fsync. */
+  copyToWritten(f: Inode, data: Uint8Array, offset: number, seg: Segment): void {
+    if (seg.state !== 'written') throw daxError('EIO', `internal: copy into ${seg.state} block ${seg.fb} of '${f.name}'`);
+    const s = Math.max(offset, seg.fb * B);
+    const t = Math.min(offset + data.length, (seg.fb + seg.len) * B);
+    if (t <= s) return;
+    const dev = seg.dev * B + (s - seg.fb * B);
+    writeBytes(this.storage, dev, data, s - offset, t - s);
+    const d0 = Math.floor(dev / B);
+    this.markDirty(f, d0, Math.ceil((dev + t - s) / B) - d0);
+  }
+
+  /** Zero the bytes [s, t) inside one block if it is written; returns its device block, or -1. */
+  private zeroIn(f: Inode, s: number, t: number): number {
+    if (t <= s) return -1;
+    const fb = Math.floor(s / B);
+    const e = f.extents.find(fb);
+    if (!e || e.state !== STATE_WRITTEN) return -1;
+    const dev = e.dev + fb - e.fb;
+    fillBytes(this.storage, dev * B + (s - fb * B), t - s);
+    return dev;
+  }
+
+  /** Zero the bytes [s, t) inside one block if it is written (an in-place data change, durable at fsync). */
+  zeroPartial(f: Inode, s: number, t: number): void {
+    const dev = this.zeroIn(f, s, t);
+    if (dev >= 0) this.markDirty(f, dev, 1);
+  }
+
+  /** Before the size grows past a partial EOF block: zero its tail, durably, so no old bytes reappear (ordering rule 4). */
+  zeroEofTail(f: Inode): void {
+    const dev = this.zeroIn(f, f.size, Math.ceil(f.size / B) * B);
+    if (dev >= 0) this.storage.persist(dev * B, B);
+  }
+
+  /** After a shrink to `size`: zero the rest of the new EOF block (mappings see zeros past EOF, like the kernel). */
+  zeroTailBeyond(f: Inode, size: number): void {
+    this.zeroPartial(f, size, Math.ceil(size / B) * B);
+  }
+}

@@ -1,0 +1,140 @@
+// Transactions: the allocator and log locks, the commit path (apply in memory, then
+// append to the log), block allocation under those locks, and checkpoints.
+//
+// Every metadata change is applied in memory and appended to the log in one
+// synchronous step while holding the allocator lock then the log lock, so a
+// checkpoint (taken under the same locks) always sees whole transactions
+// (docs/locking.md). Blocks freed by a transaction are held back until the next
+// checkpoint is durable (docs/pool-format.md, ordering rule 2): replaying any
+// intact prefix of the log is then safe.
+
+import { randomBytes } from 'node:crypto';
+import { daxError } from '../errors';
+import type { Storage } from '../device/storage';
+import { Mutex } from '../lock/index';
+import { logger } from '../log';
+import { BLOCK_SIZE, GROUP_BLOCKS, writeCheckpoint, writeSuperblocks, type Superblock } from './format';
+import type { LogRecord, MetaLog } from './log';
+import type { FsState } from './state';
+
+const B = BLOCK_SIZE;
+const log = logger('pool');
+
+/** File blocks [fb, fb+len) placed at device blocks [dev, dev+len). */
+export interface Placed {
+  fb: number;
+  dev: number;
+  len: number;
+}
+
+export class Journal {
+  /** Class 'alloc': block allocation, extent maps, the namespace. */
+  readonly allocLock = new Mutex('alloc');
+  /** Class 'log': the metadata log and checkpoints. */
+  readonly logLock = new Mutex('log');
+  /** Set when the pool closes: no transaction starts after it. */
+  closed = false;
+  /** Checkpoints written since open. */
+  checkpoints = 0;
+
+  constructor(
+    private readonly storage: Storage,
+    private readonly state: FsState,
+    readonly log: MetaLog,
+    /** The superblock in force; a checkpoint replaces it. */
+    public sb: Superblock,
+  ) {}
+
+  checkOpen(): void {
+    if (this.closed) throw daxError('EBADF', `pool '${this.storage.path}' is closed`);
+  }
+
+  /** Take alloc then log (the tail of the lock order) and run `fn` synchronously under both. */
+  async locked<T>(fn: () => T): Promise<T> {
+    const a = await this.allocLock.acquire();
+    try {
+      const l = await this.logLock.acquire();
+      try {
+        this.checkOpen();
+        return fn();
+      } finally {
+        l.release();
+      }
+    } finally {
+      a.release();
+    }
+  }
+
+  /** Apply a transaction in memory and append it (caller holds alloc + log). */
+  commit(recs: LogRecord[]): void {
+    if (recs.length === 0) return;
+    for (const r of recs) this.state.apply(r, false);
+    if (this.log.fits(recs)) this.log.append(recs);
+    else this.checkpoint(); // the checkpoint already contains this transaction
+  }
+
+  /** Make `n` blocks allocatable or throw ENOSPC, before anything is changed (caller holds alloc + log). */
+  ensureSpace(n: number): void {
+    const alloc = this.state.alloc;
+    if (n <= alloc.free) return;
+    if (n <= alloc.free + alloc.pendingCount) this.checkpoint();
+    if (n > alloc.free) {
+      throw daxError('ENOSPC', `pool '${this.storage.path}' has ${alloc.free * B} bytes free, ${n * B} needed`);
+    }
+  }
+
+  /**
+   * Allocate blocks for the hole [fb, fb+len): whole 2 MiB groups for whole aligned
+   * file chunks (when `aligned`), the blocks after `goal` when free, and a
+   * congruent phase in fresh groups. Returns file-ordered pieces, already marked
+   * (caller holds alloc + log and made room with ensureSpace).
+   */
+  allocate(fb: number, len: number, goal: number | undefined, aligned: boolean): Placed[] {
+    const out: Placed[] = [];
+    let cur = fb;
+    let g = goal;
+    const takeSome = (n: number, opts: { goal?: number; wholeGroups?: boolean; congruent?: number }): void => {
+      for (const r of this.state.alloc.take(n, opts)) {
+        out.push({ fb: cur, dev: r.start, len: r.len });
+        cur += r.len;
+        g = r.start + r.len;
+      }
+    };
+    let left = len;
+    if (aligned) {
+      const head = Math.min(left, (GROUP_BLOCKS - (cur % GROUP_BLOCKS)) % GROUP_BLOCKS);
+      if (head > 0) { takeSome(head, { goal: g, congruent: cur % GROUP_BLOCKS }); left -= head; }
+      const whole = Math.floor(left / GROUP_BLOCKS) * GROUP_BLOCKS;
+      if (whole > 0) {
+        const goalAligned = g !== undefined && (g - this.state.geometry.dataStart) % GROUP_BLOCKS === 0 ? g : undefined;
+        takeSome(whole, { goal: goalAligned, wholeGroups: true, congruent: 0 });
+        left -= whole;
+      }
+    }
+    if (left > 0) takeSome(left, { goal: g, congruent: cur % GROUP_BLOCKS });
+    return out;
+  }
+
+  /** Write the whole state as a new checkpoint, point the superblocks at it, restart the log (caller holds log). */
+  checkpoint(): void {
+    const st = this.state;
+    const gen = this.sb.ckptGen + 1;
+    const seed = randomBytes(4).readUInt32LE(0);
+    const files = [...st.files.values()].sort((a, b) => a.id - b.id).map((f) => {
+      const ex: number[] = [];
+      for (const e of f.extents.all()) ex.push(e.fb, e.dev, e.len, e.state);
+      return { id: f.id, name: f.name, mode: f.mode, uid: f.uid, gid: f.gid, mtimeMs: f.mtimeMs, size: f.size, extents: ex };
+    });
+    let used = 0;
+    for (const f of st.files.values()) used += f.extents.blocks;
+    const crc = writeCheckpoint(this.storage, st.geometry, { gen, logSeed: seed, nextFileId: st.nextFileId, usedBlocks: used, files });
+    this.sb = { ...this.sb, ckptGen: gen, ckptCrc: crc };
+    writeSuperblocks(this.storage, this.sb);
+    this.log.reset(seed);
+    const released = st.alloc.pendingCount;
+    st.alloc.releasePending();
+    for (const f of st.files.values()) f.mtimeDirty = false;
+    this.checkpoints++;
+    if (log.isLevelEnabled('debug')) log.debug({ path: this.storage.path, generation: gen, files: files.length, usedBlocks: used, released }, 'checkpoint');
+  }
+}
