@@ -14,7 +14,7 @@ import type { FaultStatsSnapshot } from '../fault/stats';
 import { fsckStorage } from '../pool/fsck';
 import { BLOCK_SIZE } from '../pool/format';
 import { ProgressBar, type ProgressOut } from './progress';
-import { formatSize, parseSize } from './units';
+import { formatSize, parseSize } from '../util/units';
 
 export interface Io {
   stdout: { write(s: string): unknown };

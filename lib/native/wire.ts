@@ -3,6 +3,7 @@
 // this is the daemon's side in JS (read EVENTS, send ANSWERS, read RESULTS) plus the
 // client's messages for tests. Keep in step with native/socket_channel.h.
 import { daxError } from '../errors';
+import { checkU64, readU64, writeU64 } from '../util/u64';
 import { ANSWER_SIZE, EVENT_SIZE, decodeAnswer, decodeEvents, encodeEvent, type AnswerBatch, type AnswerSpec, type FaultEvent } from './frames';
 
 export const HEADER_SIZE = 8;
@@ -53,16 +54,8 @@ export interface WireMessage {
   body: Buffer;
 }
 
-const TWO32 = 2 ** 32;
-
 function protoError(message: string): Error {
   return daxError('EPROTO', message);
-}
-
-function checkSession(session: bigint): void {
-  if (typeof session !== 'bigint' || session < 0n || session >= 1n << 64n) {
-    throw daxError('EINVAL', `session must be a bigint in [0, 2^64), got ${String(session)}`);
-  }
 }
 
 /** Header + body, one message. */
@@ -78,7 +71,7 @@ export function encodeMessage(type: MsgType, body?: Uint8Array): Buffer {
 }
 
 export function encodeHello(pid: number, session: bigint): Buffer {
-  checkSession(session);
+  checkU64('session', session);
   const body = Buffer.alloc(HELLO_SIZE);
   body.writeUInt32LE(WIRE_MAGIC, 0);
   body.writeUInt32LE(WIRE_VERSION, 4);
@@ -142,8 +135,7 @@ export function encodeResults(results: readonly WireResult[]): Buffer {
   const body = Buffer.alloc(results.length * RESULT_SIZE);
   results.forEach((r, i) => {
     const at = i * RESULT_SIZE;
-    body.writeUInt32LE(r.tag % TWO32, at);
-    body.writeUInt32LE(Math.floor(r.tag / TWO32), at + 4);
+    writeU64(body, at, r.tag);
     body.writeInt32LE(r.result, at + 8);
   });
   return encodeMessage(Msg.Results, body);
@@ -154,7 +146,7 @@ export function decodeResultsBody(body: Buffer): WireResult[] {
   const out = new Array<WireResult>(body.length / RESULT_SIZE);
   for (let i = 0; i < out.length; i++) {
     const at = i * RESULT_SIZE;
-    out[i] = { tag: body.readUInt32LE(at) + body.readUInt32LE(at + 4) * TWO32, result: body.readInt32LE(at + 8) };
+    out[i] = { tag: readU64(body, at), result: body.readInt32LE(at + 8) };
   }
   return out;
 }
