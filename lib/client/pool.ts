@@ -10,7 +10,7 @@ import * as arg from './args';
 import { PAGE, MAX_MAPPING } from './args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
-import type { Hello, MapOptions, StartReply, StartRequest } from '../service/protocol';
+import type { Hello, MapOptions, StartReply, StartRequest } from '../protocol/messages';
 import { Rpc, type RpcChannel } from './rpc';
 import { SocketRpc } from './socket-rpc';
 import type { DeviceStorage } from '../device/device';

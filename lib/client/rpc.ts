@@ -3,7 +3,7 @@
 // does not, so an application that forgets pool.close() can still exit.
 import type { MessagePort, Worker } from 'node:worker_threads';
 import { daxError, type DaxmapError } from '../errors';
-import { isNotice, type Notice, type Response } from '../service/protocol';
+import { isNotice, type Notice, type Response } from '../protocol/messages';
 
 /** What a Pool needs of its connection to a service: requests, notices, closing. */
 export interface RpcChannel {

@@ -1,10 +1,10 @@
-// Requests to daxmapd over its control connection (lib/daemon/control.ts). Like the
+// Requests to daxmapd over its control connection (lib/protocol/control.ts). Like the
 // in-process Rpc, the socket keeps the event loop alive only while a request is
 // pending.
 import net from 'node:net';
 import { daxError, type DaxmapError } from '../errors';
-import { CONTROL_MAGIC, ControlReader, encodeFrame, restorePayload } from '../daemon/control';
-import type { Notice, Response } from '../service/protocol';
+import { CONTROL_MAGIC, ControlReader, encodeFrame, restorePayload } from '../protocol/control';
+import type { Notice, Response } from '../protocol/messages';
 import type { RpcChannel } from './rpc';
 import type { Deadline } from '../deadline';
 

@@ -5,6 +5,7 @@
 // region itself.
 import type { MessagePort } from 'node:worker_threads';
 import { isDaxError, daxError } from '../errors';
+import { errorInfo } from '../protocol/errors';
 import { FaultChannel } from '../native/channel';
 import { execute } from '../native/engine';
 import { AnswerBatch, type AnswerSpec, type FaultEvent } from '../native/frames';
@@ -16,7 +17,7 @@ import { statIdentity, statOwner, type DeviceIdentity } from '../device/identity
 import { FaultPolicy, type Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
 import { PAGE } from '../fault/states';
-import type { ErrorInfo, Hello, MapOptions, Notice, Request, Response, StartRequest } from './protocol';
+import type { Hello, MapOptions, Notice, Request, Response, StartRequest } from '../protocol/messages';
 
 const log = logger('service');
 
@@ -71,7 +72,7 @@ export interface Conn {
 
 const R_OK = 4;
 const W_OK = 2;
-/** Largest file.read through a socket: its reply must fit one control frame (lib/daemon/control.ts MAX_PAYLOAD). */
+/** Largest file.read through a socket: its reply must fit one control frame (lib/protocol/control.ts MAX_PAYLOAD). */
 const REMOTE_MAX_READ = 32 << 20;
 /** Mappings end at or below this file offset (the pool's largest file, lib/pool/format.ts). */
 const MAX_MAP_END = 2 ** 44;
@@ -232,11 +233,8 @@ export class Service {
       const { value, transfer } = await this.run(conn, req.op, req.args);
       this.reply(conn, { id: req.id, ok: true, value }, transfer);
     } catch (err) {
-      const info: ErrorInfo = isDaxError(err)
-        ? { code: err.code, message: err.message }
-        : { code: 'EIO', message: `EIO: ${(err as Error)?.message ?? String(err)}` };
       if (!isDaxError(err)) log.error({ err, op: req.op }, 'unexpected error in a pool operation');
-      this.reply(conn, { id: req.id, ok: false, error: info });
+      this.reply(conn, { id: req.id, ok: false, error: errorInfo(err) });
     }
   }
 
