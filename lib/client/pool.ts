@@ -11,8 +11,9 @@ import { PAGE, MAX_MAPPING } from './args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../protocol/messages';
-import { Rpc, type RpcChannel } from './rpc';
-import { SocketRpc } from './socket-rpc';
+import { portRpc, type Rpc } from './rpc';
+import { connectSocketRpc } from './socket-rpc';
+import { rebuildError } from '../protocol/errors';
 import type { DeviceStorage } from '../device/device';
 import { openVerifiedDevice, parseIdentity } from '../device/identity';
 import { DEFAULT_CONNECT_TIMEOUT_MS, SocketFaultChannel, type ConnectTimeoutOptions } from '../native/socket-channel';
@@ -90,7 +91,7 @@ export class Pool {
   private gone: DaxmapError | null = null;
 
   private constructor(
-    /** @internal */ readonly rpc: RpcChannel,
+    /** @internal */ readonly rpc: Rpc,
     /** @internal */ readonly hello: Hello,
     private readonly worker: Worker | null,
     /** daemon mode: this process's own handle on the device, and its fault connection */
@@ -119,7 +120,7 @@ export class Pool {
     if (typeof opts !== 'object' || opts === null) throw daxError('EINVAL', 'connect options must be an object');
     const dl = new Deadline(`connect to daxmapd at '${socketPath}'`, checkTimeout(opts.timeoutMs, DEFAULT_CONNECT_TIMEOUT_MS), checkSignal(opts.signal));
     dl.check('connection');
-    const rpc = await SocketRpc.connect(socketPath, dl);
+    const rpc = await connectSocketRpc(socketPath, dl);
     let device: DeviceStorage | null = null;
     let channel: SocketFaultChannel | null = null;
     try {
@@ -178,7 +179,7 @@ export class Pool {
     if (typeof shared !== 'object' || shared === null || shared.kind !== 'daxmap.shared-pool' || !(shared.port instanceof MessagePort)) {
       throw daxError('EINVAL', 'Pool.attach() takes the value of pool.share(), posted to this thread with its transferList');
     }
-    const rpc = new Rpc(shared.port, null);
+    const rpc = portRpc(shared.port, null);
     const hello = await rpc.call<Hello>('hello');
     return new Pool(rpc, hello, null);
   }
@@ -202,14 +203,12 @@ export class Pool {
     });
     if (!reply.ok) {
       await worker.terminate();
-      const e = new Error(reply.error.message) as Error & { code: string };
-      e.code = reply.error.code;
-      throw e;
+      throw rebuildError(reply.error);
     }
     worker.removeAllListeners('exit');
     worker.removeAllListeners('error');
     worker.on('error', () => {});
-    const rpc = new Rpc(worker as unknown as MessagePort, worker);
+    const rpc = portRpc(worker as unknown as MessagePort, worker);
     return new Pool(rpc, reply.hello, worker);
   }
 
