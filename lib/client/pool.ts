@@ -6,8 +6,8 @@
 import path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { daxError, isDaxError, type DaxmapError } from '../errors';
-import * as arg from './args';
-import { PAGE, MAX_MAPPING } from './args';
+import * as arg from '../protocol/args';
+import { PAGE, MAX_MAPPING } from '../protocol/args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../protocol/messages';

@@ -14,6 +14,7 @@ import { native } from '../native/addon';
 import { Service, permBits, type Conn, type Peer } from '../service/service';
 import type { Request, Response, Notice } from '../protocol/messages';
 import { errorInfo } from '../protocol/errors';
+import { DAEMON_OPS } from '../protocol/ops';
 import type { FaultEvent } from '../native/frames';
 import { monotonicNow } from '../native/engine';
 import { ControlReader, encodeFrame, restorePayload } from '../protocol/control';
@@ -298,8 +299,12 @@ export class Daemon {
         return;
       }
       if (op === 'attachDevice') {
-        const dev = a[0];
-        if (typeof dev !== 'number' || !Number.isSafeInteger(dev) || dev <= 0 || dev > 0xffffffff) return fail(id, 'EINVAL', 'attachDevice needs a device id');
+        let dev: number;
+        try {
+          [dev] = DAEMON_OPS.attachDevice.args(a, { remote: true });
+        } catch (err) {
+          return send({ id, ok: false, error: errorInfo(err) });
+        }
         session.client.deviceId = dev;
         return send({ id, ok: true, value: null });
       }

@@ -17,11 +17,12 @@ import { logger } from '../log';
 import { BlockAllocator, type Run } from './allocator';
 import { ExtentMap, type Extent } from './extents';
 import {
-  BLOCK_SIZE, GROUP_BLOCKS, MAX_FILE_SIZE, MAX_NAME_BYTES, checkGeometry, computeGeometry, decodeSuperblock,
+  BLOCK_SIZE, GROUP_BLOCKS, MAX_FILE_SIZE, checkGeometry, computeGeometry, decodeSuperblock,
   encodeSuperblock, newUuid, readCheckpoint, writeCheckpoint, type Checkpoint, type FormatOptions, type Geometry,
   type Superblock,
 } from './format';
 import { fillBytes, readBytes, writeBytes } from './io';
+import { checkName as validateName } from '../util/check';
 import {
   MetaLog, RecType, STATE_UNWRITTEN, STATE_WRITTEN, recordName, scanLog, type ExtentStateCode, type LogRecord,
   type ReplayEnd,
@@ -85,15 +86,6 @@ class ReplayError extends Error {}
 
 function corrupt(msg: string): never {
   throw new ReplayError(msg);
-}
-
-export function validateName(name: unknown): string {
-  if (typeof name !== 'string') throw daxError('EINVAL', `file name must be a string`);
-  const n = Buffer.byteLength(name, 'utf8');
-  if (n < 1 || n > MAX_NAME_BYTES) throw daxError('EINVAL', `file name must be 1-${MAX_NAME_BYTES} bytes of UTF-8, got ${n}`);
-  if (name.includes('/') || name.includes('\0')) throw daxError('EINVAL', `file name '${name.replace(/\0/g, '\\0')}' contains '/' or NUL`);
-  if (Buffer.from(name, 'utf8').toString('utf8') !== name) throw daxError('EINVAL', `file name is not valid UTF-8 (lone surrogate)`);
-  return name;
 }
 
 function checkOffset(what: string, v: unknown, max = MAX_FILE_SIZE): number {
