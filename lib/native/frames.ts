@@ -1,6 +1,7 @@
 // The binary frames of native/frames.h: 32-byte fault events out of the agent,
 // 48-byte answers (plus payload) back in. The same bytes cross a UNIX socket in
-// daemon mode. Keep in step with native/frames.h.
+// daemon mode. Keep in step with native/frames.h (test/native/layout-mirror.test.ts
+// compares the two as compiled).
 import { readU64, writeU64 } from '../util/u64';
 
 export const EVENT_SIZE = 32;

@@ -1,7 +1,8 @@
 // The wire protocol of a socket fault channel (docs/wire.md): 8-byte headers, then
 // event, answer and result frames. The client side is native (native/socket_channel.*);
 // this is the daemon's side in JS (read EVENTS, send ANSWERS, read RESULTS) plus the
-// client's messages for tests. Keep in step with native/socket_channel.h.
+// client's messages for tests. Keep in step with native/socket_channel.h
+// (test/native/layout-mirror.test.ts compares the two as compiled).
 import { daxError } from '../errors';
 import { checkU64, readU64, writeU64 } from '../util/u64';
 import { FrameReader } from '../util/frame-reader';
