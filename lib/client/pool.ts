@@ -14,6 +14,7 @@ import type { Hello, MapOptions, StartReply, StartRequest } from '../protocol/me
 import { portRpc, type Rpc } from './rpc';
 import { connectSocketRpc } from './socket-rpc';
 import { rebuildError } from '../protocol/errors';
+import type { FileOpArgs, FileOpName, OpResult } from '../protocol/ops';
 import type { DeviceStorage } from '../device/device';
 import { openVerifiedDevice, parseIdentity } from '../device/identity';
 import { DEFAULT_CONNECT_TIMEOUT_MS, SocketFaultChannel, type ConnectTimeoutOptions } from '../native/socket-channel';
@@ -124,7 +125,7 @@ export class Pool {
     let device: DeviceStorage | null = null;
     let channel: SocketFaultChannel | null = null;
     try {
-      const h = await dl.race(rpc.call<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]), 'answer to hello');
+      const h = await dl.race(rpc.request<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]), 'answer to hello');
       // Mapping installs ranges of this process's own descriptor of the device: it
       // must be daxmapd's device, proved through that descriptor (pool UUID, st_dev/
       // st_ino), or map() refuses with the reason (ENOENT, EACCES, EXDEV, ...).
@@ -141,7 +142,7 @@ export class Pool {
       }
       let pool: Pool | null = null;
       if (device) {
-        await dl.race(rpc.call('attachDevice', [device.deviceId]), 'answer to attachDevice');
+        await dl.race(rpc.request('attachDevice', [device.deviceId]), 'answer to attachDevice');
         channel = await SocketFaultChannel.connectWithin(socketPath, {
           session: BigInt(h.session),
           ref: false,
@@ -180,7 +181,7 @@ export class Pool {
       throw daxError('EINVAL', 'Pool.attach() takes the value of pool.share(), posted to this thread with its transferList');
     }
     const rpc = portRpc(shared.port, null);
-    const hello = await rpc.call<Hello>('hello');
+    const hello = await rpc.call('hello', []);
     return new Pool(rpc, hello, null);
   }
 
@@ -235,7 +236,7 @@ export class Pool {
     arg.name(name);
     const o = arg.options('openFile options', opts, { create: 'boolean', exclusive: 'boolean', mode: 'integer' });
     if (o.mode !== undefined) arg.int('mode', o.mode, 0, 0o777);
-    const r = await this.rpc.call<{ handle: number; name: string }>('openFile', [name, {
+    const r = await this.rpc.call('openFile', [name, {
       create: o.create === true, exclusive: o.create === true && o.exclusive === true, ...(o.mode !== undefined ? { mode: o.mode } : {}),
     }]);
     const f = new PoolFile(this, r.handle, r.name);
@@ -255,24 +256,24 @@ export class Pool {
 
   async list(): Promise<string[]> {
     this.check();
-    return this.rpc.call<string[]>('list');
+    return this.rpc.call('list', []);
   }
 
   async statfs(): Promise<StatFs> {
     this.check();
-    return this.rpc.call<StatFs>('statfs');
+    return this.rpc.call('statfs', []);
   }
 
   /** Makes every file's data and all metadata durable. */
   async sync(): Promise<void> {
     this.check();
-    await this.rpc.call('sync');
+    await this.rpc.call('sync', []);
   }
 
   /** Fault counters by kind and latency percentiles (µs). */
   async stats(): Promise<FaultStatsSnapshot> {
     this.check();
-    return this.rpc.call<FaultStatsSnapshot>('stats');
+    return this.rpc.call('stats', []);
   }
 
   /**
@@ -297,7 +298,7 @@ export class Pool {
           failure = daxError('ECLOSED', `close '${this.hello.path}': the pool was not closed cleanly, its service died first ` +
             `(${this.gone.message}); what it had not synced is replayed from the log when the pool is opened again`, { cause: this.gone });
         } else {
-          await this.rpc.call('close').catch((err: unknown) => {
+          await this.rpc.call('close', []).catch((err: unknown) => {
             failure = err;
           });
         }
@@ -315,7 +316,7 @@ export class Pool {
   /** @internal a request to the service (tests, tools). */
   async request<T>(op: string, args: unknown[] = []): Promise<T> {
     this.check();
-    return this.rpc.call<T>(op, args);
+    return this.rpc.request<T>(op, args);
   }
 
   /** @internal Why this process may not map (daemon mode): a fresh error per call. */
@@ -360,14 +361,15 @@ export class PoolFile {
   /** @internal */
   constructor(readonly pool: Pool, /** @internal */ readonly handle: number, readonly name: string) {}
 
-  private call<T>(op: string, args: unknown[] = []): Promise<T> {
+  /** An operation on this file (lib/protocol/ops.ts): its handle first, then `args`. */
+  private call<K extends FileOpName>(op: K, args: FileOpArgs<K>): Promise<OpResult<K>> {
     if (this.pool.closed) return Promise.reject(this.pool.closedError());
     if (this.isClosed) return Promise.reject(daxError('EBADF', `file '${this.name}' is closed`));
-    return this.pool.request<T>(op, [this.handle, ...args]);
+    return this.pool.request<OpResult<K>>(op, [this.handle, ...args]);
   }
 
   async stat(): Promise<FileStat> {
-    return this.call('stat');
+    return this.call('stat', []);
   }
 
   async truncate(size: number): Promise<void> {
@@ -401,7 +403,7 @@ export class PoolFile {
     arg.fileInt('offset', offset);
     // A copy: `data` may be a trapped mapping, whose pages must be faulted here, on
     // this thread, never by the service.
-    return this.call<number>('write', [Uint8Array.prototype.slice.call(data), offset]);
+    return this.call('write', [Uint8Array.prototype.slice.call(data), offset]);
   }
 
   /** Reads into `into` from `offset`; resolves to the bytes read (short at EOF). */
@@ -409,13 +411,13 @@ export class PoolFile {
     arg.bytes('into', into);
     arg.fileInt('offset', offset);
     if (into.length === 0) return 0;
-    const got = await this.call<Uint8Array>('read', [into.length, offset]);
+    const got = await this.call('read', [into.length, offset]);
     into.set(got);
     return got.length;
   }
 
   async fsync(): Promise<void> {
-    return this.call('fsync');
+    return this.call('fsync', []);
   }
 
   /**

@@ -10,6 +10,7 @@ import type { MessagePort, Worker } from 'node:worker_threads';
 import { daxError, type DaxmapError } from '../errors';
 import { isNotice, type Notice, type Request, type Response } from '../protocol/messages';
 import { rebuildError } from '../protocol/errors';
+import type { OpArgs, OpName, OpResult } from '../protocol/ops';
 
 /** How requests leave and what keeps the event loop alive; responses come back through Rpc.receive(). */
 export interface RpcTransport {
@@ -40,7 +41,13 @@ export class Rpc {
     transport.idle();
   }
 
-  call<T>(op: string, args: unknown[] = [], transfer: (ArrayBuffer | MessagePort)[] = []): Promise<T> {
+  /** An operation of lib/protocol/ops.ts, its arguments and its answer typed as the service checks and gives them. */
+  call<K extends OpName>(op: K, args: OpArgs<K>, transfer: (ArrayBuffer | MessagePort)[] = []): Promise<OpResult<K>> {
+    return this.request<OpResult<K>>(op, args, transfer);
+  }
+
+  /** Any request, untyped: daxmapd's own (hello, attachDevice), and tools and tests (Pool.request). */
+  request<T>(op: string, args: unknown[] = [], transfer: (ArrayBuffer | MessagePort)[] = []): Promise<T> {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.nextId++;
     try {

@@ -7,7 +7,9 @@
 import { MessagePort } from 'node:worker_threads';
 import { daxError } from '../errors';
 import { MAX_FILE_SIZE, PAGE, bytes, fileInt, int, name, pages } from './args';
-import type { MapOptions } from './messages';
+import type { Hello, MapOptions } from './messages';
+import type { FileStat, StatFs } from '../pool/pool';
+import type { FaultStatsSnapshot } from '../fault/stats';
 
 /** Largest file.read through a socket: its reply must fit one control frame (./control.ts MAX_PAYLOAD). */
 export const REMOTE_MAX_READ = 32 << 20;
@@ -153,6 +155,45 @@ export const OPS = {
 
 export type OpName = keyof typeof OPS;
 export type OpArgs<K extends OpName> = ReturnType<(typeof OPS)[K]['args']>;
+
+/** What each operation answers (the service's handlers are typed by it, and so are the client's calls). */
+export interface OpResults {
+  hello: Hello;
+  attach: void;
+  openFile: { handle: number; name: string };
+  unlink: void;
+  rename: void;
+  list: string[];
+  statfs: StatFs;
+  sync: void;
+  stats: FaultStatsSnapshot;
+  statsByFile: { file: string; stats: FaultStatsSnapshot }[];
+  lockdep: unknown[] | null;
+  testInject: void;
+  testExit: void;
+  testFailPersist: void;
+  testState: { mappings: number; regions: number; files: number; windows: number };
+  configure: void;
+  stat: FileStat;
+  truncate: void;
+  fallocate: void;
+  punchHole: void;
+  zeroRange: void;
+  write: number;
+  read: Uint8Array;
+  fsync: void;
+  closeFile: void;
+  map: null;
+  unmap: void;
+  flush: void;
+  close: void;
+}
+export type OpResult<K extends OpName> = OpResults[K];
+
+/** The operations on an open file: their first argument is its handle. */
+export type FileOpName = { [K in OpName]: OpArgs<K> extends [number, ...unknown[]] ? (K extends 'closeFile' ? never : K) : never }[OpName];
+/** A file operation's arguments after the handle. */
+export type FileOpArgs<K extends FileOpName> = OpArgs<K> extends [number, ...infer R] ? R : never;
 
 /** daxmapd's own requests on a control connection, answered by the daemon rather than the service. */
 export const DAEMON_OPS = {

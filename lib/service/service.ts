@@ -18,7 +18,7 @@ import { FaultPolicy, type Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
 import { PAGE } from '../fault/states';
 import type { Hello, MapOptions, Notice, Request, Response, StartRequest } from '../protocol/messages';
-import { opSpec, type OpArgs, type OpName } from '../protocol/ops';
+import { opSpec, type OpArgs, type OpName, type OpResult } from '../protocol/ops';
 import { int } from '../util/check';
 
 const log = logger('service');
@@ -75,9 +75,13 @@ export interface Conn {
 const R_OK = 4;
 const W_OK = 2;
 
-type Reply = { value: unknown; transfer?: ArrayBuffer[] };
-type Handlers = { [K in OpName]: (conn: Conn, ...args: OpArgs<K>) => Promise<Reply> | Reply };
-const done = (value: unknown = undefined): Reply => ({ value });
+type Reply<T = unknown> = { value: T; transfer?: ArrayBuffer[] };
+type Handlers = { [K in OpName]: (conn: Conn, ...args: OpArgs<K>) => Promise<Reply<OpResult<K>>> | Reply<OpResult<K>> };
+function done(): Reply<void>;
+function done<T>(value: T): Reply<T>;
+function done(value?: unknown): Reply {
+  return { value };
+}
 
 export class Service {
   private readonly internals: PoolInternals;
