@@ -18,7 +18,8 @@
         "native/binding/region_binding.cc",
         "native/binding/device_binding.cc",
         "native/binding/agent_binding.cc",
-        "native/binding/socket_binding.cc"
+        "native/binding/socket_binding.cc",
+        "native/binding/layout_binding.cc"
       ],
       "include_dirs": ["native"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],

@@ -10,7 +10,7 @@ import { PoolFs, DEFAULT_POOL_SIZE, fsckDevice, type FsckReport } from '../pool/
 import { Pool as ClientPool } from '../client/pool';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import { ProgressBar, type ProgressOut } from './progress';
-import { formatSize, parseSize } from './units';
+import { formatSize, parseSize } from '../util/units';
 
 export interface Io {
   stdout: { write(s: string): unknown };

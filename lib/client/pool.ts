@@ -6,15 +6,17 @@
 import path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { daxError, isDaxError, type DaxmapError } from '../errors';
-import * as arg from './args';
-import { PAGE, MAX_MAPPING } from './args';
+import * as arg from '../protocol/args';
+import { PAGE, MAX_MAPPING } from '../protocol/args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
-import type { Hello, MapOptions, StartReply, StartRequest } from '../service/protocol';
-import { Rpc, type RpcChannel } from './rpc';
-import { SocketRpc } from './socket-rpc';
+import type { Hello, MapOptions, StartReply, StartRequest } from '../protocol/messages';
+import { portRpc, type Rpc } from './rpc';
+import { connectSocketRpc } from './socket-rpc';
+import { rebuildError } from '../protocol/errors';
+import type { FileOpArgs, FileOpName, OpResult } from '../protocol/ops';
 import type { DeviceStorage } from '../device/device';
-import { openVerifiedDevice, parseIdentity } from '../device/identity';
+import { openVerifiedDevice, parseIdentity } from '../pool/index';
 import { DEFAULT_CONNECT_TIMEOUT_MS, SocketFaultChannel, type ConnectTimeoutOptions } from '../native/socket-channel';
 import { Deadline, checkSignal, checkTimeout } from '../deadline';
 
@@ -90,7 +92,7 @@ export class Pool {
   private gone: DaxmapError | null = null;
 
   private constructor(
-    /** @internal */ readonly rpc: RpcChannel,
+    /** @internal */ readonly rpc: Rpc,
     /** @internal */ readonly hello: Hello,
     private readonly worker: Worker | null,
     /** daemon mode: this process's own handle on the device, and its fault connection */
@@ -119,11 +121,11 @@ export class Pool {
     if (typeof opts !== 'object' || opts === null) throw daxError('EINVAL', 'connect options must be an object');
     const dl = new Deadline(`connect to daxmapd at '${socketPath}'`, checkTimeout(opts.timeoutMs, DEFAULT_CONNECT_TIMEOUT_MS), checkSignal(opts.signal));
     dl.check('connection');
-    const rpc = await SocketRpc.connect(socketPath, dl);
+    const rpc = await connectSocketRpc(socketPath, dl);
     let device: DeviceStorage | null = null;
     let channel: SocketFaultChannel | null = null;
     try {
-      const h = await dl.race(rpc.call<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]), 'answer to hello');
+      const h = await dl.race(rpc.request<{ session: string; device: string; identity?: unknown; mayMap: boolean }>('hello', [{ pid: process.pid }]), 'answer to hello');
       // Mapping installs ranges of this process's own descriptor of the device: it
       // must be daxmapd's device, proved through that descriptor (pool UUID, st_dev/
       // st_ino), or map() refuses with the reason (ENOENT, EACCES, EXDEV, ...).
@@ -140,7 +142,7 @@ export class Pool {
       }
       let pool: Pool | null = null;
       if (device) {
-        await dl.race(rpc.call('attachDevice', [device.deviceId]), 'answer to attachDevice');
+        await dl.race(rpc.request('attachDevice', [device.deviceId]), 'answer to attachDevice');
         channel = await SocketFaultChannel.connectWithin(socketPath, {
           session: BigInt(h.session),
           ref: false,
@@ -178,8 +180,8 @@ export class Pool {
     if (typeof shared !== 'object' || shared === null || shared.kind !== 'daxmap.shared-pool' || !(shared.port instanceof MessagePort)) {
       throw daxError('EINVAL', 'Pool.attach() takes the value of pool.share(), posted to this thread with its transferList');
     }
-    const rpc = new Rpc(shared.port, null);
-    const hello = await rpc.call<Hello>('hello');
+    const rpc = portRpc(shared.port, null);
+    const hello = await rpc.call('hello', []);
     return new Pool(rpc, hello, null);
   }
 
@@ -202,14 +204,12 @@ export class Pool {
     });
     if (!reply.ok) {
       await worker.terminate();
-      const e = new Error(reply.error.message) as Error & { code: string };
-      e.code = reply.error.code;
-      throw e;
+      throw rebuildError(reply.error);
     }
     worker.removeAllListeners('exit');
     worker.removeAllListeners('error');
     worker.on('error', () => {});
-    const rpc = new Rpc(worker as unknown as MessagePort, worker);
+    const rpc = portRpc(worker as unknown as MessagePort, worker);
     return new Pool(rpc, reply.hello, worker);
   }
 
@@ -236,7 +236,7 @@ export class Pool {
     arg.name(name);
     const o = arg.options('openFile options', opts, { create: 'boolean', exclusive: 'boolean', mode: 'integer' });
     if (o.mode !== undefined) arg.int('mode', o.mode, 0, 0o777);
-    const r = await this.rpc.call<{ handle: number; name: string }>('openFile', [name, {
+    const r = await this.rpc.call('openFile', [name, {
       create: o.create === true, exclusive: o.create === true && o.exclusive === true, ...(o.mode !== undefined ? { mode: o.mode } : {}),
     }]);
     const f = new PoolFile(this, r.handle, r.name);
@@ -256,24 +256,24 @@ export class Pool {
 
   async list(): Promise<string[]> {
     this.check();
-    return this.rpc.call<string[]>('list');
+    return this.rpc.call('list', []);
   }
 
   async statfs(): Promise<StatFs> {
     this.check();
-    return this.rpc.call<StatFs>('statfs');
+    return this.rpc.call('statfs', []);
   }
 
   /** Makes every file's data and all metadata durable. */
   async sync(): Promise<void> {
     this.check();
-    await this.rpc.call('sync');
+    await this.rpc.call('sync', []);
   }
 
   /** Fault counters by kind and latency percentiles (µs). */
   async stats(): Promise<FaultStatsSnapshot> {
     this.check();
-    return this.rpc.call<FaultStatsSnapshot>('stats');
+    return this.rpc.call('stats', []);
   }
 
   /**
@@ -298,7 +298,7 @@ export class Pool {
           failure = daxError('ECLOSED', `close '${this.hello.path}': the pool was not closed cleanly, its service died first ` +
             `(${this.gone.message}); what it had not synced is replayed from the log when the pool is opened again`, { cause: this.gone });
         } else {
-          await this.rpc.call('close').catch((err: unknown) => {
+          await this.rpc.call('close', []).catch((err: unknown) => {
             failure = err;
           });
         }
@@ -316,7 +316,7 @@ export class Pool {
   /** @internal a request to the service (tests, tools). */
   async request<T>(op: string, args: unknown[] = []): Promise<T> {
     this.check();
-    return this.rpc.call<T>(op, args);
+    return this.rpc.request<T>(op, args);
   }
 
   /** @internal Why this process may not map (daemon mode): a fresh error per call. */
@@ -361,14 +361,15 @@ export class PoolFile {
   /** @internal */
   constructor(readonly pool: Pool, /** @internal */ readonly handle: number, readonly name: string) {}
 
-  private call<T>(op: string, args: unknown[] = []): Promise<T> {
+  /** An operation on this file (lib/protocol/ops.ts): its handle first, then `args`. */
+  private call<K extends FileOpName>(op: K, args: FileOpArgs<K>): Promise<OpResult<K>> {
     if (this.pool.closed) return Promise.reject(this.pool.closedError());
     if (this.isClosed) return Promise.reject(daxError('EBADF', `file '${this.name}' is closed`));
-    return this.pool.request<T>(op, [this.handle, ...args]);
+    return this.pool.request<OpResult<K>>(op, [this.handle, ...args]);
   }
 
   async stat(): Promise<FileStat> {
-    return this.call('stat');
+    return this.call('stat', []);
   }
 
   async truncate(size: number): Promise<void> {
@@ -402,7 +403,7 @@ export class PoolFile {
     arg.fileInt('offset', offset);
     // A copy: `data` may be a trapped mapping, whose pages must be faulted here, on
     // this thread, never by the service.
-    return this.call<number>('write', [Uint8Array.prototype.slice.call(data), offset]);
+    return this.call('write', [Uint8Array.prototype.slice.call(data), offset]);
   }
 
   /** Reads into `into` from `offset`; resolves to the bytes read (short at EOF). */
@@ -410,13 +411,13 @@ export class PoolFile {
     arg.bytes('into', into);
     arg.fileInt('offset', offset);
     if (into.length === 0) return 0;
-    const got = await this.call<Uint8Array>('read', [into.length, offset]);
+    const got = await this.call('read', [into.length, offset]);
     into.set(got);
     return got.length;
   }
 
   async fsync(): Promise<void> {
-    return this.call('fsync');
+    return this.call('fsync', []);
   }
 
   /**

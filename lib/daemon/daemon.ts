@@ -1,6 +1,6 @@
 // daxmapd: one pool and its fault policy, served to many client processes over a
 // UNIX socket. Each client opens two connections: a control connection (requests,
-// framed JSON — lib/daemon/control.ts) and a fault connection (the binary wire
+// framed JSON — lib/protocol/control.ts) and a fault connection (the binary wire
 // protocol of docs/wire.md, spoken natively by the client's agent). The first byte
 // tells them apart: "D" (DXC1) for control, 0x04 (a wire HELLO) for faults.
 import fs from 'node:fs';
@@ -12,12 +12,14 @@ import type { Logger } from 'pino';
 import { daxError, isDaxError } from '../errors';
 import { native } from '../native/addon';
 import { Service, permBits, type Conn, type Peer } from '../service/service';
-import type { Request, Response, Notice } from '../service/protocol';
+import type { Request, Response, Notice } from '../protocol/messages';
+import { errorInfo } from '../protocol/errors';
+import { DAEMON_OPS } from '../protocol/ops';
 import type { FaultEvent } from '../native/frames';
 import { monotonicNow } from '../native/engine';
-import { ControlReader, encodeFrame, restorePayload } from './control';
+import { ControlReader, encodeFrame, restorePayload } from '../protocol/control';
 import { RemoteClient, readFaultHello } from './remote-client';
-import type { DeviceIdentity } from '../device/identity';
+import type { DeviceIdentity } from '../pool/index';
 
 export interface DaemonOptions {
   device: string;
@@ -257,7 +259,7 @@ export class Daemon {
       }
     };
     const fail = (id: unknown, code: string, message: string): void => {
-      send({ id: typeof id === 'number' ? id : -1, ok: false, error: { code, message: `${code}: ${message}` } });
+      send({ id: typeof id === 'number' ? id : -1, ok: false, error: errorInfo(daxError(code, message)) });
     };
     const onFrame = (json: Record<string, unknown>, payload: Buffer | null): void => {
       const { id, op, args } = json;
@@ -297,8 +299,12 @@ export class Daemon {
         return;
       }
       if (op === 'attachDevice') {
-        const dev = a[0];
-        if (typeof dev !== 'number' || !Number.isSafeInteger(dev) || dev <= 0 || dev > 0xffffffff) return fail(id, 'EINVAL', 'attachDevice needs a device id');
+        let dev: number;
+        try {
+          [dev] = DAEMON_OPS.attachDevice.args(a, { remote: true });
+        } catch (err) {
+          return send({ id, ok: false, error: errorInfo(err) });
+        }
         session.client.deviceId = dev;
         return send({ id, ok: true, value: null });
       }

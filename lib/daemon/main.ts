@@ -2,7 +2,7 @@
 // or SIGINT (every in-flight fault answered, the pool flushed, exit 0).
 import path from 'node:path';
 import { configureLogger } from '../log';
-import { parseSize } from '../cli/units';
+import { parseSize } from '../util/units';
 import { isDaxError } from '../errors';
 // Loaded only once the logger is configured: modules that take their logger when
 // they load (the service, the pool) must get the daemon's (stdout, --log-level).

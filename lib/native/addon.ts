@@ -74,6 +74,12 @@ export interface SocketChannelInfo {
   pendingOut: number;
 }
 
+/** Sizes and field [offset, size] of each frame struct, and the named constants, as the C++ compiler laid them out. */
+export interface FrameLayout {
+  structs: Record<string, { size: number; fields: Record<string, [number, number]> }>;
+  constants: Record<string, number>;
+}
+
 export interface NativeAddon {
   uffdProbe(): UffdInfo;
   regionCreate(length: number): RegionInfo;
@@ -102,6 +108,8 @@ export interface NativeAddon {
   devicePersist(id: number, offset: number, length: number): void;
   deviceZero(id: number, offset: number, length: number): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** The frame and wire layouts as compiled (native/frames.h, native/socket_channel.h): for the test that keeps frames.ts and wire.ts equal to them. */
+  frameLayout(): FrameLayout;
   deviceClose(id: number): void;
   /** fstat of the device's own descriptor, and its first `length` bytes (≤ 1 MiB) read through it. */
   deviceIdentify(id: number, length: number): { dev: bigint; ino: bigint; rdev: bigint; charDevice: boolean; mode: number; uid: number; gid: number; head: Buffer };

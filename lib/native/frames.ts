@@ -1,6 +1,8 @@
 // The binary frames of native/frames.h: 32-byte fault events out of the agent,
 // 48-byte answers (plus payload) back in. The same bytes cross a UNIX socket in
-// daemon mode. Keep in step with native/frames.h.
+// daemon mode. Keep in step with native/frames.h (test/native/layout-mirror.test.ts
+// compares the two as compiled).
+import { readU64, writeU64 } from '../util/u64';
 
 export const EVENT_SIZE = 32;
 export const ANSWER_SIZE = 48;
@@ -33,8 +35,6 @@ export const A2_POPULATE_READ = 1 << 0;
 /** Result of an answer beside 0 and -errno: a write raced a zero-page answer. */
 export const RESULT_RACED = 1;
 
-const TWO32 = 2 ** 32;
-
 export interface FaultEvent {
   region: number;
   /** EV_WRITE | EV_WP */
@@ -47,15 +47,6 @@ export interface FaultEvent {
   seq: number;
   /** CLOCK_MONOTONIC ns when the agent read it (comparable with process.hrtime.bigint()) */
   timeNs: bigint;
-}
-
-function readU64(b: Buffer, at: number): number {
-  return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * TWO32;
-}
-
-function writeU64(b: Buffer, at: number, v: number): void {
-  b.writeUInt32LE(v % TWO32, at);
-  b.writeUInt32LE(Math.floor(v / TWO32), at + 4);
 }
 
 export function decodeEvent(b: Buffer, at: number): FaultEvent {

@@ -5,6 +5,7 @@
 import { daxError, isDaxError, type DaxmapError } from '../errors';
 import { Deadline, checkSignal, checkTimeout } from '../deadline';
 import { native, type SocketChannelInfo } from './addon';
+import { checkU64 } from '../util/u64';
 
 export interface SocketChannelOptions {
   /** Token (u64) the daemon matches to this client's control connection; its HELLO must echo it. */
@@ -33,13 +34,6 @@ class ConnectTo {
   constructor(readonly path: string) {}
 }
 
-function checkSession(session: unknown): bigint {
-  if (typeof session !== 'bigint' || session < 0n || session >= 1n << 64n) {
-    throw daxError('EINVAL', `session must be a bigint in [0, 2^64), got ${String(session)}`);
-  }
-  return session;
-}
-
 export class SocketFaultChannel {
   readonly id: number;
   private ownerClosed = false;
@@ -55,7 +49,7 @@ export class SocketFaultChannel {
     if (!(target instanceof ConnectTo) && (!Number.isSafeInteger(target) || target < 0 || target > 0x7fffffff)) {
       throw daxError('EBADF', `socket channel: fd must be a non-negative integer, got ${String(target)}`);
     }
-    const session = checkSession(opts.session);
+    const session = checkU64('session', opts.session);
     const onClose = opts.onClose;
     const onClosed = (reason: string): void => {
       if (this.diedWith === undefined) this.diedWith = reason;

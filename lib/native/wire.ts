@@ -1,8 +1,11 @@
 // The wire protocol of a socket fault channel (docs/wire.md): 8-byte headers, then
 // event, answer and result frames. The client side is native (native/socket_channel.*);
 // this is the daemon's side in JS (read EVENTS, send ANSWERS, read RESULTS) plus the
-// client's messages for tests. Keep in step with native/socket_channel.h.
+// client's messages for tests. Keep in step with native/socket_channel.h
+// (test/native/layout-mirror.test.ts compares the two as compiled).
 import { daxError } from '../errors';
+import { checkU64, readU64, writeU64 } from '../util/u64';
+import { FrameReader } from '../util/frame-reader';
 import { ANSWER_SIZE, EVENT_SIZE, decodeAnswer, decodeEvents, encodeEvent, type AnswerBatch, type AnswerSpec, type FaultEvent } from './frames';
 
 export const HEADER_SIZE = 8;
@@ -53,16 +56,8 @@ export interface WireMessage {
   body: Buffer;
 }
 
-const TWO32 = 2 ** 32;
-
 function protoError(message: string): Error {
   return daxError('EPROTO', message);
-}
-
-function checkSession(session: bigint): void {
-  if (typeof session !== 'bigint' || session < 0n || session >= 1n << 64n) {
-    throw daxError('EINVAL', `session must be a bigint in [0, 2^64), got ${String(session)}`);
-  }
 }
 
 /** Header + body, one message. */
@@ -78,7 +73,7 @@ export function encodeMessage(type: MsgType, body?: Uint8Array): Buffer {
 }
 
 export function encodeHello(pid: number, session: bigint): Buffer {
-  checkSession(session);
+  checkU64('session', session);
   const body = Buffer.alloc(HELLO_SIZE);
   body.writeUInt32LE(WIRE_MAGIC, 0);
   body.writeUInt32LE(WIRE_VERSION, 4);
@@ -142,8 +137,7 @@ export function encodeResults(results: readonly WireResult[]): Buffer {
   const body = Buffer.alloc(results.length * RESULT_SIZE);
   results.forEach((r, i) => {
     const at = i * RESULT_SIZE;
-    body.writeUInt32LE(r.tag % TWO32, at);
-    body.writeUInt32LE(Math.floor(r.tag / TWO32), at + 4);
+    writeU64(body, at, r.tag);
     body.writeInt32LE(r.result, at + 8);
   });
   return encodeMessage(Msg.Results, body);
@@ -154,7 +148,7 @@ export function decodeResultsBody(body: Buffer): WireResult[] {
   const out = new Array<WireResult>(body.length / RESULT_SIZE);
   for (let i = 0; i < out.length; i++) {
     const at = i * RESULT_SIZE;
-    out[i] = { tag: body.readUInt32LE(at) + body.readUInt32LE(at + 4) * TWO32, result: body.readInt32LE(at + 8) };
+    out[i] = { tag: readU64(body, at), result: body.readInt32LE(at + 8) };
   }
   return out;
 }
@@ -163,69 +157,41 @@ const FROM_CLIENT: readonly MsgType[] = [Msg.Hello, Msg.Events, Msg.Results, Msg
 const FROM_DAEMON: readonly MsgType[] = [Msg.Hello, Msg.Answers, Msg.Bye];
 
 /**
- * Reassembles messages from a byte stream and checks every header as soon as it is
- * complete (flags, size limit, direction, HELLO first, fixed sizes), before waiting
- * for the body. After it has thrown (EPROTO, EMSGSIZE) the stream is unusable:
- * drop the connection.
+ * Reassembles messages from a byte stream (lib/util/frame-reader.ts) and checks every
+ * header as soon as it is complete (flags, size limit, direction, HELLO first, fixed
+ * sizes), before waiting for the body. After it has thrown (EPROTO, EMSGSIZE) the
+ * stream is unusable: drop the connection.
  */
 export class MessageReader {
-  private chunks: Buffer[] = [];
-  private total = 0;
-  private need = 0; // bytes of the message whose header has been checked; 0: none yet
-  private type: MsgType = Msg.Hello;
   private helloSeen = false;
-  private failed = false;
   private readonly accept: readonly MsgType[];
+  private readonly reader: FrameReader<WireMessage>;
 
   /** from: who sends the stream being read. */
   constructor(readonly from: 'client' | 'daemon', private readonly maxBody = MAX_BODY) {
     this.accept = from === 'client' ? FROM_CLIENT : FROM_DAEMON;
+    this.reader = new FrameReader<WireMessage>({
+      name: 'fault stream',
+      headerSize: HEADER_SIZE,
+      frameLength: (h) => {
+        const type = h.readUInt16LE(0) as MsgType;
+        const len = h.readUInt32LE(4);
+        this.check(type, h.readUInt16LE(2), len);
+        if (type === Msg.Hello) this.helloSeen = true;
+        return HEADER_SIZE + len;
+      },
+      decode: (frame) => ({ type: frame.readUInt16LE(0) as MsgType, body: frame.subarray(HEADER_SIZE) }),
+    });
   }
 
   /** Bytes of an incomplete message held back. */
   get pending(): number {
-    return this.total;
+    return this.reader.pending;
   }
 
   /** The complete messages the chunk finishes; bodies are views that stay valid. */
   push(chunk: Buffer): WireMessage[] {
-    if (this.failed) throw protoError('the stream already failed');
-    if (chunk.length > 0) {
-      this.chunks.push(chunk);
-      this.total += chunk.length;
-    }
-    const out: WireMessage[] = [];
-    for (;;) {
-      if (this.need === 0) {
-        if (this.total < HEADER_SIZE) break;
-        const b = this.flatten();
-        const type = b.readUInt16LE(0) as MsgType;
-        const len = b.readUInt32LE(4);
-        try {
-          this.check(type, b.readUInt16LE(2), len);
-        } catch (err) {
-          this.failed = true;
-          throw err;
-        }
-        this.type = type;
-        this.need = HEADER_SIZE + len;
-        if (type === Msg.Hello) this.helloSeen = true;
-      }
-      // A large body arrives in many chunks: they are joined once, when it is complete.
-      if (this.total < this.need) break;
-      const b = this.flatten();
-      out.push({ type: this.type, body: b.subarray(HEADER_SIZE, this.need) });
-      const rest = b.subarray(this.need);
-      this.chunks = rest.length > 0 ? [rest] : [];
-      this.total = rest.length;
-      this.need = 0;
-    }
-    return out;
-  }
-
-  private flatten(): Buffer {
-    if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks, this.total)];
-    return this.chunks[0]!;
+    return this.reader.push(chunk);
   }
 
   private check(type: MsgType, flags: number, len: number): void {

@@ -18,7 +18,7 @@ export const CKPT_MAGIC = 'DXCKPT01';
 export const MIN_POOL_SIZE = 4 << 20;
 /** Largest file: 16 TiB (file block numbers stay far inside safe integers). */
 export const MAX_FILE_SIZE = 2 ** 44;
-export const MAX_NAME_BYTES = 255;
+export { MAX_NAME_BYTES } from '../util/check';
 
 export const CKPT_HEADER = 64;
 /** Worst-case bytes of one file record in a checkpoint (without its extents). */

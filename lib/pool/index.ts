@@ -6,3 +6,7 @@ export {
   type PoolFsCreateOptions, type PoolFsFileStat, type PoolFsInfo, type PoolFsStatFs,
 } from './pool-fs';
 export { fsckDevice, type FsckReport } from './fsck';
+export { MAX_FILE_SIZE } from './format';
+export {
+  identityMismatch, openVerifiedDevice, parseIdentity, readIdentity, statIdentity, statOwner, type DeviceIdentity,
+} from './identity';

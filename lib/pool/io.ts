@@ -46,15 +46,6 @@ export function fillBytes(s: Storage, offset: number, length: number, value = 0)
   }
 }
 
-const TWO32 = 0x1_0000_0000;
-
-export function writeU64(b: Buffer, off: number, v: number): void {
-  b.writeUInt32LE(v % TWO32, off);
-  b.writeUInt32LE(Math.floor(v / TWO32), off + 4);
-}
-
-export function readU64(b: Buffer, off: number): number {
-  return b.readUInt32LE(off) + b.readUInt32LE(off + 4) * TWO32;
-}
+export { readU64, writeU64 } from '../util/u64';
 
 export const align8 = (n: number): number => (n + 7) & ~7;

@@ -3,11 +3,11 @@
 // a change of that state. Replay (replay.ts) and run time (txn.ts) both go through
 // apply(), so what is replayed is what ran. Nothing here touches the device.
 
-import { daxError } from '../errors';
+import { checkName } from '../util/check';
 import { RangeLock } from '../lock/index';
 import { BlockAllocator, type Run } from './allocator';
 import { ExtentMap } from './extents';
-import { BLOCK_SIZE, MAX_FILE_SIZE, MAX_NAME_BYTES, type Geometry } from './format';
+import { BLOCK_SIZE, MAX_FILE_SIZE, type Geometry } from './format';
 import { RecType, STATE_WRITTEN, type LogRecord } from './log';
 
 const B = BLOCK_SIZE;
@@ -49,14 +49,8 @@ export function corrupt(msg: string): never {
   throw new ReplayError(msg);
 }
 
-export function validateName(name: unknown): string {
-  if (typeof name !== 'string') throw daxError('EINVAL', `file name must be a string`);
-  const n = Buffer.byteLength(name, 'utf8');
-  if (n < 1 || n > MAX_NAME_BYTES) throw daxError('EINVAL', `file name must be 1-${MAX_NAME_BYTES} bytes of UTF-8, got ${n}`);
-  if (name.includes('/') || name.includes('\0')) throw daxError('EINVAL', `file name '${name.replace(/\0/g, '\\0')}' contains '/' or NUL`);
-  if (Buffer.from(name, 'utf8').toString('utf8') !== name) throw daxError('EINVAL', `file name is not valid UTF-8 (lone surrogate)`);
-  return name;
-}
+/** The one file-name rule (lib/util/check.ts), also checked on replay. */
+export const validateName = checkName;
 
 export class FsState {
   readonly files = new Map<number, Inode>();

@@ -5,6 +5,7 @@
 // region itself.
 import type { MessagePort } from 'node:worker_threads';
 import { isDaxError, daxError } from '../errors';
+import { errorInfo } from '../protocol/errors';
 import { FaultChannel } from '../native/channel';
 import { execute } from '../native/engine';
 import { AnswerBatch, type AnswerSpec, type FaultEvent } from '../native/frames';
@@ -12,11 +13,13 @@ import { logger } from '../log';
 import { lockdep } from '../lock/index';
 import { PoolFs as LocalPool, PoolFsFile as LocalFile } from '../pool/index';
 import { poolInternals, type PoolInternals } from '../pool/internal';
-import { statIdentity, statOwner, type DeviceIdentity } from '../device/identity';
+import { statIdentity, statOwner, type DeviceIdentity } from '../pool/index';
 import { FaultPolicy, type Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
 import { PAGE } from '../fault/states';
-import type { ErrorInfo, Hello, MapOptions, Notice, Request, Response, StartRequest } from './protocol';
+import type { Hello, MapOptions, Notice, Request, Response, StartRequest } from '../protocol/messages';
+import { opSpec, type OpArgs, type OpName, type OpResult } from '../protocol/ops';
+import { int } from '../util/check';
 
 const log = logger('service');
 
@@ -71,33 +74,13 @@ export interface Conn {
 
 const R_OK = 4;
 const W_OK = 2;
-/** Largest file.read through a socket: its reply must fit one control frame (lib/daemon/control.ts MAX_PAYLOAD). */
-const REMOTE_MAX_READ = 32 << 20;
-/** Mappings end at or below this file offset (the pool's largest file, lib/pool/format.ts). */
-const MAX_MAP_END = 2 ** 44;
 
-// Arguments from a daxmapd client are untrusted: anything JSON can say. These turn a
-// wrong type or range into EINVAL before it reaches the pool or the fault policy.
-function intArg(what: string, v: unknown, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw daxError('EINVAL', `${what} must be an integer in [${min}, ${max}], got ${typeof v === 'string' ? `'${v.slice(0, 40)}'` : String(v)}`);
-  }
-  return v;
-}
-
-function pagesArg(what: string, v: unknown, min: number, max: number): number {
-  const n = intArg(what, v, min, max);
-  if (n % PAGE !== 0) throw daxError('EINVAL', `${what} ${n} is not a multiple of the page size ${PAGE}`);
-  return n;
-}
-
-function mapOptionsArg(v: unknown): MapOptions {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw daxError('EINVAL', 'map options must be an object');
-  const o = v as Record<string, unknown>;
-  for (const k of ['private', 'sync', 'faultAround'] as const) {
-    if (o[k] !== undefined && typeof o[k] !== 'boolean') throw daxError('EINVAL', `map option ${k} must be a boolean`);
-  }
-  return { private: o.private === true, sync: o.sync === true, faultAround: o.faultAround !== false };
+type Reply<T = unknown> = { value: T; transfer?: ArrayBuffer[] };
+type Handlers = { [K in OpName]: (conn: Conn, ...args: OpArgs<K>) => Promise<Reply<OpResult<K>>> | Reply<OpResult<K>> };
+function done(): Reply<void>;
+function done<T>(value: T): Reply<T>;
+function done(value?: unknown): Reply {
+  return { value };
 }
 
 export class Service {
@@ -222,222 +205,164 @@ export class Service {
     if (owner !== p.uid) throw daxError('EPERM', `${what} '${name}': only its owner (uid ${owner}) may`);
   }
 
-  private rootOnly(conn: Conn, what: string): void {
-    if (conn.peer !== null && conn.peer.uid !== 0) throw daxError('EPERM', `${what}: root only`);
-  }
-
   /** Handle one request from a connection; the reply goes back over its transport. */
   async dispatch(conn: Conn, req: Request): Promise<void> {
     try {
       const { value, transfer } = await this.run(conn, req.op, req.args);
       this.reply(conn, { id: req.id, ok: true, value }, transfer);
     } catch (err) {
-      const info: ErrorInfo = isDaxError(err)
-        ? { code: err.code, message: err.message }
-        : { code: 'EIO', message: `EIO: ${(err as Error)?.message ?? String(err)}` };
       if (!isDaxError(err)) log.error({ err, op: req.op }, 'unexpected error in a pool operation');
-      this.reply(conn, { id: req.id, ok: false, error: info });
+      this.reply(conn, { id: req.id, ok: false, error: errorInfo(err) });
     }
   }
 
-  private file(conn: Conn, handle: unknown, want = 0, what = 'use'): LocalFile {
-    const f = conn.files.get(handle as number);
+  private file(conn: Conn, handle: number, want = 0, what = 'use'): LocalFile {
+    const f = conn.files.get(handle);
     if (!f) throw daxError('EBADF', `file handle ${String(handle)} is not open`);
     if (want) this.check(conn, f, want, what);
     return f;
   }
 
-  private async afterResize(f: LocalFile, before: number): Promise<void> {
+  /** An operation that needs write permission and may grow the file: the policy hears of the growth. */
+  private async resizing<T>(conn: Conn, handle: number, what: string, op: (f: LocalFile) => Promise<T>): Promise<T> {
+    const f = this.file(conn, handle, W_OK, what);
+    const before = this.internals.inode(f).size;
+    const result = await op(f);
     const ino = this.internals.inode(f);
     if (ino.size > before) await this.policy.grown(ino);
+    return result;
   }
 
-  private async run(conn: Conn, op: string, a: unknown[]): Promise<{ value: unknown; transfer?: ArrayBuffer[] }> {
+  private async run(conn: Conn, op: string, a: unknown[]): Promise<Reply> {
     if (this.closing && op !== 'close') throw daxError('ECLOSED', 'the pool is closed');
-    const v = (value: unknown = undefined): { value: unknown } => ({ value });
-    switch (op) {
-      case 'hello':
-        return v(this.hello());
-      case 'attach': {
-        // A MessagePort, from a thread of this process: nothing a socket can carry.
-        if (conn.peer !== null) throw daxError('EINVAL', 'attach: only threads of the service\'s own process attach');
-        this.connect(a[0] as MessagePort);
-        return v();
+    const spec = opSpec(op);
+    if (spec.access !== undefined) {
+      if (conn.peer !== null && conn.peer.uid !== 0) throw daxError('EPERM', `${op}: root only`);
+      if (spec.access === 'test' && process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
+    }
+    const args = spec.args(a, { remote: conn.peer !== null });
+    // The one place the op's name and its checked arguments are matched up: OPS[op] made `args`.
+    return (this.handlers[spec.name] as (conn: Conn, ...args: unknown[]) => Promise<Reply> | Reply)(conn, ...args);
+  }
+
+  /** One handler per operation of lib/protocol/ops.ts, its arguments checked and typed there. */
+  private readonly handlers: Handlers = {
+    hello: () => done(this.hello()),
+    attach: (_conn, port) => {
+      this.connect(port);
+      return done();
+    },
+    openFile: async (conn, name, o) => {
+      const opts: { create: boolean; exclusive: boolean; mode?: number; uid?: number; gid?: number } = { ...o };
+      if (conn.peer) {
+        opts.uid = conn.peer.uid;
+        opts.gid = conn.peer.gid;
       }
-      case 'openFile': {
-        const o = (a[1] ?? {}) as { create?: boolean; exclusive?: boolean; mode?: unknown };
-        const opts: { create: boolean; exclusive: boolean; mode?: number; uid?: number; gid?: number } = { create: o.create === true, exclusive: o.exclusive === true };
-        if (o.mode !== undefined) opts.mode = intArg('mode', o.mode, 0, 0o7777) & 0o777;
-        if (conn.peer) {
-          opts.uid = conn.peer.uid;
-          opts.gid = conn.peer.gid;
-        }
-        const f = await this.pool.openFile(a[0] as string, opts);
-        if (!this.allowed(conn, f, R_OK) && !this.allowed(conn, f, W_OK)) {
-          await f.close();
-          throw daxError('EACCES', `open '${String(a[0])}': permission denied`);
-        }
-        const handle = this.nextHandle++;
-        conn.files.set(handle, f);
-        return v({ handle, name: f.name });
+      const f = await this.pool.openFile(name, opts);
+      if (!this.allowed(conn, f, R_OK) && !this.allowed(conn, f, W_OK)) {
+        await f.close();
+        throw daxError('EACCES', `open '${name}': permission denied`);
       }
-      case 'unlink':
-        await this.checkOwner(conn, a[0] as string, 'unlink');
-        await this.pool.unlink(a[0] as string);
-        return v();
-      case 'rename':
-        await this.checkOwner(conn, a[0] as string, 'rename');
-        await this.checkOwner(conn, a[1] as string, 'rename over');
-        await this.pool.rename(a[0] as string, a[1] as string);
-        return v();
-      case 'list':
-        return v(await this.pool.list());
-      case 'statfs':
-        return v(await this.pool.statfs());
-      case 'sync':
-        // Anyone may make the pool durable, as anyone may call sync(2).
-        await this.pool.sync();
-        return v();
-      case 'stats':
-        return v(this.policy.snapshot());
-      case 'statsByFile':
-        return v(this.policy.fileSnapshots());
-      case 'lockdep':
-        this.rootOnly(conn, 'lockdep');
-        return v(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null);
-      case 'testInject': {
-        this.rootOnly(conn, 'testInject');
-        // Test hook (DAXMAP_TEST_HOOKS=1 only): make faults on a path fail after their
-        // locks are taken, or with `delayMs` take that long there (a fault in flight).
-        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
-        const o = (a[0] ?? {}) as { where?: 'huge' | 'page' | 'any' | null; code?: string; delayMs?: unknown };
-        const where = o.where ?? null;
-        const delayMs = o.delayMs === undefined ? null : intArg('delayMs', o.delayMs, 0, 60000);
-        this.policy.inject = where === null ? null : (w) => {
-          if (where !== 'any' && where !== w) return;
-          if (delayMs !== null) return new Promise<void>((res) => setTimeout(res, delayMs));
-          throw daxError(o.code ?? 'EIO', `failure injected on the ${w} path`);
-        };
-        return v();
+      const handle = this.nextHandle++;
+      conn.files.set(handle, f);
+      return done({ handle, name: f.name });
+    },
+    unlink: async (conn, name) => {
+      await this.checkOwner(conn, name, 'unlink');
+      await this.pool.unlink(name);
+      return done();
+    },
+    rename: async (conn, from, to) => {
+      await this.checkOwner(conn, from, 'rename');
+      await this.checkOwner(conn, to, 'rename over');
+      await this.pool.rename(from, to);
+      return done();
+    },
+    list: async () => done(await this.pool.list()),
+    statfs: async () => done(await this.pool.statfs()),
+    // Anyone may make the pool durable, as anyone may call sync(2).
+    sync: async () => done(await this.pool.sync()),
+    stats: () => done(this.policy.snapshot()),
+    statsByFile: () => done(this.policy.fileSnapshots()),
+    lockdep: () => done(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null),
+    testInject: (_conn, { where, code, delayMs }) => {
+      this.policy.inject = where === null ? null : (w) => {
+        if (where !== 'any' && where !== w) return;
+        if (delayMs !== null) return new Promise<void>((res) => setTimeout(res, delayMs));
+        throw daxError(code, `failure injected on the ${w} path`);
+      };
+      return done();
+    },
+    testExit: (_conn, o) => {
+      setImmediate(() => {
+        if (o.crash) throw new Error('crash of the pool service (injected)');
+        process.exit(3);
+      });
+      if (!o.reply) return new Promise<never>(() => {});
+      return done();
+    },
+    testFailPersist: (_conn, { code }) => {
+      const storage = this.internals.storage as { persist(o: number, l: number): void; persistAll(): void };
+      const fail = (): never => {
+        throw daxError(code, `persist of '${this.pool.path}' failed (injected)`);
+      };
+      storage.persist = fail;
+      storage.persistAll = fail;
+      return done();
+    },
+    testState: (conn) => {
+      const mine = this.policy.allMappings().filter((m) => m.client === conn.client).length;
+      return done({ mappings: mine, regions: conn.regions.size, files: conn.files.size, windows: conn.client.budget.count });
+    },
+    configure: (conn, o) => {
+      if (o.windowBudget !== undefined) conn.client.budget.limit = o.windowBudget;
+      return done();
+    },
+    stat: async (conn, h) => done(await this.file(conn, h, R_OK, 'stat').stat()),
+    truncate: async (conn, h, size) => done(await this.resizing(conn, h, 'truncate', (f) => f.truncate(size))),
+    fallocate: async (conn, h, offset, length, o) => done(await this.resizing(conn, h, 'fallocate', (f) => f.fallocate(offset, length, o))),
+    punchHole: async (conn, h, offset, length) => done(await this.file(conn, h, W_OK, 'punch hole in').punchHole(offset, length)),
+    zeroRange: async (conn, h, offset, length, o) => done(await this.resizing(conn, h, 'zero range of', (f) => f.zeroRange(offset, length, o))),
+    write: async (conn, h, data, offset) => done(await this.resizing(conn, h, 'write', async (f) => {
+      const n = await f.write(data, offset);
+      await this.policy.written(this.internals.inode(f), offset, n);
+      return n;
+    })),
+    read: async (conn, h, length, offset) => {
+      const f = this.file(conn, h, R_OK, 'read');
+      const buf = Buffer.alloc(length);
+      const n = await f.read(buf, offset);
+      const out = new Uint8Array(buf.buffer, buf.byteOffset, n);
+      return { value: out, transfer: buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? [buf.buffer as ArrayBuffer] : [] };
+    },
+    fsync: async (conn, h) => done(await this.file(conn, h, R_OK, 'fsync').fsync()),
+    closeFile: async (conn, h) => {
+      if (h === null) return done();
+      const f = conn.files.get(h);
+      if (f) {
+        conn.files.delete(h);
+        await f.close();
       }
-      case 'testExit': {
-        this.rootOnly(conn, 'testExit');
-        // Test hook (DAXMAP_TEST_HOOKS=1 only): the service thread dies abruptly.
-        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
-        // { crash: true }: an uncaught exception instead of process.exit(3);
-        // { reply: false }: die without answering this request.
-        const o = (a[0] ?? {}) as { crash?: boolean; reply?: boolean };
-        setImmediate(() => {
-          if (o.crash === true) throw new Error('crash of the pool service (injected)');
-          process.exit(3);
-        });
-        if (o.reply === false) return new Promise<never>(() => {});
-        return v();
-      }
-      case 'testFailPersist': {
-        this.rootOnly(conn, 'testFailPersist');
-        // Test hook (DAXMAP_TEST_HOOKS=1 only): from now on every persist of the device fails.
-        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
-        const o = (a[0] ?? {}) as { code?: string };
-        const storage = this.internals.storage as { persist(o: number, l: number): void; persistAll(): void };
-        const fail = (): never => {
-          throw daxError(o.code ?? 'EIO', `persist of '${this.pool.path}' failed (injected)`);
-        };
-        storage.persist = fail;
-        storage.persistAll = fail;
-        return v();
-      }
-      case 'testState': {
-        this.rootOnly(conn, 'testState');
-        // Test hook (DAXMAP_TEST_HOOKS=1 only): what the service holds for this connection.
-        if (process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
-        const mine = this.policy.allMappings().filter((m) => m.client === conn.client).length;
-        return v({ mappings: mine, regions: conn.regions.size, files: conn.files.size, windows: conn.client.budget.count });
-      }
-      case 'configure': {
-        this.rootOnly(conn, 'configure');
-        const o = (a[0] ?? {}) as { windowBudget?: unknown };
-        if (o.windowBudget !== undefined) conn.client.budget.limit = intArg('windowBudget', o.windowBudget, 1, 2 ** 31);
-        return v();
-      }
-      case 'stat':
-        return v(await this.file(conn, a[0], R_OK, 'stat').stat());
-      case 'truncate': {
-        const f = this.file(conn, a[0], W_OK, 'truncate');
-        const before = this.internals.inode(f).size;
-        await f.truncate(a[1] as number);
-        await this.afterResize(f, before);
-        return v();
-      }
-      case 'fallocate': {
-        const f = this.file(conn, a[0], W_OK, 'fallocate');
-        const before = this.internals.inode(f).size;
-        await f.fallocate(a[1] as number, a[2] as number, (a[3] ?? {}) as { keepSize?: boolean });
-        await this.afterResize(f, before);
-        return v();
-      }
-      case 'punchHole':
-        await this.file(conn, a[0], W_OK, 'punch hole in').punchHole(a[1] as number, a[2] as number);
-        return v();
-      case 'zeroRange': {
-        const f = this.file(conn, a[0], W_OK, 'zero range of');
-        const before = this.internals.inode(f).size;
-        await f.zeroRange(a[1] as number, a[2] as number, (a[3] ?? {}) as { keepSize?: boolean });
-        await this.afterResize(f, before);
-        return v();
-      }
-      case 'write': {
-        const f = this.file(conn, a[0], W_OK, 'write');
-        const before = this.internals.inode(f).size;
-        const n = await f.write(a[1] as Uint8Array, a[2] as number);
-        await this.policy.written(this.internals.inode(f), a[2] as number, n);
-        await this.afterResize(f, before);
-        return v(n);
-      }
-      case 'read': {
-        const f = this.file(conn, a[0], R_OK, 'read');
-        const buf = Buffer.alloc(intArg('read length', a[1], 0, conn.peer === null ? MAX_MAP_END : REMOTE_MAX_READ));
-        const n = await f.read(buf, a[2] as number);
-        const out = new Uint8Array(buf.buffer, buf.byteOffset, n);
-        return { value: out, transfer: buf.byteOffset === 0 && buf.buffer.byteLength === buf.length ? [buf.buffer as ArrayBuffer] : [] };
-      }
-      case 'fsync':
-        await this.file(conn, a[0], R_OK, 'fsync').fsync();
-        return v();
-      case 'closeFile': {
-        const f = conn.files.get(a[0] as number);
-        if (f) {
-          conn.files.delete(a[0] as number);
-          await f.close();
-        }
-        return v();
-      }
-      case 'map': {
-        const region = intArg('region', a[1], 1, 0xffffffff);
-        const fileOffset = pagesArg('mapping offset', a[2], 0, MAX_MAP_END - PAGE);
-        const length = pagesArg('mapping length', a[3], PAGE, MAX_MAP_END - fileOffset);
-        return v(this.map(conn, a[0] as number, region, fileOffset, length, mapOptionsArg(a[4])));
-      }
-      case 'unmap': {
-        const region = a[0] as number;
+      return done();
+    },
+    map: (conn, h, region, fileOffset, length, o) => done(this.map(conn, h, region, fileOffset, length, o)),
+    unmap: (conn, region) => {
+      if (region !== null) {
         conn.regions.delete(region);
         this.policy.unmap(conn.client, region);
-        return v();
       }
-      case 'flush':
-        await this.flush(conn, a[0] as number, a[1] as number, a[2] as number);
-        return v();
-      case 'close':
-        // Closing the pool is its owner's: the embedded Pool that started the service.
-        // daxmapd's pool closes when the daemon stops (SIGTERM); a client lets go of
-        // its own files and mappings by disconnecting (pool.close()).
-        if (conn.peer !== null) throw daxError('EPERM', 'close: a daxmapd client cannot close the daemon\'s pool (stop daxmapd with SIGTERM); pool.close() lets go of this client\'s own files');
-        await this.close(conn);
-        return v();
-      default:
-        throw daxError('EINVAL', `unknown pool operation '${op}'`);
-    }
-  }
+      return done();
+    },
+    flush: async (conn, region, offset, length) => done(await this.flush(conn, region, offset, length)),
+    close: async (conn) => {
+      // Closing the pool is its owner's: the embedded Pool that started the service.
+      // daxmapd's pool closes when the daemon stops (SIGTERM); a client lets go of
+      // its own files and mappings by disconnecting (pool.close()).
+      if (conn.peer !== null) throw daxError('EPERM', 'close: a daxmapd client cannot close the daemon\'s pool (stop daxmapd with SIGTERM); pool.close() lets go of this client\'s own files');
+      await this.close(conn);
+      return done();
+    },
+  };
 
   private map(conn: Conn, handle: number, region: number, fileOffset: number, length: number, o: MapOptions): null {
     if (!conn.mayMap) throw daxError('EACCES', 'map: this client cannot open the pool device, so it may not map it');
@@ -465,8 +390,8 @@ export class Service {
   private async flush(conn: Conn, region: number, offset: number, length: number): Promise<void> {
     const r = conn.regions.get(region);
     if (!r) throw daxError('EBADF', `region ${region} is not mapped`);
-    intArg('flush offset', offset, 0, r.length);
-    intArg('flush length', length, 0, r.length - offset);
+    int('flush offset', offset, 0, r.length);
+    int('flush length', length, 0, r.length - offset);
     const f = this.file(conn, r.handle);
     const ino = this.internals.inode(f);
     const start = r.fileOffset + offset;

@@ -2,9 +2,9 @@
 // StartRequest; the first message is the StartReply; then parentPort is the
 // opening thread's connection.
 import { parentPort, workerData } from 'node:worker_threads';
-import { isDaxError } from '../errors';
+import { errorInfo } from '../protocol/errors';
 import { Service } from './service';
-import type { StartReply, StartRequest } from './protocol';
+import type { StartReply, StartRequest } from '../protocol/messages';
 
 async function main(): Promise<void> {
   const port = parentPort;
@@ -15,10 +15,7 @@ async function main(): Promise<void> {
     service = await Service.start(workerData as StartRequest);
     reply = { ok: true, hello: service.hello() };
   } catch (err) {
-    reply = {
-      ok: false,
-      error: isDaxError(err) ? { code: err.code, message: err.message } : { code: 'EIO', message: `EIO: ${String((err as Error)?.message ?? err)}` },
-    };
+    reply = { ok: false, error: errorInfo(err) };
   }
   port.postMessage(reply);
   if (service) service.connect(port as unknown as import('node:worker_threads').MessagePort);

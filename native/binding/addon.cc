@@ -25,6 +25,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   daxmap::InitDevice(env, exports);
   daxmap::InitNet(env, exports);
   daxmap::InitSocket(env, exports);
+  daxmap::InitLayout(env, exports);
   return exports;
 }
 }  // namespace

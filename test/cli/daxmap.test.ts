@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { main } from '../../dist/cli/main.js';
-import { parseSize, formatSize } from '../../dist/cli/units.js';
+import { parseSize, formatSize } from '../../dist/util/units.js';
 import { ProgressBar } from '../../dist/cli/progress.js';
 import { useLockdep } from '../lock/guard.ts';
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { startDaemon, startClient, PAGE } from './helpers';
 import { PoolFs as LocalPool } from '../../dist/pool/pool-fs';
 import { openDevice } from '../../dist/device/device';
-import { identityMismatch, openVerifiedDevice, parseIdentity, readIdentity, type DeviceIdentity } from '../../dist/device/identity';
+import { identityMismatch, openVerifiedDevice, parseIdentity, readIdentity, type DeviceIdentity } from '../../dist/pool/identity';
 
 const SIZE = 64 << 20;
 let n = 0;

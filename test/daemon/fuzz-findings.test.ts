@@ -5,7 +5,7 @@ import t from 'tap';
 import { startDaemon } from './helpers';
 import { RawControl, RawFault, eventBytes, wireMessage } from './fuzz-wire';
 import { Msg } from '../../dist/native/wire';
-import { ControlReader, encodeFrame } from '../../dist/daemon/control';
+import { ControlReader, encodeFrame } from '../../dist/protocol/control';
 import { Pool } from '../../dist/index';
 
 const PAGE = 4096;

@@ -1,10 +1,10 @@
 // Raw protocol helpers for the daemon's fuzz and permission tests: a control
-// connection that sends frames byte for byte (lib/daemon/control.ts) and a fault
+// connection that sends frames byte for byte (lib/protocol/control.ts) and a fault
 // connection that speaks the wire protocol of docs/wire.md by hand
 // (lib/native/wire.ts), each recording what the daemon sent back and whether it hung
 // up.
 import net from 'node:net';
-import { CONTROL_MAGIC, ControlReader } from '../../dist/daemon/control';
+import { CONTROL_MAGIC, ControlReader } from '../../dist/protocol/control';
 import { MessageReader, decodeAnswersBody, encodeHello, encodeMessage, Msg, type WireMessage } from '../../dist/native/wire';
 
 export { CONTROL_MAGIC };

@@ -1,5 +1,5 @@
 // The frame fuzzer: thousands of random and mutated frames against a running daxmapd,
-// on control connections (lib/daemon/control.ts) and fault connections
+// on control connections (lib/protocol/control.ts) and fault connections
 // (docs/wire.md). Every fuzz connection gets an error reply or is disconnected, never
 // more: no hang, no reply it did not ask for, no error that is not a proper code.
 // Afterwards the daemon is the same process, a well-behaved client works end to end,

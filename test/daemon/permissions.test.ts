@@ -42,7 +42,7 @@ const dist = (p: string): string => JSON.stringify(stage.path(path.join('dist', 
 function rawAs(ids: { uid: number; gid: number; groups: number[] }, socket: string, requests: [string, unknown[]][]): { ok: boolean; value?: any; error?: { code: string } }[] {
   const script = `
     const net = require('node:net');
-    const { CONTROL_MAGIC, ControlReader, encodeFrame } = require(${dist('daemon/control.js')});
+    const { CONTROL_MAGIC, ControlReader, encodeFrame } = require(${dist('protocol/control.js')});
     const reqs = ${JSON.stringify(requests)};
     const s = net.connect(${JSON.stringify(socket)});
     const r = new ControlReader({ expectMagic: false });

@@ -1,6 +1,7 @@
-// Messages between a Pool (client) and its service over a MessagePort. A request
-// names an operation and carries its arguments; every request gets exactly one
-// response. The service may also send notices (the pool was closed).
+// Messages between a Pool (client) and its service, over a MessagePort (embedded
+// mode) or a daxmapd control connection (./control.ts). A request names an operation
+// (./ops.ts) and carries its arguments; every request gets exactly one response.
+// The service may also send notices (the pool was closed).
 
 export interface Request {
   id: number;

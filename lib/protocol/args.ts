@@ -1,45 +1,33 @@
-// Argument checks of the public client API (Pool, PoolFile, Mapping), in one place.
-// Every check throws a daxmap Error with code EINVAL; the public async methods run
-// them inside the async body, so a bad argument is a rejection, never a synchronous
-// throw.
+// Argument checks of the protocol, in one place: the public client API (Pool,
+// PoolFile, Mapping) runs them before anything is sent, and the service's op table
+// (./ops.ts) runs them on every request, whoever sent it (a daxmapd client may send
+// anything JSON can say). Every check throws a daxmap Error with code EINVAL; the
+// public async methods run them inside the async body, so a bad argument is a
+// rejection, never a synchronous throw.
 import { constants as bufferConstants } from 'node:buffer';
 import { daxError } from '../errors';
+import { checkName, int, show } from '../util/check';
+import { MAX_FILE_SIZE } from '../pool/index';
+
+export { int, show, MAX_FILE_SIZE };
 
 export const PAGE = 4096;
-const MAX_NAME = 255;
-/** The largest file the pool holds (lib/pool/format.ts): offsets and ends stop here. */
-export const MAX_FILE_SIZE = 2 ** 44;
 /** The largest Buffer this runtime makes: a mapping's buffer is one Buffer. */
 export const MAX_MAPPING = bufferConstants.MAX_LENGTH;
-
-function show(v: unknown): string {
-  if (typeof v === 'string') return `'${v.length > 40 ? `${v.slice(0, 40)}…` : v}'`;
-  if (typeof v === 'bigint') return `${v}n`;
-  if (v === null || typeof v !== 'object') return String(v);
-  return Array.isArray(v) ? 'an array' : `an object (${v.constructor?.name ?? 'Object'})`;
-}
-
-/** An integer in [min, max]. */
-export function int(what: string, v: unknown, min = 0, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw daxError('EINVAL', `${what} must be an integer in [${min}, ${max}], got ${show(v)}`);
-  }
-  return v;
-}
 
 /** A file offset or length: an integer in [min, 16 TiB]. */
 export function fileInt(what: string, v: unknown, min = 0): number {
   return int(what, v, min, MAX_FILE_SIZE);
 }
 
-/** A file name: 1-255 bytes of UTF-8 without '/' or NUL. */
-export function name(v: unknown, what = 'file name'): string {
-  if (typeof v !== 'string') throw daxError('EINVAL', `${what} must be a string, got ${show(v)}`);
-  const bytes = Buffer.byteLength(v, 'utf8');
-  if (bytes < 1 || bytes > MAX_NAME || v.includes('/') || v.includes('\0')) {
-    throw daxError('EINVAL', `${what} ${show(v)} must be 1-${MAX_NAME} bytes of UTF-8 without '/' or NUL`);
-  }
-  return v;
+/** A file name (lib/util/check.ts: 1-255 bytes of UTF-8 without '/' or NUL, no lone surrogate). */
+export const name = checkName;
+
+/** A page-aligned integer in [min, max]. */
+export function pages(what: string, v: unknown, min: number, max: number): number {
+  const n = int(what, v, min, max);
+  if (n % PAGE !== 0) throw daxError('EINVAL', `${what} ${n} is not a multiple of the page size ${PAGE}`);
+  return n;
 }
 
 /** A non-empty path string without NUL. */

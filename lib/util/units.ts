@@ -1,4 +1,4 @@
-// Human sizes for the CLI: "1G", "512MiB", "1.5g", "64k", "4096".
+// Human sizes, for the command lines (daxmap, daxmapd): "1G", "512MiB", "1.5g", "64k", "4096".
 import { daxError } from '../errors';
 
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 };

@@ -1,5 +1,5 @@
 // The control connection between a client process and daxmapd: the same requests,
-// responses and notices as the in-process MessagePort (lib/service/protocol.ts),
+// responses and notices as the in-process MessagePort (./messages.ts),
 // framed on a UNIX stream socket. Fault traffic goes over a second connection in the
 // binary wire format of docs/wire.md, handled natively on the client side.
 //
@@ -9,6 +9,7 @@
 // / { id, ok: false, error }, or a notice. At most one binary payload travels per
 // frame: an argument or a value `{ "$bin": true }` stands for it.
 import { daxError } from '../errors';
+import { FrameReader } from '../util/frame-reader';
 
 export const CONTROL_MAGIC = Buffer.from('DXC1', 'latin1');
 export const FRAME_HEADER = 8;
@@ -58,73 +59,40 @@ export function restorePayload(v: unknown, payload: Buffer | null): unknown {
 }
 
 /**
- * Reassembles frames from a control stream. Throws EPROTO / EMSGSIZE on anything
- * malformed; the connection must then be dropped.
+ * Reassembles frames from a control stream (lib/util/frame-reader.ts). Throws EPROTO
+ * / EMSGSIZE on anything malformed; the connection must then be dropped.
  */
 export class ControlReader {
-  private buf: Buffer = Buffer.alloc(0);
-  /** Chunks of a frame whose header is read but whose body has not all come: joined once, when it has. */
-  private parts: Buffer[] = [];
-  private partsLength = 0;
-  private need = 0;
-  private magicSeen: boolean;
-  private failed = false;
+  private readonly reader: FrameReader<Frame>;
 
   constructor(opts: { expectMagic: boolean }) {
-    this.magicSeen = !opts.expectMagic;
-  }
-
-  push(chunk: Buffer): Frame[] {
-    if (this.failed) throw daxError('EPROTO', 'the control stream already failed');
-    const out: Frame[] = [];
-    if (this.need > 0) {
-      // A large frame arrives in many chunks: collect them, never re-copy what came before.
-      this.parts.push(chunk);
-      this.partsLength += chunk.length;
-      if (this.partsLength < this.need) return out;
-      this.buf = Buffer.concat(this.parts, this.partsLength);
-      this.parts = [];
-      this.partsLength = 0;
-      this.need = 0;
-    } else {
-      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
-    }
-    try {
-      if (!this.magicSeen) {
-        if (this.buf.length < CONTROL_MAGIC.length) return out;
-        if (!this.buf.subarray(0, 4).equals(CONTROL_MAGIC)) throw daxError('EPROTO', 'not a daxmap control connection');
-        this.magicSeen = true;
-        this.buf = this.buf.subarray(4);
-      }
-      for (;;) {
-        if (this.buf.length < FRAME_HEADER) break;
-        const jlen = this.buf.readUInt32LE(0);
-        const plen = this.buf.readUInt32LE(4);
+    this.reader = new FrameReader<Frame>({
+      name: 'control stream',
+      headerSize: FRAME_HEADER,
+      ...(opts.expectMagic ? { preamble: { bytes: CONTROL_MAGIC, mismatch: () => daxError('EPROTO', 'not a daxmap control connection') } } : {}),
+      frameLength: (h) => {
+        const jlen = h.readUInt32LE(0);
+        const plen = h.readUInt32LE(4);
         if (jlen === 0 || jlen > MAX_JSON) throw daxError('EMSGSIZE', `control frame JSON of ${jlen} bytes`);
         if (plen > MAX_PAYLOAD) throw daxError('EMSGSIZE', `control frame payload of ${plen} bytes`);
-        const total = FRAME_HEADER + jlen + plen;
-        if (this.buf.length < total) {
-          this.need = total;
-          this.parts = [this.buf];
-          this.partsLength = this.buf.length;
-          this.buf = Buffer.alloc(0);
-          break;
-        }
+        return FRAME_HEADER + jlen + plen;
+      },
+      decode: (frame) => {
+        const jend = FRAME_HEADER + frame.readUInt32LE(0);
         let json: unknown;
         try {
-          json = JSON.parse(this.buf.toString('utf8', FRAME_HEADER, FRAME_HEADER + jlen));
+          json = JSON.parse(frame.toString('utf8', FRAME_HEADER, jend));
         } catch {
           throw daxError('EPROTO', 'control frame is not JSON');
         }
         if (json === null || typeof json !== 'object' || Array.isArray(json)) throw daxError('EPROTO', 'control frame is not an object');
-        const payload = plen > 0 ? Buffer.from(this.buf.subarray(FRAME_HEADER + jlen, total)) : null;
-        out.push({ json, payload });
-        this.buf = this.buf.subarray(total);
-      }
-    } catch (err) {
-      this.failed = true;
-      throw err;
-    }
-    return out;
+        // A copy: the payload outlives the chunk it came in (a write's data, a read's bytes).
+        return { json, payload: frame.length > jend ? Buffer.from(frame.subarray(jend)) : null };
+      },
+    });
+  }
+
+  push(chunk: Buffer): Frame[] {
+    return this.reader.push(chunk);
   }
 }

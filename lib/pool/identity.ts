@@ -6,8 +6,8 @@
 // st_dev/st_ino for a file, st_rdev for a device-dax node. docs/daemon.md.
 import { daxError, type DaxmapError } from '../errors';
 import { native } from '../native/addon';
-import { BLOCK_SIZE, decodeSuperblock } from '../pool/format';
-import { openDevice, type DeviceStorage } from './device';
+import { BLOCK_SIZE, decodeSuperblock } from './format';
+import { openDevice, type DeviceStorage } from '../device/device';
 
 /** What the daemon says of its device (hello), and what a client finds behind its descriptor. */
 export interface DeviceIdentity {
