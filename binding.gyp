@@ -10,6 +10,7 @@
         "native/uffd.cc",
         "native/region.cc",
         "native/device.cc",
+        "native/channel.cc",
         "native/agent.cc",
         "native/socket_channel.cc",
         "native/binding/addon.cc",

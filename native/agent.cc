@@ -2,6 +2,9 @@
 #include "agent.h"
 
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -9,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <system_error>
 #include <vector>
 
 #include "uffd_compat.h"
@@ -19,6 +23,7 @@ namespace {
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kGraceNs = 30ull * 1000000000ull;  // graveyard grace period
 constexpr uint64_t kEagainBudgetNs = 5ull * 1000000000ull;
+constexpr uint64_t kTickNs = 100000000ull;  // the watchdog's period while events are live
 
 // Retry an op that met EAGAIN (the mm is changing: a REMAP event is unread). The
 // reader thread reads it independently, so this converges; bounded anyway.
@@ -83,144 +88,29 @@ uint64_t MonotonicNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// ---- Channel ----
+Agent& Agent::Instance() {
+  // Process-wide by nature (one userfaultfd serves every thread's regions). Never
+  // destroyed: at process.exit() the main environment is not torn down, so its
+  // reference is never dropped and the reader may still be running when static
+  // destructors run; a joinable std::thread destroyed there would terminate.
+  static Agent* agent = new Agent();
+  return *agent;
+}
 
-Channel::EnqueueResult Channel::Enqueue(const FaultEvent& ev) {
-  std::lock_guard<std::mutex> g(mu_);
-  if (orphaned_.load(std::memory_order_relaxed)) return kOrphaned;
-  Key k{ev.region, ev.offset};
-  auto it = live_.find(k);
-  if (it != live_.end()) {
-    it->second.ev.count = static_cast<uint16_t>(std::min<int>(0xffff, it->second.ev.count + ev.count));
-    it->second.ev.flags |= ev.flags;
-    return kMerged;
+Status Agent::Acquire() {
+  std::lock_guard<std::mutex> g(life_mu_);
+  if (users_ == 0) {
+    Status s = Start();
+    if (!s.ok()) return s;
   }
-  live_.emplace(k, Live{ev, false});
-  queue_.push_back(k);
-  pending_notify_ = true;
-  return kQueued;
+  users_++;
+  return Status::Ok();
 }
 
-bool Channel::Flush() {
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    if (!pending_notify_ || notified_) return true;
-    pending_notify_ = false;
-    notified_ = true;
-  }
-  std::lock_guard<std::mutex> n(notify_mu_);
-  if (closed_) return false;
-  return Notify();
-}
-
-size_t Channel::Take(FaultEvent* out, size_t max) {
-  std::lock_guard<std::mutex> g(mu_);
-  size_t n = 0;
-  while (n < max && !queue_.empty()) {
-    Key k = queue_.front();
-    queue_.pop_front();
-    auto it = live_.find(k);
-    if (it == live_.end() || it->second.taken) continue;  // answered meanwhile
-    it->second.taken = true;
-    out[n++] = it->second.ev;
-  }
-  if (queue_.empty()) notified_ = false;  // drained: the next event notifies again
-  return n;
-}
-
-void Channel::Answered(uint32_t region, uint64_t off, uint64_t len) {
-  std::lock_guard<std::mutex> g(mu_);
-  auto it = live_.lower_bound(Key{region, off});
-  while (it != live_.end() && it->first.first == region && it->first.second < off + len) it = live_.erase(it);
-}
-
-std::vector<FaultEvent> Channel::Orphan() {
-  std::lock_guard<std::mutex> g(mu_);
-  orphaned_.store(true, std::memory_order_release);
-  std::vector<FaultEvent> out;
-  out.reserve(live_.size());
-  for (auto& [k, l] : live_) out.push_back(l.ev);
-  live_.clear();
-  queue_.clear();
-  return out;
-}
-
-std::vector<FaultEvent> Channel::DropRegion(uint32_t region) {
-  std::lock_guard<std::mutex> g(mu_);
-  std::vector<FaultEvent> out;
-  auto it = live_.lower_bound(Key{region, 0});
-  while (it != live_.end() && it->first.first == region) {
-    out.push_back(it->second.ev);
-    it = live_.erase(it);
-  }
-  return out;
-}
-
-std::vector<FaultEvent> Channel::Abandon(const FaultEvent* evs, size_t n) {
-  std::lock_guard<std::mutex> g(mu_);
-  std::vector<FaultEvent> out;
-  for (size_t i = 0; i < n; i++) {
-    auto it = live_.find(Key{evs[i].region, evs[i].offset});
-    if (it == live_.end()) continue;
-    out.push_back(it->second.ev);
-    live_.erase(it);
-  }
-  return out;
-}
-
-std::vector<FaultEvent> Channel::Expired(uint64_t now_ns, uint64_t timeout_ns) {
-  std::lock_guard<std::mutex> g(mu_);
-  std::vector<FaultEvent> out;
-  for (auto it = live_.begin(); it != live_.end();) {
-    if (now_ns - it->second.ev.time_ns > timeout_ns) {
-      out.push_back(it->second.ev);
-      it = live_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  return out;
-}
-
-size_t Channel::live() const {
-  std::lock_guard<std::mutex> g(mu_);
-  return live_.size();
-}
-
-void Channel::MarkClosed() {
-  std::lock_guard<std::mutex> n(notify_mu_);
-  closed_ = true;
-}
-
-// ---- Agent ----
-
-Agent* Agent::Get(Status* st) {
-  // Process-wide by nature (one userfaultfd serves every thread's regions), so this
-  // one object is deliberately static and never destroyed: its reader thread must
-  // outlive every environment that uses it.
-  static std::mutex mu;
-  static Agent* agent = nullptr;
-  static Status* failure = nullptr;
-  std::lock_guard<std::mutex> g(mu);
-  if (agent != nullptr) {
-    *st = Status::Ok();
-    return agent;
-  }
-  if (failure != nullptr) {
-    *st = *failure;
-    return nullptr;
-  }
-  Agent* a = new Agent();
-  Status s = a->Start();
-  if (!s.ok()) {
-    delete a;
-    failure = new Status(s);
-    *st = s;
-    return nullptr;
-  }
-  agent = a;
-  *st = Status::Ok();
-  return agent;
+void Agent::Release() {
+  std::lock_guard<std::mutex> g(life_mu_);
+  if (users_ == 0) return;
+  if (--users_ == 0) Stop();
 }
 
 Status Agent::Probe(UffdInfo* info) {
@@ -233,22 +123,95 @@ Status Agent::Probe(UffdInfo* info) {
 Status Agent::Start() {
   Status s = uffd_.Open();
   if (!s.ok()) return s;
-  reader_ = std::thread([this] { ReaderLoop(); });
-  reader_id_ = reader_.get_id();
-  reader_.detach();
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) {
+    int e = errno;
+    uffd_.Close();
+    return Status::Errno(e, "start the fault agent: eventfd");
+  }
+  stop_.store(false);
+  // The reader takes no asynchronous signal: each would be a wake-up for nothing
+  // (and an EINTR); node's threads handle them.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int e = 0;
+  try {
+    reader_ = std::thread([this] { ReaderLoop(); });
+  } catch (const std::system_error& err) {
+    e = err.code().value() != 0 ? err.code().value() : EAGAIN;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (e != 0) {
+    close(wake_fd_);
+    wake_fd_ = -1;
+    uffd_.Close();
+    return Status::Errno(e, "start the fault agent's reader thread");
+  }
+  // Named here, not by the thread itself, so that the name is there once Acquire
+  // returns (tests find the thread by it in /proc/self/task/*/comm).
+  pthread_setname_np(reader_.native_handle(), "daxmap-reader");
+  stats_.starts++;
   return Status::Ok();
 }
 
+void Agent::Stop() {
+  // Every region is closed by now (each user closes its own before releasing), so
+  // no thread waits on a fault of ours; closing the userfaultfd would wake any that
+  // did all the same.
+  stop_.store(true);
+  Kick();
+  reader_.join();
+  close(wake_fd_);
+  wake_fd_ = -1;
+  uffd_.Close();
+}
+
+void Agent::Kick() {
+  uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
+}
+
+void Agent::set_fault_timeout_ms(uint64_t ms) {
+  fault_timeout_ns_.store(ms * 1000000ull);
+  Kick();
+}
+
+bool Agent::AnyLive() {
+  std::shared_lock<std::shared_mutex> g(reg_mu_);
+  for (auto& [id, ch] : channels_) {
+    if (ch->live() != 0) return true;
+  }
+  return false;
+}
+
+int Agent::PollTimeoutMs(uint64_t now, uint64_t last_tick) {
+  if (!deferred_.empty()) return 1;
+  uint64_t due = 0;
+  if (fault_timeout_ns_.load() != 0 && AnyLive()) due = last_tick + kTickNs;
+  uint64_t grave = NextGraveDue();
+  if (grave != 0 && (due == 0 || grave < due)) due = grave;
+  if (due == 0) return -1;
+  if (due <= now) return 0;
+  return static_cast<int>(std::min<uint64_t>((due - now + 999999) / 1000000, kTickNs / 1000000));
+}
+
 void Agent::ReaderLoop() {
+  reader_id_.store(std::this_thread::get_id(), std::memory_order_release);
   struct uffd_msg msgs[64];
   uint64_t last_tick = MonotonicNs();
   std::vector<std::shared_ptr<Channel>> touched;
   for (;;) {
-    struct pollfd p = {uffd_.fd(), POLLIN, 0};
-    int timeout = deferred_.empty() ? 100 : 1;
-    int pr = poll(&p, 1, timeout);
+    struct pollfd p[2] = {{uffd_.fd(), POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    int pr = poll(p, 2, PollTimeoutMs(MonotonicNs(), last_tick));
+    stats_.wakes++;
     uint64_t now = MonotonicNs();
-    if (pr > 0 && (p.revents & POLLIN)) {
+    if (pr > 0 && (p[1].revents & POLLIN)) {
+      uint64_t v;
+      (void)!read(wake_fd_, &v, sizeof v);
+      if (stop_.load()) break;
+    }
+    if (pr > 0 && (p[0].revents & POLLIN)) {
       ssize_t n = read(uffd_.fd(), msgs, sizeof msgs);
       if (n > 0) {
         stats_.batches++;
@@ -268,15 +231,20 @@ void Agent::ReaderLoop() {
           if (!ch->Flush()) OrphanChannel(ch->id());
         }
       }
-    } else if (pr > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL))) {
+    } else if (pr > 0 && (p[0].revents & (POLLERR | POLLHUP | POLLNVAL))) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));  // cannot happen while the fd is open
     }
     if (!deferred_.empty()) RunDeferred();
-    if (now - last_tick >= 100000000ull) {
+    if (now - last_tick >= kTickNs) {
       last_tick = now;
       Watchdog(now);
     }
+    ReleaseGraves(now, false);
   }
+  // Deferred poisons belong to regions closed by now (their waiters were woken
+  // when they closed); the userfaultfd's close wakes anything else.
+  deferred_.clear();
+  reader_id_.store(std::thread::id(), std::memory_order_release);
 }
 
 void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t now,
@@ -407,7 +375,6 @@ void Agent::Watchdog(uint64_t now) {
       PoisonEvents(evs);
     }
   }
-  ReleaseGraves(now, false);
 }
 
 Status Agent::CreateRegion(uint64_t length, std::shared_ptr<Region>* out) {
@@ -662,6 +629,12 @@ void Agent::Bury(uintptr_t base, uint64_t len) {
     graveyard_.emplace_back(now, std::make_pair(base, len));
   }
   ReleaseGraves(now, false);
+  Kick();  // the reader now has a grave to release when it is due
+}
+
+uint64_t Agent::NextGraveDue() {
+  std::lock_guard<std::mutex> g(grave_mu_);
+  return graveyard_.empty() ? 0 : graveyard_.front().first + kGraceNs + 1;
 }
 
 void Agent::ReleaseGraves(uint64_t now, bool all) {

@@ -1,8 +1,8 @@
-// The fault agent: one per process. It owns the userfaultfd, a reader thread that
-// reads fault events in batches and routes each to the channel of its region (or
-// answers it natively from the region's direct table), and the registries of
-// regions, devices and channels. Answers are executed by Execute() on the caller's
-// thread, never on the reader (revoke's mremap waits for the reader).
+// The fault agent: one per process. While it has users it owns the userfaultfd and
+// a reader thread that reads fault events in batches and routes each to the channel
+// of its region (or answers it natively from the region's direct table); it keeps
+// the registries of regions and channels. Answers are executed by Execute() on the
+// caller's thread, never on the reader (revoke's mremap waits for the reader).
 #pragma once
 
 #include <atomic>
@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "channel.h"
 #include "device.h"
 #include "frames.h"
 #include "region.h"
@@ -24,61 +25,6 @@
 #include "uffd.h"
 
 namespace daxmap {
-
-// Where a region's faults go. Events for the same page are merged while one is
-// queued or being handled (the handler's answer wakes every thread waiting on the
-// page), so two threads faulting one page get one answer.
-class Channel {
- public:
-  explicit Channel(uint32_t id) : id_(id) {}
-  virtual ~Channel() = default;
-  uint32_t id() const { return id_; }
-
-  enum EnqueueResult { kOrphaned, kQueued, kMerged };
-  // Reader thread. kOrphaned: nobody will answer, the caller poisons the fault.
-  EnqueueResult Enqueue(const FaultEvent& ev);
-  // Reader thread, after a batch: tell the handler there is work. False if the
-  // handler is gone (the channel is then orphaned by the caller).
-  bool Flush();
-  // Handler side: move up to `max` queued events out; they stay live (outstanding)
-  // until an answer covers their page.
-  size_t Take(FaultEvent* out, size_t max);
-  // An answer for [off, off+len) of `region` ran: its waiters were woken.
-  void Answered(uint32_t region, uint64_t off, uint64_t len);
-  // The handler is gone: every live event is returned for poisoning.
-  std::vector<FaultEvent> Orphan();
-  std::vector<FaultEvent> DropRegion(uint32_t region);
-  // The handler gave up on these events: those not yet answered are removed and
-  // returned (for poisoning); answered ones are left alone.
-  std::vector<FaultEvent> Abandon(const FaultEvent* evs, size_t n);
-  // Live events older than `timeout_ns`, removed and returned (watchdog).
-  std::vector<FaultEvent> Expired(uint64_t now_ns, uint64_t timeout_ns);
-  bool orphaned() const { return orphaned_.load(std::memory_order_acquire); }
-  size_t live() const;
-
- protected:
-  // Signal the handler (e.g. a thread-safe function call). Called with notify_mu_
-  // held, never after MarkClosed(). False if the handler is gone.
-  virtual bool Notify() = 0;
-  // After this returns Notify() is never called again.
-  void MarkClosed();
-
- private:
-  using Key = std::pair<uint32_t, uint64_t>;
-  struct Live {
-    FaultEvent ev;
-    bool taken;
-  };
-  uint32_t id_;
-  mutable std::mutex mu_;
-  std::map<Key, Live> live_;
-  std::deque<Key> queue_;
-  bool pending_notify_ = false;  // events queued since the handler last drained
-  bool notified_ = false;        // a notification is in flight
-  std::mutex notify_mu_;
-  bool closed_ = false;          // guarded by notify_mu_
-  std::atomic<bool> orphaned_{false};
-};
 
 struct AgentStats {
   std::atomic<uint64_t> events{0};      // page faults read
@@ -93,13 +39,22 @@ struct AgentStats {
   std::atomic<uint64_t> answer_errors{0};
   std::atomic<uint64_t> remaps{0};      // REMAP events (one per revoke)
   std::atomic<uint64_t> stray{0};       // faults outside any live region
+  std::atomic<uint64_t> wakes{0};       // times the reader returned from poll()
+  std::atomic<uint64_t> starts{0};      // reader threads started (the agent ran)
 };
 
 class Agent {
  public:
-  // The process's agent, created (userfaultfd opened, reader started) on first use.
-  // A failure is remembered and returned on every later call.
-  static Agent* Get(Status* st);
+  // The process's agent. The object is never destroyed (its registries and stats
+  // are process-wide); it *runs* — userfaultfd open, reader thread started — while
+  // it has at least one user.
+  static Agent& Instance();
+  // Takes a user reference. The first user starts the agent; if that fails nothing
+  // is remembered, so the next Acquire tries again.
+  Status Acquire();
+  // Drops a user reference. The last user stops the reader (through its eventfd),
+  // joins it and closes the userfaultfd. Every region must be closed by then.
+  void Release();
   // Only checks that userfaultfd can be opened with our features.
   static Status Probe(UffdInfo* info);
 
@@ -130,14 +85,23 @@ class Agent {
   // -EINVAL for a malformed buffer (answers before the bad frame ran).
   long Execute(const uint8_t* buf, size_t len, int32_t* results, size_t max_results);
 
-  void set_fault_timeout_ms(uint64_t ms) { fault_timeout_ns_.store(ms * 1000000ull); }
+  // Wakes the reader, which recomputes when the watchdog next needs to run.
+  void set_fault_timeout_ms(uint64_t ms);
   uint64_t fault_timeout_ms() const { return fault_timeout_ns_.load() / 1000000ull; }
-  bool OnReaderThread() const { return std::this_thread::get_id() == reader_id_; }
+  bool OnReaderThread() const { return std::this_thread::get_id() == reader_id_.load(std::memory_order_acquire); }
 
  private:
   Agent() = default;
   Status Start();
+  void Stop();
+  // Makes the reader's poll() return (a no-op while it is not running).
+  void Kick();
   void ReaderLoop();
+  // How long the reader may sleep in poll(): -1 (until an event or a kick) when
+  // nothing is pending; short while deferred poisons wait; until the next
+  // watchdog tick while events are live; until the next grave is due.
+  int PollTimeoutMs(uint64_t now, uint64_t last_tick);
+  bool AnyLive();
   void HandleFault(uint64_t addr, uint64_t flags, uint32_t tid, uint64_t now,
                    std::vector<std::shared_ptr<Channel>>* touched);
   // Agent-side poison of one page on the reader thread; deferred on EAGAIN.
@@ -146,10 +110,18 @@ class Agent {
   void Watchdog(uint64_t now);
   int ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced);
 
+  // Start/stop: users_ and the running state change together under life_mu_.
+  // uffd_ and wake_fd_ change only there, while no user exists, so the users that
+  // read them (after their Acquire, which took life_mu_) never race with a change.
+  std::mutex life_mu_;
+  uint64_t users_ = 0;
   Uffd uffd_;
+  int wake_fd_ = -1;  // eventfd: a kick or the stop request
+  std::atomic<bool> stop_{false};
   AgentStats stats_;
   std::thread reader_;
-  std::thread::id reader_id_;
+  // Set by the reader itself before it does anything else, cleared as it ends.
+  std::atomic<std::thread::id> reader_id_{};
   std::atomic<uint32_t> seq_{1};
   std::atomic<uint32_t> next_region_{1};
   std::atomic<uint32_t> next_channel_{1};
@@ -170,6 +142,8 @@ class Agent {
   std::deque<std::pair<uint64_t, std::pair<uintptr_t, uint64_t>>> graveyard_;
   void Bury(uintptr_t base, uint64_t len);
   void ReleaseGraves(uint64_t now, bool all);
+  // When the oldest grave is due (0: none).
+  uint64_t NextGraveDue();
 };
 
 uint64_t MonotonicNs();

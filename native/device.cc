@@ -257,7 +257,7 @@ Status Device::Persist(uint64_t off, uint64_t len) const {
 }
 
 namespace {
-// Process-wide by nature: ids cross threads. Never destroyed (see Agent::Get).
+// Process-wide by nature: ids cross threads. Never destroyed (see Agent::Instance).
 struct Registry {
   std::mutex mu;
   uint32_t next = 1;

@@ -85,8 +85,11 @@ std::string UffdHowToEnable(const std::string& reason) {
          "(Docker's default profile blocks it).";
 }
 
-Uffd::~Uffd() {
+Uffd::~Uffd() { Close(); }
+
+void Uffd::Close() {
   if (fd_ >= 0) close(fd_);
+  fd_ = -1;
 }
 
 Status Uffd::Open() {

@@ -32,6 +32,8 @@ class Uffd {
   // Opens and handshakes. On failure the Status has code "EUFFD" and a message
   // that says exactly how to enable userfaultfd on this machine.
   Status Open();
+  // Closes the fd (the kernel unregisters its ranges and wakes their waiters).
+  void Close();
   int fd() const { return fd_; }
   const UffdInfo& info() const { return info_; }
 

@@ -50,6 +50,10 @@ export interface AgentStats {
   answerErrors: number;
   remaps: number;
   stray: number;
+  /** times the reader thread returned from poll(): events, kicks, the watchdog's ticks */
+  wakes: number;
+  /** reader threads started in this process (the agent stops when its last user goes) */
+  starts: number;
   faultTimeoutMs: number;
   via: string;
 }

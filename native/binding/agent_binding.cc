@@ -57,9 +57,7 @@ Napi::Value ChannelOpen(const Napi::CallbackInfo& info) {
         // The handler's environment is going away (or the channel was closed):
         // nothing will answer its faults any more, so they get SIGBUS.
         (*c)->Close();
-        Status st;
-        Agent* a = Agent::Get(&st);
-        if (a != nullptr) a->OrphanChannel((*c)->id());
+        Agent::Instance().OrphanChannel((*c)->id());
         delete c;
       });
   agent->AddChannel(ch);
@@ -195,6 +193,8 @@ Napi::Value AgentStatsJs(const Napi::CallbackInfo& info) {
   set("answerErrors", s.answer_errors);
   set("remaps", s.remaps);
   set("stray", s.stray);
+  set("wakes", s.wakes);
+  set("starts", s.starts);
   o.Set("faultTimeoutMs", Napi::Number::New(env, static_cast<double>(agent->fault_timeout_ms())));
   o.Set("via", Napi::String::New(env, agent->uffd().info().via));
   return o;

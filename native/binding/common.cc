@@ -18,12 +18,13 @@ EnvData::~EnvData() {
   for (auto& [id, ch] : socket_channels) ch->Close();
   socket_channels.clear();
   for (uint32_t id : devices) DeviceRegistry::Remove(id);
-  if (channels.empty() && regions.empty()) return;
-  Status st;
-  Agent* agent = Agent::Get(&st);
-  if (agent == nullptr) return;
-  for (uint32_t id : channels) agent->OrphanChannel(id);
-  for (uint32_t id : regions) (void)agent->CloseRegion(id);
+  // Channels and regions exist only in an environment that uses the agent.
+  if (!agent_user) return;
+  Agent& agent = Agent::Instance();
+  for (uint32_t id : channels) agent.OrphanChannel(id);
+  for (uint32_t id : regions) (void)agent.CloseRegion(id);
+  // The last user stops the reader thread and joins it.
+  agent.Release();
 }
 
 EnvData* GetEnvData(Napi::Env env) {
@@ -52,10 +53,16 @@ void ThrowStatus(Napi::Env env, const Status& s) { StatusError(env, s).ThrowAsJa
 void ThrowErrno(Napi::Env env, int err, const std::string& what) { ThrowStatus(env, Status::Errno(err, what)); }
 
 Agent* GetAgent(Napi::Env env) {
-  Status st;
-  Agent* a = Agent::Get(&st);
-  if (a == nullptr) ThrowStatus(env, st);
-  return a;
+  EnvData* d = GetEnvData(env);
+  if (!d->agent_user) {
+    Status st = Agent::Instance().Acquire();
+    if (!st.ok()) {
+      ThrowStatus(env, st);
+      return nullptr;
+    }
+    d->agent_user = true;
+  }
+  return &Agent::Instance();
 }
 
 namespace {

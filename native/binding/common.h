@@ -32,6 +32,7 @@ struct EnvData {
   std::unordered_set<uint32_t> channels;
   std::unordered_map<uint32_t, std::shared_ptr<SocketChannel>> socket_channels;  // closed at teardown
   std::unordered_map<uint32_t, std::shared_ptr<void>> socket_notifiers;          // their death callbacks
+  bool agent_user = false;  // holds a user reference on the agent (taken by GetAgent)
   ~EnvData();
 };
 
@@ -47,7 +48,9 @@ Napi::Error StatusError(Napi::Env env, const Status& s, ErrorKind kind = ErrorKi
 void ThrowStatus(Napi::Env env, const Status& s);
 void ThrowErrno(Napi::Env env, int err, const std::string& what);
 
-// The agent, or a thrown EUFFD error and nullptr.
+// The agent, running, with this environment counted as one of its users until its
+// teardown; or a thrown error (EUFFD, …) and nullptr — and then the next call
+// tries to start it again.
 Agent* GetAgent(Napi::Env env);
 
 // Integer arguments: a JS number that is a non-negative safe integer (at most

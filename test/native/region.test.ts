@@ -363,12 +363,6 @@ t.test('vm.max_map_count: an install fails with ENOMEM promptly; headroom or clo
   t.same(out.after, [0, 0], 'after closing the region, install and revoke work again');
 });
 
-t.test('the agent outlives the last thread that loaded the addon', async (t) => {
-  const res = await runChild('unload-child.js', []);
-  t.equal(res.signal, null, 'no crash after the worker exited');
-  t.match(res.stdout, /survived 0/);
-});
-
 t.test('the addon loads in several workers at once, each with its own state', async (t) => {
   const src = `
     const { parentPort } = require('node:worker_threads');
