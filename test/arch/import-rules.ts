@@ -34,23 +34,17 @@ export function layerOf(rel: string): string | null {
 /** Every import edge between modules of `libDir` (paths relative to it, with extension). */
 export function importGraph(libDir: string): Edge[] {
   const edges: Edge[] = [];
-  const walk = (dir: string): void => {
-    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.name.endsWith('.ts')) {
-        const src = fs.readFileSync(p, 'utf8');
-        const re = /(?:\bfrom\s*|\bimport\s*\(\s*|\brequire\s*\(\s*|^\s*import\s+)['"](\.{1,2}\/[^'"]+)['"]/gm;
-        for (let m = re.exec(src); m; m = re.exec(src)) {
-          let target = path.resolve(path.dirname(p), m[1]!);
-          if (fs.existsSync(target + '.ts')) target += '.ts';
-          else if (fs.existsSync(path.join(target, 'index.ts'))) target = path.join(target, 'index.ts');
-          edges.push({ from: path.relative(libDir, p), to: path.relative(libDir, target) });
-        }
-      }
+  const re = /(?:\bfrom\s*|\bimport\s*\(\s*|\brequire\s*\(\s*|^\s*import\s+)['"](\.{1,2}\/[^'"]+)['"]/gm;
+  for (const rel of libFiles(libDir)) {
+    const p = path.join(libDir, rel);
+    const src = fs.readFileSync(p, 'utf8');
+    for (let m = re.exec(src); m; m = re.exec(src)) {
+      let target = path.resolve(path.dirname(p), m[1]!);
+      if (fs.existsSync(target + '.ts')) target += '.ts';
+      else if (fs.existsSync(path.join(target, 'index.ts'))) target = path.join(target, 'index.ts');
+      edges.push({ from: rel, to: path.relative(libDir, target) });
     }
-  };
-  walk(libDir);
+  }
   return edges;
 }
 
