@@ -51,6 +51,12 @@ Status Region::Create(const Uffd& uffd, uint32_t id, uint64_t length, std::share
   return Status::Ok();
 }
 
+int Region::MakeReadOnly() {
+  if (mprotect(reinterpret_cast<void*>(base_), length_, PROT_READ) != 0) return errno;
+  read_only_ = true;
+  return 0;
+}
+
 bool Region::FindDirect(uint64_t offset, DirectRange* out) {
   for (const DirectRange& d : direct) {
     if (offset >= d.offset && offset - d.offset < d.length) {
@@ -167,8 +173,8 @@ int Region::Wake(const Uffd& u, uint64_t off, uint64_t len) { return u.Wake(base
 namespace {
 // Move a registered spare over [to, to+len) in one atomic step, so no access can
 // land in between and meet unregistered memory.
-int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len) {
-  void* spare = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len, int prot) {
+  void* spare = mmap(nullptr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (spare == MAP_FAILED) return errno;
   int e = u.Register(reinterpret_cast<uintptr_t>(spare), len);
   if (e != 0) {
@@ -186,7 +192,7 @@ int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len) {
 }  // namespace
 
 int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len) {
-  int e = MoveSpareOver(u, base_ + off, len);
+  int e = MoveSpareOver(u, base_ + off, len, read_only_ ? PROT_READ : PROT_READ | PROT_WRITE);
   u.Wake(base_ + off, len);
   return e;
 }

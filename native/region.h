@@ -40,6 +40,12 @@ class Region {
   uintptr_t base() const { return base_; }
   uint64_t length() const { return length_; }
   bool Contains(uintptr_t addr) const { return addr >= base_ && addr - base_ < length_; }
+  bool read_only() const { return read_only_; }
+  // Makes the whole region PROT_READ, as a kernel mapping made without PROT_WRITE: a
+  // store is SIGSEGV from the kernel, before any fault is trapped; loads still fault
+  // to the handler. Revokes then move in read-only spares. Only before the region's
+  // address is handed out (it is not synchronised with answers).
+  int MakeReadOnly();
 
   std::atomic<int> state{kRegionOpen};
   // Executors hold it shared; close holds it exclusive, so no answer runs on a
@@ -82,6 +88,7 @@ class Region {
   uint32_t id_ = 0;
   uintptr_t base_ = 0;
   uint64_t length_ = 0;
+  bool read_only_ = false;
 };
 
 // Pagemap bits for [addr, addr + n pages): true if read. Bit 63 present, bit 56

@@ -3,11 +3,13 @@
 // this Pool started (Pool.create/open) or that another thread shares with it
 // (Pool.attach). Every call is async. Arguments are checked here, before anything is
 // sent.
+import { EventEmitter } from 'node:events';
+import { constants as bufferConstants } from 'node:buffer';
 import path from 'node:path';
 import { MessageChannel, MessagePort, Worker } from 'node:worker_threads';
 import { daxError, isDaxError, type DaxmapError } from '../errors';
 import * as arg from '../protocol/args';
-import { PAGE, MAX_MAPPING } from '../protocol/args';
+import { PAGE } from '../protocol/args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import type { Hello, MapOptions, StartReply, StartRequest } from '../protocol/messages';
@@ -19,9 +21,27 @@ import type { DeviceStorage } from '../device/device';
 import { openVerifiedDevice, parseIdentity } from '../pool/index';
 import { DEFAULT_CONNECT_TIMEOUT_MS, SocketFaultChannel, type ConnectTimeoutOptions } from '../native/socket-channel';
 import { Deadline, checkSignal, checkTimeout } from '../deadline';
+import { checkLoggerOption, levelOf, loggerFor, relayLine, type LoggerOption } from '../log';
+import type { Logger } from 'pino';
+
+// `await using` needs Symbol.asyncDispose: Node 20 has it from 20.4 on (as
+// Symbol(nodejs.asyncDispose)); before that, the same registered symbol.
+const asyncDispose: typeof Symbol.asyncDispose =
+  (Symbol as { asyncDispose?: typeof Symbol.asyncDispose }).asyncDispose ??
+  ((Symbol as unknown as { asyncDispose: symbol }).asyncDispose = Symbol.for('nodejs.asyncDispose')) as typeof Symbol.asyncDispose;
 
 
-export interface CreateOptions {
+/** Options of Pool.open() (and of Pool.create(), Pool.connect(), Pool.attach()). */
+export interface PoolOptions {
+  /**
+   * Where this Pool's own log lines go (this thread's: not the service's worker or
+   * daxmapd): a pino logger of the application's, or a level for daxmap's own logger
+   * ('warn' by default, or DAXMAP_LOG_LEVEL). Default: the module-wide logger.
+   */
+  logger?: LoggerOption;
+}
+
+export interface CreateOptions extends PoolOptions {
   /** Size of a new regular/tmpfs device file, bytes (default 1 GiB). */
   size?: number;
   /** Format even over an existing pool. */
@@ -29,9 +49,21 @@ export interface CreateOptions {
 }
 
 export interface FileStat {
+  /** The file's name. */
+  name: string;
+  /** Size in bytes. */
   size: number;
+  /** Bytes of blocks the file owns (written and unwritten extents). */
   allocated: number;
+  /** The file's extents in file order; holes are the gaps. */
   extents: { offset: number; length: number; state: 'written' | 'unwritten' }[];
+  /** Permission bits (0o644 unless set at creation). */
+  mode: number;
+  /** Owner: the creating process's (or daxmapd client's) uid and gid. */
+  uid: number;
+  gid: number;
+  /** Last change of the file's data or size, ms since the epoch. */
+  mtimeMs: number;
 }
 
 export interface StatFs {
@@ -51,10 +83,12 @@ export interface MapRequestOptions {
   sync?: boolean;
   /** Answer whole aligned 2 MiB windows where the file allows (default true). */
   faultAround?: boolean;
+  /** PROT_READ: a store to the mapping is SIGSEGV, as on a kernel mapping without PROT_WRITE (default false). */
+  readOnly?: boolean;
 }
 
 /** Pool.connect(): `timeoutMs` (default 10 000, Infinity for none) bounds the whole connect; `signal` aborts it. */
-export type ConnectOptions = ConnectTimeoutOptions;
+export type ConnectOptions = ConnectTimeoutOptions & PoolOptions;
 
 export interface OpenFileOptions {
   /** Create the file when it does not exist (default false). */
@@ -84,12 +118,37 @@ function mapStep(step: MapStep): void {
 
 const SERVICE_ENTRY = path.join(__dirname, '..', 'service', 'worker.js');
 
-export class Pool {
+/** The events of a Pool. */
+export interface PoolEvents {
+  /**
+   * The pool is closed, once: by close() (`reason` undefined, emitted when close()
+   * settles), or because its service is gone or its owner closed it (`reason` says
+   * which; emitted when this Pool notices).
+   */
+  close: [reason: DaxmapError | undefined];
+  /** The pool's service died: its worker thread (embedded) or daxmapd (or the connection to it). Emitted only when a listener is attached, before 'close'. */
+  error: [err: DaxmapError];
+}
+
+/** How a Pool was split from its options: the logger option, checked; the rest to check as before. */
+function poolOptions<T extends PoolOptions>(what: string, v: T | undefined): { rest: Omit<T, 'logger'> | undefined; logger: LoggerOption | undefined } {
+  if (v === null || typeof v !== 'object' || Array.isArray(v) || !('logger' in v)) return { rest: v, logger: undefined };
+  const { logger, ...rest } = v;
+  try {
+    return { rest, logger: checkLoggerOption(logger) };
+  } catch (err) {
+    throw daxError('EINVAL', `${what}: ${(err as Error).message.replace(/^EINVAL: /, '')}`);
+  }
+}
+
+export class Pool extends EventEmitter<PoolEvents> {
   private readonly files = new Set<PoolFile>();
   private isClosed = false;
   private closing: Promise<void> | null = null;
   /** Why the pool closed without close(): the service died, or its owner closed it. */
   private gone: DaxmapError | null = null;
+  private closeEmitted = false;
+  private readonly log: Logger;
 
   private constructor(
     /** @internal */ readonly rpc: Rpc,
@@ -97,12 +156,15 @@ export class Pool {
     private readonly worker: Worker | null,
     /** daemon mode: this process's own handle on the device, and its fault connection */
     private readonly remote: { device: DeviceStorage | null; channel: SocketFaultChannel | null; mapError: DaxmapError | null } | null = null,
+    logOption?: LoggerOption,
   ) {
+    super();
+    this.log = loggerFor(logOption, 'client');
     rpc.onNotice = (n) => {
-      if (n.notice === 'closed') this.lost(daxError('ECLOSED', 'its owner closed it'));
+      if (n.notice === 'closed') this.lost(daxError('ECLOSED', 'its owner closed it'), false);
     };
     // The service's thread died (embedded), or the daemon's connection closed.
-    rpc.onGone = (err) => this.lost(err);
+    rpc.onGone = (err) => this.lost(err, true);
   }
 
   /**
@@ -116,9 +178,10 @@ export class Pool {
    * `opts.signal` aborts it (an AbortError, code ABORT_ERR). Nothing here blocks the
    * event loop: a full listen backlog is retried on a timer.
    */
-  static async connect(socketPath: string, opts: ConnectOptions = {}): Promise<Pool> {
+  static async connect(socketPath: string, options: ConnectOptions = {}): Promise<Pool> {
     if (typeof socketPath !== 'string' || socketPath.length === 0) throw daxError('EINVAL', 'socket path must be a non-empty string');
-    if (typeof opts !== 'object' || opts === null) throw daxError('EINVAL', 'connect options must be an object');
+    if (typeof options !== 'object' || options === null) throw daxError('EINVAL', 'connect options must be an object');
+    const { rest: opts = {}, logger: logOption } = poolOptions('connect options', options);
     const dl = new Deadline(`connect to daxmapd at '${socketPath}'`, checkTimeout(opts.timeoutMs, DEFAULT_CONNECT_TIMEOUT_MS), checkSignal(opts.signal));
     dl.check('connection');
     const rpc = await connectSocketRpc(socketPath, dl);
@@ -146,12 +209,12 @@ export class Pool {
         channel = await SocketFaultChannel.connectWithin(socketPath, {
           session: BigInt(h.session),
           ref: false,
-          onClose: () => pool?.lost(),
+          onClose: () => pool?.lost(daxError('ECLOSED', `the fault connection to daxmapd at '${socketPath}' closed`), true),
         }, dl);
         dl.check('fault channel');
       }
-      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel, mapError });
-      rpc.onGone = () => pool?.lost();
+      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel, mapError }, logOption);
+      rpc.onGone = (err) => pool?.lost(daxError('ECLOSED', `daxmapd at '${socketPath}' is gone: ${err.message.replace(/^ECLOSED: /, '')}`, { cause: err }), true);
       return pool;
     } catch (err) {
       channel?.close();
@@ -164,39 +227,58 @@ export class Pool {
   /** Formats the device (creating a regular/tmpfs file at `size`), then opens it. EEXIST over an existing pool unless `force`. */
   static async create(device: string, opts?: CreateOptions): Promise<Pool> {
     arg.pathString('device path', device);
-    const o = arg.options('create options', opts, { size: 'integer', force: 'boolean' });
+    const { rest, logger: logOption } = poolOptions('create options', opts);
+    const o = arg.options('create options', rest, { size: 'integer', force: 'boolean' });
     if (o.size !== undefined) arg.int('size', o.size, 1);
-    return Pool.start({ device, mode: 'create', ...(o.size !== undefined ? { size: o.size } : {}), force: o.force === true });
+    return Pool.start({ device, mode: 'create', ...(o.size !== undefined ? { size: o.size } : {}), force: o.force === true }, logOption);
   }
 
   /** Opens an existing pool: ENOENT, EBADF (not a pool), EBUSY (another service holds it). */
-  static async open(device: string): Promise<Pool> {
+  static async open(device: string, opts?: PoolOptions): Promise<Pool> {
     arg.pathString('device path', device);
-    return Pool.start({ device, mode: 'open' });
+    const { rest, logger: logOption } = poolOptions('open options', opts);
+    arg.options('open options', rest, {});
+    return Pool.start({ device, mode: 'open' }, logOption);
   }
 
   /** In a worker thread: a Pool on the service another thread shared with `share()`. */
-  static async attach(shared: SharedPool): Promise<Pool> {
+  static async attach(shared: SharedPool, opts?: PoolOptions): Promise<Pool> {
     if (typeof shared !== 'object' || shared === null || shared.kind !== 'daxmap.shared-pool' || !(shared.port instanceof MessagePort)) {
       throw daxError('EINVAL', 'Pool.attach() takes the value of pool.share(), posted to this thread with its transferList');
     }
+    const { rest, logger: logOption } = poolOptions('attach options', opts);
+    arg.options('attach options', rest, {});
     const rpc = portRpc(shared.port, null);
     const hello = await rpc.call('hello', []);
-    return new Pool(rpc, hello, null);
+    return new Pool(rpc, hello, null, null, logOption);
   }
 
-  private static async start(req: StartRequest): Promise<Pool> {
+  private static async start(req: StartRequest, logOption: LoggerOption | undefined): Promise<Pool> {
     // A clean execArgv: the service runs compiled JS only, and must not pay for loader
     // hooks (--import/--require) the application's main thread was started with.
     // An errno-style code is ours (or the system's); the runtime's ERR_* codes are not.
     const failed = (err: unknown): DaxmapError => isDaxError(err) && /^E[A-Z0-9]+$/.test(err.code) ? err
       : daxError('EIO', `the pool service could not start: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    // The worker logs at the level asked; to an application's logger through a port.
+    const level = levelOf(logOption);
+    if (level !== undefined) req.logLevel = level;
+    let relay: MessageChannel | null = null;
+    if (logOption !== undefined && typeof logOption !== 'string') {
+      const to = logOption;
+      relay = new MessageChannel();
+      relay.port1.on('message', (line: string) => relayLine(to, line));
+      relay.port1.unref();
+      req.logPort = relay.port2;
+    }
     let worker: Worker;
     try {
-      worker = new Worker(SERVICE_ENTRY, { workerData: req, execArgv: [] });
+      worker = new Worker(SERVICE_ENTRY, { workerData: req, execArgv: [], transferList: relay ? [relay.port2] : [] });
     } catch (err) {
+      relay?.port1.close();
       throw failed(err);
     }
+    // The relay lives as long as the worker.
+    if (relay) worker.once('exit', () => setImmediate(() => relay!.port1.close()));
     const reply = await new Promise<StartReply>((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', (err) => reject(failed(err)));
@@ -209,8 +291,9 @@ export class Pool {
     worker.removeAllListeners('exit');
     worker.removeAllListeners('error');
     worker.on('error', () => {});
+    if (relay) worker.once('exit', () => setImmediate(() => relay!.port1.close()));
     const rpc = portRpc(worker as unknown as MessagePort, worker);
-    return new Pool(rpc, reply.hello, worker);
+    return new Pool(rpc, reply.hello, worker, null, logOption);
   }
 
   get path(): string {
@@ -308,9 +391,21 @@ export class Pool {
       }
       this.remote?.channel?.close();
       this.remote?.device?.close();
+      this.emitClose(undefined);
       if (failure !== null) throw failure;
     })();
     return this.closing;
+  }
+
+  /** `await using pool = await Pool.open(...)`: close() at the end of the scope. */
+  async [asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  private emitClose(reason: DaxmapError | undefined): void {
+    if (this.closeEmitted) return;
+    this.closeEmitted = true;
+    this.emit('close', reason);
   }
 
   /** @internal a request to the service (tests, tools). */
@@ -336,11 +431,18 @@ export class Pool {
    * the daemon): the mappings were revoked or lost their handler, so touching them is
    * SIGBUS; detach them here. Every later call fails with ECLOSED.
    */
-  lost(why?: DaxmapError): void {
+  lost(why: DaxmapError, died: boolean): void {
     if (this.isClosed) return;
-    this.gone = why ?? daxError('ECLOSED', 'the pool service is gone');
+    this.gone = why;
     for (const f of this.files) f.detachAll();
     this.isClosed = true;
+    if (died) {
+      this.log.warn({ err: why, pool: this.hello.path }, 'the pool service is gone: its mappings are detached, calls fail with ECLOSED');
+      // 'error' only for a listener: an application that does not listen learns of it
+      // from 'close' and ECLOSED, never from an uncaught exception.
+      if (this.listenerCount('error') > 0) this.emit('error', why);
+    }
+    this.emitClose(why);
   }
 
   /** @internal The error of a call on this closed pool. */
@@ -426,7 +528,9 @@ export class PoolFile {
    * mapping (and with it its window budget).
    */
   async map(opts?: MapRequestOptions): Promise<Mapping> {
-    const req = arg.options('map options', opts, { offset: 'integer', length: 'integer', private: 'boolean', sync: 'boolean', faultAround: 'boolean' });
+    const req = arg.options('map options', opts, {
+      offset: 'integer', length: 'integer', private: 'boolean', sync: 'boolean', faultAround: 'boolean', readOnly: 'boolean',
+    });
     const offset = arg.fileInt('offset', req.offset ?? 0);
     if (offset % PAGE !== 0) throw daxError('EINVAL', `mapping offset ${offset} is not a multiple of the page size ${PAGE}`);
     if (req.length !== undefined) arg.fileInt('length', req.length, 1);
@@ -438,18 +542,15 @@ export class PoolFile {
       length = st.size - offset;
       if (length <= 0) throw daxError('EINVAL', `file '${this.name}' has no bytes at offset ${offset} to map; give a length`);
     }
-    const o: MapOptions = { private: req.private === true, sync: req.sync === true, faultAround: req.faultAround !== false };
+    const o: MapOptions = { private: req.private === true, sync: req.sync === true, faultAround: req.faultAround !== false, readOnly: req.readOnly === true };
     if (this.pool.hello.channel === 0) throw this.pool.cannotMap(this.name);
     const regionLength = Math.ceil(length / PAGE) * PAGE;
-    if (regionLength > MAX_MAPPING) {
-      throw daxError('EINVAL', `map '${this.name}': ${length} bytes is more than one Buffer of this runtime holds ` +
-        `(${MAX_MAPPING} bytes, buffer.constants.MAX_LENGTH); map the file in pieces of at most that length`);
-    }
+    if (offset + regionLength > arg.MAX_FILE_SIZE) throw daxError('EINVAL', `map '${this.name}': [${offset}, +${length}) passes the largest file size ${arg.MAX_FILE_SIZE}`);
     // Each step is undone, last first, if a later one fails.
     let region: TrappedRegion | null = null;
     let registered = false;
     try {
-      region = new TrappedRegion(regionLength);
+      region = new TrappedRegion(regionLength, o.readOnly);
       mapStep('reserve');
       await this.call('map', [region.id, offset, region.length, o]);
       registered = true;
@@ -472,9 +573,14 @@ export class PoolFile {
     }
   }
 
-  /** Unmaps this handle's mappings (their buffers are detached), then closes the handle. */
+  /** Unmaps this handle's mappings (their buffers are detached), then closes the handle. Idempotent. */
   async close(): Promise<void> {
     await this.closeLocal();
+  }
+
+  /** `await using f = await pool.openFile(...)`: close() at the end of the scope. */
+  async [asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   /** @internal */
@@ -500,8 +606,18 @@ export class PoolFile {
   }
 }
 
+/** The largest Buffer of this runtime (4 GiB on Node 20): a view is at most this long. */
+const MAX_VIEW = bufferConstants.MAX_LENGTH;
+/** Windows of a mapping larger than one ArrayBuffer: a window starts at every multiple of SPAN and is 2 SPAN long, so every view of at most SPAN bytes lies in one. */
+const SPAN = Math.floor(MAX_VIEW / 2 / PAGE) * PAGE;
+
 export class Mapping {
-  private buf: Buffer | null;
+  /** The whole region, when one ArrayBuffer can hold it (always on Node 22+; up to 4 GiB on Node 20). */
+  private whole: ArrayBuffer | null = null;
+  /** Otherwise: the windows made so far, by index (see SPAN). */
+  private windows = new Map<number, ArrayBuffer>();
+  private buf: Buffer | null = null;
+  private isMapped = true;
 
   /** @internal */
   constructor(
@@ -509,49 +625,106 @@ export class Mapping {
     private readonly region: TrappedRegion,
     /** File offset of the first byte. */
     readonly offset: number,
+    /** Bytes mapped (as asked; the region behind it is whole pages). */
     readonly length: number,
     private readonly opts: MapOptions,
   ) {
-    this.buf = region.buffer.subarray(0, length);
+    if (region.length <= MAX_VIEW) {
+      this.whole = region.arrayBuffer(0, region.length);
+      this.buf = Buffer.from(this.whole, 0, length);
+    }
   }
 
   /**
-   * The mapping's memory: loads and stores go to the pool. Throws ECLOSED once the
-   * mapping is unmapped or its pool is gone (closed, or its service died). A Buffer
-   * kept from before then is detached: it reads `undefined`, has length 0 and drops
-   * stores silently — JavaScript's rule for detached buffers, no error. Read
-   * `mapping.buffer` afresh rather than keeping it, or use the checked `load()` and
-   * `store()`.
+   * The mapping's memory as one Buffer: loads and stores go to the pool. Throws
+   * ECLOSED once the mapping is unmapped or its pool is gone (closed, or its service
+   * died), and EINVAL when the mapping is larger than the largest Buffer of this
+   * runtime (`buffer.constants.MAX_LENGTH`: 4 GiB on Node 20): use `view()` there. A
+   * Buffer kept from before the mapping went is detached: it reads `undefined`, has
+   * length 0 and drops stores silently — JavaScript's rule for detached buffers, no
+   * error. Read `mapping.buffer` afresh rather than keeping it, or use the checked
+   * `load()` and `store()`.
    */
   get buffer(): Buffer {
-    return this.live();
+    this.live();
+    if (this.buf === null) {
+      throw daxError('EINVAL', `the mapping of '${this.file.name}' is ${this.length} bytes, more than one Buffer holds on this runtime ` +
+        `(${MAX_VIEW} bytes, buffer.constants.MAX_LENGTH): take windows of it with view(offset, length)`);
+    }
+    return this.buf;
+  }
+
+  /**
+   * The mapping's whole memory as one ArrayBuffer (external, over the trapped region;
+   * `byteLength` is the length rounded up to whole pages, as the kernel maps whole
+   * pages). Detached, like `buffer`, once the mapping is gone. ECLOSED once unmapped;
+   * EINVAL on Node 20 for a mapping over 4 GiB: Node-API makes an ArrayBuffer over
+   * external memory as a Buffer there, so it stops at 4 GiB (use `view()`).
+   */
+  get arrayBuffer(): ArrayBuffer {
+    this.live();
+    if (this.whole === null) {
+      throw daxError('EINVAL', `the mapping of '${this.file.name}' is ${this.length} bytes; this runtime makes an ArrayBuffer over external memory ` +
+        `of at most ${MAX_VIEW} bytes (Node-API makes it as a Buffer): take windows of it with view(offset, length)`);
+    }
+    return this.whole;
+  }
+
+  /**
+   * A Buffer over [offset, offset+length) of the mapping (default: to its end):
+   * loads and stores through it go to the pool, as through `buffer`, and it is
+   * detached in the same way once the mapping is gone. Any part of a mapping of any
+   * size, at most `buffer.constants.MAX_LENGTH` bytes at once. ECLOSED once unmapped;
+   * EINVAL outside the mapping or longer than that.
+   */
+  view(offset = 0, length?: number): Buffer {
+    this.live();
+    arg.int('view offset', offset, 0, this.length);
+    const len = length === undefined ? this.length - offset : arg.int('view length', length, 0, this.length - offset);
+    if (len > MAX_VIEW) {
+      throw daxError('EINVAL', `a view of ${len} bytes is more than one Buffer holds on this runtime (${MAX_VIEW} bytes, buffer.constants.MAX_LENGTH)`);
+    }
+    return this.window(offset, len);
+  }
+
+  /** A Buffer over [offset, +length) of the region, checked by the caller. */
+  private window(offset: number, length: number): Buffer {
+    if (this.whole !== null) return Buffer.from(this.whole, offset, length);
+    if (length === 0) return Buffer.alloc(0);
+    if (length > SPAN) return Buffer.from(this.region.arrayBuffer(offset, length));
+    const k = Math.floor(offset / SPAN);
+    let ab = this.windows.get(k);
+    if (ab === undefined) {
+      ab = this.region.arrayBuffer(k * SPAN, Math.min(2 * SPAN, this.region.length - k * SPAN));
+      this.windows.set(k, ab);
+    }
+    return Buffer.from(ab, offset - k * SPAN, length);
   }
 
   /** Checked read: a copy of [offset, offset+length) of the mapping. ECLOSED once unmapped or the pool is gone; EINVAL outside the mapping. */
   load(offset: number, length: number): Buffer {
-    const b = this.live();
+    this.live();
     arg.int('offset', offset, 0, this.length);
-    arg.int('length', length, 0, this.length - offset);
-    return Buffer.from(b.subarray(offset, offset + length));
+    arg.int('length', length, 0, Math.min(this.length - offset, MAX_VIEW));
+    return Buffer.from(this.window(offset, length));
   }
 
   /** Checked write: all of `data` at `offset` of the mapping. ECLOSED once unmapped or the pool is gone; EINVAL outside the mapping. */
   store(data: Uint8Array, offset: number): void {
-    const b = this.live();
+    this.live();
     arg.bytes('data', data);
     arg.int('offset', offset, 0, this.length);
     if (data.length > this.length - offset) {
       throw daxError('EINVAL', `store of ${data.length} bytes at ${offset} passes the mapping's ${this.length} bytes`);
     }
-    b.set(data, offset);
+    this.window(offset, data.length).set(data);
   }
 
-  private live(): Buffer {
-    if (this.buf === null) {
+  private live(): void {
+    if (!this.isMapped) {
       if (this.file.pool.closed) throw this.file.pool.closedError();
       throw daxError('ECLOSED', `the mapping of '${this.file.name}' at ${this.offset} is unmapped`);
     }
-    return this.buf;
   }
 
   get private(): boolean {
@@ -562,11 +735,20 @@ export class Mapping {
     return this.opts.sync;
   }
 
-  get mapped(): boolean {
-    return this.buf !== null;
+  get readOnly(): boolean {
+    return this.opts.readOnly;
   }
 
-  /** Makes the data stored in [offset, offset+length) of the mapping, and the metadata that reaches it, durable. */
+  get mapped(): boolean {
+    return this.isMapped;
+  }
+
+  /**
+   * Makes the data stored in [offset, offset+length) of the mapping (default: all of
+   * it), and the metadata that reaches it, durable. Resolves at once for a private
+   * mapping (nothing of it is in the pool) or an empty range. ECLOSED once unmapped;
+   * EINVAL outside the mapping.
+   */
   async flush(offset = 0, length = this.length - offset): Promise<void> {
     arg.int('offset', offset);
     arg.int('length', length);
@@ -576,17 +758,25 @@ export class Mapping {
     await this.file.pool.rpc.call('flush', [this.region.id, offset, length]);
   }
 
-  /** Unmaps: the buffer is detached, then the service forgets the mapping. Idempotent. */
+  /** Unmaps: every Buffer and ArrayBuffer over it is detached, then the service forgets the mapping. Idempotent. */
   async unmap(): Promise<void> {
-    if (this.buf === null) return;
+    if (!this.isMapped) return;
     this.detach();
     this.file.forget(this);
     await this.file.pool.rpc.call('unmap', [this.region.id]).catch(() => {});
   }
 
+  /** `await using m = await file.map()`: unmap() at the end of the scope. */
+  async [asyncDispose](): Promise<void> {
+    await this.unmap();
+  }
+
   /** @internal */
   detach(): void {
+    this.isMapped = false;
     this.buf = null;
+    this.whole = null;
+    this.windows.clear();
     this.region.close();
   }
 }

@@ -86,8 +86,9 @@ export interface FrameLayout {
 
 export interface NativeAddon {
   uffdProbe(): UffdInfo;
-  regionCreate(length: number): RegionInfo;
+  regionCreate(length: number, readOnly?: boolean): RegionInfo;
   regionBuffer(id: number): Buffer;
+  regionArrayBuffer(id: number, offset: number, length: number): ArrayBuffer;
   regionClose(id: number, releaseNow?: boolean): void;
   regionBind(id: number, channel: number): void;
   regionSetDirect(id: number, offset: number, length: number, device: number, devOffset: number, flags: number, window: number): void;

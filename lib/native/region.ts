@@ -1,6 +1,7 @@
 // Internal API over trapped regions: reserved address space whose every first touch
 // is trapped, exported to JS as a Buffer that is detached when the region closes.
 // Not the public API: lib/fault builds mappings on top of it.
+import { constants as bufferConstants } from 'node:buffer';
 import { daxError } from '../errors';
 import { native } from './addon';
 import type { FaultChannel } from './channel';
@@ -30,11 +31,16 @@ export class TrappedRegion {
   readonly id: number;
   readonly length: number;
   readonly address: bigint;
+  readonly readOnly: boolean;
   private buf: Buffer | undefined;
   private isClosed = false;
 
-  /** Reserves `length` bytes (a page multiple; the start is 2 MiB aligned) and registers them with userfaultfd. */
-  constructor(length: number) {
+  /**
+   * Reserves `length` bytes (a page multiple; the start is 2 MiB aligned) and registers
+   * them with userfaultfd. `readOnly`: PROT_READ, as a kernel mapping without
+   * PROT_WRITE (a store is SIGSEGV; installs must be read-only).
+   */
+  constructor(length: number, readOnly = false) {
     if (!Number.isSafeInteger(length) || length <= 0 || length % PAGE_SIZE !== 0) {
       throw daxError('EINVAL', `region length must be a positive multiple of ${PAGE_SIZE}, got ${String(length)}`);
     }
@@ -42,7 +48,8 @@ export class TrappedRegion {
       sigbusChecked = true;
       if (process.env.DAXMAP_SIGBUS_REPORT === '1') native().sigbusReport(true);
     }
-    const info = native().regionCreate(length);
+    const info = native().regionCreate(length, readOnly);
+    this.readOnly = readOnly;
     this.id = info.id;
     this.length = info.length;
     this.address = info.address;
@@ -52,10 +59,28 @@ export class TrappedRegion {
     return this.isClosed;
   }
 
-  /** The Buffer over the region (one per region per thread). Touching it faults. */
+  /**
+   * An external ArrayBuffer over [offset, +length) of the region. Touching it faults.
+   * At most buffer.constants.MAX_LENGTH bytes: on Node 20 an external ArrayBuffer is
+   * made as a Buffer, 4 GiB at most (EINVAL beyond). Every one is detached when the
+   * region closes; each costs a reference until then, so callers keep them.
+   */
+  arrayBuffer(offset: number, length: number): ArrayBuffer {
+    if (this.isClosed) throw daxError('ECLOSED', `region ${this.id} is closed`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > this.length) {
+      throw daxError('EINVAL', `region ${this.id}: [${offset}, +${length}) is empty or passes its ${this.length} bytes`);
+    }
+    if (length > bufferConstants.MAX_LENGTH) {
+      throw daxError('EINVAL', `region ${this.id}: an ArrayBuffer over external memory of ${length} bytes is more than this runtime makes ` +
+        `(${bufferConstants.MAX_LENGTH} bytes: Node-API makes it as a Buffer)`);
+    }
+    return native().regionArrayBuffer(this.id, offset, length);
+  }
+
+  /** The Buffer over the whole region (one per region per thread). Touching it faults. EINVAL past buffer.constants.MAX_LENGTH. */
   get buffer(): Buffer {
     if (this.isClosed) throw daxError('ECLOSED', `region ${this.id} is closed`);
-    if (this.buf === undefined) this.buf = native().regionBuffer(this.id);
+    if (this.buf === undefined) this.buf = Buffer.from(this.arrayBuffer(0, this.length));
     return this.buf;
   }
 

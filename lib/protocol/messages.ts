@@ -9,9 +9,15 @@ export interface Request {
   args: unknown[];
 }
 
+/** An error on the wire: its code and message, and the system error's fields when it has them (lib/protocol/errors.ts). */
 export interface ErrorInfo {
   code: string;
   message: string;
+  errno?: number;
+  syscall?: string;
+  path?: string;
+  /** The error it wraps, as far as it can be said (a chain of at most a few). */
+  cause?: ErrorInfo;
 }
 
 export type Response =
@@ -34,6 +40,8 @@ export interface MapOptions {
   private: boolean;
   sync: boolean;
   faultAround: boolean;
+  /** The client's region is PROT_READ: the service installs nothing writable in it. */
+  readOnly: boolean;
 }
 
 export interface StartRequest {
@@ -41,6 +49,10 @@ export interface StartRequest {
   mode: 'create' | 'open';
   size?: number;
   force?: boolean;
+  /** The service worker's log level (default: DAXMAP_LOG_LEVEL, else warn). */
+  logLevel?: string;
+  /** Where the worker's log lines go, one JSON line per message (the opening thread relays them to the application's logger); default stderr. */
+  logPort?: import('node:worker_threads').MessagePort;
 }
 
 export type StartReply = { ok: true; hello: Hello } | { ok: false; error: ErrorInfo };

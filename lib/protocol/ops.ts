@@ -52,11 +52,13 @@ function keepSize(v: unknown): { keepSize: boolean } {
 
 function mapOptions(v: unknown): MapOptions {
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw daxError('EINVAL', 'map options must be an object');
-  for (const k of ['private', 'sync', 'faultAround'] as const) {
+  for (const k of ['private', 'sync', 'faultAround', 'readOnly'] as const) {
     const x = field(v, k);
     if (x !== undefined && typeof x !== 'boolean') throw daxError('EINVAL', `map option ${k} must be a boolean`);
   }
-  return { private: field(v, 'private') === true, sync: field(v, 'sync') === true, faultAround: field(v, 'faultAround') !== false };
+  return {
+    private: field(v, 'private') === true, sync: field(v, 'sync') === true, faultAround: field(v, 'faultAround') !== false, readOnly: field(v, 'readOnly') === true,
+  };
 }
 
 const none = spec({ args: (): [] => [] });

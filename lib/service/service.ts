@@ -3,6 +3,7 @@
 // MessagePorts. In embedded mode it runs in its own worker thread, so the threads
 // that fault never have to answer their own faults. It never touches a trapped
 // region itself.
+import { constants as osConstants } from 'node:os';
 import type { MessagePort } from 'node:worker_threads';
 import { isDaxError, daxError } from '../errors';
 import { errorInfo } from '../protocol/errors';
@@ -303,8 +304,12 @@ export class Service {
     },
     testFailPersist: (_conn, { code }) => {
       const storage = this.internals.storage as { persist(o: number, l: number): void; persistAll(): void };
+      // As a real failure reads: the system error's number, call and path, and its cause.
+      const errno = (osConstants.errno as Record<string, number>)[code];
       const fail = (): never => {
-        throw daxError(code, `persist of '${this.pool.path}' failed (injected)`);
+        throw daxError(code, `persist of '${this.pool.path}' failed (injected)`, {
+          ...(errno !== undefined ? { errno: -errno } : {}), syscall: 'msync', path: this.pool.path, cause: new Error('testFailPersist'),
+        });
       };
       storage.persist = fail;
       storage.persistAll = fail;
@@ -367,7 +372,8 @@ export class Service {
   private map(conn: Conn, handle: number, region: number, fileOffset: number, length: number, o: MapOptions): null {
     if (!conn.mayMap) throw daxError('EACCES', 'map: this client cannot open the pool device, so it may not map it');
     const f = this.file(conn, handle, R_OK, 'map');
-    const writable = !o.private && this.allowed(conn, f, W_OK);
+    // A read-only mapping (its region is PROT_READ in the client) gets nothing writable installed.
+    const writable = !o.private && !o.readOnly && this.allowed(conn, f, W_OK);
     // sync governs write faults of the shared mapping only: as Linux ignores MAP_SYNC
     // on a private mapping (and a read-only one never takes a write fault), it is
     // accepted and has no effect there.

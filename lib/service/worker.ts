@@ -3,16 +3,29 @@
 // opening thread's connection.
 import { parentPort, workerData } from 'node:worker_threads';
 import { errorInfo } from '../protocol/errors';
-import { Service } from './service';
+import { configureLogger } from '../log';
+import type { Service as ServiceType } from './service';
 import type { StartReply, StartRequest } from '../protocol/messages';
 
 async function main(): Promise<void> {
   const port = parentPort;
   if (!port) throw new Error('the daxmap service must run in a worker thread');
+  const req = workerData as StartRequest;
+  // The logger first: the layers make their child loggers when they are loaded.
+  if (req.logLevel !== undefined || req.logPort !== undefined) {
+    const logPort = req.logPort;
+    if (logPort) logPort.unref();
+    configureLogger({
+      ...(req.logLevel !== undefined ? { level: req.logLevel } : {}),
+      ...(logPort ? { write: (line: string) => logPort.postMessage(line) } : {}),
+    });
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { Service } = require('./service') as typeof import('./service');
   let reply: StartReply;
-  let service: Service | undefined;
+  let service: ServiceType | undefined;
   try {
-    service = await Service.start(workerData as StartRequest);
+    service = await Service.start(req);
     reply = { ok: true, hello: service.hello() };
   } catch (err) {
     reply = { ok: false, error: errorInfo(err) };

@@ -29,6 +29,16 @@ Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   GetEnvData(env)->regions.insert(r->id());
+  // regionCreate(length, readOnly): a read-only region, as a PROT_READ mapping.
+  if (info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value()) {
+    int e = r->MakeReadOnly();
+    if (e != 0) {
+      GetEnvData(env)->regions.erase(r->id());
+      (void)agent->CloseRegion(r->id(), false);
+      ThrowErrno(env, e, "create region: make it read-only");
+      return env.Undefined();
+    }
+  }
   Napi::Object o = Napi::Object::New(env);
   o.Set("id", Napi::Number::New(env, r->id()));
   o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(r->base())));
@@ -36,9 +46,17 @@ Napi::Value RegionCreate(const Napi::CallbackInfo& info) {
   return o;
 }
 
-Napi::Value RegionBuffer(const Napi::CallbackInfo& info) {
+// regionBuffer(id): a Buffer over the whole region. regionArrayBuffer(id, offset,
+// length): an external ArrayBuffer over [offset, +length) of it. On Node 20 an external
+// ArrayBuffer is made as a Buffer, so either stops at buffer.constants.MAX_LENGTH
+// (4 GiB; ERR_BUFFER_TOO_LARGE). The memory belongs to the region, not to V8: no
+// finalizer frees it. Closing the region detaches every ArrayBuffer handed out here,
+// so a stale view throws or reads nothing instead of touching it.
+Napi::Value ExportRegion(const Napi::CallbackInfo& info, bool window) {
   Napi::Env env = info.Env();
   uint32_t id = U32Arg(info, 0);
+  uint64_t off = window ? U64Arg(info, 1) : 0;
+  uint64_t len = window ? U64Arg(info, 2) : 0;
   if (!OwnedHere(env, id)) return env.Undefined();
   Agent* agent = GetAgent(env);
   if (agent == nullptr) return env.Undefined();
@@ -47,14 +65,30 @@ Napi::Value RegionBuffer(const Napi::CallbackInfo& info) {
     ThrowErrno(env, ENOENT, "region buffer: no such region");
     return env.Undefined();
   }
-  // The memory belongs to the region, not to V8: no finalizer frees it. Closing the
-  // region detaches this ArrayBuffer so a stale view throws instead of touching it.
-  Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, reinterpret_cast<uint8_t*>(r->base()), r->length());
+  if (!window) len = r->length();
+  if (off > r->length() || len > r->length() - off || len == 0) {
+    ThrowErrno(env, EINVAL, "region array buffer: the range is empty or passes the region");
+    return env.Undefined();
+  }
+  uint8_t* data = reinterpret_cast<uint8_t*>(r->base() + off);
+  Napi::ArrayBuffer ab;
+  Napi::Value out;
+  if (window) {
+    ab = Napi::ArrayBuffer::New(env, data, len);
+    out = ab;
+  } else {
+    Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(env, data, len);
+    ab = buf.ArrayBuffer();
+    out = buf;
+  }
   napi_ref ref;
-  napi_create_reference(env, buf.ArrayBuffer(), 0, &ref);
+  napi_create_reference(env, ab, 0, &ref);
   GetEnvData(env)->region_buffers[id].push_back(ref);
-  return buf;
+  return out;
 }
+
+Napi::Value RegionBuffer(const Napi::CallbackInfo& info) { return ExportRegion(info, false); }
+Napi::Value RegionArrayBuffer(const Napi::CallbackInfo& info) { return ExportRegion(info, true); }
 
 Napi::Value RegionClose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -131,6 +165,7 @@ Napi::Value RegionClearDirect(const Napi::CallbackInfo& info) {
 void InitRegion(Napi::Env env, Napi::Object exports) {
   exports.Set("regionCreate", Napi::Function::New(env, RegionCreate, "regionCreate"));
   exports.Set("regionBuffer", Napi::Function::New(env, RegionBuffer, "regionBuffer"));
+  exports.Set("regionArrayBuffer", Napi::Function::New(env, RegionArrayBuffer, "regionArrayBuffer"));
   exports.Set("regionClose", Napi::Function::New(env, RegionClose, "regionClose"));
   exports.Set("regionBind", Napi::Function::New(env, RegionBind, "regionBind"));
   exports.Set("regionSetDirect", Napi::Function::New(env, RegionSetDirect, "regionSetDirect"));
