@@ -3,7 +3,6 @@
 // synchronous throw, never a V8 TypeError — embedded and through daxmapd alike.
 import t from 'tap';
 import fs from 'node:fs';
-import { constants as bufferConstants } from 'node:buffer';
 import type { Test } from 'tap';
 import { Pool, PAGE, HUGE, poolPath } from '../fault/helpers';
 import type { PoolFile, Mapping } from '../../dist/client/pool';
@@ -101,7 +100,8 @@ function table(pool: Pool, f: PoolFile, m: Mapping, stale: Buffer): [string, Cal
     ["map({ length: '4096' })", () => f.map(any({ length: '4096' })), 'EINVAL'],
     ["map({ private: 'yes' })", () => f.map(any({ private: 'yes' })), 'EINVAL'],
     ['map({ privat: true })', () => f.map(any({ privat: true })), 'EINVAL'],
-    ['map({ length: MAX_LENGTH + 4096 })', () => f.map({ length: bufferConstants.MAX_LENGTH + PAGE }), 'EINVAL'],
+    ['map({ length: 16 TiB + 4096 })', () => f.map({ length: 2 ** 44 + PAGE }), 'EINVAL'],
+    ["map({ readOnly: 'yes' })", () => f.map(any({ readOnly: 'yes' })), 'EINVAL'],
     ['map({ offset: 2 MiB }) past EOF without a length', () => f.map({ offset: 2 * HUGE }), 'EINVAL'],
     ['flush(-1)', () => m.flush(-1), 'EINVAL'],
     ['flush(0, -1)', () => m.flush(0, -1), 'EINVAL'],
@@ -132,6 +132,9 @@ function closedTable(pool: Pool, f: PoolFile, m: Mapping): [string, Call, string
     ['file.fsync', () => f.fsync(), 'ECLOSED'],
     ['file.map', () => f.map({ length: PAGE }), 'ECLOSED'],
     ['mapping.flush', () => m.flush(), 'ECLOSED'],
+    ['mapping.view', async () => m.view(0, 1), 'ECLOSED'],
+    ['mapping.arrayBuffer', async () => m.arrayBuffer, 'ECLOSED'],
+    ['mapping.buffer', async () => m.buffer, 'ECLOSED'],
   ];
 }
 
