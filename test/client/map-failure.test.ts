@@ -16,24 +16,27 @@ function vmSize(): number {
 
 interface State { mappings: number; regions: number; windows: number }
 
-forBackings(t, 'mapping more than one Buffer holds works (view() windows), and 20 such maps and unmaps leak nothing', async (t, { pool }) => {
+// (Address space is not measured here: an unmapped region's range stays reserved,
+// inaccessible, for the graveyard's 30 s; a failed map() gives it back at once.)
+forBackings(t, 'mapping more than one Buffer holds works (view() windows); the service forgets each unmapped one', async (t, { pool }) => {
   t.equal(bufferConstants.MAX_LENGTH <= 2 ** 53, true);
   const f = await pool.openFile('big', { create: true });
   const size = Math.max(5 * GiB, bufferConstants.MAX_LENGTH + HUGE);
   await f.truncate(size);
-  const before = vmSize();
-  for (let i = 0; i < 20; i++) {
+  for (let i = 0; i < 3; i++) {
     const m = await f.map();
     t.equal(m.length, size, `whole-file map ${i}`);
-    m.view(size - PAGE, PAGE)[1] = i;
+    m.view(size - PAGE, PAGE)[1] = i + 1;
     await m.unmap();
   }
-  const after = vmSize();
-  t.ok(after - before < GiB / 4, `address space after 20 maps and unmaps of ${size / GiB} GiB: ${(before / GiB).toFixed(1)} -> ${(after / GiB).toFixed(1)} GiB`);
   t.same(await pool.request<State>('testState'), { mappings: 0, regions: 0, files: 1, windows: 0 }, 'the service holds no mapping');
-  await t.rejects(f.map({ length: 2 ** 44 + PAGE }), { code: 'EINVAL' }, 'a length past the largest file size');
+  const before = vmSize();
+  for (let i = 0; i < 20; i++) {
+    await t.rejects(f.map({ length: 2 ** 44 + PAGE }), { code: 'EINVAL' }, `a length past the largest file size ${i}`);
+  }
+  t.ok(vmSize() - before < GiB / 4, 'refused maps take no address space');
   const m = await f.map({ offset: size - HUGE, length: HUGE });
-  t.equal(m.buffer[PAGE * 511 + 1], 19, 'the last store is in the file');
+  t.equal(m.buffer[HUGE - PAGE + 1], 3, 'the last store is in the file');
   await m.unmap();
 });
 
