@@ -3,7 +3,10 @@
 // starts, so any thread of the application may touch a mapping freely.
 export {
   Pool, PoolFile, Mapping,
-  type CreateOptions, type OpenFileOptions, type ConnectOptions, type FileStat, type StatFs, type MapRequestOptions, type SharedPool,
+  type PoolOptions, type CreateOptions, type OpenFileOptions, type ConnectOptions, type FileStat, type StatFs, type MapRequestOptions,
+  type SharedPool, type PoolEvents,
 } from './client/pool';
+export { isDaxError, type DaxmapError, type ErrorCode } from './errors';
+export type { LoggerOption, LevelName } from './log';
 export type { FaultStatsSnapshot as FaultStats } from './fault/stats';
 export { probeUffd, reportSigbus } from './native/engine';
