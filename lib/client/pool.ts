@@ -322,7 +322,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     const r = await this.rpc.call('openFile', [name, {
       create: o.create === true, exclusive: o.create === true && o.exclusive === true, ...(o.mode !== undefined ? { mode: o.mode } : {}),
     }]);
-    const f = new PoolFile(this, r.handle, r.name);
+    const f = PoolFile.opened(this, r.handle, r.name);
     this.files.add(f);
     return f;
   }
@@ -460,8 +460,12 @@ export class PoolFile {
   private readonly mappings = new Set<Mapping>();
   private isClosed = false;
 
-  /** @internal */
-  constructor(readonly pool: Pool, /** @internal */ readonly handle: number, readonly name: string) {}
+  private constructor(readonly pool: Pool, /** @internal */ readonly handle: number, readonly name: string) {}
+
+  /** @internal A handle the service opened (Pool.openFile). */
+  static opened(pool: Pool, handle: number, name: string): PoolFile {
+    return new PoolFile(pool, handle, name);
+  }
 
   /** An operation on this file (lib/protocol/ops.ts): its handle first, then `args`. */
   private call<K extends FileOpName>(op: K, args: FileOpArgs<K>): Promise<OpResult<K>> {
@@ -557,7 +561,7 @@ export class PoolFile {
       mapStep('register');
       region.bind({ id: this.pool.hello.channel });
       mapStep('bind');
-      const m = new Mapping(this, region, offset, length, o);
+      const m = Mapping.over(this, region, offset, length, o);
       mapStep('buffer');
       // The handle or the pool may have closed while the service was asked.
       if (this.pool.closed) throw this.pool.closedError();
@@ -619,8 +623,7 @@ export class Mapping {
   private buf: Buffer | null = null;
   private isMapped = true;
 
-  /** @internal */
-  constructor(
+  private constructor(
     readonly file: PoolFile,
     private readonly region: TrappedRegion,
     /** File offset of the first byte. */
@@ -633,6 +636,11 @@ export class Mapping {
       this.whole = region.arrayBuffer(0, region.length);
       this.buf = Buffer.from(this.whole, 0, length);
     }
+  }
+
+  /** @internal A mapping of `file` over a region the service registered (PoolFile.map). */
+  static over(file: PoolFile, region: TrappedRegion, offset: number, length: number, opts: MapOptions): Mapping {
+    return new Mapping(file, region, offset, length, opts);
   }
 
   /**

@@ -11,7 +11,8 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { poolPath, PAGE } from '../fault/helpers';
 import { until } from '../wait';
-import { Pool, type DaxmapError } from '../../dist/index';
+import { Pool, isDaxError, probeUffd, reportSigbus, type DaxmapError, type ErrorCode } from '../../dist/index';
+import { Worker } from 'node:worker_threads';
 import { errorInfo, rebuildError } from '../../dist/protocol/errors';
 
 function tmpPool(t: Test): string {
@@ -208,4 +209,70 @@ t.test('pino-pretty is not a runtime dependency: without it, pretty output falls
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
   t.equal(r.status, 0, r.stderr);
   t.match(JSON.parse(r.stdout.trim()), { msg: 'plain', level: 40 }, 'a JSON line');
+});
+
+t.test('the small accessors and functions of the root do what docs/api.md says', async (t) => {
+  const pool = await Pool.open(await (async () => {
+    const p = tmpPool(t);
+    await (await Pool.create(p, { size: 16 << 20 })).close();
+    return p;
+  })(), { logger: 'warn' });
+  t.teardown(() => pool.close());
+  t.match(pool.path, /\.pool$/, 'pool.path');
+  t.equal(pool.closed, false, 'pool.closed');
+  const f = await pool.openFile('acc', { create: true });
+  t.equal(f.pool, pool, 'file.pool');
+  t.equal(f.name, 'acc', 'file.name');
+  await f.fallocate(0, 8 * PAGE, { keepSize: true });
+  t.equal((await f.stat()).size, 0, 'fallocate with keepSize keeps the size');
+  await f.fallocate(0, 2 * PAGE);
+  t.equal((await f.stat()).size, 2 * PAGE, 'fallocate extends it');
+  await f.zeroRange(0, 16 * PAGE, { keepSize: true });
+  t.equal((await f.stat()).size, 2 * PAGE, 'zeroRange with keepSize keeps it');
+  await f.zeroRange(0, 4 * PAGE);
+  t.equal((await f.stat()).size, 4 * PAGE, 'zeroRange extends it');
+  const m = await f.map({ offset: PAGE, length: 2 * PAGE, private: true });
+  t.equal(m.file, f, 'm.file');
+  t.equal(m.offset, PAGE, 'm.offset');
+  t.equal(m.length, 2 * PAGE, 'm.length');
+  t.equal(m.private, true, 'm.private');
+  t.equal(m.sync, false, 'm.sync');
+  t.equal(m.readOnly, false, 'm.readOnly');
+  t.equal(m.arrayBuffer.byteLength, 2 * PAGE, 'm.arrayBuffer is whole pages');
+  const odd = await f.map({ length: 10 });
+  t.equal(odd.buffer.length, 10, 'm.buffer is the length asked');
+  t.equal(odd.arrayBuffer.byteLength, PAGE, 'm.arrayBuffer is rounded up to whole pages');
+  await f.close();
+  t.equal(m.mapped, false, 'file.close() unmapped its mappings');
+  t.equal(odd.mapped, false);
+  const info = probeUffd();
+  t.equal(typeof info.features, 'bigint', 'probeUffd() reports the features');
+  reportSigbus(false);
+  t.pass('reportSigbus() switches the report');
+  const code: ErrorCode = 'ECLOSED';
+  const e = await f.stat().then(() => null, (x: unknown) => x);
+  t.equal(isDaxError(e), true, 'isDaxError');
+  t.equal(isDaxError(e, 'EBADF'), true, 'isDaxError with a code');
+  t.equal(isDaxError(e, code), false);
+  t.equal(isDaxError(new Error('plain')), false);
+});
+
+t.test('Pool.attach takes { logger } too', async (t) => {
+  const pool = await Pool.create(tmpPool(t), { size: 16 << 20 });
+  t.teardown(() => pool.close());
+  await pool.openFile('shared', { create: true });
+  const s = pool.share();
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const { Pool } = require(${JSON.stringify(path.join(__dirname, '..', '..', 'dist', 'index.js'))});
+    (async () => {
+      const bad = await Pool.attach(workerData, { logger: 'noisy' }).then(() => 'resolved', (e) => e.code);
+      const p = await Pool.attach(workerData, { logger: 'error' });
+      parentPort.postMessage({ bad, list: await p.list() });
+      await p.close();
+    })().catch((e) => parentPort.postMessage({ error: String(e) }));`;
+  const w = new Worker(code, { eval: true, workerData: s, transferList: s.transferList });
+  const got = await new Promise((res) => w.once('message', res));
+  t.same(got, { bad: 'EINVAL', list: ['shared'] }, 'a bad logger is EINVAL; a level is taken');
+  await w.terminate();
 });

@@ -2,6 +2,8 @@
 // SIGKILLed; errors keep code, errno, syscall, path and cause across the socket;
 // `await using` of a connected Pool; openFile's exclusive and mode.
 import t from 'tap';
+import { Writable } from 'node:stream';
+import pino from 'pino';
 import { startDaemon, PAGE } from './helpers';
 import { Pool, type DaxmapError } from '../../dist/index';
 
@@ -18,7 +20,14 @@ async function held<T>(p: Promise<T>): Promise<T> {
 t.test("daxmapd SIGKILLed: the Pool emits 'error' then 'close', detaches its mappings, rejects with ECLOSED", async (t) => {
   const d = await startDaemon();
   t.teardown(() => d.stop());
-  const pool = await Pool.connect(d.socket);
+  const lines: { level: number; msg: string }[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l));
+      cb();
+    },
+  });
+  const pool = await Pool.connect(d.socket, { logger: pino({ level: 'info' }, sink), timeoutMs: 20000 });
   const f = await pool.openFile('a', { create: true });
   await f.truncate(PAGE);
   const m = await f.map();
@@ -39,6 +48,7 @@ t.test("daxmapd SIGKILLed: the Pool emits 'error' then 'close', detaches its map
   await t.rejects(f.stat(), { code: 'ECLOSED' });
   await pool.close();
   t.same(events, ['error ECLOSED', 'close'], "close() after that emits nothing more");
+  t.ok(lines.some((l) => l.level === 40 && /service is gone/.test(l.msg)), "the application's logger (Pool.connect's logger option) was told");
 });
 
 t.test('errors keep code, errno, syscall, path and cause across the socket', async (t) => {
