@@ -4,7 +4,6 @@
 // anything JSON can say). Every check throws a daxmap Error with code EINVAL; the
 // public async methods run them inside the async body, so a bad argument is a
 // rejection, never a synchronous throw.
-import { constants as bufferConstants } from 'node:buffer';
 import { daxError } from '../errors';
 import { checkName, int, show } from '../util/check';
 import { MAX_FILE_SIZE } from '../pool/index';
@@ -12,8 +11,6 @@ import { MAX_FILE_SIZE } from '../pool/index';
 export { int, show, MAX_FILE_SIZE };
 
 export const PAGE = 4096;
-/** The largest Buffer this runtime makes: a mapping's buffer is one Buffer. */
-export const MAX_MAPPING = bufferConstants.MAX_LENGTH;
 
 /** A file offset or length: an integer in [min, 16 TiB]. */
 export function fileInt(what: string, v: unknown, min = 0): number {
