@@ -257,9 +257,8 @@ t.test('the small accessors and functions of the root do what docs/api.md says',
   t.equal(isDaxError(new Error('plain')), false);
 });
 
-t.test('Pool.attach takes { logger } too', async (t) => {
+t.test("Pool.attach takes { logger } too; an attached Pool emits 'close' (no 'error') when its owner closes the pool", async (t) => {
   const pool = await Pool.create(tmpPool(t), { size: 16 << 20 });
-  t.teardown(() => pool.close());
   await pool.openFile('shared', { create: true });
   const s = pool.share();
   const code = `
@@ -268,11 +267,24 @@ t.test('Pool.attach takes { logger } too', async (t) => {
     (async () => {
       const bad = await Pool.attach(workerData, { logger: 'noisy' }).then(() => 'resolved', (e) => e.code);
       const p = await Pool.attach(workerData, { logger: 'error' });
+      const seen = [];
+      // An idle Pool holds no thread alive: this one waits for the notice.
+      const keep = setInterval(() => {}, 1000);
+      p.on('error', (e) => seen.push('error ' + e.code));
+      p.on('close', (r) => {
+        clearInterval(keep);
+        seen.push('close ' + (r && r.code));
+        parentPort.postMessage({ seen, message: r && r.message });
+      });
       parentPort.postMessage({ bad, list: await p.list() });
-      await p.close();
     })().catch((e) => parentPort.postMessage({ error: String(e) }));`;
   const w = new Worker(code, { eval: true, workerData: s, transferList: s.transferList });
-  const got = await new Promise((res) => w.once('message', res));
-  t.same(got, { bad: 'EINVAL', list: ['shared'] }, 'a bad logger is EINVAL; a level is taken');
-  await w.terminate();
+  t.teardown(() => w.terminate());
+  const messages: unknown[] = [];
+  const next = (): Promise<unknown> => new Promise((res) => w.once('message', res));
+  messages.push(await next());
+  t.same(messages[0], { bad: 'EINVAL', list: ['shared'] }, 'a bad logger is EINVAL; a level is taken');
+  const closed = next();
+  await pool.close();
+  t.match(await held(closed), { seen: ['close ECLOSED'], message: /owner closed it/ }, "'close' with the reason, no 'error'");
 });
