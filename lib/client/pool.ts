@@ -30,13 +30,14 @@ const asyncDispose: typeof Symbol.asyncDispose =
   (Symbol as { asyncDispose?: typeof Symbol.asyncDispose }).asyncDispose ??
   ((Symbol as unknown as { asyncDispose: symbol }).asyncDispose = Symbol.for('nodejs.asyncDispose')) as typeof Symbol.asyncDispose;
 
-
 /** Options of Pool.open() (and of Pool.create(), Pool.connect(), Pool.attach()). */
 export interface PoolOptions {
   /**
-   * Where this Pool's own log lines go (this thread's: not the service's worker or
-   * daxmapd): a pino logger of the application's, or a level for daxmap's own logger
-   * ('warn' by default, or DAXMAP_LOG_LEVEL). Default: the module-wide logger.
+   * A pino logger of the application's: it gets this Pool's own lines and, for an
+   * embedded Pool, its service worker's (relayed at their level; the worker logs at
+   * the logger's level). Or a level name for daxmap's own logger (JSON on stderr),
+   * for this Pool and its worker. Default: daxmap's logger at DAXMAP_LOG_LEVEL, else
+   * 'warn'. daxmapd logs its own lines.
    */
   logger?: LoggerOption;
 }
@@ -130,7 +131,7 @@ export interface PoolEvents {
   error: [err: DaxmapError];
 }
 
-/** How a Pool was split from its options: the logger option, checked; the rest to check as before. */
+/** Splits a Pool's options: the logger option, checked here, and the rest, for arg.options(). */
 function poolOptions<T extends PoolOptions>(what: string, v: T | undefined): { rest: Omit<T, 'logger'> | undefined; logger: LoggerOption | undefined } {
   if (v === null || typeof v !== 'object' || Array.isArray(v) || !('logger' in v)) return { rest: v, logger: undefined };
   const { logger, ...rest } = v;
@@ -277,7 +278,7 @@ export class Pool extends EventEmitter<PoolEvents> {
       relay?.port1.close();
       throw failed(err);
     }
-    // The relay lives as long as the worker.
+    // The relay lives as long as the worker (registered again below, after start-up's listeners go).
     if (relay) worker.once('exit', () => setImmediate(() => relay!.port1.close()));
     const reply = await new Promise<StartReply>((resolve, reject) => {
       worker.once('message', resolve);
