@@ -7,8 +7,12 @@
 //   DIR: where the backing files live (/dev/shm for tmpfs, a disk directory for a disk
 //   file); MIB: size of each mapping (default 32).
 // Prints one line per variant:
-//   variant=NAME access=read|write window_kib=N us_per_page=X us_per_fault=Y faults=F answer_us=A
-// answer_us: mean time the answering thread spent inside its answer (from the event
+//   variant=NAME access=read|write window_kib=N populate=P us_per_page=X touch_p50_us=M touch_p90_us=Q
+//   us_per_fault=Y faults=F answer_us=A answer_p50_us=B
+// us_per_page: the mean over every page; touch_p50/p90: the median and 90th percentile
+// of one page's touch (for 4 KiB windows, one fault each; the median is what a
+// loaded machine's preemptions do not move).
+// answer_us (mean) and answer_p50_us (median): time the answering thread spent inside its answer (from the event
 // in hand to the wake returning), so us_per_fault - answer_us is the trap, the
 // reader's wake-up and read, any hand-off, and the thread's retry.
 #define _GNU_SOURCE
@@ -55,6 +59,7 @@ struct variant {
 };
 
 static const char* dir;
+static uint64_t* per_answer;  // ns of each fault's answer, for the median
 static size_t size;
 static int seq;
 
@@ -128,7 +133,9 @@ static void answer(struct run* r, uintptr_t addr) {
     }
     wake(r, (uintptr_t)at, v->window);
   }
-  r->answer_ns += now_ns() - t0;
+  uint64_t dt = now_ns() - t0;
+  r->answer_ns += dt;
+  if (r->faults < size / PAGE) per_answer[r->faults] = dt;
   r->faults++;
 }
 
@@ -182,16 +189,28 @@ static int fresh_file(void) {
   return fd;
 }
 
+static uint64_t* per_touch;  // ns of each page's touch, for the median
+
+static int cmp_u64(const void* a, const void* b) {
+  uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
+  return x < y ? -1 : x > y;
+}
+
+// Touch every page in order; the total ns (per_touch[] holds each touch's own time,
+// clock reads included: the median is robust to the preemptions of a loaded machine).
 static uint64_t touch_all(uint8_t* p, int write) {
-  uint64_t t0 = now_ns();
-  if (write) {
-    for (size_t o = 0; o < size; o += PAGE) ((volatile uint8_t*)p)[o] = 1;
-  } else {
-    unsigned sum = 0;
-    for (size_t o = 0; o < size; o += PAGE) sum += ((volatile uint8_t*)p)[o];
-    if (sum != 0) { fprintf(stderr, "fault-stages: a hole read non-zero\n"); exit(1); }
+  size_t n = size / PAGE;
+  unsigned sum = 0;
+  uint64_t t0 = now_ns(), prev = t0;
+  for (size_t i = 0; i < n; i++) {
+    if (write) ((volatile uint8_t*)p)[i * PAGE] = 1;
+    else sum += ((volatile uint8_t*)p)[i * PAGE];
+    uint64_t t = now_ns();
+    per_touch[i] = t - prev;
+    prev = t;
   }
-  return now_ns() - t0;
+  if (sum != 0) { fprintf(stderr, "fault-stages: a hole read non-zero\n"); exit(1); }
+  return prev - t0;
 }
 
 static void run_variant(const struct variant* v) {
@@ -240,11 +259,16 @@ static void run_variant(const struct variant* v) {
     close(r.pagemap);
   }
   close(file);
-  double pages = (double)(size / PAGE);
-  printf("variant=%s access=%s window_kib=%zu populate=%s us_per_page=%.3f us_per_fault=%.3f faults=%llu answer_us=%.3f\n",
+  size_t n = size / PAGE;
+  qsort(per_touch, n, sizeof *per_touch, cmp_u64);
+  size_t na = r.faults < n ? (size_t)r.faults : n;
+  qsort(per_answer, na, sizeof *per_answer, cmp_u64);
+  double answer_p50 = v->trapped && na ? per_answer[na / 2] / 1e3 : 0.0;
+  printf("variant=%s access=%s window_kib=%zu populate=%s us_per_page=%.3f touch_p50_us=%.3f touch_p90_us=%.3f "
+         "us_per_fault=%.3f faults=%llu answer_us=%.3f answer_p50_us=%.3f\n",
          v->name, v->write ? "write" : "read", v->window / 1024, v->trapped && v->answer == INSTALL ? pop_names[v->pop] : "-",
-         ns / 1e3 / pages, r.faults ? ns / 1e3 / (double)r.faults : 0.0, (unsigned long long)r.faults,
-         r.faults && v->trapped ? r.answer_ns / 1e3 / (double)r.faults : 0.0);
+         ns / 1e3 / (double)n, per_touch[n / 2] / 1e3, per_touch[n * 9 / 10] / 1e3, r.faults ? ns / 1e3 / (double)r.faults : 0.0,
+         (unsigned long long)r.faults, r.faults && v->trapped ? r.answer_ns / 1e3 / (double)r.faults : 0.0, answer_p50);
   fflush(stdout);
 }
 
@@ -259,6 +283,9 @@ int main(int argc, char** argv) {
     fprintf(stderr, "fault-stages: MIB must be a positive multiple of 2\n");
     return 2;
   }
+  per_touch = calloc(size / PAGE, sizeof *per_touch);
+  per_answer = calloc(size / PAGE, sizeof *per_answer);
+  if (!per_touch || !per_answer) die("calloc");
   static const struct variant vs[] = {
       {"kernel", 0, 0, ZERO, PAGE, POP_NONE, 0},
       {"kernel", 0, 1, ZERO, PAGE, POP_NONE, 0},
