@@ -15,34 +15,10 @@
 // answer_us (mean) and answer_p50_us (median): time the answering thread spent inside its answer (from the event
 // in hand to the wake returning), so us_per_fault - answer_us is the trap, the
 // reader's wake-up and read, any hand-off, and the thread's retry.
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/userfaultfd.h>
-#include <poll.h>
-#include <pthread.h>
+#include "common.h"  // first: it defines _GNU_SOURCE
+
 #include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-
-#ifndef UFFD_FEATURE_POISON
-#define UFFD_FEATURE_POISON (1 << 14)  // Linux 6.6; older headers lack it
-#endif
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#define MADV_POPULATE_WRITE 23
-#endif
-
-#define PAGE 4096ul
-#define MiB (1ul << 20)
 
 enum answer { ZERO, ZERO_WP, COPY, INSTALL };
 enum pop { POP_NONE, POP_MAP, POP_WRITE, POP_READ, POP_TOUCH };
@@ -62,17 +38,6 @@ static const char* dir;
 static uint64_t* per_answer;  // ns of each fault's answer, for the median
 static size_t size;
 static int seq;
-
-static void die(const char* what) {
-  fprintf(stderr, "fault-stages: %s: %s\n", what, strerror(errno));
-  exit(1);
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 // ---- one trapped run ----
 
@@ -224,18 +189,10 @@ static void run_variant(const struct variant* v) {
     r.faults = size / PAGE;
     munmap(p, size);
   } else {
-    uint8_t* raw = mmap(NULL, size + 2 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (raw == MAP_FAILED) die("reserve");
-    r.base = (uint8_t*)(((uintptr_t)raw + 2 * MiB - 1) & ~(2 * MiB - 1));
-    // daxmap's handshake and registration (native/uffd.cc).
-    r.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (r.uffd < 0) die("userfaultfd");
-    struct uffdio_api api = {.api = UFFD_API,
-                             .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_THREAD_ID |
-                                         UFFD_FEATURE_POISON};
-    if (ioctl(r.uffd, UFFDIO_API, &api) != 0) die("UFFDIO_API");
-    struct uffdio_register reg = {{(uintptr_t)r.base, size}, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, 0};
-    if (ioctl(r.uffd, UFFDIO_REGISTER, &reg) != 0) die("UFFDIO_REGISTER");
+    void* raw;
+    size_t raw_len;
+    r.base = reserve_aligned(size, &raw, &raw_len);
+    r.uffd = uffd_register(r.base, size, 1);
     r.stop_fd = eventfd(0, EFD_CLOEXEC);
     r.hop_fd = eventfd(0, EFD_CLOEXEC);
     r.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -252,7 +209,7 @@ static void run_variant(const struct variant* v) {
       if (write(r.hop_fd, &one, sizeof one) != sizeof one) die("stop");
       pthread_join(st, NULL);
     }
-    munmap(raw, size + 2 * MiB);
+    munmap(raw, raw_len);
     close(r.uffd);
     close(r.stop_fd);
     close(r.hop_fd);
@@ -273,6 +230,7 @@ static void run_variant(const struct variant* v) {
 }
 
 int main(int argc, char** argv) {
+  prog = "fault-stages";
   if (argc < 2) {
     fprintf(stderr, "usage: fault-stages DIR [MIB]\n");
     return 2;

@@ -24,33 +24,9 @@
 // Prints one line of key=value pairs: the time of each pass (ms), the mapping's smaps
 // (VMAs, Rss, ShmemPmdMapped, FilePmdMapped, AnonHugePages) after the prefault, and the
 // /proc/vmstat counters that moved during the prefault and during pass 1.
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/userfaultfd.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
+#include "common.h"  // first: it defines _GNU_SOURCE
+
 #include <sys/resource.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-
-#ifndef UFFD_FEATURE_POISON
-#define UFFD_FEATURE_POISON (1 << 14)  // Linux 6.6; older headers lack it
-#endif
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#define MADV_POPULATE_WRITE 23
-#endif
-
-#define PAGE 4096ul
-#define MiB (1ul << 20)
 
 static const char* dir = "/dev/shm";
 static unsigned long mib = 256, churn = 0, window_kib = 2048, passes = 4;
@@ -63,16 +39,7 @@ static int fd = -1, uffd = -1;
 static uint8_t* base;
 static size_t size, window;
 
-static void die(const char* what) {
-  fprintf(stderr, "first-pass: %s: %s\n", what, strerror(errno));
-  exit(1);
-}
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
+static double now_ms(void) { return now_ns() / 1e6; }
 
 // Map the file's window [off, off+window) over base+off and populate it as asked.
 static void install(size_t off) {
@@ -166,6 +133,7 @@ static void vmstat_delta(const char* tag, const struct vmstat* a, const struct v
 }
 
 int main(int argc, char** argv) {
+  prog = "first-pass";
   for (int i = 1; i < argc; i++) {
     char* eq = strchr(argv[i], '=');
     if (!eq) { fprintf(stderr, "first-pass: bad argument %s\n", argv[i]); return 2; }
@@ -207,26 +175,16 @@ int main(int argc, char** argv) {
   }
 
   // A 2 MiB aligned reservation, as native/region.cc makes.
-  uint8_t* raw = mmap(NULL, size + 2 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (raw == MAP_FAILED) die("reserve");
-  base = (uint8_t*)(((uintptr_t)raw + 2 * MiB - 1) & ~(2 * MiB - 1));
+  void* raw;
+  size_t raw_len;
+  base = reserve_aligned(size, &raw, &raw_len);
   pthread_t th;
   int threaded = 0;
   if (!strcmp(mode, "kernel")) {
     if (mmap(base, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) die("mmap");
   } else if (!strcmp(mode, "fixed") || !strcmp(mode, "ahead") || !strcmp(mode, "trap")) {
     if (strcmp(mode, "fixed") != 0) {
-      uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-      if (uffd < 0) die("userfaultfd");
-      // daxmap's handshake and registration (native/uffd.cc) unless wp=0.
-      struct uffdio_api api = {.api = UFFD_API,
-                               .features = wp ? UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMAP |
-                                                    UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON
-                                              : 0};
-      if (ioctl(uffd, UFFDIO_API, &api) != 0) die("UFFDIO_API");
-      struct uffdio_register reg = {.range = {(uintptr_t)base, size},
-                                    .mode = UFFDIO_REGISTER_MODE_MISSING | (wp ? UFFDIO_REGISTER_MODE_WP : 0)};
-      if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) die("UFFDIO_REGISTER");
+      uffd = uffd_register(base, size, wp);
     }
     if (!strcmp(mode, "trap")) {
       if (pthread_create(&th, NULL, reader, NULL) != 0) die("pthread_create");
