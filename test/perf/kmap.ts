@@ -1,8 +1,7 @@
 // The kernel's own mapping of a file (MAP_SHARED or MAP_PRIVATE), the baseline of every
-// row of the benchmark table: kmap.c, compiled here once per content into a temporary
-// directory (cc and the Node-API headers; no daxmap code involved).
+// row of the benchmark table: kmap.c, compiled here on first use (cc and the Node-API
+// headers; no daxmap code involved).
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,15 +22,16 @@ function headers(): string {
 
 function load(): KmapAddon {
   if (addon !== undefined) return addon;
-  const src = path.join(__dirname, 'kmap.c');
-  const hash = createHash('sha256').update(fs.readFileSync(src)).update(process.version).digest('hex').slice(0, 16);
-  const out = path.join(os.tmpdir(), `daxmap-bench-kmap-${hash}.node`);
-  if (!fs.existsSync(out)) {
-    const tmp = `${out}.${process.pid}`;
-    execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-Wall', '-shared', '-fPIC', '-I', headers(), '-o', tmp, src], { stdio: ['ignore', 'inherit', 'inherit'] });
-    fs.renameSync(tmp, out);
+  // Built afresh into a private directory (mkdtemp, mode 0700): never loaded from a
+  // predictable path someone else could have written.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'daxmap-bench-kmap-'));
+  const out = path.join(dir, 'kmap.node');
+  try {
+    execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-Wall', '-shared', '-fPIC', '-I', headers(), '-o', out, path.join(__dirname, 'kmap.c')], { stdio: ['ignore', 'inherit', 'inherit'] });
+    addon = require(out) as KmapAddon;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true }); // a loaded library stays loaded
   }
-  addon = require(out) as KmapAddon;
   return addon;
 }
 

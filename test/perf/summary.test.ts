@@ -67,6 +67,8 @@ const ORDER = [
 
 const results: RowResult[] = [];
 let seq = 0;
+/** Kernel baseline runs whose stores did not land where they should (kmap.c's own check). */
+let baselineBad = 0;
 
 function tempPath(dir: string, what: string): string {
   return path.join(dir, `daxmap-bench-${what}-${process.pid}-${seq++}`);
@@ -184,13 +186,13 @@ async function drop(pool: Pool, f: PoolFile, name: string): Promise<void> {
 /** Many files created, written interleaved (so their extents interleave) and unlinked: odd ones first, then the rest. */
 async function churnFiles(pool: Pool, files: number, bytesEach: number): Promise<void> {
   const piece = 16 * 1024;
-  const fs_: PoolFile[] = [];
-  for (let i = 0; i < files; i++) fs_.push(await pool.openFile(`churn-${i}`, { create: true }));
+  const handles: PoolFile[] = [];
+  for (let i = 0; i < files; i++) handles.push(await pool.openFile(`churn-${i}`, { create: true }));
   const data = Buffer.alloc(piece, 0xc3);
-  for (let off = 0; off < bytesEach; off += piece) for (const f of fs_) await f.write(data, off);
+  for (let off = 0; off < bytesEach; off += piece) for (const f of handles) await f.write(data, off);
   for (const pass of [1, 0]) {
     for (let i = pass; i < files; i += 2) {
-      await fs_[i]!.close();
+      await handles[i]!.close();
       await pool.unlink(`churn-${i}`);
     }
   }
@@ -219,7 +221,20 @@ async function both<A, B>(run: number, a: () => A | Promise<A>, b: () => B | Pro
 function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write: boolean, run: number, opts: { fillByte?: number; private?: boolean; each?: boolean } = {}): number {
   const k = KernelFile.create(tempPath(dir, 'kernel'), size, opts);
   try {
-    return opts.each === true ? touchEachMedian(k.buffer, order, run) : touch(k.buffer, order, write, run);
+    const us = opts.each === true ? touchEachMedian(k.buffer, order, run) : touch(k.buffer, order, write, run);
+    if (write) {
+      // the baseline did what it claims: the stores are in the mapping, and in the file unless private
+      const p = order[0]!;
+      const inFile = Buffer.alloc(1);
+      const fd = fs.openSync(k.file, 'r');
+      try {
+        fs.readSync(fd, inFile, 0, 1, spot(p));
+      } finally {
+        fs.closeSync(fd);
+      }
+      if (k.buffer[spot(p)] !== stampOf(run)(p) || inFile[0] !== (opts.private === true ? opts.fillByte ?? 0 : stampOf(run)(p))) baselineBad++;
+    }
+    return us;
   } finally {
     k.close();
   }
@@ -574,4 +589,5 @@ t.test('the table', async (t) => {
   for (const l of lines) t.comment(l);
   t.comment(`the same figures as JSON: ${json}`);
   t.equal(results.length, ORDER.length, 'every row was measured');
+  t.equal(baselineBad, 0, 'every kernel baseline run stored into its mapping (and its file, unless MAP_PRIVATE)');
 });
