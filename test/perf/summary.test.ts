@@ -240,9 +240,7 @@ function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write:
   }
 }
 
-t.jobs = 1;
-
-// Rows 1, 2 and 12: random first-touch writes, one trapped 4 KiB fault per touch.
+// Rows 1 and 12: random first-touch writes, one trapped 4 KiB fault per touch.
 t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fresh and churned tmpfs pools', async (t) => {
   const size = RANDOM_MB * MiB;
   const pages = size / PAGE;
