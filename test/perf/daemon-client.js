@@ -1,6 +1,6 @@
-// A benchmark client process for test/perf/daemon.test.ts, driven over IPC. It
-// prepares a first-touch target (not timed) — the kernel's own MAP_SHARED mapping of a
-// fresh tmpfs file, an embedded pool's mapping, or a mapping through daxmapd — then
+// A benchmark client process for test/perf/daemon-bench.ts, driven over IPC. It
+// prepares a first-touch target (not timed) — an embedded pool's mapping, or a
+// mapping through daxmapd — then
 // touches every page once in a given random order from its main thread, timing each
 // touch with process.hrtime.bigint(), and checks the data afterwards.
 'use strict';
@@ -8,7 +8,6 @@ const fs = require('node:fs');
 const path = require('node:path');
 const dist = path.resolve(__dirname, '../../dist');
 const { Pool } = require(path.join(dist, 'index.js'));
-const { openDevice } = require(path.join(dist, 'device/device.js'));
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -55,17 +54,11 @@ function summary(ns) {
 let t = null; // the prepared target
 
 const commands = {
-  /** mode: 'kernel' | 'embedded' | 'daemon'. Sets up the target; nothing timed. */
+  /** mode: 'embedded' | 'daemon'. Sets up the target; nothing timed. */
   async prepare({ mode, socket, mb, seed, run, name }) {
     const size = mb * MiB;
     const pages = size / PAGE;
     const order = shuffled(pages, seed);
-    if (mode === 'kernel') {
-      const file = `/dev/shm/daxmap-bench-dk-${process.pid}-${name}`;
-      const dev = openDevice(file, { create: true, size });
-      t = { mode, order, run, pages, dev, file, buf: dev.view(0, size) };
-      return pages;
-    }
     let pool;
     let poolFile = null;
     if (mode === 'embedded') {
@@ -108,28 +101,20 @@ const commands = {
         const page = Buffer.alloc(PAGE);
         for (let k = 0; k < 64; k++) {
           const p = Math.floor((k * t.pages) / 64);
-          if (t.mode === 'kernel') t.buf.copy(page, 0, p * PAGE, (p + 1) * PAGE);
-          else await t.f.read(page, p * PAGE);
+          await t.f.read(page, p * PAGE);
           if (page[p % 4093] === stamp(p) && page[(p % 4093) ^ 1] === 0) ok++;
           else bad++;
         }
       }
-      if (t.mode !== 'kernel') {
-        const s = await t.pool.stats();
-        const d = (k) => s[k] - t.stats0[k];
-        stats = { faults: d('faults'), pte: d('pte'), pmd: d('pmd'), sigbus: d('sigbus'), latencyUs: s.latencyUs };
-      }
+      const s = await t.pool.stats();
+      const d = (k) => s[k] - t.stats0[k];
+      stats = { faults: d('faults'), pte: d('pte'), pmd: d('pmd'), sigbus: d('sigbus'), latencyUs: s.latencyUs };
     } finally {
-      if (t.mode === 'kernel') {
-        t.dev.close();
-        fs.rmSync(t.file, { force: true });
-      } else {
-        await t.m.unmap();
-        await t.f.close();
-        await t.pool.unlink(t.name);
-        await t.pool.close();
-        if (t.poolFile) fs.rmSync(t.poolFile, { force: true });
-      }
+      await t.m.unmap();
+      await t.f.close();
+      await t.pool.unlink(t.name);
+      await t.pool.close();
+      if (t.poolFile) fs.rmSync(t.poolFile, { force: true });
       t = null;
     }
     return { ok, bad, stats };

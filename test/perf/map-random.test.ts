@@ -1,21 +1,18 @@
-// Issue 4 benchmark 1: random 4 KiB first-touch writes through a pool mapping with
-// fault-around off (every touch is one trapped 4 KiB fault: allocate + zero a block,
-// log it, install it), against the kernel's own first touch of random pages of a
-// fresh MAP_SHARED file mapping of the same kind of backing, in the same run.
+// Random 4 KiB first-touch writes through a pool mapping with fault-around off, on a
+// tmpfs file with more pages than the installed-window budget, so the policy evicts
+// older windows while faulting, against the kernel's own first touch of random pages
+// of a fresh MAP_SHARED tmpfs file, in the same run. (The same below the budget, and on
+// a disk-file pool, are rows 1 and 2 of the table: summary.test.ts, docs/bench.md.)
 // Prints figures; asserts only that every run completed and the data reads back.
-// Sizes: DAXMAP_BENCH_RANDOM_MB (tmpfs, default 64: below the installed-window
-// budget), DAXMAP_BENCH_RANDOM_BIG_MB (tmpfs, default 256: more 4 KiB windows than the
-// budget, so the policy evicts while faulting; DAXMAP_BENCH_RANDOM_BIG_RUNS runs,
-// default 1, 0 skips it), DAXMAP_BENCH_RANDOM_DISK_MB (disk file, default 8: every
-// fault there persists its zeroed block with msync).
+// DAXMAP_BENCH_RANDOM_BIG_MB (default 256), DAXMAP_BENCH_RANDOM_BIG_RUNS (default 1;
+// 0 skips it).
 import t from 'tap';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Pool } from '../../dist/index';
 import { defaultWindowBudget } from '../../dist/fault/budget';
 import { openDevice } from '../../dist/device/device';
-import { RUNS, envInt, faultLine, fmtSummary, pairedRatio, shuffled, tableOf, timeNs } from './stats';
+import { envInt, faultLine, fmtSummary, pairedRatio, shuffled, tableOf, timeNs } from './stats';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -55,9 +52,7 @@ function kernelRun(dir: string, size: number, order: Uint32Array, run: number): 
 
 const bigRuns = Number(process.env['DAXMAP_BENCH_RANDOM_BIG_RUNS'] ?? 1);
 const cases = [
-  { kind: 'tmpfs', dir: '/dev/shm', mb: envInt('DAXMAP_BENCH_RANDOM_MB', 64), runs: RUNS },
   { kind: 'tmpfs', dir: '/dev/shm', mb: envInt('DAXMAP_BENCH_RANDOM_BIG_MB', 256), runs: Number.isSafeInteger(bigRuns) && bigRuns >= 0 ? bigRuns : 1 },
-  { kind: 'disk file', dir: os.tmpdir(), mb: envInt('DAXMAP_BENCH_RANDOM_DISK_MB', 8), runs: RUNS },
 ] as const;
 
 for (const { kind, dir, mb, runs } of cases) {
@@ -114,7 +109,7 @@ for (const { kind, dir, mb, runs } of cases) {
     t.comment(`${runs} run(s); each touches all ${pages} pages of ${mb} MiB once, in a random order (one 1-byte store per page); ` +
       `window budget ${budget}${pages > budget ? ': more pages than the budget, so faults evict older windows' : ''}`);
     for (const l of tableOf('µs per fault', [
-      { label: `kernel MAP_SHARED ${kind === 'tmpfs' ? 'tmpfs file' : 'disk file'} (baseline)`, runs: kernel },
+      { label: 'kernel MAP_SHARED tmpfs file (baseline)', runs: kernel },
       { label: `daxmap map({ faultAround: false })`, runs: trapped },
     ], kernel)) t.comment(l);
     t.comment(`per-run ratio daxmap/kernel min / median / max: ${fmtSummary(pairedRatio(trapped, kernel), 2, 'x')} (aim: <= 3x)`);
@@ -123,6 +118,11 @@ for (const { kind, dir, mb, runs } of cases) {
     t.equal(trapped.length, runs, 'every pool run completed');
     t.equal(checked, runs * 64, 'every spot-checked page read back its store');
     t.equal(after.sigbus - before.sigbus, 0, 'no fault was answered with SIGBUS');
-    t.equal(after.pte - before.pte, runs * pages, 'every fault was answered with one 4 KiB page');
+    // Each page is allocated by exactly one fault. A page may fault a second time (seen
+    // once in 65536 on a loaded machine, with evictions running: a fault on a written
+    // block), so the 4 KiB answers are counted, not equated.
+    t.equal(after.hole - before.hole, runs * pages, 'every page was allocated by one fault on a hole');
+    t.equal(after.pmd - before.pmd, 0, 'every fault was answered with 4 KiB pages');
+    if (after.written - before.written > 0) t.comment(`${after.written - before.written} fault(s) on pages already allocated (a page faulted twice)`);
   });
 }

@@ -1,0 +1,591 @@
+// The benchmark table (docs/bench.md): every row measured here, against the kernel's
+// own mapping of the same kind of backing (kmap.ts: MAP_SHARED or MAP_PRIVATE of a
+// tmpfs file under /dev/shm, or of a disk file under DAXMAP_BENCH_DISK_DIR, default
+// /var/tmp) in the same run, DAXMAP_BENCH_RUNS runs (default 5). Ends with the table
+// and the path of the same figures as JSON (DAXMAP_BENCH_JSON names the file).
+// daxmap is driven through its public API only (the package root and daxmapd).
+// Asserts what the data must be (stores read back, holes stay zero, private copies
+// stay private), never timing.
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Pool, type PoolFile } from '../../dist/index';
+import { KernelFile } from './kmap';
+import { aim, result, tableLines, writeJson, type Row, type RowResult } from './report';
+import { RUNS, envInt, shuffled, summarize, timeNs } from './stats';
+import { DaemonBench } from './daemon-bench';
+
+const PAGE = 4096;
+const MiB = 1 << 20;
+const GiB = 1 << 30;
+const SHM = '/dev/shm';
+const DISK = process.env['DAXMAP_BENCH_DISK_DIR'] ?? '/var/tmp';
+
+const RANDOM_MB = envInt('DAXMAP_BENCH_RANDOM_MB', 64);
+const DISK_RANDOM_MB = envInt('DAXMAP_BENCH_RANDOM_DISK_MB', 8);
+const WRITTEN_MB = envInt('DAXMAP_BENCH_WRITTEN_MB', 32);
+const SPARSE_MB = envInt('DAXMAP_BENCH_SPARSE_MB', 1024);
+const SPARSE_TOUCHES = envInt('DAXMAP_BENCH_SPARSE_TOUCHES', 2048);
+const SEQ_MB = envInt('DAXMAP_BENCH_SEQ_MB', 256);
+const SEQ_DISK_MB = envInt('DAXMAP_BENCH_SEQ_DISK_MB', 256);
+const FILL_MB = envInt('DAXMAP_BENCH_FILL_MB', 256);
+const CHURN_MB = envInt('DAXMAP_BENCH_CHURN_MB', 1024);
+const FILL_REPS = envInt('DAXMAP_BENCH_FILL_REPS', 4);
+const DAEMON_MB = envInt('DAXMAP_BENCH_DAEMON_MB', 32);
+const SYNC_FAULTS = envInt('DAXMAP_BENCH_SYNC_FAULTS', 512);
+const PRIVATE_MB = envInt('DAXMAP_BENCH_PRIVATE_MB', 32);
+const CHURN_FILES = envInt('DAXMAP_BENCH_CHURN_FILES', 128);
+
+/** The rows in table order (the ids the measuring tests below fill in). */
+const ORDER = [
+  { id: '1', what: `random 4 KiB first-touch writes, faultAround:false, tmpfs pool, ${RANDOM_MB} MiB` },
+  { id: '2', what: `same, disk-file pool, ${DISK_RANDOM_MB} MiB` },
+  { id: '3a', what: `4 KiB write faults on written blocks (fresh mapping, random), ${WRITTEN_MB} MiB, vs kernel first touch` },
+  { id: '3b', what: 'same, vs the kernel\'s write fault on a written file' },
+  { id: '3c', what: '4 KiB read faults on written blocks (fresh mapping, random)' },
+  { id: '4a', what: `random first-touch writes, default policy, ${SPARSE_TOUCHES} in a ${SPARSE_MB} MiB sparse file: time` },
+  { id: '4b', what: 'same: space, allocated bytes / bytes touched' },
+  { id: '5', what: `sequential first touch, default policy, tmpfs pool, ${SEQ_MB} MiB` },
+  { id: '6', what: `same, disk-file pool, ${SEQ_DISK_MB} MiB` },
+  { id: '7a', what: `fill() ${FILL_MB} MiB, first pass after the first touch, fresh pool` },
+  { id: '7b', what: 'same, later passes (median), fresh pool' },
+  { id: '7c', what: `fill() first pass, churned pool (${CHURN_MB} MiB written and unlinked first)` },
+  { id: '7d', what: 'same, later passes (median), churned pool' },
+  { id: '8', what: `daxmapd: two clients faulting at once vs one (${DAEMON_MB} MiB each, random 4 KiB)` },
+  { id: '9', what: 'daxmapd: time per random 4 KiB first-touch write vs embedded' },
+  { id: '10a', what: `${SYNC_FAULTS} 4 KiB write faults, tmpfs pool: preallocated (written blocks)` },
+  { id: '10b', what: 'same: allocating (holes)' },
+  { id: '10c', what: 'same: allocating + map({ sync: true })' },
+  { id: '10d', what: `${SYNC_FAULTS} 4 KiB write faults, disk-file pool: preallocated` },
+  { id: '10e', what: 'same: allocating' },
+  { id: '10f', what: 'same: allocating + map({ sync: true })' },
+  { id: '11a', what: `private: true, random 4 KiB first-touch reads of a written file, ${PRIVATE_MB} MiB` },
+  { id: '11b', what: 'same, writes' },
+  { id: '12', what: `random 4 KiB first-touch writes, faultAround:false, churned pool, ${RANDOM_MB} MiB` },
+];
+
+const results: RowResult[] = [];
+let seq = 0;
+/** Kernel baseline runs whose stores did not land where they should (kmap.c's own check). */
+let baselineBad = 0;
+
+function tempPath(dir: string, what: string): string {
+  return path.join(dir, `daxmap-bench-${what}-${process.pid}-${seq++}`);
+}
+
+function add(t: Test, row: Row): void {
+  t.equal(row.ours.length, RUNS, `row ${row.id}: every daxmap run completed`);
+  t.equal(row.base.length, RUNS, `row ${row.id}: every baseline run completed`);
+  results.push(result(row));
+}
+
+// ---- touching pages ----
+
+const stampOf = (run: number) => (p: number): number => ((p * 31 + run * 7) & 0xff) | 1;
+/** The byte of a page that a touch stores into or loads (not always the first: cache sets). */
+const spot = (p: number): number => p * PAGE + (p % 4093);
+let sink = 0;
+
+/** One 1-byte store (or load) per page, in `order`; µs per page. */
+function touch(b: Buffer, order: ArrayLike<number>, write: boolean, run = 0): number {
+  const stamp = stampOf(run);
+  const ns = write
+    ? timeNs(() => {
+      for (let i = 0; i < order.length; i++) { const p = order[i]!; b[spot(p)] = stamp(p); }
+    })
+    : timeNs(() => {
+      let s = 0;
+      for (let i = 0; i < order.length; i++) s += b[spot(order[i]!)]!;
+      sink += s;
+    });
+  return ns / 1000 / order.length;
+}
+
+/** Like touch (writes), each store timed alone; the median µs (a short run's mean is at the mercy of one stall). */
+function touchEachMedian(b: Buffer, order: ArrayLike<number>, run: number): number {
+  const stamp = stampOf(run);
+  const us = new Float64Array(order.length);
+  for (let i = 0; i < order.length; i++) {
+    const p = order[i]!;
+    us[i] = timeNs(() => { b[spot(p)] = stamp(p); }) / 1000;
+  }
+  return summarize(Array.from(us)).median;
+}
+
+/** Sequential first touch, one store per page, of views of at most 1 GiB; µs per page. */
+function touchSeq(b: Buffer, byte: number): number {
+  const ns = timeNs(() => {
+    for (let off = 0; off < b.length; off += PAGE) b[off] = byte;
+  });
+  return ns / 1000 / (b.length / PAGE);
+}
+
+/** Reads `pages` (sampled: at most 64) through file.read and counts those whose spot byte is not `expect(p)`. */
+async function misreads(f: PoolFile, pages: ArrayLike<number>, expect: (p: number) => number): Promise<number> {
+  const page = Buffer.alloc(PAGE);
+  let bad = 0;
+  const step = Math.max(1, Math.floor(pages.length / 64));
+  for (let i = 0; i < pages.length; i += step) {
+    const p = pages[i]!;
+    await f.read(page, p * PAGE);
+    if (page[p % 4093] !== expect(p)) bad++;
+  }
+  return bad;
+}
+
+// ---- pools ----
+
+interface BenchPool { pool: Pool; close(): Promise<void> }
+
+/** A fresh pool in a file under `dir`, warmed up (the service's JIT, its first allocations; not timed). */
+async function freshPool(dir: string, size: number): Promise<BenchPool> {
+  const file = tempPath(dir, 'pool');
+  const pool = await Pool.create(file, { size });
+  try {
+    const f = await pool.openFile('warmup', { create: true });
+    await f.truncate(4 * MiB);
+    const m = await f.map({ faultAround: false });
+    touch(m.buffer, shuffled(1024, 1), true);
+    await m.unmap();
+    await f.close();
+    await pool.unlink('warmup');
+  } catch (e) {
+    await pool.close().catch(() => undefined);
+    fs.rmSync(file, { force: true });
+    throw e;
+  }
+  return {
+    pool,
+    async close() {
+      try {
+        await pool.close();
+      } finally {
+        fs.rmSync(file, { force: true });
+      }
+    },
+  };
+}
+
+/** A file of `size` bytes in the pool: holes, or written through file.write with `fillByte`. */
+async function poolFile(pool: Pool, name: string, size: number, fillByte?: number): Promise<PoolFile> {
+  const f = await pool.openFile(name, { create: true });
+  await f.truncate(size);
+  if (fillByte !== undefined) {
+    const chunk = Buffer.alloc(Math.min(size, MiB), fillByte);
+    for (let off = 0; off < size; off += chunk.length) await f.write(chunk.subarray(0, Math.min(chunk.length, size - off)), off);
+  }
+  return f;
+}
+
+async function drop(pool: Pool, f: PoolFile, name: string): Promise<void> {
+  await f.close();
+  await pool.unlink(name);
+}
+
+/** Many files created, written interleaved (so their extents interleave) and unlinked: odd ones first, then the rest. */
+async function churnFiles(pool: Pool, files: number, bytesEach: number): Promise<void> {
+  const piece = 16 * 1024;
+  const handles: PoolFile[] = [];
+  for (let i = 0; i < files; i++) handles.push(await pool.openFile(`churn-${i}`, { create: true }));
+  const data = Buffer.alloc(piece, 0xc3);
+  for (let off = 0; off < bytesEach; off += piece) for (const f of handles) await f.write(data, off);
+  for (const pass of [1, 0]) {
+    for (let i = pass; i < files; i += 2) {
+      await handles[i]!.close();
+      await pool.unlink(`churn-${i}`);
+    }
+  }
+}
+
+/** A big file allocated through a mapping (default policy: 2 MiB windows), written, then unlinked. */
+async function churnBig(pool: Pool, bytes: number): Promise<void> {
+  const f = await poolFile(pool, 'churn-big', bytes);
+  const m = await f.map();
+  for (let off = 0; off < bytes; off += GiB) m.buffer.subarray(off, Math.min(bytes, off + GiB)).fill(0xa5);
+  await m.unmap();
+  await drop(pool, f, 'churn-big');
+}
+
+/** Runs `a` and `b` in an order that alternates with the run, so both see the same drift of a noisy machine. */
+async function both<A, B>(run: number, a: () => A | Promise<A>, b: () => B | Promise<B>): Promise<[A, B]> {
+  if (run % 2 === 0) {
+    const x = await a();
+    return [x, await b()];
+  }
+  const y = await b();
+  return [await a(), y];
+}
+
+/** The kernel's first touch of a fresh file (or a written one, or MAP_PRIVATE), in `order`; µs per page. */
+function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write: boolean, run: number, opts: { fillByte?: number; private?: boolean; each?: boolean } = {}): number {
+  const k = KernelFile.create(tempPath(dir, 'kernel'), size, opts);
+  try {
+    const us = opts.each === true ? touchEachMedian(k.buffer, order, run) : touch(k.buffer, order, write, run);
+    if (write) {
+      // the baseline did what it claims: the stores are in the mapping, and in the file unless private
+      const p = order[0]!;
+      const inFile = Buffer.alloc(1);
+      const fd = fs.openSync(k.file, 'r');
+      try {
+        fs.readSync(fd, inFile, 0, 1, spot(p));
+      } finally {
+        fs.closeSync(fd);
+      }
+      if (k.buffer[spot(p)] !== stampOf(run)(p) || inFile[0] !== (opts.private === true ? opts.fillByte ?? 0 : stampOf(run)(p))) baselineBad++;
+    }
+    return us;
+  } finally {
+    k.close();
+  }
+}
+
+// Rows 1 and 12: random first-touch writes, one trapped 4 KiB fault per touch.
+t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fresh and churned tmpfs pools', async (t) => {
+  const size = RANDOM_MB * MiB;
+  const pages = size / PAGE;
+  const kernel: number[] = [];
+  const fresh: number[] = [];
+  const churned: number[] = [];
+  let bad = 0;
+  for (let run = 0; run < RUNS; run++) {
+    const order = shuffled(pages, 0x1234567 + run);
+    const stamp = stampOf(run);
+    kernel.push(kernelTouch(SHM, size, order, true, run));
+    for (const [out, churn] of [[fresh, false], [churned, true]] as const) {
+      const p = await freshPool(SHM, size + (churn ? CHURN_FILES * MiB : 0) + 64 * MiB);
+      try {
+        if (churn) await churnFiles(p.pool, CHURN_FILES, MiB);
+        const f = await poolFile(p.pool, 'random', size);
+        const m = await f.map({ faultAround: false });
+        out.push(touch(m.buffer, order, true, run));
+        await m.unmap();
+        bad += await misreads(f, order, stamp);
+        t.equal((await f.stat()).allocated, size, `run ${run}${churn ? ' (churned)' : ''}: every page got a block`);
+        await drop(p.pool, f, 'random');
+      } finally {
+        await p.close();
+      }
+    }
+  }
+  t.equal(bad, 0, 'every sampled page reads back its store');
+  add(t, { id: '1', what: ORDER[0]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order', ours: fresh, base: kernel, aim: aim.ratioAtMost(3), note: 'a fresh pool per run' });
+  add(t, {
+    id: '12', what: ORDER.find((o) => o.id === '12')!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order (row 1\'s)', ours: churned, base: kernel, aim: aim.ratioAtMost(3),
+    note: `before the run, ${CHURN_FILES} files of 1 MiB were written interleaved in 16 KiB pieces and unlinked (odd, then even)`,
+  });
+});
+
+t.test('row 2: random 4 KiB first-touch writes, faultAround: false, disk-file pool', async (t) => {
+  const size = DISK_RANDOM_MB * MiB;
+  const pages = size / PAGE;
+  const kernel: number[] = [];
+  const ours: number[] = [];
+  let bad = 0;
+  const p = await freshPool(DISK, size + 64 * MiB);
+  t.teardown(() => p.close());
+  for (let run = 0; run < RUNS; run++) {
+    const order = shuffled(pages, 0x2345678 + run);
+    await both(run,
+      () => { kernel.push(kernelTouch(DISK, size, order, true, run)); },
+      async () => {
+        const f = await poolFile(p.pool, `random-${run}`, size);
+        const m = await f.map({ faultAround: false });
+        ours.push(touch(m.buffer, order, true, run));
+        await m.unmap();
+        bad += await misreads(f, order, stampOf(run));
+        await drop(p.pool, f, `random-${run}`);
+      });
+  }
+  t.equal(bad, 0, 'every sampled page reads back its store');
+  add(t, { id: '2', what: ORDER[1]!.what, unit: 'µs/fault', baseline: `kernel MAP_SHARED disk file (${DISK}), fresh, same order`, ours, base: kernel, aim: aim.ratioAtMost(3) });
+});
+
+t.test('row 3: 4 KiB faults on written blocks, fresh mapping, random order', async (t) => {
+  const size = WRITTEN_MB * MiB;
+  const pages = size / PAGE;
+  const kFresh: number[] = [];
+  const kWrite: number[] = [];
+  const kRead: number[] = [];
+  const oWrite: number[] = [];
+  const oRead: number[] = [];
+  let bad = 0;
+  const p = await freshPool(SHM, size + 64 * MiB);
+  t.teardown(() => p.close());
+  const before = await p.pool.stats();
+  for (let run = 0; run < RUNS; run++) {
+    const order = shuffled(pages, 0x3456789 + run);
+    const fill = 0x5a;
+    await both(run,
+      () => {
+        kFresh.push(kernelTouch(SHM, size, order, true, run));
+        kRead.push(kernelTouch(SHM, size, order, false, run, { fillByte: fill }));
+        kWrite.push(kernelTouch(SHM, size, order, true, run, { fillByte: fill }));
+      },
+      async () => {
+        const f = await poolFile(p.pool, `written-${run}`, size, fill);
+        let m = await f.map({ faultAround: false });
+        const s0 = sink;
+        oRead.push(touch(m.buffer, order, false, run));
+        if (sink - s0 !== pages * fill) bad++;
+        await m.unmap();
+        m = await f.map({ faultAround: false });
+        oWrite.push(touch(m.buffer, order, true, run));
+        await m.unmap();
+        bad += await misreads(f, order, stampOf(run));
+        await drop(p.pool, f, `written-${run}`);
+      });
+  }
+  const after = await p.pool.stats();
+  t.equal(bad, 0, 'the reads saw the written bytes, every sampled page reads back its store');
+  t.equal(after.sigbus - before.sigbus, 0, 'no fault was answered with SIGBUS');
+  add(t, { id: '3a', what: ORDER[2]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh (first-touch write allocating a page), same order', ours: oWrite, base: kFresh, aim: aim.ratioAtMost(2), note: 'daxmap\'s file was written through file.write' });
+  add(t, { id: '3b', what: ORDER[3]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file written through write(2), fresh mapping, same order', ours: oWrite, base: kWrite, aim: aim.none() });
+  add(t, { id: '3c', what: ORDER[4]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file written through write(2), fresh mapping, read faults, same order', ours: oRead, base: kRead, aim: aim.ratioAtMost(2) });
+});
+
+t.test('row 4: random first-touch writes into a large sparse file, default policy: time and space', async (t) => {
+  const size = SPARSE_MB * MiB;
+  const touched = SPARSE_TOUCHES * PAGE;
+  const kTime: number[] = [];
+  const kSpace: number[] = [];
+  const oTime: number[] = [];
+  const oSpace: number[] = [];
+  const used: number[] = [];
+  let bad = 0;
+  let zeros = 0;
+  for (let run = 0; run < RUNS; run++) {
+    const order = shuffled(size / PAGE, 0x456789a + run).slice(0, SPARSE_TOUCHES);
+    await both(run,
+      () => {
+        const k = KernelFile.create(tempPath(SHM, 'kernel'), size);
+        try {
+          kTime.push(touch(k.buffer, order, true, run));
+          kSpace.push(k.allocated() / touched);
+        } finally {
+          k.close();
+        }
+      },
+      async () => {
+        const p = await freshPool(SHM, size + 128 * MiB);
+        try {
+          const free0 = (await p.pool.statfs()).free;
+          const f = await poolFile(p.pool, 'sparse', size);
+          const m = await f.map();
+          oTime.push(touch(m.buffer, order, true, run));
+          // an untouched page next to a touched one reads as zeros
+          const q = order[0]! ^ 1;
+          if (!order.includes(q) && m.buffer[spot(q)] !== 0) zeros++;
+          await m.unmap();
+          bad += await misreads(f, order, stampOf(run));
+          oSpace.push((await f.stat()).allocated / touched);
+          used.push((free0 - (await p.pool.statfs()).free) / touched);
+          await drop(p.pool, f, 'sparse');
+        } finally {
+          await p.close();
+        }
+      });
+  }
+  t.equal(bad, 0, 'every sampled page reads back its store');
+  t.equal(zeros, 0, 'an untouched page reads as zeros');
+  add(t, { id: '4a', what: ORDER[5]!.what, unit: 'µs/touch', baseline: `kernel MAP_SHARED sparse tmpfs file of ${SPARSE_MB} MiB, same pages, same order`, ours: oTime, base: kTime, aim: aim.ratioAtMost(3), note: 'a fresh pool per run' });
+  add(t, {
+    id: '4b', what: ORDER[6]!.what, unit: 'bytes/byte', baseline: 'the kernel tmpfs file\'s st_blocks * 512 / bytes touched', ours: oSpace, base: kSpace, aim: aim.valueAtMost(1.1),
+    note: `daxmap: file.stat().allocated / bytes touched; the pool's used-bytes delta / bytes touched: ${summarize(used).median.toFixed(2)} (median)`,
+  });
+});
+
+t.test('rows 5 and 6: sequential first touch, default policy, tmpfs and disk-file pools', async (t) => {
+  for (const [id, dir, mb, what, goal] of [['5', SHM, SEQ_MB, ORDER[7]!.what, aim.ratioBelowEveryRun(0.6)], ['6', DISK, SEQ_DISK_MB, ORDER[8]!.what, aim.ratioBelow(1)]] as const) {
+    const size = mb * MiB;
+    const kernel: number[] = [];
+    const ours: number[] = [];
+    let bad = 0;
+    const p = await freshPool(dir, size + 128 * MiB);
+    try {
+      for (let run = 0; run < RUNS; run++) {
+        const byte = 0x40 + run;
+        await both(run,
+          () => {
+            const k = KernelFile.create(tempPath(dir, 'kernel'), size);
+            try {
+              kernel.push(touchSeq(k.buffer, byte));
+            } finally {
+              k.close();
+            }
+          },
+          async () => {
+            const f = await poolFile(p.pool, `seq-${run}`, size);
+            const m = await f.map();
+            ours.push(touchSeq(m.buffer, byte));
+            await m.unmap();
+            const sample = Array.from({ length: 65 }, (_, k) => (k === 64 ? size / PAGE - 1 : Math.floor((k * size) / PAGE / 64)));
+            const page = Buffer.alloc(PAGE);
+            for (const q of sample) {
+              await f.read(page, q * PAGE);
+              if (page[0] !== byte || page[1] !== 0) bad++;
+            }
+            await drop(p.pool, f, `seq-${run}`);
+          });
+      }
+    } finally {
+      await p.close();
+    }
+    t.equal(bad, 0, `row ${id}: every sampled page reads back its store`);
+    add(t, { id, what, unit: 'µs/page', baseline: `kernel MAP_SHARED ${dir === SHM ? 'tmpfs' : `disk (${DISK})`} file, fresh, one store per page`, ours, base: kernel, aim: goal, note: 'one pool, a new file per run' });
+  }
+});
+
+t.test('row 7: fill() bandwidth after the first touch, first pass and later passes, fresh and churned pools', async (t) => {
+  const size = FILL_MB * MiB;
+  const median = (xs: number[]): number => summarize(xs).median;
+  const gbs = (b: Buffer, v: number): number => size / timeNs(() => b.fill(v));
+  let bad = 0;
+  for (const churn of [false, true]) {
+    const first = { k: [] as number[], o: [] as number[] };
+    const later = { k: [] as number[], o: [] as number[] };
+    for (let run = 0; run < RUNS; run++) {
+      const p = await freshPool(SHM, size + (churn ? CHURN_MB * MiB : 0) + 64 * MiB);
+      const k = KernelFile.create(tempPath(SHM, 'kernel'), size);
+      try {
+        if (churn) await churnBig(p.pool, CHURN_MB * MiB);
+        const f = await poolFile(p.pool, 'fill', size);
+        const m = await f.map();
+        touchSeq(k.buffer, 1);
+        touchSeq(m.buffer, 1);
+        const [kf, of] = await both(run, () => gbs(k.buffer, 0x10 + run), () => gbs(m.buffer, 0x10 + run));
+        first.k.push(kf);
+        first.o.push(of);
+        const ks: number[] = [];
+        const os_: number[] = [];
+        let v = 0;
+        for (let r = 0; r < FILL_REPS; r++) {
+          v = 0x20 + r + run;
+          const [a, b] = await both(run + r, () => gbs(k.buffer, v), () => gbs(m.buffer, v));
+          ks.push(a);
+          os_.push(b);
+        }
+        later.k.push(median(ks));
+        later.o.push(median(os_));
+        await m.unmap();
+        bad += await misreads(f, [0, size / PAGE / 2, size / PAGE - 1], () => v);
+        await drop(p.pool, f, 'fill');
+      } finally {
+        k.close();
+        await p.close();
+      }
+    }
+    const pool = churn ? 'churned pool' : 'fresh pool';
+    const base = `kernel MAP_SHARED tmpfs file, every page touched once first, the same pass (GB/s; ratio: bandwidth, higher is better)`;
+    add(t, { id: churn ? '7c' : '7a', what: ORDER[churn ? 11 : 9]!.what, unit: 'GB/s', baseline: base, ours: first.o, base: first.k, aim: aim.ratioAtLeast(0.95), note: `a new ${pool} per run` });
+    add(t, { id: churn ? '7d' : '7b', what: ORDER[churn ? 12 : 10]!.what, unit: 'GB/s', baseline: base, ours: later.o, base: later.k, aim: aim.ratioAtLeast(0.95), note: `${FILL_REPS} passes per run, alternating with the kernel's` });
+  }
+  t.equal(bad, 0, 'every sampled page holds the last fill');
+});
+
+t.test('rows 8 and 9: daxmapd, two clients vs one, and vs embedded', async (t) => {
+  const d = await DaemonBench.start(DAEMON_MB);
+  t.teardown(() => d.stop());
+  const one: number[] = [];
+  const two: number[] = [];
+  const embedded: number[] = [];
+  const daemon: number[] = [];
+  for (let run = 0; run < RUNS; run++) {
+    const r = await d.run(run);
+    one.push(r.oneFaultsPerSec);
+    two.push(r.twoFaultsPerSec);
+    embedded.push(r.embeddedUs);
+    daemon.push(r.daemonUs);
+  }
+  t.equal(d.bad, 0, 'every sampled page read back its store');
+  t.equal(d.sigbus, 0, 'no fault was answered with SIGBUS');
+  add(t, { id: '8', what: ORDER[13]!.what, unit: 'faults/s', baseline: 'daxmapd, one client alone (throughput; ratio higher is better)', ours: two, base: one, aim: aim.ratioAtLeast(1.6), note: `${os.cpus().length} CPUs` });
+  add(t, { id: '9', what: ORDER[14]!.what, unit: 'µs/fault', baseline: 'embedded pool (service in a worker thread), same client process, same order', ours: daemon, base: embedded, aim: aim.ratioAtMost(1.5), note: 'mean µs per touch (wall time / pages)' });
+});
+
+t.test('row 10: write faults, preallocated / allocating / allocating + sync', async (t) => {
+  const size = SYNC_FAULTS * PAGE;
+  let bad = 0;
+  for (const [ids, dir, kind] of [[['10a', '10b', '10c'], SHM, 'tmpfs'], [['10d', '10e', '10f'], DISK, `disk (${DISK})`]] as const) {
+    const kernel: number[] = [];
+    const pre: number[] = [];
+    const alloc: number[] = [];
+    const sync: number[] = [];
+    const p = await freshPool(dir, 64 * MiB);
+    try {
+      for (let run = 0; run < RUNS; run++) {
+        const order = shuffled(SYNC_FAULTS, 0x56789ab + run);
+        const cases: [number[], number | undefined, boolean][] = [[pre, 0x77, false], [alloc, undefined, false], [sync, undefined, true]];
+        await both(run,
+          () => { kernel.push(kernelTouch(dir, size, order, true, run, { each: true })); },
+          async () => {
+            for (const [out, fillByte, syncMap] of cases) {
+              const f = await poolFile(p.pool, `f-${run}`, size, fillByte);
+              const m = await f.map({ faultAround: false, sync: syncMap });
+              out.push(touchEachMedian(m.buffer, order, run));
+              await m.unmap();
+              bad += await misreads(f, order, stampOf(run));
+              await drop(p.pool, f, `f-${run}`);
+            }
+          });
+      }
+    } finally {
+      await p.close();
+    }
+    add(t, { id: ids[0], what: ORDER.find((o) => o.id === ids[0])!.what, unit: 'µs/fault', baseline: `kernel MAP_SHARED ${kind} file, fresh, first-touch writes, same order`, ours: pre, base: kernel, aim: aim.none(), note: `each of the ${SYNC_FAULTS} stores timed alone: the median per run (here and in the next two rows)` });
+    add(t, { id: ids[1], what: ORDER.find((o) => o.id === ids[1])!.what, unit: 'µs/fault', baseline: `daxmap preallocated (row ${ids[0]})`, ours: alloc, base: pre, aim: aim.none('kernel shape 2.2x') });
+    add(t, { id: ids[2], what: ORDER.find((o) => o.id === ids[2])!.what, unit: 'µs/fault', baseline: `daxmap preallocated (row ${ids[0]})`, ours: sync, base: pre, aim: aim.none('kernel shape 12.4x') });
+  }
+  t.equal(bad, 0, 'every sampled page reads back its store');
+});
+
+t.test('row 11: private mapping of a written file, random 4 KiB first-touch reads and writes', async (t) => {
+  const size = PRIVATE_MB * MiB;
+  const pages = size / PAGE;
+  const fill = 0x3c;
+  const kRead: number[] = [];
+  const kWrite: number[] = [];
+  const oRead: number[] = [];
+  const oWrite: number[] = [];
+  let bad = 0;
+  const p = await freshPool(SHM, size + 64 * MiB);
+  t.teardown(() => p.close());
+  const f = await poolFile(p.pool, 'private', size, fill);
+  for (let run = 0; run < RUNS; run++) {
+    const order = shuffled(pages, 0x6789abc + run);
+    await both(run,
+      () => {
+        kRead.push(kernelTouch(SHM, size, order, false, run, { fillByte: fill, private: true }));
+        kWrite.push(kernelTouch(SHM, size, order, true, run, { fillByte: fill, private: true }));
+      },
+      async () => {
+        let m = await f.map({ private: true, faultAround: false });
+        const s0 = sink;
+        oRead.push(touch(m.buffer, order, false, run));
+        if (sink - s0 !== pages * fill) bad++;
+        await m.unmap();
+        m = await f.map({ private: true, faultAround: false });
+        oWrite.push(touch(m.buffer, order, true, run));
+        if (m.buffer[spot(order[0]!)] !== stampOf(run)(order[0]!)) bad++;
+        await m.unmap();
+        bad += await misreads(f, order, () => fill); // the file never changes
+      });
+  }
+  await f.close();
+  t.equal(bad, 0, 'private reads saw the file, private writes stayed private');
+  add(t, { id: '11a', what: ORDER[21]!.what, unit: 'µs/fault', baseline: 'kernel MAP_PRIVATE of a written tmpfs file, fresh mapping, same order', ours: oRead, base: kRead, aim: aim.none(), note: 'faultAround: false' });
+  add(t, { id: '11b', what: ORDER[22]!.what, unit: 'µs/fault', baseline: 'kernel MAP_PRIVATE of a written tmpfs file, fresh mapping, same order', ours: oWrite, base: kWrite, aim: aim.none(), note: 'faultAround: false' });
+});
+
+t.test('the table', async (t) => {
+  const lines = tableLines(results, ORDER);
+  const json = writeJson(results, {
+    date: new Date().toISOString(), runs: RUNS, cpus: os.cpus().length, kernel: os.release(), node: process.version,
+    diskDir: DISK, note: 'per-run ratios daxmap / baseline; each pair measured in the same run',
+  });
+  t.comment(`daxmap benchmark table: ${RUNS} runs per row, ${os.cpus().length} CPUs, Linux ${os.release()}, ${new Date().toISOString()}`);
+  for (const l of lines) t.comment(l);
+  t.comment(`the same figures as JSON: ${json}`);
+  t.equal(results.length, ORDER.length, 'every row was measured');
+  t.equal(baselineBad, 0, 'every kernel baseline run stored into its mapping (and its file, unless MAP_PRIVATE)');
+});
