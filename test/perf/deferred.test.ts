@@ -5,7 +5,8 @@
 // (default policy, fault-around on; one 1-byte store per 4 KiB page) and random
 // 4 KiB first-touch writes with fault-around off. The time of the flush that follows
 // (Mapping.flush for daxmap: data msync + conversions logged; msync for the kernel)
-// is shown apart: the deferred conversion moves the durability cost there.
+// is shown apart: the deferred conversion moves the durability cost there. A tmpfs
+// pool is measured in the same runs: the cost of the fault path without the disk.
 // Prints figures; asserts only that every run completed and the data reads back.
 // Sizes: DAXMAP_BENCH_DEFERRED_SEQ_MB (default 256), DAXMAP_BENCH_DEFERRED_RANDOM_MB
 // (default 8); DAXMAP_BENCH_DEFERRED_DIR (default /var/tmp).
@@ -66,72 +67,83 @@ const cases = [
   { what: 'random 4 KiB first-touch writes, fault-around off', mb: envInt('DAXMAP_BENCH_DEFERRED_RANDOM_MB', 8), random: true, aim: '<= 3x' },
 ] as const;
 
+type MapOpts = { faultAround?: boolean };
+
+/** One timed first touch of a fresh file of `size` in `pool`, its flush, and a spot check of 64 pages through file.read. */
+async function poolRun(pool: Pool, name: string, size: number, order: Uint32Array, run: number, mapOpts: MapOpts): Promise<Times & { checked: number }> {
+  const f = await pool.openFile(name, { create: true });
+  await f.truncate(size);
+  const m = await f.map(mapOpts);
+  const tt = touch(m.buffer, order, stampOf(run));
+  const t0 = process.hrtime.bigint();
+  await m.flush();
+  const tf = Number(process.hrtime.bigint() - t0);
+  await m.unmap();
+  const pages = size / PAGE;
+  const page = Buffer.alloc(PAGE);
+  const stamp = stampOf(run);
+  let checked = 0;
+  for (let k = 0; k < 64; k++) {
+    const p = Math.floor((k * pages) / 64);
+    await f.read(page, p * PAGE);
+    if (page[p % 4093] === stamp(p) && page[(p % 4093) ^ 1] === 0) checked++;
+  }
+  await f.close();
+  await pool.unlink(name);
+  return { touch: tt, flush: tf, checked };
+}
+
 for (const c of cases) {
   t.test(`${c.what}, disk-file pool in ${DIR}, ${c.mb} MiB`, async (t) => {
     const size = c.mb * MiB;
     const pages = size / PAGE;
-    const poolPath = tempPath('pool');
-    t.teardown(() => fs.rmSync(poolPath, { force: true }));
-    const pool = await Pool.create(poolPath, { size: size + 128 * MiB });
-    t.teardown(() => pool.close());
-    const mapOpts = c.random ? { faultAround: false } : {};
-
-    {
-      // Warm-up (not timed): the service's JIT, the pool's first allocations.
-      const f = await pool.openFile('warmup', { create: true });
-      await f.truncate(4 * MiB);
-      const m = await f.map(mapOpts);
-      touch(m.buffer, c.random ? shuffled(1024, 1) : sequential(1024), stampOf(0));
-      await m.flush();
-      await m.unmap();
-      await f.close();
-      await pool.unlink('warmup');
+    const mapOpts: MapOpts = c.random ? { faultAround: false } : {};
+    const pools: Pool[] = [];
+    for (const where of ['disk', 'tmpfs'] as const) {
+      const poolPath = where === 'disk' ? tempPath('pool') : `/dev/shm/daxmap-bench-deferred-${process.pid}-${seq++}`;
+      t.teardown(() => fs.rmSync(poolPath, { force: true }));
+      const pool = await Pool.create(poolPath, { size: size + 128 * MiB });
+      t.teardown(() => pool.close());
+      // warm-up (not timed): the service's JIT, the pool's first allocations
+      await poolRun(pool, 'warmup', 4 * MiB, c.random ? shuffled(1024, 1) : sequential(1024), 0, mapOpts);
+      pools.push(pool);
     }
-    const before = await pool.stats();
+    const [disk, shm] = pools as [Pool, Pool];
+    const before = await disk.stats();
     const kernel: Times[] = [];
     const trapped: Times[] = [];
+    const tmpfs: Times[] = [];
     let checked = 0;
     for (let run = 0; run < RUNS; run++) {
       const order = c.random ? shuffled(pages, 0x1234567 + run) : sequential(pages);
       kernel.push(kernelRun(size, order, run));
-      const name = `deferred-${run}`;
-      const f = await pool.openFile(name, { create: true });
-      await f.truncate(size);
-      const m = await f.map(mapOpts);
-      const tt = touch(m.buffer, order, stampOf(run));
-      const t0 = process.hrtime.bigint();
-      await m.flush();
-      trapped.push({ touch: tt, flush: Number(process.hrtime.bigint() - t0) });
-      await m.unmap();
-      const page = Buffer.alloc(PAGE);
-      const stamp = stampOf(run);
-      for (let k = 0; k < 64; k++) {
-        const p = Math.floor((k * pages) / 64);
-        await f.read(page, p * PAGE);
-        if (page[p % 4093] !== stamp(p) || page[(p % 4093) ^ 1] !== 0) t.fail(`run ${run}: page ${p} reads back wrong`);
-        else checked++;
-      }
-      await f.close();
-      await pool.unlink(name);
+      const d = await poolRun(disk, `deferred-${run}`, size, order, run, mapOpts);
+      trapped.push(d);
+      tmpfs.push(await poolRun(shm, `deferred-${run}`, size, order, run, mapOpts));
+      checked += d.checked;
     }
-    const after = await pool.stats();
+    const after = await disk.stats();
 
     const us = (xs: Times[], k: keyof Times): number[] => xs.map((x) => x[k] / 1000 / pages);
     const ms = (xs: Times[], k: keyof Times): number[] => xs.map((x) => x[k] / 1e6);
+    const label = `daxmap map(${c.random ? '{ faultAround: false }' : ''})`;
     t.comment(`${RUNS} runs; each touches all ${pages} pages of a fresh ${c.mb} MiB file once (one 1-byte store per page)`);
     for (const l of tableOf('µs per page, first touch', [
       { label: 'kernel MAP_SHARED disk file (baseline)', runs: us(kernel, 'touch') },
-      { label: `daxmap map(${c.random ? '{ faultAround: false }' : ''})`, runs: us(trapped, 'touch') },
+      { label: `${label}, disk-file pool`, runs: us(trapped, 'touch') },
+      { label: `${label}, tmpfs pool (the fault path alone)`, runs: us(tmpfs, 'touch') },
     ], us(kernel, 'touch'))) t.comment(l);
     for (const l of tableOf('ms, the flush after it', [
       { label: 'kernel msync of the whole mapping (baseline)', runs: ms(kernel, 'flush') },
-      { label: 'daxmap Mapping.flush()', runs: ms(trapped, 'flush') },
+      { label: 'daxmap Mapping.flush(), disk-file pool', runs: ms(trapped, 'flush') },
     ], ms(kernel, 'flush'))) t.comment(l);
     t.comment(`per-run first-touch ratio daxmap/kernel min / median / max: ${fmtSummary(pairedRatio(trapped.map((x) => x.touch), kernel.map((x) => x.touch)), 2, 'x')} (aim: ${c.aim})`);
+    t.comment(`per-run first-touch ratio disk-file pool / tmpfs pool min / median / max: ${fmtSummary(pairedRatio(trapped.map((x) => x.touch), tmpfs.map((x) => x.touch)), 2, 'x')}`);
     t.comment(`per-run touch+flush ratio daxmap/kernel min / median / max: ${fmtSummary(pairedRatio(trapped.map((x) => x.touch + x.flush), kernel.map((x) => x.touch + x.flush)), 2, 'x')}`);
-    t.comment(`pool fault stats over the timed runs: ${faultLine(after, before)}`);
+    t.comment(`disk-file pool fault stats over the timed runs: ${faultLine(after, before)}`);
     t.equal(kernel.length, RUNS, 'every kernel run completed');
-    t.equal(trapped.length, RUNS, 'every pool run completed');
+    t.equal(trapped.length, RUNS, 'every disk-file pool run completed');
+    t.equal(tmpfs.length, RUNS, 'every tmpfs pool run completed');
     t.equal(checked, RUNS * 64, 'every spot-checked page read back its store');
     t.equal(after.sigbus - before.sigbus, 0, 'no fault was answered with SIGBUS');
   });

@@ -60,6 +60,27 @@ function deferredPool(opts: { logBytes?: number; writebackMs?: number } = {}): {
 
 const queued = (pool: PoolFs): number => coreOf(pool).txn.unconverted.blocks;
 
+/** A deferred pool with a file 'f' of `size` bytes. */
+async function withFile(size: number, opts: { logBytes?: number; writebackMs?: number } = {}): Promise<{ pool: PoolFs; storage: MemoryStorage; f: PoolFsFile }> {
+  const { pool, storage } = deferredPool(opts);
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(size);
+  return { pool, storage, f };
+}
+
+/** File 'f' as a power cut now leaves it: its bytes and its extents' states. */
+async function afterCrash(t: Tap.Test, storage: MemoryStorage): Promise<{ data: Buffer; states: string[] }> {
+  const p = await crash(t, storage);
+  const f = await p.openFile('f');
+  const data = await readAll(f);
+  const states = (await f.stat()).extents.map((e) => e.state);
+  await p.close();
+  return { data, states };
+}
+
+/** True when bytes [from, to) of `b` all equal `v`. */
+const all = (b: Buffer, v: number, from = 0, to = b.length): boolean => b.subarray(from, to).every((x) => x === v);
+
 t.test('a fault on a hole is written in memory and unwritten on the medium until fsync', async (t) => {
   const { pool, storage } = deferredPool();
   const f = await pool.openFile('f', { create: true });
@@ -70,27 +91,18 @@ t.test('a fault on a hole is written in memory and unwritten on the medium until
   const ip = poolInternals(pool);
   t.equal(ip.lookup(ip.inode(f), 0).state, 'written', 'lookup: written');
   t.same((await f.stat()).extents.map((e) => e.state), ['written'], 'stat: written');
-  t.ok((await readAll(f)).subarray(0, 4 * B).every((x) => x === 0xab), 'file.read sees the stores');
+  t.ok(all(await readAll(f), 0xab, 0, 4 * B), 'file.read sees the stores');
   t.equal(queued(pool), 4, 'four blocks wait for conversion');
   await g.fsync(); // makes the log durable: the unwritten records, not the zeros or the data
   t.equal(queued(pool), 4, 'another file\'s fsync leaves them queued');
-  {
-    const p = await crash(t, storage);
-    const pf = await p.openFile('f');
-    t.same((await pf.stat()).extents.map((e) => e.state), ['unwritten'], 'on the medium: unwritten');
-    t.ok((await readAll(pf)).every((x) => x === 0), 'a crash before the conversion reads zeros');
-    await p.close();
-  }
+  const before = await afterCrash(t, storage);
+  t.same(before.states, ['unwritten'], 'on the medium: unwritten');
+  t.ok(all(before.data, 0), 'a crash before the conversion reads zeros');
   await f.fsync();
   t.equal(queued(pool), 0, 'fsync converted them');
-  {
-    const p = await crash(t, storage);
-    const pf = await p.openFile('f');
-    t.same((await pf.stat()).extents.map((e) => e.state), ['written'], 'on the medium: written');
-    const back = await readAll(pf);
-    t.ok(back.subarray(0, 4 * B).every((x) => x === 0xab) && back.subarray(4 * B).every((x) => x === 0), 'every fsync\'ed byte is there');
-    await p.close();
-  }
+  const after = await afterCrash(t, storage);
+  t.same(after.states, ['written'], 'on the medium: written');
+  t.ok(all(after.data, 0xab, 0, 4 * B) && all(after.data, 0, 4 * B), 'every fsync\'ed byte is there');
   await pool.close();
 });
 
@@ -103,14 +115,9 @@ t.test('a fault on an unwritten (fallocated) block converts it in memory only', 
   await fault(pool, f, 2 * B, B, 0x77);
   t.equal(coreOf(pool).txn.log.appended, appended, 'no record: the block is already unwritten on the medium');
   t.same((await f.stat()).extents.map((e) => e.state), ['unwritten', 'written', 'unwritten']);
-  const p = await crash(t, storage);
-  t.ok((await readAll(await p.openFile('f'))).every((x) => x === 0), 'crash before conversion: zeros');
-  await p.close();
+  t.ok(all((await afterCrash(t, storage)).data, 0), 'crash before conversion: zeros');
   await pool.sync();
-  const p2 = await crash(t, storage);
-  const back = await readAll(await p2.openFile('f'));
-  t.ok(back.subarray(2 * B, 3 * B).every((x) => x === 0x77), 'pool.sync() converted it with its data');
-  await p2.close();
+  t.ok(all((await afterCrash(t, storage)).data, 0x77, 2 * B, 3 * B), 'pool.sync() converted it with its data');
   await pool.close();
 });
 
@@ -132,20 +139,16 @@ t.test('a block freed by another file and reallocated by a fault reads zeros aft
   const exts: { deviceOffset: number; length: number }[] = [];
   for (let off = 0; off < size; off += 64 * B) exts.push(...await fault(pool, n, off, Math.min(64 * B, size - off), null));
   t.ok(coreOf(pool).txn.checkpoints > ckpts, 'allocation pressure made the freed blocks reusable (checkpoint)');
-  for (const e of exts) if (storage.view(e.deviceOffset, e.length).indexOf(SECRET) >= 0) t.fail('the pattern is visible through the device in memory');
+  t.equal(exts.filter((e) => storage.view(e.deviceOffset, e.length).indexOf(SECRET) >= 0).length, 0, 'in memory the blocks are zeroed');
   await g.fsync(); // the unwritten records are durable; the zeroes are not
-  const img = storage.crashImage();
-  let stale = 0;
-  for (const e of exts) {
-    const m = new MemoryStorage(storage.size, { from: img });
-    if (m.view(e.deviceOffset, e.length).indexOf(SECRET) >= 0) stale++;
-  }
-  t.ok(stale > 0, 'the durable bytes of the reallocated blocks still hold the old file\'s pattern');
+  const durable = new MemoryStorage(storage.size, { from: storage.crashImage() });
+  const stale = exts.filter((e) => durable.view(e.deviceOffset, e.length).indexOf(SECRET) >= 0).length;
+  t.ok(stale > 0, `the durable bytes of ${stale} reallocated extents still hold the old file's pattern`);
   const p = await crash(t, storage);
   const back = await readAll(await p.openFile('n'));
   t.equal(back.length, size);
   t.equal(back.indexOf(SECRET), -1, 'the pattern never shows through the new file');
-  t.ok(back.every((x) => x === 0), 'it reads zeros');
+  t.ok(all(back, 0), 'it reads zeros');
   await p.close();
   await pool.close();
 });
@@ -154,18 +157,18 @@ type Freer = (pool: PoolFs, f: PoolFsFile) => Promise<void>;
 const freers: Record<string, { free: Freer; check: (t: Tap.Test, p: PoolFs) => Promise<void> }> = {
   'punch hole': {
     free: async (_p, f) => { await f.punchHole(0, 8 * B); },
-    check: async (t, p) => { t.ok((await readAll(await p.openFile('f'))).every((x) => x === 0), 'the punched range reads zeros'); },
+    check: async (t, p) => { t.ok(all(await readAll(await p.openFile('f')), 0), 'the punched range reads zeros'); },
   },
   'zero range': {
     free: async (_p, f) => { await f.zeroRange(0, 8 * B, { keepSize: true }); },
-    check: async (t, p) => { t.ok((await readAll(await p.openFile('f'))).every((x) => x === 0), 'the zeroed range reads zeros'); },
+    check: async (t, p) => { t.ok(all(await readAll(await p.openFile('f')), 0), 'the zeroed range reads zeros'); },
   },
   truncate: {
     free: async (_p, f) => { await f.truncate(0); await f.truncate(8 * B); },
     check: async (t, p) => {
       const f = await p.openFile('f');
       t.equal((await f.stat()).allocated, 0, 'no block left');
-      t.ok((await readAll(f)).every((x) => x === 0), 'reads zeros');
+      t.ok(all(await readAll(f), 0), 'reads zeros');
     },
   },
   unlink: {
@@ -180,9 +183,7 @@ const freers: Record<string, { free: Freer; check: (t: Tap.Test, p: PoolFs) => P
 
 for (const [how, { free, check }] of Object.entries(freers)) {
   t.test(`${how} drops the queued conversion of the blocks it frees`, async (t) => {
-    const { pool, storage } = deferredPool();
-    const f = await pool.openFile('f', { create: true });
-    await f.truncate(8 * B);
+    const { pool, storage, f } = await withFile(8 * B);
     await fault(pool, f, 0, 8 * B, 0x5a);
     t.equal(queued(pool), 8);
     await free(pool, f);
@@ -195,82 +196,58 @@ for (const [how, { free, check }] of Object.entries(freers)) {
     if (how !== 'unlink' && how !== 'rename over') {
       await fault(pool, f, B, B, 0x66);
       await pool.sync();
-      const p2 = await crash(t, storage);
-      const back = await readAll(await p2.openFile('f'));
-      t.ok(back.subarray(B, 2 * B).every((x) => x === 0x66) && back.subarray(2 * B).every((x) => x === 0), 'a new fault after it is converted with its own data');
-      await p2.close();
+      const { data } = await afterCrash(t, storage);
+      t.ok(all(data, 0x66, B, 2 * B) && all(data, 0, 2 * B), 'a new fault after it is converted with its own data');
     }
     await pool.close();
   });
 }
 
 t.test('a sync fault over a queued block makes its conversion durable before it returns', async (t) => {
-  const { pool, storage } = deferredPool();
-  const f = await pool.openFile('f', { create: true });
-  await f.truncate(4 * B);
+  const { pool, storage, f } = await withFile(4 * B);
   await fault(pool, f, 0, B, 0x21);
   await fault(pool, f, 0, B, null, { sync: true });
   t.equal(queued(pool), 0, 'converted');
-  const p = await crash(t, storage);
-  t.ok((await readAll(await p.openFile('f'))).subarray(0, B).every((x) => x === 0x21), 'the stores made before the sync fault survive');
-  await p.close();
+  t.ok(all((await afterCrash(t, storage)).data, 0x21, 0, B), 'the stores made before the sync fault survive');
   // a sync fault on a hole: written and durable at once, never queued
   await fault(pool, f, 2 * B, B, null, { sync: true });
   t.equal(queued(pool), 0, 'a sync fault is never deferred');
-  const p2 = await crash(t, storage);
-  const st = await (await p2.openFile('f')).stat();
-  t.equal(st.allocated, 2 * B, 'both blocks are on the medium');
-  t.ok(st.extents.every((e) => e.state === 'written'), 'both written');
-  await p2.close();
+  t.same((await afterCrash(t, storage)).states, ['written', 'written'], 'both blocks are written on the medium');
   await pool.close();
 });
 
 t.test('the periodic writeback converts without an fsync', async (t) => {
-  const { pool, storage } = deferredPool({ writebackMs: 10 });
-  const f = await pool.openFile('f', { create: true });
-  await f.truncate(4 * B);
+  const { pool, storage, f } = await withFile(4 * B, { writebackMs: 10 });
   await fault(pool, f, 0, 2 * B, 0x42);
   await until(() => queued(pool) === 0, 'the writeback to convert the queued blocks');
-  const p = await crash(t, storage);
-  t.ok((await readAll(await p.openFile('f'))).subarray(0, 2 * B).every((x) => x === 0x42), 'the data is durable and written');
-  await p.close();
+  t.ok(all((await afterCrash(t, storage)).data, 0x42, 0, 2 * B), 'the data is durable and written');
   await pool.close();
 });
 
 t.test('a backlog of queued conversions starts a writeback at once', async (t) => {
-  const { pool, storage } = deferredPool({ writebackMs: 3600_000 });
+  const { pool, storage, f } = await withFile(16 * B, { writebackMs: 3600_000 });
   coreOf(pool).writebackRuns = 3;
-  const f = await pool.openFile('f', { create: true });
-  await f.truncate(16 * B);
   for (const p of [0, 4, 8, 12]) await fault(pool, f, p * B, B, 0x30 + p);
   await until(() => queued(pool) === 0, 'the backlog writeback');
-  const p = await crash(t, storage);
-  const back = await readAll(await p.openFile('f'));
-  for (const pg of [0, 4, 8, 12]) t.ok(back.subarray(pg * B, pg * B + B).every((x) => x === 0x30 + pg), `page ${pg} converted with its data`);
-  await p.close();
+  const { data } = await afterCrash(t, storage);
+  for (const pg of [0, 4, 8, 12]) t.ok(all(data, 0x30 + pg, pg * B, pg * B + B), `page ${pg} converted with its data`);
   await pool.close();
 });
 
 t.test('a checkpoint records queued blocks written after making their data durable', async (t) => {
-  const { pool, storage } = deferredPool();
-  const f = await pool.openFile('f', { create: true });
-  await f.truncate(4 * B);
+  const { pool, storage, f } = await withFile(4 * B);
   await fault(pool, f, 0, B, 0x99);
   const core = coreOf(pool);
   await withOperation('test.checkpoint', () => core.txn.locked(() => core.txn.checkpoint()));
   t.equal(queued(pool), 0, 'the checkpoint emptied the queue');
-  const p = await crash(t, storage);
-  const pf = await p.openFile('f');
-  t.same((await pf.stat()).extents.map((e) => e.state), ['written']);
-  t.ok((await readAll(pf)).subarray(0, B).every((x) => x === 0x99), 'with its data');
-  await p.close();
+  const { data, states } = await afterCrash(t, storage);
+  t.same(states, ['written']);
+  t.ok(all(data, 0x99, 0, B), 'with its data');
   await pool.close();
 });
 
 t.test('a conversion whose data cannot be made durable stays queued, and fsync fails', async (t) => {
-  const { pool, storage } = deferredPool();
-  const f = await pool.openFile('f', { create: true });
-  await f.truncate(4 * B);
+  const { pool, storage, f } = await withFile(4 * B);
   await f.fsync();
   await fault(pool, f, 0, B, 0x55);
   const persist = storage.persist.bind(storage);
@@ -278,30 +255,21 @@ t.test('a conversion whose data cannot be made durable stays queued, and fsync f
   await t.rejects(f.fsync(), { code: 'EIO' });
   t.equal(queued(pool), 1, 'still queued');
   storage.persist = persist;
-  const p = await crash(t, storage);
-  t.ok((await readAll(await p.openFile('f'))).every((x) => x === 0), 'not converted: zeros after a crash');
-  await p.close();
+  t.ok(all((await afterCrash(t, storage)).data, 0), 'not converted: zeros after a crash');
   await f.fsync();
   t.equal(queued(pool), 0);
-  const p2 = await crash(t, storage);
-  t.ok((await readAll(await p2.openFile('f'))).subarray(0, B).every((x) => x === 0x55), 'the next fsync converted it');
-  await p2.close();
+  t.ok(all((await afterCrash(t, storage)).data, 0x55, 0, B), 'the next fsync converted it');
   await pool.close();
 });
 
 t.test('close converts everything; the reopened pool has every byte', async (t) => {
-  const { pool, storage } = deferredPool();
-  const f = await pool.openFile('f', { create: true });
-  await f.truncate(64 * B);
+  const { pool, storage, f } = await withFile(64 * B);
   for (let p = 0; p < 64; p += 3) await fault(pool, f, p * B, B, p + 1);
   await pool.close();
-  const p = await crash(t, storage);
-  const back = await readAll(await p.openFile('f'));
-  for (let pg = 0; pg < 64; pg++) {
-    const want = pg % 3 === 0 ? pg + 1 : 0;
-    if (!back.subarray(pg * B, pg * B + B).every((x) => x === want)) t.fail(`page ${pg} reads wrong`);
-  }
-  await p.close();
+  const { data } = await afterCrash(t, storage);
+  const wrong = [];
+  for (let pg = 0; pg < 64; pg++) if (!all(data, pg % 3 === 0 ? pg + 1 : 0, pg * B, pg * B + B)) wrong.push(pg);
+  t.same(wrong, [], 'every page reads what was stored in it, or zeros');
 });
 
 t.test('the deferral is on by default for disk-file pools only', async (t) => {
