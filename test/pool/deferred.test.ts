@@ -287,3 +287,44 @@ t.test('the deferral is on by default for disk-file pools only', async (t) => {
   t.equal(coreOf(pool).deferConversion, false, 'memory: off unless asked for');
   await pool.close();
 });
+
+t.test('through the package API on a disk-file pool: a copy of the device reads zeros or the stores before Mapping.flush, and every store after it', async (t) => {
+  const { Pool } = await import('../../dist/index.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'daxmap-defer-api-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dev = path.join(dir, 'pool');
+  const pool = await Pool.create(dev, { size: 32 << 20 });
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(64 * B);
+  await f.fsync();
+  const m = await f.map({ faultAround: false });
+  for (let p = 0; p < 64; p += 2) m.buffer.fill(p + 1, p * B, (p + 1) * B);
+  t.same((await f.stat()).extents.every((e) => e.state === 'written'), true, 'the faulted blocks are written as the pool sees them');
+  /** What the device file holds now (as a SIGKILL would leave it), reopened. */
+  const copy = async (what: string): Promise<{ data: Buffer; states: string[] }> => {
+    const c = path.join(dir, what);
+    fs.copyFileSync(dev, c);
+    const p = await PoolFs.open(c);
+    t.same(coreOf(p).checkState(), [], `${what}: consistent`);
+    const cf = await p.openFile('f');
+    const out = { data: await readAll(cf), states: (await cf.stat()).extents.map((e) => e.state) };
+    await p.close();
+    return out;
+  };
+  const pageOk = (data: Buffer, p: number, converted: boolean): boolean => {
+    const want = p % 2 === 0 ? p + 1 : 0;
+    return all(data, want, p * B, (p + 1) * B) || (!converted && all(data, 0, p * B, (p + 1) * B));
+  };
+  const early = await copy('before-flush');
+  const badEarly = [];
+  for (let p = 0; p < 64; p++) if (!pageOk(early.data, p, false)) badEarly.push(p);
+  t.same(badEarly, [], 'before the flush every page reads zeros or its stores (unwritten until converted)');
+  await m.flush();
+  const late = await copy('after-flush');
+  const badLate = [];
+  for (let p = 0; p < 64; p++) if (!pageOk(late.data, p, true)) badLate.push(p);
+  t.same(badLate, [], 'after the flush every store is there');
+  t.ok(late.states.every((s) => s === 'written'), 'and the blocks are written on the medium');
+  await m.unmap();
+  await pool.close();
+});
