@@ -14,6 +14,29 @@ import type { Inode, Segment } from './state';
 
 const B = BLOCK_SIZE;
 
+/**
+ * Persist device block runs, merging those that touch or overlap. On a regular
+ * file, several runs are persisted with one msync over their span: each msync of a
+ * file is an fsync of its range (a journal commit and a cache flush on ext4), while
+ * the clean pages in between cost nothing to sync.
+ */
+export function persistRuns(storage: Storage, runs: Run[]): void {
+  if (runs.length === 0) return;
+  runs.sort((a, b) => a.start - b.start);
+  if (storage.kind === 'file') {
+    let end = 0;
+    for (const r of runs) end = Math.max(end, r.start + r.len);
+    storage.persist(runs[0]!.start * B, (end - runs[0]!.start) * B);
+    return;
+  }
+  let cur: Run | null = null;
+  for (const r of runs) {
+    if (cur && cur.start + cur.len >= r.start) cur.len = Math.max(cur.len, r.start + r.len - cur.start);
+    else { if (cur) storage.persist(cur.start * B, cur.len * B); cur = { ...r }; }
+  }
+  if (cur) storage.persist(cur.start * B, cur.len * B);
+}
+
 export class BlockIo {
   constructor(private readonly storage: Storage) {}
 
@@ -28,13 +51,7 @@ export class BlockIo {
 
   /** Persist device block runs, merging those that touch or overlap. */
   persistRuns(runs: Run[]): void {
-    runs.sort((a, b) => a.start - b.start);
-    let cur: Run | null = null;
-    for (const r of runs) {
-      if (cur && cur.start + cur.len >= r.start) cur.len = Math.max(cur.len, r.start + r.len - cur.start);
-      else { if (cur) this.storage.persist(cur.start * B, cur.len * B); cur = { ...r }; }
-    }
-    if (cur) this.storage.persist(cur.start * B, cur.len * B);
+    persistRuns(this.storage, runs);
   }
 
   private markDirty(f: Inode, dev: number, len: number): void {

@@ -19,7 +19,7 @@ import type { Run } from './allocator';
 import { BlockIo } from './blocks';
 import { checkState } from './check';
 import { BLOCK_SIZE, GROUP_BLOCKS, MAX_FILE_SIZE, readSuperblock, writeSuperblocks, type Geometry, type Superblock } from './format';
-import { RecType, STATE_UNWRITTEN, STATE_WRITTEN, type LogRecord } from './log';
+import { RecType, STATE_UNWRITTEN, STATE_WRITTEN, type ExtentStateCode, type LogRecord } from './log';
 import { replay, type OpenInfo } from './replay';
 import { FsState, allWritten, goalFor, lastExtentEnd, segments, validateName, type ExtentState, type Inode } from './state';
 import { Journal } from './txn';
@@ -68,6 +68,16 @@ export class PoolCore {
   readonly geometry: Geometry;
   readonly blocks: BlockIo;
   invalidator: Invalidator = async () => {};
+  /**
+   * Write faults of non-sync mappings record new blocks unwritten and convert them
+   * later (materialiseDeferred). On for disk-file pools, where persisting a block
+   * is an msync that writes to the disk; off on tmpfs (no I/O to save) and devdax.
+   */
+  deferConversion: boolean;
+  /** Queued conversions that call onBacklog (a writeback soon): runs, blocks. */
+  writebackRuns = 16384;
+  writebackBlocks = 262144;
+  onBacklog: () => void = () => {};
 
   private constructor(
     readonly storage: Storage,
@@ -77,6 +87,7 @@ export class PoolCore {
   ) {
     this.geometry = state.geometry;
     this.blocks = new BlockIo(storage);
+    this.deferConversion = storage.kind === 'file';
   }
 
   /** Open a formatted storage: superblock, checkpoint, log replay. Throws EBADF for anything not a sound pool. */
@@ -128,38 +139,76 @@ export class PoolCore {
    * recording them. Caller holds alloc + log; returns the records (not yet committed).
    */
   private materialise(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean): LogRecord[] {
+    const { recs, fresh, taken } = this.fill(f, fb0, fb1, data, dataOff, aligned, STATE_WRITTEN);
+    // zero before expose (docs/pool-format.md, ordering rule 1): the zeroes (and data)
+    // are durable before the records that expose them
+    try {
+      this.blocks.persistRuns(fresh);
+    } catch (e) {
+      this.unmarkAll(taken);
+      throw e;
+    }
+    return recs;
+  }
+
+  /**
+   * The deferred form of materialise (docs/pool.md, "Durability"): holes get blocks
+   * recorded as UNWRITTEN, and those and the unwritten blocks of [fb0, fb1) are zeroed
+   * in memory only, committed, then made written in memory alone and queued for
+   * conversion. A crash before the conversion is logged leaves them unwritten: they
+   * read as zeros, never as old bytes. Caller holds alloc + log.
+   */
+  private materialiseDeferred(f: Inode, fb0: number, fb1: number, aligned: boolean): void {
+    const { recs, fresh } = this.fill(f, fb0, fb1, null, 0, aligned, STATE_UNWRITTEN);
+    this.txn.commit(recs);
+    for (const r of fresh) {
+      this.state.apply({ t: RecType.Map, id: f.id, fb: r.fb, len: r.len, dev: r.start, state: STATE_WRITTEN }, false);
+      this.txn.unconverted.add(f, r.fb, r.start, r.len);
+    }
+    const q = this.txn.unconverted;
+    if (q.runs >= this.writebackRuns || q.blocks >= this.writebackBlocks) this.onBacklog();
+  }
+
+  /**
+   * Allocate the holes of [fb0, fb1) and fill them and its unwritten blocks with `data`
+   * (at file offset dataOff) or zeros, in memory. Returns the records for the newly
+   * allocated blocks (in `holeState`) and, with WRITTEN, for the unwritten ones, and
+   * every block filled. Caller holds alloc + log.
+   */
+  private fill(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, holeState: ExtentStateCode): { recs: LogRecord[]; fresh: (Run & { fb: number })[]; taken: Run[] } {
     const segs = segments(f, fb0, fb1);
     let holes = 0;
     for (const s of segs) if (s.state === 'hole') holes += s.len;
     this.txn.ensureSpace(holes);
     const recs: LogRecord[] = [];
-    const fresh: Run[] = [];
+    const fresh: (Run & { fb: number })[] = [];
     const taken: Run[] = [];
     try {
       for (const s of segs) {
         if (s.state === 'written') continue;
         if (s.state === 'unwritten') {
           this.blocks.fillBlocks(s.dev, s.fb, s.len, data, dataOff);
-          fresh.push({ start: s.dev, len: s.len });
-          recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len: s.len, dev: s.dev, state: STATE_WRITTEN });
+          fresh.push({ start: s.dev, len: s.len, fb: s.fb });
+          if (holeState === STATE_WRITTEN) recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len: s.len, dev: s.dev, state: STATE_WRITTEN });
           continue;
         }
         const pieces = this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), aligned);
         for (const p of pieces) {
           taken.push({ start: p.dev, len: p.len });
           this.blocks.fillBlocks(p.dev, p.fb, p.len, data, dataOff);
-          fresh.push({ start: p.dev, len: p.len });
-          recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len: p.len, dev: p.dev, state: STATE_WRITTEN });
+          fresh.push({ start: p.dev, len: p.len, fb: p.fb });
+          recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len: p.len, dev: p.dev, state: holeState });
         }
       }
-      // zero before expose (docs/pool-format.md, ordering rule 1): the zeroes (and data)
-      // are durable before the records that expose them
-      this.blocks.persistRuns(fresh);
     } catch (e) {
-      for (const t of taken) this.state.alloc.unmark(t.start, t.len);
+      this.unmarkAll(taken);
       throw e;
     }
-    return recs;
+    return { recs, fresh, taken };
+  }
+
+  private unmarkAll(taken: Run[]): void {
+    for (const t of taken) this.state.alloc.unmark(t.start, t.len);
   }
 
   // ---- file operations (PoolFs / PoolFsFile calls land here) ----
@@ -437,6 +486,7 @@ export class PoolCore {
   async fsync(f: Inode): Promise<void> {
     this.checkLive(f);
     this.blocks.flushDirty(f);
+    if (this.txn.unconverted.has(f)) await this.txn.locked(() => this.txn.convert([f]));
     const l = await this.txn.logLock.acquire();
     try {
       this.checkOpen();
@@ -454,8 +504,18 @@ export class PoolCore {
   async sync(checkpoint: boolean): Promise<void> {
     await this.txn.locked(() => {
       for (const f of this.state.files.values()) this.blocks.flushDirty(f);
+      this.txn.convert(null);
       if (checkpoint && this.txn.log.used > 0) this.txn.checkpoint();
       else this.txn.log.persist();
+    });
+  }
+
+  /** The periodic writeback: every queued conversion made durable (data, then the log). */
+  async writeback(): Promise<void> {
+    if (this.txn.unconverted.empty) return;
+    await this.txn.locked(() => {
+      this.txn.convert(null);
+      this.txn.log.persist();
     });
   }
 
@@ -483,16 +543,36 @@ export class PoolCore {
     if (fb1 * B > Math.ceil(f.size / B) * B) {
       throw daxError('EINVAL', `ensureWritten [${offset}, +${length}) passes EOF of '${f.name}' (${f.size} bytes)`);
     }
-    if (!allWritten(f, fb0, fb1) || (opts.sync && this.txn.log.dirty)) {
+    const sync = opts.sync === true;
+    if (!allWritten(f, fb0, fb1) || (sync && (this.txn.log.dirty || this.txn.unconverted.has(f)))) {
       await this.txn.locked(() => {
         this.checkLive(f);
         if (fb1 * B > Math.ceil(f.size / B) * B) throw daxError('EINVAL', `ensureWritten range passes EOF of '${f.name}'`);
         // a concurrent caller may have done it while we waited: materialise only touches what is still not written
-        this.txn.commit(this.materialise(f, fb0, fb1, null, 0, opts.preferAligned === true));
-        if (opts.sync) this.txn.log.persist();
+        const aligned = opts.preferAligned === true;
+        if (this.deferConversion && !sync) this.materialiseDeferred(f, fb0, fb1, aligned);
+        else this.txn.commit(this.materialise(f, fb0, fb1, null, 0, aligned));
+        if (sync) {
+          // MAP_SYNC: the metadata reaching the block is durable before the wake, so
+          // this file's deferred conversions are made durable too
+          this.txn.convert([f]);
+          this.txn.log.persist();
+        }
       });
     }
     return this.deviceExtents(f, fb0, fb1);
+  }
+
+  /**
+   * Persist the device blocks behind the written blocks of [start, end): stores
+   * through mappings are not tracked, so Mapping.flush names its range. Caller holds
+   * the range lock over it.
+   */
+  persistWritten(f: Inode, start: number, end: number): void {
+    if (end <= start) return;
+    const runs: Run[] = [];
+    for (const s of segments(f, Math.floor(start / B), Math.ceil(end / B))) if (s.state === 'written') runs.push({ start: s.dev, len: s.len });
+    this.blocks.persistRuns(runs);
   }
 
   deviceExtents(f: Inode, fb0: number, fb1: number): DeviceExtent[] {

@@ -43,6 +43,12 @@ export interface PoolInternals {
    * before any block is freed or zeroed. null restores the default no-op.
    */
   setInvalidator(fn: Invalidator | null): void;
+  /**
+   * Make the data of the written blocks of [offset, offset+length) durable (one msync
+   * on a disk-file pool); Mapping.flush, before the file's fsync. Caller holds the
+   * range lock over the range.
+   */
+  persistWritten(file: Inode, offset: number, length: number): void;
   /** The core itself (the service reads the pool's superblock from it; tests). */
   readonly core: PoolCore;
 }
@@ -58,5 +64,6 @@ export function poolInternals(pool: PoolFs): PoolInternals {
     lookup: (file, offset) => core.lookup(file, offset),
     ensureWritten: (file, offset, length, opts = {}) => core.ensureWritten(file, offset, length, opts),
     setInvalidator: (fn) => { core.invalidator = fn ?? (async () => {}); },
+    persistWritten: (file, offset, length) => core.persistWritten(file, offset, offset + length),
   };
 }

@@ -9,6 +9,7 @@ import { daxError, isDaxError } from '../errors';
 import type { Storage, StorageKind } from '../device/storage';
 import { openDevice } from '../device/device';
 import { withOperation } from '../lock/index';
+import { logger } from '../log';
 import { PoolCore, type ExtentInfo, type Inode } from './core';
 import { BLOCK_SIZE, formatStorage, readSuperblock, type FormatOptions } from './format';
 
@@ -18,6 +19,16 @@ export interface PoolFsCreateOptions {
   /** Format over an existing pool. */
   force?: boolean;
 }
+
+/** How an opened pool converts the blocks of write faults (docs/pool.md, "Durability"). */
+export interface PoolFsOpenOptions {
+  /** Record them unwritten and convert later (default: on for a disk-file pool only). */
+  deferConversion?: boolean;
+  /** Period of the writeback that converts them, ms (default 5000). */
+  writebackMs?: number;
+}
+
+export const WRITEBACK_MS = 5000;
 
 export interface PoolFsFileStat {
   name: string;
@@ -61,6 +72,7 @@ export interface PoolFsInfo {
 
 export const DEFAULT_POOL_SIZE = 1 << 30;
 
+const log = logger('pool');
 const cores = new WeakMap<PoolFs, PoolCore>();
 const inodes = new WeakMap<PoolFsFile, Inode>();
 
@@ -100,9 +112,31 @@ export class PoolFs {
   /** Operations in flight: close() waits for them. */
   private readonly inflight = new Set<Promise<unknown>>();
   private closing = false;
+  private writebackTimer: NodeJS.Timeout | null = null;
+  private writebackSoon = false;
 
-  private constructor(core: PoolCore) {
+  private constructor(core: PoolCore, opts: PoolFsOpenOptions) {
     cores.set(this, core);
+    if (opts.deferConversion !== undefined) core.deferConversion = opts.deferConversion;
+    if (!core.deferConversion) return;
+    this.writebackTimer = setInterval(() => this.writeback(), opts.writebackMs ?? WRITEBACK_MS);
+    this.writebackTimer.unref();
+    core.onBacklog = () => {
+      if (this.writebackSoon) return;
+      this.writebackSoon = true;
+      setImmediate(() => {
+        this.writebackSoon = false;
+        this.writeback();
+      });
+    };
+  }
+
+  /** Convert every queued block now (data, then log); a failure is logged, and the next fsync or sync reports it. */
+  private writeback(): void {
+    if (this.closing || coreOf(this).closed) return;
+    this.call('pool.writeback', (core) => core.writeback()).catch((e: unknown) => {
+      log.warn({ path: this.path, err: e }, 'writeback of deferred conversions failed');
+    });
   }
 
   /** Format a device (creating a regular/tmpfs file of `size` if missing), then open it. */
@@ -144,17 +178,17 @@ export class PoolFs {
   }
 
   /** Internal: format a Storage (MemoryStorage in tests) and open it. */
-  static createOn(storage: Storage, opts: { force?: boolean } & FormatOptions = {}): PoolFs {
+  static createOn(storage: Storage, opts: { force?: boolean } & FormatOptions & PoolFsOpenOptions = {}): PoolFs {
     if (!opts.force && isPool(storage)) {
       throw daxError('EEXIST', `'${storage.path}' already holds a daxmap pool (use force to format over it)`, { path: storage.path });
     }
     formatStorage(storage, opts);
-    return PoolFs.openOn(storage);
+    return PoolFs.openOn(storage, opts);
   }
 
   /** Internal: open a pool on a Storage. */
-  static openOn(storage: Storage): PoolFs {
-    return new PoolFs(PoolCore.open(storage));
+  static openOn(storage: Storage, opts: PoolFsOpenOptions = {}): PoolFs {
+    return new PoolFs(PoolCore.open(storage), opts);
   }
 
   /** Run a public call: one lock-validator operation, refused after close, waited for by close. */
@@ -225,6 +259,7 @@ export class PoolFs {
     const core = coreOf(this);
     if (this.closing) return;
     this.closing = true;
+    if (this.writebackTimer) clearInterval(this.writebackTimer);
     await withOperation('pool.close', async () => {
       while (this.inflight.size) await Promise.allSettled([...this.inflight]);
       try {

@@ -14,8 +14,10 @@ import type { Storage } from '../device/storage';
 import { Mutex } from '../lock/index';
 import { logger } from '../log';
 import { BLOCK_SIZE, GROUP_BLOCKS, writeCheckpoint, writeSuperblocks, type Superblock } from './format';
+import { persistRuns } from './blocks';
+import { ConversionQueue, type Conversions } from './deferred';
 import type { LogRecord, MetaLog } from './log';
-import type { FsState } from './state';
+import type { FsState, Inode } from './state';
 
 const B = BLOCK_SIZE;
 const log = logger('pool');
@@ -36,6 +38,8 @@ export class Journal {
   closed = false;
   /** Checkpoints written since open. */
   checkpoints = 0;
+  /** Blocks written in memory, unwritten on the medium (deferred.ts). */
+  readonly unconverted = new ConversionQueue();
 
   constructor(
     private readonly storage: Storage,
@@ -71,6 +75,28 @@ export class Journal {
     for (const r of recs) this.state.apply(r, false);
     if (this.log.fits(recs)) this.log.append(recs);
     else this.checkpoint(); // the checkpoint already contains this transaction
+  }
+
+  /**
+   * Log the queued conversions of `files` (null: all) after making their data
+   * durable: the data first, then the records that say written (docs/pool-format.md,
+   * ordering rule 1). The log itself is not persisted here (caller holds alloc + log).
+   */
+  convert(files: Inode[] | null): void {
+    const c = this.takeDurable(files);
+    if (c.recs.length > 0) this.commit(c.recs);
+  }
+
+  /** Take queued conversions and make their data durable (put back if that fails). */
+  private takeDurable(files: Inode[] | null): Conversions {
+    const c = this.unconverted.take(files);
+    try {
+      persistRuns(this.storage, c.runs);
+    } catch (e) {
+      this.unconverted.restore(c);
+      throw e;
+    }
+    return c;
   }
 
   /** Make `n` blocks allocatable or throw ENOSPC, before anything is changed (caller holds alloc + log). */
@@ -117,6 +143,18 @@ export class Journal {
 
   /** Write the whole state as a new checkpoint, point the superblocks at it, restart the log (caller holds log). */
   checkpoint(): void {
+    // the checkpoint records the blocks queued for conversion as written (as they are
+    // in memory): their data is made durable first, and the queue empties
+    const conv = this.takeDurable(null);
+    try {
+      this.writeCheckpoint();
+    } catch (e) {
+      this.unconverted.restore(conv); // not recorded: they stay queued
+      throw e;
+    }
+  }
+
+  private writeCheckpoint(): void {
     const st = this.state;
     const gen = this.sb.ckptGen + 1;
     const seed = randomBytes(4).readUInt32LE(0);

@@ -17,7 +17,6 @@ import { poolInternals, type PoolInternals } from '../pool/internal';
 import { statIdentity, statOwner, type DeviceIdentity } from '../pool/index';
 import { FaultPolicy, type Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
-import { PAGE } from '../fault/states';
 import type { Hello, MapOptions, Notice, Request, Response, StartRequest } from '../protocol/messages';
 import { opSpec, type OpArgs, type OpName, type OpResult } from '../protocol/ops';
 import { int } from '../util/check';
@@ -404,16 +403,7 @@ export class Service {
     const end = Math.min(r.fileOffset + offset + length, ino.size);
     const range = await ino.rangeLock.acquireShared(start, Math.max(start + 1, end));
     try {
-      for (let off = start; off < end;) {
-        const x = this.internals.lookup(ino, off);
-        const xEnd = Math.min(end, x.offset + x.length);
-        if (x.state === 'written') {
-          const d0 = (x.deviceOffset as number) + (off - x.offset);
-          const d1 = Math.ceil(((x.deviceOffset as number) + (xEnd - x.offset)) / PAGE) * PAGE;
-          this.internals.storage.persist(Math.floor(d0 / PAGE) * PAGE, d1 - Math.floor(d0 / PAGE) * PAGE);
-        }
-        off = xEnd;
-      }
+      this.internals.persistWritten(ino, start, end - start);
     } finally {
       range.release();
     }

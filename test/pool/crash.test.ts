@@ -3,13 +3,14 @@
 // every file whose last event was an fsync must be byte for byte what was synced,
 // and the freed secret pattern must appear nowhere.
 import t from 'tap';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 import { rng } from './helpers.ts';
+import { runAndKill } from './kill.ts';
 import { useLockdep } from '../lock/guard.ts';
 
 useLockdep(t);
@@ -20,39 +21,6 @@ const bin = resolve(__dirname, '../../bin/daxmap');
 const dir = mkdtempSync(join(tmpdir(), 'daxmap-crash-'));
 const SECRET = Buffer.from('CRASH-SECRET-PAT');
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-
-/**
- * Kill the child once it has reported `afterLines` lines (so the point depends on its
- * progress, not on how loaded the machine is), after a further random delay.
- */
-async function runAndKill(path: string, seed: number, afterLines: number, delayMs: number): Promise<{ synced: Map<string, string>; lines: number }> {
-  const p = spawn(process.execPath, [child, root, path, String(seed)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const synced = new Map<string, string>();
-  let buf = '';
-  let lines = 0;
-  let killTimer: NodeJS.Timeout | undefined;
-  const exited = new Promise<{ code: number | null; signal: string | null }>((res) => p.on('exit', (code, signal) => res({ code, signal })));
-  p.stdout.setEncoding('utf8');
-  p.stdout.on('data', (d: string) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      lines++;
-      const [kind, name, hash] = line.split(' ');
-      if (lines === afterLines) killTimer = setTimeout(() => p.kill('SIGKILL'), delayMs);
-      if (kind === 'ready') continue;
-      else if (kind === 'dirty') synced.delete(name!);
-      else if (kind === 'synced') synced.set(name!, hash!);
-      else if (kind === 'error') throw new Error(`child failed: ${line}`);
-    }
-  });
-  const { signal } = await exited;
-  clearTimeout(killTimer);
-  if (signal !== 'SIGKILL') throw new Error(`child ended without being killed (${signal})`);
-  return { synced, lines };
-}
 
 async function check(t: Tap.Test, path: string, synced: Map<string, string>): Promise<void> {
   const pool = await PoolFs.open(path);
@@ -88,7 +56,7 @@ for (const [kind, mk, rounds] of places) {
     // extra rounds (up to 12) until at least one fsync'ed file could be checked
     for (let round = 0; round < rounds || (syncedChecked === 0 && round < 12); round++) {
       const target = 20 + r.int(400);
-      const { synced, lines } = await runAndKill(path, 1000 + round, target, r.int(30));
+      const { synced, lines } = await runAndKill(child, [root, path, String(1000 + round)], target, r.int(30));
       t.ok(lines >= target, `round ${round}: killed after ${lines} lines`);
       syncedChecked += synced.size;
       await check(t, path, synced);

@@ -4,11 +4,13 @@ import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
 
 export const B = 4096;
 
-export function memPool(size = 16 << 20, opts: { trackPersistence?: boolean; logBytes?: number; maxFiles?: number } = {}): { pool: PoolFs; storage: MemoryStorage } {
+export function memPool(size = 16 << 20, opts: { trackPersistence?: boolean; logBytes?: number; maxFiles?: number; deferConversion?: boolean; writebackMs?: number } = {}): { pool: PoolFs; storage: MemoryStorage } {
   const storage = new MemoryStorage(size, { trackPersistence: opts.trackPersistence === true });
-  const fmt: { logBytes?: number; maxFiles?: number } = {};
+  const fmt: { logBytes?: number; maxFiles?: number; deferConversion?: boolean; writebackMs?: number } = {};
   if (opts.logBytes !== undefined) fmt.logBytes = opts.logBytes;
   if (opts.maxFiles !== undefined) fmt.maxFiles = opts.maxFiles;
+  if (opts.deferConversion !== undefined) fmt.deferConversion = opts.deferConversion;
+  if (opts.writebackMs !== undefined) fmt.writebackMs = opts.writebackMs;
   const pool = PoolFs.createOn(storage, fmt);
   return { pool, storage };
 }

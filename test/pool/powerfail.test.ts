@@ -2,10 +2,15 @@
 // survive a power cut right then (optionally tearing the persist in flight). Every
 // snapshot must recover: open cleanly, pass the consistency check, keep every
 // fsync'ed file byte for byte, and never show a freed file's pattern elsewhere.
+// The deferred scenarios add write faults (ensureWritten and stores through the
+// device, as a mapping makes them) with deferred conversion on (docs/pool.md,
+// "Durability"), and pool.sync(): the cuts then also fall inside conversions.
 import t from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
 import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
+import { poolInternals } from '../../dist/pool/internal.js';
 import { fsckStorage } from '../../dist/pool/fsck.js';
+import { withOperation } from '../../dist/lock/index.js';
 import { rng, stamp, B } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
 
@@ -38,6 +43,32 @@ async function readAll(f: PoolFsFile): Promise<Buffer> {
   return b;
 }
 
+/**
+ * A write fault over [off, off+data.length) and the stores of a mapping there. True
+ * when a store went into a block written before the fault (durable only through
+ * Mapping.flush); the blocks the fault itself made written are converted, with their
+ * data, by fsync and sync.
+ */
+async function faultStore(pool: PoolFs, f: PoolFsFile, off: number, data: Buffer): Promise<boolean> {
+  const ip = poolInternals(pool);
+  const ino = ip.inode(f);
+  return withOperation('test.fault', async () => {
+    const h = await ino.rangeLock.acquireShared(off, off + data.length);
+    try {
+      let old = false;
+      for (let p = Math.floor(off / B) * B; p < off + data.length; p += B) if (ip.lookup(ino, p).state === 'written') old = true;
+      for (const e of await ip.ensureWritten(ino, off, data.length)) {
+        const s = Math.max(off, e.offset);
+        const t = Math.min(off + data.length, e.offset + e.length);
+        if (t > s) ip.storage.view(e.deviceOffset + (s - e.offset), t - s).set(data.subarray(s - off, t - off));
+      }
+      return old;
+    } finally {
+      h.release();
+    }
+  });
+}
+
 async function verify(snap: Snap): Promise<string | null> {
   const s = new MemoryStorage(SIZE, { from: snap.img });
   let pool: PoolFs;
@@ -52,7 +83,11 @@ async function verify(snap: Snap): Promise<string | null> {
     const f = await pool.openFile(name);
     const data = await readAll(f);
     const want = snap.expect.get(name);
-    if (want && !want.equals(data)) return `fsync'ed file '${name}' differs after recovery (${data.length} bytes, expected ${want.length})`;
+    if (want && !want.equals(data)) {
+      let i = 0;
+      while (i < data.length && data[i] === want[i]) i++;
+      return `fsync'ed file '${name}' differs after recovery (${data.length} bytes, expected ${want.length}) first at ${i}: ${data[i]} not ${want[i]}; extents ${JSON.stringify((await f.stat()).extents)}`;
+    }
     if (name !== 'secret' && data.indexOf(SECRET) >= 0) return `stale data: the freed pattern appears in '${name}'`;
   }
   for (const [name] of snap.expect) if (!(await pool.list()).includes(name)) return `fsync'ed file '${name}' is gone`;
@@ -62,13 +97,14 @@ async function verify(snap: Snap): Promise<string | null> {
   return null;
 }
 
-async function scenario(t: Tap.Test, seed: number, ops: number): Promise<void> {
+async function scenario(t: Tap.Test, seed: number, ops: number, deferred = false): Promise<void> {
   const r = rng(seed);
   const durable = new Map<string, Buffer>(); // name -> content at its last fsync, while untouched since
   const storage = new CrashingStorage(SIZE, r, 0.4, () => new Map(durable));
-  const pool = PoolFs.createOn(storage, { logBytes: 64 * 1024 });
+  const pool = PoolFs.createOn(storage, { logBytes: 64 * 1024, deferConversion: deferred, writebackMs: 3600_000 });
   const names = ['a', 'b', 'c', 'd'];
   const files = new Map<string, PoolFsFile>();
+  const stored = new Set<string>(); // files with stores through a "mapping" into blocks written before, since their last flush
   const open = async (n: string): Promise<PoolFsFile> => {
     let f = files.get(n);
     if (!f) { f = await pool.openFile(n, { create: true }); files.set(n, f); }
@@ -100,11 +136,12 @@ async function scenario(t: Tap.Test, seed: number, ops: number): Promise<void> {
     const f = await open(n);
     const off = r.int(768 * 1024);
     const len = 1 + r.int(r.chance(0.2) ? 300 * 1024 : 3 * B);
-    const kind = r.pick(['write', 'write', 'write', 'fallocate', 'truncate', 'punch', 'zero', 'fsync', 'fsync', 'unlink'] as const);
+    const kinds = ['write', 'write', 'write', 'fallocate', 'truncate', 'punch', 'zero', 'fsync', 'fsync', 'unlink'] as const;
+    const kind = r.pick(deferred ? [...kinds, 'fault', 'fault', 'fault', 'fault', 'sync'] as const : kinds);
     storage.label = `op ${op} (${kind} ${n} ${off}+${len})`;
     log.push(storage.label);
     if (op === Math.floor(ops / 3)) { await pool.unlink('secret'); }
-    if (kind !== 'fsync') durable.delete(n);
+    if (kind !== 'fsync' && kind !== 'sync') durable.delete(n);
     try {
       switch (kind) {
         case 'write': await f.write(stamp(op, off, len), off); break;
@@ -112,11 +149,38 @@ async function scenario(t: Tap.Test, seed: number, ops: number): Promise<void> {
         case 'truncate': await f.truncate(r.int(900 * 1024)); break;
         case 'punch': await f.punchHole(off, len); break;
         case 'zero': await f.zeroRange(off, len, { keepSize: r.chance(0.5) }); break;
-        case 'unlink': files.delete(n); await pool.unlink(n); break;
+        case 'unlink': files.delete(n); stored.delete(n); await pool.unlink(n); break;
+        case 'fault': {
+          const size = (await f.stat()).size;
+          if (size > 0) {
+            const o = r.int(size);
+            const l = Math.min(len, size - o);
+            if (await faultStore(pool, f, o, stamp(op, o, l))) stored.add(n);
+          }
+          break;
+        }
+        case 'sync': {
+          // pool.sync() makes what file calls and write faults did durable; stores through
+          // a mapping into blocks written before it need Mapping.flush (below)
+          const contents = new Map<string, Buffer>();
+          for (const [name, h] of files) if (!stored.has(name)) contents.set(name, await readAll(h));
+          await pool.sync();
+          for (const [name, c] of contents) durable.set(name, c);
+          break;
+        }
         case 'fsync': {
           const content = await readAll(f);
+          if (deferred && r.chance(0.5)) {
+            // Mapping.flush over the whole file: its written blocks, then fsync
+            const ino = poolInternals(pool).inode(f);
+            await withOperation('test.flush', async () => {
+              const h = await ino.rangeLock.acquireShared(0, Math.max(1, ino.size));
+              try { poolInternals(pool).persistWritten(ino, 0, ino.size); } finally { h.release(); }
+            });
+            stored.delete(n);
+          }
           await f.fsync();
-          durable.set(n, content);
+          if (!stored.has(n)) durable.set(n, content);
           break;
         }
       }
@@ -133,5 +197,11 @@ async function scenario(t: Tap.Test, seed: number, ops: number): Promise<void> {
 for (const seed of [101, 202]) {
   t.test(`power failure at random persist points, seed ${seed}`, async (t) => {
     await scenario(t, seed, 400);
+  });
+}
+
+for (const seed of [303, 404]) {
+  t.test(`power failure at random persist points, write faults with deferred conversion, seed ${seed}`, async (t) => {
+    await scenario(t, seed, 400, true);
   });
 }
