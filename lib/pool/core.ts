@@ -487,6 +487,9 @@ export class PoolCore {
     this.checkLive(f);
     this.blocks.flushDirty(f);
     if (this.txn.unconverted.has(f)) await this.txn.locked(() => this.txn.convert([f]));
+    // Stores made through mappings are not tracked: every written block of the file
+    // is persisted (msync writes back only the pages that are dirty).
+    this.persistWritten(f, 0, f.size);
     const l = await this.txn.logLock.acquire();
     try {
       this.checkOpen();
@@ -505,6 +508,8 @@ export class PoolCore {
     await this.txn.locked(() => {
       for (const f of this.state.files.values()) this.blocks.flushDirty(f);
       this.txn.convert(null);
+      // Stores made through mappings are not tracked: every file's written blocks.
+      for (const f of this.state.files.values()) this.persistWritten(f, 0, f.size);
       if (checkpoint && this.txn.log.used > 0) this.txn.checkpoint();
       else this.txn.log.persist();
     });
