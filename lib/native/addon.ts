@@ -1,6 +1,11 @@
-// Typed loader for the native addon (build/Release, then build/Debug, then
-// prebuilds/, via node-gyp-build). The interface below is the whole native surface;
-// callers above lib/native validate arguments before they reach it.
+// Typed loader for the native addon, through node-gyp-build: build/Release, then
+// build/Debug, then prebuilds/linux-x64/ (the N-API prebuild `npm pack` ships, made
+// by prebuildify in the prepack script). An installed package has a build/ only when
+// its install step (node-gyp-build) found no prebuild that loads and compiled one, so
+// there the prebuild is what loads; in a checkout a fresh build/ wins over a
+// prebuilds/ left by an earlier `npm pack` (which would be stale after a native edit).
+// The interface below is the whole native surface; callers above lib/native validate
+// arguments before they reach it.
 //
 // DAXMAP_ADDON_DIR names another directory to load it from (its build/Release, …):
 // the sanitizer builds of scripts/sanitize.js live in build-sanitize/<kind>/. It is
