@@ -117,6 +117,8 @@ export interface NativeAddon {
   devicePersist(id: number, offset: number, length: number): void;
   deviceZero(id: number, offset: number, length: number): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** One datagram to the UNIX datagram socket at `path` ("@name": abstract namespace), as sd_notify sends to $NOTIFY_SOCKET. */
+  unixDatagramSend(path: string, data: Uint8Array): void;
   /** The frame and wire layouts as compiled (native/frames.h, native/socket_channel.h): for the test that keeps frames.ts and wire.ts equal to them. */
   frameLayout(): FrameLayout;
   deviceClose(id: number): void;
