@@ -4,6 +4,7 @@
 // command line of daxmapd (util.parseArgs) keeping its flags and exit codes.
 import t from 'tap';
 import http from 'node:http';
+import net from 'node:net';
 import fs from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
@@ -191,6 +192,20 @@ t.test('the metrics endpoint, scraped over loopback', async (t) => {
   await pool.close();
   await until(async () => value(parseExposition((await get(url)).body), 'daxmapd_clients') === 0, 'the client gone from the gauge');
   t.equal((await get(url.replace('/metrics', '/other'))).status, 404);
+});
+
+t.test('a metrics address in use: exit 1, nothing left listening', async (t) => {
+  const busy = net.createServer();
+  await new Promise<void>((res) => busy.listen(0, '127.0.0.1', res));
+  t.teardown(() => busy.close());
+  const port = (busy.address() as net.AddressInfo).port;
+  const socket = tmpName('sock');
+  const device = `/dev/shm/daxmap-mtest-${process.pid}.pool`;
+  t.teardown(() => fs.rmSync(device, { force: true }));
+  const r = spawnSync(process.execPath, [DAEMON, '--device', device, '--size', '16M', '--socket', socket, '--metrics', `127.0.0.1:${port}`], { encoding: 'utf8', timeout: 60000 });
+  t.equal(r.status, 1, r.stdout + r.stderr);
+  t.match(r.stdout, /"level":60.*EADDRINUSE/, 'a fatal line naming the reason');
+  t.notOk(fs.existsSync(socket), 'the control socket is not left behind');
 });
 
 t.test('readiness: daxmap ping, and READY=1 to $NOTIFY_SOCKET', async (t) => {
