@@ -11,6 +11,8 @@ import { Pool as ClientPool } from '../client/pool';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import { ProgressBar, type ProgressOut } from './progress';
 import { formatSize, parseSize } from '../util/units';
+import { parseCommandLine, UsageError } from '../util/cli-args';
+import { LATENCY_BOUNDS_US } from '../fault/stats';
 
 export interface Io {
   stdout: { write(s: string): unknown };
@@ -26,8 +28,6 @@ interface Command {
   opts: OptSpec;
   run(args: string[], opts: Record<string, string | true>, io: Io): Promise<number>;
 }
-
-class UsageError extends Error {}
 
 const EXIT_STATUS = `Exit status (every command):
   0  done (fsck: the pool is clean)
@@ -164,6 +164,41 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
       return 0;
     },
   },
+  ping: {
+    summary: 'ask a daxmapd whether it answers (for scripts and service checks)',
+    usage: 'daxmap ping --socket PATH [--wait SECONDS]',
+    help: `  --socket PATH    the daemon's socket
+  --wait SECONDS   keep trying until it answers or SECONDS have passed (default 0:
+                   one try)
+Exit status 0 once the daemon answered (connected, hello and its device
+answered), 2 with the reason otherwise.`,
+    opts: { socket: 'value', wait: 'value' },
+    async run(args, opts, io) {
+      if (args.length !== 0 || typeof opts['socket'] !== 'string') throw new UsageError('expected --socket PATH');
+      const wait = opts['wait'] === undefined ? 0 : Number(opts['wait']);
+      if (!Number.isFinite(wait) || wait < 0) throw new UsageError(`--wait wants a number of seconds, got '${String(opts['wait'])}'`);
+      const socket = opts['socket'];
+      const end = Date.now() + wait * 1000;
+      for (;;) {
+        try {
+          const pool = await ClientPool.connect(socket, { timeoutMs: Math.max(1000, end - Date.now()) });
+          try {
+            const fs = await pool.statfs();
+            io.stdout.write(`daxmapd at ${socket} answers: device ${pool.path}, ${formatSize(fs.free)} free of ${formatSize(fs.size)}\n`);
+          } finally {
+            await pool.close();
+          }
+          return 0;
+        } catch (e) {
+          const code = (e as { code?: string }).code;
+          if (Date.now() >= end || code === 'EACCES') {
+            throw Object.assign(new Error(`no answer from a daxmapd at ${socket}${wait > 0 ? ` within ${wait} s` : ''}: ${(e as Error).message}`), { code: code ?? 'ECONNREFUSED' });
+          }
+          await new Promise((res) => setTimeout(res, Math.min(100, Math.max(0, end - Date.now()))));
+        }
+      }
+    },
+  },
   stat: {
     summary: 'show a pool (geometry, space, log) or, with a file name, one file and its extents',
     usage: 'daxmap stat <device> [file] | --socket PATH [file] [--json]',
@@ -244,7 +279,16 @@ function faultLines(s: FaultStatsSnapshot, indent: string, pool: boolean): strin
     `${indent}  answers: zero page ${s.zeroPage}, copy ${s.copy}, SIGBUS ${s.sigbus}, spurious ${s.spurious}, raced ${s.raced}`,
     `${indent}  fallback 2 MiB to 4 KiB ${s.fallback}, evictions ${s.evictions}, revokes ${s.revokes}, recovered ${s.recovered}${pool ? `, installed windows ${s.installedWindows}` : ''}`,
     `${indent}latency µs: p50 ${Math.round(l.p50)}, p90 ${Math.round(l.p90)}, p99 ${Math.round(l.p99)}, max ${Math.round(l.max)} (${l.count} faults)`,
+    `${indent}  by bucket: ${latencyBuckets(s)}`,
   ];
+}
+
+/** The non-empty latency buckets, "≤50µs 3, ≤60µs 12, >1s 1": the buckets of daxmapd's metrics histogram. */
+function latencyBuckets(s: FaultStatsSnapshot): string {
+  const h = s.latencyHistogram;
+  const us = (n: number): string => (n >= 1e6 ? `${n / 1e6}s` : n >= 1000 ? `${n / 1000}ms` : `${n}µs`);
+  const parts = h.counts.map((n, i) => (n === 0 ? '' : `${i < h.boundsUs.length ? `≤${us(h.boundsUs[i]!)}` : `>${us(LATENCY_BOUNDS_US[LATENCY_BOUNDS_US.length - 1]!)}`} ${n}`));
+  return parts.filter(Boolean).join(', ') || 'none';
 }
 
 /** `daxmap stat --socket PATH [file]`: what a running daxmapd says. */
@@ -315,31 +359,11 @@ function commandHelp(c: Command): string {
 }
 
 function parse(c: Command, argv: string[]): { args: string[]; opts: Record<string, string | true> } {
-  const args: string[] = [];
+  const spec = Object.fromEntries(Object.entries(c.opts).map(([name, kind]) => [name, { type: kind === 'flag' ? 'boolean' as const : 'string' as const }]));
+  const { values, positionals } = parseCommandLine(argv, spec, true);
   const opts: Record<string, string | true> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--') { args.push(...argv.slice(i + 1)); break; }
-    if (a.startsWith('--')) {
-      const eq = a.indexOf('=');
-      const name = a.slice(2, eq < 0 ? undefined : eq);
-      const kind = c.opts[name];
-      if (!kind) throw new UsageError(`unknown option --${name}`);
-      if (kind === 'flag') {
-        if (eq >= 0) throw new UsageError(`--${name} takes no value`);
-        opts[name] = true;
-      } else {
-        const v = eq >= 0 ? a.slice(eq + 1) : argv[++i];
-        if (v === undefined) throw new UsageError(`--${name} needs a value`);
-        opts[name] = v;
-      }
-    } else if (a.startsWith('-') && a !== '-') {
-      throw new UsageError(`unknown option ${a}`);
-    } else {
-      args.push(a);
-    }
-  }
-  return { args, opts };
+  for (const [k, v] of Object.entries(values)) if (v !== undefined && v !== false) opts[k] = v;
+  return { args: positionals, opts };
 }
 
 /** Run the CLI; returns the exit code (never throws). */

@@ -5,6 +5,7 @@
 // tells them apart: "D" (DXC1) for control, 0x04 (a wire HELLO) for faults.
 import fs from 'node:fs';
 
+import type http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -20,6 +21,8 @@ import { monotonicNow } from '../native/engine';
 import { ControlReader, encodeFrame, restorePayload } from '../protocol/control';
 import { RemoteClient, readFaultHello } from './remote-client';
 import type { DeviceIdentity } from '../pool/index';
+import { WindowBudget } from '../fault/budget';
+import { metricsRegistry, serveMetrics } from './metrics';
 
 export interface DaemonOptions {
   device: string;
@@ -31,6 +34,20 @@ export interface DaemonOptions {
   socketMode?: number;
   /** An answer a client does not acknowledge within this long counts it as gone. */
   answerTimeoutMs?: number;
+  /** Serve Prometheus metrics over HTTP here (docs/daemon.md); none when absent or null. */
+  metrics?: { host: string; port: number } | null;
+}
+
+/** Client traffic refused or failed, counted for the metrics endpoint. */
+export interface DaemonErrors {
+  /** a fault event the policy failed on unexpectedly (logged at error) */
+  fault_handling: number;
+  /** a control connection dropped for malformed traffic */
+  malformed_control: number;
+  /** a fault connection dropped for malformed traffic */
+  malformed_fault: number;
+  /** a fault connection refused at its hello */
+  fault_connection_refused: number;
 }
 
 interface Session {
@@ -153,6 +170,12 @@ export class Daemon {
   readonly started = Date.now();
   /** The device as clients must find it: the pool's UUID and fstat of our own descriptor. */
   private readonly identity: DeviceIdentity;
+  readonly errors: DaemonErrors = { fault_handling: 0, malformed_control: 0, malformed_fault: 0, fault_connection_refused: 0 };
+  private metricsServer: http.Server | null = null;
+  /** The daemon's own connection to its service, for the figures only requests give (statfs, list). */
+  private own: Conn | null = null;
+  private readonly ownReplies = new Map<number, (r: Response) => void>();
+  private ownId = 0;
 
   private constructor(readonly service: Service, private readonly opts: DaemonOptions) {
     this.identity = service.deviceIdentity();
@@ -174,11 +197,50 @@ export class Daemon {
     try {
       d = new Daemon(service, opts);
       await d.listen();
+      if (opts.metrics) d.metricsServer = await serveMetrics(d.metricsRegistry(), opts.metrics, opts.log);
     } catch (err) {
+      d!?.server.close();
       await service.close();
       throw err;
     }
     return d;
+  }
+
+  /** Where the metrics endpoint listens (its port when 0 was asked), or null. */
+  get metricsAddress(): { host: string; port: number } | null {
+    const a = this.metricsServer?.address();
+    return a && typeof a === 'object' ? { host: a.address, port: a.port } : null;
+  }
+
+  /** A request to the service on the daemon's own connection (as the process itself: anything is allowed). */
+  private ask<T>(op: string, args: unknown[] = []): Promise<T> {
+    this.own ??= this.service.open({
+      send: (msg) => {
+        if ('id' in msg) {
+          this.ownReplies.get(msg.id)?.(msg);
+          this.ownReplies.delete(msg.id);
+        }
+      },
+      close: () => {},
+    }, { id: 'daxmapd', budget: new WindowBudget(), deviceId: -1, run: (answers) => answers.map(() => -6) }, null, false);
+    const id = ++this.ownId;
+    return new Promise<T>((resolve, reject) => {
+      this.ownReplies.set(id, (r) => (r.ok ? resolve(r.value as T) : reject(daxError(r.error.code, r.error.message))));
+      void this.service.dispatch(this.own!, { id, op, args } as unknown as Request);
+    });
+  }
+
+  private metricsRegistry() {
+    return metricsRegistry({
+      faults: () => this.service.policy.snapshot(),
+      pool: async () => {
+        const [fs, names] = await Promise.all([this.ask<{ size: number; free: number }>('statfs'), this.ask<string[]>('list')]);
+        return { usedBytes: fs.size - fs.free, freeBytes: fs.free, files: names.length };
+      },
+      mappedBytes: () => this.service.policy.allMappings().reduce((n, m) => n + m.length, 0),
+      clients: () => this.clients,
+      errors: () => ({ ...this.errors }),
+    });
   }
 
   private listen(): Promise<void> {
@@ -280,12 +342,14 @@ export class Daemon {
           const bad = badEvent(conn, events);
           if (bad !== null || inFlight + events.length > MAX_EVENTS_IN_FLIGHT) {
             const why = bad ?? `more than ${MAX_EVENTS_IN_FLIGHT} fault events in flight`;
+            this.errors.malformed_fault++;
             log.warn({ clientPid: peer.pid, why }, 'malformed fault traffic; fault connection dropped');
             c.die(`malformed fault traffic: ${why}`);
             return;
           }
           inFlight += events.length;
           this.service.policy.handle(c, events).catch((err: unknown) => {
+            this.errors.fault_handling++;
             log.error({ err, clientPid: peer.pid }, 'fault handling failed');
           }).finally(() => {
             inFlight -= events.length;
@@ -314,6 +378,7 @@ export class Daemon {
       try {
         for (const f of reader.push(chunk)) onFrame(f.json as Record<string, unknown>, f.payload);
       } catch (err) {
+        this.errors.malformed_control++;
         log.warn({ clientPid: peer.pid, err: isDaxError(err) ? err.message : String(err) }, 'malformed control traffic; client dropped');
         sock.destroy();
       }
@@ -338,6 +403,7 @@ export class Daemon {
       if (!s || s.peer.uid !== peer.uid || s.client.connected || s.client.gone) throw daxError('EPERM', 'no such session');
       s.client.attach(sock, h.reader, h.rest);
     } catch (err) {
+      this.errors.fault_connection_refused++;
       this.opts.log.warn({ clientPid: peer.pid, err: (err as Error).message }, 'fault connection refused');
       sock.destroy();
     }
@@ -353,6 +419,9 @@ export class Daemon {
     if (this.stopping) return this.stopping;
     this.stopping = (async () => {
       this.server.close();
+      this.metricsServer?.close();
+      this.metricsServer?.closeAllConnections();
+      if (this.own) this.service.disconnect(this.own);
       await this.service.close();
       for (const s of this.sessions.values()) {
         s.client.die('daxmapd is stopping');

@@ -1,4 +1,6 @@
-// Fault counters by kind and a latency histogram (log2 buckets of microseconds).
+// Fault counters by kind and a latency histogram over fixed microsecond buckets
+// (LATENCY_BOUNDS_US): the same buckets `daxmap stat` prints and daxmapd's metrics
+// endpoint exposes (in seconds); percentiles interpolate within their bucket.
 
 export interface FaultStatsSnapshot {
   faults: number;
@@ -24,9 +26,16 @@ export interface FaultStatsSnapshot {
   fallback: number;
   installedWindows: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
+  /** Faults per latency bucket: counts[i] took at most LATENCY_BOUNDS_US[i] µs (and more than the bound before); the last, more than every bound. */
+  latencyHistogram: { boundsUs: number[]; counts: number[]; sumUs: number };
 }
 
-const BUCKETS = 40;
+/** Upper bounds (µs, inclusive) of the latency buckets; one more bucket holds the rest. */
+export const LATENCY_BOUNDS_US: readonly number[] = Object.freeze([
+  5, 10, 15, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 750,
+  1000, 2000, 5000, 10_000, 50_000, 100_000, 500_000, 1_000_000,
+]);
+const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
@@ -63,23 +72,32 @@ export class FaultStats {
   fallback = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
+  private sumUs = 0;
   private samples = 0;
 
   latency(us: number): void {
     this.parent?.latency(us);
-    const b = us <= 1 ? 0 : Math.min(BUCKETS - 1, Math.ceil(Math.log2(us)));
+    let b = 0;
+    while (b < LATENCY_BOUNDS_US.length && us > LATENCY_BOUNDS_US[b]!) b++;
     this.hist[b]!++;
     this.samples++;
+    this.sumUs += us;
     if (us > this.maxUs) this.maxUs = us;
   }
 
+  /** The p-quantile, interpolated linearly within its bucket (the last bucket reaches the maximum seen). */
   private percentile(p: number): number {
     if (this.samples === 0) return 0;
-    const want = Math.ceil(this.samples * p);
+    const want = this.samples * p;
     let seen = 0;
     for (let b = 0; b < BUCKETS; b++) {
-      seen += this.hist[b]!;
-      if (seen >= want) return Math.min(2 ** b, this.maxUs);
+      const n = this.hist[b]!;
+      if (n > 0 && seen + n >= want) {
+        const lo = b === 0 ? 0 : LATENCY_BOUNDS_US[b - 1]!;
+        const hi = Math.min(b < LATENCY_BOUNDS_US.length ? LATENCY_BOUNDS_US[b]! : this.maxUs, this.maxUs);
+        return Math.min(lo + (hi - lo) * Math.max(0, want - seen) / n, this.maxUs);
+      }
+      seen += n;
     }
     return this.maxUs;
   }
@@ -92,6 +110,7 @@ export class FaultStats {
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
       installedWindows,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
+      latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };
   }
 }

@@ -1,6 +1,11 @@
-// Typed loader for the native addon (build/Release, then build/Debug, then
-// prebuilds/, via node-gyp-build). The interface below is the whole native surface;
-// callers above lib/native validate arguments before they reach it.
+// Typed loader for the native addon, through node-gyp-build: build/Release, then
+// build/Debug, then prebuilds/linux-x64/ (the N-API prebuild `npm pack` ships, made
+// by prebuildify in the prepack script). An installed package has a build/ only when
+// its install step (node-gyp-build) found no prebuild that loads and compiled one, so
+// there the prebuild is what loads; in a checkout a fresh build/ wins over a
+// prebuilds/ left by an earlier `npm pack` (which would be stale after a native edit).
+// The interface below is the whole native surface; callers above lib/native validate
+// arguments before they reach it.
 //
 // DAXMAP_ADDON_DIR names another directory to load it from (its build/Release, …):
 // the sanitizer builds of scripts/sanitize.js live in build-sanitize/<kind>/. It is
@@ -113,6 +118,8 @@ export interface NativeAddon {
   devicePersist(id: number, offset: number, length: number): void;
   deviceZero(id: number, offset: number, length: number): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** One datagram to the UNIX datagram socket at `path` ("@name": abstract namespace), as sd_notify sends to $NOTIFY_SOCKET. */
+  unixDatagramSend(path: string, data: Uint8Array): void;
   /** The frame and wire layouts as compiled (native/frames.h, native/socket_channel.h): for the test that keeps frames.ts and wire.ts equal to them. */
   frameLayout(): FrameLayout;
   deviceClose(id: number): void;
