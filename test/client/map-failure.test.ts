@@ -18,10 +18,11 @@ interface State { mappings: number; regions: number; windows: number }
 
 // (Address space is not measured here: an unmapped region's range stays reserved,
 // inaccessible, for the graveyard's 30 s; a failed map() gives it back at once.)
-forBackings(t, 'mapping more than one Buffer holds works (view() windows); the service forgets each unmapped one', async (t, { pool }) => {
+forBackings(t, 'mapping more than 4 GiB works (on Node 20 more than one Buffer holds: view() windows); the service forgets each unmapped one', async (t, { pool }) => {
   t.equal(bufferConstants.MAX_LENGTH <= 2 ** 53, true);
   const f = await pool.openFile('big', { create: true });
-  const size = Math.max(5 * GiB, bufferConstants.MAX_LENGTH + HUGE);
+  // Past one Buffer on Node 20 (4 GiB); Node 22 and 24 allow 2^53 - 1 bytes.
+  const size = 5 * GiB;
   await f.truncate(size);
   for (let i = 0; i < 3; i++) {
     const m = await f.map();
