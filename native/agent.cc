@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <system_error>
 #include <vector>
@@ -314,6 +315,10 @@ bool Agent::TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, co
   // A write-protect fault, or a write to a range decided read-only: the handler's
   // (it answers SIGBUS or whatever the policy says; an install would be SIGSEGV).
   if ((ev.flags & kEvWp) || ((ev.flags & kEvWrite) && !(d.flags & kAnsWritable))) return false;
+  // Test seam (DAXMAP_TEST_DIRECT_DELAY_US): widen the window between finding the
+  // range and installing it, so the race with ClearDirect + Revoke is testable.
+  static const long delay_us = getenv("DAXMAP_TEST_DIRECT_DELAY_US") ? atol(getenv("DAXMAP_TEST_DIRECT_DELAY_US")) : 0;
+  if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
   std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
   uintptr_t page = r->base() + ev.offset;
   if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
