@@ -131,7 +131,9 @@ export class Decider {
       const lo = Math.max(chunk * HUGE, m.fileOffset);
       const hi = Math.min((chunk + 1) * HUGE, m.fileOffset + m.length, roundUp(m.inode.size, PAGE));
       const specs: AnswerSpec[] = [];
-      const install = this.mode === 'install';
+      // A mapping that may not write gets direct ranges even in `install` mode: its first
+      // store must still reach the policy (SIGBUS), where a read-only window would be SIGSEGV.
+      const install = this.mode === 'install' && m.writable;
       const flags = (m.writable ? A_WRITABLE : 0) | (this.mode === 'direct-populate' ? A_POPULATE : 0);
       for (let off = lo; off < hi && room > 0;) {
         const x = this.ctx.pool.lookup(m.inode, off);

@@ -3,20 +3,14 @@
 // agent then answers those faults itself, in its own process, so two clients fault
 // in parallel and the daemon sees none of it. A punch clears and revokes first.
 import t from 'tap';
-import { startDaemon, startClient, PAGE, HUGE } from './helpers';
+import { daemonWithClients, PAGE, HUGE } from './helpers';
 import { useLockdep } from '../lock/guard';
 
 useLockdep(t);
 
 t.test('two clients: decided faults are answered in the clients, the daemon sees none; a punch takes them back', async (t) => {
-  const d = await startDaemon({ env: { DAXMAP_DECIDED: 'direct' } });
-  const a = await startClient(d.socket);
-  const b = await startClient(d.socket);
-  t.teardown(async () => {
-    await a.kill();
-    await b.kill();
-    await d.stop();
-  });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_DECIDED: 'direct' } });
+  if (!a || !b) throw new Error('two clients');
   const pages = 4 * HUGE / PAGE;
   await a.call('open', { name: 'f', create: true });
   await b.call('open', { name: 'f' });

@@ -1,12 +1,12 @@
 // Decided ranges in the agent (docs/native.md, "Decided ranges"): the SetDirect and
 // ClearDirect answers, faults answered with no handler, and ClearDirect + Revoke
 // leaving no stale window while another thread faults on the range.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
 import { agentStats, configureAgent, execute } from '../../dist/native/engine';
 import { AnswerBatch, Op, A_WRITABLE, A_POPULATE, A_PRIVATE, A_WP, type AnswerSpec } from '../../dist/native/frames';
-import { Handler, runChild, tempDevice } from './helpers';
+import { Handler, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
 const HUGE = 2 << 20;
@@ -39,19 +39,29 @@ function kernelTouch(buf: Buffer, off: number, write: boolean, scratch: string):
   }
 }
 
-t.test('SetDirect: the agent answers faults in the range itself, the handler never sees them', async (t) => {
-  const { dev, cleanup } = tempDevice('tmpfs', 8 << 20);
+/**
+ * A device and a region of `size` bytes bound to a handler worker (with `rule`), a
+ * scratch file for kernel touches and a short fault timeout; all undone at teardown.
+ */
+async function setup(t: Test, size: number, name: string, rule: Rule) {
+  const { dev, cleanup } = tempDevice('tmpfs', size);
   t.teardown(cleanup);
-  const scratch = `/dev/shm/daxmap-test-decided-${process.pid}`;
+  const scratch = `/dev/shm/daxmap-test-decided-${name}-${process.pid}`;
   t.teardown(() => fs.rmSync(scratch, { force: true }));
   configureAgent({ faultTimeoutMs: 3000 });
   t.teardown(() => configureAgent({ faultTimeoutMs: 30000 }));
   const h = await Handler.start();
   t.teardown(() => h.worker.terminate());
-  const r = new TrappedRegion(8 << 20);
+  const r = new TrappedRegion(size);
   t.teardown(() => r.close());
   r.bind(h.ref);
-  await h.rule(r.id, { mode: 'ignore' }); // a fault that reaches the handler is never answered
+  await h.rule(r.id, rule);
+  return { dev, scratch, h, r };
+}
+
+t.test('SetDirect: the agent answers faults in the range itself, the handler never sees them', async (t) => {
+  // A fault that reaches the handler is never answered.
+  const { dev, scratch, h, r } = await setup(t, 8 << 20, 'direct', { mode: 'ignore' });
   dev.view(HUGE + 5 * PAGE, 4).write('deep');
   t.same(run([{ op: Op.SetDirect, flags: A_WRITABLE, region: r.id, offset: HUGE, length: 2 * HUGE, device: dev.deviceId, devOffset: HUGE }]), [0]);
   const before = agentStats();
@@ -76,18 +86,7 @@ t.test('SetDirect: the agent answers faults in the range itself, the handler nev
 });
 
 t.test('a write, or a write-protect fault, in a range decided read-only goes to the handler', async (t) => {
-  const { dev, cleanup } = tempDevice('tmpfs', 4 << 20);
-  t.teardown(cleanup);
-  const scratch = `/dev/shm/daxmap-test-decided-ro-${process.pid}`;
-  t.teardown(() => fs.rmSync(scratch, { force: true }));
-  configureAgent({ faultTimeoutMs: 3000 });
-  t.teardown(() => configureAgent({ faultTimeoutMs: 30000 }));
-  const h = await Handler.start();
-  t.teardown(() => h.worker.terminate());
-  const r = new TrappedRegion(4 << 20);
-  t.teardown(() => r.close());
-  r.bind(h.ref);
-  await h.rule(r.id, { mode: 'copy', payloadByte: 0x22 });
+  const { dev, scratch, h, r } = await setup(t, 4 << 20, 'ro', { mode: 'copy', payloadByte: 0x22 });
   t.same(run([{ op: Op.SetDirect, region: r.id, offset: 0, length: 4 << 20, device: dev.deviceId, devOffset: 0 }]), [0]);
   const s0 = agentStats();
   t.equal(kernelTouch(r.buffer, 3 * PAGE, true, scratch), 'ok', 'the write completes');
