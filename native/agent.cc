@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <system_error>
 #include <vector>
@@ -21,6 +22,7 @@ namespace daxmap {
 
 namespace {
 constexpr uint64_t kPage = 4096;
+constexpr uint64_t kDirectWindow = 2ull << 20;  // a decided range is installed a 2 MiB chunk at a time
 constexpr uint64_t kGraceNs = 30ull * 1000000000ull;  // graveyard grace period
 constexpr uint64_t kEagainBudgetNs = 5ull * 1000000000ull;
 constexpr uint64_t kTickNs = 100000000ull;  // the watchdog's period while events are live
@@ -277,38 +279,12 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
   ev.seq = seq_.fetch_add(1);
   ev.time_ns = now;
 
-  DirectRange d;
   std::shared_ptr<Channel> ch;
-  bool direct;
   {
     std::lock_guard<std::mutex> g(r->mu);
-    direct = r->FindDirect(off, &d);
     ch = r->channel;
   }
-  if (direct) {
-    std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
-    if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
-      uffd_.Wake(page, kPage);
-      return;
-    }
-    uint64_t pm = 0;
-    if (!(ev.flags & kEvWp) && ReadPagemap(page, 1, &pm) && (pm & kPmPresent) && (pm & kPmFile)) {
-      uffd_.Wake(page, kPage);  // a stale event: the window is already installed
-      stats_.merged++;
-      return;
-    }
-    uint64_t w = d.window < kPage ? kPage : d.window;
-    uint64_t ws = std::max(d.offset, off & ~(w - 1));
-    uint64_t we = std::min(d.offset + d.length, (off & ~(w - 1)) + w);
-    int e = r->Install(uffd_, ws, we - ws, *d.device, d.dev_offset + (ws - d.offset), d.flags, 0, false);
-    if (e == 0) {
-      stats_.direct++;
-      if (ch) ch->Answered(r->id(), ws, we - ws);  // before the wake: see Region's executors
-      uffd_.Wake(r->base() + ws, we - ws);
-      return;
-    }
-    // Could not install (e.g. ENOMEM at vm.max_map_count): the handler decides.
-  }
+  if (TryDirect(r, ev, ch)) return;
   if (!ch || ch->orphaned()) {
     PoisonPage(r, off);
     return;
@@ -325,6 +301,52 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
       touched->push_back(ch);
       return;
   }
+}
+
+bool Agent::TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch) {
+  // The table is held shared from the lookup until the window is installed and woken,
+  // so a ClearDirect (exclusive) either comes first — then the range is not found —
+  // or waits until this install is done, and the revoke after it takes the window.
+  // Never waits: contended, the fault goes to the handler, which answers it.
+  std::shared_lock<std::shared_mutex> table(r->direct_mu, std::try_to_lock);
+  if (!table.owns_lock()) return false;
+  DirectRange d;
+  if (!r->FindDirect(ev.offset, &d)) return false;
+  // A write-protect fault, or a write to a range decided read-only: the handler's
+  // (it answers SIGBUS or whatever the policy says; an install would be SIGSEGV).
+  if ((ev.flags & kEvWp) || ((ev.flags & kEvWrite) && !(d.flags & kAnsWritable))) return false;
+  // Test seam (DAXMAP_TEST_DIRECT_DELAY_US): widen the window between finding the
+  // range and installing it, so the race with ClearDirect + Revoke is testable.
+  static const long delay_us = getenv("DAXMAP_TEST_DIRECT_DELAY_US") ? atol(getenv("DAXMAP_TEST_DIRECT_DELAY_US")) : 0;
+  if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+  std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
+  uintptr_t page = r->base() + ev.offset;
+  if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
+    uffd_.Wake(page, kPage);  // closing: the thread meets the retired reservation
+    return true;
+  }
+  uint64_t pm = 0;
+  if (ReadPagemap(page, 1, &pm) && (pm & kPmPresent) && (pm & kPmFile)) {
+    uffd_.Wake(page, kPage);  // a stale event: the window is already installed (and this page populated)
+    stats_.merged++;
+    return true;
+  }
+  uint64_t w = d.window < kPage ? kPage : d.window;
+  uint64_t ws = std::max(d.offset, ev.offset & ~(w - 1));
+  uint64_t we = std::min(d.offset + d.length, (ev.offset & ~(w - 1)) + w);
+  uint8_t flags = d.flags & static_cast<uint8_t>(~kAnsPopulate);
+  int e = r->Install(uffd_, ws, we - ws, *d.device, d.dev_offset + (ws - d.offset), flags, 0, false);
+  if (e != 0) return false;  // e.g. ENOMEM at vm.max_map_count: the handler decides
+  if (d.flags & kAnsPopulate) {
+    // Only the faulting page, for the access that faulted; the rest of the window
+    // takes the kernel's own first-touch faults (no trap: it is no longer registered).
+    bool wr = (ev.flags & kEvWrite) && (d.flags & kAnsWritable);
+    (void)madvise(reinterpret_cast<void*>(page), kPage, wr ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+  }
+  stats_.direct++;
+  if (ch) ch->Answered(r->id(), ws, we - ws);  // before the wake: see Region's executors
+  uffd_.Wake(r->base() + ws, we - ws);
+  return true;
 }
 
 void Agent::PoisonPage(const std::shared_ptr<Region>& r, uint64_t off) {
@@ -415,8 +437,8 @@ Status Agent::CloseRegion(uint32_t id, bool bury) {
   {
     std::lock_guard<std::mutex> g(r->mu);
     ch = std::move(r->channel);
-    r->direct.clear();
   }
+  r->ClearDirect(0, r->length());
   if (ch) ch->DropRegion(id);  // their threads were woken by Retire
   r->state.store(kRegionClosed);
   if (bury) {
@@ -443,47 +465,28 @@ Status Agent::BindRegion(uint32_t region, uint32_t channel) {
 Status Agent::SetDirect(uint32_t region, const DirectRange& d) {
   std::shared_ptr<Region> r = FindRegion(region);
   if (!r) return Status::Errno(ENOENT, "set direct range: no such region");
-  if (d.length == 0 || d.offset % kPage || d.length % kPage || d.offset > r->length() ||
-      d.length > r->length() - d.offset || d.dev_offset % kPage || !d.device ||
-      d.dev_offset > d.device->size() || d.length > d.device->size() - d.dev_offset ||
-      (d.window & (d.window - 1)) != 0) {
-    return Status::Errno(EINVAL, "set direct range: range outside region or device, or bad window");
-  }
-  Status s = ClearDirect(region, d.offset, d.length);
-  if (!s.ok()) return s;
-  std::lock_guard<std::mutex> g(r->mu);
-  auto pos = std::lower_bound(r->direct.begin(), r->direct.end(), d,
-                              [](const DirectRange& a, const DirectRange& b) { return a.offset < b.offset; });
-  r->direct.insert(pos, d);
+  int e = CheckDirect(*r, d);
+  if (e != 0) return Status::Errno(e, "set direct range: range outside region or device, or bad window or flags");
+  r->SetDirect(d);
   return Status::Ok();
+}
+
+int Agent::CheckDirect(const Region& r, const DirectRange& d) {
+  if (!d.device) return ENODEV;
+  if (d.length == 0 || d.offset % kPage || d.length % kPage || d.offset > r.length() ||
+      d.length > r.length() - d.offset || d.dev_offset % kPage || d.dev_offset > d.device->size() ||
+      d.length > d.device->size() - d.dev_offset || d.window == 0 || (d.window & (d.window - 1)) != 0 ||
+      (d.flags & ~(kAnsWritable | kAnsPrivate | kAnsPopulate)) != 0 ||
+      ((d.flags & kAnsWritable) && !(d.flags & kAnsPrivate) && !d.device->writable())) {
+    return EINVAL;
+  }
+  return 0;
 }
 
 Status Agent::ClearDirect(uint32_t region, uint64_t off, uint64_t len) {
   std::shared_ptr<Region> r = FindRegion(region);
   if (!r) return Status::Errno(ENOENT, "clear direct range: no such region");
-  std::lock_guard<std::mutex> g(r->mu);
-  std::vector<DirectRange> out;
-  uint64_t end = off + len;
-  for (const DirectRange& d : r->direct) {
-    uint64_t dend = d.offset + d.length;
-    if (dend <= off || d.offset >= end) {
-      out.push_back(d);
-      continue;
-    }
-    if (d.offset < off) {
-      DirectRange head = d;
-      head.length = off - d.offset;
-      out.push_back(head);
-    }
-    if (dend > end) {
-      DirectRange tail = d;
-      tail.offset = end;
-      tail.length = dend - end;
-      tail.dev_offset = d.dev_offset + (end - d.offset);
-      out.push_back(tail);
-    }
-  }
-  r->direct.swap(out);
+  r->ClearDirect(off, len);
   return Status::Ok();
 }
 
@@ -603,6 +606,24 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
     case kOpUnprotect:
       e = RetryEagain([&] { return r->Unprotect(uffd_, a.offset, a.length, false); });
       break;
+    case kOpSetDirect: {
+      // Only what a shared mapping may decide: writable and/or populate (the faulting
+      // page); the window is the 2 MiB chunk of the region.
+      DirectRange d;
+      d.offset = a.offset;
+      d.length = a.length;
+      d.device = DeviceRegistry::Find(a.device);
+      d.dev_offset = a.dev_offset;
+      d.flags = a.flags;
+      d.window = kDirectWindow;
+      if (a.flags & ~(kAnsWritable | kAnsPopulate)) e = EINVAL;
+      else e = CheckDirect(*r, d);
+      if (e == 0) r->SetDirect(d);
+      break;
+    }
+    case kOpClearDirect:
+      r->ClearDirect(a.offset, a.length);
+      break;
     default:
       e = EINVAL;
   }
@@ -610,7 +631,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
     stats_.answer_errors++;
     return e;
   }
-  if (a.op != kOpRevoke && wake) {
+  if (a.op != kOpRevoke && a.op != kOpSetDirect && a.op != kOpClearDirect && wake) {
     std::shared_ptr<Channel> ch;
     {
       std::lock_guard<std::mutex> g(r->mu);

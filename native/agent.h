@@ -109,6 +109,11 @@ class Agent {
   void RunDeferred();
   void Watchdog(uint64_t now);
   int ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced);
+  // Reader thread: answers the fault from the region's direct table if it can
+  // (true: answered, or woken to meet a closing region); false routes it to the channel.
+  bool TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch);
+  // 0, or the errno a direct range is refused with (ENODEV no device, EINVAL).
+  static int CheckDirect(const Region& r, const DirectRange& d);
 
   // Start/stop: users_ and the running state change together under life_mu_.
   // uffd_ and wake_fd_ change only there, while no user exists, so the users that

@@ -37,6 +37,10 @@ enum AnswerOp : uint8_t {
   kOpRevoke = 5,     // replace [offset, +length) with fresh trapped memory, then wake
   kOpWake = 6,       // wake threads waiting on [offset, +length)
   kOpUnprotect = 7,  // clear write protection (private write to a zero page), wake
+  kOpSetDirect = 8,  // decide [offset, +length) ahead: the agent answers its faults itself (device, dev_offset,
+                     // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
+  kOpClearDirect = 9,// forget the decided ranges over [offset, +length): once it returns, no fault there is
+                     // answered natively any more (a following revoke takes whatever was installed)
 };
 
 enum AnswerFlags : uint8_t {

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -58,13 +59,56 @@ int Region::MakeReadOnly() {
 }
 
 bool Region::FindDirect(uint64_t offset, DirectRange* out) {
-  for (const DirectRange& d : direct) {
-    if (offset >= d.offset && offset - d.offset < d.length) {
-      *out = d;
-      return true;
+  // The last range starting at or before offset (the table is sorted, non-overlapping).
+  auto it = std::upper_bound(direct.begin(), direct.end(), offset,
+                             [](uint64_t o, const DirectRange& d) { return o < d.offset; });
+  if (it == direct.begin()) return false;
+  --it;
+  if (offset - it->offset >= it->length) return false;
+  *out = *it;
+  return true;
+}
+
+namespace {
+// Removes [off, off+len) from a sorted, non-overlapping table, cutting ranges that
+// straddle its ends.
+void CutDirect(std::vector<DirectRange>* table, uint64_t off, uint64_t len) {
+  std::vector<DirectRange> out;
+  uint64_t end = off + len;
+  for (const DirectRange& d : *table) {
+    uint64_t dend = d.offset + d.length;
+    if (dend <= off || d.offset >= end) {
+      out.push_back(d);
+      continue;
+    }
+    if (d.offset < off) {
+      DirectRange head = d;
+      head.length = off - d.offset;
+      out.push_back(head);
+    }
+    if (dend > end) {
+      DirectRange tail = d;
+      tail.offset = end;
+      tail.length = dend - end;
+      tail.dev_offset = d.dev_offset + (end - d.offset);
+      out.push_back(tail);
     }
   }
-  return false;
+  table->swap(out);
+}
+}  // namespace
+
+void Region::SetDirect(const DirectRange& d) {
+  std::unique_lock<std::shared_mutex> g(direct_mu);
+  CutDirect(&direct, d.offset, d.length);
+  auto pos = std::lower_bound(direct.begin(), direct.end(), d,
+                              [](const DirectRange& a, const DirectRange& b) { return a.offset < b.offset; });
+  direct.insert(pos, d);
+}
+
+void Region::ClearDirect(uint64_t off, uint64_t len) {
+  std::unique_lock<std::shared_mutex> g(direct_mu);
+  CutDirect(&direct, off, len);
 }
 
 int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,

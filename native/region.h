@@ -55,8 +55,19 @@ class Region {
   // Guarded by mu.
   std::mutex mu;
   std::shared_ptr<Channel> channel;
+
+  // The direct table (docs/native.md, "Decided ranges"), guarded by direct_mu. The
+  // reader holds it shared (try-lock only: it never waits) across FindDirect and the
+  // install of the window it found; SetDirect and ClearDirect hold it exclusive. So
+  // once ClearDirect returns no direct install of the cleared range is in progress
+  // or can start, and a revoke that follows takes whatever was installed.
+  std::shared_mutex direct_mu;
   std::vector<DirectRange> direct;  // sorted by offset, non-overlapping
   bool FindDirect(uint64_t offset, DirectRange* out);
+  // Both take direct_mu exclusive. SetDirect replaces what overlaps; ranges are
+  // checked by the caller.
+  void SetDirect(const DirectRange& d);
+  void ClearDirect(uint64_t off, uint64_t len);
 
   // The executors. Each returns 0 or a positive errno. `wake` wakes the threads
   // waiting on the range once the answer is in place. The agent passes wake=false

@@ -278,6 +278,7 @@ function faultLines(s: FaultStatsSnapshot, indent: string, pool: boolean): strin
     `${indent}  by window: 2 MiB ${s.pmd}, 4 KiB ${s.pte}`,
     `${indent}  answers: zero page ${s.zeroPage}, copy ${s.copy}, SIGBUS ${s.sigbus}, spurious ${s.spurious}, raced ${s.raced}`,
     `${indent}  fallback 2 MiB to 4 KiB ${s.fallback}, evictions ${s.evictions}, revokes ${s.revokes}, recovered ${s.recovered}${pool ? `, installed windows ${s.installedWindows}` : ''}`,
+    `${indent}  decided at map ${s.decided} (written pieces installed ahead or answered by the clients' agents; those faults are not counted here)`,
     `${indent}latency µs: p50 ${Math.round(l.p50)}, p90 ${Math.round(l.p90)}, p99 ${Math.round(l.p99)}, max ${Math.round(l.max)} (${l.count} faults)`,
     `${indent}  by bucket: ${latencyBuckets(s)}`,
   ];

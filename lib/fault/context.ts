@@ -8,6 +8,7 @@ import { logger } from '../log';
 import type { AnswerSpec } from '../native/frames';
 import type { Inode, PoolInternals } from '../pool/internal';
 import type { WindowBudget } from './budget';
+import type { DirectPieces } from './decide';
 import type { PageStates } from './states';
 import { FaultStats, type CounterName } from './stats';
 
@@ -57,6 +58,8 @@ export interface Mapping extends MapRequest {
    * stream, and only those get whole 2 MiB windows allocated (resolve.ts).
    */
   readonly writeStreams: number[];
+  /** Its ranges set direct in the client's agent (decide.ts); cleared before any revoke over them. */
+  readonly direct: DirectPieces;
   dead: boolean;
 }
 

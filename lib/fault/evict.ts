@@ -2,8 +2,8 @@
 // "The window budget"): the least recently installed go first, a whole 2 MiB chunk
 // of a shared mapping at a time. Private mappings have no windows.
 import { withOperation, type LockHandle } from '../lock/index';
-import { Op } from '../native/frames';
 import { ENXIO, type Client, type FaultContext } from './context';
+import { revokeAnswers } from './decide';
 import { HUGE, PAGE, PageState } from './states';
 
 export class Evictor {
@@ -56,8 +56,9 @@ export class Evictor {
       // aligned has a partial chunk at each end).
       const lo = Math.max(0, chunk * HUGE - m.fileOffset);
       const hi = Math.min(m.length, (chunk + 1) * HUGE - m.fileOffset);
-      const [r] = await this.ctx.answer(client, [{ op: Op.Revoke, region: m.region, offset: lo, length: hi - lo }]);
-      if (r === 0 || r === ENXIO) {
+      // A decided piece of the chunk is cleared before the revoke (same batch, in order).
+      const results = await this.ctx.answer(client, revokeAnswers(m, lo, hi - lo));
+      if (results.every((r) => r === 0 || r === ENXIO)) {
         const before = client.budget.count;
         client.budget.dropRange(w.mapping, lo, hi - lo);
         this.ctx.bump(m, 'evictions', before - client.budget.count);

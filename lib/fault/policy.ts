@@ -15,6 +15,7 @@ import { Op, EV_WP, EV_WRITE, type FaultEvent } from '../native/frames';
 import type { Inode, PoolInternals } from '../pool/internal';
 import type { WindowBudget } from './budget';
 import { FaultContext, RetryAfterEvict, roundUp, type Client, type MapRequest, type Mapping } from './context';
+import { Decider, DirectPieces, type DecideMode } from './decide';
 import { Evictor } from './evict';
 import { Resolver } from './resolve';
 import { Revoker } from './revoke';
@@ -28,6 +29,7 @@ export class FaultPolicy {
   private readonly resolver: Resolver;
   private readonly revoker: Revoker;
   private readonly evictor: Evictor;
+  private readonly decider: Decider;
   /** How long a SIGBUS for a failed fault stands before the page is taken back. */
   transientPoisonMs = 20;
 
@@ -36,6 +38,7 @@ export class FaultPolicy {
     this.revoker = new Revoker(this.ctx);
     this.resolver = new Resolver(this.ctx, this.revoker);
     this.evictor = new Evictor(this.ctx);
+    this.decider = new Decider(this.ctx);
     pool.setInvalidator((f, off, len) => this.revoker.invalidate(f, off, len));
   }
 
@@ -52,16 +55,30 @@ export class FaultPolicy {
     this.resolver.inject = fn;
   }
 
+  /** How written extents are decided at map() (decide.ts; DAXMAP_DECIDED sets the default). */
+  get decideMode(): DecideMode {
+    return this.decider.mode;
+  }
+
+  set decideMode(mode: DecideMode) {
+    this.decider.mode = mode;
+  }
+
   // ---- mappings ----
 
-  map(client: Client, req: MapRequest): void {
+  /**
+   * Register a mapping, then decide its written extents ahead (decide.ts). Resolves
+   * once the decided ranges are in the client's agent, before the region is bound.
+   */
+  async map(client: Client, req: MapRequest): Promise<void> {
     const key = `${client.id}:${req.region}`;
     if (this.ctx.mappings.has(key)) throw daxError('EEXIST', `region ${req.region} is already mapped`);
-    const m: Mapping = { ...req, key, client, states: new PageStates(), writeStreams: [], dead: false };
+    const m: Mapping = { ...req, key, client, states: new PageStates(), writeStreams: [], direct: new DirectPieces(), dead: false };
     this.ctx.mappings.set(key, m);
     let set = this.ctx.byInode.get(req.inode.id);
     if (!set) this.ctx.byInode.set(req.inode.id, (set = new Set()));
     set.add(m);
+    await this.decider.decide(m);
   }
 
   /** Forget a mapping (its region is already closed by its owner). */
@@ -82,6 +99,8 @@ export class FaultPolicy {
     this.ctx.byInode.get(m.inode.id)?.delete(m);
     m.client.budget.dropMapping(m.key);
     m.states.clear();
+    // Its region is closed (or its client gone): the agent forgot the direct table with it.
+    m.direct.clear();
   }
 
   mappingsOf(inode: Inode): Mapping[] {

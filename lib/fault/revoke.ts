@@ -4,9 +4,9 @@
 // mapping), and when file.write changes bytes private mappings copied.
 import { daxError } from '../errors';
 import { RANGE_END, withOperation } from '../lock/index';
-import { Op } from '../native/frames';
 import type { Inode } from '../pool/internal';
 import { ENXIO, roundUp, type FaultContext, type Mapping } from './context';
+import { revokeAnswers } from './decide';
 import { HUGE, PAGE, PageState } from './states';
 
 export class Revoker {
@@ -116,8 +116,10 @@ export class Revoker {
 
   async revokeRange(m: Mapping, regionOff: number, length: number): Promise<void> {
     this.ctx.bump(m, 'revokes');
-    const [r] = await this.ctx.answer(m.client, [{ op: Op.Revoke, region: m.region, offset: regionOff, length }]);
-    if (r !== 0 && r !== ENXIO) {
+    // Its direct pieces are cleared first, in the same batch: no direct install after.
+    const results = await this.ctx.answer(m.client, revokeAnswers(m, regionOff, length));
+    const r = results.find((x) => x !== 0 && x !== ENXIO) ?? 0;
+    if (r !== 0) {
       // The pages could not be taken back: the blocks must not be freed under them.
       throw daxError('EIO', `revoke of [${regionOff}, +${length}) in a mapping of '${m.inode.name}' failed (${r})`);
     }

@@ -22,6 +22,13 @@ export const enum PageState {
    * private mapping has made its own (Copy) and which it may take back.
    */
   Clean = 5,
+  /**
+   * Shared mapping, decided ahead (decide.ts): a written block set direct in the
+   * client's agent, which may have installed it without telling us. A fault on such a
+   * page is one the agent did not answer (its table was busy, the install failed):
+   * it is resolved as usual, not as spurious.
+   */
+  Direct = 6,
 }
 
 export class PageStates {

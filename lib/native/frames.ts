@@ -18,6 +18,10 @@ export const Op = {
   Revoke: 5,
   Wake: 6,
   Unprotect: 7,
+  /** Decide a range ahead: the agent answers its faults itself (docs/native.md, "Decided ranges"). */
+  SetDirect: 8,
+  /** Forget decided ranges over the range; send it before the revoke that takes the pages back. */
+  ClearDirect: 9,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 

@@ -10,6 +10,7 @@ import { MAX_FILE_SIZE, PAGE, bytes, fileInt, int, name, pages } from './args';
 import type { Hello, MapOptions } from './messages';
 import type { PoolFsFileStat as FileStat, PoolFsStatFs as StatFs } from '../pool/index';
 import type { FaultStatsSnapshot } from '../fault/stats';
+import { DECIDE_MODES, type DecideMode } from '../fault/decide';
 
 /** Largest file.read through a socket: its reply must fit one control frame (./control.ts MAX_PAYLOAD). */
 export const REMOTE_MAX_READ = 32 << 20;
@@ -111,11 +112,19 @@ export const OPS = {
   testFailPersist: spec({ access: 'test', args: (a): [{ code: string }] => [{ code: (field(a[0], 'code') ?? 'EIO') as string }] }),
   /** What the service holds for this connection. */
   testState: spec({ access: 'test', args: (): [] => [] }),
+  /** windowBudget: this client's window budget; decided: how the pool decides written extents at map() (docs/fault-policy.md). */
   configure: spec({
     access: 'root',
-    args: (a): [{ windowBudget?: number }] => {
+    args: (a): [{ windowBudget?: number; decided?: DecideMode }] => {
       const w = field(a[0], 'windowBudget');
-      return [w === undefined ? {} : { windowBudget: int('windowBudget', w, 1, 2 ** 31) }];
+      const d = field(a[0], 'decided');
+      if (d !== undefined && !DECIDE_MODES.includes(d as DecideMode)) {
+        throw daxError('EINVAL', `decided must be one of ${DECIDE_MODES.join(', ')}, got ${String(d)}`);
+      }
+      return [{
+        ...(w === undefined ? {} : { windowBudget: int('windowBudget', w, 1, 2 ** 31) }),
+        ...(d === undefined ? {} : { decided: d as DecideMode }),
+      }];
     },
   }),
   stat: spec({ args: (a): [number] => [handle(a[0])] }),

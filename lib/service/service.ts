@@ -320,6 +320,7 @@ export class Service {
     },
     configure: (conn, o) => {
       if (o.windowBudget !== undefined) conn.client.budget.limit = o.windowBudget;
+      if (o.decided !== undefined) this.policy.decideMode = o.decided;
       return done();
     },
     stat: async (conn, h) => done(await this.file(conn, h, R_OK, 'stat').stat()),
@@ -349,7 +350,7 @@ export class Service {
       }
       return done();
     },
-    map: (conn, h, region, fileOffset, length, o) => done(this.map(conn, h, region, fileOffset, length, o)),
+    map: async (conn, h, region, fileOffset, length, o) => done(await this.map(conn, h, region, fileOffset, length, o)),
     unmap: (conn, region) => {
       if (region !== null) {
         conn.regions.delete(region);
@@ -368,7 +369,7 @@ export class Service {
     },
   };
 
-  private map(conn: Conn, handle: number, region: number, fileOffset: number, length: number, o: MapOptions): null {
+  private async map(conn: Conn, handle: number, region: number, fileOffset: number, length: number, o: MapOptions): Promise<null> {
     if (!conn.mayMap) throw daxError('EACCES', 'map: this client cannot open the pool device, so it may not map it');
     const f = this.file(conn, handle, R_OK, 'map');
     // A read-only mapping (its region is PROT_READ in the client) gets nothing writable installed.
@@ -384,10 +385,21 @@ export class Service {
     if (dev.kind === 'devdax' && fileOffset % (2 << 20) !== 0) {
       throw daxError('EINVAL', 'on a device-dax pool, mappings must start at a 2 MiB aligned file offset');
     }
-    this.policy.map(conn.client, {
+    // The mapping is registered at once; its written extents are then decided ahead
+    // (answers to the client's agent) before the reply, so before the region is bound.
+    const decided = this.policy.map(conn.client, {
       region, inode, fileOffset, length, private: o.private, sync, faultAround: o.faultAround, writable,
     });
     conn.regions.set(region, { handle, fileOffset, length });
+    try {
+      await decided;
+    } catch (err) {
+      if (!isDaxError(err, 'EEXIST')) {
+        conn.regions.delete(region);
+        this.policy.unmap(conn.client, region);
+      }
+      throw err;
+    }
     return null;
   }
 

@@ -93,6 +93,8 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kOpRevoke", kOpRevoke);
   set("kOpWake", kOpWake);
   set("kOpUnprotect", kOpUnprotect);
+  set("kOpSetDirect", kOpSetDirect);
+  set("kOpClearDirect", kOpClearDirect);
   set("kAnsWritable", kAnsWritable);
   set("kAnsPrivate", kAnsPrivate);
   set("kAnsPopulate", kAnsPopulate);

@@ -125,3 +125,15 @@ export async function startClient(socket: string, opts: { stage?: Stage; cwd?: s
   await c.call('connect', { socket });
   return c;
 }
+
+/** A daemon and `n` clients connected to it, all stopped at the test's teardown (clients killed first). */
+export async function daemonWithClients(t: { teardown(fn: () => unknown): void }, n: number, opts: Parameters<typeof startDaemon>[0] = {}): Promise<{ d: DaemonProc; clients: Client[] }> {
+  const d = await startDaemon(opts);
+  const clients: Client[] = [];
+  t.teardown(async () => {
+    for (const c of clients) await c.kill();
+    await d.stop();
+  });
+  for (let i = 0; i < n; i++) clients.push(await startClient(d.socket));
+  return { d, clients };
+}

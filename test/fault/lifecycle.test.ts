@@ -139,7 +139,8 @@ async function fsckReport(p: string): Promise<string[]> {
 }
 
 forBackings(t, 'the window budget: old windows are revoked, random access never fails', async (t, { pool }) => {
-  await pool.request('configure', [{ windowBudget: 32 }]);
+  // Windows installed by faults: nothing decided ahead at map() (that is decided-ranges.test.ts).
+  await pool.request('configure', [{ windowBudget: 32, decided: 'off' }]);
   const f = await pool.openFile('r', { create: true });
   const pages = 2048;
   const data = Buffer.alloc(pages * PAGE);
@@ -163,7 +164,7 @@ forBackings(t, 'the window budget: old windows are revoked, random access never 
 });
 
 forBackings(t, 'eviction of whole chunks: zero pages, data and past-EOF poison all come back right', async (t, { pool }) => {
-  await pool.request('configure', [{ windowBudget: 8 }]);
+  await pool.request('configure', [{ windowBudget: 8, decided: 'off' }]);
   const f = await pool.openFile('c', { create: true });
   // Chunk 0: data in even pages, holes in odd ones; chunk 1: EOF in its middle.
   for (let p = 0; p < 64; p += 2) await f.write(Buffer.alloc(PAGE, p + 1), p * PAGE);

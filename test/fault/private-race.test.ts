@@ -73,7 +73,8 @@ for (const op of ['punchHole', 'zeroRange'] as const) {
 }
 
 forBackings(t, 'a private mapping holds no windows: it takes none of the budget and eviction never touches it', async (t, { pool }) => {
-  await pool.request('configure', [{ windowBudget: 8 }]);
+  // The shared mapping's windows come from faults: nothing decided ahead at map().
+  await pool.request('configure', [{ windowBudget: 8, decided: 'off' }]);
   const f = await pool.openFile('e', { create: true });
   await f.write(Buffer.alloc(4 << 20, 0x11), 0);
   const p = await f.map({ private: true, faultAround: false });

@@ -59,6 +59,8 @@ const MIRROR: Record<string, string | null> = {
   kOpRevoke: 'frames.Op.Revoke',
   kOpWake: 'frames.Op.Wake',
   kOpUnprotect: 'frames.Op.Unprotect',
+  kOpSetDirect: 'frames.Op.SetDirect',
+  kOpClearDirect: 'frames.Op.ClearDirect',
   kAnsWritable: 'frames.A_WRITABLE',
   kAnsPrivate: 'frames.A_PRIVATE',
   kAnsPopulate: 'frames.A_POPULATE',
