@@ -1,7 +1,7 @@
 // Pool.connect() is bounded (issue 9 item 5): a server that accepts and never
 // answers used to leave it pending forever. Now `timeoutMs` (default 10 s) rejects
 // it with ETIMEDOUT, an AbortSignal aborts it, and the event loop runs meanwhile.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -10,7 +10,7 @@ import { Pool } from '../../dist/index';
 import { startDaemon, tmpName } from './helpers';
 
 /** A server that accepts and never says a word. */
-async function silentServer(t: Tap.Test): Promise<{ path: string; closed: Promise<void> }> {
+async function silentServer(t: Test): Promise<{ path: string; closed: Promise<void> }> {
   const sockPath = tmpName('sock');
   const held: net.Socket[] = [];
   let onClosed!: () => void;
