@@ -108,6 +108,9 @@ t.test('Pool.connect checks its options; a live daemon connects within a short l
   for (const timeoutMs of [0, -1, NaN, '5' as unknown as number]) {
     await t.rejects(Pool.connect('/tmp/x.sock', { timeoutMs }), { code: 'EINVAL' }, `timeoutMs ${String(timeoutMs)}`);
   }
+  // The message shows the value as the other argument checks do (it said "[object Object]").
+  await t.rejects(Pool.connect('/tmp/x.sock', { timeoutMs: {} as unknown as number }), { code: 'EINVAL', message: /, got an object \(Object\)$/ }, 'timeoutMs {}');
+  await t.rejects(Pool.connect('/tmp/x.sock', { timeoutMs: '5' as unknown as number }), { code: 'EINVAL', message: /, got '5'$/ }, "timeoutMs '5'");
   await t.rejects(Pool.connect('/tmp/x.sock', { signal: 'no' as unknown as AbortSignal }), { code: 'EINVAL' }, 'signal');
   await t.rejects(Pool.connect('/tmp/x.sock', null as unknown as object), { code: 'EINVAL' }, 'options not an object');
   const d = await startDaemon();
