@@ -2,7 +2,10 @@
   # sanitize: "" (normal build), "address" (AddressSanitizer + UndefinedBehaviorSanitizer)
   # or "thread" (ThreadSanitizer). Set by `node-gyp rebuild --sanitize=address`, which
   # scripts/sanitize.js runs in a build directory of its own (build-sanitize/).
-  "variables": {"sanitize%": ""},
+  # werror: "on" when the environment has DAXMAP_WERROR=1 (.ci/run sets it): every
+  # compiler warning is an error. Off by default, so that a user's newer compiler
+  # cannot fail an install over a new warning.
+  "variables": {"sanitize%": "", "werror%": "<!(node -p \"process.env.DAXMAP_WERROR === '1' ? 'on' : 'off'\")"},
   "targets": [
     {
       "target_name": "daxmap",
@@ -30,6 +33,7 @@
       "ldflags": ["-pthread"],
       "libraries": ["-ldl"],
       "conditions": [
+        ["werror=='on'", {"cflags_cc": ["-Werror"]}],
         ["sanitize=='address'", {
           "cflags_cc": ["-fsanitize=address,undefined,float-cast-overflow,float-divide-by-zero", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"],
           "cflags_cc!": ["-O2", "-O3"],

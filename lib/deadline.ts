@@ -4,6 +4,7 @@
 // (`name: 'AbortError'`, `code: 'ABORT_ERR'`, `cause`: the signal's reason), as
 // Node's own APIs do.
 import { daxError, type DaxmapError } from './errors';
+import { show } from './util/check';
 
 export function abortError(signal: AbortSignal): DaxmapError {
   const e = new Error('The operation was aborted', { cause: signal.reason }) as DaxmapError;
@@ -15,7 +16,7 @@ export function abortError(signal: AbortSignal): DaxmapError {
 /** Checks a `timeoutMs` option: a number > 0 (Infinity: no limit). */
 export function checkTimeout(v: unknown, dflt: number): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || Number.isNaN(v) || v <= 0) throw daxError('EINVAL', `timeoutMs must be a number > 0 (Infinity for none), got ${String(v)}`);
+  if (typeof v !== 'number' || Number.isNaN(v) || v <= 0) throw daxError('EINVAL', `timeoutMs must be a number > 0 (Infinity for none), got ${show(v)}`);
   return v;
 }
 

@@ -321,11 +321,8 @@ bool SocketChannel::OnMessage(const wire::Header& h, const uint8_t* body, std::s
       state_.store(kOpen, std::memory_order_release);
       return true;
     }
-    case wire::kMsgAnswers:
-      return OnAnswers(body, h.length, why);
-    case wire::kMsgBye:
-      *why = Reason("ECONNRESET", "the daemon said BYE");
-      return false;
+    case wire::kMsgAnswers: return OnAnswers(body, h.length, why);
+    case wire::kMsgBye: *why = Reason("ECONNRESET", "the daemon said BYE"); return false;
     default:
       *why = Reason("EPROTO", "unexpected message");  // refused by Parse already
       return false;

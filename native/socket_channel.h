@@ -39,8 +39,8 @@ struct Hello {
   uint64_t session;   // token from the client's control connection; the daemon echoes it
 };
 struct Result {
-  uint64_t tag;     // the answer's tag
-  int32_t result;   // 0, -errno, or kResultRaced
+  uint64_t tag;    // the answer's tag
+  int32_t result;  // 0, -errno, or kResultRaced
   uint32_t zero;
 };
 static_assert(sizeof(Header) == 8, "wire header is 8 bytes");
@@ -58,7 +58,7 @@ struct SocketChannelStats {
   std::atomic<uint64_t> answer_messages{0};  // ANSWERS messages read (= RESULTS written)
   std::atomic<uint64_t> bytes_in{0};
   std::atomic<uint64_t> bytes_out{0};
-  std::atomic<uint64_t> pending_out{0};      // bytes queued in user space, not yet written
+  std::atomic<uint64_t> pending_out{0};  // bytes queued in user space, not yet written
 };
 
 class SocketChannel : public Channel {

@@ -9,9 +9,9 @@
 namespace daxmap {
 
 struct Status {
-  int err = 0;           // 0: success; else a positive errno value
-  std::string what;      // "mmap device range", "UFFDIO_COPY", ...
-  std::string code;      // errno name override (e.g. "EUFFD"); empty: derived from err
+  int err = 0;       // 0: success; else a positive errno value
+  std::string what;  // "mmap device range", "UFFDIO_COPY", ...
+  std::string code;  // errno name override (e.g. "EUFFD"); empty: derived from err
   bool ok() const { return err == 0; }
   static Status Ok() { return {}; }
   static Status Errno(int e, std::string w) { return Status{e, std::move(w), {}}; }

@@ -69,8 +69,7 @@ const char* ErrnoName(int err) {
 }
 
 uint64_t UffdRequiredFeatures() {
-  return UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_THREAD_ID |
-         UFFD_FEATURE_POISON;
+  return UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON;
 }
 
 std::string UffdHowToEnable(const std::string& reason) {

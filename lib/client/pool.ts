@@ -374,7 +374,7 @@ export class Pool extends EventEmitter<PoolEvents> {
     this.closing = (async () => {
       for (const f of [...this.files]) await f.closeLocal();
       this.isClosed = true;
-      let failure: unknown = null;
+      let failure = null as Error | null;
       if (this.worker) {
         // The service's final flush and checkpoint: if they fail, so does close(),
         // once the service is gone and the device released all the same.
@@ -382,8 +382,8 @@ export class Pool extends EventEmitter<PoolEvents> {
           failure = daxError('ECLOSED', `close '${this.hello.path}': the pool was not closed cleanly, its service died first ` +
             `(${this.gone.message}); what it had not synced is replayed from the log when the pool is opened again`, { cause: this.gone });
         } else {
-          await this.rpc.call('close', []).catch((err: unknown) => {
-            failure = err;
+          await this.rpc.call('close', []).catch((err: Error) => {
+            failure = err; // the service's own error (a DaxmapError)
           });
         }
         await this.worker.terminate();

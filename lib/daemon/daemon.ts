@@ -193,13 +193,13 @@ export class Daemon {
     const exists = fs.existsSync(opts.device);
     const service = await Service.start(exists ? { device: opts.device, mode: 'open' } : { device: opts.device, mode: 'create', size: opts.size }, false);
     if (!exists) opts.log.info({ device: opts.device, size: opts.size }, 'created and formatted the pool device');
-    let d: Daemon;
+    let d: Daemon | undefined;
     try {
       d = new Daemon(service, opts);
       await d.listen();
       if (opts.metrics) d.metricsServer = await serveMetrics(d.metricsRegistry(), opts.metrics, opts.log);
     } catch (err) {
-      d!?.server.close();
+      d?.server.close();
       await service.close();
       throw err;
     }

@@ -117,7 +117,7 @@ export class BlockAllocator {
       }
     };
     if (opts.goal !== undefined && opts.goal >= this.dataStart && opts.goal < this.dataEnd) {
-      let d = opts.goal;
+      const d = opts.goal;
       let len = 0;
       while (len < left && d + len < this.dataEnd && !this.isUsed(d + len)) len++;
       if (len > 0) grab(d, len);

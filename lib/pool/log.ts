@@ -112,7 +112,7 @@ function encodePayload(r: LogRecord, b: Buffer, o: number): void {
 /** Decode a record whose checksum has been verified; null if its type or length is impossible. */
 export function decodeRecord(b: Buffer, o: number, type: number, len: number): LogRecord | null {
   const p = o + REC_HEADER;
-  switch (type) {
+  switch (type as RecType) {
     case RecType.Session:
       return len === 8 ? { t: RecType.Session, nonce: readU64(b, p) } : null;
     case RecType.Create:

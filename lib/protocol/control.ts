@@ -37,7 +37,7 @@ export function encodeFrame(msg: Record<string, unknown>): Buffer {
   const out: Record<string, unknown> = { ...msg };
   if (Array.isArray(msg.args)) out.args = msg.args.map(take);
   if ('value' in msg) out.value = take(msg.value);
-  const json = Buffer.from(JSON.stringify(out, (_k, v) => (typeof v === 'bigint' ? v.toString() : v)), 'utf8');
+  const json = Buffer.from(JSON.stringify(out, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)), 'utf8');
   const p = payload as Uint8Array | null;
   const plen = p === null ? 0 : p.length;
   if (json.length > MAX_JSON || plen > MAX_PAYLOAD) throw daxError('EMSGSIZE', 'control message too large');

@@ -96,7 +96,8 @@ uint64_t CheckedInteger(Napi::Env env, Napi::Value v, uint64_t max, const std::s
     bool lossless = false;
     uint64_t u = v.As<Napi::BigInt>().Uint64Value(&lossless);
     if (!lossless || u > max) {
-      BadValue(env, err, ErrorKind::kRangeError, what + " must be an integer in [0, " + std::to_string(max) + "], got a bigint out of range");
+      BadValue(env, err, ErrorKind::kRangeError,
+               what + " must be an integer in [0, " + std::to_string(max) + "], got a bigint out of range");
     }
     return u;
   }
@@ -134,7 +135,8 @@ uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i) {
 int FdArg(const Napi::CallbackInfo& info, size_t i) {
   Napi::Value v = info[i];
   if (!v.IsNumber()) {  // a descriptor is a number, never a bigint
-    BadValue(info.Env(), EBADF, ErrorKind::kTypeError, ArgName(i) + " (a file descriptor) must be a number, got " + TypeName(v));
+    BadValue(info.Env(), EBADF, ErrorKind::kTypeError,
+             ArgName(i) + " (a file descriptor) must be a number, got " + TypeName(v));
   }
   return static_cast<int>(CheckedInteger(info.Env(), v, INT_MAX, ArgName(i) + " (a file descriptor)", EBADF));
 }

@@ -27,7 +27,7 @@ class SocketChannel;
 struct EnvData {
   std::unordered_map<uint32_t, std::vector<napi_ref>> region_buffers;  // weak refs
   std::unordered_set<uint32_t> regions;
-  std::unordered_map<uint32_t, std::vector<napi_ref>> device_views;    // weak refs
+  std::unordered_map<uint32_t, std::vector<napi_ref>> device_views;  // weak refs
   std::unordered_set<uint32_t> devices;
   std::unordered_set<uint32_t> channels;
   std::unordered_map<uint32_t, std::shared_ptr<SocketChannel>> socket_channels;  // closed at teardown

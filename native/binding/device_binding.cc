@@ -1,6 +1,6 @@
 // JS surface of devices: open (lock, map), views as Buffers, persist, close.
-#include "device.h"
 #include "binding/common.h"
+#include "device.h"
 
 namespace daxmap {
 
@@ -46,7 +46,8 @@ Napi::Value DeviceOpen(const Napi::CallbackInfo& info) {
 std::shared_ptr<Device> OwnedDevice(Napi::Env env, uint32_t id, const char* what) {
   EnvData* d = GetEnvData(env);
   if (d->devices.count(id) == 0) {
-    ThrowErrno(env, EPERM, std::string(what) + ": device " + std::to_string(id) + " belongs to another thread or is closed");
+    ThrowErrno(env, EPERM,
+               std::string(what) + ": device " + std::to_string(id) + " belongs to another thread or is closed");
     return nullptr;
   }
   std::shared_ptr<Device> dev = DeviceRegistry::Find(id);

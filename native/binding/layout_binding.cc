@@ -12,12 +12,12 @@ namespace daxmap {
 
 namespace {
 
-#define DAXMAP_FIELD(S, f)                                               \
-  do {                                                                   \
-    Napi::Array a = Napi::Array::New(env, 2);                            \
+#define DAXMAP_FIELD(S, f)                                                  \
+  do {                                                                      \
+    Napi::Array a = Napi::Array::New(env, 2);                               \
     a.Set(0u, Napi::Number::New(env, static_cast<double>(offsetof(S, f)))); \
     a.Set(1u, Napi::Number::New(env, static_cast<double>(sizeof(S::f))));   \
-    fields.Set(#f, a);                                                   \
+    fields.Set(#f, a);                                                      \
   } while (0)
 
 Napi::Object Struct(Napi::Env env, size_t size, Napi::Object fields) {

@@ -48,8 +48,10 @@ Napi::Value UnixDatagramSend(const Napi::CallbackInfo& info) {
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   socklen_t len = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + path.size());
-  if (path[0] == '@') addr.sun_path[0] = '\0';  // abstract: no trailing NUL counted
-  else len += 1;
+  if (path[0] == '@')
+    addr.sun_path[0] = '\0';  // abstract: no trailing NUL counted
+  else
+    len += 1;
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     ThrowErrno(env, errno, "create a UNIX datagram socket");

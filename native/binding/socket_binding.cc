@@ -137,7 +137,10 @@ Napi::Value ChannelRefSocket(const Napi::CallbackInfo& info) {
   std::shared_ptr<ClosedNotifier> n = std::static_pointer_cast<ClosedNotifier>(it->second);
   std::lock_guard<std::mutex> g(n->mu);
   if (!n->alive) return env.Undefined();
-  if (info[1].ToBoolean().Value()) n->tsfn.Ref(env); else n->tsfn.Unref(env);
+  if (info[1].ToBoolean().Value())
+    n->tsfn.Ref(env);
+  else
+    n->tsfn.Unref(env);
   return env.Undefined();
 }
 

@@ -1,7 +1,7 @@
 // Pool.connect() is bounded (issue 9 item 5): a server that accepts and never
 // answers used to leave it pending forever. Now `timeoutMs` (default 10 s) rejects
 // it with ETIMEDOUT, an AbortSignal aborts it, and the event loop runs meanwhile.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -10,7 +10,7 @@ import { Pool } from '../../dist/index';
 import { startDaemon, tmpName } from './helpers';
 
 /** A server that accepts and never says a word. */
-async function silentServer(t: Tap.Test): Promise<{ path: string; closed: Promise<void> }> {
+async function silentServer(t: Test): Promise<{ path: string; closed: Promise<void> }> {
   const sockPath = tmpName('sock');
   const held: net.Socket[] = [];
   let onClosed!: () => void;
@@ -108,6 +108,9 @@ t.test('Pool.connect checks its options; a live daemon connects within a short l
   for (const timeoutMs of [0, -1, NaN, '5' as unknown as number]) {
     await t.rejects(Pool.connect('/tmp/x.sock', { timeoutMs }), { code: 'EINVAL' }, `timeoutMs ${String(timeoutMs)}`);
   }
+  // The message shows the value as the other argument checks do (it said "[object Object]").
+  await t.rejects(Pool.connect('/tmp/x.sock', { timeoutMs: {} as unknown as number }), { code: 'EINVAL', message: /, got an object \(Object\)$/ }, 'timeoutMs {}');
+  await t.rejects(Pool.connect('/tmp/x.sock', { timeoutMs: '5' as unknown as number }), { code: 'EINVAL', message: /, got '5'$/ }, "timeoutMs '5'");
   await t.rejects(Pool.connect('/tmp/x.sock', { signal: 'no' as unknown as AbortSignal }), { code: 'EINVAL' }, 'signal');
   await t.rejects(Pool.connect('/tmp/x.sock', null as unknown as object), { code: 'EINVAL' }, 'options not an object');
   const d = await startDaemon();

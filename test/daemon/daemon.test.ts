@@ -206,7 +206,7 @@ t.test('SIGTERM with faults in flight: every client thread is answered, the daem
   await a.call('request', { op: 'testInject', args: [{ where: 'any', delayMs: 3000 }] });
   // The client runs the touches one after the other; one that starts only after it
   // learnt the daemon is gone finds the mapping detached (ECLOSED), as documented.
-  const touches = [0, 1, 2, 3].map((i) => a.call('ktouch', { id: 1, offset: i * HUGE + PAGE }).then((x) => x, (e: { code?: string }) => e.code ?? String(e)));
+  const touches = [0, 1, 2, 3].map((i) => a.call('ktouch', { id: 1, offset: i * HUGE + PAGE }).then((x) => x, (e: Error & { code?: string }) => e.code ?? String(e)));
   let firstDone = false;
   void touches[0]!.then(() => (firstDone = true));
   // Stop the daemon once the first touch has reached it (a fault counted), not before.
@@ -217,8 +217,8 @@ t.test('SIGTERM with faults in flight: every client thread is answered, the daem
   const r = await d.stop('SIGTERM');
   t.same(r, { code: 0, signal: null }, 'daxmapd exited 0');
   const results = await Promise.all(touches);
-  t.ok(results[0] === null || results[0] === 'EFAULT', `the touch the daemon had got a page or SIGBUS (${results[0]})`);
-  for (const x of results.slice(1)) t.ok(x === null || x === 'EFAULT' || x === 'ECLOSED', `a later touch got a page or SIGBUS, or found the mapping detached (${x})`);
+  t.ok(results[0] === null || results[0] === 'EFAULT', `the touch the daemon had got a page or SIGBUS (${String(results[0])})`);
+  for (const x of results.slice(1)) t.ok(x === null || x === 'EFAULT' || x === 'ECLOSED', `a later touch got a page or SIGBUS, or found the mapping detached (${String(x)})`);
   // The client learns the daemon is gone from its control connection, in its own
   // time: once a call fails with ECLOSED, its mappings are detached too.
   let last: unknown;

@@ -2,7 +2,7 @@
 // the daemon's device, not a same-named file (issue 9 item 2): daxmapd hands out an
 // absolute path, and the client proves through its descriptor (pool UUID, st_dev/
 // st_ino) that it is the daemon's device before any mapping.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startDaemon, startClient, PAGE } from './helpers';
@@ -12,7 +12,7 @@ import { identityMismatch, openVerifiedDevice, parseIdentity, readIdentity, type
 
 const SIZE = 64 << 20;
 let n = 0;
-function shmDir(t: Tap.Test): string {
+function shmDir(t: Test): string {
   const dir = `/dev/shm/daxmap-idtest-${process.pid}-${n++}`;
   fs.mkdirSync(dir);
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -103,7 +103,7 @@ export async function startClient(socket: string, opts: { stage?: Stage; cwd?: s
     if (m.ok) w.res(m.value);
     else w.rej(Object.assign(new Error(m.message), { code: m.code }));
   });
-  exited.then((e) => {
+  void exited.then((e) => {
     for (const w of waiters.values()) w.rej(Object.assign(new Error(`client died (${e.signal ?? e.code})`), { code: 'EDIED', signal: e.signal }));
     waiters.clear();
   });

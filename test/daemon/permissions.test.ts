@@ -208,7 +208,7 @@ t.test('a fault connection must come from its control connection\'s user', async
 t.test('supplementary groups count, for the device as for files', async (t) => {
   const hasSetpriv = spawnSync('setpriv', ['--version']).status === 0;
   if (!hasSetpriv) {
-    t.skip('needs setpriv (util-linux)');
+    t.skip('needs setpriv (util-linux)', () => {});
     return;
   }
   const GRP = 100; // 'users'

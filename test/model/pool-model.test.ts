@@ -154,7 +154,7 @@ async function runModel(seed: number, ops: number, log: string[]): Promise<{ eno
           log[log.length - 1] = `${op}: rename ${name} -> ${to}`;
           await pool.rename(name, to);
           if (to !== name) {
-            handles.get(to)?.close();
+            await handles.get(to)?.close();
             handles.delete(to);
             handles.set(to, f);
             handles.delete(name);
@@ -188,7 +188,7 @@ async function runModel(seed: number, ops: number, log: string[]): Promise<{ eno
       const problems = checkClean(pool);
       if (problems.length) fail(`consistency: ${problems.slice(0, 5).join('; ')}`);
       const listed = await pool.list();
-      if (JSON.stringify(listed) !== JSON.stringify(names.sort())) fail(`list ${listed} vs model ${names}`);
+      if (JSON.stringify(listed) !== JSON.stringify(names.sort())) fail(`list ${listed.join(',')} vs model ${names.join(',')}`);
     }
   }
   await pool.close();

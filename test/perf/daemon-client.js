@@ -95,7 +95,7 @@ const commands = {
     const stamp = stampOf(t.run);
     let ok = 0;
     let bad = 0;
-    let stats = null;
+    let stats;
     try {
       if (check) {
         const page = Buffer.alloc(PAGE);

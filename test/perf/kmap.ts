@@ -28,6 +28,7 @@ function load(): KmapAddon {
   const out = path.join(dir, 'kmap.node');
   try {
     execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-Wall', '-shared', '-fPIC', '-I', headers(), '-o', out, path.join(__dirname, 'kmap.c')], { stdio: ['ignore', 'inherit', 'inherit'] });
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- a native addon built at run time
     addon = require(out) as KmapAddon;
   } finally {
     fs.rmSync(dir, { recursive: true, force: true }); // a loaded library stays loaded

@@ -27,6 +27,7 @@ async function image(): Promise<{ img: Buffer[]; g: ReturnType<typeof coreOf>['g
     const f = await pool.openFile(`f${r.int(6)}`, { create: true });
     const off = r.int(200000);
     if (r.chance(0.5)) await f.write(stamp(op, off, 1 + r.int(9000)), off);
+    // eslint-disable-next-line no-dupe-else-if -- each r.chance() is a new draw
     else if (r.chance(0.5)) await f.punchHole(off, 1 + r.int(20000));
     else await f.fallocate(off, 1 + r.int(30000), { keepSize: r.chance(0.5) });
   }
@@ -48,7 +49,7 @@ async function openOutcome(img: Buffer[]): Promise<'ebadf' | 'ok'> {
     pool = PoolFs.openOn(new MemoryStorage(SIZE, { from: img }));
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code !== 'EBADF') throw new Error(`open threw ${code}: ${(e as Error).message}`);
+    if (code !== 'EBADF') throw new Error(`open threw ${code}: ${(e as Error).message}`, { cause: e });
     return 'ebadf';
   }
   const problems = coreOf(pool).checkState();

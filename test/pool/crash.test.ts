@@ -2,7 +2,7 @@
 // file is SIGKILLed at random moments. Reopening must succeed, fsck must be clean,
 // every file whose last event was an fsync must be byte for byte what was synced,
 // and the freed secret pattern must appear nowhere.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -22,7 +22,7 @@ const dir = mkdtempSync(join(tmpdir(), 'daxmap-crash-'));
 const SECRET = Buffer.from('CRASH-SECRET-PAT');
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
-async function check(t: Tap.Test, path: string, synced: Map<string, string>): Promise<void> {
+async function check(t: Test, path: string, synced: Map<string, string>): Promise<void> {
   const pool = await PoolFs.open(path);
   t.same(coreOf(pool).checkState(), [], 'consistent after recovery');
   for (const name of await pool.list()) {

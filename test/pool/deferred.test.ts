@@ -4,7 +4,7 @@
 // a checkpoint, the periodic writeback). Memory pools with the deferral forced on, so
 // that what survives a power cut can be looked at (crashImage); the SIGKILL and
 // power-failure tests are in deferred-crash.test.ts and powerfail.test.ts.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -45,7 +45,7 @@ async function readAll(f: PoolFsFile): Promise<Buffer> {
 }
 
 /** What a power cut now leaves: the reopened pool (fsck'ed first). */
-async function crash(t: Tap.Test, storage: MemoryStorage): Promise<PoolFs> {
+async function crash(t: Test, storage: MemoryStorage): Promise<PoolFs> {
   const img = storage.crashImage();
   const rep = fsckStorage(new MemoryStorage(storage.size, { from: img }));
   t.ok(rep.clean, `fsck of the crash image is clean ${rep.errors.slice(0, 3).join('; ')}`);
@@ -69,7 +69,7 @@ async function withFile(size: number, opts: { logBytes?: number; writebackMs?: n
 }
 
 /** File 'f' as a power cut now leaves it: its bytes and its extents' states. */
-async function afterCrash(t: Tap.Test, storage: MemoryStorage): Promise<{ data: Buffer; states: string[] }> {
+async function afterCrash(t: Test, storage: MemoryStorage): Promise<{ data: Buffer; states: string[] }> {
   const p = await crash(t, storage);
   const f = await p.openFile('f');
   const data = await readAll(f);
@@ -154,7 +154,7 @@ t.test('a block freed by another file and reallocated by a fault reads zeros aft
 });
 
 type Freer = (pool: PoolFs, f: PoolFsFile) => Promise<void>;
-const freers: Record<string, { free: Freer; check: (t: Tap.Test, p: PoolFs) => Promise<void> }> = {
+const freers: Record<string, { free: Freer; check: (t: Test, p: PoolFs) => Promise<void> }> = {
   'punch hole': {
     free: async (_p, f) => { await f.punchHole(0, 8 * B); },
     check: async (t, p) => { t.ok(all(await readAll(await p.openFile('f')), 0), 'the punched range reads zeros'); },

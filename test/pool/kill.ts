@@ -14,7 +14,7 @@ export async function runAndKill(child: string, args: string[], afterLines: numb
   let buf = '';
   let lines = 0;
   let killTimer: NodeJS.Timeout | undefined;
-  let failed: Error | null = null;
+  let failed = null as Error | null; // set by the child's output handler
   const exited = new Promise<{ code: number | null; signal: string | null }>((res) => p.on('exit', (code, signal) => res({ code, signal })));
   p.stdout.setEncoding('utf8');
   p.stdout.on('data', (d: string) => {

@@ -5,7 +5,7 @@
 // The deferred scenarios add write faults (ensureWritten and stores through the
 // device, as a mapping makes them) with deferred conversion on (docs/pool.md,
 // "Durability"), and pool.sync(): the cuts then also fall inside conversions.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
 import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
@@ -93,7 +93,7 @@ async function verify(snap: Snap): Promise<string | null> {
   return null;
 }
 
-async function scenario(t: Tap.Test, seed: number, ops: number, deferred = false): Promise<void> {
+async function scenario(t: Test, seed: number, ops: number, deferred = false): Promise<void> {
   const r = rng(seed);
   const durable = new Map<string, Buffer>(); // name -> content at its last fsync, while untouched since
   const storage = new CrashingStorage(SIZE, r, 0.4, () => new Map(durable));
