@@ -22,7 +22,7 @@ namespace daxmap {
 
 namespace {
 constexpr uint64_t kPage = 4096;
-constexpr uint64_t kDirectWindow = 2ull << 20;  // a decided range is installed a 2 MiB chunk at a time
+constexpr uint64_t kDirectWindow = 2ull << 20;        // a decided range is installed a 2 MiB chunk at a time
 constexpr uint64_t kGraceNs = 30ull * 1000000000ull;  // graveyard grace period
 constexpr uint64_t kEagainBudgetNs = 5ull * 1000000000ull;
 constexpr uint64_t kTickNs = 100000000ull;  // the watchdog's period while events are live
@@ -290,12 +290,8 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
     return;
   }
   switch (ch->Enqueue(ev)) {
-    case Channel::kOrphaned:
-      PoisonPage(r, off);
-      return;
-    case Channel::kMerged:
-      stats_.merged++;
-      return;
+    case Channel::kOrphaned: PoisonPage(r, off); return;
+    case Channel::kMerged: stats_.merged++; return;
     case Channel::kQueued:
       stats_.delivered++;
       touched->push_back(ch);
@@ -594,18 +590,13 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
       e = RetryEagain([&] { return r->Copy(uffd_, a.offset, a.length, src, (a.flags & kAnsWp) != 0, false); });
       break;
     }
-    case kOpPoison:
-      e = RetryEagain([&] { return r->Poison(uffd_, a.offset, a.length, false); });
-      break;
+    case kOpPoison: e = RetryEagain([&] { return r->Poison(uffd_, a.offset, a.length, false); }); break;
     case kOpRevoke:
       // Not an answer to a fault: it wakes its range itself, and waiters refault.
       e = OnReaderThread() ? EDEADLK : r->Revoke(uffd_, a.offset, a.length);
       break;
-    case kOpWake:
-      break;
-    case kOpUnprotect:
-      e = RetryEagain([&] { return r->Unprotect(uffd_, a.offset, a.length, false); });
-      break;
+    case kOpWake: break;
+    case kOpUnprotect: e = RetryEagain([&] { return r->Unprotect(uffd_, a.offset, a.length, false); }); break;
     case kOpSetDirect: {
       // Only what a shared mapping may decide: writable and/or populate (the faulting
       // page); the window is the 2 MiB chunk of the region.
@@ -616,16 +607,15 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
       d.dev_offset = a.dev_offset;
       d.flags = a.flags;
       d.window = kDirectWindow;
-      if (a.flags & ~(kAnsWritable | kAnsPopulate)) e = EINVAL;
-      else e = CheckDirect(*r, d);
+      if (a.flags & ~(kAnsWritable | kAnsPopulate))
+        e = EINVAL;
+      else
+        e = CheckDirect(*r, d);
       if (e == 0) r->SetDirect(d);
       break;
     }
-    case kOpClearDirect:
-      r->ClearDirect(a.offset, a.length);
-      break;
-    default:
-      e = EINVAL;
+    case kOpClearDirect: r->ClearDirect(a.offset, a.length); break;
+    default: e = EINVAL;
   }
   if (e != 0) {
     stats_.answer_errors++;

@@ -27,20 +27,20 @@
 namespace daxmap {
 
 struct AgentStats {
-  std::atomic<uint64_t> events{0};      // page faults read
-  std::atomic<uint64_t> batches{0};     // reads that returned events
-  std::atomic<uint64_t> merged{0};      // faults merged into a live event of the same page
-  std::atomic<uint64_t> direct{0};      // answered natively from a direct table
-  std::atomic<uint64_t> delivered{0};   // events handed to channels
-  std::atomic<uint64_t> poisoned{0};    // faults answered with SIGBUS by the agent itself
-  std::atomic<uint64_t> timeouts{0};    // faults the watchdog answered
-  std::atomic<uint64_t> deferred{0};    // agent answers deferred by EAGAIN
-  std::atomic<uint64_t> answers{0};     // answers executed
+  std::atomic<uint64_t> events{0};     // page faults read
+  std::atomic<uint64_t> batches{0};    // reads that returned events
+  std::atomic<uint64_t> merged{0};     // faults merged into a live event of the same page
+  std::atomic<uint64_t> direct{0};     // answered natively from a direct table
+  std::atomic<uint64_t> delivered{0};  // events handed to channels
+  std::atomic<uint64_t> poisoned{0};   // faults answered with SIGBUS by the agent itself
+  std::atomic<uint64_t> timeouts{0};   // faults the watchdog answered
+  std::atomic<uint64_t> deferred{0};   // agent answers deferred by EAGAIN
+  std::atomic<uint64_t> answers{0};    // answers executed
   std::atomic<uint64_t> answer_errors{0};
-  std::atomic<uint64_t> remaps{0};      // REMAP events (one per revoke)
-  std::atomic<uint64_t> stray{0};       // faults outside any live region
-  std::atomic<uint64_t> wakes{0};       // times the reader returned from poll()
-  std::atomic<uint64_t> starts{0};      // reader threads started (the agent ran)
+  std::atomic<uint64_t> remaps{0};  // REMAP events (one per revoke)
+  std::atomic<uint64_t> stray{0};   // faults outside any live region
+  std::atomic<uint64_t> wakes{0};   // times the reader returned from poll()
+  std::atomic<uint64_t> starts{0};  // reader threads started (the agent ran)
 };
 
 class Agent {

@@ -65,7 +65,7 @@ class Channel {
   bool pending_notify_ = false;  // events queued since the handler last drained
   bool notified_ = false;        // a notification is in flight
   std::mutex notify_mu_;
-  bool closed_ = false;          // guarded by notify_mu_
+  bool closed_ = false;  // guarded by notify_mu_
   std::atomic<bool> orphaned_{false};
 };
 

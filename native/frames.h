@@ -30,46 +30,46 @@ struct FaultEvent {
 static_assert(sizeof(FaultEvent) == 32, "FaultEvent is a 32-byte wire frame");
 
 enum AnswerOp : uint8_t {
-  kOpInstall = 1,    // mmap a device range MAP_FIXED over [offset, +length), then wake
-  kOpZero = 2,       // the shared zero page (optionally write-protected), then wake
-  kOpCopy = 3,       // UFFDIO_COPY bytes (payload, or from the device view), then wake
-  kOpPoison = 4,     // SIGBUS for the faulting access(es)
-  kOpRevoke = 5,     // replace [offset, +length) with fresh trapped memory, then wake
-  kOpWake = 6,       // wake threads waiting on [offset, +length)
-  kOpUnprotect = 7,  // clear write protection (private write to a zero page), wake
-  kOpSetDirect = 8,  // decide [offset, +length) ahead: the agent answers its faults itself (device, dev_offset,
-                     // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
-  kOpClearDirect = 9,// forget the decided ranges over [offset, +length): once it returns, no fault there is
-                     // answered natively any more (a following revoke takes whatever was installed)
+  kOpInstall = 1,      // mmap a device range MAP_FIXED over [offset, +length), then wake
+  kOpZero = 2,         // the shared zero page (optionally write-protected), then wake
+  kOpCopy = 3,         // UFFDIO_COPY bytes (payload, or from the device view), then wake
+  kOpPoison = 4,       // SIGBUS for the faulting access(es)
+  kOpRevoke = 5,       // replace [offset, +length) with fresh trapped memory, then wake
+  kOpWake = 6,         // wake threads waiting on [offset, +length)
+  kOpUnprotect = 7,    // clear write protection (private write to a zero page), wake
+  kOpSetDirect = 8,    // decide [offset, +length) ahead: the agent answers its faults itself (device, dev_offset,
+                       // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
+  kOpClearDirect = 9,  // forget the decided ranges over [offset, +length): once it returns, no fault there is
+                       // answered natively any more (a following revoke takes whatever was installed)
 };
 
 enum AnswerFlags : uint8_t {
-  kAnsWritable = 1 << 0,  // install: PROT_WRITE
-  kAnsPrivate = 1 << 1,   // install: MAP_PRIVATE (copy-on-write by the kernel)
-  kAnsPopulate = 1 << 2,  // install: MADV_POPULATE_{WRITE,READ} before waking
-  kAnsWp = 1 << 3,        // zero/copy: write-protected, so a later write traps
-  kAnsNoWake = 1 << 4,    // do not wake (a later answer will)
-  kAnsFromDevice = 1 << 5,// copy: source is the device view at dev_offset
-  kAnsAdopt = 1 << 6,     // install: first copy the present pages of the range into the device
+  kAnsWritable = 1 << 0,    // install: PROT_WRITE
+  kAnsPrivate = 1 << 1,     // install: MAP_PRIVATE (copy-on-write by the kernel)
+  kAnsPopulate = 1 << 2,    // install: MADV_POPULATE_{WRITE,READ} before waking
+  kAnsWp = 1 << 3,          // zero/copy: write-protected, so a later write traps
+  kAnsNoWake = 1 << 4,      // do not wake (a later answer will)
+  kAnsFromDevice = 1 << 5,  // copy: source is the device view at dev_offset
+  kAnsAdopt = 1 << 6,       // install: first copy the present pages of the range into the device
 };
 
 // Second flag word (the frame's former reserved field).
 enum AnswerFlags2 : uint16_t {
-  kAns2PopulateRead = 1 << 0,   // install: populate for reading even if writable (no dirtying)
+  kAns2PopulateRead = 1 << 0,  // install: populate for reading even if writable (no dirtying)
 };
 
 // One answer. COPY with a literal payload is followed by `payload` bytes, padded to 8.
 struct Answer {
-  uint8_t op;          // AnswerOp
-  uint8_t flags;       // AnswerFlags
-  uint16_t flags2;     // AnswerFlags2
+  uint8_t op;       // AnswerOp
+  uint8_t flags;    // AnswerFlags
+  uint16_t flags2;  // AnswerFlags2
   uint32_t region;
-  uint64_t offset;     // within the region, page-aligned
-  uint64_t length;     // page multiple
-  uint32_t device;     // device id (install, copy from device)
-  uint32_t payload;    // bytes of payload that follow this header
-  uint64_t dev_offset; // offset within the device
-  uint64_t tag;        // opaque to the agent; echoed with the result
+  uint64_t offset;      // within the region, page-aligned
+  uint64_t length;      // page multiple
+  uint32_t device;      // device id (install, copy from device)
+  uint32_t payload;     // bytes of payload that follow this header
+  uint64_t dev_offset;  // offset within the device
+  uint64_t tag;         // opaque to the agent; echoed with the result
 };
 static_assert(sizeof(Answer) == 48, "Answer is a 48-byte wire frame");
 

@@ -28,7 +28,8 @@ bool ReadPagemap(uintptr_t addr, size_t npages, uint64_t* out) {
 }
 
 Status Region::Create(const Uffd& uffd, uint32_t id, uint64_t length, std::shared_ptr<Region>* out) {
-  if (length == 0 || length % kPage != 0) return Status::Errno(EINVAL, "create region: length must be a positive page multiple");
+  if (length == 0 || length % kPage != 0)
+    return Status::Errno(EINVAL, "create region: length must be a positive page multiple");
   // Reserve 2 MiB extra and trim, so the region is 2 MiB aligned and whole 2 MiB
   // windows can be installed in it.
   uint64_t span = length + k2M;
@@ -114,7 +115,8 @@ void Region::ClearDirect(uint64_t off, uint64_t len) {
 int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
                     uint16_t flags2, bool wake) {
   if (dev_off > dev.size() || len > dev.size() - dev_off) return EINVAL;
-  if (dev.kind() == DeviceKind::kDevDax && ((base_ + off) % dev.align() || dev_off % dev.align() || len % dev.align())) {
+  if (dev.kind() == DeviceKind::kDevDax &&
+      ((base_ + off) % dev.align() || dev_off % dev.align() || len % dev.align())) {
     return EINVAL;  // device-dax only maps whole, aligned extents
   }
   bool writable = (flags & kAnsWritable) != 0;

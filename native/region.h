@@ -25,8 +25,8 @@ struct DirectRange {
   uint64_t length = 0;
   std::shared_ptr<Device> device;
   uint64_t dev_offset = 0;
-  uint8_t flags = 0;      // AnswerFlags: kAnsWritable, kAnsPrivate, kAnsPopulate
-  uint64_t window = 4096; // bytes installed per fault (aligned within the region)
+  uint8_t flags = 0;       // AnswerFlags: kAnsWritable, kAnsPrivate, kAnsPopulate
+  uint64_t window = 4096;  // bytes installed per fault (aligned within the region)
 };
 
 enum RegionState : int { kRegionOpen = 0, kRegionClosing = 1, kRegionClosed = 2 };

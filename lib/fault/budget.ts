@@ -52,7 +52,7 @@ export class WindowBudget {
     this.windows.delete(k);
     this.windows.set(k, w);
     let m = this.byMapping.get(w.mapping);
-    if (!m) this.byMapping.set(w.mapping, (m = new Map()));
+    if (!m) this.byMapping.set(w.mapping, (m = new Map<number, string>()));
     m.set(w.offset, k);
   }
 

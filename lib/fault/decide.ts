@@ -43,7 +43,7 @@ export class DirectPieces {
   add(offset: number, length: number): void {
     const c = Math.floor(offset / HUGE);
     let m = this.byChunk.get(c);
-    if (!m) this.byChunk.set(c, (m = new Map()));
+    if (!m) this.byChunk.set(c, (m = new Map<number, number>()));
     m.set(offset, length);
   }
 

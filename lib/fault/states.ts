@@ -57,7 +57,7 @@ export class PageStates {
       }
       for (let q = p; q < end; q++) {
         const i = q % PAGES_PER_HUGE;
-        if (c[i] === PageState.Poison) this.poisoned--;
+        if ((c[i] as PageState) === PageState.Poison) this.poisoned--;
         if (s === PageState.Poison) this.poisoned++;
         c[i] = s;
       }
@@ -79,7 +79,7 @@ export class PageStates {
       if (c === undefined) {
         if (s === PageState.None) return true;
       } else {
-        for (let q = p; q < end; q++) if (c[q % PAGES_PER_HUGE] === s) return true;
+        for (let q = p; q < end; q++) if ((c[q % PAGES_PER_HUGE] as PageState) === s) return true;
       }
       p = end;
     }
@@ -92,7 +92,7 @@ export class PageStates {
       const ci = Math.floor(p / PAGES_PER_HUGE);
       const end = Math.min(to, (ci + 1) * PAGES_PER_HUGE);
       const c = this.chunks.get(ci);
-      if (c !== undefined) for (let q = p; q < end; q++) if (c[q % PAGES_PER_HUGE] !== PageState.None) return false;
+      if (c !== undefined) for (let q = p; q < end; q++) if ((c[q % PAGES_PER_HUGE] as PageState) !== PageState.None) return false;
       p = end;
     }
     return true;

@@ -12,6 +12,8 @@
 // read by every thread and inherited by child processes, so a whole test run uses
 // the one build.
 import path from 'node:path';
+// node-gyp-build is CommonJS, typed with `export =`.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
 import load = require('node-gyp-build');
 
 export interface UffdInfo {

@@ -6,6 +6,7 @@
 // and `attachDevice`, are in DAEMON_OPS.
 import { MessagePort } from 'node:worker_threads';
 import { daxError } from '../errors';
+import { show } from '../util/check';
 import { MAX_FILE_SIZE, PAGE, bytes, fileInt, int, name, pages } from './args';
 import type { Hello, MapOptions } from './messages';
 import type { PoolFsFileStat as FileStat, PoolFsStatFs as StatFs } from '../pool/index';
@@ -119,7 +120,7 @@ export const OPS = {
       const w = field(a[0], 'windowBudget');
       const d = field(a[0], 'decided');
       if (d !== undefined && !DECIDE_MODES.includes(d as DecideMode)) {
-        throw daxError('EINVAL', `decided must be one of ${DECIDE_MODES.join(', ')}, got ${String(d)}`);
+        throw daxError('EINVAL', `decided must be one of ${DECIDE_MODES.join(', ')}, got ${show(d)}`);
       }
       return [{
         ...(w === undefined ? {} : { windowBudget: int('windowBudget', w, 1, 2 ** 31) }),

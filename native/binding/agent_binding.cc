@@ -52,14 +52,14 @@ Napi::Value ChannelOpen(const Napi::CallbackInfo& info) {
   }
   auto ch = std::make_shared<JsChannel>(agent->NextChannelId());
   auto* ctx = new ChannelCtx(ch);
-  ch->tsfn = Napi::ThreadSafeFunction::New(
-      env, info[0].As<Napi::Function>(), "daxmap.faults", 0, 1, ctx, [](Napi::Env, ChannelCtx* c) {
-        // The handler's environment is going away (or the channel was closed):
-        // nothing will answer its faults any more, so they get SIGBUS.
-        (*c)->Close();
-        Agent::Instance().OrphanChannel((*c)->id());
-        delete c;
-      });
+  ch->tsfn = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "daxmap.faults", 0, 1, ctx,
+                                           [](Napi::Env, ChannelCtx* c) {
+                                             // The handler's environment is going away (or the channel was closed):
+                                             // nothing will answer its faults any more, so they get SIGBUS.
+                                             (*c)->Close();
+                                             Agent::Instance().OrphanChannel((*c)->id());
+                                             delete c;
+                                           });
   agent->AddChannel(ch);
   GetEnvData(env)->channels.insert(ch->id());
   return Napi::Number::New(env, ch->id());
@@ -92,7 +92,9 @@ Napi::Value ChannelTake(const Napi::CallbackInfo& info) {
   size_t max = ta.ByteLength() / sizeof(FaultEvent);
   if (max != 0 && reinterpret_cast<uintptr_t>(data) % alignof(FaultEvent) != 0) {
     // Events are stored as structs: a misaligned store would be undefined behaviour.
-    throw StatusError(env, Status::Errno(EINVAL, "take events: the buffer must be " + std::to_string(alignof(FaultEvent)) + "-byte aligned"),
+    throw StatusError(env,
+                      Status::Errno(EINVAL, "take events: the buffer must be " + std::to_string(alignof(FaultEvent)) +
+                                                "-byte aligned"),
                       ErrorKind::kRangeError);
   }
   size_t n = ch->Take(reinterpret_cast<FaultEvent*>(data), max);
@@ -146,7 +148,10 @@ Napi::Value ChannelRef(const Napi::CallbackInfo& info) {
   std::shared_ptr<Channel> ch = agent->FindChannel(id);
   if (!ch) return env.Undefined();
   auto* js = static_cast<JsChannel*>(ch.get());
-  if (info[1].ToBoolean().Value()) js->tsfn.Ref(env); else js->tsfn.Unref(env);
+  if (info[1].ToBoolean().Value())
+    js->tsfn.Ref(env);
+  else
+    js->tsfn.Unref(env);
   return env.Undefined();
 }
 
@@ -247,9 +252,7 @@ Napi::Value SigbusReport(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Napi::Value MonotonicNow(const Napi::CallbackInfo& info) {
-  return Napi::BigInt::New(info.Env(), MonotonicNs());
-}
+Napi::Value MonotonicNow(const Napi::CallbackInfo& info) { return Napi::BigInt::New(info.Env(), MonotonicNs()); }
 
 }  // namespace
 

@@ -14,7 +14,8 @@ namespace {
 bool OwnedHere(Napi::Env env, uint32_t id, const char* what = "region") {
   EnvData* d = GetEnvData(env);
   if (d->regions.count(id) != 0) return true;
-  ThrowErrno(env, EPERM, std::string(what) + ": region " + std::to_string(id) + " belongs to another thread or is closed");
+  ThrowErrno(env, EPERM,
+             std::string(what) + ": region " + std::to_string(id) + " belongs to another thread or is closed");
   return false;
 }
 

@@ -11,7 +11,7 @@ import { forBackings, FIXTURES, PAGE, HUGE } from './helpers';
 
 /** Waits (on the workers' Atomics.notify, not by polling) until a[0] >= n; fails after `ms`. */
 async function counted(a: Int32Array, n: number, what: string, ms = 60000): Promise<void> {
-  const waitAsync = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, ms: number): { async: boolean; value: Promise<string> | string } }).waitAsync;
+  const waitAsync = (Atomics as unknown as { waitAsync(this: void, a: Int32Array, i: number, v: number, ms: number): { async: boolean; value: Promise<string> | string } }).waitAsync;
   const end = Date.now() + ms;
   for (let v = Atomics.load(a, 0); v < n; v = Atomics.load(a, 0)) {
     const left = end - Date.now();

@@ -1,6 +1,7 @@
 // userfaultfd availability: the handshake, and the EUFFD error with its remedy.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { probeUffd, agentStats } from '../../dist/native/engine';
 import { runChild } from './helpers';
@@ -35,12 +36,12 @@ t.test('EUFFD for an unprivileged user', async (t) => {
   const sysctl = fs.readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim();
   const devMode = fs.statSync('/dev/userfaultfd', { throwIfNoEntry: false })?.mode ?? 0;
   if (process.getuid?.() !== 0 || sysctl !== '0' || (devMode & 0o006) !== 0) {
-    t.skip('needs root to drop to an unprivileged user, and a machine where that user is denied userfaultfd');
+    t.skip('needs root to drop to an unprivileged user, and a machine where that user is denied userfaultfd', () => {});
     return;
   }
   const stage = stageFor(t, ['test/native/fixtures/euffd-child.js'], { uid: NOBODY, gid: NOBODY });
   if (typeof stage === 'string') {
-    t.skip(`cannot run as uid ${NOBODY}: ${stage}`);
+    t.skip(`cannot run as uid ${NOBODY}: ${stage}`, () => {});
     return;
   }
   const probe = await runChild('euffd-child.js', [], { stage });
@@ -66,9 +67,9 @@ t.test('the device layer works without userfaultfd', async (t) => {
     const d = openDevice(${JSON.stringify(p)}, { create: true, size: 4096 });
     d.view(0, 2).write('ok'); d.close(); console.log('device ok');`;
   const child = await new Promise<{ out: string; code: number | null }>((res) => {
-    const c = require('node:child_process').spawn(process.execPath, ['-e', src], { env: { ...process.env, DAXMAP_TEST_DENY_UFFD: '1' } });
+    const c = spawn(process.execPath, ['-e', src], { env: { ...process.env, DAXMAP_TEST_DENY_UFFD: '1' } });
     let out = '';
-    c.stdout.on('data', (d: Buffer) => (out += d));
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
     c.on('exit', (code: number | null) => res({ out, code }));
   });
   t.equal(child.code, 0);

@@ -2,7 +2,8 @@
 // daemon whose listen backlog is full used to hold connect(2) — and the event loop
 // — for up to 5 s. Now the native connect fails with EAGAIN at once, and
 // connectAsync retries on a timer within a time limit and an AbortSignal.
-import t from 'tap';
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -34,14 +35,14 @@ function lineFrom(child: ChildProcess, want: string): Promise<void> {
 }
 
 /** A listener whose backlog this process has filled: the next connect cannot be queued. */
-async function fullListener(t: Tap.Test): Promise<{ path: string; child: ChildProcess; fillers: net.Socket[] }> {
+async function fullListener(t: Test): Promise<{ path: string; child: ChildProcess; fillers: net.Socket[] }> {
   const sockPath = `/tmp/daxmap-stuck-${process.pid}-${n++}.sock`;
   const child = spawn(process.execPath, [FIXTURE, sockPath], { stdio: ['pipe', 'pipe', 'inherit'] });
   const fillers: net.Socket[] = [];
   t.teardown(() => {
     for (const s of fillers) s.destroy();
     child.kill('SIGKILL');
-    require('node:fs').rmSync(sockPath, { force: true });
+    fs.rmSync(sockPath, { force: true });
   });
   await lineFrom(child, 'ready');
   for (let i = 0; i < 64; i++) {
