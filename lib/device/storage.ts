@@ -7,12 +7,12 @@
  *  straddle one. */
 export const CHUNK_SIZE = 1 << 30;
 
-export type StorageKind = 'file' | 'tmpfs' | 'devdax' | 'memory';
+export type StorageKind = 'file' | 'tmpfs' | 'devdax' | 'hugetlbfs' | 'memory';
 
 export interface Storage {
   readonly path: string;
   readonly kind: StorageKind;
-  /** Usable bytes, a multiple of 4096 (of 2 MiB for devdax). */
+  /** Usable bytes, a multiple of 4096 (of 2 MiB for devdax and hugetlbfs). */
   readonly size: number;
   /** Native device id, used by fault answers to install device ranges; 0 for memory. */
   readonly deviceId: number;

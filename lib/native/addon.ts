@@ -29,7 +29,7 @@ export interface RegionInfo {
 export interface DeviceInfo {
   id: number;
   size: number;
-  kind: 'file' | 'tmpfs' | 'devdax';
+  kind: 'file' | 'tmpfs' | 'devdax' | 'hugetlbfs';
   mapSync: boolean;
   align: number;
 }

@@ -1,0 +1,99 @@
+// Pools on the device-DAX stand-in: a file on hugetlbfs, 2 MiB-granular like
+// /dev/dax (docs/native.md, "2 MiB-granular devices"). Skipped, with the reason,
+// where huge pages cannot be reserved or hugetlbfs cannot be mounted.
+import t from 'tap';
+import fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { hugetlb } from '../hugetlb';
+import { checkLockdep, kernelTouch, HUGE, Pool } from './helpers';
+import { openDevice } from '../../dist/device/device';
+import { fsckStorage } from '../../dist/pool/fsck';
+
+function fsckErrors(p: string): string[] {
+  const dev = openDevice(p, { exclusive: true });
+  try {
+    return fsckStorage(dev).errors;
+  } finally {
+    dev.close();
+  }
+}
+
+t.test('hugetlbfs stand-in', async (t) => {
+  const h = await hugetlb(t, 96);
+  if (typeof h === 'string') {
+    t.skip(h);
+    return;
+  }
+
+  t.test('the device layer sees a 2 MiB-granular device; sizes must be whole huge pages', async (t) => {
+    const p = h.file('dev');
+    t.throws(() => openDevice(p, { create: true, size: HUGE + 4096 }), { code: 'EINVAL', message: /multiple of 2097152 on hugetlbfs/ });
+    t.notOk(fs.existsSync(p), 'the refused file is removed');
+    const d = openDevice(p, { create: true, size: 4 * HUGE });
+    t.teardown(() => { d.close(); fs.rmSync(p, { force: true }); });
+    t.equal(d.kind, 'hugetlbfs');
+    t.equal(d.align, HUGE);
+    t.equal(d.size, 4 * HUGE);
+    t.ok(d.mapSync, 'persistence by cache flush + fence (hugetlbfs has no writeback to msync)');
+    d.view(HUGE, 8).fill(7);
+    d.persist(HUGE, 8);
+    d.zero(HUGE, 4096);
+    t.equal(d.view(HUGE, 1)[0], 0, 'zero works on a 4 KiB range inside a huge page');
+  });
+
+  t.test('a pool: shared stores read back, truncate revokes, fsck clean after close', async (t) => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    const pool = await Pool.create(p, { size: 64 << 20 });
+    const f = await pool.openFile('a', { create: true });
+    await f.truncate(4 * HUGE);
+    const m = await f.map();
+    for (let i = 0; i < 4; i++) m.buffer.fill(0x10 + i, i * HUGE, (i + 1) * HUGE);
+    await m.flush();
+    const b = Buffer.alloc(4 * HUGE);
+    await f.read(b, 0);
+    t.ok([0, 1, 2, 3].every((i) => b[i * HUGE] === 0x10 + i && b[(i + 1) * HUGE - 1] === 0x10 + i), 'read(2)-path sees every store');
+    const st = await pool.stats();
+    t.ok(st.pmd >= 4, `the windows were answered whole at 2 MiB (pmd ${st.pmd})`);
+    const before = st.revokes;
+    await f.truncate(2 * HUGE);
+    t.ok((await pool.stats()).revokes > before, 'truncate revoked the mapping');
+    t.equal(await kernelTouch(m.buffer, 3 * HUGE), 'EFAULT', 'past EOF: SIGBUS');
+    t.equal(m.buffer[HUGE + 5], 0x11, 'below EOF intact');
+    await m.unmap();
+    await checkLockdep(t, pool);
+    await pool.close();
+    t.same(fsckErrors(p), [], 'fsck clean');
+    const again = await Pool.open(p);
+    const g = await again.openFile('a');
+    const r = Buffer.alloc(1);
+    await g.read(r, HUGE + 7);
+    t.equal(r[0], 0x11, 'the stores survive close/open');
+    await again.close();
+  });
+
+  t.test('a child SIGKILLed mid-stores leaves a pool fsck passes', async (t) => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    await (await Pool.create(p, { size: 64 << 20 })).close();
+    const script = `
+      const { Pool } = require(${JSON.stringify(require.resolve('../../dist/client/pool'))});
+      (async () => {
+        const pool = await Pool.open(process.argv[1]);
+        const f = await pool.openFile('k', { create: true });
+        await f.truncate(8 * ${HUGE});
+        const m = await f.map();
+        for (let i = 0; ; i++) {
+          m.buffer[(i * 4099) % m.buffer.length] = i & 255;
+          if (i === 100000) process.stdout.write('storing\\n');
+          if (i % 1000000 === 0) await new Promise((r) => setImmediate(r));
+        }
+      })().catch((e) => { console.error(e); process.exit(3); });`;
+    const child = spawn(process.execPath, ['-e', script, p], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_c, s) => res(s)));
+    await new Promise<void>((res) => child.stdout.on('data', () => res()));
+    child.kill('SIGKILL');
+    t.equal(await exited, 'SIGKILL', 'killed mid-stores');
+    t.same(fsckErrors(p), [], 'fsck clean after the kill');
+  });
+});
