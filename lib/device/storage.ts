@@ -18,6 +18,8 @@ export interface Storage {
   readonly deviceId: number;
   /** True when stores reach persistence with cache flush + fence (MAP_SYNC mapping). */
   readonly mapSync: boolean;
+  /** Mapping granularity: 2 MiB on devdax and hugetlbfs (docs/native.md, "2 MiB-granular devices"); 4096 when absent. */
+  readonly align?: number;
   /** A Buffer aliasing [offset, offset+length) of the device. Must not cross a CHUNK_SIZE boundary. */
   view(offset: number, length: number): Buffer;
   /** Make [offset, offset+length) durable: msync for files, flush + fence for MAP_SYNC. */

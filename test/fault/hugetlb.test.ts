@@ -8,6 +8,8 @@ import { hugetlb } from '../hugetlb';
 import { checkLockdep, kernelTouch, HUGE, Pool } from './helpers';
 import { openDevice } from '../../dist/device/device';
 import { fsckStorage } from '../../dist/pool/fsck';
+import { main as cli } from '../../dist/cli/main';
+import { startDaemon } from '../daemon/helpers';
 
 function fsckErrors(p: string): string[] {
   const dev = openDevice(p, { exclusive: true });
@@ -95,5 +97,47 @@ t.test('hugetlbfs stand-in', async (t) => {
     child.kill('SIGKILL');
     t.equal(await exited, 'SIGKILL', 'killed mid-stores');
     t.same(fsckErrors(p), [], 'fsck clean after the kill');
+  });
+
+  t.test('daxmap mkfs and stat say the granularity', async (t) => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    const run = async (...a: string[]) => {
+      let out = '';
+      let err = '';
+      const code = await cli(a, { stdout: { write: (s: string) => (out += s) }, stderr: { write: (s: string) => (err += s), isTTY: false } });
+      return { code, out, err };
+    };
+    const bad = await run('mkfs', p, '--size', '33M');
+    t.equal(bad.code, 2, 'a size that is not whole huge pages is refused');
+    t.match(bad.err, /EINVAL.*multiple of 2097152 on hugetlbfs/);
+    const m = await run('mkfs', p, '--size', '32M');
+    t.equal(m.code, 0, m.err);
+    t.match(m.out, /formatted .*: 32M hugetlbfs device \(2M granular\)/);
+    const st = JSON.parse((await run('stat', p, '--json')).out);
+    t.equal(st.kind, 'hugetlbfs');
+    t.equal(st.granularity, HUGE);
+    t.same(fsckErrors(p), []);
+  });
+
+  t.test('daxmapd --device on hugetlbfs: says its granularity, serves a client', async (t) => {
+    const p = h.file();
+    const d = await startDaemon({ device: p, size: '64M' });
+    t.teardown(() => d.stop());
+    t.ok(d.log.some((l) => l.includes('pool device: hugetlbfs, 2097152-byte granular')), 'the log names kind and granularity');
+    const pool = await Pool.connect(d.socket);
+    const f = await pool.openFile('a', { create: true });
+    await f.truncate(2 * HUGE);
+    const m = await f.map();
+    m.buffer.fill(0x5a);
+    await m.flush();
+    const b = Buffer.alloc(2);
+    await f.read(b, 2 * HUGE - 2);
+    t.same([...b], [0x5a, 0x5a], 'a client\'s stores reach the daemon\'s pool');
+    await m.unmap();
+    await pool.close();
+    t.same((await d.stop('SIGTERM', true)).code, 0);
+    t.same(fsckErrors(p), [], 'fsck clean after the daemon stopped');
+    fs.rmSync(p, { force: true });
   });
 });
