@@ -26,28 +26,63 @@ function meminfo(key: string): number {
   return Number(m?.[1] ?? 0);
 }
 
-/** Read-modify-write of nr_hugepages under a lock: test files run in parallel. */
-async function adjustPages(delta: number): Promise<number> {
+/** Run fn under a lock shared by every test process (mkdir is atomic). */
+async function locked<T>(fn: () => T): Promise<T> {
   await until(() => {
     try {
       fs.mkdirSync(LOCK);
       return true;
     } catch {
-      // a lock left by a killed test run is older than any read-modify-write
+      // a lock left by a killed test run is older than any holder's work
       try {
         if (Date.now() - fs.statSync(LOCK).mtimeMs > 10000) fs.rmdirSync(LOCK);
       } catch { /* gone meanwhile */ }
       return false;
     }
-  }, 'the nr_hugepages lock');
+  }, 'the hugetlb test lock');
   try {
-    const before = Number(fs.readFileSync(NR, 'utf8').trim());
-    const want = Math.max(0, before + delta);
-    fs.writeFileSync(NR, String(want));
-    const after = Number(fs.readFileSync(NR, 'utf8').trim());
-    return after - before;
+    return fn();
   } finally {
     fs.rmdirSync(LOCK);
+  }
+}
+
+/** Add delta to nr_hugepages (caller holds the lock); returns what the kernel really added. */
+function adjustPages(delta: number): number {
+  const before = Number(fs.readFileSync(NR, 'utf8').trim());
+  fs.writeFileSync(NR, String(Math.max(0, before + delta)));
+  return Number(fs.readFileSync(NR, 'utf8').trim()) - before;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Unmount a test mount and give back the pages its run added (recorded beside it). */
+function release(dir: string): void {
+  if (fs.existsSync(dir)) {
+    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true });
+    spawnSync('umount', [dir]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const rec = `${dir}.pages`;
+  if (fs.existsSync(rec)) {
+    const added = Number(fs.readFileSync(rec, 'utf8'));
+    if (added > 0) adjustPages(-added);
+    fs.rmSync(rec, { force: true });
+  }
+}
+
+/** What a test run killed before its teardown (SIGBUS, SIGKILL) left behind. */
+function sweepDeadRuns(): void {
+  for (const e of fs.readdirSync(os.tmpdir())) {
+    const m = /^daxmap-hugetlbfs-(\d+)-[^.]+$/.exec(e) ?? /^daxmap-hugetlbfs-(\d+)-[^.]+(?=\.pages$)/.exec(e);
+    if (m && !alive(Number(m[1]))) release(path.join(os.tmpdir(), m[0]));
   }
 }
 
@@ -63,34 +98,30 @@ export async function hugetlb(owner: { teardown(fn: () => void | Promise<void>):
   const given = process.env.DAXMAP_HUGETLBFS;
   const root = process.getuid?.() === 0;
   if (!root && !given) return 'not root: cannot reserve huge pages or mount hugetlbfs (set DAXMAP_HUGETLBFS)';
-  // one teardown, undoing in reverse: unmount before the pages are given back
-  const undo: (() => void | Promise<void>)[] = [];
-  owner.teardown(async () => {
-    for (const u of undo.reverse()) await u();
-  });
-  let added = 0;
-  if (root) {
-    added = await adjustPages(pages);
-    undo.push(async () => {
-      if (added > 0) await adjustPages(-added);
-    });
-    if (added < pages) return `only ${added} of ${pages} huge pages could be reserved (memory fragmented?)`;
-  } else if (meminfo('HugePages_Free') < pages) {
-    return `fewer than ${pages} free huge pages, and not root to reserve them`;
-  }
   let dir = given ?? '';
-  if (!given) {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'daxmap-hugetlbfs-'));
-    const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'none', dir], { encoding: 'utf8' });
-    if (r.status !== 0) {
-      fs.rmdirSync(dir);
-      return `mount -t hugetlbfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
+  if (given) {
+    if (meminfo('HugePages_Free') < pages && !root) return `fewer than ${pages} free huge pages in ${given}, and not root to reserve them`;
+    if (root && meminfo('HugePages_Free') < pages) {
+      const added = await locked(() => adjustPages(pages));
+      owner.teardown(() => locked(() => adjustPages(-added)));
+      if (added < pages) return `only ${added} of ${pages} huge pages could be reserved (memory fragmented?)`;
     }
-    undo.push(() => {
-      for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true });
-      spawnSync('umount', [dir]);
-      fs.rmdirSync(dir);
+  } else {
+    // Our own mount, named by pid, with the pages we added recorded beside it, so a
+    // run killed before its teardown is cleaned up by the next one.
+    const dir0 = fs.mkdtempSync(path.join(os.tmpdir(), `daxmap-hugetlbfs-${process.pid}-`));
+    owner.teardown(() => locked(() => release(dir0)));
+    const why = await locked(() => {
+      sweepDeadRuns();
+      const added = adjustPages(pages);
+      fs.writeFileSync(`${dir0}.pages`, String(added));
+      if (added < pages) return `only ${added} of ${pages} huge pages could be reserved (memory fragmented?)`;
+      const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'none', dir0], { encoding: 'utf8' });
+      if (r.status !== 0) return `mount -t hugetlbfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
+      return null;
     });
+    if (why !== null) return why;
+    dir = dir0;
   }
   const base = dir;
   return {

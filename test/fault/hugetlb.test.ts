@@ -140,4 +140,76 @@ t.test('hugetlbfs stand-in', async (t) => {
     t.same(fsckErrors(p), [], 'fsck clean after the daemon stopped');
     fs.rmSync(p, { force: true });
   });
+
+  t.test('faultAround false: shared faults still take whole 2 MiB windows (no SIGBUS)', async (t) => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    const pool = await Pool.create(p, { size: 64 << 20 });
+    const f = await pool.openFile('a', { create: true });
+    await f.write(Buffer.from('head'), 0); // a 4 KiB write() allocates a whole 2 MiB unit
+    await f.truncate(4 * HUGE);
+    const m = await f.map({ faultAround: false });
+    t.equal(await kernelTouch(m.buffer, 3 * HUGE + 8192), null, 'a read of a hole: no SIGBUS');
+    t.equal(m.buffer.toString('utf8', 0, 4), 'head', 'the block write() filled reads through the mapping');
+    for (const off of [5, HUGE + 4096 * 17, 3 * HUGE + 4096 * 300]) m.buffer[off] = 0x77;
+    await m.flush();
+    const b = Buffer.alloc(1);
+    for (const off of [5, HUGE + 4096 * 17, 3 * HUGE + 4096 * 300]) {
+      await f.read(b, off);
+      t.equal(b[0], 0x77, `the store at ${off} reached the file`);
+    }
+    const st = await pool.stats();
+    t.equal(st.sigbus, 0, 'no SIGBUS');
+    await m.unmap();
+    await checkLockdep(t, pool);
+    await pool.close();
+    t.same(fsckErrors(p), [], 'fsck clean');
+  });
+
+  t.test('private mapping: reads copy from the device, stores stay private', async (t) => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    const pool = await Pool.create(p, { size: 64 << 20 });
+    const f = await pool.openFile('a', { create: true });
+    await f.write(Buffer.alloc(2 * HUGE, 0x31), 0);
+    for (const faultAround of [true, false]) {
+      const m = await f.map({ private: true, faultAround });
+      t.equal(m.buffer[HUGE + 3], 0x31, `faultAround ${faultAround}: reads the file`);
+      m.buffer[HUGE + 3] = 0x99;
+      t.equal(m.buffer[HUGE + 3], 0x99);
+      const b = Buffer.alloc(1);
+      await f.read(b, HUGE + 3);
+      t.equal(b[0], 0x31, 'the file is unchanged');
+      await m.unmap();
+    }
+    await pool.close();
+    t.same(fsckErrors(p), [], 'fsck clean');
+  });
+
+  t.test('punch hole of a 2 MiB unit: revoked, reads zeros, freed; a small file takes a whole unit', async (t) => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    const pool = await Pool.create(p, { size: 64 << 20 });
+    const f = await pool.openFile('a', { create: true });
+    await f.truncate(4 * HUGE);
+    const m = await f.map();
+    m.buffer.fill(0xa5);
+    await m.flush();
+    t.equal((await f.stat()).allocated, 4 * HUGE);
+    await f.punchHole(HUGE, HUGE);
+    t.equal((await f.stat()).allocated, 3 * HUGE, 'the unit was freed');
+    t.ok(m.buffer.subarray(HUGE, 2 * HUGE).every((x) => x === 0), 'the punched unit reads zeros');
+    t.equal(m.buffer[2 * HUGE], 0xa5, 'the next unit is intact');
+    await m.unmap();
+    const before = (await pool.statfs()).free;
+    const g = await pool.openFile('small', { create: true });
+    await g.write(Buffer.from('x'), 0);
+    const gs = await g.stat();
+    t.equal(gs.allocated, HUGE, 'a 1-byte file holds a whole 2 MiB unit');
+    t.same(gs.extents, [{ offset: 0, length: 4096, state: 'written' }, { offset: 4096, length: HUGE - 4096, state: 'unwritten' }],
+      'written up to its EOF block, unwritten past it');
+    t.equal(before - (await pool.statfs()).free, HUGE, 'but its unit takes 2 MiB of the pool');
+    await pool.close();
+    t.same(fsckErrors(p), [], 'fsck clean');
+  });
 });
