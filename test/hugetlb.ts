@@ -67,7 +67,8 @@ function alive(pid: number): boolean {
 function release(dir: string): void {
   if (fs.existsSync(dir)) {
     for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true });
-    spawnSync('umount', [dir]);
+    // lazily: a pool a failed test left open still maps it, until this process ends
+    spawnSync('umount', ['-l', dir]);
     fs.rmSync(dir, { recursive: true, force: true });
   }
   const rec = `${dir}.pages`;

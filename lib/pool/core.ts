@@ -345,7 +345,10 @@ export class PoolCore {
         if (size < f.size) {
           const keep = Math.ceil(size / B);
           const last = lastExtentEnd(f);
-          if (last > keep) recs.push({ t: RecType.Unmap, id: f.id, fb: keep, len: last - keep });
+          // whole units only: the EOF unit's blocks past EOF stay allocated, unwritten
+          const unitEnd = Math.min(last, this.unitRange(keep, keep)[1]);
+          recs.push(...this.unwrite(f, keep, unitEnd));
+          if (last > unitEnd) recs.push({ t: RecType.Unmap, id: f.id, fb: unitEnd, len: last - unitEnd });
           this.blocks.zeroTailBeyond(f, size);
         } else if (size > f.size) {
           this.blocks.zeroEofTail(f);
@@ -407,6 +410,19 @@ export class PoolCore {
     return [a, b];
   }
 
+  /**
+   * Records making the written blocks of [fb0, fb1) unwritten: they read as zeros and
+   * are zeroed again before any reuse as written.
+   */
+  private unwrite(f: Inode, fb0: number, fb1: number): LogRecord[] {
+    const recs: LogRecord[] = [];
+    if (fb1 <= fb0) return recs;
+    for (const s of segments(f, fb0, fb1)) {
+      if (s.state === 'written') recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len: s.len, dev: s.dev, state: STATE_UNWRITTEN });
+    }
+    return recs;
+  }
+
   private async destructive(f: Inode, offset: number, length: number, what: string, body: () => void): Promise<void> {
     checkOffset('offset', offset);
     checkOffset('length', length);
@@ -432,7 +448,14 @@ export class PoolCore {
   punchHole(f: Inode, offset: number, length: number): Promise<void> {
     return this.destructive(f, offset, length, 'punchHole', () => {
       const [a, b] = this.edges(f, offset, offset + length);
-      if (b > a && f.extents.overlapping(a, b).length > 0) this.txn.commit([{ t: RecType.Unmap, id: f.id, fb: a, len: b - a }]);
+      // whole units are freed; the blocks of a unit punched in part become unwritten
+      // (they read as zeros) and the unit stays whole
+      const ua = this.unitRange(a, a)[1];
+      const ub = Math.max(ua, Math.floor(b / this.unit) * this.unit);
+      const recs = this.unwrite(f, a, Math.min(b, ua));
+      if (ub > ua && f.extents.overlapping(ua, ub).length > 0) recs.push({ t: RecType.Unmap, id: f.id, fb: ua, len: ub - ua });
+      recs.push(...this.unwrite(f, Math.max(ub, a), b));
+      if (recs.length > 0) this.txn.commit(recs);
     });
   }
 
@@ -442,11 +465,7 @@ export class PoolCore {
       const extending = !keepSize && end > f.size;
       if (extending) this.blocks.zeroEofTail(f);
       const [a, b] = this.edges(f, offset, end);
-      const recs: LogRecord[] = [];
-      // written whole blocks become unwritten: they read as zeros and are zeroed again before any reuse as written
-      for (const s of segments(f, a, b)) {
-        if (s.state === 'written') recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len: s.len, dev: s.dev, state: STATE_UNWRITTEN });
-      }
+      const recs = this.unwrite(f, a, b);
       if (extending) recs.push({ t: RecType.SetSize, id: f.id, size: end, mtimeMs: Date.now() });
       this.txn.commit(recs);
     });

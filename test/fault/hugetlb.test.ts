@@ -212,4 +212,44 @@ t.test('hugetlbfs stand-in', async (t) => {
     await pool.close();
     t.same(fsckErrors(p), [], 'fsck clean');
   });
+
+  t.test('punch and zero range inside a unit keep it whole: the window is revoked whole and maps again', async (t) => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    const pool = await Pool.create(p, { size: 64 << 20 });
+    const f = await pool.openFile('a', { create: true });
+    await f.truncate(4 * HUGE);
+    const m = await f.map({ faultAround: false });
+    m.buffer.fill(0xa5);
+    await m.flush();
+    const revokes = (await pool.stats()).revokes;
+    await f.punchHole(HUGE + 3 * 4096, 2 * 4096);
+    await f.zeroRange(2 * HUGE + 100, 5000, { keepSize: true });
+    t.ok((await pool.stats()).revokes > revokes, 'revoked (no EIO from a partial revoke of a 2 MiB window)');
+    t.equal((await f.stat()).allocated, 4 * HUGE, 'no block freed: the units stay whole');
+    t.equal(await kernelTouch(m.buffer, HUGE + 3 * 4096), null, 'the punched window faults again (no SIGBUS)');
+    t.ok(m.buffer.subarray(HUGE + 3 * 4096, HUGE + 5 * 4096).every((x) => x === 0), 'the punched range reads zeros');
+    t.equal(m.buffer[HUGE + 3 * 4096 - 1], 0xa5, 'and its neighbours keep their bytes');
+    t.equal(m.buffer[HUGE + 5 * 4096], 0xa5);
+    t.ok(m.buffer.subarray(2 * HUGE + 100, 2 * HUGE + 5100).every((x) => x === 0), 'the zeroed range reads zeros');
+    t.equal(m.buffer[2 * HUGE + 99], 0xa5);
+    t.equal(m.buffer[2 * HUGE + 5100], 0xa5);
+    m.buffer[HUGE + 3 * 4096] = 1;
+    await m.flush();
+    await f.punchHole(HUGE, 2 * HUGE);
+    t.equal((await f.stat()).allocated, 2 * HUGE, 'a punch of whole units frees them');
+    t.equal(m.buffer[HUGE + 3 * 4096], 0, 'and they read zeros');
+    await f.truncate(HUGE);
+    t.equal((await f.stat()).allocated, HUGE, 'truncate to a unit boundary frees the units past it');
+    t.equal(m.buffer[HUGE - 1], 0xa5, 'below EOF intact');
+    t.equal(await kernelTouch(m.buffer, HUGE), 'EFAULT', 'past EOF: SIGBUS');
+    await m.unmap();
+    await f.truncate(4096 + 10);
+    const st = await f.stat();
+    t.same(st.extents, [{ offset: 0, length: 8192, state: 'written' }, { offset: 8192, length: HUGE - 8192, state: 'unwritten' }],
+      'truncate inside a unit keeps it whole, unwritten past the EOF block');
+    await checkLockdep(t, pool);
+    await pool.close();
+    t.same(fsckErrors(p), [], 'fsck clean');
+  });
 });
