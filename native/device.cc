@@ -92,6 +92,7 @@ const char* Device::kind_name() const {
     case DeviceKind::kFile: return "file";
     case DeviceKind::kTmpfs: return "tmpfs";
     case DeviceKind::kDevDax: return "devdax";
+    case DeviceKind::kHugetlb: return "hugetlbfs";
   }
   return "file";
 }
@@ -130,8 +131,8 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
     snprintf(sys, sizeof sys, "/sys/dev/char/%u:%u", major(st.st_rdev), minor(st.st_rdev));
     uint64_t sz = 0;
     if (!ReadSysU64(std::string(sys) + "/size", &sz)) {
-      return fail(Status::Errno(ENODEV, "device '" + path + "' is a character device but not device-dax (no " +
-                                            sys + "/size)"));
+      return fail(Status::Errno(
+          ENODEV, "device '" + path + "' is a character device but not device-dax (no " + sys + "/size)"));
     }
     d->kind_ = DeviceKind::kDevDax;
     d->align_ = k2M;
@@ -141,12 +142,19 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
   } else if (S_ISREG(st.st_mode)) {
     struct statfs fs;
     if (fstatfs(d->fd_, &fs) != 0) return fail(Fail(errno, "statfs device", path));
-    d->kind_ = static_cast<unsigned long>(fs.f_type) == TMPFS_MAGIC ? DeviceKind::kTmpfs : DeviceKind::kFile;
+    const auto ftype = static_cast<unsigned long>(fs.f_type);
+    d->kind_ = ftype == TMPFS_MAGIC       ? DeviceKind::kTmpfs
+               : ftype == HUGETLBFS_MAGIC ? DeviceKind::kHugetlb
+                                          : DeviceKind::kFile;
+    // hugetlbfs maps only at its page size (2 MiB with pagesize=2M; f_bsize says).
+    if (d->kind_ == DeviceKind::kHugetlb)
+      d->align_ = fs.f_bsize >= static_cast<long>(kPage) ? static_cast<uint64_t>(fs.f_bsize) : k2M;
     uint64_t sz = static_cast<uint64_t>(st.st_size);
     if ((created || sz == 0) && opts.create) {
-      if (opts.size == 0 || opts.size % kPage != 0) {
+      if (opts.size == 0 || opts.size % d->align_ != 0) {
         if (created) unlink(path.c_str());
-        return fail(Status::Errno(EINVAL, "create device '" + path + "': size must be a positive multiple of 4096"));
+        return fail(Status::Errno(EINVAL, "create device '" + path + "': size must be a positive multiple of " +
+                                              std::to_string(d->align_) + " on " + d->kind_name()));
       }
       if (ftruncate(d->fd_, static_cast<off_t>(opts.size)) != 0) {
         int e = errno;
@@ -165,9 +173,10 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
       }
       sz = opts.size;
     }
-    d->size_ = sz - sz % kPage;
+    d->size_ = sz - sz % d->align_;
   } else {
-    return fail(Status::Errno(ENODEV, "device '" + path + "' is neither a regular file nor a device-dax character device"));
+    return fail(
+        Status::Errno(ENODEV, "device '" + path + "' is neither a regular file nor a device-dax character device"));
   }
 
   if (opts.view && d->size_ > 0) {
@@ -180,7 +189,9 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
     if (p == MAP_FAILED) p = mmap(nullptr, d->size_, prot, MAP_SHARED, d->fd_, 0);
     if (p == MAP_FAILED) return fail(Fail(errno, "map device", path));
     d->view_ = static_cast<uint8_t*>(p);
-    if (d->kind_ == DeviceKind::kDevDax) d->map_sync_ = true;  // device-dax stores go straight to media
+    // device-dax stores go straight to media; hugetlbfs has no writeback at all (its
+    // fsync, and so msync, does nothing): stores persist by cache flush + fence.
+    if (d->kind_ == DeviceKind::kDevDax || d->kind_ == DeviceKind::kHugetlb) d->map_sync_ = true;
   }
   *out = d;
   return Status::Ok();
@@ -196,13 +207,14 @@ Status Device::Identify(DeviceIdentity* id, uint8_t* head, size_t len) const {
   id->mode = st.st_mode;
   id->uid = st.st_uid;
   id->gid = st.st_gid;
-  if (len > (1u << 20) || len > size_) return Status::Errno(EINVAL, "identify device '" + path_ + "': read past its size");
+  if (len > (1u << 20) || len > size_)
+    return Status::Errno(EINVAL, "identify device '" + path_ + "': read past its size");
   if (len == 0) return Status::Ok();
   if (view_ != nullptr) {
     memcpy(head, view_, len);
     return Status::Ok();
   }
-  if (kind_ != DeviceKind::kDevDax) {
+  if (kind_ != DeviceKind::kDevDax) {  // hugetlbfs files have read(2)
     size_t got = 0;
     while (got < len) {
       ssize_t r = pread(fd_, head + got, len - got, static_cast<off_t>(got));

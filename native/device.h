@@ -12,7 +12,9 @@
 
 namespace daxmap {
 
-enum class DeviceKind { kFile, kTmpfs, kDevDax };
+// kHugetlb: a file on hugetlbfs, the device-DAX stand-in: 2 MiB-granular like
+// device-DAX (docs/native.md, "2 MiB-granular devices").
+enum class DeviceKind { kFile, kTmpfs, kDevDax, kHugetlb };
 
 // What the descriptor is (fstat) and the first bytes behind it: how a daemon
 // client proves that the device it opened is the daemon's (docs/daemon.md).
@@ -45,7 +47,7 @@ class Device {
   DeviceKind kind() const { return kind_; }
   const char* kind_name() const;
   bool map_sync() const { return map_sync_; }
-  // Install granularity: devdax mappings must be aligned to it (2 MiB); else a page.
+  // Install granularity: devdax and hugetlbfs mappings must be aligned to it (2 MiB); else a page.
   uint64_t align() const { return align_; }
   uint8_t* view() const { return view_; }
   bool writable() const { return writable_; }

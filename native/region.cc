@@ -115,9 +115,8 @@ void Region::ClearDirect(uint64_t off, uint64_t len) {
 int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
                     uint16_t flags2, bool wake) {
   if (dev_off > dev.size() || len > dev.size() - dev_off) return EINVAL;
-  if (dev.kind() == DeviceKind::kDevDax &&
-      ((base_ + off) % dev.align() || dev_off % dev.align() || len % dev.align())) {
-    return EINVAL;  // device-dax only maps whole, aligned extents
+  if (dev.align() > kPage && ((base_ + off) % dev.align() || dev_off % dev.align() || len % dev.align())) {
+    return EINVAL;  // device-dax and hugetlbfs only map whole, aligned extents
   }
   bool writable = (flags & kAnsWritable) != 0;
   bool priv = (flags & kAnsPrivate) != 0;

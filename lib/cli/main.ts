@@ -66,7 +66,7 @@ const commands: Record<string, Command> = {
       await pool.close();
       bar.update('format', 3, 3);
       bar.done();
-      io.stdout.write(`formatted ${dev}: ${formatSize(info.deviceBytes)} device, ${formatSize(fs.size)} for data in ${fs.blockSize}-byte blocks, up to ${info.maxFiles} files, uuid ${info.uuid}\n`);
+      io.stdout.write(`formatted ${dev}: ${formatSize(info.deviceBytes)} ${info.kind} device (${formatSize(info.granularity)} granular), ${formatSize(fs.size)} for data in ${fs.blockSize}-byte blocks, up to ${info.maxFiles} files, uuid ${info.uuid}\n`);
       return 0;
     },
   },
@@ -224,7 +224,7 @@ answered), 2 with the reason otherwise.`,
           const fs = await pool.statfs();
           const i = await pool.info();
           out = {
-            device: i.device, kind: i.kind, uuid: i.uuid, formatVersion: i.formatVersion,
+            device: i.device, kind: i.kind, granularity: i.granularity, uuid: i.uuid, formatVersion: i.formatVersion,
             deviceBytes: i.deviceBytes, blockSize: fs.blockSize, dataBytes: fs.size, freeBytes: fs.free,
             usedBytes: fs.size - fs.free, files: i.files, maxFiles: i.maxFiles,
             logBytesUsed: i.logBytesUsed, logBytes: i.logBytes, checkpointGeneration: i.checkpointGeneration,
@@ -237,7 +237,7 @@ answered), 2 with the reason otherwise.`,
             io.stdout.write('extents:\n');
             for (const e of v as { offset: number; length: number; state: string }[]) io.stdout.write(`  ${e.offset}+${e.length} ${e.state}\n`);
           } else {
-            io.stdout.write(`${k}: ${typeof v === 'number' && /Bytes$|^size$|^allocated$/.test(k) ? `${v} (${formatSize(v)})` : String(v)}\n`);
+            io.stdout.write(`${k}: ${typeof v === 'number' && /Bytes$|^size$|^allocated$|^granularity$/.test(k) ? `${v} (${formatSize(v)})` : String(v)}\n`);
           }
         }
       } finally {

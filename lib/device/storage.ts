@@ -7,17 +7,19 @@
  *  straddle one. */
 export const CHUNK_SIZE = 1 << 30;
 
-export type StorageKind = 'file' | 'tmpfs' | 'devdax' | 'memory';
+export type StorageKind = 'file' | 'tmpfs' | 'devdax' | 'hugetlbfs' | 'memory';
 
 export interface Storage {
   readonly path: string;
   readonly kind: StorageKind;
-  /** Usable bytes, a multiple of 4096 (of 2 MiB for devdax). */
+  /** Usable bytes, a multiple of 4096 (of 2 MiB for devdax and hugetlbfs). */
   readonly size: number;
   /** Native device id, used by fault answers to install device ranges; 0 for memory. */
   readonly deviceId: number;
   /** True when stores reach persistence with cache flush + fence (MAP_SYNC mapping). */
   readonly mapSync: boolean;
+  /** Mapping granularity: 2 MiB on devdax and hugetlbfs (docs/native.md, "2 MiB-granular devices"); 4096 when absent. */
+  readonly align?: number;
   /** A Buffer aliasing [offset, offset+length) of the device. Must not cross a CHUNK_SIZE boundary. */
   view(offset: number, length: number): Buffer;
   /** Make [offset, offset+length) durable: msync for files, flush + fence for MAP_SYNC. */

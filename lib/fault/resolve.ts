@@ -63,7 +63,9 @@ export class Resolver {
 
   /** The 2 MiB window around fileOff, if fault-around may answer it whole. */
   private hugeWindow(m: Mapping, fileOff: number): { fileStart: number; regionOff: number } | null {
-    if (!m.faultAround) return null;
+    // A 2 MiB-granular device maps nothing smaller: a shared fault takes its window
+    // whatever faultAround says (docs/pool.md, "2 MiB-granular devices").
+    if (!m.faultAround && (m.private || !this.granular())) return null;
     const fileStart = Math.floor(fileOff / HUGE) * HUGE;
     const regionOff = fileStart - m.fileOffset;
     // Aligned in the mapping (the region is 2 MiB aligned), inside the mapping, and
@@ -71,6 +73,10 @@ export class Resolver {
     if (regionOff < 0 || regionOff % HUGE !== 0 || regionOff + HUGE > m.length) return null;
     if (fileStart + HUGE > m.inode.size) return null;
     return { fileStart, regionOff };
+  }
+
+  private granular(): boolean {
+    return (this.ctx.pool.storage.align ?? PAGE) > PAGE;
   }
 
   private classify(ino: Inode, start: number, end: number): Classified {
@@ -125,6 +131,16 @@ export class Resolver {
       if (!c.anyWritten && !m.states.any(p0, p0 + HUGE / PAGE, PageState.Installed)) {
         if (await this.zeroWindow(m, win.regionOff, fileOff)) return;
         // Fell back: answer the faulting page alone, below.
+      } else if (this.granular()) {
+        // Written in part: the rest of the window is made written (zeros) so the
+        // window maps whole, as a 2 MiB-granular device maps nothing smaller.
+        const exts = await this.materialise(m, win.fileStart, HUGE, { sync: false, preferAligned: true }, [win.regionOff, win.regionOff + HUGE]);
+        if (exts.length === 1 && exts[0]!.deviceOffset % HUGE === 0) {
+          this.ctx.bump(m, 'written');
+          this.ctx.bump(m, 'pmd');
+          await this.install(m, win.regionOff, HUGE, exts[0]!.deviceOffset, true);
+          return;
+        }
       }
     }
     await this.inject?.('page', m);
@@ -236,7 +252,7 @@ export class Resolver {
       // A window that would allocate is taken whole only for a sequential writer:
       // sparse random writes get 4 KiB blocks, not 2 MiB each (the kernel falls back
       // from PMD to PTE faults; we choose up front).
-      if (!c.allWritten && !this.sequential(m, fileOff)) return this.resolveSharedWritePage(m, ev, fileOff);
+      if (!c.allWritten && !this.granular() && !this.sequential(m, fileOff)) return this.resolveSharedWritePage(m, ev, fileOff);
       this.countExtent(m, c.allWritten ? 'written' : this.ctx.pool.lookup(m.inode, fileOff).state);
       let exts;
       try {

@@ -115,6 +115,13 @@ export class Revoker {
   }
 
   async revokeRange(m: Mapping, regionOff: number, length: number): Promise<void> {
+    if (!m.private && (this.ctx.pool.storage.align ?? PAGE) > PAGE) {
+      // A 2 MiB-granular device's windows are taken back whole (docs/pool.md,
+      // "2 MiB-granular devices"): the kernel cannot split a 2 MiB device mapping.
+      const end = Math.min(m.length, roundUp(regionOff + length, HUGE));
+      regionOff = Math.floor(regionOff / HUGE) * HUGE;
+      length = end - regionOff;
+    }
     this.ctx.bump(m, 'revokes');
     // Its direct pieces are cleared first, in the same batch: no direct install after.
     const results = await this.ctx.answer(m.client, revokeAnswers(m, regionOff, length));

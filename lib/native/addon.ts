@@ -31,7 +31,7 @@ export interface RegionInfo {
 export interface DeviceInfo {
   id: number;
   size: number;
-  kind: 'file' | 'tmpfs' | 'devdax';
+  kind: 'file' | 'tmpfs' | 'devdax' | 'hugetlbfs';
   mapSync: boolean;
   align: number;
 }

@@ -88,6 +88,18 @@ export class PoolCore {
     this.geometry = state.geometry;
     this.blocks = new BlockIo(storage);
     this.deferConversion = storage.kind === 'file';
+    this.unit = (storage.align ?? B) > B ? GROUP_BLOCKS : 1;
+  }
+
+  /**
+   * The allocation unit for data, in blocks: a whole aligned 2 MiB chunk on a 2 MiB-
+   * granular device (docs/pool.md, "2 MiB-granular devices"), else one block.
+   */
+  readonly unit: number;
+
+  /** [fb0, fb1) rounded out to whole allocation units. */
+  private unitRange(fb0: number, fb1: number): [number, number] {
+    return [Math.floor(fb0 / this.unit) * this.unit, Math.ceil(fb1 / this.unit) * this.unit];
   }
 
   /** Open a formatted storage: superblock, checkpoint, log replay. Throws EBADF for anything not a sound pool. */
@@ -176,6 +188,14 @@ export class PoolCore {
    * every block filled. Caller holds alloc + log.
    */
   private fill(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, holeState: ExtentStateCode): { recs: LogRecord[]; fresh: (Run & { fb: number })[]; taken: Run[] } {
+    // On a 2 MiB-granular device whole units are allocated; their blocks past EOF (and
+    // past the range being written, which may extend it) are recorded unwritten, as no
+    // written block lies past EOF.
+    const eof = Math.max(fb1, Math.ceil(f.size / B));
+    if (this.unit > 1) {
+      [fb0, fb1] = this.unitRange(fb0, fb1);
+      aligned = true;
+    }
     const segs = segments(f, fb0, fb1);
     let holes = 0;
     for (const s of segs) if (s.state === 'hole') holes += s.len;
@@ -187,17 +207,23 @@ export class PoolCore {
       for (const s of segs) {
         if (s.state === 'written') continue;
         if (s.state === 'unwritten') {
-          this.blocks.fillBlocks(s.dev, s.fb, s.len, data, dataOff);
-          fresh.push({ start: s.dev, len: s.len, fb: s.fb });
-          if (holeState === STATE_WRITTEN) recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len: s.len, dev: s.dev, state: STATE_WRITTEN });
+          const len = Math.min(s.len, eof - s.fb);
+          if (len <= 0) continue;
+          this.blocks.fillBlocks(s.dev, s.fb, len, data, dataOff);
+          fresh.push({ start: s.dev, len, fb: s.fb });
+          if (holeState === STATE_WRITTEN) recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len, dev: s.dev, state: STATE_WRITTEN });
           continue;
         }
         const pieces = this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), aligned);
         for (const p of pieces) {
           taken.push({ start: p.dev, len: p.len });
-          this.blocks.fillBlocks(p.dev, p.fb, p.len, data, dataOff);
-          fresh.push({ start: p.dev, len: p.len, fb: p.fb });
-          recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len: p.len, dev: p.dev, state: holeState });
+          const len = Math.max(0, Math.min(p.len, eof - p.fb));
+          if (len > 0) {
+            this.blocks.fillBlocks(p.dev, p.fb, len, data, dataOff);
+            fresh.push({ start: p.dev, len, fb: p.fb });
+            recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len, dev: p.dev, state: holeState });
+          }
+          if (len < p.len) recs.push({ t: RecType.Map, id: f.id, fb: p.fb + len, len: p.len - len, dev: p.dev + len, state: STATE_UNWRITTEN });
         }
       }
     } catch (e) {
@@ -319,7 +345,10 @@ export class PoolCore {
         if (size < f.size) {
           const keep = Math.ceil(size / B);
           const last = lastExtentEnd(f);
-          if (last > keep) recs.push({ t: RecType.Unmap, id: f.id, fb: keep, len: last - keep });
+          // whole units only: the EOF unit's blocks past EOF stay allocated, unwritten
+          const unitEnd = Math.min(last, this.unitRange(keep, keep)[1]);
+          recs.push(...this.unwrite(f, keep, unitEnd));
+          if (last > unitEnd) recs.push({ t: RecType.Unmap, id: f.id, fb: unitEnd, len: last - unitEnd });
           this.blocks.zeroTailBeyond(f, size);
         } else if (size > f.size) {
           this.blocks.zeroEofTail(f);
@@ -343,8 +372,8 @@ export class PoolCore {
     try {
       await this.txn.locked(() => {
         this.checkLive(f);
-        const fb0 = Math.floor(offset / B);
-        const fb1 = Math.ceil(end / B);
+        // whole allocation units (one block, or 2 MiB on a 2 MiB-granular device)
+        const [fb0, fb1] = this.unitRange(Math.floor(offset / B), Math.ceil(end / B));
         const segs = segments(f, fb0, fb1);
         let holes = 0;
         for (const s of segs) if (s.state === 'hole') holes += s.len;
@@ -353,7 +382,7 @@ export class PoolCore {
         for (const s of segs) {
           if (s.state !== 'hole') continue;
           // unwritten blocks read as zeros: no zeroing now, it happens at conversion
-          for (const p of this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), s.len >= GROUP_BLOCKS)) {
+          for (const p of this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), s.len >= GROUP_BLOCKS || this.unit > 1)) {
             recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len: p.len, dev: p.dev, state: STATE_UNWRITTEN });
           }
         }
@@ -381,6 +410,19 @@ export class PoolCore {
     return [a, b];
   }
 
+  /**
+   * Records making the written blocks of [fb0, fb1) unwritten: they read as zeros and
+   * are zeroed again before any reuse as written.
+   */
+  private unwrite(f: Inode, fb0: number, fb1: number): LogRecord[] {
+    const recs: LogRecord[] = [];
+    if (fb1 <= fb0) return recs;
+    for (const s of segments(f, fb0, fb1)) {
+      if (s.state === 'written') recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len: s.len, dev: s.dev, state: STATE_UNWRITTEN });
+    }
+    return recs;
+  }
+
   private async destructive(f: Inode, offset: number, length: number, what: string, body: () => void): Promise<void> {
     checkOffset('offset', offset);
     checkOffset('length', length);
@@ -406,7 +448,14 @@ export class PoolCore {
   punchHole(f: Inode, offset: number, length: number): Promise<void> {
     return this.destructive(f, offset, length, 'punchHole', () => {
       const [a, b] = this.edges(f, offset, offset + length);
-      if (b > a && f.extents.overlapping(a, b).length > 0) this.txn.commit([{ t: RecType.Unmap, id: f.id, fb: a, len: b - a }]);
+      // whole units are freed; the blocks of a unit punched in part become unwritten
+      // (they read as zeros) and the unit stays whole
+      const ua = this.unitRange(a, a)[1];
+      const ub = Math.max(ua, Math.floor(b / this.unit) * this.unit);
+      const recs = this.unwrite(f, a, Math.min(b, ua));
+      if (ub > ua && f.extents.overlapping(ua, ub).length > 0) recs.push({ t: RecType.Unmap, id: f.id, fb: ua, len: ub - ua });
+      recs.push(...this.unwrite(f, Math.max(ub, a), b));
+      if (recs.length > 0) this.txn.commit(recs);
     });
   }
 
@@ -416,11 +465,7 @@ export class PoolCore {
       const extending = !keepSize && end > f.size;
       if (extending) this.blocks.zeroEofTail(f);
       const [a, b] = this.edges(f, offset, end);
-      const recs: LogRecord[] = [];
-      // written whole blocks become unwritten: they read as zeros and are zeroed again before any reuse as written
-      for (const s of segments(f, a, b)) {
-        if (s.state === 'written') recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len: s.len, dev: s.dev, state: STATE_UNWRITTEN });
-      }
+      const recs = this.unwrite(f, a, b);
       if (extending) recs.push({ t: RecType.SetSize, id: f.id, size: end, mtimeMs: Date.now() });
       this.txn.commit(recs);
     });

@@ -56,6 +56,8 @@ export interface PoolFsInfo {
   device: string;
   kind: StorageKind;
   deviceBytes: number;
+  /** The device's mapping granularity: 2 MiB on devdax and hugetlbfs, else 4096. */
+  granularity: number;
   uuid: string;
   formatVersion: number;
   /** When the pool was formatted, ms since the epoch. */
@@ -234,7 +236,7 @@ export class PoolFs {
     return this.call('pool.info', (core) => {
       const { storage, geometry: g, sb } = core;
       return {
-        device: storage.path, kind: storage.kind, deviceBytes: storage.size, uuid: sb.uuid, formatVersion: sb.version,
+        device: storage.path, kind: storage.kind, deviceBytes: storage.size, granularity: storage.align ?? 4096, uuid: sb.uuid, formatVersion: sb.version,
         createdMs: sb.createdMs, files: core.state.files.size, maxFiles: g.maxFiles, logBytesUsed: core.txn.log.used,
         logBytes: g.logBlocks * BLOCK_SIZE, checkpointGeneration: sb.ckptGen, replayedRecords: core.openInfo.replay.records,
       };

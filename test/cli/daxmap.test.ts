@@ -70,7 +70,7 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
     const run = i === 0 ? async (...a: string[]) => cli(...a) : inproc; // the tmpfs round goes through bin/daxmap
     const m = await run('mkfs', dev, '--size', '32M');
     t.equal(m.code, 0, m.err);
-    t.match(m.out, /formatted .*: 32M device/);
+    t.match(m.out, i === 0 ? /formatted .*: 32M tmpfs device \(4K granular\)/ : /formatted .*: 32M file device \(4K granular\)/);
     const again = await run('mkfs', dev);
     t.equal(again.code, 2, 'refuses an existing pool');
     t.match(again.err, /EEXIST/);
@@ -90,11 +90,12 @@ t.test('mkfs, ls, stat, fsck on a tmpfs and a disk pool', async (t) => {
     const lj = (await run('ls', dev, '--json')).out.trim().split('\n').map((l) => JSON.parse(l));
     t.same(lj.map((r) => r.name), ['empty', 'file one']);
     const st = JSON.parse((await run('stat', dev, '--json')).out);
-    t.same(Object.keys(st), ['device', 'kind', 'uuid', 'formatVersion', 'deviceBytes', 'blockSize', 'dataBytes', 'freeBytes',
+    t.same(Object.keys(st), ['device', 'kind', 'granularity', 'uuid', 'formatVersion', 'deviceBytes', 'blockSize', 'dataBytes', 'freeBytes',
       'usedBytes', 'files', 'maxFiles', 'logBytesUsed', 'logBytes', 'checkpointGeneration', 'replayedRecords', 'created']);
     t.equal(st.files, 2);
     t.equal(st.logBytesUsed, 0, 'closed cleanly: the log was checkpointed');
     t.equal(st.deviceBytes, 32 << 20);
+    t.equal(st.granularity, 4096, 'a file maps at any page');
     t.match((await run('stat', dev)).out, /freeBytes: \d+ \(/);
     const fst = await run('stat', dev, 'file one');
     t.match(fst.out, /size: 10000/);

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { Test } from 'tap';
+import { hugetlb } from '../hugetlb';
 
 process.env.DAXMAP_LOCKDEP = '1';
 process.env.DAXMAP_TEST_HOOKS = '1';
@@ -16,7 +17,7 @@ type PoolT = Pool;
 export const PAGE = 4096;
 export const HUGE = 2 << 20;
 export const BACKINGS = ['tmpfs', 'disk'] as const;
-export type Backing = (typeof BACKINGS)[number];
+export type Backing = (typeof BACKINGS)[number] | 'hugetlbfs';
 export const DIST = path.resolve(__dirname, '../../dist');
 export const FIXTURES = path.join(__dirname, 'fixtures');
 
@@ -38,11 +39,33 @@ export async function checkLockdep(t: Test, pool: PoolT): Promise<void> {
   t.same(v, [], 'the lock validator saw no violation');
 }
 
+/**
+ * The backings a forBackings test runs on: tmpfs and disk, plus the device-DAX
+ * stand-in (a hugetlbfs file, test/hugetlb.ts) for the tests that pass there
+ * (`hugetlb: true`). DAXMAP_TEST_BACKINGS (comma-separated) overrides the list, to
+ * try a test file on one backing.
+ */
+function backingsFor(opts: { hugetlb?: boolean }): string[] {
+  const env = process.env.DAXMAP_TEST_BACKINGS;
+  if (env) return env.split(',').filter((b) => b !== '');
+  return opts.hugetlb ? [...BACKINGS, 'hugetlbfs'] : [...BACKINGS];
+}
+
 /** One subtest per backing, each with a fresh pool, checked by the validator and closed after. */
-export function forBackings(t: Test, name: string, fn: (t: Test, ctx: Ctx) => Promise<void>, opts: { size?: number } = {}): void {
-  for (const backing of BACKINGS) {
+export function forBackings(t: Test, name: string, fn: (t: Test, ctx: Ctx) => Promise<void>, opts: { size?: number; hugetlb?: boolean } = {}): void {
+  for (const backing of backingsFor(opts) as Backing[]) {
     t.test(`${name} [${backing}]`, async (t) => {
-      const p = poolPath(backing);
+      let p: string;
+      if (backing === 'hugetlbfs') {
+        const h = await hugetlb(t, Math.ceil((opts.size ?? 64 << 20) / HUGE) + 8);
+        if (typeof h === 'string') {
+          t.skip(h, () => {});
+          return;
+        }
+        p = h.file();
+      } else {
+        p = poolPath(backing);
+      }
       const pool = await Pool.create(p, { size: opts.size ?? 64 << 20 });
       t.teardown(async () => {
         if (!pool.closed) await pool.close();

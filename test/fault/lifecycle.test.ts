@@ -47,7 +47,7 @@ forBackings(t, 'pool.close() with live mappings: detached here, revoked and deta
   t.same(later, { detached: true, closed: true, err: 'ECLOSED' }, 'the other thread\'s mapping was detached and its pool closed');
   await w.terminate();
   await t.rejects(pool.openFile('a'), { code: 'ECLOSED' });
-});
+}, { hugetlb: true });
 
 forBackings(t, 'file.close() with live mappings unmaps them first', async (t, { pool }) => {
   const f = await pool.openFile('a', { create: true });
@@ -64,7 +64,7 @@ forBackings(t, 'file.close() with live mappings unmaps them first', async (t, { 
   await g.read(r, 0);
   t.equal(r[1], 2, 'the store is in the file');
   await g.close();
-});
+}, { hugetlb: true });
 
 t.test('sync: true — a write fault is answered only once its block is durable (crash right after)', async (t) => {
   for (const mode of ['sync', 'nosync'] as const) {
@@ -127,7 +127,7 @@ forBackings(t, 'a full pool: the write fault gets SIGBUS, nothing is half done, 
   await checkLockdep(t, pool);
   await pool.close();
   t.same(await fsckReport(p), [], 'fsck clean');
-});
+}, { hugetlb: true });
 
 async function fsckReport(p: string): Promise<string[]> {
   const dev = openDevice(p, { exclusive: true });

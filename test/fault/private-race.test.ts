@@ -68,7 +68,7 @@ for (const op of ['punchHole', 'zeroRange'] as const) {
       t.ok(before > 0 && after > 0, `revoked pages stored to before their revoke (${before}) and after it (${after})`);
       await w.terminate();
       await checkLockdep(t, pool);
-    }, { size: 128 << 20 });
+    }, { size: 128 << 20, hugetlb: true });
   }
 }
 
