@@ -39,7 +39,9 @@ t.test('the reader wakes only for work: no timer while idle', async (t) => {
   t.equal(out.bad, 0, 'every touch read the device byte and every revoke succeeded');
   t.equal(out.direct, out.cycles, 'one direct answer per touch');
   t.equal(out.remaps, out.cycles, 'one REMAP event per revoke');
-  t.equal(out.wakes, 2 * out.cycles, 'two wakes per round trip');
+  // A timer would add wakes; under load a fault and a REMAP event are now and then
+  // read in one wake (seen once: 399 of 400), never more than two per round trip.
+  t.ok(out.wakes <= 2 * out.cycles && out.wakes >= out.cycles, `at most two wakes per round trip (${out.wakes} for ${out.cycles})`);
   t.ok(out.idleMs >= 500, `idle for ${out.idleMs.toFixed(0)} ms`);
   t.equal(out.idleWakes, 2, 'across the idle span and one more round trip: only that round trip\'s two wakes');
 });
