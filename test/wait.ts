@@ -22,3 +22,13 @@ export async function until(cond: () => boolean | Promise<boolean>, what: string
     await new Promise((res) => setTimeout(res, 5));
   }
 }
+
+/** Waits for `p` with the event loop held alive: an idle Pool does not hold it (an application may exit). */
+export async function held<T>(p: Promise<T>): Promise<T> {
+  const keep = setInterval(() => {}, 1000);
+  try {
+    return await p;
+  } finally {
+    clearInterval(keep);
+  }
+}

@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { poolPath, PAGE } from '../fault/helpers';
-import { until } from '../wait';
+import { held, until } from '../wait';
 import { Pool, isDaxError, probeUffd, reportSigbus, type DaxmapError, type ErrorCode } from '../../dist/index';
 import { Worker } from 'node:worker_threads';
 import { errorInfo, rebuildError } from '../../dist/protocol/errors';
@@ -21,15 +21,6 @@ function tmpPool(t: Test): string {
   return p;
 }
 
-/** Waits for `p` with the event loop held alive: an idle Pool does not hold it (an application may exit), and a dying service's 'exit' comes later. */
-async function held<T>(p: Promise<T>): Promise<T> {
-  const keep = setInterval(() => {}, 1000);
-  try {
-    return await p;
-  } finally {
-    clearInterval(keep);
-  }
-}
 
 t.test('await using closes a Pool, closes a PoolFile and unmaps a Mapping at the end of the scope', async (t) => {
   const p = tmpPool(t);

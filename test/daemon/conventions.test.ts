@@ -6,16 +6,8 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { startDaemon, PAGE } from './helpers';
 import { Pool, type DaxmapError } from '../../dist/index';
+import { held } from '../wait';
 
-/** Waits for `p` with the event loop held alive (an idle Pool does not hold it). */
-async function held<T>(p: Promise<T>): Promise<T> {
-  const keep = setInterval(() => {}, 1000);
-  try {
-    return await p;
-  } finally {
-    clearInterval(keep);
-  }
-}
 
 t.test("daxmapd SIGKILLed: the Pool emits 'error' then 'close', detaches its mappings, rejects with ECLOSED", async (t) => {
   const d = await startDaemon();

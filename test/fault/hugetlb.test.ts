@@ -1,7 +1,7 @@
 // Pools on the device-DAX stand-in: a file on hugetlbfs, 2 MiB-granular like
 // /dev/dax (docs/native.md, "2 MiB-granular devices"). Skipped, with the reason,
 // where huge pages cannot be reserved or hugetlbfs cannot be mounted.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { hugetlb } from '../hugetlb';
@@ -27,6 +27,13 @@ t.test('hugetlbfs stand-in', async (t) => {
     return;
   }
 
+  /** A 64 MiB pool in a new file of the stand-in, removed after the test. */
+  const newPool = async (t: Test): Promise<{ p: string; pool: Pool }> => {
+    const p = h.file();
+    t.teardown(() => fs.rmSync(p, { force: true }));
+    return { p, pool: await Pool.create(p, { size: 64 << 20 }) };
+  };
+
   t.test('the device layer sees a 2 MiB-granular device; sizes must be whole huge pages', async (t) => {
     const p = h.file('dev');
     t.throws(() => openDevice(p, { create: true, size: HUGE + 4096 }), { code: 'EINVAL', message: /multiple of 2097152 on hugetlbfs/ });
@@ -44,9 +51,7 @@ t.test('hugetlbfs stand-in', async (t) => {
   });
 
   t.test('a pool: shared stores read back, truncate revokes, fsck clean after close', async (t) => {
-    const p = h.file();
-    t.teardown(() => fs.rmSync(p, { force: true }));
-    const pool = await Pool.create(p, { size: 64 << 20 });
+    const { p, pool } = await newPool(t);
     const f = await pool.openFile('a', { create: true });
     await f.truncate(4 * HUGE);
     const m = await f.map();
@@ -142,9 +147,7 @@ t.test('hugetlbfs stand-in', async (t) => {
   });
 
   t.test('faultAround false: shared faults still take whole 2 MiB windows (no SIGBUS)', async (t) => {
-    const p = h.file();
-    t.teardown(() => fs.rmSync(p, { force: true }));
-    const pool = await Pool.create(p, { size: 64 << 20 });
+    const { p, pool } = await newPool(t);
     const f = await pool.openFile('a', { create: true });
     await f.write(Buffer.from('head'), 0); // a 4 KiB write() allocates a whole 2 MiB unit
     await f.truncate(4 * HUGE);
@@ -167,9 +170,7 @@ t.test('hugetlbfs stand-in', async (t) => {
   });
 
   t.test('private mapping: reads copy from the device, stores stay private', async (t) => {
-    const p = h.file();
-    t.teardown(() => fs.rmSync(p, { force: true }));
-    const pool = await Pool.create(p, { size: 64 << 20 });
+    const { p, pool } = await newPool(t);
     const f = await pool.openFile('a', { create: true });
     await f.write(Buffer.alloc(2 * HUGE, 0x31), 0);
     for (const faultAround of [true, false]) {
@@ -187,9 +188,7 @@ t.test('hugetlbfs stand-in', async (t) => {
   });
 
   t.test('punch hole of a 2 MiB unit: revoked, reads zeros, freed; a small file takes a whole unit', async (t) => {
-    const p = h.file();
-    t.teardown(() => fs.rmSync(p, { force: true }));
-    const pool = await Pool.create(p, { size: 64 << 20 });
+    const { p, pool } = await newPool(t);
     const f = await pool.openFile('a', { create: true });
     await f.truncate(4 * HUGE);
     const m = await f.map();
@@ -214,9 +213,7 @@ t.test('hugetlbfs stand-in', async (t) => {
   });
 
   t.test('punch and zero range inside a unit keep it whole: the window is revoked whole and maps again', async (t) => {
-    const p = h.file();
-    t.teardown(() => fs.rmSync(p, { force: true }));
-    const pool = await Pool.create(p, { size: 64 << 20 });
+    const { p, pool } = await newPool(t);
     const f = await pool.openFile('a', { create: true });
     await f.truncate(4 * HUGE);
     const m = await f.map({ faultAround: false });
