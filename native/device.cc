@@ -39,6 +39,53 @@ bool ReadSysU64(const std::string& path, uint64_t* out) {
   return ok;
 }
 
+// The word in [brackets] of a sysfs choice file ("always within_size advise [never] deny force").
+std::string SysChoice(const char* path) {
+  FILE* f = fopen(path, "re");
+  if (f == nullptr) return "";
+  char buf[256] = {0};
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  std::string s(buf, n);
+  size_t a = s.find('['), b = s.find(']');
+  return a == std::string::npos || b == std::string::npos || b < a ? "" : s.substr(a + 1, b - a - 1);
+}
+
+// Does the tmpfs holding a file of st_dev `dev` allocate 2 MiB folios? The mount's
+// huge= option (its super options in /proc/self/mountinfo), overridden by the global
+// shmem_enabled deny/force. 0 no, 1 yes, 2 only where madvise(MADV_HUGEPAGE) asks.
+int TmpfsHuge(dev_t dev) {
+  const std::string global = SysChoice("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  if (global == "deny") return 0;
+  if (global == "force") return 1;
+  FILE* f = fopen("/proc/self/mountinfo", "re");
+  if (f == nullptr) return 0;
+  char want[32];
+  snprintf(want, sizeof want, "%u:%u", major(dev), minor(dev));
+  int huge = 0;
+  char* line = nullptr;
+  size_t cap = 0;
+  while (getline(&line, &cap, f) > 0) {
+    // id parent major:minor root mountpoint options... - fstype source superoptions
+    std::string l(line);
+    size_t sp1 = l.find(' '), sp2 = sp1 == std::string::npos ? sp1 : l.find(' ', sp1 + 1);
+    if (sp2 == std::string::npos) continue;
+    size_t sp3 = l.find(' ', sp2 + 1);
+    if (l.compare(sp2 + 1, sp3 - sp2 - 1, want) != 0) continue;
+    size_t dash = l.find(" - ");
+    if (dash == std::string::npos) continue;
+    std::string opts = "," + l.substr(l.rfind(' ') + 1);
+    while (!opts.empty() && (opts.back() == '\n' || opts.back() == ' ')) opts.pop_back();
+    opts += ",";
+    if (opts.find(",huge=always,") != std::string::npos || opts.find(",huge=within_size,") != std::string::npos) huge = 1;
+    else if (opts.find(",huge=advise,") != std::string::npos) huge = 2;
+    break;
+  }
+  free(line);
+  fclose(f);
+  return huge;
+}
+
 Status Fail(int e, const std::string& what, const std::string& path) {
   return Status::Errno(e, what + " '" + path + "'");
 }
@@ -147,6 +194,7 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
                : ftype == HUGETLBFS_MAGIC ? DeviceKind::kHugetlb
                                           : DeviceKind::kFile;
     // hugetlbfs maps only at its page size (2 MiB with pagesize=2M; f_bsize says).
+    if (d->kind_ == DeviceKind::kTmpfs) d->huge_ = TmpfsHuge(st.st_dev);
     if (d->kind_ == DeviceKind::kHugetlb)
       d->align_ = fs.f_bsize >= static_cast<long>(kPage) ? static_cast<uint64_t>(fs.f_bsize) : k2M;
     uint64_t sz = static_cast<uint64_t>(st.st_size);
@@ -189,6 +237,10 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
     if (p == MAP_FAILED) p = mmap(nullptr, d->size_, prot, MAP_SHARED, d->fd_, 0);
     if (p == MAP_FAILED) return fail(Fail(errno, "map device", path));
     d->view_ = static_cast<uint8_t*>(p);
+    // huge=advise: the page cache takes 2 MiB folios only where a mapping asks, and a
+    // range first written through the view must already be one for a window to map as
+    // a PMD later (docs/native.md, "True 2 MiB mappings").
+    if (d->huge_advise()) (void)madvise(p, d->size_, MADV_HUGEPAGE);
     // device-dax stores go straight to media; hugetlbfs has no writeback at all (its
     // fsync, and so msync, does nothing): stores persist by cache flush + fence.
     if (d->kind_ == DeviceKind::kDevDax || d->kind_ == DeviceKind::kHugetlb) d->map_sync_ = true;

@@ -49,6 +49,11 @@ class Device {
   bool map_sync() const { return map_sync_; }
   // Install granularity: devdax and hugetlbfs mappings must be aligned to it (2 MiB); else a page.
   uint64_t align() const { return align_; }
+  // A tmpfs that allocates 2 MiB folios (mount option huge=always/within_size/advise,
+  // or shmem_enabled force; not deny): an aligned 2 MiB window maps as one PMD.
+  bool huge() const { return huge_ != 0; }
+  // huge=advise: a window must be madvise(MADV_HUGEPAGE)d before its first fault.
+  bool huge_advise() const { return huge_ == 2; }
   uint8_t* view() const { return view_; }
   bool writable() const { return writable_; }
   const std::string& path() const { return path_; }
@@ -75,6 +80,7 @@ class Device {
   bool map_sync_ = false;
   bool writable_ = true;
   uint64_t align_ = 4096;
+  int huge_ = 0;  // 0 no, 1 yes, 2 advise (see huge())
   uint8_t* view_ = nullptr;
 };
 

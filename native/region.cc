@@ -140,6 +140,10 @@ int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev
   int mflags = (priv ? MAP_PRIVATE : MAP_SHARED) | MAP_FIXED;
   void* p = mmap(reinterpret_cast<void*>(base_ + off), len, prot, mflags, dev.fd(), static_cast<off_t>(dev_off));
   if (p == MAP_FAILED) return errno;  // ENOMEM here is usually vm.max_map_count: reported, never retried
+  // A huge=advise tmpfs allocates 2 MiB folios only where asked: ask for an aligned
+  // whole window, so its first fault (or the populate below) maps one PMD.
+  if (dev.huge_advise() && !priv && len % k2M == 0 && (base_ + off) % k2M == 0 && dev_off % k2M == 0)
+    (void)madvise(p, len, MADV_HUGEPAGE);
   if (flags & kAnsPopulate) {
     // Best effort: a page that cannot be populated faults in the kernel as usual.
     int adv = (writable && !priv && !(flags2 & kAns2PopulateRead)) ? MADV_POPULATE_WRITE : MADV_POPULATE_READ;

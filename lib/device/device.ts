@@ -22,8 +22,10 @@ export class DeviceStorage implements Storage {
   readonly size: number;
   readonly deviceId: number;
   readonly mapSync: boolean;
-  /** Install granularity: 2 MiB on device-dax, else 4096. */
+  /** Install granularity: 2 MiB on device-dax and hugetlbfs, else 4096. */
   readonly align: number;
+  /** A tmpfs mounted with huge pages: aligned 2 MiB windows map as one PMD. */
+  readonly huge: boolean;
   private chunks: Buffer[] | undefined;
   private isClosed = false;
 
@@ -34,6 +36,7 @@ export class DeviceStorage implements Storage {
     this.deviceId = info.id;
     this.mapSync = info.mapSync;
     this.align = info.align;
+    this.huge = info.huge === true;
   }
 
   get closed(): boolean {

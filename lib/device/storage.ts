@@ -20,6 +20,12 @@ export interface Storage {
   readonly mapSync: boolean;
   /** Mapping granularity: 2 MiB on devdax and hugetlbfs (docs/native.md, "2 MiB-granular devices"); 4096 when absent. */
   readonly align?: number;
+  /**
+   * A tmpfs mounted with huge pages (`huge=always`, `within_size`, `advise`): any page
+   * maps, but an aligned 2 MiB window maps as one PMD, so the fault policy takes whole
+   * windows where it can (docs/native.md, "True 2 MiB mappings").
+   */
+  readonly huge?: boolean;
   /** A Buffer aliasing [offset, offset+length) of the device. Must not cross a CHUNK_SIZE boundary. */
   view(offset: number, length: number): Buffer;
   /** Make [offset, offset+length) durable: msync for files, flush + fence for MAP_SYNC. */

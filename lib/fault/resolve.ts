@@ -251,8 +251,11 @@ export class Resolver {
       const c = this.classify(m.inode, win.fileStart, win.fileStart + HUGE);
       // A window that would allocate is taken whole only for a sequential writer:
       // sparse random writes get 4 KiB blocks, not 2 MiB each (the kernel falls back
-      // from PMD to PTE faults; we choose up front).
-      if (!c.allWritten && !this.granular() && !this.sequential(m, fileOff)) return this.resolveSharedWritePage(m, ev, fileOff);
+      // from PMD to PTE faults; we choose up front). On a tmpfs mounted with huge
+      // pages every writer's window is taken whole, as the kernel's own first touch
+      // there takes a 2 MiB folio (docs/native.md, "True 2 MiB mappings").
+      const whole = this.granular() || this.ctx.pool.storage.huge === true;
+      if (!c.allWritten && !whole && !this.sequential(m, fileOff)) return this.resolveSharedWritePage(m, ev, fileOff);
       this.countExtent(m, c.allWritten ? 'written' : this.ctx.pool.lookup(m.inode, fileOff).state);
       let exts;
       try {

@@ -34,6 +34,8 @@ export interface DeviceInfo {
   kind: 'file' | 'tmpfs' | 'devdax' | 'hugetlbfs';
   mapSync: boolean;
   align: number;
+  /** A tmpfs that allocates 2 MiB folios (docs/native.md, "True 2 MiB mappings"). */
+  huge: boolean;
 }
 
 export interface DeviceOpenOptions {

@@ -40,6 +40,7 @@ Napi::Value DeviceOpen(const Napi::CallbackInfo& info) {
   o.Set("kind", Napi::String::New(env, dev->kind_name()));
   o.Set("mapSync", Napi::Boolean::New(env, dev->map_sync()));
   o.Set("align", Napi::Number::New(env, static_cast<double>(dev->align())));
+  o.Set("huge", Napi::Boolean::New(env, dev->huge()));
   return o;
 }
 
