@@ -20,19 +20,23 @@ function headers(): string {
   return dir;
 }
 
-function load(): KmapAddon {
-  if (addon !== undefined) return addon;
+/** Compiles test/perf/<name>.c as a Node-API addon and loads it (kmap.c here, reads.c for row 13). */
+export function buildAddon<T>(name: string): T {
   // Built afresh into a private directory (mkdtemp, mode 0700): never loaded from a
   // predictable path someone else could have written.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'daxmap-bench-kmap-'));
-  const out = path.join(dir, 'kmap.node');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `daxmap-bench-${name}-`));
+  const out = path.join(dir, `${name}.node`);
   try {
-    execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-Wall', '-shared', '-fPIC', '-I', headers(), '-o', out, path.join(__dirname, 'kmap.c')], { stdio: ['ignore', 'inherit', 'inherit'] });
+    execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-Wall', '-shared', '-fPIC', '-I', headers(), '-o', out, path.join(__dirname, `${name}.c`)], { stdio: ['ignore', 'inherit', 'inherit'] });
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- a native addon built at run time
-    addon = require(out) as KmapAddon;
+    return require(out) as T;
   } finally {
     fs.rmSync(dir, { recursive: true, force: true }); // a loaded library stays loaded
   }
+}
+
+function load(): KmapAddon {
+  addon ??= buildAddon<KmapAddon>('kmap');
   return addon;
 }
 

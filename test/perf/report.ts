@@ -71,14 +71,14 @@ function digitsFor(x: number): number {
 
 const mmm = (s: Summary): string => [s.min, s.median, s.max].map((x) => fmt(x, digitsFor(s.median))).join(' / ');
 
-/** The table's lines: rows in `order` (ids), a row not measured says so. */
-export function tableLines(results: RowResult[], order: { id: string; what: string }[]): string[] {
+/** The table's lines: rows in `order` (ids), a row not measured says so (and why, if `why` has its id). */
+export function tableLines(results: RowResult[], order: { id: string; what: string }[], why: Record<string, string> = {}): string[] {
   const head = ['#', 'what', 'unit', 'daxmap min / median / max', 'baseline min / median / max', 'ratio median (min-max)', 'aim', 'met'];
   const body: string[][] = [];
   for (const o of order) {
     const r = results.find((x) => x.id === o.id);
     if (r === undefined) {
-      body.push([o.id, o.what, '', 'not measured (its test failed)', '', '', '', '']);
+      body.push([o.id, o.what, '', `not measured (${why[o.id] ?? 'its test failed'})`, '', '', '', '']);
       continue;
     }
     const ratio = `${fmt(r.ratio.median)}x (${fmt(r.ratio.min)}-${fmt(r.ratio.max)})`;
