@@ -77,8 +77,10 @@ int TmpfsHuge(dev_t dev) {
     std::string opts = "," + l.substr(l.rfind(' ') + 1);
     while (!opts.empty() && (opts.back() == '\n' || opts.back() == ' ')) opts.pop_back();
     opts += ",";
-    if (opts.find(",huge=always,") != std::string::npos || opts.find(",huge=within_size,") != std::string::npos) huge = 1;
-    else if (opts.find(",huge=advise,") != std::string::npos) huge = 2;
+    if (opts.find(",huge=always,") != std::string::npos || opts.find(",huge=within_size,") != std::string::npos)
+      huge = 1;
+    else if (opts.find(",huge=advise,") != std::string::npos)
+      huge = 2;
     break;
   }
   free(line);
