@@ -3,7 +3,8 @@
 // (adding to /proc/sys/vm/nr_hugepages and giving back only what it added), mounts
 // its own hugetlbfs in a private temp dir (or uses DAXMAP_HUGETLBFS), and undoes
 // both at the test's teardown. Where that is not possible it returns the reason, for
-// the caller to skip with.
+// the caller to skip with. With DAXMAP_HUGETLB_REPORT set to a file, each call adds a
+// line to it, "ran" or "skipped: <reason>" (.ci/run says from it whether the stand-in ran).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -89,11 +90,21 @@ function sweepDeadRuns(): void {
 
 let n = 0;
 
+type Owner = { teardown(fn: () => void | Promise<void>): void };
+
 /**
  * A hugetlbfs with at least `pages` free 2 MiB pages for this test, or the reason
  * there is none. `owner` is the tap test whose teardown gives everything back.
  */
-export async function hugetlb(owner: { teardown(fn: () => void | Promise<void>): void }, pages = 128): Promise<Hugetlb | string> {
+export async function hugetlb(owner: Owner, pages = 128): Promise<Hugetlb | string> {
+  const r = await setUp(owner, pages);
+  const report = process.env.DAXMAP_HUGETLB_REPORT;
+  // one short line per call, appended (O_APPEND): test processes running at once do not mix lines
+  if (report) fs.appendFileSync(report, typeof r === 'string' ? `skipped: ${r}\n` : 'ran\n');
+  return r;
+}
+
+async function setUp(owner: Owner, pages: number): Promise<Hugetlb | string> {
   if (!fs.readFileSync('/proc/filesystems', 'utf8').includes('hugetlbfs')) return 'the kernel has no hugetlbfs';
   if (meminfo('Hugepagesize') !== 2048) return 'the default huge page size is not 2 MiB';
   const given = process.env.DAXMAP_HUGETLBFS;
