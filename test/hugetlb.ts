@@ -1,9 +1,9 @@
 // The device-DAX stand-in for tests: a hugetlbfs mount with 2 MiB pages
 // (docs/native.md, "2 MiB-granular devices"). As root, hugetlb() reserves huge pages
 // (adding to /proc/sys/vm/nr_hugepages and giving back only what it added), mounts
-// its own hugetlbfs in a private temp dir (or uses DAXMAP_HUGETLBFS), and undoes
-// both at the test's teardown. Where that is not possible it returns the reason, for
-// the caller to skip with. With DAXMAP_HUGETLB_REPORT set to a file, each call adds a
+// its own hugetlbfs in a private temp dir with those pages reserved to it (min_size),
+// or uses DAXMAP_HUGETLBFS, and undoes both at the test's teardown. Where that is not
+// possible it returns the reason, for the caller to skip with. With DAXMAP_HUGETLB_REPORT set to a file, each call adds a
 // line to it, "ran" or "skipped: <reason>" (.ci/run says from it whether the stand-in ran).
 import fs from 'node:fs';
 import os from 'node:os';
@@ -53,6 +53,29 @@ function adjustPages(delta: number): number {
   const before = Number(fs.readFileSync(NR, 'utf8').trim());
   fs.writeFileSync(NR, String(Math.max(0, before + delta)));
   return Number(fs.readFileSync(NR, 'utf8').trim()) - before;
+}
+
+/** Huge pages free and not reserved by a mapping or a mount: what a new mapping can have. */
+function available(): number {
+  return meminfo('HugePages_Free') - meminfo('HugePages_Rsvd');
+}
+
+/**
+ * Raise nr_hugepages until `pages` more are available (caller holds the lock). Raising
+ * it first turns surplus pages (in use past an earlier lowering) into persistent
+ * ones, which makes none available: so raise again, as far as needed. Returns what was
+ * added to nr_hugepages (to give back) and how many more pages are available.
+ */
+function reservePages(pages: number): { added: number; gained: number } {
+  const before = available();
+  let added = 0;
+  for (let i = 0; i < 8 && available() - before < pages; i++) {
+    const want = pages - (available() - before);
+    const k = adjustPages(want);
+    added += k;
+    if (k < want) break; // the kernel found no more memory for huge pages
+  }
+  return { added, gained: available() - before };
 }
 
 function alive(pid: number): boolean {
@@ -114,9 +137,9 @@ async function setUp(owner: Owner, pages: number): Promise<Hugetlb | string> {
   if (given) {
     if (meminfo('HugePages_Free') < pages && !root) return `fewer than ${pages} free huge pages in ${given}, and not root to reserve them`;
     if (root && meminfo('HugePages_Free') < pages) {
-      const added = await locked(() => adjustPages(pages));
+      const { added, gained } = await locked(() => reservePages(pages));
       owner.teardown(async () => { await locked(() => adjustPages(-added)); });
-      if (added < pages) return `only ${added} of ${pages} huge pages could be reserved (memory fragmented?)`;
+      if (gained < pages) return `only ${gained} of ${pages} huge pages could be reserved (memory fragmented?)`;
     }
   } else {
     // Our own mount, named by pid, with the pages we added recorded beside it, so a
@@ -125,10 +148,12 @@ async function setUp(owner: Owner, pages: number): Promise<Hugetlb | string> {
     owner.teardown(() => locked(() => release(dir0)));
     const why = await locked(() => {
       sweepDeadRuns();
-      const added = adjustPages(pages);
+      const { added, gained } = reservePages(pages);
       fs.writeFileSync(`${dir0}.pages`, String(added));
-      if (added < pages) return `only ${added} of ${pages} huge pages could be reserved (memory fragmented?)`;
-      const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'none', dir0], { encoding: 'utf8' });
+      if (gained < pages) return `only ${gained} of ${pages} huge pages could be reserved (memory fragmented?)`;
+      // min_size: the pages are reserved to this mount, so another test (or anything
+      // else on the machine) mapping huge pages meanwhile cannot take them
+      const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', `pagesize=2M,min_size=${pages * 2}M`, 'none', dir0], { encoding: 'utf8' });
       if (r.status !== 0) return `mount -t hugetlbfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
       return null;
     });
