@@ -39,7 +39,9 @@ async function daemonOn(t: Test, h: Hugetlb, n: number): Promise<{ d: DaemonProc
     for (const c of clients) await c.kill();
     await d.stop();
   });
-  t.ok(d.log.some((l) => l.includes('pool device: hugetlbfs, 2097152-byte granular')), 'the daemon\'s device is the 2 MiB-granular stand-in');
+  // Said before 'daxmapd listening' (it came after it, so a supervisor waiting for that could miss it).
+  const said = d.log.findIndex((l) => l.includes('pool device: hugetlbfs, 2097152-byte granular'));
+  t.ok(said >= 0 && said < d.log.findIndex((l) => l.includes('daxmapd listening')), 'before it listens, the daemon says its device is the 2 MiB-granular stand-in');
   for (let i = 0; i < n; i++) clients.push(await startClient(d.socket));
   return { d, clients };
 }
