@@ -124,8 +124,8 @@ t.test('daxmapd on the hugetlbfs stand-in', async (t) => {
     const watcher = await Pool.connect(d.socket);
     t.teardown(() => (watcher.closed ? undefined : watcher.close()));
     const f0 = (await watcher.stats()).faults;
-    // Every fault now takes 2 s inside the policy, its locks held.
-    await watcher.request('testInject', [{ where: 'any', delayMs: 2000 }]);
+    // Every fault now takes 5 s inside the policy, its locks held (time to kill A in it).
+    await watcher.request('testInject', [{ where: 'any', delayMs: 5000 }]);
     const aTouch = a.send('ktouch', { id: 1, offset: HUGE + 4096 });
     void aTouch.catch(() => {});
     await until(async () => (await watcher.stats()).faults > f0, 'A\'s fault to reach the daemon');
