@@ -12,6 +12,7 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { daxError, isDaxError } from '../errors';
 import { native } from '../native/addon';
+import { openDevice } from '../device/device';
 import { Service, permBits, type Conn, type Peer } from '../service/service';
 import type { Request, Response, Notice } from '../protocol/messages';
 import { errorInfo } from '../protocol/errors';
@@ -195,6 +196,12 @@ export class Daemon {
     if (!exists) opts.log.info({ device: opts.device, size: opts.size }, 'created and formatted the pool device');
     let d: Daemon | undefined;
     try {
+      // What the device is and its mapping granularity (2 MiB on devdax and hugetlbfs:
+      // docs/native.md, "2 MiB-granular devices"), from a look that takes no lock;
+      // said before 'daxmapd listening', which whoever waits for the daemon waits for.
+      const look = openDevice(opts.device, { view: false, writable: false });
+      opts.log.info({ device: look.path, kind: look.kind, granularity: look.align }, `pool device: ${look.kind}, ${look.align}-byte granular`);
+      look.close();
       d = new Daemon(service, opts);
       await d.listen();
       if (opts.metrics) d.metricsServer = await serveMetrics(d.metricsRegistry(), opts.metrics, opts.log);

@@ -1,7 +1,6 @@
 // The daxmapd command line: parse options, start the daemon, stop cleanly on SIGTERM
 // or SIGINT (every in-flight fault answered, the pool flushed, exit 0).
 import path from 'node:path';
-import { openDevice } from '../device/device';
 import { configureLogger } from '../log';
 import { parseSize } from '../util/units';
 import { isDaxError } from '../errors';
@@ -107,11 +106,6 @@ export async function run(argv = process.argv.slice(2)): Promise<void> {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { Daemon } = require('./daemon') as typeof import('./daemon');
     daemon = await Daemon.start({ device: args.device, socket: args.socket, size: args.size, socketMode: args.socketMode, metrics: args.metrics, log });
-    // What the device is and its mapping granularity (2 MiB on devdax and hugetlbfs:
-    // docs/native.md, "2 MiB-granular devices"), from a look that takes no lock.
-    const look = openDevice(args.device, { view: false, writable: false });
-    log.info({ device: look.path, kind: look.kind, granularity: look.align }, `pool device: ${look.kind}, ${look.align}-byte granular`);
-    look.close();
   } catch (err) {
     log.fatal({ err: isDaxError(err) ? { code: err.code, message: err.message } : err }, 'daxmapd could not start');
     process.exitCode = 1;

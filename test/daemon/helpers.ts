@@ -12,6 +12,17 @@ export const PAGE = 4096;
 export const HUGE = 2 << 20;
 
 let n = 0;
+
+/**
+ * Where a daemon's default device goes: /dev/shm, or with DAXMAP_TEST_BACKINGS=hugetlbfs
+ * the hugetlbfs mount DAXMAP_HUGETLBFS names, to try a daemon test file on the
+ * device-DAX stand-in (test/hugetlb.ts).
+ */
+function deviceDir(): string {
+  const h = process.env.DAXMAP_HUGETLBFS;
+  return process.env.DAXMAP_TEST_BACKINGS === 'hugetlbfs' && h !== undefined && h !== '' ? h : '/dev/shm';
+}
+
 export function tmpName(kind: string): string {
   return `/tmp/daxmap-dtest-${process.pid}-${Date.now()}-${n++}.${kind}`;
 }
@@ -28,7 +39,7 @@ export interface DaemonProc {
 
 export async function startDaemon(opts: { device?: string; socket?: string; size?: string; args?: string[]; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<DaemonProc> {
   const socket = opts.socket ?? tmpName('sock');
-  const device = opts.device ?? `/dev/shm/daxmap-dtest-${process.pid}-${n++}.pool`;
+  const device = opts.device ?? `${deviceDir()}/daxmap-dtest-${process.pid}-${n++}.pool`;
   const proc = spawn(process.execPath, [DAEMON, '--device', device, '--socket', socket, '--size', opts.size ?? '64M', '--log-level', 'info', ...(opts.args ?? [])], {
     env: { ...process.env, DAXMAP_LOCKDEP: '1', DAXMAP_TEST_HOOKS: '1', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -5,6 +5,9 @@
 // The deferred scenarios add write faults (ensureWritten and stores through the
 // device, as a mapping makes them) with deferred conversion on (docs/pool.md,
 // "Durability"), and pool.sync(): the cuts then also fall inside conversions.
+// The granular scenario runs the same on a storage that is 2 MiB-granular like the
+// device-DAX stand-in (`align`: whole 2 MiB allocation units, docs/pool.md, "2 MiB-
+// granular devices"), write faults included, conversion not deferred (as there).
 import t, { type Test } from 'tap';
 import { MemoryStorage } from '../../dist/device/storage.js';
 import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
@@ -16,16 +19,23 @@ import { useLockdep } from '../lock/guard.ts';
 
 useLockdep(t);
 
-const SIZE = 8 << 20;
+const HUGE = 2 << 20;
 const SECRET = Buffer.from('SECRET-PATTERN!!');
 
 interface Snap { img: Buffer[]; expect: Map<string, Buffer>; label: string }
 
-class CrashingStorage extends MemoryStorage {
+/** Memory storage with a mapping granularity (Storage.align): 4096, or 2 MiB as on /dev/dax and hugetlbfs. */
+class GranularMemory extends MemoryStorage {
+  constructor(size: number, readonly align: number, opts: { trackPersistence?: boolean; from?: Buffer[] }) {
+    super(size, opts);
+  }
+}
+
+class CrashingStorage extends GranularMemory {
   snaps: Snap[] = [];
   armed = false;
-  constructor(size: number, private readonly r: ReturnType<typeof rng>, private readonly p: number, public expectNow: () => Map<string, Buffer>, public label = '') {
-    super(size, { trackPersistence: true });
+  constructor(size: number, align: number, private readonly r: ReturnType<typeof rng>, private readonly p: number, public expectNow: () => Map<string, Buffer>, public label = '') {
+    super(size, align, { trackPersistence: true });
   }
   override persist(offset: number, length: number): void {
     super.persist(offset, length);
@@ -65,8 +75,8 @@ async function faultStore(pool: PoolFs, f: PoolFsFile, off: number, data: Buffer
   });
 }
 
-async function verify(snap: Snap): Promise<string | null> {
-  const s = new MemoryStorage(SIZE, { from: snap.img });
+async function verify(snap: Snap, size: number, align: number): Promise<string | null> {
+  const s = new GranularMemory(size, align, { from: snap.img });
   let pool: PoolFs;
   try {
     pool = PoolFs.openOn(s);
@@ -88,16 +98,22 @@ async function verify(snap: Snap): Promise<string | null> {
   }
   for (const [name] of snap.expect) if (!(await pool.list()).includes(name)) return `fsync'ed file '${name}' is gone`;
   await pool.close();
-  const report = fsckStorage(new MemoryStorage(SIZE, { from: snap.img }));
+  const report = fsckStorage(new GranularMemory(size, align, { from: snap.img }));
   if (!report.clean) return `fsck after recovery: ${report.errors.slice(0, 3).join('; ')}`;
   return null;
 }
 
-async function scenario(t: Test, seed: number, ops: number, deferred = false): Promise<void> {
+/**
+ * `faults`: write faults, Mapping.flush and pool.sync among the operations; `defer`:
+ * their conversions deferred; `align`: the storage's granularity (and `size`).
+ */
+async function scenario(t: Test, seed: number, ops: number, opts: { faults?: boolean; defer?: boolean; align?: number; size?: number } = {}): Promise<void> {
+  const { faults = false, defer = false, align = B, size = 8 << 20 } = opts;
   const r = rng(seed);
   const durable = new Map<string, Buffer>(); // name -> content at its last fsync, while untouched since
-  const storage = new CrashingStorage(SIZE, r, 0.4, () => new Map(durable));
-  const pool = PoolFs.createOn(storage, { logBytes: 64 * 1024, deferConversion: deferred, writebackMs: 3600_000 });
+  const storage = new CrashingStorage(size, align, r, 0.4, () => new Map(durable));
+  const pool = PoolFs.createOn(storage, { logBytes: 64 * 1024, deferConversion: defer, writebackMs: 3600_000 });
+  t.equal(coreOf(pool).unit, align / B, `allocation unit ${align} bytes`);
   const names = ['a', 'b', 'c', 'd'];
   const files = new Map<string, PoolFsFile>();
   const open = async (n: string): Promise<PoolFsFile> => {
@@ -116,7 +132,7 @@ async function scenario(t: Test, seed: number, ops: number, deferred = false): P
   const log: string[] = [];
   const drain = async (): Promise<void> => {
     for (const snap of storage.snaps) {
-      const err = await verify(snap);
+      const err = await verify(snap, size, align);
       checked++;
       if (err) throw new Error(`seed ${seed}, crash at ${snap.label}: ${err}\n${log.slice(-15).join('\n')}`);
     }
@@ -132,7 +148,7 @@ async function scenario(t: Test, seed: number, ops: number, deferred = false): P
     const off = r.int(768 * 1024);
     const len = 1 + r.int(r.chance(0.2) ? 300 * 1024 : 3 * B);
     const kinds = ['write', 'write', 'write', 'fallocate', 'truncate', 'punch', 'zero', 'fsync', 'fsync', 'unlink'] as const;
-    const kind = r.pick(deferred ? [...kinds, 'fault', 'fault', 'fault', 'fault', 'sync'] as const : kinds);
+    const kind = r.pick(faults ? [...kinds, 'fault', 'fault', 'fault', 'fault', 'sync'] as const : kinds);
     storage.label = `op ${op} (${kind} ${n} ${off}+${len})`;
     log.push(storage.label);
     if (op === Math.floor(ops / 3)) { await pool.unlink('secret'); }
@@ -164,7 +180,7 @@ async function scenario(t: Test, seed: number, ops: number, deferred = false): P
         }
         case 'fsync': {
           const content = await readAll(f);
-          if (deferred && r.chance(0.5)) {
+          if (faults && r.chance(0.5)) {
             // Mapping.flush over the whole file first (its written blocks), then fsync
             const ino = poolInternals(pool).inode(f);
             await withOperation('test.flush', async () => {
@@ -195,6 +211,10 @@ for (const seed of [101, 202]) {
 
 for (const seed of [303, 404]) {
   t.test(`power failure at random persist points, write faults with deferred conversion, seed ${seed}`, async (t) => {
-    await scenario(t, seed, 400, true);
+    await scenario(t, seed, 400, { faults: true, defer: true });
   });
 }
+
+t.test('power failure at random persist points, 2 MiB-granular storage (the device-DAX stand-in), write faults, seed 505', async (t) => {
+  await scenario(t, 505, 250, { faults: true, align: HUGE, size: 24 << 20 });
+});
