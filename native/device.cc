@@ -155,12 +155,14 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
   Device* d = new Device();
   d->path_ = path;
   d->writable_ = opts.writable;
+  bool created = false;
+  // Every failure after a create removes the file it created (a failed create leaves nothing).
   auto fail = [&](Status s) {
+    if (created) unlink(path.c_str());
     delete d;
     return s;
   };
   int oflags = (opts.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
-  bool created = false;
   d->fd_ = open(path.c_str(), oflags);
   if (d->fd_ < 0 && errno == ENOENT && opts.create) {
     d->fd_ = open(path.c_str(), oflags | O_CREAT | O_EXCL, 0600);
@@ -202,14 +204,11 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
     uint64_t sz = static_cast<uint64_t>(st.st_size);
     if ((created || sz == 0) && opts.create) {
       if (opts.size == 0 || opts.size % d->align_ != 0) {
-        if (created) unlink(path.c_str());
         return fail(Status::Errno(EINVAL, "create device '" + path + "': size must be a positive multiple of " +
                                               std::to_string(d->align_) + " on " + d->kind_name()));
       }
       if (ftruncate(d->fd_, static_cast<off_t>(opts.size)) != 0) {
-        int e = errno;
-        if (created) unlink(path.c_str());
-        return fail(Fail(e, "size device", path));
+        return fail(Fail(errno, "size device", path));
       }
       // A sparse regular file would turn a full host filesystem into SIGBUS on a
       // store through the mapping; reserve the blocks now and fail with ENOSPC
@@ -217,7 +216,6 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
       if (d->kind_ == DeviceKind::kFile) {
         int e = posix_fallocate(d->fd_, 0, static_cast<off_t>(opts.size));
         if (e != 0 && e != EOPNOTSUPP) {
-          if (created) unlink(path.c_str());
           return fail(Fail(e, "reserve space for device", path));
         }
       }
@@ -237,7 +235,16 @@ Status Device::Open(const std::string& path, const DeviceOptions& opts, Device**
       if (p != MAP_FAILED) d->map_sync_ = true;
     }
     if (p == MAP_FAILED) p = mmap(nullptr, d->size_, prot, MAP_SHARED, d->fd_, 0);
-    if (p == MAP_FAILED) return fail(Fail(errno, "map device", path));
+    if (p == MAP_FAILED) {
+      const int e = errno;
+      // hugetlbfs reserves every huge page of a shared mapping at mmap: too few free
+      // pages is ENOMEM here, not a SIGBUS later
+      if (e == ENOMEM && d->kind_ == DeviceKind::kHugetlb)
+        return fail(Status::Errno(e, "map device '" + path + "': not enough free huge pages for " +
+                                         std::to_string(d->size_ >> 20) +
+                                         " MiB (raise /proc/sys/vm/nr_hugepages or the mount's size)"));
+      return fail(Fail(e, "map device", path));
+    }
     d->view_ = static_cast<uint8_t*>(p);
     // huge=advise: the page cache takes 2 MiB folios only where a mapping asks, and a
     // range first written through the view must already be one for a window to map as

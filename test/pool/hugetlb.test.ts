@@ -7,6 +7,7 @@
 // cannot be reserved or hugetlbfs cannot be mounted.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { hugetlb } from '../hugetlb';
@@ -57,6 +58,16 @@ t.test('pool rules on the hugetlbfs stand-in', async (t) => {
       },
     };
   };
+
+  t.test('a pool bigger than the free huge pages: ENOMEM that says so, and the file it created is gone', async (t) => {
+    const p = h.file();
+    // far more pages than the machine has: hugetlbfs refuses the mapping at mmap
+    const size = Math.max(64 << 30, (Math.floor(os.totalmem() / HUGE) + 1024) * HUGE);
+    const err = await Pool.create(p, { size }).then(() => null, (e: Error & { code?: string }) => e);
+    t.equal(err?.code, 'ENOMEM', 'create fails with ENOMEM');
+    t.match(err?.message ?? '', /not enough free huge pages.*nr_hugepages/, 'the message names the cause and the knob');
+    t.notOk(fs.existsSync(p), 'no pool file is left behind');
+  });
 
   for (const how of ['truncate', 'punch', 'unlink'] as const) {
     t.test(`every unit written by file A, freed by ${how}, reused by file B: B reads zeros through a mapping and file.read`, async (t) => {
