@@ -133,7 +133,8 @@ export class Service {
 
   hello(): Hello {
     if (this.channel === null) throw daxError('EINVAL', 'no in-process fault channel in this service');
-    return { channel: this.channel.id, deviceId: this.local.deviceId, path: this.pool.path };
+    const align = this.internals.storage.align ?? 4096;
+    return { channel: this.channel.id, deviceId: this.local.deviceId, path: this.pool.path, ...(align > 4096 ? { granularity: align } : {}) };
   }
 
   /** Serve a thread of this process on this port until it closes (embedded mode). */
