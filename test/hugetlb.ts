@@ -1,7 +1,8 @@
 // The device-DAX stand-in for tests: a hugetlbfs mount with 2 MiB pages
 // (docs/native.md, "2 MiB-granular devices"). As root, hugetlb() reserves huge pages
 // (adding to /proc/sys/vm/nr_hugepages and giving back only what it added), mounts
-// its own hugetlbfs in a private temp dir (or uses DAXMAP_HUGETLBFS), and undoes
+// its own hugetlbfs in a private temp dir with those pages reserved for it (min_size;
+// or uses DAXMAP_HUGETLBFS), and undoes
 // both at the test's teardown. Where that is not possible it returns the reason, for
 // the caller to skip with.
 import fs from 'node:fs';
@@ -117,7 +118,11 @@ export async function hugetlb(owner: { teardown(fn: () => void | Promise<void>):
       const added = adjustPages(pages);
       fs.writeFileSync(`${dir0}.pages`, String(added));
       if (added < pages) return `only ${added} of ${pages} huge pages could be reserved (memory fragmented?)`;
-      const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', 'pagesize=2M', 'none', dir0], { encoding: 'utf8' });
+      // min_size reserves the pages for this mount at once: test processes running
+      // beside this one (tap runs files in parallel; other worktrees' runs) draw on the
+      // same system-wide pool, and would otherwise take pages added here before this
+      // test maps them (its mmap then fails with ENOMEM).
+      const r = spawnSync('mount', ['-t', 'hugetlbfs', '-o', `pagesize=2M,min_size=${pages * 2}M`, 'none', dir0], { encoding: 'utf8' });
       if (r.status !== 0) return `mount -t hugetlbfs failed: ${(r.stderr || r.error?.message || '').trim()}`;
       return null;
     });
