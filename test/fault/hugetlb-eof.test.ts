@@ -11,6 +11,7 @@ import { hugetlb } from '../hugetlb';
 import { checkLockdep, kernelTouch, HUGE, PAGE, Pool } from './helpers';
 import { openDevice } from '../../dist/device/device';
 import { fsckStorage } from '../../dist/pool/fsck';
+import { startDaemon } from '../daemon/helpers';
 
 function fsckErrors(p: string): string[] {
   const dev = openDevice(p, { exclusive: true });
@@ -132,6 +133,27 @@ t.test('hugetlbfs stand-in: the EOF unit', async (t) => {
     await m.unmap();
     await checkLockdep(t, pool);
     await pool.close();
+    t.same(fsckErrors(p), [], 'fsck clean');
+  });
+
+  t.test('a daxmapd client maps a small file too (its region is whole units: the granularity of its own device)', async (t) => {
+    const p = h.file();
+    const d = await startDaemon({ device: p, size: '32M' });
+    t.teardown(async () => { await d.stop(); fs.rmSync(p, { force: true }); });
+    const pool = await Pool.connect(d.socket);
+    const f = await pool.openFile('small', { create: true });
+    await f.write(Buffer.from('daemon'), 0);
+    const m = await f.map({ length: 3 * PAGE });
+    t.equal(m.buffer.toString('latin1', 0, 6), 'daemon', 'reads the file');
+    t.equal(await kernelTouch(m.buffer, 2 * PAGE), null, 'past EOF in the unit: no SIGBUS');
+    m.buffer[1] = 0x41;
+    await m.flush();
+    const b = Buffer.alloc(6);
+    await f.read(b, 0);
+    t.equal(b.toString('latin1'), 'dAemon', 'a store reached the file');
+    await m.unmap();
+    await pool.close();
+    t.same((await d.stop('SIGTERM', true)).code, 0);
     t.same(fsckErrors(p), [], 'fsck clean');
   });
 
