@@ -214,7 +214,8 @@ export class Pool extends EventEmitter<PoolEvents> {
         }, dl);
         dl.check('fault channel');
       }
-      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device }, null, { device, channel, mapError }, logOption);
+      const granular = device !== null && device.align > PAGE ? { granularity: device.align } : {};
+      pool = new Pool(rpc, { channel: channel ? channel.id : 0, deviceId: device ? device.deviceId : 0, path: h.device, ...granular }, null, { device, channel, mapError }, logOption);
       rpc.onGone = (err) => pool?.lost(daxError('ECLOSED', `daxmapd at '${socketPath}' is gone: ${err.message.replace(/^ECLOSED: /, '')}`, { cause: err }), true);
       return pool;
     } catch (err) {
@@ -549,7 +550,10 @@ export class PoolFile {
     }
     const o: MapOptions = { private: req.private === true, sync: req.sync === true, faultAround: req.faultAround !== false, readOnly: req.readOnly === true };
     if (this.pool.hello.channel === 0) throw this.pool.cannotMap(this.name);
-    const regionLength = Math.ceil(length / PAGE) * PAGE;
+    // Whole pages; for a shared mapping of a 2 MiB-granular device whole units, so the
+    // unit holding EOF can be installed whole (the Buffer stays `length` long).
+    const unit = o.private ? PAGE : Math.max(PAGE, this.pool.hello.granularity ?? PAGE);
+    const regionLength = Math.ceil(length / unit) * unit;
     if (offset + regionLength > arg.MAX_FILE_SIZE) throw daxError('EINVAL', `map '${this.name}': [${offset}, +${length}) passes the largest file size ${arg.MAX_FILE_SIZE}`);
     // Each step is undone, last first, if a later one fails.
     let region: TrappedRegion | null = null;

@@ -86,9 +86,13 @@ export class MemoryStorage implements Storage {
   /** The last persisted range and its previous durable bytes; crashImage() may tear it. */
   private lastPersist: { offset: number; pre: Buffer } | null = null;
 
-  constructor(size: number, opts: { path?: string; trackPersistence?: boolean; from?: Buffer[] } = {}) {
+  /** A mapping granularity to model (tests of the pool's 2 MiB-granular rules); none by default. */
+  readonly align?: number;
+
+  constructor(size: number, opts: { path?: string; trackPersistence?: boolean; from?: Buffer[]; align?: number } = {}) {
     if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) throw new RangeError(`memory storage size ${size} must be a positive multiple of 4096`);
     this.size = size;
+    if (opts.align !== undefined) this.align = opts.align;
     this.path = opts.path ?? ':memory:';
     this.chunks = opts.from ? opts.from.map((b) => Buffer.from(b)) : chunkLengths(size).map((l) => Buffer.alloc(l));
     this.durable = opts.trackPersistence ? this.chunks.map((b) => Buffer.from(b)) : null;

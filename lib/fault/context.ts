@@ -71,6 +71,15 @@ export class RetryAfterEvict extends Error {}
 
 export const roundUp = (x: number, a: number): number => Math.ceil(x / a) * a;
 
+/**
+ * Where a mapping's SIGBUS region starts: the page after EOF; for a shared mapping of
+ * a 2 MiB-granular device (`align` above a page), the end of the 2 MiB unit holding
+ * EOF, as that unit is mapped whole (docs/pool.md, "2 MiB-granular devices").
+ */
+export function mappedEof(m: MapRequest, align: number | undefined): number {
+  return roundUp(m.inode.size, !m.private && (align ?? 4096) > 4096 ? 2 << 20 : 4096);
+}
+
 export class FaultContext {
   readonly mappings = new Map<string, Mapping>();
   readonly byInode = new Map<number, Set<Mapping>>();

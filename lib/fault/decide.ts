@@ -8,7 +8,7 @@
 // revoke): once the clear has run no direct install of the range can happen.
 import { withOperation } from '../lock/index';
 import { Op, A_POPULATE, A_WRITABLE, type AnswerSpec } from '../native/frames';
-import { roundUp, type FaultContext, type Mapping } from './context';
+import { mappedEof, type FaultContext, type Mapping } from './context';
 import { HUGE, PAGE, PageState } from './states';
 
 /**
@@ -107,7 +107,7 @@ export class Decider {
   /** File chunks of the mapping that hold written data (unlocked: each is checked again under its locks). */
   private writtenChunks(m: Mapping): number[] {
     const out: number[] = [];
-    const end = Math.min(m.fileOffset + m.length, roundUp(m.inode.size, PAGE));
+    const end = Math.min(m.fileOffset + m.length, mappedEof(m, this.ctx.pool.storage.align));
     for (let off = m.fileOffset; off < end;) {
       const x = this.ctx.pool.lookup(m.inode, off);
       const xEnd = Math.min(end, x.offset + x.length);
@@ -129,7 +129,8 @@ export class Decider {
       const budget = m.client.budget;
       let room = Math.floor(budget.limit * BUDGET_SHARE) - budget.count;
       const lo = Math.max(chunk * HUGE, m.fileOffset);
-      const hi = Math.min((chunk + 1) * HUGE, m.fileOffset + m.length, roundUp(m.inode.size, PAGE));
+      // (on a 2 MiB-granular device the EOF unit is decided whole: context.ts, mappedEof)
+      const hi = Math.min((chunk + 1) * HUGE, m.fileOffset + m.length, mappedEof(m, this.ctx.pool.storage.align));
       const specs: AnswerSpec[] = [];
       // A mapping that may not write gets direct ranges even in `install` mode: its first
       // store must still reach the policy (SIGBUS), where a read-only window would be SIGSEGV.

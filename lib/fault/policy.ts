@@ -14,7 +14,7 @@ import { monotonicNow } from '../native/engine';
 import { Op, EV_WP, EV_WRITE, type FaultEvent } from '../native/frames';
 import type { Inode, PoolInternals } from '../pool/internal';
 import type { WindowBudget } from './budget';
-import { FaultContext, RetryAfterEvict, roundUp, type Client, type MapRequest, type Mapping } from './context';
+import { FaultContext, RetryAfterEvict, mappedEof, type Client, type MapRequest, type Mapping } from './context';
 import { Decider, DirectPieces, type DecideMode } from './decide';
 import { Evictor } from './evict';
 import { Resolver } from './resolve';
@@ -202,7 +202,7 @@ export class FaultPolicy {
         entry = await this.ctx.lockEntry(`${m.inode.id}:${chunk}`);
         const page = regionOff / PAGE;
         if (m.dead || m.states.get(page) !== PageState.Poison) return;
-        if (m.fileOffset + regionOff >= roundUp(m.inode.size, PAGE)) return; // beyond EOF: stays poisoned
+        if (m.fileOffset + regionOff >= mappedEof(m, this.ctx.pool.storage.align)) return; // beyond EOF: stays poisoned
         await this.revoker.revokeRange(m, regionOff, PAGE);
         this.ctx.bump(m, 'recovered');
       } finally {

@@ -9,7 +9,7 @@ import {
   type AnswerSpec, type FaultEvent,
 } from '../native/frames';
 import type { Inode } from '../pool/internal';
-import { ENOENT, ENOMEM, ENXIO, RetryAfterEvict, WRITE_STREAMS, roundUp, type FaultContext, type MapRequest, type Mapping } from './context';
+import { ENOENT, ENOMEM, ENXIO, RetryAfterEvict, WRITE_STREAMS, mappedEof, type FaultContext, type MapRequest, type Mapping } from './context';
 import type { Revoker } from './revoke';
 import { HUGE, PAGE, PageState } from './states';
 
@@ -42,7 +42,7 @@ export class Resolver {
     const st = m.states.get(page);
     const ino = m.inode;
 
-    if (!ino.live || fileOff >= roundUp(ino.size, PAGE)) {
+    if (!ino.live || fileOff >= mappedEof(m, this.ctx.pool.storage.align)) {
       // Beyond EOF, or the file is gone: SIGBUS, as the kernel does.
       this.ctx.bump(m, 'beyondEof');
       this.ctx.bump(m, 'sigbus');
@@ -71,13 +71,24 @@ export class Resolver {
     // Aligned in the mapping (the region is 2 MiB aligned), inside the mapping, and
     // wholly inside EOF.
     if (regionOff < 0 || regionOff % HUGE !== 0 || regionOff + HUGE > m.length) return null;
-    if (fileStart + HUGE > m.inode.size) return null;
+    // On a 2 MiB-granular device the window holding EOF is mapped whole too.
+    if (fileStart + HUGE > m.inode.size && !(fileStart < m.inode.size && this.unitEof(m))) return null;
     return { fileStart, regionOff };
   }
 
   private granular(): boolean {
     return (this.ctx.pool.storage.align ?? PAGE) > PAGE;
   }
+
+  /**
+   * Whether the mapping maps the EOF unit of a 2 MiB-granular device whole: a shared
+   * mapping there (the pool keeps that unit written whole; its bytes past EOF read as
+   * zeros and are not part of the file, as the kernel's DAX treats the last page).
+   */
+  private unitEof(m: Mapping): boolean {
+    return !m.private && this.granular();
+  }
+
 
   private classify(ino: Inode, start: number, end: number): Classified {
     const c: Classified = { allWritten: true, anyWritten: false, devStart: -1, contiguous: true };
@@ -264,8 +275,9 @@ export class Resolver {
           : await this.materialise(m, win.fileStart, HUGE, { sync: m.sync, preferAligned: true }, [win.regionOff, win.regionOff + HUGE]);
       } catch (err) {
         // Not enough space for the whole window: fall back to this page alone, as the
-        // kernel falls back from a PMD fault to a PTE fault.
-        if (!isDaxError(err, 'ENOSPC')) throw err;
+        // kernel falls back from a PMD fault to a PTE fault. A 2 MiB-granular device
+        // has no such fallback (it maps nothing smaller): the fault ends in SIGBUS.
+        if (!isDaxError(err, 'ENOSPC') || this.granular()) throw err;
         this.ctx.bump(m, 'fallback');
         exts = null;
       }

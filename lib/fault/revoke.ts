@@ -5,7 +5,7 @@
 import { daxError } from '../errors';
 import { RANGE_END, withOperation } from '../lock/index';
 import type { Inode } from '../pool/internal';
-import { ENXIO, roundUp, type FaultContext, type Mapping } from './context';
+import { ENXIO, mappedEof, roundUp, type FaultContext, type Mapping } from './context';
 import { revokeAnswers } from './decide';
 import { HUGE, PAGE, PageState } from './states';
 
@@ -139,11 +139,10 @@ export class Revoker {
    * beyond EOF that are now inside it are taken back, so the next touch faults.
    */
   async grown(ino: Inode): Promise<void> {
-    const eof = roundUp(ino.size, PAGE);
     const work: Promise<void>[] = [];
     for (const m of this.ctx.mappingsOf(ino)) {
       if (m.states.poisoned === 0) continue;
-      const hi = Math.min(m.length, eof - m.fileOffset);
+      const hi = Math.min(m.length, mappedEof(m, this.ctx.pool.storage.align) - m.fileOffset);
       for (const [a, b] of m.states.runs(0, Math.max(0, hi / PAGE), PageState.Poison)) {
         work.push(this.revokeRange(m, a * PAGE, (b - a) * PAGE));
       }

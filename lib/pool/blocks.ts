@@ -117,6 +117,22 @@ export class BlockIo {
     if (dev >= 0) this.storage.persist(dev * B, B);
   }
 
+  /** Zero, durably, the bytes [s, t) of the written blocks of `f` (before they become part of the file). */
+  zeroWritten(f: Inode, s: number, t: number): void {
+    if (t <= s) return;
+    const runs: Run[] = [];
+    for (const e of f.extents.overlapping(Math.floor(s / B), Math.ceil(t / B))) {
+      if (e.state !== STATE_WRITTEN) continue;
+      const a = Math.max(s, e.fb * B);
+      const b = Math.min(t, (e.fb + e.len) * B);
+      if (b <= a) continue;
+      const dev = e.dev * B + (a - e.fb * B);
+      fillBytes(this.storage, dev, b - a);
+      runs.push({ start: Math.floor(dev / B), len: Math.ceil((dev + b - a) / B) - Math.floor(dev / B) });
+    }
+    this.persistRuns(runs);
+  }
+
   /** After a shrink to `size`: zero the rest of the new EOF block (mappings see zeros past EOF, like the kernel). */
   zeroTailBeyond(f: Inode, size: number): void {
     this.zeroPartial(f, size, Math.ceil(size / B) * B);

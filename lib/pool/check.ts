@@ -12,9 +12,10 @@ const B = BLOCK_SIZE;
 /**
  * Consistency of the live state (fsck and tests): extent maps well formed, every
  * block owned at most once and inside the data area, the allocator bitmap equal
- * to the extents plus the blocks pending reuse, sizes sane, no written block past EOF.
+ * to the extents plus the blocks pending reuse, sizes sane, no written block past EOF
+ * (past the end of the EOF's allocation unit of `unit` blocks, on a 2 MiB-granular device).
  */
-export function checkState(state: FsState, progress?: (done: number, total: number) => void): string[] {
+export function checkState(state: FsState, progress?: (done: number, total: number) => void, unit = 1): string[] {
   const problems: string[] = [];
   const add = (p: string): void => { if (problems.length < 200) problems.push(p); };
   const g = state.geometry;
@@ -37,13 +38,14 @@ export function checkState(state: FsState, progress?: (done: number, total: numb
     if (bad) add(`file '${f.name}': ${bad}`);
     if (f.size > MAX_FILE_SIZE) add(`file '${f.name}': size ${f.size} above the limit`);
     if (state.names.get(f.name) !== f) add(`file id ${f.id} not reachable by its name '${f.name}'`);
-    const limit = Math.ceil(f.size / B);
+    // on a 2 MiB-granular device (unit > 1) the unit holding EOF may be written whole
+    const limit = Math.ceil(Math.ceil(f.size / B) / unit) * unit;
     for (const e of f.extents.all()) {
       if (e.dev < g.dataStart || e.dev + e.len > g.dataEnd) {
         add(`file '${f.name}': file blocks [${e.fb}, +${e.len}) map to device blocks [${e.dev}, +${e.len}) outside the data area [${g.dataStart}, ${g.dataEnd})`);
         continue;
       }
-      if (e.state === STATE_WRITTEN && e.fb + e.len > limit) add(`file '${f.name}': written file blocks [${e.fb}, +${e.len}) past its EOF block ${limit}`);
+      if (e.state === STATE_WRITTEN && e.fb + e.len > limit) add(`file '${f.name}': written file blocks [${e.fb}, +${e.len}) past ${unit > 1 ? 'the end of its EOF unit,' : 'its EOF'} block ${limit}`);
       for (let d = e.dev; d < e.dev + e.len; d++) {
         if (isSeen(d)) add(`device block ${d} owned twice: by '${f.name}' and by ${ownerOf(d, f)}`);
         setSeen(d);

@@ -102,6 +102,27 @@ export class PoolCore {
     return [Math.floor(fb0 / this.unit) * this.unit, Math.ceil(fb1 / this.unit) * this.unit];
   }
 
+  /**
+   * The block where written blocks of `f` must end: its EOF block, or on a 2 MiB-
+   * granular device the end of the unit holding EOF (that unit is mapped whole, its
+   * bytes past EOF read as zeros: docs/pool.md, "2 MiB-granular devices").
+   */
+  writtenLimit(f: Inode, size = f.size): number {
+    return this.unitRange(0, Math.ceil(size / B))[1];
+  }
+
+  /**
+   * Before the size grows from f.size to newSize: zero, durably, the bytes of written
+   * blocks that become part of the file (ordering rule 4). That is the partial EOF
+   * block's tail; on a 2 MiB-granular device every byte from EOF to the new size or
+   * the EOF unit's end, whichever comes first, as stores through a mapping may have
+   * reached the device there (they are not part of the file).
+   */
+  private zeroForGrowth(f: Inode, newSize: number): void {
+    if (this.unit === 1) this.blocks.zeroEofTail(f);
+    else this.blocks.zeroWritten(f, f.size, Math.min(newSize, this.writtenLimit(f) * B));
+  }
+
   /** Open a formatted storage: superblock, checkpoint, log replay. Throws EBADF for anything not a sound pool. */
   static open(storage: Storage, opts: { readOnly?: boolean; progress?: (done: number, total: number) => void } = {}): PoolCore {
     const { sb, stale } = readSuperblock(storage);
@@ -142,7 +163,7 @@ export class PoolCore {
 
   /** Consistency of the live state (fsck and tests); see check.ts. */
   checkState(progress?: (done: number, total: number) => void): string[] {
-    return checkState(this.state, progress);
+    return checkState(this.state, progress, this.unit);
   }
 
   /**
@@ -188,10 +209,11 @@ export class PoolCore {
    * every block filled. Caller holds alloc + log.
    */
   private fill(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, holeState: ExtentStateCode): { recs: LogRecord[]; fresh: (Run & { fb: number })[]; taken: Run[] } {
-    // On a 2 MiB-granular device whole units are allocated; their blocks past EOF (and
-    // past the range being written, which may extend it) are recorded unwritten, as no
-    // written block lies past EOF.
-    const eof = Math.max(fb1, Math.ceil(f.size / B));
+    // On a 2 MiB-granular device whole units are allocated; the unit holding EOF (or
+    // the end of the range being written, which may extend it) is written whole, as it
+    // is mapped whole; its blocks beyond are recorded unwritten (no written block lies
+    // past the EOF unit).
+    const eof = this.writtenLimit(f, Math.max(fb1 * B, f.size));
     if (this.unit > 1) {
       [fb0, fb1] = this.unitRange(fb0, fb1);
       aligned = true;
@@ -280,7 +302,7 @@ export class PoolCore {
         await this.txn.locked(() => {
           this.checkLive(f);
           const extending = end > f.size;
-          if (extending) this.blocks.zeroEofTail(f);
+          if (extending) this.zeroForGrowth(f, end);
           // blocks written before this call take their bytes after the new ones are recorded
           const old = segments(f, fb0, fb1).filter((s) => s.state === 'written');
           const recs = this.materialise(f, fb0, fb1, data, offset, len >= GROUP_BLOCKS * B);
@@ -351,7 +373,7 @@ export class PoolCore {
           if (last > unitEnd) recs.push({ t: RecType.Unmap, id: f.id, fb: unitEnd, len: last - unitEnd });
           this.blocks.zeroTailBeyond(f, size);
         } else if (size > f.size) {
-          this.blocks.zeroEofTail(f);
+          this.zeroForGrowth(f, size);
         }
         recs.push({ t: RecType.SetSize, id: f.id, size, mtimeMs: Date.now() });
         this.txn.commit(recs);
@@ -387,7 +409,7 @@ export class PoolCore {
           }
         }
         if (!keepSize && end > f.size) {
-          this.blocks.zeroEofTail(f);
+          this.zeroForGrowth(f, end);
           recs.push({ t: RecType.SetSize, id: f.id, size: end, mtimeMs: Date.now() });
         }
         this.txn.commit(recs);
@@ -463,7 +485,7 @@ export class PoolCore {
     return this.destructive(f, offset, length, 'zeroRange', () => {
       const end = offset + length;
       const extending = !keepSize && end > f.size;
-      if (extending) this.blocks.zeroEofTail(f);
+      if (extending) this.zeroForGrowth(f, end);
       const [a, b] = this.edges(f, offset, end);
       const recs = this.unwrite(f, a, b);
       if (extending) recs.push({ t: RecType.SetSize, id: f.id, size: end, mtimeMs: Date.now() });
@@ -590,14 +612,14 @@ export class PoolCore {
     this.checkLive(f);
     const fb0 = Math.floor(offset / B);
     const fb1 = Math.ceil((offset + length) / B);
-    if (fb1 * B > Math.ceil(f.size / B) * B) {
+    if (fb1 > this.writtenLimit(f)) {
       throw daxError('EINVAL', `ensureWritten [${offset}, +${length}) passes EOF of '${f.name}' (${f.size} bytes)`);
     }
     const sync = opts.sync === true;
     if (!allWritten(f, fb0, fb1) || (sync && (this.txn.log.dirty || this.txn.unconverted.has(f)))) {
       await this.txn.locked(() => {
         this.checkLive(f);
-        if (fb1 * B > Math.ceil(f.size / B) * B) throw daxError('EINVAL', `ensureWritten range passes EOF of '${f.name}'`);
+        if (fb1 > this.writtenLimit(f)) throw daxError('EINVAL', `ensureWritten range passes EOF of '${f.name}'`);
         // a concurrent caller may have done it while we waited: materialise only touches what is still not written
         const aligned = opts.preferAligned === true;
         if (this.deferConversion && !sync) this.materialiseDeferred(f, fb0, fb1, aligned);

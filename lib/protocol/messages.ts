@@ -34,6 +34,12 @@ export interface Hello {
   /** The pool's device id in this process (embedded mode: the service's own). */
   deviceId: number;
   path: string;
+  /**
+   * The device's mapping granularity in bytes when above a page (2 MiB on devdax and
+   * hugetlbfs): a shared mapping's region is then whole units, so the unit holding EOF
+   * can be mapped whole (docs/pool.md, "2 MiB-granular devices").
+   */
+  granularity?: number;
 }
 
 export interface MapOptions {

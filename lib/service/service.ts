@@ -133,7 +133,8 @@ export class Service {
 
   hello(): Hello {
     if (this.channel === null) throw daxError('EINVAL', 'no in-process fault channel in this service');
-    return { channel: this.channel.id, deviceId: this.local.deviceId, path: this.pool.path };
+    const align = this.internals.storage.align ?? 4096;
+    return { channel: this.channel.id, deviceId: this.local.deviceId, path: this.pool.path, ...(align > 4096 ? { granularity: align } : {}) };
   }
 
   /** Serve a thread of this process on this port until it closes (embedded mode). */
@@ -384,6 +385,11 @@ export class Service {
     const dev = this.internals.storage;
     if (dev.kind === 'devdax' && fileOffset % (2 << 20) !== 0) {
       throw daxError('EINVAL', 'on a device-dax pool, mappings must start at a 2 MiB aligned file offset');
+    }
+    const align = dev.align ?? 4096;
+    if (align > 4096 && !o.private && fileOffset % align !== 0) {
+      // its windows could never be installed (docs/pool.md, "2 MiB-granular devices")
+      throw daxError('EINVAL', `on a ${align}-byte granular ${dev.kind} pool, a shared mapping must start at a ${align}-byte aligned file offset`);
     }
     // The mapping is registered at once; its written extents are then decided ahead
     // (answers to the client's agent) before the reply, so before the region is bound.

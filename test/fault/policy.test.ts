@@ -23,7 +23,7 @@ forBackings(t, 'reading holes and unwritten extents maps the zero page, allocate
   t.ok(s.zeroPage > 0 && s.hole > 0 && s.unwritten > 0, 'answered by the zero page, from holes and unwritten');
   t.equal(s.pmd, 8, 'whole 2 MiB windows: one fault per chunk');
   await m.unmap();
-});
+}, { hugetlb: true });
 
 t.test('reading 1 GiB of holes grows RSS by less than 16 MiB', async (t) => {
   // One backing is enough for a memory figure; tmpfs is the default.
@@ -52,13 +52,18 @@ t.test('reading 1 GiB of holes grows RSS by less than 16 MiB', async (t) => {
   await m.unmap();
 });
 
-forBackings(t, 'a write to a hole: allocated, zeroed, written, installed', async (t, { pool, path: p }) => {
+forBackings(t, 'a write to a hole: allocated, zeroed, written, installed', async (t, { pool, path: p, backing }) => {
   const f = await pool.openFile('w', { create: true });
   await f.truncate(3 * PAGE + 100);
   const m = await f.map({ faultAround: false });
   m.buffer[PAGE + 10] = 0x42;
   const st = await f.stat();
-  t.same(st.extents, [{ offset: PAGE, length: PAGE, state: 'written' }], 'exactly the touched block became written');
+  if (backing === 'hugetlbfs') {
+    // a 2 MiB-granular device allocates and maps whole units (docs/pool.md)
+    t.same(st.extents, [{ offset: 0, length: HUGE, state: 'written' }], 'the unit holding the touched block became written, whole');
+  } else {
+    t.same(st.extents, [{ offset: PAGE, length: PAGE, state: 'written' }], 'exactly the touched block became written');
+  }
   const back = Buffer.alloc(PAGE);
   await f.read(back, PAGE);
   t.equal(back[10], 0x42, 'file.read sees the store');
@@ -68,12 +73,34 @@ forBackings(t, 'a write to a hole: allocated, zeroed, written, installed', async
   const dev = fs.readFileSync(p);
   t.ok(dev.includes(Buffer.from([0, 0x42, 0])), 'the store is in the device file');
   await m.unmap();
-});
+}, { hugetlb: true });
 
-forBackings(t, 'a write to an unwritten extent converts it; a write after a read replaces the zero page', async (t, { pool }) => {
+forBackings(t, 'a write to an unwritten extent converts it; a write after a read replaces the zero page', async (t, { pool, backing }) => {
   const f = await pool.openFile('u', { create: true });
   await f.fallocate(0, 4 * PAGE);
   const m = await f.map({ faultAround: false });
+  if (backing === 'hugetlbfs') {
+    // A 2 MiB-granular device converts and maps the whole unit at the first write
+    // (docs/pool.md): the read after it is of the installed unit. The write after a
+    // read is shown on a unit read first.
+    m.buffer[5] = 1;
+    t.same((await f.stat()).extents, [{ offset: 0, length: HUGE, state: 'written' }], 'the whole unit was converted');
+    t.equal(m.buffer[2 * PAGE + 7], 0, 'its other blocks read zero');
+    const g = await pool.openFile('u2', { create: true });
+    await g.fallocate(0, 4 * PAGE);
+    const m2 = await g.map({ faultAround: false });
+    t.equal(m2.buffer[2 * PAGE + 7], 0, 'read of unwritten: zero');
+    t.equal((await g.stat()).extents[0]!.state, 'unwritten', 'a read converts nothing');
+    m2.buffer[2 * PAGE + 7] = 9;
+    t.same((await g.stat()).extents, [{ offset: 0, length: HUGE, state: 'written' }], 'the read unit became written on write');
+    const b = Buffer.alloc(1);
+    await g.read(b, 2 * PAGE + 7);
+    t.equal(b[0], 9);
+    t.ok((await pool.stats()).writeProtect >= 1, 'the write after the read came as a write-protect fault');
+    await m2.unmap();
+    await m.unmap();
+    return;
+  }
   m.buffer[5] = 1;
   let st = await f.stat();
   t.same(st.extents, [{ offset: 0, length: PAGE, state: 'written' }, { offset: PAGE, length: 3 * PAGE, state: 'unwritten' }]);
@@ -87,7 +114,7 @@ forBackings(t, 'a write to an unwritten extent converts it; a write after a read
   const s = await pool.stats();
   t.ok(s.writeProtect >= 1, 'the write after the read came as a write-protect fault');
   await m.unmap();
-});
+}, { hugetlb: true });
 
 forBackings(t, 'written extents are mapped directly: stores are coherent everywhere at once', async (t, { pool }) => {
   const f = await pool.openFile('c', { create: true });
@@ -129,7 +156,7 @@ forBackings(t, 'written extents are mapped directly: stores are coherent everywh
   await w.terminate();
   await a.unmap();
   await b.unmap();
-});
+}, { hugetlb: true });
 
 forBackings(t, 'a hole read through a mapping, then written elsewhere: the mapping sees the data', async (t, { pool }) => {
   const f = await pool.openFile('z', { create: true });
@@ -147,22 +174,26 @@ forBackings(t, 'a hole read through a mapping, then written elsewhere: the mappi
   t.equal(reader.buffer[10], 0x77, 'a write fault in one mapping replaces the zero pages of the others');
   t.equal(reader4k.buffer[10], 0x77);
   for (const m of [reader, reader4k, writer]) await m.unmap();
-});
+}, { hugetlb: true });
 
-forBackings(t, 'beyond EOF: SIGBUS (a system call touching it gets EFAULT)', async (t, { pool }) => {
+forBackings(t, 'beyond EOF: SIGBUS (a system call touching it gets EFAULT)', async (t, { pool, backing }) => {
+  // On a 2 MiB-granular device the unit holding EOF maps whole (docs/pool.md): there
+  // "past EOF" is past that unit.
+  const G = backing === 'hugetlbfs' ? HUGE : PAGE;
   const f = await pool.openFile('eof', { create: true });
-  await f.truncate(PAGE + 10);
-  const m = await f.map({ length: 4 * PAGE });
-  t.equal(m.buffer[PAGE + 100], 0, 'the page holding EOF is accessible');
-  t.equal(await kernelTouch(m.buffer, 2 * PAGE), 'EFAULT', 'a page past EOF is poisoned');
+  await f.truncate(G + 10);
+  const m = await f.map({ length: 4 * G });
+  t.equal(m.buffer[G + 100], 0, 'the page holding EOF is accessible');
+  if (G > PAGE) t.equal(await kernelTouch(m.buffer, G + 8 * PAGE), null, 'so is the rest of its unit');
+  t.equal(await kernelTouch(m.buffer, 2 * G), 'EFAULT', 'a page past EOF is poisoned');
   const s = await pool.stats();
   t.ok(s.beyondEof >= 1 && s.sigbus >= 1);
   // Growing the file makes the page valid again.
-  await f.truncate(4 * PAGE);
-  t.equal(await kernelTouch(m.buffer, 2 * PAGE), null, 'after truncate up the page faults normally');
-  t.equal(m.buffer[2 * PAGE + 1], 0);
+  await f.truncate(4 * G);
+  t.equal(await kernelTouch(m.buffer, 2 * G), null, 'after truncate up the page faults normally');
+  t.equal(m.buffer[2 * G + 1], 0);
   await m.unmap();
-});
+}, { hugetlb: true });
 
 forBackings(t, 'injected failures on the 2 MiB and 4 KiB paths: SIGBUS, no lock left, the next fault completes', async (t, { pool }) => {
   const f = await pool.openFile('inj', { create: true });
@@ -189,7 +220,7 @@ forBackings(t, 'injected failures on the 2 MiB and 4 KiB paths: SIGBUS, no lock 
   const s = await pool.stats();
   t.ok(s.sigbus >= 2);
   await m.unmap();
-});
+}, { hugetlb: true });
 
 forBackings(t, 'private mappings copy on write: the pool never changes', async (t, { pool }) => {
   const f = await pool.openFile('p', { create: true });
@@ -210,7 +241,7 @@ forBackings(t, 'private mappings copy on write: the pool never changes', async (
   const after = await f.stat();
   t.same({ extents: after.extents, allocated: after.allocated, size: after.size }, { extents: before.extents, allocated: before.allocated, size: before.size }, 'no block allocated, no extent changed');
   await m.unmap();
-});
+}, { hugetlb: true });
 
 forBackings(t, 'sync on a private mapping is accepted and has no effect (as Linux ignores MAP_SYNC there)', async (t, { pool }) => {
   const f = await pool.openFile('ps', { create: true });
@@ -222,9 +253,9 @@ forBackings(t, 'sync on a private mapping is accepted and has no effect (as Linu
   await f.read(b, 0);
   t.equal(b[0], 0x21, 'the file did not change');
   await m.unmap();
-});
+}, { hugetlb: true });
 
-forBackings(t, 'fault-around: 2 MiB windows where alignment, EOF and the extent allow, else 4 KiB', async (t, { pool }) => {
+forBackings(t, 'fault-around: 2 MiB windows where alignment, EOF and the extent allow, else 4 KiB', async (t, { pool, backing }) => {
   const f = await pool.openFile('fa', { create: true });
   await f.truncate(3 * HUGE + 10 * PAGE);
   const m = await f.map();
@@ -236,6 +267,18 @@ forBackings(t, 'fault-around: 2 MiB windows where alignment, EOF and the extent 
   s0 = s1;
   for (let off = 3 * HUGE; off < 3 * HUGE + 10 * PAGE; off += PAGE) m.buffer[off] = 1;
   s1 = await pool.stats();
+  if (backing === 'hugetlbfs') {
+    // A 2 MiB-granular device maps the unit holding EOF whole (docs/pool.md), and
+    // refuses a shared mapping whose windows could never be installed.
+    t.equal(s1.pmd - s0.pmd, 1, 'the chunk holding EOF: one whole window');
+    t.equal(s1.pte - s0.pte, 0);
+    await t.rejects(f.map({ offset: PAGE, length: 2 * HUGE }), { code: 'EINVAL' }, 'a shared mapping at an unaligned offset is refused');
+    const p = await f.map({ offset: PAGE, length: 2 * HUGE, private: true });
+    t.equal(p.buffer[0], 1, 'a private one (copies) is not');
+    await p.unmap();
+    await m.unmap();
+    return;
+  }
   t.equal(s1.pte - s0.pte, 10, 'the chunk holding EOF: page by page');
   // A mapping at an offset that is not 2 MiB aligned cannot take 2 MiB windows.
   const u = await f.map({ offset: PAGE, length: 2 * HUGE });
@@ -246,24 +289,28 @@ forBackings(t, 'fault-around: 2 MiB windows where alignment, EOF and the extent 
   t.equal(m.buffer[PAGE], 2, 'and is coherent with the aligned one');
   await u.unmap();
   await m.unmap();
-});
+}, { hugetlb: true });
 
-forBackings(t, 'statistics per file add up to the pool\'s', async (t, { pool }) => {
+forBackings(t, 'statistics per file add up to the pool\'s', async (t, { pool, backing }) => {
+  // On a 2 MiB-granular device the unit holding EOF maps whole, in one read fault
+  // (docs/pool.md): past EOF is past that unit.
+  const granular = backing === 'hugetlbfs';
+  const past = granular ? HUGE + 2 * PAGE : 6 * PAGE;
   const a = await pool.openFile('a', { create: true });
   const b = await pool.openFile('b', { create: true });
   await a.truncate(HUGE);
   await b.truncate(4 * PAGE);
   const ma = await a.map();
-  const mb = await b.map({ length: 8 * PAGE });
+  const mb = await b.map({ length: past + 2 * PAGE });
   ma.buffer[0] = 1;
   for (let i = 0; i < 4; i++) t.equal(mb.buffer[i * PAGE], 0);
-  t.equal(await kernelTouch(mb.buffer, 6 * PAGE), 'EFAULT');
+  t.equal(await kernelTouch(mb.buffer, past), 'EFAULT');
   const total = await pool.stats();
   const per = await pool.request<{ file: string; stats: any }[]>('statsByFile');
   const byName = Object.fromEntries(per.map((x) => [x.file, x.stats]));
   t.same(Object.keys(byName).sort(), ['a', 'b']);
   t.equal(byName.a.write, 1);
-  t.equal(byName.b.read, 5);
+  t.equal(byName.b.read, granular ? 2 : 5);
   t.equal(byName.b.sigbus, 1);
   for (const k of ['faults', 'read', 'write', 'sigbus', 'pmd', 'pte', 'hole'] as const) {
     t.equal(byName.a[k] + byName.b[k], total[k], `${k}: the files add up to the pool`);
@@ -271,4 +318,4 @@ forBackings(t, 'statistics per file add up to the pool\'s', async (t, { pool }) 
   t.equal(byName.a.latencyUs.count + byName.b.latencyUs.count, total.latencyUs.count);
   await ma.unmap();
   await mb.unmap();
-});
+}, { hugetlb: true });

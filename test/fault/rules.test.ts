@@ -22,7 +22,7 @@ async function counted(a: Int32Array, n: number, what: string, ms = 60000): Prom
 }
 
 for (const [label, faultAround, stride] of [['4 KiB path', false, PAGE], ['2 MiB path', true, HUGE]] as const) {
-  forBackings(t, `rule 1: simultaneous write faults on one hole, ${label}: no store is lost`, async (t, { pool }) => {
+  forBackings(t, `rule 1: simultaneous write faults on one hole, ${label}: no store is lost`, async (t, { pool, backing }) => {
     const N = 3;
     const rounds = faultAround ? 24 : 96;
     const f = await pool.openFile('race', { create: true });
@@ -59,12 +59,21 @@ for (const [label, faultAround, stride] of [['4 KiB path', false, PAGE], ['2 MiB
     }
     t.equal(lost, 0, `all ${rounds * N * 4} stores are present: the winner's store is never zeroed by a loser`);
     const st = await f.stat();
-    t.equal(st.allocated, rounds * stride, 'each window was allocated once');
     const s = await pool.stats();
     t.equal(s.sigbus, 0);
+    if (backing === 'hugetlbfs' && !faultAround) {
+      // A 2 MiB-granular device has no 4 KiB path (docs/pool.md, "2 MiB-granular
+      // devices"): the first racing write fault allocates the whole unit and each
+      // mapping installs it whole, so later rounds fault no more.
+      t.equal(st.allocated, Math.ceil((rounds * stride) / HUGE) * HUGE, 'the unit was allocated once');
+      t.ok(s.write >= N, `every mapping took its own write fault (${s.write} write faults)`);
+      t.ok(s.pmd >= N, `each answered with the whole window (${s.pmd})`);
+      return;
+    }
+    t.equal(st.allocated, rounds * stride, 'each window was allocated once');
     t.ok(s.write >= rounds * N, `every mapping took its own write fault each round (${s.write} write faults)`);
     // Each worker's first store of a round is at its chunk's start, where the last
     // round's window ended: a sequential writer, answered with whole windows.
     if (faultAround) t.ok(s.pmd >= rounds * N, `the racing faults took the 2 MiB path (${s.pmd} whole windows)`);
-  });
+  }, { hugetlb: true });
 }

@@ -128,6 +128,13 @@ export interface RunOptions {
   weights?: Partial<Record<Kind, number>>;
   /** Per-process budget of installed windows for the run (small: eviction pressure). */
   windowBudget?: number;
+  /**
+   * The device's mapping granularity when above a page (2 MiB on the hugetlbfs
+   * stand-in: docs/pool.md, "2 MiB-granular devices"): the shared mapping then starts
+   * at a multiple of it and maps the unit holding EOF whole (zeros past EOF there,
+   * SIGBUS from the unit's end).
+   */
+  granule?: number;
   /** Time spent per operation kind (executing, checking), ms. */
   profile?: Record<string, { n: number; exec: number; check: number }>;
 }
@@ -148,6 +155,7 @@ export type Kind = keyof typeof DEFAULT_WEIGHTS;
 
 export async function runMapModel(o: RunOptions): Promise<RunResult> {
   const r = rng(o.seed);
+  const granule = o.granule ?? PAGE;
   const weights = { ...DEFAULT_WEIGHTS, ...(o.weights ?? {}) } as Record<Kind, number>;
   const total = Object.values(weights).reduce((a, b) => a + b, 0);
   const pickKind = (): Kind => {
@@ -311,12 +319,13 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
     if (got !== size) fail(`file.read of the whole file returned ${got} bytes, model size ${size}`);
     res.bytesCompared += size;
     if (Buffer.compare(buf.subarray(0, size), bytes.subarray(0, size)) !== 0) describeDiff('file.read', buf.subarray(0, size), bytes.subarray(0, size), 0, false);
-    const eofPage = roundUp(size, PAGE);
     for (const w of ['S', 'P'] as const) {
       const l = live[w];
       if (!l) continue;
       const name = w === 'S' ? 'shared mapping' : 'private mapping';
-      // Everything inside EOF (the page holding EOF included: zeros past EOF there).
+      // (a shared mapping of a granular device maps the unit holding EOF whole)
+      const eofPage = roundUp(size, w === 'S' ? granule : PAGE);
+      // Everything inside EOF (the page or unit holding EOF included: zeros past EOF there).
       const visEnd = Math.min(l.off + l.len, eofPage);
       await compareMapped(w, l.off, visEnd, name);
       // Pages wholly past EOF: a kernel read gets EFAULT (SIGBUS for a user access).
@@ -410,7 +419,8 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
   };
   function genMap(m: Which): { off: number; len: number; faultAround: boolean; sync: boolean } {
     const x = r.next();
-    const off = x < 0.5 ? 0 : x < 0.6 ? HUGE : r.int(MAXFILE / PAGE) * PAGE;
+    let off = x < 0.5 ? 0 : x < 0.6 ? HUGE : r.int(MAXFILE / PAGE) * PAGE;
+    if (m === 'S') off = Math.floor(off / granule) * granule;
     const room = (CAP - off) / PAGE;
     const y = r.next();
     let pages: number;
@@ -542,6 +552,7 @@ export async function runMapModel(o: RunOptions): Promise<RunResult> {
         return true;
       case 'map': {
         if (op.off % PAGE !== 0 || op.len % PAGE !== 0 || op.off + op.len > CAP) return false;
+        if (op.m === 'S' && op.off % granule !== 0) return false; // EINVAL on a granular device
         const old = live[op.m];
         if (old) {
           await old.m.unmap();
