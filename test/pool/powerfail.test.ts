@@ -24,18 +24,11 @@ const SECRET = Buffer.from('SECRET-PATTERN!!');
 
 interface Snap { img: Buffer[]; expect: Map<string, Buffer>; label: string }
 
-/** Memory storage with a mapping granularity (Storage.align): 4096, or 2 MiB as on /dev/dax and hugetlbfs. */
-class GranularMemory extends MemoryStorage {
-  constructor(size: number, readonly align: number, opts: { trackPersistence?: boolean; from?: Buffer[] }) {
-    super(size, opts);
-  }
-}
-
-class CrashingStorage extends GranularMemory {
+class CrashingStorage extends MemoryStorage {
   snaps: Snap[] = [];
   armed = false;
   constructor(size: number, align: number, private readonly r: ReturnType<typeof rng>, private readonly p: number, public expectNow: () => Map<string, Buffer>, public label = '') {
-    super(size, align, { trackPersistence: true });
+    super(size, { trackPersistence: true, align });
   }
   override persist(offset: number, length: number): void {
     super.persist(offset, length);
@@ -76,7 +69,7 @@ async function faultStore(pool: PoolFs, f: PoolFsFile, off: number, data: Buffer
 }
 
 async function verify(snap: Snap, size: number, align: number): Promise<string | null> {
-  const s = new GranularMemory(size, align, { from: snap.img });
+  const s = new MemoryStorage(size, { from: snap.img, align });
   let pool: PoolFs;
   try {
     pool = PoolFs.openOn(s);
@@ -98,7 +91,7 @@ async function verify(snap: Snap, size: number, align: number): Promise<string |
   }
   for (const [name] of snap.expect) if (!(await pool.list()).includes(name)) return `fsync'ed file '${name}' is gone`;
   await pool.close();
-  const report = fsckStorage(new GranularMemory(size, align, { from: snap.img }));
+  const report = fsckStorage(new MemoryStorage(size, { from: snap.img, align }));
   if (!report.clean) return `fsck after recovery: ${report.errors.slice(0, 3).join('; ')}`;
   return null;
 }
