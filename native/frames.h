@@ -14,6 +14,9 @@ enum EventFlags : uint16_t {
   kEvWrite = 1 << 0,   // the access was a write
   kEvWp = 1 << 1,      // a write-protect fault (the page is present, protected)
   kEvKernel = 1 << 2,  // reserved: the kernel does not say; kept for the wire format
+  kEvNote = 1 << 3,    // not a fault to answer: the agent answered a write fault from the region's reserve
+                       // (docs/native.md, "Reserves"). `offset` is the page, `time_ns` carries the device
+                       // offset of the block installed there (not a time); count 1, never merged, never live
 };
 
 // One trapped fault, page-aligned. Faults on the same page read in one batch are
@@ -41,6 +44,12 @@ enum AnswerOp : uint8_t {
                        // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
   kOpClearDirect = 9,  // forget the decided ranges over [offset, +length): once it returns, no fault there is
                        // answered natively any more (a following revoke takes whatever was installed)
+  kOpSetReserve = 10,  // add [offset, +length) to the region's reserve ranges (holes a write fault may fill
+                       // natively) and the payload's u64 device offsets of zeroed 4 KiB blocks of `device`
+                       // to its reserve; not an answer to a fault, wakes nothing
+  kOpClearReserve = 11,  // stop answering from the reserve (whole region; offset/length any valid range): once
+                         // it returns no reserve install is in progress and every note is queued; the result
+                         // is the number of blocks left unused (>= 0)
 };
 
 enum AnswerFlags : uint8_t {
