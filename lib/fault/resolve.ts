@@ -32,6 +32,8 @@ const SEQ_GAP = PAGE;
 export class Resolver {
   /** Test seam: throw from (or wait inside) a fault after its locks are taken. */
   inject: ((where: 'huge' | 'page', m: MapRequest) => void | Promise<void>) | null = null;
+  /** Told of each 4 KiB write fault on a hole of a shared mapping (the reserve's cue: reserve.ts). */
+  onSparseWrite: ((m: Mapping) => void) | null = null;
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -319,6 +321,7 @@ export class Resolver {
     }
     await this.install(m, ev.offset, PAGE, devOff, false);
     this.wrote(m, fileOff, fileOff + PAGE);
+    if (x.state === 'hole') this.onSparseWrite?.(m);
   }
 
   /**
