@@ -119,7 +119,14 @@ export class Reserves {
         this.ctx.log.error({ region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
         continue;
       }
-      r.notes.push([ev.offset, noteDevOffset(ev)]);
+      // Only a block this reserve gave, once: a daemon client's notes are not trusted
+      // (a block it names that it was not given could be another file's).
+      const dev = noteDevOffset(ev);
+      if (!r.given.delete(dev)) {
+        this.ctx.log.error({ region: ev.region, offset: ev.offset, dev }, 'a reserve note names a block the reserve did not give: ignored');
+        continue;
+      }
+      r.notes.push([ev.offset, dev]);
       this.ctx.bump(r.m, 'reserved');
       if (!r.scheduled) {
         r.scheduled = true;
@@ -153,7 +160,6 @@ export class Reserves {
     const pool = this.pool!;
     const m = r.m;
     const pairs = notes.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev }));
-    for (const [, dev] of notes) r.given.delete(dev);
     const refused = await pool.adoptReserved(m.inode, pairs);
     const no = new Set(refused.map((p) => p.dev));
     for (const [off, dev] of notes) {
