@@ -128,7 +128,9 @@ export class Reserves {
       }
       r.notes.push([ev.offset, dev]);
       this.ctx.bump(r.m, 'reserved');
-      if (!r.scheduled) {
+      // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
+      // adopt; for the test of a process killed between native stores and adoption.
+      if (!r.scheduled && process.env.DAXMAP_TEST_RESERVE_HOLD !== '1') {
         r.scheduled = true;
         setImmediate(() => void this.batch(r));
       }
