@@ -43,6 +43,8 @@ export function defaultReserveMode(): ReserveMode {
 export const RESERVE_BLOCKS = 128;
 /** A grant smaller than this is not worth its round trips. */
 const MIN_GRANT = 16;
+/** Notes are adopted this long after the first of a batch arrived (or at the take-back). */
+const BATCH_MS = 5;
 /** At most this many hole ranges per grant (one answer frame each). */
 const MAX_RANGES = 4096;
 
@@ -132,7 +134,8 @@ export class Reserves {
       // adopt; for the test of a process killed between native stores and adoption.
       if (!r.scheduled && process.env.DAXMAP_TEST_RESERVE_HOLD !== '1') {
         r.scheduled = true;
-        setImmediate(() => void this.batch(r));
+        // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
+        setTimeout(() => void this.batch(r), BATCH_MS).unref();
       }
     }
     return faults;
