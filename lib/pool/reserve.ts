@@ -18,6 +18,7 @@
 
 import { daxError } from '../errors';
 import type { Storage } from '../device/storage';
+import { withOperation } from '../lock/index';
 import { logger } from '../log';
 import { persistRuns } from './blocks';
 import { BLOCK_SIZE } from './format';
@@ -147,7 +148,7 @@ export class Reserve {
   kick(): void {
     if (this.running || this.stopped || !this.enabled || this.txn.closed) return;
     if (this.clean.length >= this.lowWater && this.dirty.length === 0) return;
-    this.running = this.refill().finally(() => { this.running = null; });
+    this.running = withOperation('pool.reserve.refill', () => this.refill()).finally(() => { this.running = null; });
   }
 
   private async refill(): Promise<void> {
@@ -193,7 +194,8 @@ export class Reserve {
     if (blocks.length === 0) return 0;
     const runs = toRuns(blocks.slice());
     try {
-      for (const r of runs) fillBytes(this.storage, r.start * B, r.len * B);
+      // written, not punched: the pages stay resident, so a fault on them finds them in memory
+      for (const r of runs) fillBytes(this.storage, r.start * B, r.len * B, 0, true);
       persistRuns(this.storage, runs);
     } catch (e) {
       this.dirty.push(...blocks);

@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals, type PoolInternals } from '../../dist/pool/internal.js';
-import { fsckDevice } from '../../dist/pool/fsck.js';
+import { MemoryStorage } from '../../dist/device/storage.js';
+import { fsckDevice, fsckStorage } from '../../dist/pool/fsck.js';
 import { withOperation } from '../../dist/lock/index.js';
 import { memPool, B } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
@@ -184,4 +185,122 @@ t.test('argument checks', async (t) => {
   ip.returnReserve([d!]);
   await pool.close();
   await t.rejects(ip.takeReserve(1), { code: 'EBADF' }, 'closed');
+});
+
+t.test('stale data: blocks freed by a file, taken into the reserve, read zeros when adopted', async (t) => {
+  for (const deferConversion of [false, true]) {
+    const { pool, storage } = memPool(8 << 20, { trackPersistence: true, deferConversion });
+    const ip = poolInternals(pool);
+    const core = coreOf(pool);
+    const PAT = Buffer.from('<<STALE-FILE-A>>');
+    const a = await pool.openFile('a', { create: true });
+    const free = core.state.alloc.free;
+    const pat = Buffer.alloc(free * B);
+    for (let i = 0; i < pat.length; i += PAT.length) PAT.copy(pat, i);
+    await a.write(pat, 0);
+    await a.fsync();
+    t.equal(core.state.alloc.free, 0, 'file a holds every data block');
+    await a.close();
+    await pool.unlink('a');
+    const devs = await ip.takeReserve(free);
+    t.equal(devs.length, free, `every block (${free}) handed out: the checkpoint released a's`);
+    t.ok(devs.every((d) => isZero(Buffer.from(ip.storage.view(d, B)))), 'each reads zeros in memory');
+    const img = storage.crashImage();
+    t.ok(devs.every((d) => isZero(img[0]!.subarray(d, d + B))), 'and on the medium (zeros persisted before the hand-out)');
+    const b = await pool.openFile('b', { create: true });
+    await b.truncate(free * B);
+    const r = await adopt(pool, b, devs.map((dev, i) => ({ fb: i, dev })));
+    t.equal(r.adopted.length, free, 'all adopted');
+    const data = await readAll(b);
+    t.ok(isZero(data), `file b reads zeros (deferConversion ${deferConversion})`);
+    t.equal(data.indexOf(PAT), -1, "never a's pattern");
+    // a power cut once the adoption is logged (the log persisted, the data not flushed): never a's pattern either
+    await core.txn.locked(() => core.txn.log.persist());
+    const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+    const b2 = await p2.openFile('b');
+    t.equal((await readAll(b2)).indexOf(PAT), -1, 'after a power cut, no pattern of a in b');
+    await p2.close();
+    await pool.close();
+  }
+});
+
+t.test('a checkpoint carries the reserve; the open after a crash frees it', async (t) => {
+  const { pool, storage } = memPool(16 << 20, { trackPersistence: true });
+  const ip = poolInternals(pool);
+  const core = coreOf(pool);
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(16 * B);
+  const devs = await ip.takeReserve(6);
+  await core.txn.locked(() => core.txn.checkpoint());
+  t.ok(core.txn.log.used > 0, 'the new epoch starts with the reserve recorded again');
+  store(ip, devs[0]!, 0x61);
+  store(ip, devs[5]!, 0x66);
+  await adopt(pool, f, [{ fb: 2, dev: devs[0]! }]);
+  await f.fsync();
+  await core.reserve.settled();
+  await core.txn.locked(() => core.txn.log.persist()); // the refill's records too
+  const img = storage.crashImage();
+  const rep = fsckStorage(new MemoryStorage(storage.size, { from: img }));
+  t.ok(rep.clean, `fsck clean with blocks reserved ${rep.errors.join('; ')}`);
+  const reservedNow = core.state.reserved.size;
+  t.equal(rep.summary?.reservedBlocks, reservedNow, 'the crash image holds the reserve (stock and blocks out)');
+  t.ok(reservedNow >= 5, 'the five blocks out among them');
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: img, trackPersistence: true }));
+  const c2 = coreOf(p2);
+  t.equal(c2.state.reserved.size, 0, 'open freed every reserved block');
+  t.equal(c2.state.alloc.pendingCount, reservedNow, 'held back until the next checkpoint');
+  t.same(c2.checkState(), [], 'consistent');
+  const f2 = await p2.openFile('f');
+  const d = await readAll(f2);
+  t.equal(d[2 * B], 0x61, 'the block adopted after the checkpoint is there');
+  t.equal(d.indexOf(0x66), -1, 'the stores of a block never adopted are in no file');
+  await p2.close();
+  await pool.close();
+});
+
+t.test('the stock gives way to allocations; takeReserve fails only with nothing free', async (t) => {
+  const { pool } = memPool(8 << 20);
+  const ip = poolInternals(pool);
+  const core = coreOf(pool);
+  const [d0] = await ip.takeReserve(1);
+  await core.reserve.settled();
+  const stock = ip.reserveStats().stock;
+  t.ok(stock > 0, `a stock of ${stock}`);
+  const free = core.state.alloc.free;
+  const s = await pool.statfs();
+  t.equal(s.free, (free + stock) * B, 'statfs counts the stock as free');
+  const a = await pool.openFile('a', { create: true });
+  await a.write(Buffer.alloc((free + stock) * B, 1), 0);
+  t.equal(ip.reserveStats().stock, 0, 'the write took the stock back');
+  t.same(core.checkState(), [], 'consistent');
+  await t.rejects(ip.takeReserve(4), { code: 'ENOSPC' }, 'nothing left');
+  await a.truncate(2 * B);
+  const got = await ip.takeReserve(4);
+  t.equal(got.length, 4, 'after a truncate, the taker gets blocks (a checkpoint releases them)');
+  ip.returnReserve([d0!, ...got]);
+  await pool.close();
+});
+
+t.test('fewer blocks than asked when the pool is short', async (t) => {
+  const { pool } = memPool(8 << 20);
+  const ip = poolInternals(pool);
+  const core = coreOf(pool);
+  const a = await pool.openFile('a', { create: true });
+  await a.write(Buffer.alloc((core.state.alloc.free - 3) * B, 1), 0);
+  const got = await ip.takeReserve(10);
+  t.equal(got.length, 3, 'the three free blocks');
+  ip.returnReserve(got);
+  await pool.close();
+});
+
+t.test('the reserve is off on a 2 MiB-granular device', async (t) => {
+  class Granular extends MemoryStorage {
+    override readonly align = 2 << 20;
+  }
+  const storage = new Granular(16 << 20);
+  const pool = PoolFs.createOn(storage);
+  const ip = poolInternals(pool);
+  t.equal(ip.reserveStats().enabled, false, 'disabled');
+  await t.rejects(ip.takeReserve(1), { code: 'EOPNOTSUPP' });
+  await pool.close();
 });
