@@ -235,6 +235,12 @@ export class FaultPolicy {
     // No fault is resolved while a reserve of its file is live (reserve.ts): take it
     // back first, its notes adopted, then look again with the lock held.
     while (this.reserves.live(m.inode)) {
+      if (this.reserves.retryable(m, ev)) {
+        // Read before the reserve was set: the thread's retried store is the agent's.
+        range.release();
+        await this.ctx.answer(m.client, [{ op: Op.Wake, region: ev.region, offset: ev.offset, length: PAGE }]);
+        return;
+      }
       range.release();
       await this.reserves.reclaim(m.inode);
       range = await m.inode.rangeLock.acquireShared(chunk * HUGE, (chunk + 1) * HUGE);

@@ -15,21 +15,13 @@
 // before it resolves (policy.ts): so a fault is never resolved while a reserve of its
 // file is live, and the ranges granted stay holes until the reserve is taken back.
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
-import { EV_NOTE, Op, noteDevOffset, reservePayload, type AnswerSpec, type FaultEvent } from '../native/frames';
-import type { Inode } from '../pool/internal';
+import { monotonicNow } from '../native/engine';
+import { EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, type AnswerSpec, type FaultEvent } from '../native/frames';
+import { isDaxError } from '../errors';
+import type { Inode, PoolInternals } from '../pool/internal';
 import { ENXIO, type Client, type FaultContext, type Mapping } from './context';
 import type { Revoker } from './revoke';
 import { PAGE, PageState } from './states';
-
-/** The pool's side (lib/pool): zeroed blocks logged as reserved, adopted into a file or given back. */
-export interface ReservePool {
-  /** Device offsets of `n` (or fewer) zeroed 4 KiB blocks, logged as reserved. */
-  takeReserve(n: number): Promise<number[]>;
-  /** Make each block the file's block `fb` (one transaction); returns the pairs refused. */
-  adoptReserved(f: Inode, pairs: { fb: number; dev: number }[]): Promise<{ fb: number; dev: number }[]>;
-  /** Give reserved blocks back. */
-  returnReserve(devs: number[]): Promise<void>;
-}
 
 export const RESERVE_MODES = ['on', 'off'] as const;
 export type ReserveMode = (typeof RESERVE_MODES)[number];
@@ -56,8 +48,14 @@ interface Live {
   readonly given: Set<number>;
   /** notes received and not yet adopted: [region offset, device offset] */
   notes: [number, number][];
+  /** region offsets of every page noted */
+  readonly noted: Set<number>;
   /** a batch adoption is scheduled */
   scheduled: boolean;
+  /** CLOCK_MONOTONIC (ns) just before the set reserve answers were sent */
+  readonly since: bigint;
+  /** the ranges granted (region offsets, sorted) */
+  readonly ranges: [number, number][];
 }
 
 export class Reserves {
@@ -71,11 +69,8 @@ export class Reserves {
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
-  private get pool(): ReservePool | null {
-    const p = this.ctx.pool as unknown as Partial<ReservePool>;
-    return typeof p.takeReserve === 'function' && typeof p.adoptReserved === 'function' && typeof p.returnReserve === 'function'
-      ? (p as ReservePool)
-      : null;
+  private get pool(): PoolInternals {
+    return this.ctx.pool;
   }
 
   /** A reserve of this file is live (granted, not yet taken back). */
@@ -85,6 +80,28 @@ export class Reserves {
 
   get count(): number {
     return this.byInode.size;
+  }
+
+  /**
+   * A write fault that the agent read before the reserve of its file was set, on a
+   * page the reserve covers: the policy need not take the reserve back for it, only
+   * wake the thread, whose retried store the agent then answers from the reserve. A
+   * fault read after the set (the reserve ran out, was busy, the install failed) is
+   * never retried this way, so this cannot loop.
+   */
+  retryable(m: Mapping, ev: FaultEvent): boolean {
+    const r = this.byInode.get(m.inode.id);
+    if (!r || r.m !== m || (ev.flags & EV_WRITE) === 0 || (ev.flags & EV_WP) !== 0 || ev.timeNs >= r.since || r.given.size === 0) return false;
+    const off = ev.offset;
+    let lo = 0;
+    let hi = r.ranges.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (r.ranges[mid]![1] <= off) lo = mid + 1;
+      else hi = mid;
+    }
+    const hit = r.ranges[lo];
+    return hit !== undefined && hit[0] <= off && !r.noted.has(off);
   }
 
   /** Runs fn alone among the reserve steps of this file. */
@@ -129,6 +146,7 @@ export class Reserves {
         continue;
       }
       r.notes.push([ev.offset, dev]);
+      r.noted.add(ev.offset);
       this.ctx.bump(r.m, 'reserved');
       // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
       // adopt; for the test of a process killed between native stores and adoption.
@@ -162,25 +180,42 @@ export class Reserves {
     const notes = r.notes;
     r.notes = [];
     await this.beforeAdopt?.();
-    const pool = this.pool!;
     const m = r.m;
-    const pairs = notes.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev }));
-    const refused = await pool.adoptReserved(m.inode, pairs);
-    const no = new Set(refused.map((p) => p.dev));
-    for (const [off, dev] of notes) {
-      if (no.has(dev)) continue;
-      if (m.dead) continue;
-      m.states.set(off / PAGE, off / PAGE + 1, PageState.Installed);
-      m.client.budget.add({ mapping: m.key, offset: off, length: PAGE });
+    const ino = m.inode;
+    // What the pool would refuse (the file gone, past its EOF, no longer a hole) has a
+    // block nobody will own mapped at that page: the page is taken back *before* the
+    // block goes back (to be zeroed again and handed out), so no store can reach it then.
+    const eof = Math.ceil(ino.size / PAGE) * PAGE;
+    const good: [number, number][] = [];
+    const bad: [number, number][] = [];
+    for (const n of notes) {
+      const fileOff = m.fileOffset + n[0];
+      (ino.live && fileOff < eof && this.pool.lookup(ino, fileOff).state === 'hole' ? good : bad).push(n);
     }
-    if (refused.length === 0) return;
-    // A block the file did not take is mapped at that page: take the page back
-    // before the block goes back, so that nothing reaches it.
-    this.ctx.log.warn({ file: m.inode.name, refused: refused.length }, 'reserve blocks refused by the pool; their pages are taken back');
-    for (const [off, dev] of notes) {
-      if (no.has(dev) && !m.dead) await this.revoker.revokeRange(m, off, PAGE);
+    if (bad.length > 0) {
+      this.ctx.log.warn({ file: ino.name, pages: bad.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
+      await this.revokePages(m, bad);
+      this.pool.returnReserve(bad.map(([, dev]) => dev));
     }
-    await pool.returnReserve(refused.map((p) => p.dev));
+    if (good.length === 0) return;
+    const { adopted, refused } = await this.pool.adoptReserved(ino, good.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev })));
+    if (!m.dead) {
+      for (const p of adopted) {
+        const off = p.fb * PAGE - m.fileOffset;
+        m.states.set(off / PAGE, off / PAGE + 1, PageState.Installed);
+        m.client.budget.add({ mapping: m.key, offset: off, length: PAGE });
+      }
+    }
+    if (refused.length > 0) {
+      // Not expected (checked above under the same locks); the pool has taken them back.
+      this.ctx.log.error({ file: ino.name, refused: refused.length }, 'reserve blocks refused by the pool; their pages are taken back');
+      await this.revokePages(m, refused.map((p) => [p.fb * PAGE - m.fileOffset, p.dev]));
+    }
+  }
+
+  private async revokePages(m: Mapping, pages: [number, number][]): Promise<void> {
+    if (m.dead) return; // its region is closed: nothing is mapped any more
+    for (const [off] of pages) await this.revoker.revokeRange(m, off, PAGE);
   }
 
   /**
@@ -230,7 +265,7 @@ export class Reserves {
   }
 
   private eligible(m: Mapping): boolean {
-    return this.mode === 'on' && this.pool !== null && !m.dead && !m.private && !m.sync && m.writable &&
+    return this.mode === 'on' && this.pool.reserveStats().enabled && !m.dead && !m.private && !m.sync && m.writable &&
       (this.ctx.pool.storage.align ?? PAGE) <= PAGE && m.inode.live && !this.byInode.has(m.inode.id) &&
       this.ctx.mappingsOf(m.inode).length === 1;
   }
@@ -244,11 +279,16 @@ export class Reserves {
     if (n < MIN_GRANT) return;
     const ranges = this.holes(m);
     if (ranges.length === 0) return;
-    const pool = this.pool!;
-    const devs = await pool.takeReserve(n);
+    let devs: number[];
+    try {
+      devs = await this.pool.takeReserve(n);
+    } catch (err) {
+      if (isDaxError(err, 'ENOSPC') || isDaxError(err, 'EOPNOTSUPP')) return; // the faults allocate as before
+      throw err;
+    }
     if (devs.length === 0) return;
     if (!this.eligible(m)) {
-      await pool.returnReserve(devs);
+      this.pool.returnReserve(devs);
       return;
     }
     const specs: AnswerSpec[] = ranges.map(([lo, hi], i) => ({
@@ -256,7 +296,9 @@ export class Reserves {
       ...(i === 0 ? { payload: reservePayload(devs) } : {}),
     }));
     const key = `${m.client.id}:${m.region}`;
-    const r: Live = { m, client: m.client, key, given: new Set(devs), notes: [], scheduled: false };
+    const r: Live = {
+      m, client: m.client, key, given: new Set(devs), notes: [], noted: new Set(), scheduled: false, since: monotonicNow(), ranges,
+    };
     // Registered before the answers run: a note may come as soon as the first has.
     this.byInode.set(m.inode.id, r);
     this.byRegion.set(key, r);
@@ -279,17 +321,12 @@ export class Reserves {
     this.byRegion.delete(r.key);
     await this.adopt(r);
     const rest = [...r.given];
-    if ((r.client as { gone?: boolean }).gone === true) {
-      // A client that is gone may have stored into blocks whose notes never came:
-      // they are not given back (they stay logged as reserved; the pool's recovery
-      // zeroes or frees them at the next open), never handed out dirty.
-      if (rest.length > 0) this.ctx.log.warn({ file: r.m.inode.name, blocks: rest.length }, 'reserve of a client that is gone: unnoted blocks kept until recovery');
-      return;
-    }
+    // A client that is gone may have stored into blocks whose notes never came: the
+    // pool zeroes every block given back before handing it out again.
     if (unused !== undefined && unused >= 0 && unused !== rest.length) {
       this.ctx.log.error({ file: r.m.inode.name, unused, unnoted: rest.length }, 'reserve: the agent and the notes disagree on the blocks left');
     }
-    if (rest.length > 0) await this.pool!.returnReserve(rest);
+    if (rest.length > 0) this.pool.returnReserve(rest);
   }
 
   /** The mapping's pages that are holes of the file wholly inside EOF, as region ranges. */
