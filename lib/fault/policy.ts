@@ -25,6 +25,9 @@ import type { FaultStats, FaultStatsSnapshot } from './stats';
 
 export type { Client, MapRequest } from './context';
 
+/** Sparse 4 KiB hole writes in a row before a mapping with fault-around gets a reserve. */
+const SPARSE_RUN = 3;
+
 export class FaultPolicy {
   private readonly ctx: FaultContext;
   private readonly resolver: Resolver;
@@ -42,7 +45,13 @@ export class FaultPolicy {
     this.evictor = new Evictor(this.ctx);
     this.decider = new Decider(this.ctx);
     this.reserves = new Reserves(this.ctx, this.revoker);
-    this.resolver.onSparseWrite = (m) => this.sparse.add(m);
+    this.resolver.onSparseWrite = (m, sparse) => {
+      // With fault-around, a reserve only after a few sparse writes in a row: a
+      // sequential writer must keep getting whole 2 MiB windows (the adaptive rule).
+      const n = sparse ? (this.sparseRun.get(m) ?? 0) + 1 : 0;
+      this.sparseRun.set(m, n);
+      if (n >= (m.faultAround ? SPARSE_RUN : 1)) this.sparse.add(m);
+    };
     // The pool calls it with the range lock held exclusive: the reserve is taken back
     // first (its notes adopted), then the pages revoked, then the blocks freed.
     pool.setInvalidator(async (f, off, len) => {
@@ -178,6 +187,8 @@ export class FaultPolicy {
 
   /** Mappings whose last fault was a 4 KiB write on a hole (the resolver says so): candidates for a reserve. */
   private readonly sparse = new Set<Mapping>();
+  /** Sparse write faults in a row, per mapping. */
+  private readonly sparseRun = new WeakMap<Mapping, number>();
 
   private async handleOne(client: Client, ev: FaultEvent): Promise<void> {
     const m = this.ctx.mappings.get(`${client.id}:${ev.region}`);
