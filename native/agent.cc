@@ -286,7 +286,7 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
     ch = r->channel;
   }
   if (TryDirect(r, ev, ch)) return;
-  if (TryReserve(r, ev, ch, touched)) return;
+  if (TryReserve(r, ev, ch)) return;
   if (!ch || ch->orphaned()) {
     PoisonPage(r, off);
     return;
@@ -347,8 +347,7 @@ bool Agent::TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, co
   return true;
 }
 
-bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
-                       std::vector<std::shared_ptr<Channel>>* touched) {
+bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch) {
   // A missing write fault only: a read of a hole is the zero page (the policy's), a
   // write-protect fault is a page that is already something.
   if (!(ev.flags & kEvWrite) || (ev.flags & kEvWp)) return false;
@@ -393,9 +392,11 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   note.flags = static_cast<uint16_t>(kEvNote | kEvWrite);
   note.count = 1;
   note.time_ns = dev_off;  // a note carries the block's device offset here
-  // An orphaned channel cannot take it: the handler is gone with its policy, and the
-  // block with it (recovery gives reserved blocks back zeroed).
-  if (ch->EnqueueNote(note)) touched->push_back(ch);
+  // Not signalled on its own: a wake-up of the handler per native answer would cost
+  // what the answer saves. It goes with the next fault event of the channel, or when
+  // the reserve is cleared (docs/native.md, "Reserves"). An orphaned channel cannot
+  // take it: the handler is gone with its policy, and the block with it.
+  (void)ch->EnqueueNote(note);
   stats_.reserved++;
   ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
   uffd_.Wake(page, kPage);

@@ -116,8 +116,7 @@ class Agent {
   bool TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch);
   // Reader thread: answers a write fault on a reserve range with a block of the
   // region's reserve and queues a note on the channel (true), or routes it (false).
-  bool TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
-                  std::vector<std::shared_ptr<Channel>>* touched);
+  bool TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch);
   // SetReserve's checks and the reserve update: 0 or the errno it is refused with.
   static int SetReserve(Region& r, const Answer& a, const uint8_t* payload);
   // 0, or the errno a direct range is refused with (ENODEV no device, EINVAL).

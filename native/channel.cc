@@ -25,7 +25,6 @@ bool Channel::EnqueueNote(const FaultEvent& note) {
   std::lock_guard<std::mutex> g(mu_);
   if (orphaned_.load(std::memory_order_relaxed)) return false;
   queue_.push_back(Queued{Key{note.region, note.offset}, true, note});
-  pending_notify_ = true;
   return true;
 }
 

@@ -27,7 +27,8 @@ class Channel {
   // Reader thread. kOrphaned: nobody will answer, the caller poisons the fault.
   EnqueueResult Enqueue(const FaultEvent& ev);
   // Reader thread: queue a note (kEvNote) in order with the events; it is never
-  // merged, never live (nothing answers it). False if the channel is orphaned.
+  // merged, never live (nothing answers it), and notifies nobody: it is taken with
+  // the next event, or by a drain. False if the channel is orphaned.
   bool EnqueueNote(const FaultEvent& note);
   // Reader thread, after a batch: tell the handler there is work. False if the
   // handler is gone (the channel is then orphaned by the caller).

@@ -32,7 +32,7 @@ export function defaultReserveMode(): ReserveMode {
 }
 
 /** Blocks granted at a time (each native install can be one VMA: counted against the window budget). */
-export const RESERVE_BLOCKS = 128;
+export const RESERVE_BLOCKS = 256;
 /** A grant smaller than this is not worth its round trips. */
 const MIN_GRANT = 16;
 /** Notes are adopted this long after the first of a batch arrived (or at the take-back). */
@@ -329,19 +329,33 @@ export class Reserves {
     if (rest.length > 0) this.pool.returnReserve(rest);
   }
 
-  /** The mapping's pages that are holes of the file wholly inside EOF, as region ranges. */
+  /**
+   * Where the agent may allocate: the mapping's pages wholly inside EOF that are holes
+   * of the file, and those installed in the mapping (they take no missing fault, and
+   * counting them in keeps the ranges few: a hole list alone grows by one range per
+   * page written at random, and a grant over 16,384 random pages sent thousands).
+   * Never a page with a block that is not installed: a store there must reach its
+   * block. Region ranges, sorted, merged.
+   */
   private holes(m: Mapping): [number, number][] {
     const ino = m.inode;
     const out: [number, number][] = [];
+    const add = (lo: number, hi: number): void => {
+      const last = out[out.length - 1];
+      if (last && last[1] === lo) last[1] = hi;
+      else out.push([lo, hi]);
+    };
     const start = m.fileOffset;
     const end = Math.min(m.fileOffset + m.length, Math.floor(ino.size / PAGE) * PAGE);
     for (let off = start; off < end && out.length < MAX_RANGES;) {
       const x = this.ctx.pool.lookup(ino, off);
       const xEnd = Math.min(end, x.offset + x.length);
+      const lo = Math.ceil((off - m.fileOffset) / PAGE);
+      const hi = Math.floor((xEnd - m.fileOffset) / PAGE);
       if (x.state === 'hole') {
-        const lo = Math.ceil((off - m.fileOffset) / PAGE) * PAGE;
-        const hi = Math.floor((xEnd - m.fileOffset) / PAGE) * PAGE;
-        if (hi > lo) out.push([lo, hi]);
+        if (hi > lo) add(lo * PAGE, hi * PAGE);
+      } else {
+        for (const [a, b] of m.states.runs(lo, hi, PageState.Installed)) add(a * PAGE, b * PAGE);
       }
       off = xEnd;
     }
