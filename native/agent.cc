@@ -381,7 +381,8 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   uint64_t dev_off = rs.blocks.back();
   // Test seam (DAXMAP_TEST_RESERVE_DELAY_US): widen the window between taking the
   // reserve and installing, so ClearReserve racing faults is testable.
-  static const long delay_us = getenv("DAXMAP_TEST_RESERVE_DELAY_US") ? atol(getenv("DAXMAP_TEST_RESERVE_DELAY_US")) : 0;
+  static const long delay_us =
+      getenv("DAXMAP_TEST_RESERVE_DELAY_US") ? atol(getenv("DAXMAP_TEST_RESERVE_DELAY_US")) : 0;
   if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
   int e = r->Install(uffd_, ev.offset, kPage, *rs.device, dev_off, kAnsWritable | kAnsPopulate, 0, false);
   if (e != 0) return false;  // e.g. ENOMEM at vm.max_map_count: the handler decides
@@ -693,9 +694,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
     }
     case kOpClearDirect: r->ClearDirect(a.offset, a.length); break;
     case kOpSetReserve: e = SetReserve(*r, a, payload); break;
-    case kOpClearReserve:
-      *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX));
-      break;
+    case kOpClearReserve: *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX)); break;
     default: e = EINVAL;
   }
   if (e != 0) {

@@ -34,9 +34,9 @@ struct DirectRange {
 // and the ranges (region offsets) where a write fault may take one of them natively.
 struct Reserve {
   std::shared_ptr<Device> device;
-  std::vector<uint64_t> blocks;           // device offsets, used from the back
-  std::map<uint64_t, uint64_t> ranges;    // start -> end, sorted, non-overlapping, page-aligned
-  uint64_t used = 0;                      // blocks installed since the last clear
+  std::vector<uint64_t> blocks;         // device offsets, used from the back
+  std::map<uint64_t, uint64_t> ranges;  // start -> end, sorted, non-overlapping, page-aligned
+  uint64_t used = 0;                    // blocks installed since the last clear
   bool Contains(uint64_t offset) const;
   void AddRange(uint64_t off, uint64_t end);
   // Removes the page at `offset` (which Contains) from the ranges.
