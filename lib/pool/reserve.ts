@@ -177,6 +177,7 @@ export class Reserve {
    */
   private async step(max: number, background: boolean): Promise<number> {
     const blocks = await this.txn.locked(() => {
+      if (this.stopped) return []; // closing: close() frees the reserve, nothing joins it
       const got = this.dirty.splice(0, max);
       const alloc = this.state.alloc;
       let want = Math.min(max - got.length, this.limit - this.state.reserved.size);

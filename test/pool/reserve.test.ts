@@ -303,7 +303,7 @@ t.test('fewer blocks than asked when the pool is short', async (t) => {
 
 t.test('the reserve is off on a 2 MiB-granular device', async (t) => {
   class Granular extends MemoryStorage {
-    override readonly align = 2 << 20;
+    readonly align = 2 << 20;
   }
   const storage = new Granular(16 << 20);
   const pool = PoolFs.createOn(storage);
