@@ -147,7 +147,7 @@ export class Reserve {
   /** Start the background refill if the stock is low or blocks wait to be zeroed again. */
   kick(): void {
     if (this.running || this.stopped || !this.enabled || this.txn.closed) return;
-    if (this.clean.length >= this.lowWater && this.dirty.length === 0) return;
+    if (this.clean.length >= this.lowWater && this.dirty.length === 0 && this.clean.length <= this.target) return;
     this.running = withOperation('pool.reserve.refill', () => this.refill()).finally(() => { this.running = null; });
   }
 
@@ -158,8 +158,8 @@ export class Reserve {
         if (this.stopped || this.txn.closed) break;
         const want = this.target - this.clean.length - this.zeroing;
         if (want <= 0) {
-          // full: returned blocks beyond the target are freed rather than kept
-          if (this.dirty.length > 0) await this.txn.locked(() => this.unreserve(this.dirty.splice(0)));
+          // full: returned blocks, and clean ones beyond the target, are freed rather than kept
+          await this.txn.locked(() => this.unreserve([...this.dirty.splice(0), ...this.clean.splice(0, Math.max(0, this.clean.length - this.target))]));
           break;
         }
         if ((await this.step(Math.min(this.batch, want), true)) === 0) break;
@@ -177,6 +177,7 @@ export class Reserve {
    */
   private async step(max: number, background: boolean): Promise<number> {
     const blocks = await this.txn.locked(() => {
+      if (this.stopped) return []; // closing: close() frees the reserve, nothing joins it
       const got = this.dirty.splice(0, max);
       const alloc = this.state.alloc;
       let want = Math.min(max - got.length, this.limit - this.state.reserved.size);
