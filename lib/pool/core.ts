@@ -637,8 +637,9 @@ export class PoolCore {
   /**
    * Hand out up to n pre-zeroed 4 KiB blocks, recorded in the log as reserved: their
    * device byte offsets. Served from the stock (refilled in the background); fewer
-   * when the pool is short, ENOSPC only when none is left. EOPNOTSUPP on a 2 MiB-
-   * granular device. Every block handed out must come back through adoptReserved or
+   * when the pool is short, ENOSPC only when none is left, EAGAIN when the reserve
+   * is at its limit (Reserve.limit) with every block handed out. EOPNOTSUPP on a
+   * 2 MiB-granular device. Every block handed out must come back through adoptReserved or
    * returnReserve.
    */
   async takeReserve(n: number): Promise<number[]> {

@@ -53,7 +53,8 @@ export interface PoolInternals {
    * Up to n pre-zeroed 4 KiB blocks, logged as reserved: their device byte offsets
    * (docs/pool.md, "Reserve"). From the background-refilled stock (the caller zeroes
    * nothing unless the stock ran short); fewer when the pool is short, ENOSPC only
-   * when none is left; EOPNOTSUPP on a 2 MiB-granular device (`reserveStats().enabled`).
+   * when none is left; EAGAIN when the reserve is at its limit with every block
+   * handed out; EOPNOTSUPP on a 2 MiB-granular device (`reserveStats().enabled`).
    */
   takeReserve(n: number): Promise<number[]>;
   /**

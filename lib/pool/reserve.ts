@@ -94,7 +94,8 @@ export class Reserve {
   /**
    * Hand out up to n zeroed blocks (device block numbers). From the stock when it
    * has them; otherwise the shortfall is zeroed now, on the caller's path. Fewer
-   * when the pool is short; ENOSPC only when not one block can be had.
+   * when the pool is short; ENOSPC only when not one block can be had; EAGAIN when
+   * the reserve is at its limit with every block handed out.
    */
   async take(n: number): Promise<number[]> {
     if (!Number.isSafeInteger(n) || n <= 0) throw daxError('EINVAL', `takeReserve count must be a positive integer, got ${String(n)}`);
@@ -104,7 +105,12 @@ export class Reserve {
       this.check();
       if (got === 0) break;
     }
-    if (this.clean.length === 0) throw daxError('ENOSPC', `pool '${this.storage.path}' has no block free for the reserve`);
+    if (this.clean.length === 0) {
+      if (this.state.reserved.size >= this.limit) {
+        throw daxError('EAGAIN', `pool '${this.storage.path}': the reserve is at its limit of ${this.limit} blocks, all handed out (adopt or return some)`);
+      }
+      throw daxError('ENOSPC', `pool '${this.storage.path}' has no block free for the reserve`);
+    }
     const k = Math.min(n, this.clean.length);
     const got = this.clean.splice(this.clean.length - k, k);
     for (const d of got) this.out.add(d);

@@ -227,13 +227,13 @@ async function scenario(t: Test, seed: number, ops: number, deferConversion: boo
   await core.reserve.settled();
   await drain();
   await pool.close();
-  t.ok(checked > 100, `${checked} cuts recovered cleanly`);
+  t.ok(checked > 60, `${checked} cuts recovered cleanly`);
   t.ok(withReserved > 10, `${withReserved} of them with blocks reserved on the medium`);
   t.ok(core.reserve.counts.adopted > 20, `${core.reserve.counts.adopted} blocks adopted, ${core.reserve.counts.refused} refused`);
 }
 
 for (const [seed, deferConversion] of [[11, false], [12, false], [21, true], [22, true]] as const) {
   t.test(`power cuts with the reserve in use, ${deferConversion ? 'deferred conversion (disk-file pool)' : 'written at adoption (tmpfs, devdax)'}, seed ${seed}`, async (t) => {
-    await scenario(t, seed, 250, deferConversion);
+    await scenario(t, seed, 160, deferConversion);
   });
 }

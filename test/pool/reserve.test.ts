@@ -312,3 +312,40 @@ t.test('the reserve is off on a 2 MiB-granular device', async (t) => {
   await t.rejects(ip.takeReserve(1), { code: 'EOPNOTSUPP' });
   await pool.close();
 });
+
+t.test('the reserve has a cap: EAGAIN when every block up to it is out', async (t) => {
+  const { pool } = memPool(16 << 20, { logBytes: 64 * 1024 });
+  const ip = poolInternals(pool);
+  const limit = coreOf(pool).reserve.limit;
+  t.equal(limit, Math.floor((64 * 1024) / 4 / 24), 'a quarter of a 64 KiB log in 24-byte records');
+  const got = await ip.takeReserve(limit + 10);
+  t.equal(got.length, limit, 'up to the cap');
+  await t.rejects(ip.takeReserve(1), { code: 'EAGAIN' }, 'then EAGAIN, not ENOSPC: the pool has free blocks');
+  ip.returnReserve(got.slice(0, 5));
+  await coreOf(pool).reserve.settled();
+  t.equal((await ip.takeReserve(10)).length, 5, 'the blocks given back are handed out again');
+  await pool.close();
+});
+
+t.test('adoptReserved with sync: written and durable before it returns, on a pool that defers', async (t) => {
+  const { pool, storage } = memPool(16 << 20, { trackPersistence: true, deferConversion: true });
+  const ip = poolInternals(pool);
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(8 * B);
+  await f.fsync();
+  const [d0, d1] = await ip.takeReserve(2);
+  store(ip, d0!, 0x71);
+  await adopt(pool, f, [{ fb: 1, dev: d1! }]);
+  t.equal(coreOf(pool).txn.unconverted.blocks, 1, 'a plain adoption is queued for conversion');
+  await adopt(pool, f, [{ fb: 3, dev: d0! }], { sync: true });
+  t.equal(coreOf(pool).txn.unconverted.blocks, 0, "sync converted the file's queue too");
+  // a power cut right after it returns: both blocks are recorded written
+  const p2 = PoolFs.openOn(new MemoryStorage(storage.size, { from: storage.crashImage() }));
+  const f2 = await p2.openFile('f');
+  const ex = (await f2.stat()).extents;
+  t.same(ex.map((e) => [e.offset, e.state]), [[B, 'written'], [3 * B, 'written']], 'both adopted blocks are written on the medium');
+  const d = await readAll(f2);
+  t.ok(d.subarray(3 * B, 4 * B).every((x) => x === 0 || x === 0x71), 'block 3 reads zeros or its stores');
+  await p2.close();
+  await pool.close();
+});
