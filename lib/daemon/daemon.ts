@@ -356,7 +356,7 @@ export class Daemon {
             inFlight -= events.length;
           });
         };
-        client.onGone = (c) => this.service.policy.dropClient(c);
+        client.onGone = (c) => void this.service.policy.dropClient(c); // it logs its own failures
         session = { token, conn, client, peer, control: sock };
         this.sessions.set(token.toString(), session);
         log.info({ clientPid: peer.pid, uid: peer.uid, gid: peer.gid, mayMap }, 'client connected');
