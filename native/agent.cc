@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <system_error>
@@ -285,6 +286,7 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
     ch = r->channel;
   }
   if (TryDirect(r, ev, ch)) return;
+  if (TryReserve(r, ev, ch)) return;
   if (!ch || ch->orphaned()) {
     PoisonPage(r, off);
     return;
@@ -343,6 +345,79 @@ bool Agent::TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, co
   if (ch) ch->Answered(r->id(), ws, we - ws);  // before the wake: see Region's executors
   uffd_.Wake(r->base() + ws, we - ws);
   return true;
+}
+
+bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch) {
+  // A missing write fault only: a read of a hole is the zero page (the policy's), a
+  // write-protect fault is a page that is already something.
+  if (!(ev.flags & kEvWrite) || (ev.flags & kEvWp)) return false;
+  // A note needs someone to read it: with no handler the block would be nobody's.
+  if (!ch || ch->orphaned()) return false;
+  // Held from the lookup until the note is queued, so that once ClearReserve (which
+  // locks it) returns, no install from the reserve is in progress and every note of
+  // one is on the channel, ahead of anything queued later. Never waits.
+  std::unique_lock<std::mutex> g(r->reserve_mu, std::try_to_lock);
+  if (!g.owns_lock()) return false;
+  Reserve& rs = r->reserve;
+  if (rs.ranges.empty()) return false;
+  uintptr_t page = r->base() + ev.offset;
+  if (!rs.Contains(ev.offset)) {
+    // A second fault on a page this reserve just filled, read before the install
+    // went in: the page is there, only wake (else the handler would be asked).
+    uint64_t pm = 0;
+    if (rs.used != 0 && ReadPagemap(page, 1, &pm) && (pm & kPmPresent) && (pm & kPmFile)) {
+      uffd_.Wake(page, kPage);
+      stats_.merged++;
+      return true;
+    }
+    return false;
+  }
+  if (rs.blocks.empty()) return false;  // ran out: the handler refills
+  std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
+  if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
+    uffd_.Wake(page, kPage);  // closing: the thread meets the retired reservation
+    return true;
+  }
+  uint64_t dev_off = rs.blocks.back();
+  // Test seam (DAXMAP_TEST_RESERVE_DELAY_US): widen the window between taking the
+  // reserve and installing, so ClearReserve racing faults is testable.
+  static const long delay_us =
+      getenv("DAXMAP_TEST_RESERVE_DELAY_US") ? atol(getenv("DAXMAP_TEST_RESERVE_DELAY_US")) : 0;
+  if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+  int e = r->Install(uffd_, ev.offset, kPage, *rs.device, dev_off, kAnsWritable | kAnsPopulate, 0, false);
+  if (e != 0) return false;  // e.g. ENOMEM at vm.max_map_count: the handler decides
+  rs.blocks.pop_back();
+  rs.RemovePage(ev.offset);
+  rs.used++;
+  FaultEvent note = ev;
+  note.flags = static_cast<uint16_t>(kEvNote | kEvWrite);
+  note.count = 1;
+  note.time_ns = dev_off;  // a note carries the block's device offset here
+  // Not signalled on its own: a wake-up of the handler per native answer would cost
+  // what the answer saves. It goes with the next fault event of the channel, or when
+  // the reserve is cleared (docs/native.md, "Reserves"). An orphaned channel cannot
+  // take it: the handler is gone with its policy, and the block with it.
+  (void)ch->EnqueueNote(note);
+  stats_.reserved++;
+  ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
+  uffd_.Wake(page, kPage);
+  return true;
+}
+
+int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload) {
+  std::shared_ptr<Device> dev = DeviceRegistry::Find(a.device);
+  if (!dev) return ENODEV;
+  // Shared writable 4 KiB installs only: never in a read-only region, never on a
+  // 2 MiB-granular device (it maps whole aligned units only).
+  if (a.flags != 0 || a.flags2 != 0 || a.payload % 8 != 0 || r.read_only() || !dev->writable() || dev->align() > kPage)
+    return EINVAL;
+  size_t n = a.payload / 8;
+  std::vector<uint64_t> blocks(n);
+  if (n != 0) memcpy(blocks.data(), payload, a.payload);
+  for (uint64_t b : blocks) {
+    if (b % kPage != 0 || b > dev->size() || kPage > dev->size() - b) return EINVAL;
+  }
+  return r.AddReserve(dev, a.offset, a.length, blocks.data(), n);
 }
 
 void Agent::PoisonPage(const std::shared_ptr<Region>& r, uint64_t off) {
@@ -435,6 +510,7 @@ Status Agent::CloseRegion(uint32_t id, bool bury) {
     ch = std::move(r->channel);
   }
   r->ClearDirect(0, r->length());
+  r->ClearReserve();
   if (ch) ch->DropRegion(id);  // their threads were woken by Retire
   r->state.store(kRegionClosed);
   if (bury) {
@@ -521,16 +597,18 @@ long Agent::Execute(const uint8_t* buf, size_t len, int32_t* results, size_t max
     if (padded > len - pos) return -EINVAL;
     const uint8_t* payload = buf + pos;
     pos += padded;
-    bool raced = false;
-    int e = ExecuteOne(a, a.payload ? payload : nullptr, &raced);
-    if (static_cast<size_t>(i) < max_results) results[i] = e != 0 ? -e : (raced ? kResultRaced : 0);
+    int32_t value = 0;
+    int e = ExecuteOne(a, a.payload ? payload : nullptr, &value);
+    if (static_cast<size_t>(i) < max_results) results[i] = e != 0 ? -e : value;
     i++;
   }
   return i;
 }
 
-int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
+int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
   stats_.answers++;
+  bool raced_flag = false;
+  bool* raced = &raced_flag;
   std::shared_ptr<Region> r = FindRegion(a.region);
   if (!r) {
     stats_.answer_errors++;
@@ -615,13 +693,17 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced) {
       break;
     }
     case kOpClearDirect: r->ClearDirect(a.offset, a.length); break;
+    case kOpSetReserve: e = SetReserve(*r, a, payload); break;
+    case kOpClearReserve: *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX)); break;
     default: e = EINVAL;
   }
   if (e != 0) {
     stats_.answer_errors++;
     return e;
   }
-  if (a.op != kOpRevoke && a.op != kOpSetDirect && a.op != kOpClearDirect && wake) {
+  if (raced_flag) *value = kResultRaced;
+  bool decides = a.op == kOpSetDirect || a.op == kOpClearDirect || a.op == kOpSetReserve || a.op == kOpClearReserve;
+  if (a.op != kOpRevoke && !decides && wake) {
     std::shared_ptr<Channel> ch;
     {
       std::lock_guard<std::mutex> g(r->mu);

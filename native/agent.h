@@ -31,6 +31,7 @@ struct AgentStats {
   std::atomic<uint64_t> batches{0};    // reads that returned events
   std::atomic<uint64_t> merged{0};     // faults merged into a live event of the same page
   std::atomic<uint64_t> direct{0};     // answered natively from a direct table
+  std::atomic<uint64_t> reserved{0};   // write faults answered natively from a reserve (one note each)
   std::atomic<uint64_t> delivered{0};  // events handed to channels
   std::atomic<uint64_t> poisoned{0};   // faults answered with SIGBUS by the agent itself
   std::atomic<uint64_t> timeouts{0};   // faults the watchdog answered
@@ -108,10 +109,16 @@ class Agent {
   void PoisonPage(const std::shared_ptr<Region>& r, uint64_t off);
   void RunDeferred();
   void Watchdog(uint64_t now);
-  int ExecuteOne(const Answer& a, const uint8_t* payload, bool* raced);
+  // *value: a result beside 0 / -errno (kResultRaced, or ClearReserve's unused count).
+  int ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value);
   // Reader thread: answers the fault from the region's direct table if it can
   // (true: answered, or woken to meet a closing region); false routes it to the channel.
   bool TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch);
+  // Reader thread: answers a write fault on a reserve range with a block of the
+  // region's reserve and queues a note on the channel (true), or routes it (false).
+  bool TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch);
+  // SetReserve's checks and the reserve update: 0 or the errno it is refused with.
+  static int SetReserve(Region& r, const Answer& a, const uint8_t* payload);
   // 0, or the errno a direct range is refused with (ENODEV no device, EINVAL).
   static int CheckDirect(const Region& r, const DirectRange& d);
 

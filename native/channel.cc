@@ -16,9 +16,16 @@ Channel::EnqueueResult Channel::Enqueue(const FaultEvent& ev) {
     return kMerged;
   }
   live_.emplace(k, Live{ev, false});
-  queue_.push_back(k);
+  queue_.push_back(Queued{k, false, {}});
   pending_notify_ = true;
   return kQueued;
+}
+
+bool Channel::EnqueueNote(const FaultEvent& note) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (orphaned_.load(std::memory_order_relaxed)) return false;
+  queue_.push_back(Queued{Key{note.region, note.offset}, true, note});
+  return true;
 }
 
 bool Channel::Flush() {
@@ -37,9 +44,13 @@ size_t Channel::Take(FaultEvent* out, size_t max) {
   std::lock_guard<std::mutex> g(mu_);
   size_t n = 0;
   while (n < max && !queue_.empty()) {
-    Key k = queue_.front();
+    Queued q = queue_.front();
     queue_.pop_front();
-    auto it = live_.find(k);
+    if (q.is_note) {
+      out[n++] = q.note;
+      continue;
+    }
+    auto it = live_.find(q.key);
     if (it == live_.end() || it->second.taken) continue;  // answered meanwhile
     it->second.taken = true;
     out[n++] = it->second.ev;

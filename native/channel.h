@@ -26,11 +26,15 @@ class Channel {
   enum EnqueueResult { kOrphaned, kQueued, kMerged };
   // Reader thread. kOrphaned: nobody will answer, the caller poisons the fault.
   EnqueueResult Enqueue(const FaultEvent& ev);
+  // Reader thread: queue a note (kEvNote) in order with the events; it is never
+  // merged, never live (nothing answers it), and notifies nobody: it is taken with
+  // the next event, or by a drain. False if the channel is orphaned.
+  bool EnqueueNote(const FaultEvent& note);
   // Reader thread, after a batch: tell the handler there is work. False if the
   // handler is gone (the channel is then orphaned by the caller).
   bool Flush();
-  // Handler side: move up to `max` queued events out; they stay live (outstanding)
-  // until an answer covers their page.
+  // Handler side: move up to `max` queued events and notes out, in queue order; the
+  // events stay live (outstanding) until an answer covers their page.
   size_t Take(FaultEvent* out, size_t max);
   // An answer for [off, off+len) of `region` ran: its waiters were woken.
   void Answered(uint32_t region, uint64_t off, uint64_t len);
@@ -61,7 +65,13 @@ class Channel {
   uint32_t id_;
   mutable std::mutex mu_;
   std::map<Key, Live> live_;
-  std::deque<Key> queue_;
+  // A fault's key, or a note (carried whole).
+  struct Queued {
+    Key key;
+    bool is_note;
+    FaultEvent note;
+  };
+  std::deque<Queued> queue_;
   bool pending_notify_ = false;  // events queued since the handler last drained
   bool notified_ = false;        // a notification is in flight
   std::mutex notify_mu_;

@@ -14,6 +14,9 @@ enum EventFlags : uint16_t {
   kEvWrite = 1 << 0,   // the access was a write
   kEvWp = 1 << 1,      // a write-protect fault (the page is present, protected)
   kEvKernel = 1 << 2,  // reserved: the kernel does not say; kept for the wire format
+  kEvNote = 1 << 3,    // not a fault to answer: the agent answered a write fault from the region's reserve
+                       // (docs/native.md, "Reserves"). `offset` is the page, `time_ns` carries the device
+                       // offset of the block installed there (not a time); count 1, never merged, never live
 };
 
 // One trapped fault, page-aligned. Faults on the same page read in one batch are
@@ -30,17 +33,23 @@ struct FaultEvent {
 static_assert(sizeof(FaultEvent) == 32, "FaultEvent is a 32-byte wire frame");
 
 enum AnswerOp : uint8_t {
-  kOpInstall = 1,      // mmap a device range MAP_FIXED over [offset, +length), then wake
-  kOpZero = 2,         // the shared zero page (optionally write-protected), then wake
-  kOpCopy = 3,         // UFFDIO_COPY bytes (payload, or from the device view), then wake
-  kOpPoison = 4,       // SIGBUS for the faulting access(es)
-  kOpRevoke = 5,       // replace [offset, +length) with fresh trapped memory, then wake
-  kOpWake = 6,         // wake threads waiting on [offset, +length)
-  kOpUnprotect = 7,    // clear write protection (private write to a zero page), wake
-  kOpSetDirect = 8,    // decide [offset, +length) ahead: the agent answers its faults itself (device, dev_offset,
-                       // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
-  kOpClearDirect = 9,  // forget the decided ranges over [offset, +length): once it returns, no fault there is
-                       // answered natively any more (a following revoke takes whatever was installed)
+  kOpInstall = 1,        // mmap a device range MAP_FIXED over [offset, +length), then wake
+  kOpZero = 2,           // the shared zero page (optionally write-protected), then wake
+  kOpCopy = 3,           // UFFDIO_COPY bytes (payload, or from the device view), then wake
+  kOpPoison = 4,         // SIGBUS for the faulting access(es)
+  kOpRevoke = 5,         // replace [offset, +length) with fresh trapped memory, then wake
+  kOpWake = 6,           // wake threads waiting on [offset, +length)
+  kOpUnprotect = 7,      // clear write protection (private write to a zero page), wake
+  kOpSetDirect = 8,      // decide [offset, +length) ahead: the agent answers its faults itself (device, dev_offset,
+                         // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
+  kOpClearDirect = 9,    // forget the decided ranges over [offset, +length): once it returns, no fault there is
+                         // answered natively any more (a following revoke takes whatever was installed)
+  kOpSetReserve = 10,    // add [offset, +length) to the region's reserve ranges (holes a write fault may fill
+                         // natively) and the payload's u64 device offsets of zeroed 4 KiB blocks of `device`
+                         // to its reserve; not an answer to a fault, wakes nothing
+  kOpClearReserve = 11,  // stop answering from the reserve (whole region; offset/length any valid range): once
+                         // it returns no reserve install is in progress and every note is queued; the result
+                         // is the number of blocks left unused (>= 0)
 };
 
 enum AnswerFlags : uint8_t {

@@ -112,6 +112,51 @@ void Region::ClearDirect(uint64_t off, uint64_t len) {
   CutDirect(&direct, off, len);
 }
 
+bool Reserve::Contains(uint64_t offset) const {
+  auto it = ranges.upper_bound(offset);
+  if (it == ranges.begin()) return false;
+  --it;
+  return offset < it->second;
+}
+
+void Reserve::AddRange(uint64_t off, uint64_t end) {
+  // Merge with every range it touches or overlaps.
+  auto it = ranges.upper_bound(off);
+  if (it != ranges.begin() && std::prev(it)->second >= off) --it;
+  while (it != ranges.end() && it->first <= end) {
+    off = std::min(off, it->first);
+    end = std::max(end, it->second);
+    it = ranges.erase(it);
+  }
+  ranges.emplace(off, end);
+}
+
+void Reserve::RemovePage(uint64_t offset) {
+  auto it = std::prev(ranges.upper_bound(offset));
+  uint64_t start = it->first, end = it->second;
+  ranges.erase(it);
+  if (start < offset) ranges.emplace(start, offset);
+  if (offset + kPage < end) ranges.emplace(offset + kPage, end);
+}
+
+int Region::AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks,
+                       size_t n) {
+  std::lock_guard<std::mutex> g(reserve_mu);
+  if (reserve.device && reserve.device != dev) return EINVAL;
+  reserve.device = dev;
+  reserve.AddRange(off, off + len);
+  // Used from the back: keep the caller's order of use (first offset first).
+  for (size_t i = n; i-- > 0;) reserve.blocks.push_back(blocks[i]);
+  return 0;
+}
+
+uint64_t Region::ClearReserve() {
+  std::lock_guard<std::mutex> g(reserve_mu);
+  uint64_t unused = reserve.blocks.size();
+  reserve = Reserve();
+  return unused;
+}
+
 int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
                     uint16_t flags2, bool wake) {
   if (dev_off > dev.size() || len > dev.size() - dev_off) return EINVAL;

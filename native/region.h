@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -27,6 +28,20 @@ struct DirectRange {
   uint64_t dev_offset = 0;
   uint8_t flags = 0;       // AnswerFlags: kAnsWritable, kAnsPrivate, kAnsPopulate
   uint64_t window = 4096;  // bytes installed per fault (aligned within the region)
+};
+
+// A region's reserve (docs/native.md, "Reserves"): zeroed 4 KiB blocks of one device
+// and the ranges (region offsets) where a write fault may take one of them natively.
+struct Reserve {
+  std::shared_ptr<Device> device;
+  std::vector<uint64_t> blocks;         // device offsets, used from the back
+  std::map<uint64_t, uint64_t> ranges;  // start -> end, sorted, non-overlapping, page-aligned
+  uint64_t used = 0;                    // blocks installed since the last clear
+  bool Contains(uint64_t offset) const;
+  void AddRange(uint64_t off, uint64_t end);
+  // Removes the page at `offset` (which Contains) from the ranges.
+  void RemovePage(uint64_t offset);
+  bool active() const { return !ranges.empty() && !blocks.empty(); }
 };
 
 enum RegionState : int { kRegionOpen = 0, kRegionClosing = 1, kRegionClosed = 2 };
@@ -68,6 +83,18 @@ class Region {
   // checked by the caller.
   void SetDirect(const DirectRange& d);
   void ClearDirect(uint64_t off, uint64_t len);
+
+  // The reserve, guarded by reserve_mu: the reader holds it (try-lock only: it never
+  // waits) from the lookup until the block is installed, woken and its note queued;
+  // SetReserve and ClearReserve lock it. So once ClearReserve returns no reserve
+  // install is in progress or can start, and every note of one is on the channel.
+  std::mutex reserve_mu;
+  Reserve reserve;
+  // Under reserve_mu: adds ranges and blocks (the device must be the reserve's, if any).
+  // 0 or EINVAL.
+  int AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n);
+  // Under reserve_mu: forgets the reserve; returns the number of blocks left unused.
+  uint64_t ClearReserve();
 
   // The executors. Each returns 0 or a positive errno. `wake` wakes the threads
   // waiting on the range once the answer is in place. The agent passes wake=false

@@ -167,9 +167,9 @@ void SocketChannel::Loop() {
   Finish(why, bye);
 }
 
-void SocketChannel::TakeEvents() {
+void SocketChannel::TakeEvents(bool all) {
   take_.resize(kMaxEventsPerMessage);
-  while (out_.size() - out_pos_ < kHighWater) {
+  while (all || out_.size() - out_pos_ < kHighWater) {
     // Take() returns fewer than asked only when the queue is empty; once it is, the
     // next enqueued event notifies again.
     size_t n = Take(take_.data(), kMaxEventsPerMessage);
@@ -357,6 +357,10 @@ bool SocketChannel::OnAnswers(const uint8_t* body, size_t len, std::string* why)
   }
   stats_.answers += tags_.size();
   stats_.answer_messages++;
+  // Everything queued by now goes out before these results, whatever the high water:
+  // a ClearReserve's result then follows every note of that reserve on the socket,
+  // so the daemon has read them all once it has the result (docs/wire.md).
+  TakeEvents(true);
   // One RESULTS message per ANSWERS message, results in answer order.
   wire::Header h = {wire::kMsgResults, 0, static_cast<uint32_t>(tags_.size() * sizeof(wire::Result))};
   const uint8_t* hp = reinterpret_cast<const uint8_t*>(&h);

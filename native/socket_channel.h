@@ -91,7 +91,8 @@ class SocketChannel : public Channel {
  private:
   SocketChannel(uint32_t id, Agent* agent, int sock, int efd, uint64_t session, ClosedFn on_closed);
   void Loop();
-  void TakeEvents();
+  // Queued events (and notes) into EVENTS messages, up to the high water unless `all`.
+  void TakeEvents(bool all = false);
   bool FlushOut(std::string* why);
   bool ReadIn(std::string* why);
   bool Parse(std::string* why);

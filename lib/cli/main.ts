@@ -326,13 +326,15 @@ async function statDaemon(socket: string, file: string | undefined, json: boolea
     if (json) {
       io.stdout.write(`${JSON.stringify({
         socket, device: pool.path, dataBytes: fs.size, freeBytes: fs.free, usedBytes: fs.size - fs.free, blockSize: fs.blockSize,
-        files: names.length, faults, byFile,
+        reservedBytes: reservedOf(fs), files: names.length, faults, byFile,
       }, null, 2)}\n`);
       return 0;
     }
     const bytes = (n: number): string => `${n} (${formatSize(n)})`;
     io.stdout.write(`daemon: ${socket}\ndevice: ${pool.path}\n`);
     io.stdout.write(`dataBytes: ${bytes(fs.size)}\nfreeBytes: ${bytes(fs.free)}\nusedBytes: ${bytes(fs.size - fs.free)}\nblockSize: ${fs.blockSize}\nfiles: ${names.length}\n`);
+    // the reserve of pre-zeroed blocks (docs/pool.md, "Reserve"): its stock counts in freeBytes
+    io.stdout.write(`reservedBytes: ${bytes(reservedOf(fs))}\n`);
     for (const l of faultLines(faults, '', true)) io.stdout.write(`${l}\n`);
     if (byFile.length > 0) {
       io.stdout.write('per file:\n');
@@ -346,6 +348,12 @@ async function statDaemon(socket: string, file: string | undefined, json: boolea
   } finally {
     await pool.close();
   }
+}
+
+/** Bytes in the pool's reserve of pre-zeroed blocks (0 from a daemon that does not report it). */
+function reservedOf(fs: object): number {
+  const r = (fs as { reserved?: unknown }).reserved;
+  return typeof r === 'number' ? r : 0;
 }
 
 function mainHelp(): string {

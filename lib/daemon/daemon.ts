@@ -17,7 +17,7 @@ import { Service, permBits, type Conn, type Peer } from '../service/service';
 import type { Request, Response, Notice } from '../protocol/messages';
 import { errorInfo } from '../protocol/errors';
 import { DAEMON_OPS } from '../protocol/ops';
-import type { FaultEvent } from '../native/frames';
+import { EV_NOTE, type FaultEvent } from '../native/frames';
 import { monotonicNow } from '../native/engine';
 import { ControlReader, encodeFrame, restorePayload } from '../protocol/control';
 import { RemoteClient, readFaultHello } from './remote-client';
@@ -81,7 +81,8 @@ function badEvent(conn: Conn, events: FaultEvent[]): string | null {
     if (!Number.isSafeInteger(ev.offset) || ev.offset % PAGE !== 0) return `offset ${ev.offset} of region ${ev.region} is not a page offset`;
     const r = conn.regions.get(ev.region);
     if (r && ev.offset >= r.length) return `offset ${ev.offset} is past the ${r.length} bytes of region ${ev.region}`;
-    if (ev.timeNs > now || now - ev.timeNs > MAX_EVENT_AGE_NS) ev.timeNs = now;
+    // A note's time field carries a device offset (docs/wire.md); the policy checks it.
+    if ((ev.flags & EV_NOTE) === 0 && (ev.timeNs > now || now - ev.timeNs > MAX_EVENT_AGE_NS)) ev.timeNs = now;
   }
   return null;
 }
@@ -362,7 +363,7 @@ export class Daemon {
             inFlight -= events.length;
           });
         };
-        client.onGone = (c) => this.service.policy.dropClient(c);
+        client.onGone = (c) => void this.service.policy.dropClient(c); // it logs its own failures
         session = { token, conn, client, peer, control: sock };
         this.sessions.set(token.toString(), session);
         log.info({ clientPid: peer.pid, uid: peer.uid, gid: peer.gid, mayMap }, 'client connected');

@@ -17,6 +17,7 @@ import type { WindowBudget } from './budget';
 import { FaultContext, RetryAfterEvict, mappedEof, type Client, type MapRequest, type Mapping } from './context';
 import { Decider, DirectPieces, type DecideMode } from './decide';
 import { Evictor } from './evict';
+import { Reserves, type ReserveMode } from './reserve';
 import { Resolver } from './resolve';
 import { Revoker } from './revoke';
 import { HUGE, PAGE, PageState, PageStates } from './states';
@@ -24,12 +25,16 @@ import type { FaultStats, FaultStatsSnapshot } from './stats';
 
 export type { Client, MapRequest } from './context';
 
+/** Sparse 4 KiB hole writes in a row before a mapping with fault-around gets a reserve. */
+const SPARSE_RUN = 3;
+
 export class FaultPolicy {
   private readonly ctx: FaultContext;
   private readonly resolver: Resolver;
   private readonly revoker: Revoker;
   private readonly evictor: Evictor;
   private readonly decider: Decider;
+  private readonly reserves: Reserves;
   /** How long a SIGBUS for a failed fault stands before the page is taken back. */
   transientPoisonMs = 20;
 
@@ -39,7 +44,20 @@ export class FaultPolicy {
     this.resolver = new Resolver(this.ctx, this.revoker);
     this.evictor = new Evictor(this.ctx);
     this.decider = new Decider(this.ctx);
-    pool.setInvalidator((f, off, len) => this.revoker.invalidate(f, off, len));
+    this.reserves = new Reserves(this.ctx, this.revoker);
+    this.resolver.onSparseWrite = (m, sparse) => {
+      // With fault-around, a reserve only after a few sparse writes in a row: a
+      // sequential writer must keep getting whole 2 MiB windows (the adaptive rule).
+      const n = sparse ? (this.sparseRun.get(m) ?? 0) + 1 : 0;
+      this.sparseRun.set(m, n);
+      if (n >= (m.faultAround ? SPARSE_RUN : 1)) this.sparse.add(m);
+    };
+    // The pool calls it with the range lock held exclusive: the reserve is taken back
+    // first (its notes adopted), then the pages revoked, then the blocks freed.
+    pool.setInvalidator(async (f, off, len) => {
+      await this.reserves.reclaim(f, true);
+      await this.revoker.invalidate(f, off, len);
+    });
   }
 
   get stats(): FaultStats {
@@ -64,6 +82,35 @@ export class FaultPolicy {
     this.decider.mode = mode;
   }
 
+  /** Whether sparse hole writes are granted reserves answered natively (reserve.ts; DAXMAP_RESERVE sets the default). */
+  get reserveMode(): ReserveMode {
+    return this.reserves.mode;
+  }
+
+  set reserveMode(mode: ReserveMode) {
+    this.reserves.mode = mode;
+  }
+
+  /** Test seam: called when reserve notes are about to be adopted. */
+  set beforeAdopt(fn: (() => void | Promise<void>) | null) {
+    this.reserves.beforeAdopt = fn;
+  }
+
+  /** Some reserve is live (granted and not taken back). */
+  get reservesLive(): boolean {
+    return this.reserves.count > 0;
+  }
+
+  /**
+   * Take back every live reserve (of one client, or all): each is cleared in its
+   * agent, its notes adopted, its unused blocks given back. The service calls it
+   * before any operation that reads or changes files, so none sees a block the
+   * policy has not recorded.
+   */
+  reclaimReserves(client?: Client): Promise<void> {
+    return this.reserves.reclaimAll(client);
+  }
+
   // ---- mappings ----
 
   /**
@@ -78,19 +125,27 @@ export class FaultPolicy {
     let set = this.ctx.byInode.get(req.inode.id);
     if (!set) this.ctx.byInode.set(req.inode.id, (set = new Set()));
     set.add(m);
+    // Another mapping of the file: a reserve of the first is taken back (two
+    // mappings could each allocate the same block of the file).
+    await this.reserves.reclaim(req.inode);
     await this.decider.decide(m);
   }
 
   /** Forget a mapping (its region is already closed by its owner). */
-  unmap(client: Client, region: number): void {
+  unmap(client: Client, region: number): Promise<void> {
     const m = this.ctx.mappings.get(`${client.id}:${region}`);
-    if (!m) return;
+    if (!m) return Promise.resolve();
     this.forget(m);
+    // Its reserve's notes are still adopted: what was stored through it is the file's.
+    return this.reserves.reclaim(m.inode);
   }
 
   /** Forget every mapping of a client (it went away). */
-  dropClient(client: Client): void {
+  dropClient(client: Client): Promise<void> {
     for (const m of [...this.ctx.mappings.values()]) if (m.client === client) this.forget(m);
+    return this.reserves.reclaimAll(client).catch((err: unknown) => {
+      this.ctx.log.warn({ err, client: client.id }, 'taking back the reserves of a client that went away failed');
+    });
   }
 
   private forget(m: Mapping): void {
@@ -124,8 +179,16 @@ export class FaultPolicy {
 
   /** Handle a batch of events of one client. Every event gets an answer, whatever happens. */
   handle(client: Client, events: FaultEvent[]): Promise<void> {
-    return Promise.all(events.map((ev) => this.handleOne(client, ev))).then(() => undefined);
+    // Notes (faults the agent answered from a reserve) are queued on their reserve
+    // now, synchronously: a ClearReserve's result must find them in.
+    const faults = this.reserves.takeNotes(client, events);
+    return Promise.all(faults.map((ev) => this.handleOne(client, ev))).then(() => undefined);
   }
+
+  /** Mappings whose last fault was a 4 KiB write on a hole (the resolver says so): candidates for a reserve. */
+  private readonly sparse = new Set<Mapping>();
+  /** Sparse write faults in a row, per mapping. */
+  private readonly sparseRun = new WeakMap<Mapping, number>();
 
   private async handleOne(client: Client, ev: FaultEvent): Promise<void> {
     const m = this.ctx.mappings.get(`${client.id}:${ev.region}`);
@@ -162,6 +225,10 @@ export class FaultPolicy {
       }
     }
     this.ctx.fileStats(m).latency(Number(monotonicNow() - ev.timeNs) / 1000);
+    if (this.sparse.delete(m)) {
+      // Answered already; the next sparse writes of the mapping need not wait for us.
+      this.reserves.grant(m).catch((err: unknown) => this.ctx.log.warn({ err, file: m.inode.name }, 'granting a reserve failed'));
+    }
     if (m.client.budget.over) {
       // Evict in batches (1/64 of the budget at least), not one window per fault.
       const b = m.client.budget;
@@ -175,7 +242,20 @@ export class FaultPolicy {
   private async locked(m: Mapping, ev: FaultEvent): Promise<void> {
     const fileOff = m.fileOffset + ev.offset;
     const chunk = Math.floor(fileOff / HUGE);
-    const range = await m.inode.rangeLock.acquireShared(chunk * HUGE, (chunk + 1) * HUGE);
+    let range = await m.inode.rangeLock.acquireShared(chunk * HUGE, (chunk + 1) * HUGE);
+    // No fault is resolved while a reserve of its file is live (reserve.ts): take it
+    // back first, its notes adopted, then look again with the lock held.
+    while (this.reserves.live(m.inode)) {
+      if (this.reserves.retryable(m, ev)) {
+        // Read before the reserve was set: the thread's retried store is the agent's.
+        range.release();
+        await this.ctx.answer(m.client, [{ op: Op.Wake, region: ev.region, offset: ev.offset, length: PAGE }]);
+        return;
+      }
+      range.release();
+      await this.reserves.reclaim(m.inode);
+      range = await m.inode.rangeLock.acquireShared(chunk * HUGE, (chunk + 1) * HUGE);
+    }
     let entry: LockHandle | undefined;
     try {
       entry = await this.ctx.lockEntry(`${m.inode.id}:${chunk}`);
@@ -214,7 +294,9 @@ export class FaultPolicy {
 
 
   /** Revoke at least `n` of the client's installed windows (see Evictor.evict). */
-  evict(client: Client, n: number): Promise<void> {
+  async evict(client: Client, n: number): Promise<void> {
+    // Eviction makes written pages missing again: no reserve may be live then.
+    await this.reserves.reclaimAll(client);
     return this.evictor.evict(client, n);
   }
 
@@ -244,6 +326,7 @@ export class FaultPolicy {
 
   /** Kill a mapping: every page revoked and later faults get SIGBUS (the pool is closing). */
   async kill(m: Mapping): Promise<void> {
+    await this.reserves.reclaim(m.inode).catch(() => {});
     await this.revokeAll(m).catch(() => {});
     this.forget(m);
   }

@@ -32,6 +32,12 @@ const SEQ_GAP = PAGE;
 export class Resolver {
   /** Test seam: throw from (or wait inside) a fault after its locks are taken. */
   inject: ((where: 'huge' | 'page', m: MapRequest) => void | Promise<void>) | null = null;
+  /**
+   * Told of each shared write fault it allocated for: `sparse` for a 4 KiB block on a
+   * hole that no sequential stream continues (or with fault-around off), the reserve's
+   * cue (reserve.ts); not for a 2 MiB window.
+   */
+  onSparseWrite: ((m: Mapping, sparse: boolean) => void) | null = null;
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -283,6 +289,7 @@ export class Resolver {
       }
       if (exts === null) return this.resolveSharedWritePage(m, ev, fileOff);
       const single = exts.length === 1 && exts[0]!.length === HUGE && exts[0]!.deviceOffset % HUGE === 0;
+      this.onSparseWrite?.(m, false);
       if (single) {
         this.ctx.bump(m, 'pmd');
         await this.install(m, win.regionOff, HUGE, exts[0]!.deviceOffset, false);
@@ -332,8 +339,10 @@ export class Resolver {
       const [e] = await this.materialise(m, fileOff, PAGE, { sync: m.sync }, [ev.offset, ev.offset + PAGE]);
       devOff = e!.deviceOffset;
     }
+    const sparse = x.state === 'hole' && (!m.faultAround || !this.sequential(m, fileOff));
     await this.install(m, ev.offset, PAGE, devOff, false);
     this.wrote(m, fileOff, fileOff + PAGE);
+    this.onSparseWrite?.(m, sparse);
   }
 
   /**

@@ -51,6 +51,8 @@ export interface AgentStats {
   batches: number;
   merged: number;
   direct: number;
+  /** write faults answered natively from a reserve (docs/native.md, "Reserves") */
+  reserved: number;
   delivered: number;
   poisoned: number;
   timeouts: number;

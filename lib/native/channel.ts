@@ -41,6 +41,15 @@ export class FaultChannel {
     native().channelClose(this.id);
   }
 
+  /**
+   * Hand every event and note queued by now to the handler, synchronously (it is
+   * called for them before this returns). After a ClearReserve answer has run, this
+   * delivers every note of that reserve (docs/native.md, "Reserves").
+   */
+  drainNow(): void {
+    if (!this.isClosed) this.drain();
+  }
+
   private drain(): void {
     const n0 = native();
     for (;;) {

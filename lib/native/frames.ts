@@ -9,6 +9,12 @@ export const ANSWER_SIZE = 48;
 
 export const EV_WRITE = 1;
 export const EV_WP = 2;
+/**
+ * Not a fault: the agent answered a write fault from the region's reserve
+ * (docs/native.md, "Reserves"). `offset` is the page; `timeNs` carries the device
+ * offset of the block installed there (see noteDevOffset).
+ */
+export const EV_NOTE = 8;
 
 export const Op = {
   Install: 1,
@@ -22,6 +28,14 @@ export const Op = {
   SetDirect: 8,
   /** Forget decided ranges over the range; send it before the revoke that takes the pages back. */
   ClearDirect: 9,
+  /**
+   * Add [offset, +length) to the region's reserve ranges and the payload's u64 device
+   * offsets (zeroed 4 KiB blocks of `device`) to its reserve: the agent answers a
+   * missing write fault there with a block, alone, and sends a note (EV_NOTE).
+   */
+  SetReserve: 10,
+  /** Stop answering from the reserve; once it has run every note is queued. Result: blocks left unused. */
+  ClearReserve: 11,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
@@ -63,6 +77,18 @@ export function decodeEvent(b: Buffer, at: number): FaultEvent {
     seq: b.readUInt32LE(at + 20),
     timeNs: b.readBigUInt64LE(at + 24),
   };
+}
+
+/** The device offset of the block a note (EV_NOTE) says was installed. */
+export function noteDevOffset(ev: FaultEvent): number {
+  return Number(ev.timeNs);
+}
+
+/** A SetReserve payload: the blocks' device offsets as u64s. */
+export function reservePayload(devOffsets: readonly number[]): Uint8Array {
+  const b = Buffer.alloc(devOffsets.length * 8);
+  for (let i = 0; i < devOffsets.length; i++) writeU64(b, i * 8, devOffsets[i]!);
+  return b;
 }
 
 export function decodeEvents(b: Buffer, count: number): FaultEvent[] {

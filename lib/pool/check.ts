@@ -12,8 +12,9 @@ const B = BLOCK_SIZE;
 /**
  * Consistency of the live state (fsck and tests): extent maps well formed, every
  * block owned at most once and inside the data area, the allocator bitmap equal
- * to the extents plus the blocks pending reuse, sizes sane, no written block past EOF
- * (past the end of the EOF's allocation unit of `unit` blocks, on a 2 MiB-granular device).
+ * to the extents plus the blocks pending reuse plus the reserve (each reserved block
+ * owned by no file), sizes sane, no written block past EOF (past the end of the
+ * EOF's allocation unit of `unit` blocks, on a 2 MiB-granular device).
  */
 export function checkState(state: FsState, progress?: (done: number, total: number) => void, unit = 1): string[] {
   const problems: string[] = [];
@@ -23,12 +24,17 @@ export function checkState(state: FsState, progress?: (done: number, total: numb
   const seen = new Uint32Array(Math.ceil(n / 32));
   const isSeen = (d: number): boolean => (seen[(d - g.dataStart) >>> 5]! & (1 << ((d - g.dataStart) & 31))) !== 0;
   const setSeen = (d: number): void => { seen[(d - g.dataStart) >>> 5]! |= 1 << ((d - g.dataStart) & 31); };
-  const ownerOf = (d: number, not: Inode): string => {
+  const ownerOf = (d: number, not: Inode | null): string => {
     for (const o of state.files.values()) {
       if (o === not) continue;
       for (const e of o.extents.overlapping(0, MAX_FILE_BLOCKS)) if (e.dev <= d && d < e.dev + e.len) return `'${o.name}'`;
     }
     return 'the same file twice';
+  };
+  const ownerOfAny = (d: number): string => {
+    for (const r of state.alloc.pendingRuns()) if (r.start <= d && d < r.start + r.len) return 'the blocks pending reuse';
+    const o = ownerOf(d, null);
+    return o === 'the same file twice' ? 'nothing else' : `file ${o}`;
   };
   let used = 0;
   let done = 0;
@@ -60,12 +66,19 @@ export function checkState(state: FsState, progress?: (done: number, total: numb
     if (isSeen(d)) add(`device block ${d} is both pending reuse and owned by a file`);
     setSeen(d);
   }
+  // the reserve: marked used, owned by no file, not pending (docs/pool-format.md, "Reserve")
+  for (const d of state.reserved) {
+    if (d < g.dataStart || d >= g.dataEnd) { add(`reserved device block ${d} outside the data area`); continue; }
+    if (isSeen(d)) add(`device block ${d} is reserved and also owned by ${ownerOfAny(d)}`);
+    setSeen(d);
+    if (!state.alloc.isUsed(d)) add(`reserved device block ${d} is marked free in the allocator`);
+  }
   for (const r of state.alloc.usedRuns()) for (let d = r.start; d < r.start + r.len; d++) {
     if (!isSeen(d)) add(`device block ${d} is marked used in the allocator but no file owns it (leaked)`);
   }
   progress?.(total, total);
   for (const c of state.alloc.checkCounters()) add(c);
-  if (used !== state.alloc.used) add(`extents hold ${used} blocks, the allocator counts ${state.alloc.used} in use`);
+  if (used + state.reserved.size !== state.alloc.used) add(`extents hold ${used} blocks and the reserve ${state.reserved.size}, the allocator counts ${state.alloc.used} in use`);
   if (state.names.size !== state.files.size) add(`${state.names.size} names for ${state.files.size} files`);
   if (state.files.size > g.maxFiles) add(`${state.files.size} files, above the limit of ${g.maxFiles}`);
   return problems;

@@ -22,12 +22,13 @@ import { BLOCK_SIZE, GROUP_BLOCKS, MAX_FILE_SIZE, readSuperblock, writeSuperbloc
 import { RecType, STATE_UNWRITTEN, STATE_WRITTEN, type ExtentStateCode, type LogRecord } from './log';
 import { replay, type OpenInfo } from './replay';
 import { FsState, allWritten, goalFor, lastExtentEnd, segments, validateName, type ExtentState, type Inode } from './state';
+import { Reserve, type ReserveStats } from './reserve';
 import { Journal } from './txn';
 
 const B = BLOCK_SIZE;
 const log = logger('pool');
 
-export type { ExtentState, Inode, OpenInfo };
+export type { ExtentState, Inode, OpenInfo, ReserveStats };
 export { validateName };
 
 export interface LookupResult {
@@ -89,7 +90,11 @@ export class PoolCore {
     this.blocks = new BlockIo(storage);
     this.deferConversion = storage.kind === 'file';
     this.unit = (storage.align ?? B) > B ? GROUP_BLOCKS : 1;
+    this.reserve = new Reserve(storage, state, txn, this.unit === 1);
   }
+
+  /** The reserve of pre-zeroed blocks (reserve.ts; docs/pool.md, "Reserve"). */
+  readonly reserve: Reserve;
 
   /**
    * The allocation unit for data, in blocks: a whole aligned 2 MiB chunk on a 2 MiB-
@@ -130,6 +135,12 @@ export class PoolCore {
     const core = new PoolCore(storage, r.state, new Journal(storage, r.state, r.log, sb), r.info);
     // a copy that is damaged or one checkpoint behind (a crash between the two writes) is rewritten
     if (stale && !opts.readOnly) writeSuperblocks(storage, core.sb);
+    // blocks still reserved were never exposed: free them (held back until the next checkpoint)
+    const left = r.state.reserved.size;
+    if (left > 0 && !opts.readOnly) {
+      core.reserve.unreserve([...r.state.reserved]);
+      log.info({ path: storage.path, blocks: left }, 'freed the reserved blocks a crash left');
+    }
     if (log.isLevelEnabled('debug')) {
       const e = r.info.replay;
       log.debug({ path: storage.path, generation: sb.ckptGen, files: r.state.files.size, records: e.records, logBytes: e.tail, stop: e.stop }, 'pool opened');
@@ -193,6 +204,14 @@ export class PoolCore {
    */
   private materialiseDeferred(f: Inode, fb0: number, fb1: number, aligned: boolean): void {
     const { recs, fresh } = this.fill(f, fb0, fb1, null, 0, aligned, STATE_UNWRITTEN);
+    this.commitDeferred(f, recs, fresh);
+  }
+
+  /**
+   * Commit `recs` (which record `fresh` unwritten, or leave it unwritten), then make
+   * `fresh` written in memory alone and queue its conversion. Caller holds alloc + log.
+   */
+  private commitDeferred(f: Inode, recs: LogRecord[], fresh: (Run & { fb: number })[]): void {
     this.txn.commit(recs);
     for (const r of fresh) {
       this.state.apply({ t: RecType.Map, id: f.id, fb: r.fb, len: r.len, dev: r.start, state: STATE_WRITTEN }, false);
@@ -635,6 +654,80 @@ export class PoolCore {
     return this.deviceExtents(f, fb0, fb1);
   }
 
+  // ---- the reserve of pre-zeroed blocks (reserve.ts; docs/pool.md, "Reserve") ----
+
+  /**
+   * Hand out up to n pre-zeroed 4 KiB blocks, recorded in the log as reserved: their
+   * device byte offsets. Served from the stock (refilled in the background); fewer
+   * when the pool is short, ENOSPC only when none is left, EAGAIN when the reserve
+   * is at its limit (Reserve.limit) with every block handed out. EOPNOTSUPP on a
+   * 2 MiB-granular device. Every block handed out must come back through adoptReserved or
+   * returnReserve.
+   */
+  async takeReserve(n: number): Promise<number[]> {
+    return (await this.reserve.take(n)).map((d) => d * B);
+  }
+
+  /**
+   * Blocks handed out and not used (or not reported) come back: they may hold stores,
+   * so they are zeroed again before they are handed out again.
+   */
+  returnReserve(devs: number[]): void {
+    this.reserve.returnBlocks(devs.map((d) => checkReservedOffset(d)));
+  }
+
+  /**
+   * In one transaction, make each reserved block `dev` (device byte offset) file f's
+   * block `fb` (file block number): written on a pool that does not defer
+   * conversions; on one that does (a disk-file pool), recorded unwritten, written in
+   * memory and queued for conversion like a write fault's block (deferred.ts), so a
+   * crash before the data is flushed reads zeros. With `sync`, recorded written and
+   * the log persisted before it returns (the file's queued conversions too).
+   *
+   * A pair whose file block is no longer a hole, lies past the EOF block, or is named
+   * twice, and every pair of an unlinked file, is refused: its block goes back to the
+   * reserve (to be zeroed again) and the caller revokes that page. EINVAL (nothing
+   * changed) when a dev is not a reserved block handed out. Caller holds the range
+   * lock over the file blocks.
+   */
+  async adoptReserved(f: Inode, pairs: ReservedPair[], opts: { sync?: boolean } = {}): Promise<AdoptResult> {
+    if (!Array.isArray(pairs)) throw daxError('EINVAL', 'adoptReserved pairs must be an array');
+    const devs = pairs.map((p) => {
+      checkOffset('file block', p.fb, MAX_FILE_SIZE / B - 1);
+      return checkReservedOffset(p.dev);
+    });
+    this.checkOpen();
+    const sync = opts.sync === true;
+    return this.txn.locked(() => {
+      this.reserve.mustBeOut(devs, 'adoptReserved');
+      const eof = Math.ceil(f.size / B);
+      const taken = new Set<number>();
+      const adopted: ReservedPair[] = [];
+      const refused: ReservedPair[] = [];
+      for (const p of pairs) {
+        if (!f.live || p.fb >= eof || taken.has(p.fb) || f.extents.find(p.fb)) refused.push(p);
+        else { adopted.push(p); taken.add(p.fb); }
+      }
+      const fresh = fileRuns(adopted);
+      if (fresh.length > 0) {
+        const defer = this.deferConversion && !sync;
+        // zero before expose holds: the zeros were persisted before the block was handed out
+        const recs: LogRecord[] = fresh.map((r) => ({ t: RecType.Map, id: f.id, fb: r.fb, len: r.len, dev: r.start, state: defer ? STATE_UNWRITTEN : STATE_WRITTEN }));
+        if (defer) this.commitDeferred(f, recs, fresh);
+        else this.txn.commit(recs);
+        if (sync) {
+          this.txn.convert([f]);
+          this.txn.log.persist();
+        }
+      }
+      for (const p of adopted) this.reserve.out.delete(p.dev / B);
+      this.reserve.giveBack(refused.map((p) => p.dev / B));
+      this.reserve.counts.adopted += adopted.length;
+      this.reserve.counts.refused += refused.length;
+      return { adopted, refused };
+    });
+  }
+
   /**
    * Persist the device blocks behind the written blocks of [start, end): stores
    * through mappings are not tracked, so Mapping.flush names its range. Caller holds
@@ -667,9 +760,48 @@ export class PoolCore {
     return { size: f.size, allocated: f.extents.blocks * B, extents };
   }
 
-  statfs(): { size: number; free: number; blockSize: number } {
-    return { size: this.state.alloc.capacity * B, free: (this.state.alloc.free + this.state.alloc.pendingCount) * B, blockSize: B };
+  /**
+   * The stock of the reserve (and its blocks given back) counts as free: an
+   * allocation takes it back when it needs it. `reserved` is every reserved block,
+   * those handed out included.
+   */
+  statfs(): { size: number; free: number; blockSize: number; reserved: number } {
+    const a = this.state.alloc;
+    const r = this.reserve;
+    return { size: a.capacity * B, free: (a.free + a.pendingCount + r.clean.length + r.dirty.length) * B, blockSize: B, reserved: this.state.reserved.size * B };
   }
+}
+
+/** A reserved block (device byte offset) for a file block (number), as adoptReserved takes them. */
+export interface ReservedPair {
+  fb: number;
+  dev: number;
+}
+
+export interface AdoptResult {
+  /** Pairs now the file's blocks. */
+  adopted: ReservedPair[];
+  /** Pairs not adopted (block not a hole, past EOF, named twice, file unlinked): their blocks went back to the reserve. */
+  refused: ReservedPair[];
+}
+
+/** A device byte offset of a 4 KiB block, as a block number (EINVAL otherwise). */
+function checkReservedOffset(dev: unknown): number {
+  const d = checkOffset('reserved device offset', dev, Number.MAX_SAFE_INTEGER);
+  if (d % B !== 0) throw daxError('EINVAL', `reserved device offset ${d} is not 4 KiB aligned`);
+  return d / B;
+}
+
+/** Pairs (file block -> device byte offset) as runs contiguous in both, in file order. */
+function fileRuns(pairs: ReservedPair[]): (Run & { fb: number })[] {
+  const out: (Run & { fb: number })[] = [];
+  for (const p of [...pairs].sort((a, b) => a.fb - b.fb)) {
+    const last = out[out.length - 1];
+    const d = p.dev / B;
+    if (last && last.fb + last.len === p.fb && last.start + last.len === d) last.len++;
+    else out.push({ fb: p.fb, start: d, len: 1 });
+  }
+  return out;
 }
 
 function lastDev(recs: LogRecord[]): number | undefined {

@@ -23,6 +23,8 @@ export interface FsckReport {
     usedBlocks: number;
     freeBlocks: number;
     pendingBlocks: number;
+    /** Blocks of the reserve left by the log (a crash); the next open frees them. */
+    reservedBlocks: number;
     logRecords: number;
     logBytes: number;
     logCapacity: number;
@@ -67,10 +69,11 @@ export function fsckStorage(storage: Storage, progress?: Progress): FsckReport {
   const problems = core.checkState((done, total) => progress?.('blocks', done, total));
   rep.errors.push(...problems);
   const a = core.state.alloc;
-  rep.info.push(`files: ${core.state.files.size}; blocks: ${a.used} used, ${a.free} free, ${a.pendingCount} freed since the checkpoint`);
+  const reserved = core.state.reserved.size;
+  rep.info.push(`files: ${core.state.files.size}; blocks: ${a.used - reserved} used, ${a.free} free, ${a.pendingCount} freed since the checkpoint, ${reserved} reserved (freed at the next open)`);
   rep.summary = {
-    uuid: sb.uuid, blocks: g.totalBlocks, dataBlocks: g.dataEnd - g.dataStart, files: core.state.files.size, usedBlocks: a.used,
-    freeBlocks: a.free, pendingBlocks: a.pendingCount, logRecords: r.records, logBytes: r.tail, logCapacity: g.logBlocks * BLOCK_SIZE,
+    uuid: sb.uuid, blocks: g.totalBlocks, dataBlocks: g.dataEnd - g.dataStart, files: core.state.files.size, usedBlocks: a.used - reserved,
+    freeBlocks: a.free, pendingBlocks: a.pendingCount, reservedBlocks: reserved, logRecords: r.records, logBytes: r.tail, logCapacity: g.logBlocks * BLOCK_SIZE,
     checkpointGeneration: sb.ckptGen,
   };
   rep.clean = rep.errors.length === 0;

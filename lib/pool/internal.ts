@@ -7,9 +7,9 @@
 import type { Storage } from '../device/storage';
 import type { RangeLock } from '../lock/index';
 import { coreOf, inodeOf, type PoolFs, type PoolFsFile } from './pool-fs';
-import type { DeviceExtent, Inode, Invalidator, LookupResult, PoolCore } from './core';
+import type { AdoptResult, DeviceExtent, Inode, Invalidator, LookupResult, PoolCore, ReservedPair, ReserveStats } from './core';
 
-export type { DeviceExtent, Inode, Invalidator, LookupResult, PoolCore };
+export type { AdoptResult, DeviceExtent, Inode, Invalidator, LookupResult, PoolCore, ReservedPair, ReserveStats };
 
 export interface EnsureWrittenOptions {
   /** Return only after the metadata that makes the blocks reachable is durable (MAP_SYNC semantics). */
@@ -49,6 +49,28 @@ export interface PoolInternals {
    * range lock over the range.
    */
   persistWritten(file: Inode, offset: number, length: number): void;
+  /**
+   * Up to n pre-zeroed 4 KiB blocks, logged as reserved: their device byte offsets
+   * (docs/pool.md, "Reserve"). From the background-refilled stock (the caller zeroes
+   * nothing unless the stock ran short); fewer when the pool is short, ENOSPC only
+   * when none is left; EAGAIN when the reserve is at its limit with every block
+   * handed out; EOPNOTSUPP on a 2 MiB-granular device (`reserveStats().enabled`).
+   */
+  takeReserve(n: number): Promise<number[]>;
+  /**
+   * In one log transaction, reserved blocks become file blocks: `fb` is a file block
+   * number, `dev` a device byte offset from takeReserve. Written on tmpfs and devdax
+   * pools; on a disk-file pool recorded unwritten and converted after the data is
+   * flushed (deferred.ts). Pairs whose block is no longer a hole, past the EOF block,
+   * named twice, or of an unlinked file are refused (returned in `refused`; their
+   * blocks go back to the reserve): the caller revokes those pages. `sync`: durable
+   * before it returns. Caller holds the range lock over the blocks.
+   */
+  adoptReserved(file: Inode, pairs: ReservedPair[], opts?: { sync?: boolean }): Promise<AdoptResult>;
+  /** Blocks handed out and not adopted come back (treated as dirty: zeroed again before reuse). */
+  returnReserve(devs: number[]): void;
+  /** Counts of the reserve (blocks). */
+  reserveStats(): ReserveStats;
   /** The core itself (the service reads the pool's superblock from it; tests). */
   readonly core: PoolCore;
 }
@@ -65,5 +87,9 @@ export function poolInternals(pool: PoolFs): PoolInternals {
     ensureWritten: (file, offset, length, opts = {}) => core.ensureWritten(file, offset, length, opts),
     setInvalidator: (fn) => { core.invalidator = fn ?? (async () => {}); },
     persistWritten: (file, offset, length) => core.persistWritten(file, offset, offset + length),
+    takeReserve: (n) => core.takeReserve(n),
+    adoptReserved: (file, pairs, opts = {}) => core.adoptReserved(file, pairs, opts),
+    returnReserve: (devs) => core.returnReserve(devs),
+    reserveStats: () => core.reserve.stats(),
   };
 }

@@ -21,6 +21,10 @@ export enum RecType {
   Unmap = 6,
   SetSize = 7,
   SetAttr = 8,
+  /** Device blocks taken into the reserve of pre-zeroed blocks (docs/pool-format.md, "Reserve"). */
+  Reserve = 9,
+  /** Reserved device blocks released: held back like any freed block. */
+  Unreserve = 10,
 }
 
 export const STATE_UNWRITTEN = 1;
@@ -35,10 +39,11 @@ export type LogRecord =
   | { t: RecType.Map; id: number; fb: number; len: number; dev: number; state: ExtentStateCode }
   | { t: RecType.Unmap; id: number; fb: number; len: number }
   | { t: RecType.SetSize; id: number; size: number; mtimeMs: number }
-  | { t: RecType.SetAttr; id: number; mode: number; uid: number; gid: number; mtimeMs: number };
+  | { t: RecType.SetAttr; id: number; mode: number; uid: number; gid: number; mtimeMs: number }
+  | { t: RecType.Reserve | RecType.Unreserve; dev: number; len: number };
 
 export function recordName(t: number): string {
-  return ['?', 'session', 'create', 'unlink', 'rename', 'map', 'unmap', 'setsize', 'setattr'][t] ?? `type ${t}`;
+  return ['?', 'session', 'create', 'unlink', 'rename', 'map', 'unmap', 'setsize', 'setattr', 'reserve', 'unreserve'][t] ?? `type ${t}`;
 }
 
 function payloadSize(r: LogRecord): number {
@@ -51,6 +56,7 @@ function payloadSize(r: LogRecord): number {
     case RecType.Unmap: return 24;
     case RecType.SetSize: return 24;
     case RecType.SetAttr: return 24;
+    case RecType.Reserve: case RecType.Unreserve: return 16;
   }
 }
 
@@ -106,6 +112,11 @@ function encodePayload(r: LogRecord, b: Buffer, o: number): void {
       b.writeUInt32LE(r.gid, p + 12);
       b.writeDoubleLE(r.mtimeMs, p + 16);
       break;
+    case RecType.Reserve:
+    case RecType.Unreserve:
+      writeU64(b, p, r.dev);
+      writeU64(b, p + 8, r.len);
+      break;
   }
 }
 
@@ -135,6 +146,9 @@ export function decodeRecord(b: Buffer, o: number, type: number, len: number): L
       return len === 24 ? { t: RecType.SetSize, id: b.readUInt32LE(p), size: readU64(b, p + 8), mtimeMs: b.readDoubleLE(p + 16) } : null;
     case RecType.SetAttr:
       return len === 24 ? { t: RecType.SetAttr, id: b.readUInt32LE(p), mode: b.readUInt32LE(p + 4), uid: b.readUInt32LE(p + 8), gid: b.readUInt32LE(p + 12), mtimeMs: b.readDoubleLE(p + 16) } : null;
+    case RecType.Reserve:
+    case RecType.Unreserve:
+      return len === 16 ? { t: type as RecType.Reserve | RecType.Unreserve, dev: readU64(b, p), len: readU64(b, p + 8) } : null;
     default:
       return null;
   }

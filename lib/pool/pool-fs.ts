@@ -45,9 +45,11 @@ export interface PoolFsFileStat {
 export interface PoolFsStatFs {
   /** Bytes in the data area. */
   size: number;
-  /** Bytes not owned by any file. */
+  /** Bytes not owned by any file (the reserve's stock counts as free: allocations take it back). */
   free: number;
   blockSize: number;
+  /** Bytes in the reserve of pre-zeroed blocks, those handed out to mappings included (docs/pool.md, "Reserve"). */
+  reserved?: number;
 }
 
 /** What the pool is and where it stands (`daxmap mkfs` and `daxmap stat` print it). */
@@ -265,6 +267,7 @@ export class PoolFs {
     await withOperation('pool.close', async () => {
       while (this.inflight.size) await Promise.allSettled([...this.inflight]);
       try {
+        await core.reserve.close();
         await core.sync(true);
       } finally {
         core.release();

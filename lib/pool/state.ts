@@ -56,6 +56,12 @@ export class FsState {
   readonly files = new Map<number, Inode>();
   readonly names = new Map<string, Inode>();
   readonly alloc: BlockAllocator;
+  /**
+   * Device blocks in the reserve of pre-zeroed blocks (docs/pool.md, "Reserve"):
+   * marked used in the allocator, owned by no file, never exposed; a `map` of one
+   * adopts it into the file, `unreserve` frees it.
+   */
+  readonly reserved = new Set<number>();
   nextFileId = 1;
 
   constructor(readonly geometry: Geometry) {
@@ -119,7 +125,7 @@ export class FsState {
         if (!this.alloc.inData(r.dev, r.len)) corrupt(`map to device blocks [${r.dev}, +${r.len}) outside the data area [${this.geometry.dataStart}, ${this.geometry.dataEnd})`);
         const removed = f.extents.set(r.fb, r.len, r.dev, r.state);
         if (removed.length === 0) {
-          if (replay) this.claim(f, r.dev, r.len);
+          this.takeNew(f, r.dev, r.len, replay);
           return;
         }
         // blocks that stay (a state change) vs blocks that left the file
@@ -128,14 +134,12 @@ export class FsState {
           if (p.dev - p.fb === r.dev - r.fb) kept.push({ start: p.dev, len: p.len });
           else this.alloc.freeLater(p.dev, p.len);
         }
-        if (replay) {
-          let d = r.dev;
-          for (const k of kept) {
-            if (k.start > d) this.claim(f, d, k.start - d);
-            d = k.start + k.len;
-          }
-          if (d < r.dev + r.len) this.claim(f, d, r.dev + r.len - d);
+        let d = r.dev;
+        for (const k of kept) {
+          if (k.start > d) this.takeNew(f, d, k.start - d, replay);
+          d = k.start + k.len;
         }
+        if (d < r.dev + r.len) this.takeNew(f, d, r.dev + r.len - d, replay);
         return;
       }
       case RecType.Unmap: {
@@ -159,19 +163,66 @@ export class FsState {
         f.mtimeMs = r.mtimeMs;
         return;
       }
+      case RecType.Reserve: {
+        this.checkReserveRun(r.dev, r.len, 'reserve');
+        for (let d = r.dev; d < r.dev + r.len; d++) if (this.reserved.has(d)) corrupt(`reserve of device block ${d}, which is reserved already`);
+        if (replay) {
+          const clash = this.alloc.markUsed(r.dev, r.len);
+          if (clash >= 0) corrupt(`reserve of device block ${clash}, which is already owned by ${this.ownerOf(clash, null)}`);
+        }
+        for (let d = r.dev; d < r.dev + r.len; d++) this.reserved.add(d);
+        return;
+      }
+      case RecType.Unreserve: {
+        this.checkReserveRun(r.dev, r.len, 'unreserve');
+        for (let d = r.dev; d < r.dev + r.len; d++) if (!this.reserved.has(d)) corrupt(`unreserve of device block ${d}, which is not reserved`);
+        for (let d = r.dev; d < r.dev + r.len; d++) this.reserved.delete(d);
+        // held back until the next checkpoint, like every block freed in an epoch
+        this.alloc.freeLater(r.dev, r.len);
+        return;
+      }
     }
+  }
+
+  private checkReserveRun(dev: number, len: number, what: string): void {
+    if (!this.alloc.inData(dev, len)) corrupt(`${what} of device blocks [${dev}, +${len}) outside the data area [${this.geometry.dataStart}, ${this.geometry.dataEnd})`);
+  }
+
+  /**
+   * Device blocks [dev, dev+len) newly mapped by file f. Reserved ones leave the
+   * reserve (an adoption: they are already marked used); in replay the others are
+   * claimed from the free blocks. At run time the caller has taken them already.
+   */
+  private takeNew(f: Inode, dev: number, len: number, replay: boolean): void {
+    if (this.reserved.size === 0) {
+      if (replay) this.claim(f, dev, len);
+      return;
+    }
+    let from = dev;
+    for (let d = dev; d <= dev + len; d++) {
+      if (d < dev + len && !this.reserved.has(d)) continue;
+      if (d > from && replay) this.claim(f, from, d - from);
+      if (d < dev + len) this.reserved.delete(d);
+      from = d + 1;
+    }
+  }
+
+  /** The reserved device blocks as sorted runs. */
+  reservedRuns(): Run[] {
+    return toRuns([...this.reserved]);
+  }
+
+  private ownerOf(dev: number, not: Inode | null): string {
+    for (const o of this.files.values()) {
+      if (o === not) continue;
+      for (const e of o.extents.all()) if (e.dev <= dev && dev < e.dev + e.len) return `file ${o.id} ('${o.name}')`;
+    }
+    return 'a block freed earlier in this log epoch';
   }
 
   private claim(f: Inode, dev: number, len: number): void {
     const clash = this.alloc.markUsed(dev, len);
-    if (clash >= 0) {
-      let owner = 'a block freed earlier in this log epoch';
-      for (const o of this.files.values()) {
-        if (o === f) continue;
-        for (const e of o.extents.all()) if (e.dev <= clash && clash < e.dev + e.len) owner = `file ${o.id} ('${o.name}')`;
-      }
-      corrupt(`device block ${clash} mapped by file ${f.id} ('${f.name}') is already owned by ${owner}`);
-    }
+    if (clash >= 0) corrupt(`device block ${clash} mapped by file ${f.id} ('${f.name}') is already owned by ${this.ownerOf(clash, f)}`);
   }
 
   private drop(f: Inode): void {
@@ -182,6 +233,18 @@ export class FsState {
     f.size = 0;
     f.dirty = [];
   }
+}
+
+/** Device block numbers as sorted runs of consecutive blocks. */
+export function toRuns(blocks: number[]): Run[] {
+  blocks.sort((a, b) => a - b);
+  const out: Run[] = [];
+  for (const d of blocks) {
+    const last = out[out.length - 1];
+    if (last && last.start + last.len === d) last.len++;
+    else out.push({ start: d, len: 1 });
+  }
+  return out;
 }
 
 // ---- queries on one file's extent map ----

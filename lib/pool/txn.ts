@@ -16,7 +16,7 @@ import { logger } from '../log';
 import { BLOCK_SIZE, GROUP_BLOCKS, writeCheckpoint, writeSuperblocks, type Superblock } from './format';
 import { persistRuns } from './blocks';
 import { ConversionQueue, type Conversions } from './deferred';
-import type { LogRecord, MetaLog } from './log';
+import { RecType, type LogRecord, type MetaLog } from './log';
 import type { FsState, Inode } from './state';
 
 const B = BLOCK_SIZE;
@@ -40,6 +40,11 @@ export class Journal {
   checkpoints = 0;
   /** Blocks written in memory, unwritten on the medium (deferred.ts). */
   readonly unconverted = new ConversionQueue();
+  /**
+   * Give the reserve's unused blocks back (unreserve records; they are then pending)
+   * when an allocation would otherwise fail (reserve.ts). Caller holds alloc + log.
+   */
+  reclaim: () => void = () => {};
 
   constructor(
     private readonly storage: Storage,
@@ -103,6 +108,7 @@ export class Journal {
   ensureSpace(n: number): void {
     const alloc = this.state.alloc;
     if (n <= alloc.free) return;
+    if (n > alloc.free + alloc.pendingCount) this.reclaim();
     if (n <= alloc.free + alloc.pendingCount) this.checkpoint();
     if (n > alloc.free) {
       throw daxError('ENOSPC', `pool '${this.storage.path}' has ${alloc.free * B} bytes free, ${n * B} needed`);
@@ -169,6 +175,13 @@ export class Journal {
     this.sb = { ...this.sb, ckptGen: gen, ckptCrc: crc };
     writeSuperblocks(this.storage, this.sb);
     this.log.reset(seed);
+    // the checkpoint lists reserved blocks as free: the new epoch starts by reserving
+    // them again, so the reserve survives in the log (docs/pool-format.md, "Reserve")
+    const reserve: LogRecord[] = st.reservedRuns().map((r) => ({ t: RecType.Reserve, dev: r.start, len: r.len }));
+    if (reserve.length > 0) {
+      if (!this.log.fits(reserve)) throw daxError('EIO', `pool '${this.storage.path}': the reserve (${reserve.length} runs) does not fit the log`);
+      this.log.append(reserve);
+    }
     const released = st.alloc.pendingCount;
     st.alloc.releasePending();
     for (const f of st.files.values()) f.mtimeDirty = false;

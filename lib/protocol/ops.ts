@@ -12,6 +12,7 @@ import type { Hello, MapOptions } from './messages';
 import type { PoolFsFileStat as FileStat, PoolFsStatFs as StatFs } from '../pool/index';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import { DECIDE_MODES, type DecideMode } from '../fault/decide';
+import { RESERVE_MODES, type ReserveMode } from '../fault/reserve';
 
 /** Largest file.read through a socket: its reply must fit one control frame (./control.ts MAX_PAYLOAD). */
 export const REMOTE_MAX_READ = 32 << 20;
@@ -113,18 +114,26 @@ export const OPS = {
   testFailPersist: spec({ access: 'test', args: (a): [{ code: string }] => [{ code: (field(a[0], 'code') ?? 'EIO') as string }] }),
   /** What the service holds for this connection. */
   testState: spec({ access: 'test', args: (): [] => [] }),
-  /** windowBudget: this client's window budget; decided: how the pool decides written extents at map() (docs/fault-policy.md). */
+  /**
+   * windowBudget: this client's window budget; decided: how the pool decides written extents at map();
+   * reserve: whether sparse hole writes are answered natively from reserves (docs/fault-policy.md).
+   */
   configure: spec({
     access: 'root',
-    args: (a): [{ windowBudget?: number; decided?: DecideMode }] => {
+    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode }] => {
       const w = field(a[0], 'windowBudget');
       const d = field(a[0], 'decided');
+      const r = field(a[0], 'reserve');
       if (d !== undefined && !DECIDE_MODES.includes(d as DecideMode)) {
         throw daxError('EINVAL', `decided must be one of ${DECIDE_MODES.join(', ')}, got ${show(d)}`);
+      }
+      if (r !== undefined && !RESERVE_MODES.includes(r as ReserveMode)) {
+        throw daxError('EINVAL', `reserve must be one of ${RESERVE_MODES.join(', ')}, got ${show(r)}`);
       }
       return [{
         ...(w === undefined ? {} : { windowBudget: int('windowBudget', w, 1, 2 ** 31) }),
         ...(d === undefined ? {} : { decided: d as DecideMode }),
+        ...(r === undefined ? {} : { reserve: r as ReserveMode }),
       }];
     },
   }),

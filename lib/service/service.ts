@@ -9,7 +9,7 @@ import { isDaxError, daxError } from '../errors';
 import { errorInfo } from '../protocol/errors';
 import { FaultChannel } from '../native/channel';
 import { execute } from '../native/engine';
-import { AnswerBatch, type AnswerSpec, type FaultEvent } from '../native/frames';
+import { AnswerBatch, Op, type AnswerSpec, type FaultEvent } from '../native/frames';
 import { logger } from '../log';
 import { lockdep } from '../lock/index';
 import { PoolFs as LocalPool, PoolFsFile as LocalFile } from '../pool/index';
@@ -28,13 +28,25 @@ class LocalClient implements Client {
   readonly id = 'local';
   readonly budget = new WindowBudget();
   private readonly batch = new AnswerBatch();
+  /** Hands every event and note queued so far to the policy (the service's fault channel). */
+  drain: (() => void) | null = null;
   constructor(readonly deviceId: number) {}
   run(answers: AnswerSpec[]): number[] {
     this.batch.reset();
     for (const a of answers) this.batch.add(a);
-    return Array.from(execute(this.batch));
+    const results = Array.from(execute(this.batch));
+    // After a ClearReserve every note of that reserve is queued on the channel:
+    // delivered now, so that the policy has them all when these results return
+    // (as a daemon client sends them ahead of its RESULTS: docs/wire.md).
+    if (answers.some((a) => a.op === Op.ClearReserve)) this.drain?.();
+    return results;
   }
 }
+
+/** Operations that neither read nor change files: they need no reserve taken back first. */
+const NO_RESERVE_RECLAIM: ReadonlySet<string> = new Set([
+  'hello', 'attach', 'list', 'statfs', 'stats', 'statsByFile', 'lockdep', 'testInject', 'testState', 'configure', 'map', 'unmap',
+]);
 
 /** Who is on the other end of a connection (daemon mode). */
 export interface Peer {
@@ -102,6 +114,8 @@ export class Service {
         onError: (err) => log.error({ err }, 'fault handler failed; its unanswered faults got SIGBUS'),
       })
       : null;
+    const ch = this.channel;
+    if (ch) this.local.drain = () => ch.drainNow();
   }
 
   /** Starts a service on a pool. `inProcessFaults`: this process's threads map (embedded mode). */
@@ -162,10 +176,12 @@ export class Service {
     if (conn.closed) return;
     conn.closed = true;
     this.conns.delete(conn);
-    for (const region of conn.regions.keys()) this.policy.unmap(conn.client, region);
+    // The mappings' reserves are taken back before their files are closed.
+    const unmapped = Promise.all([...conn.regions.keys()].map((region) => this.policy.unmap(conn.client, region).catch(() => {})));
     conn.regions.clear();
-    for (const f of conn.files.values()) void f.close().catch(() => {});
+    const files = [...conn.files.values()];
     conn.files.clear();
+    void unmapped.then(() => Promise.all(files.map((f) => f.close().catch(() => {}))));
   }
 
   get connections(): number {
@@ -242,6 +258,9 @@ export class Service {
       if (spec.access === 'test' && process.env.DAXMAP_TEST_HOOKS !== '1') throw daxError('EPERM', 'test hooks are disabled');
     }
     const args = spec.args(a, { remote: conn.peer !== null });
+    // Reserves are taken back (their notes adopted) before anything reads or changes
+    // files: no operation may see a block the policy has not recorded (docs/fault-policy.md, "Reserves").
+    if (this.policy.reservesLive && !NO_RESERVE_RECLAIM.has(spec.name)) await this.policy.reclaimReserves();
     // The one place the op's name and its checked arguments are matched up: OPS[op] made `args`.
     return (this.handlers[spec.name] as (conn: Conn, ...args: unknown[]) => Promise<Reply> | Reply)(conn, ...args);
   }
@@ -322,6 +341,7 @@ export class Service {
     configure: (conn, o) => {
       if (o.windowBudget !== undefined) conn.client.budget.limit = o.windowBudget;
       if (o.decided !== undefined) this.policy.decideMode = o.decided;
+      if (o.reserve !== undefined) this.policy.reserveMode = o.reserve;
       return done();
     },
     stat: async (conn, h) => done(await this.file(conn, h, R_OK, 'stat').stat()),
@@ -352,10 +372,10 @@ export class Service {
       return done();
     },
     map: async (conn, h, region, fileOffset, length, o) => done(await this.map(conn, h, region, fileOffset, length, o)),
-    unmap: (conn, region) => {
+    unmap: async (conn, region) => {
       if (region !== null) {
         conn.regions.delete(region);
-        this.policy.unmap(conn.client, region);
+        await this.policy.unmap(conn.client, region);
       }
       return done();
     },
@@ -402,7 +422,7 @@ export class Service {
     } catch (err) {
       if (!isDaxError(err, 'EEXIST')) {
         conn.regions.delete(region);
-        this.policy.unmap(conn.client, region);
+        await this.policy.unmap(conn.client, region).catch(() => {});
       }
       throw err;
     }

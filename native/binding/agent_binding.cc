@@ -190,6 +190,7 @@ Napi::Value AgentStatsJs(const Napi::CallbackInfo& info) {
   set("batches", s.batches);
   set("merged", s.merged);
   set("direct", s.direct);
+  set("reserved", s.reserved);
   set("delivered", s.delivered);
   set("poisoned", s.poisoned);
   set("timeouts", s.timeouts);

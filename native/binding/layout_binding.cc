@@ -86,6 +86,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kEvWrite", kEvWrite);
   set("kEvWp", kEvWp);
   set("kEvKernel", kEvKernel);
+  set("kEvNote", kEvNote);
   set("kOpInstall", kOpInstall);
   set("kOpZero", kOpZero);
   set("kOpCopy", kOpCopy);
@@ -95,6 +96,8 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kOpUnprotect", kOpUnprotect);
   set("kOpSetDirect", kOpSetDirect);
   set("kOpClearDirect", kOpClearDirect);
+  set("kOpSetReserve", kOpSetReserve);
+  set("kOpClearReserve", kOpClearReserve);
   set("kAnsWritable", kAnsWritable);
   set("kAnsPrivate", kAnsPrivate);
   set("kAnsPopulate", kAnsPopulate);

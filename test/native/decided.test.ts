@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
 import { agentStats, configureAgent, execute } from '../../dist/native/engine';
 import { AnswerBatch, Op, A_WRITABLE, A_POPULATE, A_PRIVATE, A_WP, type AnswerSpec } from '../../dist/native/frames';
-import { Handler, runChild, tempDevice, type Rule } from './helpers';
+import { Handler, kernelTouch, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
 const HUGE = 2 << 20;
@@ -15,28 +15,6 @@ function run(answers: AnswerSpec[]): number[] {
   const b = new AnswerBatch();
   for (const a of answers) b.add(a);
   return Array.from(execute(b));
-}
-
-/**
- * A kernel-mode touch of one page through a system call: a read fault (write(2) from
- * the page) or a write fault (read(2) into it). A fault nobody answers ends in EFAULT
- * after the agent's timeout instead of a hung or killed test process.
- */
-function kernelTouch(buf: Buffer, off: number, write: boolean, scratch: string): string {
-  const fd = fs.openSync(scratch, 'w+');
-  try {
-    if (write) {
-      fs.writeSync(fd, Buffer.alloc(PAGE, 0x3c), 0, PAGE, 0);
-      fs.readSync(fd, buf, off, PAGE, 0);
-    } else {
-      fs.writeSync(fd, buf, off, PAGE, 0);
-    }
-    return 'ok';
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /**

@@ -24,6 +24,8 @@ export interface Rule {
 export interface Report {
   log: [number, number, number, number, number, number][];
   answersPerPage: [string, number][];
+  /** [region, offset, devOffset] of each reserve note, in order */
+  notes: [number, number, number][];
 }
 
 export class Handler {
@@ -146,4 +148,26 @@ export function runChild(script: string, args: string[] = [], opts: { env?: Node
       resolve({ code, signal, stdout, stderr });
     });
   });
+}
+
+/**
+ * A kernel-mode touch of one page through a system call: a read fault (write(2) from
+ * the page) or a write fault (read(2) into it). A fault nobody answers ends in EFAULT
+ * after the agent's timeout instead of a hung or killed test process.
+ */
+export function kernelTouch(buf: Buffer, off: number, write: boolean, scratch: string): string {
+  const fd = fs.openSync(scratch, 'w+');
+  try {
+    if (write) {
+      fs.writeSync(fd, Buffer.alloc(4096, 0x3c), 0, 4096, 0);
+      fs.readSync(fd, buf, off, 4096, 0);
+    } else {
+      fs.writeSync(fd, buf, off, 4096, 0);
+    }
+    return 'ok';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? String(err);
+  } finally {
+    fs.closeSync(fd);
+  }
 }

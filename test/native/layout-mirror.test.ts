@@ -51,6 +51,7 @@ const MIRROR: Record<string, string | null> = {
   kFrameVersion: null, // never read by either side: the wire's version is kVersion
   kEvWrite: 'frames.EV_WRITE',
   kEvWp: 'frames.EV_WP',
+  kEvNote: 'frames.EV_NOTE',
   kEvKernel: null, // reserved in C++ ("the kernel does not say"); never set, never read
   kOpInstall: 'frames.Op.Install',
   kOpZero: 'frames.Op.Zero',
@@ -61,6 +62,8 @@ const MIRROR: Record<string, string | null> = {
   kOpUnprotect: 'frames.Op.Unprotect',
   kOpSetDirect: 'frames.Op.SetDirect',
   kOpClearDirect: 'frames.Op.ClearDirect',
+  kOpSetReserve: 'frames.Op.SetReserve',
+  kOpClearReserve: 'frames.Op.ClearReserve',
   kAnsWritable: 'frames.A_WRITABLE',
   kAnsPrivate: 'frames.A_PRIVATE',
   kAnsPopulate: 'frames.A_POPULATE',

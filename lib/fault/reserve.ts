@@ -1,0 +1,364 @@
+// Reserves (docs/fault-policy.md, "Reserves"): a shared mapping taking sparse 4 KiB
+// write faults on holes is granted zeroed blocks ahead, and the client's agent
+// answers such faults alone (docs/native.md, "Reserves"), sending a note for each.
+// The policy stays the authority: it says where (the file's holes), gives the blocks,
+// and records each conversion from the notes, in batches. Before anything else
+// touches the file's extents or page states the reserve is taken back: cleared in
+// the agent (after which no native allocation happens and every note is on its way),
+// every note processed, the unused blocks given back.
+//
+// Locks: the file's range lock, then the reserve's gate (one per file). A grant
+// holds the range lock exclusive over the whole file, so no fault of the file is
+// being resolved meanwhile; every other reserve step holds it shared (or is called
+// by an operation that holds it exclusive: the pool's invalidator). A fault checks
+// for a live reserve with its chunk's range lock held, and takes the reserve back
+// before it resolves (policy.ts): so a fault is never resolved while a reserve of its
+// file is live, and the ranges granted stay holes until the reserve is taken back.
+import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
+import { monotonicNow } from '../native/engine';
+import { EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, type AnswerSpec, type FaultEvent } from '../native/frames';
+import { isDaxError } from '../errors';
+import type { Inode, PoolInternals } from '../pool/internal';
+import { ENXIO, type Client, type FaultContext, type Mapping } from './context';
+import type { Revoker } from './revoke';
+import { PAGE, PageState } from './states';
+
+export const RESERVE_MODES = ['on', 'off'] as const;
+export type ReserveMode = (typeof RESERVE_MODES)[number];
+
+/** DAXMAP_RESERVE=off|on; on by default. */
+export function defaultReserveMode(): ReserveMode {
+  return process.env.DAXMAP_RESERVE === 'off' ? 'off' : 'on';
+}
+
+/** Blocks granted at a time (each native install can be one VMA: counted against the window budget). */
+export const RESERVE_BLOCKS = 256;
+/** A grant smaller than this is not worth its round trips. */
+const MIN_GRANT = 16;
+/** Notes are adopted this long after the first of a batch arrived (or at the take-back). */
+const BATCH_MS = 5;
+/** At most this many hole ranges per grant (one answer frame each). */
+const MAX_RANGES = 4096;
+
+interface Live {
+  readonly m: Mapping;
+  readonly client: Client;
+  readonly key: string;
+  /** device offsets given and not yet noted */
+  readonly given: Set<number>;
+  /** notes received and not yet adopted: [region offset, device offset] */
+  notes: [number, number][];
+  /** region offsets of every page noted */
+  readonly noted: Set<number>;
+  /** a batch adoption is scheduled */
+  scheduled: boolean;
+  /** CLOCK_MONOTONIC (ns) just before the set reserve answers were sent */
+  readonly since: bigint;
+  /** the ranges granted (region offsets, sorted) */
+  readonly ranges: [number, number][];
+}
+
+export class Reserves {
+  mode: ReserveMode = defaultReserveMode();
+  /** Test seam: called after the notes of a batch are received, before they are adopted. */
+  beforeAdopt: (() => void | Promise<void>) | null = null;
+  private readonly byInode = new Map<number, Live>();
+  /** `${client.id}:${region}` → the live reserve (kept until its last note is in). */
+  private readonly byRegion = new Map<string, Live>();
+  private readonly gates = new Map<number, Promise<void>>();
+
+  constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
+
+  private get pool(): PoolInternals {
+    return this.ctx.pool;
+  }
+
+  /** A reserve of this file is live (granted, not yet taken back). */
+  live(ino: Inode): boolean {
+    return this.byInode.has(ino.id);
+  }
+
+  get count(): number {
+    return this.byInode.size;
+  }
+
+  /**
+   * A write fault that the agent read before the reserve of its file was set, on a
+   * page the reserve covers: the policy need not take the reserve back for it, only
+   * wake the thread, whose retried store the agent then answers from the reserve. A
+   * fault read after the set (the reserve ran out, was busy, the install failed) is
+   * never retried this way, so this cannot loop.
+   */
+  retryable(m: Mapping, ev: FaultEvent): boolean {
+    const r = this.byInode.get(m.inode.id);
+    if (!r || r.m !== m || (ev.flags & EV_WRITE) === 0 || (ev.flags & EV_WP) !== 0 || ev.timeNs >= r.since || r.given.size === 0) return false;
+    const off = ev.offset;
+    let lo = 0;
+    let hi = r.ranges.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (r.ranges[mid]![1] <= off) lo = mid + 1;
+      else hi = mid;
+    }
+    const hit = r.ranges[lo];
+    return hit !== undefined && hit[0] <= off && !r.noted.has(off);
+  }
+
+  /** Runs fn alone among the reserve steps of this file. */
+  private async gate<T>(ino: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.gates.get(ino) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((res) => (release = res));
+    const tail = prev.then(() => mine);
+    this.gates.set(ino, tail);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.gates.get(ino) === tail) this.gates.delete(ino);
+    }
+  }
+
+  /**
+   * Notes and faults arrive together: take the notes out (each is queued on its
+   * reserve, synchronously, so that a ClearReserve's result finds them all in) and
+   * return the faults.
+   */
+  takeNotes(client: Client, events: FaultEvent[]): FaultEvent[] {
+    if (!events.some((e) => (e.flags & EV_NOTE) !== 0)) return events;
+    const faults: FaultEvent[] = [];
+    for (const ev of events) {
+      if ((ev.flags & EV_NOTE) === 0) {
+        faults.push(ev);
+        continue;
+      }
+      const r = this.byRegion.get(`${client.id}:${ev.region}`);
+      if (!r) {
+        this.ctx.log.error({ region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
+        continue;
+      }
+      // Only a block this reserve gave, once: a daemon client's notes are not trusted
+      // (a block it names that it was not given could be another file's).
+      const dev = noteDevOffset(ev);
+      if (!r.given.delete(dev)) {
+        this.ctx.log.error({ region: ev.region, offset: ev.offset, dev }, 'a reserve note names a block the reserve did not give: ignored');
+        continue;
+      }
+      r.notes.push([ev.offset, dev]);
+      r.noted.add(ev.offset);
+      this.ctx.bump(r.m, 'reserved');
+      // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
+      // adopt; for the test of a process killed between native stores and adoption.
+      if (!r.scheduled && process.env.DAXMAP_TEST_RESERVE_HOLD !== '1') {
+        r.scheduled = true;
+        // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
+        setTimeout(() => void this.batch(r), BATCH_MS).unref();
+      }
+    }
+    return faults;
+  }
+
+  /** Adopt the notes received so far (the reserve stays live). */
+  private async batch(r: Live): Promise<void> {
+    r.scheduled = false;
+    if (this.byInode.get(r.m.inode.id) !== r || r.notes.length === 0) return;
+    const ino = r.m.inode;
+    await withOperation('reserve', async () => {
+      const range = await ino.rangeLock.acquireShared(0, RANGE_END);
+      try {
+        await this.gate(ino.id, () => (this.byInode.get(ino.id) === r ? this.adopt(r) : Promise.resolve()));
+      } finally {
+        range.release();
+      }
+    }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'adopting reserve notes failed'));
+  }
+
+  /** Record the notes received so far: the blocks become the file's, the pages Installed. Gate held. */
+  private async adopt(r: Live): Promise<void> {
+    if (r.notes.length === 0) return;
+    const notes = r.notes;
+    r.notes = [];
+    await this.beforeAdopt?.();
+    const m = r.m;
+    const ino = m.inode;
+    // What the pool would refuse (the file gone, past its EOF, no longer a hole) has a
+    // block nobody will own mapped at that page: the page is taken back *before* the
+    // block goes back (to be zeroed again and handed out), so no store can reach it then.
+    const eof = Math.ceil(ino.size / PAGE) * PAGE;
+    const good: [number, number][] = [];
+    const bad: [number, number][] = [];
+    for (const n of notes) {
+      const fileOff = m.fileOffset + n[0];
+      (ino.live && fileOff < eof && this.pool.lookup(ino, fileOff).state === 'hole' ? good : bad).push(n);
+    }
+    if (bad.length > 0) {
+      this.ctx.log.warn({ file: ino.name, pages: bad.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
+      await this.revokePages(m, bad);
+      this.pool.returnReserve(bad.map(([, dev]) => dev));
+    }
+    if (good.length === 0) return;
+    const { adopted, refused } = await this.pool.adoptReserved(ino, good.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev })));
+    if (!m.dead) {
+      for (const p of adopted) {
+        const off = p.fb * PAGE - m.fileOffset;
+        m.states.set(off / PAGE, off / PAGE + 1, PageState.Installed);
+        m.client.budget.add({ mapping: m.key, offset: off, length: PAGE });
+      }
+    }
+    if (refused.length > 0) {
+      // Not expected (checked above under the same locks); the pool has taken them back.
+      this.ctx.log.error({ file: ino.name, refused: refused.length }, 'reserve blocks refused by the pool; their pages are taken back');
+      await this.revokePages(m, refused.map((p) => [p.fb * PAGE - m.fileOffset, p.dev]));
+    }
+  }
+
+  private async revokePages(m: Mapping, pages: [number, number][]): Promise<void> {
+    if (m.dead) return; // its region is closed: nothing is mapped any more
+    for (const [off] of pages) await this.revoker.revokeRange(m, off, PAGE);
+  }
+
+  /**
+   * Take the file's reserve back: clear it in the agent (once that has run no block
+   * is installed from it and every note is in), adopt every note, give the unused
+   * blocks back. `locked`: the caller holds the file's range lock exclusive (the
+   * pool's invalidator); else it is taken shared over the whole file.
+   */
+  async reclaim(ino: Inode, locked = false): Promise<void> {
+    if (!this.byInode.has(ino.id)) return;
+    const run = (): Promise<void> => this.gate(ino.id, async () => {
+      const r = this.byInode.get(ino.id);
+      if (r) await this.takeBack(r);
+    });
+    if (locked) return run();
+    return withOperation('reserve', async () => {
+      const range = await ino.rangeLock.acquireShared(0, RANGE_END);
+      try {
+        await run();
+      } finally {
+        range.release();
+      }
+    });
+  }
+
+  /** Take back every live reserve (of one client, or all). */
+  async reclaimAll(client?: Client): Promise<void> {
+    const inos = [...this.byInode.values()].filter((r) => client === undefined || r.client === client).map((r) => r.m.inode);
+    for (const ino of inos) await this.reclaim(ino);
+  }
+
+  /**
+   * After a 4 KiB write fault on a hole of `m` (the adaptive rule's sparse case):
+   * grant a reserve over the file's holes, if `m` may have one. Never with locks held.
+   */
+  async grant(m: Mapping): Promise<void> {
+    if (!this.eligible(m)) return;
+    const ino = m.inode;
+    await withOperation('reserve', async () => {
+      const range: LockHandle = await ino.rangeLock.acquireExclusive(0, RANGE_END);
+      try {
+        await this.gate(ino.id, () => this.grantLocked(m));
+      } finally {
+        range.release();
+      }
+    });
+  }
+
+  private eligible(m: Mapping): boolean {
+    return this.mode === 'on' && this.pool.reserveStats().enabled && !m.dead && !m.private && !m.sync && m.writable &&
+      (this.ctx.pool.storage.align ?? PAGE) <= PAGE && m.inode.live && !this.byInode.has(m.inode.id) &&
+      this.ctx.mappingsOf(m.inode).length === 1;
+  }
+
+  private async grantLocked(m: Mapping): Promise<void> {
+    // Checked again with the file's range lock held exclusive: the only mapping of
+    // the file (two could each allocate the same file block), none live.
+    if (!this.eligible(m)) return;
+    const budget = m.client.budget;
+    const n = Math.min(RESERVE_BLOCKS, budget.limit - budget.count);
+    if (n < MIN_GRANT) return;
+    const ranges = this.holes(m);
+    if (ranges.length === 0) return;
+    let devs: number[];
+    try {
+      devs = await this.pool.takeReserve(n);
+    } catch (err) {
+      if (isDaxError(err, 'ENOSPC') || isDaxError(err, 'EOPNOTSUPP')) return; // the faults allocate as before
+      throw err;
+    }
+    if (devs.length === 0) return;
+    if (!this.eligible(m)) {
+      this.pool.returnReserve(devs);
+      return;
+    }
+    const specs: AnswerSpec[] = ranges.map(([lo, hi], i) => ({
+      op: Op.SetReserve, region: m.region, offset: lo, length: hi - lo, device: m.client.deviceId,
+      ...(i === 0 ? { payload: reservePayload(devs) } : {}),
+    }));
+    const key = `${m.client.id}:${m.region}`;
+    const r: Live = {
+      m, client: m.client, key, given: new Set(devs), notes: [], noted: new Set(), scheduled: false, since: monotonicNow(), ranges,
+    };
+    // Registered before the answers run: a note may come as soon as the first has.
+    this.byInode.set(m.inode.id, r);
+    this.byRegion.set(key, r);
+    const results = await this.ctx.answer(m.client, specs);
+    if (results.some((x) => x !== 0)) {
+      if (results[0] !== ENXIO) this.ctx.log.warn({ file: m.inode.name, results: results.filter((x) => x !== 0).slice(0, 4) }, 'reserve not set');
+      // Whatever part was set is cleared again, its notes adopted, the rest given back.
+      await this.takeBack(r);
+      return;
+    }
+  }
+
+  /**
+   * Clear the reserve in the agent (once that has run every note is in: docs/native.md,
+   * "Reserves"), adopt every note, give the unused blocks back. Gate held.
+   */
+  private async takeBack(r: Live): Promise<void> {
+    const [unused] = await this.ctx.answer(r.client, [{ op: Op.ClearReserve, region: r.m.region, offset: 0, length: PAGE }]);
+    this.byInode.delete(r.m.inode.id);
+    this.byRegion.delete(r.key);
+    await this.adopt(r);
+    const rest = [...r.given];
+    // A client that is gone may have stored into blocks whose notes never came: the
+    // pool zeroes every block given back before handing it out again.
+    if (unused !== undefined && unused >= 0 && unused !== rest.length) {
+      this.ctx.log.error({ file: r.m.inode.name, unused, unnoted: rest.length }, 'reserve: the agent and the notes disagree on the blocks left');
+    }
+    if (rest.length > 0) this.pool.returnReserve(rest);
+  }
+
+  /**
+   * Where the agent may allocate: the mapping's pages wholly inside EOF that are holes
+   * of the file, and those installed in the mapping (they take no missing fault, and
+   * counting them in keeps the ranges few: a hole list alone grows by one range per
+   * page written at random, and a grant over 16,384 random pages sent thousands).
+   * Never a page with a block that is not installed: a store there must reach its
+   * block. Region ranges, sorted, merged.
+   */
+  private holes(m: Mapping): [number, number][] {
+    const ino = m.inode;
+    const out: [number, number][] = [];
+    const add = (lo: number, hi: number): void => {
+      const last = out[out.length - 1];
+      if (last && last[1] === lo) last[1] = hi;
+      else out.push([lo, hi]);
+    };
+    const start = m.fileOffset;
+    const end = Math.min(m.fileOffset + m.length, Math.floor(ino.size / PAGE) * PAGE);
+    for (let off = start; off < end && out.length < MAX_RANGES;) {
+      const x = this.ctx.pool.lookup(ino, off);
+      const xEnd = Math.min(end, x.offset + x.length);
+      const lo = Math.ceil((off - m.fileOffset) / PAGE);
+      const hi = Math.floor((xEnd - m.fileOffset) / PAGE);
+      if (x.state === 'hole') {
+        if (hi > lo) add(lo * PAGE, hi * PAGE);
+      } else {
+        for (const [a, b] of m.states.runs(lo, hi, PageState.Installed)) add(a * PAGE, b * PAGE);
+      }
+      off = xEnd;
+    }
+    return out;
+  }
+}

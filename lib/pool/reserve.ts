@@ -1,0 +1,255 @@
+// The pool's reserve of pre-zeroed 4 KiB data blocks (docs/pool.md, "Reserve";
+// docs/pool-format.md, "Reserve"). A write fault on a hole of a shared mapping can
+// then be answered from blocks handed out ahead of it, without zeroing on the fault
+// path; the fault policy adopts them into files later, in batches (core.ts,
+// adoptReserved).
+//
+// Every block of the reserve is recorded in the log as reserved (a `reserve`
+// record) before it is zeroed, and is owned by no file: no replay of any prefix of
+// the log exposes it, and the open after a crash frees whatever is still reserved.
+// A block is in exactly one of these states while reserved:
+//   zeroing  taken by a refill, being zeroed (and the zeros persisted)
+//   clean    in the stock: zeroed, zeros durable, ready to hand out
+//   out      handed out by take(): a mapping may have stored into it
+//   dirty    given back by returnBlocks() (or refused by an adoption): stores may be
+//            in it, so it is zeroed again before it is handed out again
+// The stock is refilled in the background (setImmediate steps, one transaction per
+// batch) when it falls below `lowWater`, up to `target`.
+
+import { daxError } from '../errors';
+import type { Storage } from '../device/storage';
+import { withOperation } from '../lock/index';
+import { logger } from '../log';
+import { persistRuns } from './blocks';
+import { BLOCK_SIZE } from './format';
+import { fillBytes } from './io';
+import { RecType, type LogRecord } from './log';
+import { toRuns, type FsState } from './state';
+import type { Journal } from './txn';
+
+const B = BLOCK_SIZE;
+const log = logger('pool');
+
+/** What the reserve holds and has done (counts in blocks); `daxmap stat` prints it. */
+export interface ReserveStats {
+  /** False on a 2 MiB-granular device: the reserve is off there. */
+  enabled: boolean;
+  /** Zeroed blocks ready to hand out. */
+  stock: number;
+  /** Blocks handed out and neither adopted nor returned yet. */
+  out: number;
+  /** Returned blocks waiting to be zeroed again. */
+  dirty: number;
+  /** Blocks being zeroed by a refill. */
+  zeroing: number;
+  /** Every reserved block (the four above). */
+  reserved: number;
+  target: number;
+  lowWater: number;
+  /** Totals since open. */
+  taken: number;
+  adopted: number;
+  refused: number;
+  returned: number;
+  /** Blocks zeroed by the background refill / on a taker's path (the stock was short). */
+  zeroedBackground: number;
+  zeroedForeground: number;
+}
+
+export class Reserve {
+  /** Stock size the background refill aims at, and the level that starts it (blocks). */
+  target = 1024;
+  lowWater = 256;
+  /** Blocks per refill step (one transaction each). */
+  batch = 128;
+  readonly clean: number[] = [];
+  readonly dirty: number[] = [];
+  readonly out = new Set<number>();
+  zeroing = 0;
+  private running: Promise<void> | null = null;
+  private stopped = false;
+  readonly counts = { taken: 0, adopted: 0, refused: 0, returned: 0, zeroedBackground: 0, zeroedForeground: 0 };
+
+  constructor(
+    private readonly storage: Storage,
+    private readonly state: FsState,
+    private readonly txn: Journal,
+    /** Off on 2 MiB-granular devices (a 4 KiB block cannot be installed there). */
+    readonly enabled: boolean,
+  ) {
+    txn.reclaim = () => this.reclaim();
+  }
+
+  /** Most blocks the reserve holds at once: its re-reservation after a checkpoint must fit a quarter of the log. */
+  get limit(): number {
+    return Math.floor(this.txn.log.capacity / 4 / 24);
+  }
+
+  private check(): void {
+    this.txn.checkOpen();
+    if (this.stopped) throw daxError('EBADF', `pool '${this.storage.path}' is closing`);
+    if (!this.enabled) throw daxError('EOPNOTSUPP', `pool '${this.storage.path}' is on a 2 MiB-granular device: no 4 KiB reserve`);
+  }
+
+  /**
+   * Hand out up to n zeroed blocks (device block numbers). From the stock when it
+   * has them; otherwise the shortfall is zeroed now, on the caller's path. Fewer
+   * when the pool is short; ENOSPC only when not one block can be had; EAGAIN when
+   * the reserve is at its limit with every block handed out.
+   */
+  async take(n: number): Promise<number[]> {
+    if (!Number.isSafeInteger(n) || n <= 0) throw daxError('EINVAL', `takeReserve count must be a positive integer, got ${String(n)}`);
+    this.check();
+    for (let round = 0; this.clean.length < n && round < 4; round++) {
+      const got = await this.step(n - this.clean.length, false);
+      this.check();
+      if (got === 0) break;
+    }
+    if (this.clean.length === 0) {
+      if (this.state.reserved.size >= this.limit) {
+        throw daxError('EAGAIN', `pool '${this.storage.path}': the reserve is at its limit of ${this.limit} blocks, all handed out (adopt or return some)`);
+      }
+      throw daxError('ENOSPC', `pool '${this.storage.path}' has no block free for the reserve`);
+    }
+    const k = Math.min(n, this.clean.length);
+    const got = this.clean.splice(this.clean.length - k, k);
+    for (const d of got) this.out.add(d);
+    this.counts.taken += k;
+    this.kick();
+    return got;
+  }
+
+  /** Blocks handed out and not used come back; they are zeroed again before the next hand-out. */
+  returnBlocks(devs: number[]): void {
+    this.txn.checkOpen();
+    this.mustBeOut(devs, 'returnReserve');
+    this.giveBack(devs);
+    this.counts.returned += devs.length;
+  }
+
+  /** Blocks handed out come back dirty (returned, or refused by an adoption). */
+  giveBack(devs: number[]): void {
+    for (const d of devs) {
+      this.out.delete(d);
+      this.dirty.push(d);
+    }
+    this.kick();
+  }
+
+  /** EINVAL unless every block is handed out, once (checked before anything changes). */
+  mustBeOut(devs: number[], what: string): void {
+    const seen = new Set<number>();
+    for (const d of devs) {
+      if (!this.out.has(d) || seen.has(d)) throw daxError('EINVAL', `${what}: device offset ${d * B} is not a reserved block handed out (or is named twice)`);
+      seen.add(d);
+    }
+  }
+
+  /** Resolves once no refill is running (tests, benchmarks). */
+  async settled(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  /** Start the background refill if the stock is low or blocks wait to be zeroed again. */
+  kick(): void {
+    if (this.running || this.stopped || !this.enabled || this.txn.closed) return;
+    if (this.clean.length >= this.lowWater && this.dirty.length === 0 && this.clean.length <= this.target) return;
+    this.running = withOperation('pool.reserve.refill', () => this.refill()).finally(() => { this.running = null; });
+  }
+
+  private async refill(): Promise<void> {
+    try {
+      while (!this.stopped && !this.txn.closed) {
+        await new Promise<void>((res) => setImmediate(res));
+        if (this.stopped || this.txn.closed) break;
+        const want = this.target - this.clean.length - this.zeroing;
+        if (want <= 0) {
+          // full: returned blocks, and clean ones beyond the target, are freed rather than kept
+          await this.txn.locked(() => this.unreserve([...this.dirty.splice(0), ...this.clean.splice(0, Math.max(0, this.clean.length - this.target))]));
+          break;
+        }
+        if ((await this.step(Math.min(this.batch, want), true)) === 0) break;
+      }
+    } catch (e) {
+      if (!this.txn.closed) log.warn({ path: this.storage.path, err: e }, 'reserve refill failed');
+    }
+  }
+
+  /**
+   * One refill transaction: up to `max` blocks, first those given back (no record:
+   * they are reserved already), then new ones from the free blocks (`reserve`
+   * records). Then, outside the locks, they are zeroed and the zeros persisted before
+   * they join the stock. Returns the number of blocks added.
+   */
+  private async step(max: number, background: boolean): Promise<number> {
+    const blocks = await this.txn.locked(() => {
+      if (this.stopped) return []; // closing: close() frees the reserve, nothing joins it
+      const got = this.dirty.splice(0, max);
+      const alloc = this.state.alloc;
+      let want = Math.min(max - got.length, this.limit - this.state.reserved.size);
+      // the background keeps to blocks free now; a taker may wait for a checkpoint
+      if (!background && want > alloc.free && alloc.pendingCount > 0) this.txn.checkpoint();
+      want = Math.min(want, alloc.free);
+      if (want > 0) {
+        const runs = alloc.take(want, {});
+        this.txn.commit(runs.map((r): LogRecord => ({ t: RecType.Reserve, dev: r.start, len: r.len })));
+        for (const r of runs) for (let d = r.start; d < r.start + r.len; d++) got.push(d);
+      }
+      this.zeroing += got.length;
+      return got;
+    });
+    if (blocks.length === 0) return 0;
+    const runs = toRuns(blocks.slice());
+    try {
+      // written, not punched: the pages stay resident, so a fault on them finds them in memory
+      for (const r of runs) fillBytes(this.storage, r.start * B, r.len * B, 0, true);
+      persistRuns(this.storage, runs);
+    } catch (e) {
+      this.dirty.push(...blocks);
+      throw e;
+    } finally {
+      this.zeroing -= blocks.length;
+    }
+    this.clean.push(...blocks);
+    if (background) this.counts.zeroedBackground += blocks.length;
+    else this.counts.zeroedForeground += blocks.length;
+    return blocks.length;
+  }
+
+  /** Free reserved blocks (held back until the next checkpoint). Caller holds alloc + log. */
+  unreserve(blocks: number[]): void {
+    if (blocks.length === 0) return;
+    this.txn.commit(toRuns(blocks).map((r): LogRecord => ({ t: RecType.Unreserve, dev: r.start, len: r.len })));
+  }
+
+  /** An allocation is short of blocks: the stock and the returned blocks go back. Caller holds alloc + log. */
+  private reclaim(): void {
+    const blocks = [...this.clean.splice(0), ...this.dirty.splice(0)];
+    if (blocks.length > 0) log.debug({ path: this.storage.path, blocks: blocks.length }, 'reserve reclaimed for an allocation');
+    this.unreserve(blocks);
+  }
+
+  /**
+   * Closing: stop the refill and free every reserved block, those handed out
+   * included (the mappings that held them are gone). The checkpoint of close then
+   * records them free.
+   */
+  async close(): Promise<void> {
+    this.stopped = true;
+    await this.running;
+    if (this.state.reserved.size === 0 || this.txn.closed) return;
+    await this.txn.locked(() => {
+      this.clean.length = 0;
+      this.dirty.length = 0;
+      this.out.clear();
+      this.unreserve([...this.state.reserved]);
+    });
+  }
+
+  stats(): ReserveStats {
+    return {
+      enabled: this.enabled, stock: this.clean.length, out: this.out.size, dirty: this.dirty.length, zeroing: this.zeroing,
+      reserved: this.state.reserved.size, target: this.target, lowWater: this.lowWater, ...this.counts,
+    };
+  }
+}

@@ -1,0 +1,177 @@
+// Reserves (docs/fault-policy.md, "Reserves"): sparse 4 KiB write faults on holes
+// answered by the client's agent from blocks the policy gave ahead, the conversions
+// recorded from its notes. Stores read back through file.read; truncate, punch,
+// unlink and a second map() take the reserve back first; a block punched and given
+// again never shows its old bytes; a child killed before its notes were adopted
+// leaves a pool fsck passes, those pages reading zeros.
+import t from 'tap';
+import fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { agentStats } from '../../dist/native/engine';
+import { openDevice } from '../../dist/device/device';
+import { fsckStorage } from '../../dist/pool/fsck';
+import { forBackings, kernelTouch, poolPath, FIXTURES, PAGE, Pool, type Ctx } from './helpers';
+import { useLockdep } from '../lock/guard';
+
+useLockdep(t);
+
+type PoolT = Ctx['pool'];
+const MiB = 1 << 20;
+
+/** Pages in a scattered order (a stride coprime to n): sparse, not sequential. */
+function scattered(n: number, count: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) out.push((i * 7919 + 13) % n);
+  return out;
+}
+
+/** A sparse file of `size` bytes mapped shared, fault-around off (every write fault is 4 KiB). */
+async function sparse(pool: PoolT, name: string, size: number) {
+  await pool.request('configure', [{ reserve: 'on' }]);
+  const f = await pool.openFile(name, { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  return { f, m };
+}
+
+/**
+ * Store page p's tag (p + 1, as u32 LE) at byte 8 of page p, byte by byte: the first
+ * touch is a store (Buffer.writeUInt32LE reads the page first, for its bounds check,
+ * and a read of a hole is the policy's zero page, never a reserve's block).
+ */
+function tag(b: Buffer, p: number): void {
+  const v = p + 1;
+  for (let i = 0; i < 4; i++) b[p * PAGE + 8 + i] = (v >>> (8 * i)) & 255;
+}
+
+forBackings(t, 'sparse hole writes are answered from a reserve and read back through file.read', async (t, { pool }) => {
+  const pages = 16 * MiB / PAGE;
+  const { f, m } = await sparse(pool, 'r', 16 * MiB);
+  const touched = scattered(pages, 600);
+  const s0 = await pool.stats();
+  const a0 = agentStats();
+  for (const p of touched) tag(m.buffer, p);
+  const a1 = agentStats();
+  // file.read takes the reserve back first: every note is adopted by then.
+  const back = Buffer.alloc(16 * MiB);
+  await f.read(back, 0);
+  const s1 = await pool.stats();
+  const native = a1.reserved - a0.reserved;
+  t.ok(native > touched.length / 2, `most faults were answered by the agent from reserves (${native} of ${touched.length})`);
+  t.equal(s1.reserved - s0.reserved, native, 'the policy got a note for each');
+  // (A fault the agent read just before a reserve was set reaches the policy, which
+  // only wakes it: its retry is answered from the reserve. Both count as faults.)
+  t.ok((s1.faults - s0.faults) + native >= touched.length, 'every other fault reached the policy');
+  const want = new Set(touched);
+  let bad = 0;
+  for (let p = 0; p < pages; p++) {
+    const v = back.readUInt32LE(p * PAGE + 8);
+    if (v !== (want.has(p) ? p + 1 : 0)) bad++;
+  }
+  t.equal(bad, 0, 'file.read sees every store, and zeros elsewhere');
+  const st = await f.stat();
+  t.ok(st.allocated <= touched.length * PAGE * 1.1, `allocated ${st.allocated} bytes for ${touched.length * PAGE} touched`);
+  // Stores through the mapping after the take-back: the pages are installed, no fault.
+  const s2 = await pool.stats();
+  for (const p of touched) m.buffer[p * PAGE + 100] = 0x5a;
+  t.equal((await pool.stats()).faults - s2.faults, 0, 'adopted pages are installed: no fault');
+  await m.unmap();
+  await f.close();
+});
+
+forBackings(t, 'truncate, punch, zero range and a second map() take a live reserve back first', async (t, { pool }) => {
+  const pages = 8 * MiB / PAGE;
+  const { f, m } = await sparse(pool, 'r', 8 * MiB);
+  const b = (): Buffer => m.buffer;
+  const first = scattered(pages, 200);
+  for (const p of first) tag(b(), p);
+  // Punch a range and zero another: both cover pages stored natively, not yet adopted.
+  await f.punchHole(MiB, MiB);
+  await f.zeroRange(3 * MiB, 512 * 1024);
+  // The freed blocks go to another file with other bytes: a stale page would show them.
+  const other = await pool.openFile('other', { create: true });
+  await other.write(Buffer.alloc(2 * MiB, 0xee), 0);
+  const holes = (p: number): boolean => (p >= 256 && p < 512) || (p >= 768 && p < 896);
+  const want = new Set(first.filter((p) => !holes(p)));
+  let bad = 0;
+  for (let p = 0; p < pages; p++) if (b().readUInt32LE(p * PAGE + 8) !== (want.has(p) ? p + 1 : 0)) bad++;
+  t.equal(bad, 0, 'punched and zeroed pages read zeros in the mapping, the rest their stores');
+  // More sparse stores (new reserves, maybe the freed blocks again): each page is
+  // zeros but for its store, never another file's bytes.
+  const second = scattered(pages, 400).filter((p) => !want.has(p)).slice(0, 150);
+  for (const p of second) tag(b(), p);
+  let stale = 0;
+  for (const p of second) {
+    const pg = b().subarray(p * PAGE, (p + 1) * PAGE);
+    for (let i = 0; i < PAGE; i++) if (i < 8 || i >= 12 ? pg[i] !== 0 : false) { stale++; break; }
+  }
+  t.equal(stale, 0, 'a block given again holds zeros but for the new store');
+  // A second mapping of the file: the reserve is taken back, both see every store.
+  const m2 = await f.map({ faultAround: false });
+  for (const p of second) want.add(p);
+  let bad2 = 0;
+  for (let p = 0; p < pages; p++) if (m2.buffer.readUInt32LE(p * PAGE + 8) !== (want.has(p) ? p + 1 : 0)) bad2++;
+  t.equal(bad2, 0, 'the second mapping sees every store of the first');
+  // Truncate while the first mapping holds pages: past EOF is SIGBUS.
+  await f.truncate(4 * MiB);
+  t.equal(await kernelTouch(b(), 6 * MiB), 'EFAULT', 'past the new EOF');
+  const back = Buffer.alloc(4 * MiB);
+  await f.read(back, 0);
+  let bad3 = 0;
+  for (let p = 0; p < 4 * MiB / PAGE; p++) if (back.readUInt32LE(p * PAGE + 8) !== (want.has(p) ? p + 1 : 0)) bad3++;
+  t.equal(bad3, 0, 'file.read after truncate sees the stores below EOF');
+  await m2.unmap();
+  await m.unmap();
+  await other.close();
+  await f.close();
+});
+
+forBackings(t, 'unlink with a live reserve: every page is SIGBUS, the blocks are freed', async (t, { pool }) => {
+  const { f, m } = await sparse(pool, 'u', 8 * MiB);
+  const before = (await pool.statfs()).free;
+  for (const p of scattered(2048, 100)) tag(m.buffer, p);
+  await pool.unlink('u');
+  t.equal(await kernelTouch(m.buffer, 0), 'EFAULT', 'unlinked: SIGBUS');
+  t.equal(await kernelTouch(m.buffer, 13 * PAGE), 'EFAULT');
+  await m.unmap();
+  await f.close();
+  t.equal((await pool.statfs()).free, before, 'every block came back, the reserve\'s unused ones too');
+});
+
+t.test('a child killed after native stores, before its notes were adopted: fsck clean, those pages read zeros', async (t) => {
+  const p = poolPath('tmpfs');
+  t.teardown(() => fs.rmSync(p, { force: true }));
+  const pool0 = await Pool.create(p, { size: 64 << 20 });
+  const g = await pool0.openFile('g', { create: true });
+  await g.write(Buffer.alloc(MiB, 0xd7), 0); // another file's bytes, then freed
+  await pool0.unlink('g');
+  await pool0.close();
+  const child = spawn(process.execPath, [`${FIXTURES}/reserve-kill-child.js`, p], {
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, DAXMAP_TEST_RESERVE_HOLD: '1' },
+  });
+  const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_c, s) => res(s)));
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  t.equal(await exited, 'SIGKILL', 'killed itself after its stores');
+  const res = JSON.parse(out.trim().split('\n').pop() ?? '{}');
+  t.ok(res.native > 0, `stores were answered natively (${res.native})`);
+  const dev = openDevice(p, { exclusive: true });
+  try {
+    t.same(fsckStorage(dev).errors, [], 'fsck clean after the kill');
+  } finally {
+    dev.close();
+  }
+  const pool = await Pool.open(p);
+  t.teardown(() => pool.close());
+  const f = await pool.openFile('k');
+  const back = Buffer.alloc(8 * MiB);
+  await f.read(back, 0);
+  let nonzero = 0;
+  let foreign = 0;
+  for (let i = 0; i < back.length; i++) {
+    if (back[i] !== 0) nonzero++;
+    if (back[i] === 0xd7) foreign++;
+  }
+  t.equal(foreign, 0, 'never another file\'s bytes');
+  t.ok(nonzero <= res.stores - res.native, 'only stores the policy answered itself can be there (the native ones were never adopted)');
+});

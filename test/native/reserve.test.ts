@@ -1,0 +1,133 @@
+// Reserves in the agent (docs/native.md, "Reserves"): SetReserve and ClearReserve
+// answers, write faults on reserve ranges answered by the reader alone with a note
+// to the handler, and ClearReserve racing faults: once it returns no block is
+// installed from the reserve and every note is on the channel.
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
+import { TrappedRegion } from '../../dist/native/region';
+import { agentStats, configureAgent, execute } from '../../dist/native/engine';
+import { AnswerBatch, Op, reservePayload, type AnswerSpec } from '../../dist/native/frames';
+import { Handler, kernelTouch, runChild, tempDevice, type Rule } from './helpers';
+
+const PAGE = 4096;
+const MiB = 1 << 20;
+
+function run(answers: AnswerSpec[]): number[] {
+  const b = new AnswerBatch();
+  for (const a of answers) b.add(a);
+  return Array.from(execute(b));
+}
+
+/** A device and a region of `size` bytes bound to a handler worker (with `rule`), a scratch file, a short fault timeout. */
+async function setup(t: Test, size: number, name: string, rule: Rule) {
+  const { dev, cleanup } = tempDevice('tmpfs', size);
+  t.teardown(cleanup);
+  const scratch = `/dev/shm/daxmap-test-reserve-${name}-${process.pid}`;
+  t.teardown(() => fs.rmSync(scratch, { force: true }));
+  configureAgent({ faultTimeoutMs: 3000 });
+  t.teardown(() => configureAgent({ faultTimeoutMs: 30000 }));
+  const h = await Handler.start();
+  t.teardown(() => h.worker.terminate());
+  const r = new TrappedRegion(size);
+  t.teardown(() => r.close());
+  r.bind(h.ref);
+  await h.rule(r.id, rule);
+  return { dev, scratch, h, r };
+}
+
+/** Waits until the handler has seen `n` notes (they are delivered asynchronously). */
+async function notes(h: Handler, n: number): Promise<[number, number, number][]> {
+  for (;;) {
+    const rep = await h.report();
+    if (rep.notes.length >= n) return rep.notes;
+    await new Promise((res) => setImmediate(res));
+  }
+}
+
+t.test('a write fault on a reserve range is answered by the agent with a block, and noted', async (t) => {
+  // A fault that reaches the handler gets SIGBUS: EFAULT for the system call.
+  const { dev, scratch, h, r } = await setup(t, 8 * MiB, 'basic', { mode: 'poison' });
+  const blocks = [5 * PAGE, 9 * PAGE, 2 * PAGE];
+  for (const b of blocks) dev.view(b, PAGE).fill(0);
+  dev.view(100 * PAGE, PAGE).fill(0xee); // a block never given: must not show up
+  t.same(run([
+    { op: Op.SetReserve, region: r.id, offset: MiB, length: MiB, device: dev.deviceId, payload: reservePayload(blocks) },
+    { op: Op.SetReserve, region: r.id, offset: 4 * MiB, length: PAGE, device: dev.deviceId },
+  ]), [0, 0], 'two ranges, three blocks');
+  const s0 = agentStats();
+  const b = r.buffer;
+  t.equal(kernelTouch(b, MiB + 7 * PAGE, true, scratch), 'ok', 'a write fault in the first range completes');
+  t.equal(kernelTouch(b, 4 * MiB, true, scratch), 'ok', 'and one in the second');
+  t.equal(dev.view(5 * PAGE, 1)[0], 0x3c, 'the first block given holds the first write');
+  t.equal(dev.view(9 * PAGE, 1)[0], 0x3c, 'the second the second');
+  b[MiB + 7 * PAGE + 100] = 0x77; // no trap: the block is in
+  t.equal(dev.view(5 * PAGE + 100, 1)[0], 0x77, 'a later store reaches the block');
+  const s1 = agentStats();
+  t.equal(s1.reserved - s0.reserved, 2, 'two native answers');
+  t.equal(s1.delivered - s0.delivered, 0, 'no fault reached the handler');
+  t.same((await h.report()).notes, [], 'and the notes wait: they wake no handler');
+
+  // Not from the reserve: a read (the zero page is the policy's), a write outside the
+  // ranges, a write on a page already filled (its range lost it).
+  t.equal(kernelTouch(b, MiB + 9 * PAGE, false, scratch), 'EFAULT', 'a read fault goes to the handler');
+  // Notes wake nobody: they go with the next event (this one), ahead of it.
+  t.same(await notes(h, 2), [[r.id, MiB + 7 * PAGE, 5 * PAGE], [r.id, 4 * MiB, 9 * PAGE]], 'a note per answer, in order, with the block');
+  t.equal(kernelTouch(b, 3 * MiB, true, scratch), 'EFAULT', 'a write outside the ranges goes to the handler');
+  t.equal(agentStats().reserved - s0.reserved, 2, 'neither from the reserve');
+  t.equal(kernelTouch(b, MiB + 20 * PAGE, true, scratch), 'ok', 'the last block');
+  t.equal(kernelTouch(b, MiB + 21 * PAGE, true, scratch), 'EFAULT', 'out of blocks: the handler');
+  t.same(run([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [0], 'ClearReserve: no block left unused');
+  t.same(run([
+    { op: Op.SetReserve, region: r.id, offset: 2 * MiB, length: MiB, device: dev.deviceId, payload: reservePayload([30 * PAGE, 31 * PAGE]) },
+    { op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE },
+  ]), [0, 2], 'ClearReserve answers with the number of blocks left unused');
+  t.equal(kernelTouch(b, 2 * MiB + PAGE, true, scratch), 'EFAULT', 'after ClearReserve the handler answers');
+  t.equal(dev.view(100 * PAGE, 1)[0], 0xee, 'no other block was touched');
+  t.equal(agentStats().reserved - s0.reserved, 3);
+});
+
+t.test('SetReserve and ClearReserve answers: argument checks', async (t) => {
+  const { dev, cleanup } = tempDevice('tmpfs', 4 * MiB);
+  t.teardown(cleanup);
+  const { dev: other, cleanup: c2 } = tempDevice('tmpfs', 4 * MiB);
+  t.teardown(c2);
+  const r = new TrappedRegion(4 * MiB);
+  t.teardown(() => r.close());
+  const ro = new TrappedRegion(4 * MiB, true);
+  t.teardown(() => ro.close());
+  const base = { op: Op.SetReserve, region: r.id, offset: 0, length: MiB, device: dev.deviceId } as const;
+  const res = run([
+    { ...base, payload: reservePayload([0]) },
+    { ...base, device: 999999 },
+    { ...base, region: 999999 },
+    { ...base, region: ro.id },
+    { ...base, offset: 4 * MiB },
+    { ...base, payload: reservePayload([100]) },
+    { ...base, payload: reservePayload([4 * MiB]) },
+    { ...base, payload: new Uint8Array(12) },
+    { ...base, flags: 1 },
+    { ...base, device: other.deviceId },
+    { op: Op.ClearReserve, region: r.id, offset: 0, length: 4 * MiB },
+    { op: Op.ClearReserve, region: 999999, offset: 0, length: PAGE },
+  ]);
+  t.same(res, [0, -19, -6, -22, -22, -22, -22, -22, -22, -22, 1, -6],
+    'good; ENODEV; ENXIO; read-only region; outside the region; unaligned block; block outside the device; a payload not of u64s; flags; another device than the reserve\'s; clear (1 unused); clear ENXIO');
+});
+
+for (const [what, env, rounds] of [
+  ['with the install delayed (test seam)', { DAXMAP_TEST_RESERVE_DELAY_US: '2000' }, 60],
+  ['at full speed', {}, 300],
+] as const) {
+  t.test(`ClearReserve while another thread takes write faults: no install after it returns, every block accounted for, ${what}`, async (t) => {
+    const dev = `/dev/shm/daxmap-test-reserve-race-${process.pid}-${rounds}`;
+    t.teardown(() => fs.rmSync(dev, { force: true }));
+    const res = await runChild('reserve-race-child.js', [dev, String(rounds)], { env, timeoutMs: 120000 });
+    t.equal(res.code, 0, res.stderr);
+    const out = JSON.parse(res.stdout.trim().split('\n').pop() ?? '{}');
+    t.equal(out.late, 0, `no round installed from the reserve after ClearReserve returned (${out.late} of ${out.rounds})`);
+    t.equal(out.lost, 0, `in every round, notes + unused = blocks given (${out.lost} rounds off)`);
+    t.equal(out.wrong, 0, `every noted block holds the page's write, no other block was written (${out.wrong} rounds off)`);
+    t.ok(out.reserved > 0, `the agent answered from reserves (${out.reserved})`);
+    t.ok(out.handled > 0, `and after each clear the handler did (${out.handled})`);
+  });
+}
