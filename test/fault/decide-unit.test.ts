@@ -42,6 +42,6 @@ t.test('install ahead for writable shared mappings, direct ranges for those that
   t.equal(client.budget.count, 4, 'each decided piece is a window of the budget');
   policy.decideMode = 'off';
   t.same(await decided(5, { writable: true }), [], 'off: nothing');
-  for (const r of [1, 2, 3, 4, 5]) policy.unmap(client, r);
+  for (const r of [1, 2, 3, 4, 5]) await policy.unmap(client, r);
   t.equal(client.budget.count, 0);
 });

@@ -302,10 +302,7 @@ t.test('fewer blocks than asked when the pool is short', async (t) => {
 });
 
 t.test('the reserve is off on a 2 MiB-granular device', async (t) => {
-  class Granular extends MemoryStorage {
-    readonly align = 2 << 20;
-  }
-  const storage = new Granular(16 << 20);
+  const storage = new MemoryStorage(16 << 20, { align: 2 << 20 });
   const pool = PoolFs.createOn(storage);
   const ip = poolInternals(pool);
   t.equal(ip.reserveStats().enabled, false, 'disabled');
