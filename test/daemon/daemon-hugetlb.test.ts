@@ -9,23 +9,14 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { hugetlb, type Hugetlb } from '../hugetlb';
-import { startDaemon, startClient, HUGE, type Client, type DaemonProc } from './helpers';
+import { startDaemon, startClient, HUGE, type Client, type DaemonProc, tryMapAndStore } from './helpers';
 import { until } from '../wait';
-import { fsckStorage } from '../../dist/pool/fsck';
 import { openDevice } from '../../dist/device/device';
 import { PoolFs as LocalPool } from '../../dist/pool/pool-fs';
 import { Pool } from '../../dist/index';
+import { fsckErrors } from '../fsck';
 
 const SIZE = 32 << 20;
-
-function fsckErrors(device: string): string[] {
-  const dev = openDevice(device, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
 
 async function mkfs(device: string): Promise<void> {
   await (await LocalPool.create(device, { size: SIZE })).close();
@@ -188,20 +179,7 @@ t.test('daxmapd on the hugetlbfs stand-in', async (t) => {
     const device = path.join(daemonDir, 'rel.pool');
     const real = `${device}.moved`;
     fs.renameSync(device, real);
-    const tryMap = async (what: string): Promise<{ code: string; message: string } | null> => {
-      const k = await startClient(d.socket);
-      try {
-        await k.call('open', { name: 'g', create: true });
-        await k.call('truncate', { name: 'g', size: HUGE });
-        await k.call('map', { name: 'g', id: 1 });
-        await k.call('store', { id: 1, offset: 0, text: what });
-        return null;
-      } catch (e) {
-        return e as { code: string; message: string };
-      } finally {
-        await k.kill();
-      }
-    };
+    const tryMap = (what: string): Promise<{ code: string; message: string } | null> => tryMapAndStore(d.socket, HUGE, what);
     await mkfs(device);
     const another = await tryMap('into the other pool');
     t.equal(another?.code, 'EXDEV', 'another pool at the path: EXDEV');

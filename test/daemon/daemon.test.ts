@@ -5,18 +5,8 @@ import fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { startDaemon, startClient, DAEMON, PAGE, HUGE, tmpName } from './helpers';
 import { until } from '../wait';
-import { fsckStorage } from '../../dist/pool/fsck';
-import { openDevice } from '../../dist/device/device';
 import { Pool } from '../../dist/index';
-
-function fsckClean(device: string): string[] {
-  const dev = openDevice(device, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
+import { fsckErrors } from '../fsck';
 
 t.test('two processes mapping one file see each other\'s stores at once', async (t) => {
   const d = await startDaemon();
@@ -157,7 +147,7 @@ t.test('a client killed while others wait on it: the daemon lets go of everythin
   await a.call('close');
   await c.kill();
   t.same(await d.stop('SIGTERM', true), { code: 0, signal: null });
-  t.same(fsckClean(d.device), [], 'fsck clean');
+  t.same(fsckErrors(d.device), [], 'fsck clean');
   fs.rmSync(d.device, { force: true });
 });
 
@@ -188,7 +178,7 @@ t.test('a client killed with mappings live leaves a clean pool, no leaked blocks
   await b.kill();
   const r = await d.stop('SIGTERM', true);
   t.same(r, { code: 0, signal: null });
-  t.same(fsckClean(device), [], 'fsck clean');
+  t.same(fsckErrors(device), [], 'fsck clean');
 });
 
 t.test('SIGTERM with faults in flight: every client thread is answered, the daemon exits 0', async (t) => {

@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startDaemon, startClient, PAGE } from './helpers';
+import { startDaemon, startClient, PAGE, tryMapAndStore } from './helpers';
 import { PoolFs as LocalPool } from '../../dist/pool/pool-fs';
 import { openDevice } from '../../dist/device/device';
 import { identityMismatch, openVerifiedDevice, parseIdentity, readIdentity, type DeviceIdentity } from '../../dist/pool/identity';
@@ -68,20 +68,7 @@ t.test('the path the client opens names another file than the daemon\'s device: 
   // The daemon keeps its descriptor; its path now names something else.
   fs.renameSync(device, real);
 
-  const tryMap = async (what: string): Promise<{ code: string; message: string } | null> => {
-    const c = await startClient(d.socket);
-    try {
-      await c.call('open', { name: 'g', create: true });
-      await c.call('truncate', { name: 'g', size: PAGE });
-      await c.call('map', { name: 'g', id: 1 });
-      await c.call('store', { id: 1, offset: 0, text: what });
-      return null;
-    } catch (e) {
-      return e as { code: string; message: string };
-    } finally {
-      await c.kill();
-    }
-  };
+  const tryMap = (what: string): Promise<{ code: string; message: string } | null> => tryMapAndStore(d.socket, PAGE, what);
 
   // Another pool at the path: a different UUID.
   await mkfs(device);

@@ -13,8 +13,7 @@ import fs from 'node:fs';
 import { startDaemon, startClient, PAGE, HUGE } from './helpers';
 import { Rng, RawControl, RawFault, controlFrame, request, eventBytes, wireMessage, CONTROL_MAGIC } from './fuzz-wire';
 import { encodeHello, Msg, decodeAnswersBody } from '../../dist/native/wire';
-import { fsckStorage } from '../../dist/pool/fsck';
-import { openDevice } from '../../dist/device/device';
+import { fsckErrors } from '../fsck';
 
 const SEED = (() => {
   const s = process.env.DAXMAP_SEED;
@@ -31,15 +30,6 @@ const MAX_JSON = 1 << 20;
 const MAX_PAYLOAD = 32 << 20;
 /** Error codes a request may legitimately fail with; anything else (EIO: an exception the service did not expect) is a finding. */
 const CODES = new Set(['EINVAL', 'EBADF', 'ENOENT', 'EEXIST', 'EACCES', 'EPERM', 'EPROTO', 'ENOSPC', 'EMSGSIZE', 'EBUSY']);
-
-function fsckErrors(device: string): string[] {
-  const dev = openDevice(device, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
 
 // ---- values, good and bad ----
 

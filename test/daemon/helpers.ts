@@ -148,3 +148,22 @@ export async function daemonWithClients(t: { teardown(fn: () => unknown): void }
   for (let i = 0; i < n; i++) clients.push(await startClient(d.socket));
   return { d, clients };
 }
+
+/**
+ * A new client of `socket` creates file 'g' of `size` bytes, maps it and stores
+ * `what` at 0: null if it could, else the error `map()` (or the store) failed with.
+ */
+export async function tryMapAndStore(socket: string, size: number, what: string): Promise<{ code: string; message: string } | null> {
+  const c = await startClient(socket);
+  try {
+    await c.call('open', { name: 'g', create: true });
+    await c.call('truncate', { name: 'g', size });
+    await c.call('map', { name: 'g', id: 1 });
+    await c.call('store', { id: 1, offset: 0, text: what });
+    return null;
+  } catch (e) {
+    return e as { code: string; message: string };
+  } finally {
+    await c.kill();
+  }
+}

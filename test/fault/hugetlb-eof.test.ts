@@ -9,18 +9,8 @@ import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { hugetlb } from '../hugetlb';
 import { checkLockdep, kernelTouch, HUGE, PAGE, Pool } from './helpers';
-import { openDevice } from '../../dist/device/device';
-import { fsckStorage } from '../../dist/pool/fsck';
 import { startDaemon } from '../daemon/helpers';
-
-function fsckErrors(p: string): string[] {
-  const dev = openDevice(p, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
+import { fsckErrors } from '../fsck';
 
 const POOL = require.resolve('../../dist/client/pool');
 

@@ -7,18 +7,9 @@ import { spawn } from 'node:child_process';
 import { hugetlb } from '../hugetlb';
 import { checkLockdep, kernelTouch, HUGE, Pool } from './helpers';
 import { openDevice } from '../../dist/device/device';
-import { fsckStorage } from '../../dist/pool/fsck';
 import { main as cli } from '../../dist/cli/main';
 import { startDaemon } from '../daemon/helpers';
-
-function fsckErrors(p: string): string[] {
-  const dev = openDevice(p, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
+import { fsckErrors } from '../fsck';
 
 t.test('hugetlbfs stand-in', async (t) => {
   const h = await hugetlb(t, 96);

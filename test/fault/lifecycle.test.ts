@@ -7,8 +7,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { forBackings, kernelTouch, runChild, poolPath, Pool, PAGE, HUGE, DIST, checkLockdep } from './helpers';
 import { until } from '../wait';
-import { fsckStorage } from '../../dist/pool/fsck';
-import { openDevice } from '../../dist/device/device';
+import { fsckErrors } from '../fsck';
 
 forBackings(t, 'pool.close() with live mappings: detached here, revoked and detached in other threads', async (t, { pool }) => {
   const f = await pool.openFile('a', { create: true });
@@ -90,7 +89,7 @@ t.test('sync: true — a write fault is answered only once its block is durable 
       t.ok(written <= 16, `no sync: ${written} of 16 blocks survived (not guaranteed)`);
     }
     await again.close();
-    t.same(await fsckReport(p), [], `${mode}: fsck clean after the crash`);
+    t.same(fsckErrors(p), [], `${mode}: fsck clean after the crash`);
   }
 });
 
@@ -131,17 +130,8 @@ forBackings(t, 'a full pool: the write fault gets SIGBUS, nothing is half done, 
   await m.unmap();
   await checkLockdep(t, pool);
   await pool.close();
-  t.same(await fsckReport(p), [], 'fsck clean');
+  t.same(fsckErrors(p), [], 'fsck clean');
 }, { hugetlb: true });
-
-async function fsckReport(p: string): Promise<string[]> {
-  const dev = openDevice(p, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
 
 forBackings(t, 'the window budget: old windows are revoked, random access never fails', async (t, { pool, backing }) => {
   // Windows installed by faults: nothing decided ahead at map() (that is decided-ranges.test.ts).

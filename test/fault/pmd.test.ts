@@ -10,19 +10,9 @@ import path from 'node:path';
 import { hugetlb } from '../hugetlb';
 import { hugeTmpfs, mappingAddress, smapsSum, vmasIn } from '../pmd';
 import { checkLockdep, kernelTouch, HUGE, PAGE, Pool } from './helpers';
-import { openDevice } from '../../dist/device/device';
-import { fsckStorage } from '../../dist/pool/fsck';
+import { fsckErrors } from '../fsck';
 
 const KB = (bytes: number): number => bytes / 1024;
-
-function fsckErrors(p: string): string[] {
-  const dev = openDevice(p, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
 
 /** A pool of `size` in a new file `p`, removed at teardown. */
 async function newPool(t: Test, p: string, size = 64 << 20): Promise<Pool> {

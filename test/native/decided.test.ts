@@ -4,44 +4,22 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
-import { agentStats, configureAgent, execute } from '../../dist/native/engine';
-import { AnswerBatch, Op, A_WRITABLE, A_POPULATE, A_PRIVATE, A_WP, type AnswerSpec } from '../../dist/native/frames';
-import { Handler, kernelTouch, runChild, tempDevice, type Rule } from './helpers';
+import { agentStats } from '../../dist/native/engine';
+import { Op, A_WRITABLE, A_POPULATE, A_PRIVATE, A_WP } from '../../dist/native/frames';
+import { boundRegion, kernelTouch, runAnswers, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
 const HUGE = 2 << 20;
 
-function run(answers: AnswerSpec[]): number[] {
-  const b = new AnswerBatch();
-  for (const a of answers) b.add(a);
-  return Array.from(execute(b));
-}
-
-/**
- * A device and a region of `size` bytes bound to a handler worker (with `rule`), a
- * scratch file for kernel touches and a short fault timeout; all undone at teardown.
- */
-async function setup(t: Test, size: number, name: string, rule: Rule) {
-  const { dev, cleanup } = tempDevice('tmpfs', size);
-  t.teardown(cleanup);
-  const scratch = `/dev/shm/daxmap-test-decided-${name}-${process.pid}`;
-  t.teardown(() => fs.rmSync(scratch, { force: true }));
-  configureAgent({ faultTimeoutMs: 3000 });
-  t.teardown(() => configureAgent({ faultTimeoutMs: 30000 }));
-  const h = await Handler.start();
-  t.teardown(() => h.worker.terminate());
-  const r = new TrappedRegion(size);
-  t.teardown(() => r.close());
-  r.bind(h.ref);
-  await h.rule(r.id, rule);
-  return { dev, scratch, h, r };
+function setup(t: Test, size: number, name: string, rule: Rule) {
+  return boundRegion(t, size, `decided-${name}`, rule);
 }
 
 t.test('SetDirect: the agent answers faults in the range itself, the handler never sees them', async (t) => {
   // A fault that reaches the handler is never answered.
   const { dev, scratch, h, r } = await setup(t, 8 << 20, 'direct', { mode: 'ignore' });
   dev.view(HUGE + 5 * PAGE, 4).write('deep');
-  t.same(run([{ op: Op.SetDirect, flags: A_WRITABLE, region: r.id, offset: HUGE, length: 2 * HUGE, device: dev.deviceId, devOffset: HUGE }]), [0]);
+  t.same(runAnswers([{ op: Op.SetDirect, flags: A_WRITABLE, region: r.id, offset: HUGE, length: 2 * HUGE, device: dev.deviceId, devOffset: HUGE }]), [0]);
   const before = agentStats();
   const b = r.buffer;
   t.equal(kernelTouch(b, HUGE + 5 * PAGE, false, scratch), 'ok', 'a read fault in the range completes');
@@ -54,7 +32,7 @@ t.test('SetDirect: the agent answers faults in the range itself, the handler nev
   t.equal(after.delivered - before.delivered, 0, 'nothing reached the handler');
 
   // Cleared: the next fault there is the handler's again.
-  t.same(run([{ op: Op.ClearDirect, region: r.id, offset: 2 * HUGE, length: HUGE }, { op: Op.Revoke, region: r.id, offset: 2 * HUGE, length: HUGE }]), [0, 0]);
+  t.same(runAnswers([{ op: Op.ClearDirect, region: r.id, offset: 2 * HUGE, length: HUGE }, { op: Op.Revoke, region: r.id, offset: 2 * HUGE, length: HUGE }]), [0, 0]);
   await h.rule(r.id, { mode: 'copy', payloadByte: 0x61 });
   const d0 = agentStats();
   t.equal(b[2 * HUGE + 9 * PAGE], 0x61, 'after ClearDirect + Revoke the handler answers');
@@ -65,7 +43,7 @@ t.test('SetDirect: the agent answers faults in the range itself, the handler nev
 
 t.test('a write, or a write-protect fault, in a range decided read-only goes to the handler', async (t) => {
   const { dev, scratch, h, r } = await setup(t, 4 << 20, 'ro', { mode: 'copy', payloadByte: 0x22 });
-  t.same(run([{ op: Op.SetDirect, region: r.id, offset: 0, length: 4 << 20, device: dev.deviceId, devOffset: 0 }]), [0]);
+  t.same(runAnswers([{ op: Op.SetDirect, region: r.id, offset: 0, length: 4 << 20, device: dev.deviceId, devOffset: 0 }]), [0]);
   const s0 = agentStats();
   t.equal(kernelTouch(r.buffer, 3 * PAGE, true, scratch), 'ok', 'the write completes');
   t.equal(agentStats().delivered - s0.delivered, 1, 'through the handler');
@@ -73,7 +51,7 @@ t.test('a write, or a write-protect fault, in a range decided read-only goes to 
   t.equal(dev.view(3 * PAGE, 1)[0], 0, 'the device is untouched');
   // A write-protect fault (a zero page written) is never the agent's either.
   // (The handler answers it with SIGBUS here: EFAULT for the system call.)
-  t.same(run([{ op: Op.Zero, flags: A_WP, region: r.id, offset: HUGE, length: PAGE }]), [0]);
+  t.same(runAnswers([{ op: Op.Zero, flags: A_WP, region: r.id, offset: HUGE, length: PAGE }]), [0]);
   await h.rule(r.id, { mode: 'poison' });
   const s1 = agentStats();
   t.equal(kernelTouch(r.buffer, HUGE, true, scratch), 'EFAULT');
@@ -87,7 +65,7 @@ t.test('SetDirect and ClearDirect answers: argument checks', async (t) => {
   const r = new TrappedRegion(4 << 20);
   t.teardown(() => r.close());
   const base = { op: Op.SetDirect, region: r.id, offset: 0, length: HUGE, device: dev.deviceId, devOffset: 0 } as const;
-  const res = run([
+  const res = runAnswers([
     { ...base, flags: A_WRITABLE | A_POPULATE },
     { ...base, device: 999999 },
     { ...base, region: 999999 },

@@ -7,6 +7,10 @@ import os from 'node:os';
 import fs from 'node:fs';
 import { openDevice, type DeviceStorage } from '../../dist/device/device';
 import type { Stage } from '../unprivileged';
+import type { Test } from 'tap';
+import { TrappedRegion } from '../../dist/native/region';
+import { configureAgent, execute } from '../../dist/native/engine';
+import { AnswerBatch, type AnswerSpec } from '../../dist/native/frames';
 
 export const DIST = path.resolve(__dirname, '../../dist');
 export const FIXTURES = path.join(__dirname, 'fixtures');
@@ -170,4 +174,32 @@ export function kernelTouch(buf: Buffer, off: number, write: boolean, scratch: s
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** Execute answers directly (no fault to answer); the result of each. */
+export function runAnswers(answers: AnswerSpec[]): number[] {
+  const b = new AnswerBatch();
+  for (const a of answers) b.add(a);
+  return Array.from(execute(b));
+}
+
+/**
+ * A tmpfs device and a trapped region of `size` bytes bound to a handler worker (with
+ * `rule`), a scratch file for kernel touches (named by `tag`) and a short fault
+ * timeout; all undone at teardown.
+ */
+export async function boundRegion(t: Test, size: number, tag: string, rule: Rule): Promise<{ dev: DeviceStorage; scratch: string; h: Handler; r: TrappedRegion }> {
+  const { dev, cleanup } = tempDevice('tmpfs', size);
+  t.teardown(cleanup);
+  const scratch = `/dev/shm/daxmap-test-${tag}-${process.pid}`;
+  t.teardown(() => fs.rmSync(scratch, { force: true }));
+  configureAgent({ faultTimeoutMs: 3000 });
+  t.teardown(() => configureAgent({ faultTimeoutMs: 30000 }));
+  const h = await Handler.start();
+  t.teardown(() => h.worker.terminate());
+  const r = new TrappedRegion(size);
+  t.teardown(() => r.close());
+  r.bind(h.ref);
+  await h.rule(r.id, rule);
+  return { dev, scratch, h, r };
 }

@@ -5,34 +5,15 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
-import { agentStats, configureAgent, execute } from '../../dist/native/engine';
-import { AnswerBatch, Op, reservePayload, type AnswerSpec } from '../../dist/native/frames';
-import { Handler, kernelTouch, runChild, tempDevice, type Rule } from './helpers';
+import { agentStats } from '../../dist/native/engine';
+import { Op, reservePayload } from '../../dist/native/frames';
+import { Handler, boundRegion, kernelTouch, runAnswers, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
 
-function run(answers: AnswerSpec[]): number[] {
-  const b = new AnswerBatch();
-  for (const a of answers) b.add(a);
-  return Array.from(execute(b));
-}
-
-/** A device and a region of `size` bytes bound to a handler worker (with `rule`), a scratch file, a short fault timeout. */
-async function setup(t: Test, size: number, name: string, rule: Rule) {
-  const { dev, cleanup } = tempDevice('tmpfs', size);
-  t.teardown(cleanup);
-  const scratch = `/dev/shm/daxmap-test-reserve-${name}-${process.pid}`;
-  t.teardown(() => fs.rmSync(scratch, { force: true }));
-  configureAgent({ faultTimeoutMs: 3000 });
-  t.teardown(() => configureAgent({ faultTimeoutMs: 30000 }));
-  const h = await Handler.start();
-  t.teardown(() => h.worker.terminate());
-  const r = new TrappedRegion(size);
-  t.teardown(() => r.close());
-  r.bind(h.ref);
-  await h.rule(r.id, rule);
-  return { dev, scratch, h, r };
+function setup(t: Test, size: number, name: string, rule: Rule) {
+  return boundRegion(t, size, `reserve-${name}`, rule);
 }
 
 /** Waits until the handler has seen `n` notes (they are delivered asynchronously). */
@@ -50,7 +31,7 @@ t.test('a write fault on a reserve range is answered by the agent with a block, 
   const blocks = [5 * PAGE, 9 * PAGE, 2 * PAGE];
   for (const b of blocks) dev.view(b, PAGE).fill(0);
   dev.view(100 * PAGE, PAGE).fill(0xee); // a block never given: must not show up
-  t.same(run([
+  t.same(runAnswers([
     { op: Op.SetReserve, region: r.id, offset: MiB, length: MiB, device: dev.deviceId, payload: reservePayload(blocks) },
     { op: Op.SetReserve, region: r.id, offset: 4 * MiB, length: PAGE, device: dev.deviceId },
   ]), [0, 0], 'two ranges, three blocks');
@@ -76,8 +57,8 @@ t.test('a write fault on a reserve range is answered by the agent with a block, 
   t.equal(agentStats().reserved - s0.reserved, 2, 'neither from the reserve');
   t.equal(kernelTouch(b, MiB + 20 * PAGE, true, scratch), 'ok', 'the last block');
   t.equal(kernelTouch(b, MiB + 21 * PAGE, true, scratch), 'EFAULT', 'out of blocks: the handler');
-  t.same(run([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [0], 'ClearReserve: no block left unused');
-  t.same(run([
+  t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [0], 'ClearReserve: no block left unused');
+  t.same(runAnswers([
     { op: Op.SetReserve, region: r.id, offset: 2 * MiB, length: MiB, device: dev.deviceId, payload: reservePayload([30 * PAGE, 31 * PAGE]) },
     { op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE },
   ]), [0, 2], 'ClearReserve answers with the number of blocks left unused');
@@ -96,7 +77,7 @@ t.test('SetReserve and ClearReserve answers: argument checks', async (t) => {
   const ro = new TrappedRegion(4 * MiB, true);
   t.teardown(() => ro.close());
   const base = { op: Op.SetReserve, region: r.id, offset: 0, length: MiB, device: dev.deviceId } as const;
-  const res = run([
+  const res = runAnswers([
     { ...base, payload: reservePayload([0]) },
     { ...base, device: 999999 },
     { ...base, region: 999999 },

@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
-import { rng, B } from './helpers.ts';
+import { rng, firstForeignPage } from './helpers.ts';
 import { runAndKill } from './kill.ts';
 import { useLockdep } from '../lock/guard.ts';
 import { hugetlb } from '../hugetlb.ts';
@@ -49,12 +49,7 @@ async function killRounds(t: Test, path: string, size: number, o: { pages: numbe
       unconverted += st.extents.filter((e) => e.state === 'unwritten').length;
       const b = Buffer.alloc(st.size);
       await f.read(b, 0);
-      let bad = -1;
-      for (let p = 0; p * B < b.length && bad < 0; p++) {
-        const page = b.subarray(p * B, (p + 1) * B);
-        const v = page[0]!;
-        if ((v !== 0 && v !== pageByte(name, p)) || !page.every((x) => x === v)) bad = p;
-      }
+      const bad = firstForeignPage(b, (p) => pageByte(name, p));
       t.equal(bad, -1, `round ${round}: every page of ${name} reads zeros or its own stores`);
       const want = synced.get(name);
       if (want) {

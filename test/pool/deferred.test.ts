@@ -13,7 +13,7 @@ import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
 import { fsckStorage } from '../../dist/pool/fsck.js';
 import { withOperation } from '../../dist/lock/index.js';
-import { memPool, B } from './helpers.ts';
+import { memPool, B, readAll } from './helpers.ts';
 import { until } from '../wait.ts';
 import { useLockdep } from '../lock/guard.ts';
 
@@ -35,13 +35,6 @@ async function fault(pool: PoolFs, f: PoolFsFile, off: number, len: number, byte
       h.release();
     }
   });
-}
-
-async function readAll(f: PoolFsFile): Promise<Buffer> {
-  const st = await f.stat();
-  const b = Buffer.alloc(st.size);
-  await f.read(b, 0);
-  return b;
 }
 
 /** What a power cut now leaves: the reopened pool (fsck'ed first). */

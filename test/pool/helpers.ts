@@ -1,6 +1,6 @@
 // Shared helpers for pool tests: memory pools, a seeded PRNG, stamped data.
 import { MemoryStorage } from '../../dist/device/storage.js';
-import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
+import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 
 export const B = 4096;
 
@@ -53,4 +53,24 @@ export function checkClean(pool: PoolFs): string[] {
 /** True when `needle` (a recognisable pattern, at least 16 bytes) occurs in `hay`. */
 export function contains(hay: Buffer, needle: Buffer): boolean {
   return hay.indexOf(needle) >= 0;
+}
+
+/** The whole of a file, read through the pool. */
+export async function readAll(f: PoolFsFile): Promise<Buffer> {
+  const b = Buffer.alloc((await f.stat()).size);
+  await f.read(b, 0);
+  return b;
+}
+
+/**
+ * The first page of `b` that is neither all zeros nor all its own byte `own(page)`,
+ * or -1: after a crash, every page must read as never stored or as its own stores.
+ */
+export function firstForeignPage(b: Buffer, own: (page: number) => number): number {
+  for (let p = 0; p * B < b.length; p++) {
+    const page = b.subarray(p * B, (p + 1) * B);
+    const v = page[0]!;
+    if ((v !== 0 && v !== own(p)) || !page.every((x) => x === v)) return p;
+  }
+  return -1;
 }

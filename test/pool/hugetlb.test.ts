@@ -12,19 +12,9 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { hugetlb } from '../hugetlb';
 import { checkLockdep, HUGE, PAGE, Pool } from '../fault/helpers';
-import { openDevice } from '../../dist/device/device';
-import { fsckStorage } from '../../dist/pool/fsck';
+import { fsckErrors } from '../fsck';
 
 const PAT = Buffer.from('<<UNIT-OF-A!!!>>');
-
-function fsckErrors(p: string): string[] {
-  const dev = openDevice(p, { exclusive: true });
-  try {
-    return fsckStorage(dev).errors;
-  } finally {
-    dev.close();
-  }
-}
 
 /** Offsets of the bytes of b that are not zero, plus `base` (the first `max`). */
 function nonzero(b: Buffer, base = 0, max = 256): number[] {

@@ -14,7 +14,7 @@ import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
 import { fsckStorage } from '../../dist/pool/fsck.js';
 import { withOperation } from '../../dist/lock/index.js';
-import { rng, stamp, B } from './helpers.ts';
+import { rng, stamp, B, readAll } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
 
 useLockdep(t);
@@ -37,13 +37,6 @@ class CrashingStorage extends MemoryStorage {
       this.snaps.push({ img: this.crashImage(tear), expect: this.expectNow(), label: `${this.label} persist(${offset}, ${length})${tear === undefined ? '' : ` torn at ${tear.toFixed(2)}`}` });
     }
   }
-}
-
-async function readAll(f: PoolFsFile): Promise<Buffer> {
-  const st = await f.stat();
-  const b = Buffer.alloc(st.size);
-  await f.read(b, 0);
-  return b;
 }
 
 /**

@@ -12,7 +12,7 @@ import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
 import { fsckStorage } from '../../dist/pool/fsck.js';
 import { withOperation } from '../../dist/lock/index.js';
-import { rng, stamp, B } from './helpers.ts';
+import { rng, stamp, B, readAll } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
 
 useLockdep(t);
@@ -50,12 +50,6 @@ const filled = (pat: Buffer, len: number): Buffer => {
   for (let i = 0; i < len; i += pat.length) pat.copy(b, i);
   return b;
 };
-
-async function readAll(f: PoolFsFile): Promise<Buffer> {
-  const b = Buffer.alloc((await f.stat()).size);
-  await f.read(b, 0);
-  return b;
-}
 
 /** What a cut leaves, checked; returns a problem or null, and whether blocks were reserved in it. */
 async function check(cut: Cut): Promise<{ problem: string | null; reserved: number }> {

@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
-import { rng, B } from './helpers.ts';
+import { rng, firstForeignPage, readAll } from './helpers.ts';
 import { runAndKill } from './kill.ts';
 import { useLockdep } from '../lock/guard.ts';
 
@@ -131,15 +131,8 @@ for (const backing of ['disk-file', 'tmpfs'] as const) {
       t.same(core.checkState(), [], 'consistent after recovery');
       t.notOk((await pool.list()).includes('old'), 'the freed file stays unlinked');
       for (const name of await pool.list()) {
-        const f = await pool.openFile(name);
-        const b = Buffer.alloc((await f.stat()).size);
-        await f.read(b, 0);
-        let bad = -1;
-        for (let p = 0; p * B < b.length && bad < 0; p++) {
-          const page = b.subarray(p * B, (p + 1) * B);
-          const v = page[0]!;
-          if ((v !== 0 && v !== pageByte(name, p)) || !page.every((x) => x === v)) bad = p;
-        }
+        const b = await readAll(await pool.openFile(name));
+        const bad = firstForeignPage(b, (p) => pageByte(name, p));
         t.equal(bad, -1, `round ${round}: every page of ${name} reads zeros or its own stores`);
         const want = synced.get(name);
         if (want) {

@@ -12,7 +12,7 @@ import { poolInternals, type PoolInternals } from '../../dist/pool/internal.js';
 import { MemoryStorage } from '../../dist/device/storage.js';
 import { fsckDevice, fsckStorage } from '../../dist/pool/fsck.js';
 import { withOperation } from '../../dist/lock/index.js';
-import { memPool, B } from './helpers.ts';
+import { memPool, B, readAll } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
 
 useLockdep(t);
@@ -32,13 +32,6 @@ async function adopt(pool: PoolFs, f: PoolFsFile, pairs: { fb: number; dev: numb
       h.release();
     }
   });
-}
-
-async function readAll(f: PoolFsFile): Promise<Buffer> {
-  const st = await f.stat();
-  const b = Buffer.alloc(st.size);
-  await f.read(b, 0);
-  return b;
 }
 
 const isZero = (b: Buffer): boolean => b.every((x) => x === 0);

@@ -7,7 +7,7 @@ import { MemoryStorage } from '../../dist/device/storage.js';
 import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
 import { withOperation } from '../../dist/lock/index.js';
-import { memPool, B } from './helpers.ts';
+import { memPool, B, readAll } from './helpers.ts';
 import { useLockdep } from '../lock/guard.ts';
 
 useLockdep(t);
@@ -17,13 +17,6 @@ const PAT = Buffer.from('<<STALE-SECRET>>');
 function pattern(len: number): Buffer {
   const b = Buffer.alloc(len);
   for (let i = 0; i < len; i += PAT.length) PAT.copy(b, i);
-  return b;
-}
-
-async function readAll(f: PoolFsFile): Promise<Buffer> {
-  const st = await f.stat();
-  const b = Buffer.alloc(st.size);
-  await f.read(b, 0);
   return b;
 }
 
