@@ -403,9 +403,8 @@ export class Service {
     const inode = this.internals.inode(f);
     if (!inode.live) throw daxError('ENOENT', `file '${inode.name}' was removed`);
     const dev = this.internals.storage;
-    if (dev.kind === 'devdax' && fileOffset % (2 << 20) !== 0) {
-      throw daxError('EINVAL', 'on a device-dax pool, mappings must start at a 2 MiB aligned file offset');
-    }
+    // One rule for every 2 MiB-granular device (device-DAX and its hugetlbfs stand-in):
+    // private mappings copy pages and may start anywhere.
     const align = dev.align ?? 4096;
     if (align > 4096 && !o.private && fileOffset % align !== 0) {
       // its windows could never be installed (docs/pool.md, "2 MiB-granular devices")
