@@ -181,6 +181,16 @@ export class ExtentMap {
     return removed;
   }
 
+  /**
+   * The leaves' shape, for tests: what keeps an update cheap is that no leaf grows
+   * past LEAF_MAX extents (an update rebuilds at most a few leaves).
+   */
+  shape(): { leaves: number; largest: number; leafMax: number } {
+    let largest = 0;
+    for (const leaf of this.leaves) largest = Math.max(largest, leaf.length);
+    return { leaves: this.leaves.length, largest, leafMax: LEAF_MAX };
+  }
+
   /** Structural self-check for fsck and tests: sorted, non-overlapping, counters right. */
   check(): string | null {
     let prevEnd = -1;

@@ -48,7 +48,8 @@ t.test('a server that accepts and never answers: ETIMEDOUT after timeoutMs, time
   t.equal(err?.code, 'ETIMEDOUT');
   t.match(err?.message, s.path, 'the message names the socket');
   t.match(err?.message, /hello/, 'and the step that got no answer');
-  t.ok(ms >= 290 && ms < 3000, `rejected after ${ms.toFixed(0)} ms`);
+  // After timeoutMs, and well before the default 10 s (generous: timers run late on a loaded machine).
+  t.ok(ms >= 290 && ms < 8000, `rejected after ${ms.toFixed(0)} ms`);
   t.ok(ticks >= 5, `the event loop ran meanwhile (${ticks} ticks)`);
   await s.closed;
   t.pass('the half-made connection was closed');
@@ -63,7 +64,8 @@ t.test('an AbortSignal aborts Pool.connect with an AbortError', async (t) => {
   const err = await settlesWithin(p.then(() => null, (e: unknown) => e as { code?: string; name: string }), 8000);
   t.equal(err?.name, 'AbortError');
   t.equal(err?.code, 'ABORT_ERR');
-  t.ok(performance.now() - t0 < 5000, 'promptly (the default timeout is 10 s)');
+  // An ignored abort would end in ETIMEDOUT after the default 10 s, not an AbortError.
+  t.ok(performance.now() - t0 < 9000, 'before the default timeout (10 s)');
   await s.closed;
   t.pass('the half-made connection was closed');
   await t.rejects(Pool.connect(s.path, { signal: AbortSignal.abort() }), { name: 'AbortError', code: 'ABORT_ERR' }, 'an aborted signal rejects at once');

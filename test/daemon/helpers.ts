@@ -57,7 +57,7 @@ export async function startDaemon(opts: { device?: string; socket?: string; size
   proc.stderr!.on('data', (d: Buffer) => log.push(d.toString()));
   const t0 = Date.now();
   while (!log.some((l) => l.includes('daxmapd listening'))) {
-    if (proc.exitCode !== null || Date.now() - t0 > 20000) throw new Error(`daxmapd did not start: ${log.join('\n')}`);
+    if (proc.exitCode !== null || Date.now() - t0 > 60000) throw new Error(`daxmapd did not start: ${log.join('\n')}`);
     await new Promise((r) => setTimeout(r, 20));
   }
   return {

@@ -28,7 +28,7 @@ forBackings(t, 'pool.close() with live mappings: detached here, revoked and deta
       parentPort.postMessage({ first });
       // Wait for the owner to close the pool, then look.
       const t0 = Date.now();
-      while (b.byteLength !== 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+      while (b.byteLength !== 0 && Date.now() - t0 < 60000) await new Promise((r) => setTimeout(r, 10));
       let err = null;
       try { await f.stat(); } catch (e) { err = e.code; }
       parentPort.postMessage({ detached: b.byteLength === 0, closed: pool.closed, err });

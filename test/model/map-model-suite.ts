@@ -33,17 +33,25 @@ export const smallBudget = Number(process.env['DAXMAP_MODEL_BUDGET'] ?? 16);
 const budgetSeeds = envSeed ? seeds : [...seeds, 11];
 
 /**
- * The model runs on both backings. With `budget`, the window budget is that small
- * (constant eviction) and seed 11 runs too.
+ * The model runs on every backing. With `budget`, the window budget is that small
+ * (constant eviction) and seed 11 runs too. `part` [k, n]: only every n-th seed from
+ * the k-th (k from 0), so that a run can be split over test files, each with tap's
+ * whole timeout.
  */
-export function mapModelSuite(t: Test, budget?: number): void {
+export function mapModelSuite(t: Test, budget?: number, part: [number, number] = [0, 1]): void {
+  const [k, n] = part;
+  const mine = (_seed: number, i: number): boolean => i % n === k;
+  if (!(budget ? budgetSeeds : seeds).some(mine)) {
+    t.plan(0, `no seed falls to part ${k + 1} of ${n} (DAXMAP_SEED=${envSeed ?? ''}): the other part runs them`);
+    return;
+  }
   forBackings(t, `map model, ${ops} ops per seed${budget ? `, window budget ${budget} (constant eviction)` : ''}`, async (t, { pool, backing }) => {
     // On the 2 MiB-granular stand-in every window is a whole unit and the model's file
     // spans two: a budget of 1 evicts there (docs/pool.md, "2 MiB-granular devices").
     const windowBudget = budget && backing === 'hugetlbfs' ? 1 : budget;
     // A small budget of runs there in every `npm test` (one seed, and seed 11 with the
     // small budget); DAXMAP_SEED runs the seeds given.
-    const all = budget ? budgetSeeds : seeds;
+    const all = (budget ? budgetSeeds : seeds).filter(mine);
     const runSeeds = backing === 'hugetlbfs' && !envSeed ? all.filter((s) => s === 1 || s === 11) : all;
     for (const seed of runSeeds) {
       await t.test(`seed ${seed}`, async (t) => {

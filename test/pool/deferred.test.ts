@@ -3,7 +3,7 @@
 // only, and converts it once the data is durable (fsync, sync, Mapping.flush, close,
 // a checkpoint, the periodic writeback). Memory pools with the deferral forced on, so
 // that what survives a power cut can be looked at (crashImage); the SIGKILL and
-// power-failure tests are in deferred-crash.test.ts and powerfail.test.ts.
+// power-failure tests are in deferred-crash.test.ts and powerfail-deferred.test.ts.
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
