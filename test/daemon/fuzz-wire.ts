@@ -119,7 +119,7 @@ export class RawControl {
   }
 
   /** Wait until `pred` holds or the connection closed; false on timeout. */
-  async until(pred: () => boolean, timeoutMs = 10000): Promise<boolean> {
+  async until(pred: () => boolean, timeoutMs = 30000): Promise<boolean> {
     const t0 = Date.now();
     while (!pred() && !this.isClosed) {
       const left = timeoutMs - (Date.now() - t0);
@@ -136,7 +136,7 @@ export class RawControl {
   }
 
   /** The reply to request `id`, or null if the daemon hung up first (or did not answer in time). */
-  async reply(id: number, timeoutMs = 10000): Promise<Reply | null> {
+  async reply(id: number, timeoutMs = 30000): Promise<Reply | null> {
     await this.until(() => this.replies.some((r) => r.id === id), timeoutMs);
     return this.replies.find((r) => r.id === id) ?? null;
   }
@@ -217,7 +217,7 @@ export class RawFault {
     this.write(encodeHello(pid, session));
   }
 
-  async until(pred: () => boolean, timeoutMs = 10000): Promise<boolean> {
+  async until(pred: () => boolean, timeoutMs = 30000): Promise<boolean> {
     const t0 = Date.now();
     while (!pred() && !this.isClosed) {
       const left = timeoutMs - (Date.now() - t0);

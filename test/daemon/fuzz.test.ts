@@ -416,7 +416,7 @@ class Fuzzer {
         if (f.messages.length) this.problem(ctx(`bad HELLO ${hk} was answered`));
         return;
       }
-      if (!(await f.until(() => f!.messages.length > 0, 5000))) {
+      if (!(await f.until(() => f!.messages.length > 0, 30000))) {
         this.problem(ctx(`no HELLO back (${f.isClosed ? 'disconnected' : 'silent'})`));
         return;
       }
@@ -437,7 +437,7 @@ class Fuzzer {
           }
           const before = f.answers;
           await this.write(f, rng, wireMessage(Msg.Events, Buffer.concat(evs)));
-          if (f.autoResults && !(await f.until(() => f!.answers >= before + evs.length, 10000))) {
+          if (f.autoResults && !(await f.until(() => f!.answers >= before + evs.length, 30000))) {
             this.problem(ctx(`${evs.length} events got ${f.answers - before} answers (${f.isClosed ? 'disconnected' : 'silent'})`));
           }
         } else if (kind < 11) {
@@ -447,7 +447,7 @@ class Fuzzer {
           unknown.add(region);
           const before = f.answers;
           await this.write(f, rng, wireMessage(Msg.Events, eventBytes({ region, offset: rng.int(1 << 20) * PAGE, flags: rng.int(4) })));
-          if (f.autoResults && !(await f.until(() => f!.answers > before, 10000))) this.problem(ctx('an event on an unknown region got no answer'));
+          if (f.autoResults && !(await f.until(() => f!.answers > before, 30000))) this.problem(ctx('an event on an unknown region got no answer'));
         } else if (kind === 11) {
           // results nobody asked for: ignored
           const body = rng.bytes(16 * (1 + rng.int(4)));
