@@ -23,6 +23,14 @@ function deviceDir(): string {
   return process.env.DAXMAP_TEST_BACKINGS === 'hugetlbfs' && h !== undefined && h !== '' ? h : '/dev/shm';
 }
 
+/**
+ * A daemon dies with the test process that started it (a test file killed at tap's
+ * timeout used to leave its daxmapd running, holding its device: on the hugetlbfs
+ * stand-in, huge pages the suite must give back). util-linux's setpriv sets the
+ * parent-death signal and execs node; without it the daemon is spawned directly.
+ */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p));
+
 export function tmpName(kind: string): string {
   return `/tmp/daxmap-dtest-${process.pid}-${Date.now()}-${n++}.${kind}`;
 }
@@ -40,7 +48,9 @@ export interface DaemonProc {
 export async function startDaemon(opts: { device?: string; socket?: string; size?: string; args?: string[]; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<DaemonProc> {
   const socket = opts.socket ?? tmpName('sock');
   const device = opts.device ?? `${deviceDir()}/daxmap-dtest-${process.pid}-${n++}.pool`;
-  const proc = spawn(process.execPath, [DAEMON, '--device', device, '--socket', socket, '--size', opts.size ?? '64M', '--log-level', 'info', ...(opts.args ?? [])], {
+  const argv = [DAEMON, '--device', device, '--socket', socket, '--size', opts.size ?? '64M', '--log-level', 'info', ...(opts.args ?? [])];
+  const [cmd, args] = SETPRIV ? [SETPRIV, ['--pdeathsig', 'SIGKILL', process.execPath, ...argv]] : [process.execPath, argv];
+  const proc = spawn(cmd, args, {
     env: { ...process.env, DAXMAP_LOCKDEP: '1', DAXMAP_TEST_HOOKS: '1', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
