@@ -336,12 +336,13 @@ export class Service {
     },
     testState: (conn) => {
       const mine = this.policy.allMappings().filter((m) => m.client === conn.client).length;
-      return done({ mappings: mine, regions: conn.regions.size, files: conn.files.size, windows: conn.client.budget.count });
+      return done({ mappings: mine, regions: conn.regions.size, files: conn.files.size, windows: conn.client.budget.count, ahead: this.policy.aheadRunning });
     },
     configure: (conn, o) => {
       if (o.windowBudget !== undefined) conn.client.budget.limit = o.windowBudget;
       if (o.decided !== undefined) this.policy.decideMode = o.decided;
       if (o.reserve !== undefined) this.policy.reserveMode = o.reserve;
+      if (o.ahead !== undefined) this.policy.aheadWindows = o.ahead;
       return done();
     },
     stat: async (conn, h) => done(await this.file(conn, h, R_OK, 'stat').stat()),
