@@ -60,7 +60,11 @@ export class FaultAhead {
     }
     this.targets.set(m, want);
     this.run(m, fileStart + HUGE)
-      .catch((err: unknown) => this.ctx.log.warn({ err, file: m.inode.name }, 'fault-ahead failed'))
+      .catch((err: unknown) => {
+        // A mapping that went away meanwhile (unmapped, its client gone, the pool
+        // closing) ends its task with whatever error that caused: nothing to report.
+        if (!m.dead) this.ctx.log.warn({ err, file: m.inode.name }, 'fault-ahead failed');
+      })
       .finally(() => this.targets.delete(m));
   }
 

@@ -335,8 +335,9 @@ export class Resolver {
    * Fault-ahead (ahead.ts): allocate, zero, record and install the 2 MiB window at
    * `fileStart` of a shared mapping before its writer touches it, exactly as its write
    * fault would (ensureWritten, refreshZeros, install), and extend the writer's stream
-   * past it. Only a chunk that is one hole, aligned in the mapping, wholly inside it
-   * and inside EOF, none of whose pages the mapping has answered. 'installed', 'skip'
+   * past it. Only for a shared, writable, non-sync mapping on a 4 KiB-granular
+   * device, and a chunk that is one hole, aligned in the mapping, wholly inside it and
+   * inside EOF, none of whose pages the mapping has answered. 'installed', 'skip'
    * (not such a window: look further) or 'stop' (the file is gone or ends, or the
    * window could not be installed whole). Caller holds the chunk's range (shared) and
    * entry locks, as a fault does.
@@ -345,7 +346,9 @@ export class Resolver {
     const ino = m.inode;
     const regionOff = fileStart - m.fileOffset;
     if (m.dead || !ino.live || regionOff < 0 || regionOff + HUGE > m.length || fileStart + HUGE > ino.size) return 'stop';
-    if (regionOff % HUGE !== 0 || this.granular()) return 'stop';
+    // A sync mapping promises the record is durable before the first store reaches
+    // the block: that happens in its fault, so nothing is installed ahead of it.
+    if (regionOff % HUGE !== 0 || this.granular() || m.sync || m.private || !m.writable) return 'stop';
     if (!m.states.allNone(regionOff / PAGE, (regionOff + HUGE) / PAGE)) return 'skip';
     const x = this.ctx.pool.lookup(ino, fileStart);
     if (x.state !== 'hole' || x.offset + x.length < fileStart + HUGE) return 'skip';

@@ -115,6 +115,8 @@ export const OPS = {
   testFailPersist: spec({ access: 'test', args: (a): [{ code: string }] => [{ code: (field(a[0], 'code') ?? 'EIO') as string }] }),
   /** What the service holds for this connection. */
   testState: spec({ access: 'test', args: (): [] => [] }),
+  /** Fault-ahead tasks running in the policy (ahead.ts): tests wait for none. */
+  testAhead: spec({ access: 'test', args: (): [] => [] }),
   /**
    * windowBudget: this client's window budget; decided: how the pool decides written extents at map();
    * reserve: whether sparse hole writes are answered natively from reserves; ahead: the 2 MiB
@@ -197,7 +199,8 @@ export interface OpResults {
   testInject: void;
   testExit: void;
   testFailPersist: void;
-  testState: { mappings: number; regions: number; files: number; windows: number; ahead: number };
+  testState: { mappings: number; regions: number; files: number; windows: number };
+  testAhead: number;
   configure: void;
   stat: FileStat;
   truncate: void;

@@ -1,6 +1,6 @@
 // Fault-ahead (docs/fault-policy.md, "Fault-ahead"): a sequential writer's next 2 MiB
 // windows are allocated, zeroed and installed before it touches them, within the
-// mapping and within EOF only, never for sparse random writes; windows installed
+// mapping and within EOF only, never for sparse random writes nor sync mappings; windows installed
 // ahead are file data that truncate, punch hole, zero range and unlink take back like
 // any other window.
 import t from 'tap';
@@ -10,7 +10,7 @@ import { forBackings, kernelTouch, PAGE, HUGE } from './helpers';
 
 /** Waits until no fault-ahead task of the service is running. */
 async function aheadDone(pool: Pool): Promise<void> {
-  await until(async () => (await pool.request<{ ahead: number }>('testState')).ahead === 0, 'fault-ahead to finish');
+  await until(async () => (await pool.request<number>('testAhead')) === 0, 'fault-ahead to finish');
 }
 
 /** Stores `byte` into every page of [from, to) of the mapping, in order. */
@@ -56,7 +56,7 @@ forBackings(t, 'a sequential writer\'s next windows are installed ahead, inside 
   await m.unmap();
 });
 
-forBackings(t, 'no windows ahead for sparse random writes, nor with configure({ ahead: 0 })', async (t, { pool }) => {
+forBackings(t, 'no windows ahead for sparse random writes, sync mappings, nor with configure({ ahead: 0 })', async (t, { pool }) => {
   const f = await pool.openFile('sparse', { create: true });
   await f.truncate(32 * HUGE);
   const m = await f.map();
@@ -67,6 +67,15 @@ forBackings(t, 'no windows ahead for sparse random writes, nor with configure({ 
   await aheadDone(pool);
   t.equal((await pool.stats()).ahead - s0.ahead, 0, 'sparse writes: nothing ahead');
   await m.unmap();
+  // a sync mapping: its record must be durable before the first store, made in its fault
+  const h = await pool.openFile('sync', { create: true });
+  await h.truncate(4 * HUGE);
+  const ms = await h.map({ sync: true });
+  storeSeq(ms.buffer, 0, 3 * HUGE, 0x66);
+  await aheadDone(pool);
+  t.equal((await pool.stats()).ahead - s0.ahead, 0, 'a sync mapping: nothing ahead');
+  await ms.unmap();
+  await h.close();
   await pool.request('configure', [{ ahead: 0 }]);
   const { f: g, m: n } = await writer(pool, 'off', 4);
   t.equal((await pool.stats()).ahead - s0.ahead, 0, 'fault-ahead off: nothing ahead');
