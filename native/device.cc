@@ -11,10 +11,12 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -307,6 +309,23 @@ Status Device::Zero(uint64_t off, uint64_t len) const {
   if (view_ == nullptr) return Status::Errno(errno ? errno : EOPNOTSUPP, "zero range of device '" + path_ + "'");
   memset(view_ + off, 0, len);
   if (map_sync_) FlushCacheLines(view_ + off, len);
+  return Status::Ok();
+}
+
+Status Device::ZeroResident(uint64_t off, uint64_t len) const {
+  if (len == 0) return Status::Ok();
+  if (off > size_ || len > size_ - off || off % kPage || len % kPage) {
+    return Status::Errno(EINVAL, "zero range not page-aligned or outside device '" + path_ + "'");
+  }
+  if (kind_ != DeviceKind::kTmpfs && kind_ != DeviceKind::kFile) return Zero(off, len);
+  static const std::vector<uint8_t> zeros(256 * 1024, 0);  // read-only once built
+  for (uint64_t done = 0; done < len;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), len - done));
+    ssize_t w = pwrite(fd_, zeros.data(), n, static_cast<off_t>(off + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return Fail(w < 0 ? errno : EIO, "write zeros to device", path_);
+    done += static_cast<uint64_t>(w);
+  }
   return Status::Ok();
 }
 

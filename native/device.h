@@ -66,6 +66,13 @@ class Device {
   // zeroed range in a regular file (FALLOC_FL_ZERO_RANGE, blocks stay allocated),
   // memset + flush on device-dax. Not durable until Persist().
   Status Zero(uint64_t off, uint64_t len) const;
+  // Make [off, off+len) read as zeros by writing zeros through the descriptor
+  // (pwrite), so its pages are resident afterwards: on tmpfs they are allocated (or
+  // kept) and zero, on a regular file they are in the page cache, and a later
+  // mapping of the range maps them without allocating, clearing or converting
+  // anything (docs/faults.md, "The 2 MiB window"). Page-aligned; not durable until
+  // Persist(). Falls back to Zero() where the device cannot be written (device-dax).
+  Status ZeroResident(uint64_t off, uint64_t len) const;
   // fstat of this descriptor, and its first `len` bytes (at most 1 MiB) read through
   // it: pread, or a transient read-only mapping where the device cannot be read
   // (device-dax). Never re-opens the path.

@@ -64,9 +64,9 @@ export class DeviceStorage implements Storage {
     this.persist(0, this.size);
   }
 
-  zero(offset: number, length: number): void {
+  zero(offset: number, length: number, resident = false): void {
     if (this.isClosed) throw daxError('ECLOSED', `device '${this.path}' is closed`);
-    native().deviceZero(this.deviceId, offset, length);
+    native().deviceZero(this.deviceId, offset, length, resident);
   }
 
   close(): void {

@@ -35,9 +35,12 @@ export interface Storage {
   /**
    * Optional fast path: make the page-aligned [offset, offset+length) read as zeros
    * without touching memory where the backing allows (a hole punched in tmpfs, a
-   * zeroed range in a regular file). Not durable until persist().
+   * zeroed range in a regular file). Not durable until persist(). With `resident`,
+   * zeros are written instead (tmpfs, regular file), so the pages are resident and
+   * zero afterwards: a mapping of the range then maps them without allocating or
+   * clearing them (docs/faults.md, "The 2 MiB window").
    */
-  zero?(offset: number, length: number): void;
+  zero?(offset: number, length: number, resident?: boolean): void;
   /** Unmap (views become detached) and release the device lock. Idempotent. */
   close(): void;
 }

@@ -16,6 +16,7 @@ import type { Inode, PoolInternals } from '../pool/internal';
 import type { WindowBudget } from './budget';
 import { FaultContext, RetryAfterEvict, mappedEof, type Client, type MapRequest, type Mapping } from './context';
 import { Decider, DirectPieces, type DecideMode } from './decide';
+import { FaultAhead } from './ahead';
 import { Evictor } from './evict';
 import { Reserves, type ReserveMode } from './reserve';
 import { Resolver } from './resolve';
@@ -35,6 +36,7 @@ export class FaultPolicy {
   private readonly evictor: Evictor;
   private readonly decider: Decider;
   private readonly reserves: Reserves;
+  private readonly faultAhead: FaultAhead;
   /** How long a SIGBUS for a failed fault stands before the page is taken back. */
   transientPoisonMs = 20;
 
@@ -45,6 +47,9 @@ export class FaultPolicy {
     this.evictor = new Evictor(this.ctx);
     this.decider = new Decider(this.ctx);
     this.reserves = new Reserves(this.ctx, this.revoker);
+    this.faultAhead = new FaultAhead(this.ctx, this.resolver, (m) => this.reserves.live(m.inode));
+    // Started once the fault's operation has ended (its locks released), not inside it.
+    this.resolver.onSequentialWindow = (m, fileStart) => this.aheadDue.set(m, fileStart);
     this.resolver.onSparseWrite = (m, sparse) => {
       // With fault-around, a reserve only after a few sparse writes in a row: a
       // sequential writer must keep getting whole 2 MiB windows (the adaptive rule).
@@ -89,6 +94,20 @@ export class FaultPolicy {
 
   set reserveMode(mode: ReserveMode) {
     this.reserves.mode = mode;
+  }
+
+  /** 2 MiB windows installed ahead of a sequential writer (ahead.ts; DAXMAP_AHEAD sets the default; 0: off). */
+  get aheadWindows(): number {
+    return this.faultAhead.windows;
+  }
+
+  set aheadWindows(n: number) {
+    this.faultAhead.windows = n;
+  }
+
+  /** Fault-ahead tasks running (tests wait for none). */
+  get aheadRunning(): number {
+    return this.faultAhead.running;
   }
 
   /** Test seam: called when reserve notes are about to be adopted. */
@@ -189,6 +208,8 @@ export class FaultPolicy {
   private readonly sparse = new Set<Mapping>();
   /** Sparse write faults in a row, per mapping. */
   private readonly sparseRun = new WeakMap<Mapping, number>();
+  /** Mappings whose sequential writer was just answered a window: fault-ahead from there (ahead.ts). */
+  private readonly aheadDue = new Map<Mapping, number>();
 
   private async handleOne(client: Client, ev: FaultEvent): Promise<void> {
     const m = this.ctx.mappings.get(`${client.id}:${ev.region}`);
@@ -225,6 +246,11 @@ export class FaultPolicy {
       }
     }
     this.ctx.fileStats(m).latency(Number(monotonicNow() - ev.timeNs) / 1000);
+    const due = this.aheadDue.get(m);
+    if (due !== undefined) {
+      this.aheadDue.delete(m);
+      this.faultAhead.after(m, due);
+    }
     if (this.sparse.delete(m)) {
       // Answered already; the next sparse writes of the mapping need not wait for us.
       this.reserves.grant(m).catch((err: unknown) => this.ctx.log.warn({ err, file: m.inode.name }, 'granting a reserve failed'));

@@ -22,6 +22,7 @@ interface Classified {
 }
 
 const ZERO_PAGE = new Uint8Array(PAGE);
+
 /**
  * How far past a stream's end a write fault may start and still continue it: the
  * very next page. Any slack lets random writes pass for sequential ones (8 streams
@@ -38,6 +39,11 @@ export class Resolver {
    * cue (reserve.ts); not for a 2 MiB window.
    */
   onSparseWrite: ((m: Mapping, sparse: boolean) => void) | null = null;
+  /**
+   * Told when a write fault that continued a sequential stream was answered with the
+   * whole 2 MiB window at `fileStart`: fault-ahead's cue (ahead.ts).
+   */
+  onSequentialWindow: ((m: Mapping, fileStart: number) => void) | null = null;
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -272,13 +278,14 @@ export class Resolver {
       // pages every writer's window is taken whole, as the kernel's own first touch
       // there takes a 2 MiB folio (docs/native.md, "True 2 MiB mappings").
       const whole = this.granular() || this.ctx.pool.storage.huge === true;
+      const continued = this.continues(m, fileOff);
       if (!c.allWritten && !whole && !this.sequential(m, fileOff)) return this.resolveSharedWritePage(m, ev, fileOff);
       this.countExtent(m, c.allWritten ? 'written' : this.ctx.pool.lookup(m.inode, fileOff).state);
       let exts;
       try {
         exts = c.allWritten && c.contiguous && !m.sync
           ? [{ offset: win.fileStart, length: HUGE, deviceOffset: c.devStart }]
-          : await this.materialise(m, win.fileStart, HUGE, { sync: m.sync, preferAligned: true }, [win.regionOff, win.regionOff + HUGE]);
+          : await this.materialise(m, win.fileStart, HUGE, { sync: m.sync, preferAligned: true, resident: true }, [win.regionOff, win.regionOff + HUGE]);
       } catch (err) {
         // Not enough space for the whole window: fall back to this page alone, as the
         // kernel falls back from a PMD fault to a PTE fault. A 2 MiB-granular device
@@ -294,6 +301,7 @@ export class Resolver {
         this.ctx.bump(m, 'pmd');
         await this.install(m, win.regionOff, HUGE, exts[0]!.deviceOffset, false);
         this.wrote(m, fileOff, win.fileStart + HUGE);
+        if (continued && !c.allWritten) this.onSequentialWindow?.(m, win.fileStart);
         return;
       }
       // Not one aligned run: install the faulting page only (the rest is written now
@@ -315,7 +323,41 @@ export class Resolver {
    */
   private sequential(m: Mapping, fileOff: number): boolean {
     if (m.writeStreams.length === 0) return fileOff % HUGE === 0;
+    return this.continues(m, fileOff);
+  }
+
+  /** Does a write at fileOff start where a recent write fault of the mapping ended? */
+  private continues(m: Mapping, fileOff: number): boolean {
     return m.writeStreams.some((end) => fileOff >= end && fileOff < end + SEQ_GAP);
+  }
+
+  /**
+   * Fault-ahead (ahead.ts): allocate, zero, record and install the 2 MiB window at
+   * `fileStart` of a shared mapping before its writer touches it, exactly as its write
+   * fault would (ensureWritten, refreshZeros, install), and extend the writer's stream
+   * past it. Only for a shared, writable, non-sync mapping on a 4 KiB-granular
+   * device, and a chunk that is one hole, aligned in the mapping, wholly inside it and
+   * inside EOF, none of whose pages the mapping has answered. 'installed', 'skip'
+   * (not such a window: look further) or 'stop' (the file is gone or ends, or the
+   * window could not be installed whole). Caller holds the chunk's range (shared) and
+   * entry locks, as a fault does.
+   */
+  async ahead(m: Mapping, fileStart: number): Promise<'installed' | 'skip' | 'stop'> {
+    const ino = m.inode;
+    const regionOff = fileStart - m.fileOffset;
+    if (m.dead || !ino.live || regionOff < 0 || regionOff + HUGE > m.length || fileStart + HUGE > ino.size) return 'stop';
+    // A sync mapping promises the record is durable before the first store reaches
+    // the block: that happens in its fault, so nothing is installed ahead of it.
+    if (regionOff % HUGE !== 0 || this.granular() || m.sync || m.private || !m.writable) return 'stop';
+    if (!m.states.allNone(regionOff / PAGE, (regionOff + HUGE) / PAGE)) return 'skip';
+    const x = this.ctx.pool.lookup(ino, fileStart);
+    if (x.state !== 'hole' || x.offset + x.length < fileStart + HUGE) return 'skip';
+    const exts = await this.materialise(m, fileStart, HUGE, { sync: false, preferAligned: true, resident: true }, [regionOff, regionOff + HUGE]);
+    this.wrote(m, fileStart, fileStart + HUGE);
+    if (exts.length !== 1 || exts[0]!.length !== HUGE || exts[0]!.deviceOffset % HUGE !== 0) return 'stop'; // written; its pages fault as usual
+    if (!(await this.install(m, regionOff, HUGE, exts[0]!.deviceOffset, false))) return 'stop';
+    this.ctx.bump(m, 'ahead');
+    return 'installed';
   }
 
   /** A write fault answered [fileOff, end): extend its stream, or start one. */
@@ -352,20 +394,21 @@ export class Resolver {
    * unmaps zero-page entries from all mappings when a block replaces them).
    * `skip`: a range of one mapping about to be installed over anyway.
    */
-  private async materialise(m: Mapping, fileOff: number, length: number, opts: { sync: boolean; preferAligned?: boolean }, skip?: [number, number]) {
+  private async materialise(m: Mapping, fileOff: number, length: number, opts: { sync: boolean; preferAligned?: boolean; resident?: boolean }, skip?: [number, number]) {
     const exts = await this.ctx.pool.ensureWritten(m.inode, fileOff, length, opts);
     await this.revoker.refreshZeros(m.inode, fileOff, fileOff + length, skip ? { m, lo: skip[0], hi: skip[1] } : undefined);
     return exts;
   }
 
-  private async install(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): Promise<void> {
+  /** Install a device range (a window of the budget); false if the client is gone (ENXIO). */
+  private async install(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): Promise<boolean> {
     const [r] = await this.ctx.answer(m.client, [this.installSpec(m, regionOff, length, devOff, forRead, adopt)]);
     if (r === ENOMEM) throw new RetryAfterEvict();
     if (r !== 0 && r !== ENXIO) throw daxError('EIO', `install answer failed: ${r}`);
-    if (r === 0) {
-      m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Installed);
-      m.client.budget.add({ mapping: m.key, offset: regionOff, length });
-    }
+    if (r !== 0) return false;
+    m.states.set(regionOff / PAGE, (regionOff + length) / PAGE, PageState.Installed);
+    m.client.budget.add({ mapping: m.key, offset: regionOff, length });
+    return true;
   }
 
   /**

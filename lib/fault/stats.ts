@@ -28,6 +28,8 @@ export interface FaultStatsSnapshot {
   decided: number;
   /** write faults on holes answered by the client's agent from a reserve (counted as their notes arrive; not in `faults`) */
   reserved: number;
+  /** 2 MiB windows allocated and installed ahead of a sequential writer (fault-ahead; not in `faults`) */
+  ahead: number;
   installedWindows: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** Faults per latency bucket: counts[i] took at most LATENCY_BOUNDS_US[i] µs (and more than the bound before); the last, more than every bound. */
@@ -44,7 +46,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -76,6 +78,7 @@ export class FaultStats {
   fallback = 0;
   decided = 0;
   reserved = 0;
+  ahead = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -114,7 +117,7 @@ export class FaultStats {
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
-      decided: this.decided, reserved: this.reserved, installedWindows,
+      decided: this.decided, reserved: this.reserved, ahead: this.ahead, installedWindows,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

@@ -122,7 +122,7 @@ export interface NativeAddon {
   deviceOpen(path: string, options: DeviceOpenOptions): DeviceInfo;
   deviceView(id: number, offset: number, length: number): Buffer;
   devicePersist(id: number, offset: number, length: number): void;
-  deviceZero(id: number, offset: number, length: number): void;
+  deviceZero(id: number, offset: number, length: number, resident?: boolean): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** One datagram to the UNIX datagram socket at `path` ("@name": abstract namespace), as sd_notify sends to $NOTIFY_SOCKET. */
   unixDatagramSend(path: string, data: Uint8Array): void;

@@ -71,15 +71,16 @@ export class BlockIo {
   /**
    * Fill device blocks [dev, dev+n) that back file blocks [fb, fb+n): the bytes of
    * `data` (at file offset `dataOff`) where they overlap, zeros everywhere else.
+   * `resident`: whole zero pages are written, not punched (io.ts fillBytes).
    */
-  fillBlocks(dev: number, fb: number, n: number, data: Uint8Array | null, dataOff: number): void {
+  fillBlocks(dev: number, fb: number, n: number, data: Uint8Array | null, dataOff: number, resident = false): void {
     const lo = fb * B;
     const hi = (fb + n) * B;
     const s = data ? Math.max(lo, Math.min(hi, dataOff)) : hi;
     const t = data ? Math.max(s, Math.min(hi, dataOff + data.length)) : hi;
-    if (s > lo) fillBytes(this.storage, dev * B, s - lo);
+    if (s > lo) fillBytes(this.storage, dev * B, s - lo, 0, false, resident);
     if (t > s) writeBytes(this.storage, dev * B + (s - lo), data!, s - dataOff, t - s);
-    if (hi > t) fillBytes(this.storage, dev * B + (t - lo), hi - t);
+    if (hi > t) fillBytes(this.storage, dev * B + (t - lo), hi - t, 0, false, resident);
   }
 
   /** Copy the part of `data` (at file offset `offset`) that falls in a written segment; durable at fsync. */

@@ -182,8 +182,8 @@ export class PoolCore {
    * them with `data` (at file offset dataOff) or zeros, persisting those blocks, then
    * recording them. Caller holds alloc + log; returns the records (not yet committed).
    */
-  private materialise(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean): LogRecord[] {
-    const { recs, fresh, taken } = this.fill(f, fb0, fb1, data, dataOff, aligned, STATE_WRITTEN);
+  private materialise(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, resident = false): LogRecord[] {
+    const { recs, fresh, taken } = this.fill(f, fb0, fb1, data, dataOff, aligned, STATE_WRITTEN, resident);
     // zero before expose (docs/pool-format.md, ordering rule 1): the zeroes (and data)
     // are durable before the records that expose them
     try {
@@ -202,8 +202,8 @@ export class PoolCore {
    * conversion. A crash before the conversion is logged leaves them unwritten: they
    * read as zeros, never as old bytes. Caller holds alloc + log.
    */
-  private materialiseDeferred(f: Inode, fb0: number, fb1: number, aligned: boolean): void {
-    const { recs, fresh } = this.fill(f, fb0, fb1, null, 0, aligned, STATE_UNWRITTEN);
+  private materialiseDeferred(f: Inode, fb0: number, fb1: number, aligned: boolean, resident: boolean): void {
+    const { recs, fresh } = this.fill(f, fb0, fb1, null, 0, aligned, STATE_UNWRITTEN, resident);
     this.commitDeferred(f, recs, fresh);
   }
 
@@ -225,9 +225,10 @@ export class PoolCore {
    * Allocate the holes of [fb0, fb1) and fill them and its unwritten blocks with `data`
    * (at file offset dataOff) or zeros, in memory. Returns the records for the newly
    * allocated blocks (in `holeState`) and, with WRITTEN, for the unwritten ones, and
-   * every block filled. Caller holds alloc + log.
+   * every block filled. Caller holds alloc + log. `resident`: zeros are written, not
+   * punched (BlockIo.fillBlocks).
    */
-  private fill(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, holeState: ExtentStateCode): { recs: LogRecord[]; fresh: (Run & { fb: number })[]; taken: Run[] } {
+  private fill(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, holeState: ExtentStateCode, resident = false): { recs: LogRecord[]; fresh: (Run & { fb: number })[]; taken: Run[] } {
     // On a 2 MiB-granular device whole units are allocated; the unit holding EOF (or
     // the end of the range being written, which may extend it) is written whole, as it
     // is mapped whole; its blocks beyond are recorded unwritten (no written block lies
@@ -250,7 +251,7 @@ export class PoolCore {
         if (s.state === 'unwritten') {
           const len = Math.min(s.len, eof - s.fb);
           if (len <= 0) continue;
-          this.blocks.fillBlocks(s.dev, s.fb, len, data, dataOff);
+          this.blocks.fillBlocks(s.dev, s.fb, len, data, dataOff, resident);
           fresh.push({ start: s.dev, len, fb: s.fb });
           if (holeState === STATE_WRITTEN) recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len, dev: s.dev, state: STATE_WRITTEN });
           continue;
@@ -260,7 +261,7 @@ export class PoolCore {
           taken.push({ start: p.dev, len: p.len });
           const len = Math.max(0, Math.min(p.len, eof - p.fb));
           if (len > 0) {
-            this.blocks.fillBlocks(p.dev, p.fb, len, data, dataOff);
+            this.blocks.fillBlocks(p.dev, p.fb, len, data, dataOff, resident);
             fresh.push({ start: p.dev, len, fb: p.fb });
             recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len, dev: p.dev, state: holeState });
           }
@@ -624,7 +625,7 @@ export class PoolCore {
     return { state: e.state === STATE_WRITTEN ? 'written' : 'unwritten', offset: e.fb * B, length: e.len * B, deviceOffset: e.dev * B };
   }
 
-  async ensureWritten(f: Inode, offset: number, length: number, opts: { sync?: boolean; preferAligned?: boolean }): Promise<DeviceExtent[]> {
+  async ensureWritten(f: Inode, offset: number, length: number, opts: { sync?: boolean; preferAligned?: boolean; resident?: boolean }): Promise<DeviceExtent[]> {
     checkOffset('offset', offset);
     checkOffset('length', length);
     if (length === 0) throw daxError('EINVAL', 'ensureWritten length must be positive');
@@ -641,8 +642,9 @@ export class PoolCore {
         if (fb1 > this.writtenLimit(f)) throw daxError('EINVAL', `ensureWritten range passes EOF of '${f.name}'`);
         // a concurrent caller may have done it while we waited: materialise only touches what is still not written
         const aligned = opts.preferAligned === true;
-        if (this.deferConversion && !sync) this.materialiseDeferred(f, fb0, fb1, aligned);
-        else this.txn.commit(this.materialise(f, fb0, fb1, null, 0, aligned));
+        const resident = opts.resident === true;
+        if (this.deferConversion && !sync) this.materialiseDeferred(f, fb0, fb1, aligned, resident);
+        else this.txn.commit(this.materialise(f, fb0, fb1, null, 0, aligned, resident));
         if (sync) {
           // MAP_SYNC: the metadata reaching the block is durable before the wake, so
           // this file's deferred conversions are made durable too

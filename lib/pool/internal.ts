@@ -16,6 +16,12 @@ export interface EnsureWrittenOptions {
   sync?: boolean;
   /** Allocate whole 2 MiB groups for whole aligned 2 MiB file chunks (device offset congruent to file offset). */
   preferAligned?: boolean;
+  /**
+   * Zero new blocks by writing zeros (not by punching them out), so their pages are
+   * resident when the fault maps them: a 2 MiB window's install then maps pages
+   * instead of allocating and clearing them (docs/faults.md, "The 2 MiB window").
+   */
+  resident?: boolean;
 }
 
 export interface PoolInternals {

@@ -31,12 +31,13 @@ export function writeBytes(s: Storage, offset: number, src: Uint8Array, srcStart
   }
 }
 
-export function fillBytes(s: Storage, offset: number, length: number, value = 0, populate = false): void {
+export function fillBytes(s: Storage, offset: number, length: number, value = 0, populate = false, resident = false): void {
   // Whole pages of zeros: let the device do it without touching the memory (on
   // tmpfs the pages are simply freed; the next touch gets a fresh zeroed page),
-  // unless the pages are wanted resident (`populate`: the reserve's stock).
+  // unless the pages are wanted resident (`populate`: the reserve's stock, through
+  // the view; `resident`: a fault's 2 MiB window, zeros written by the device).
   if (value === 0 && !populate && s.zero && offset % 4096 === 0 && length % 4096 === 0 && length > 0) {
-    s.zero(offset, length);
+    s.zero(offset, length, resident);
     return;
   }
   for (let done = 0; done < length;) {

@@ -12,6 +12,7 @@ import type { Hello, MapOptions } from './messages';
 import type { PoolFsFileStat as FileStat, PoolFsStatFs as StatFs } from '../pool/index';
 import type { FaultStatsSnapshot } from '../fault/stats';
 import { DECIDE_MODES, type DecideMode } from '../fault/decide';
+import { MAX_AHEAD } from '../fault/ahead';
 import { RESERVE_MODES, type ReserveMode } from '../fault/reserve';
 
 /** Largest file.read through a socket: its reply must fit one control frame (./control.ts MAX_PAYLOAD). */
@@ -114,14 +115,18 @@ export const OPS = {
   testFailPersist: spec({ access: 'test', args: (a): [{ code: string }] => [{ code: (field(a[0], 'code') ?? 'EIO') as string }] }),
   /** What the service holds for this connection. */
   testState: spec({ access: 'test', args: (): [] => [] }),
+  /** Fault-ahead tasks running in the policy (ahead.ts): tests wait for none. */
+  testAhead: spec({ access: 'test', args: (): [] => [] }),
   /**
    * windowBudget: this client's window budget; decided: how the pool decides written extents at map();
-   * reserve: whether sparse hole writes are answered natively from reserves (docs/fault-policy.md).
+   * reserve: whether sparse hole writes are answered natively from reserves; ahead: the 2 MiB
+   * windows installed ahead of a sequential writer, 0 to 16 (docs/fault-policy.md).
    */
   configure: spec({
     access: 'root',
-    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode }] => {
+    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode; ahead?: number }] => {
       const w = field(a[0], 'windowBudget');
+      const ah = field(a[0], 'ahead');
       const d = field(a[0], 'decided');
       const r = field(a[0], 'reserve');
       if (d !== undefined && !DECIDE_MODES.includes(d as DecideMode)) {
@@ -134,6 +139,7 @@ export const OPS = {
         ...(w === undefined ? {} : { windowBudget: int('windowBudget', w, 1, 2 ** 31) }),
         ...(d === undefined ? {} : { decided: d as DecideMode }),
         ...(r === undefined ? {} : { reserve: r as ReserveMode }),
+        ...(ah === undefined ? {} : { ahead: int('ahead', ah, 0, MAX_AHEAD) }),
       }];
     },
   }),
@@ -194,6 +200,7 @@ export interface OpResults {
   testExit: void;
   testFailPersist: void;
   testState: { mappings: number; regions: number; files: number; windows: number };
+  testAhead: number;
   configure: void;
   stat: FileStat;
   truncate: void;

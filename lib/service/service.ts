@@ -45,7 +45,7 @@ class LocalClient implements Client {
 
 /** Operations that neither read nor change files: they need no reserve taken back first. */
 const NO_RESERVE_RECLAIM: ReadonlySet<string> = new Set([
-  'hello', 'attach', 'list', 'statfs', 'stats', 'statsByFile', 'lockdep', 'testInject', 'testState', 'configure', 'map', 'unmap',
+  'hello', 'attach', 'list', 'statfs', 'stats', 'statsByFile', 'lockdep', 'testInject', 'testState', 'testAhead', 'configure', 'map', 'unmap',
 ]);
 
 /** Who is on the other end of a connection (daemon mode). */
@@ -338,10 +338,12 @@ export class Service {
       const mine = this.policy.allMappings().filter((m) => m.client === conn.client).length;
       return done({ mappings: mine, regions: conn.regions.size, files: conn.files.size, windows: conn.client.budget.count });
     },
+    testAhead: () => done(this.policy.aheadRunning),
     configure: (conn, o) => {
       if (o.windowBudget !== undefined) conn.client.budget.limit = o.windowBudget;
       if (o.decided !== undefined) this.policy.decideMode = o.decided;
       if (o.reserve !== undefined) this.policy.reserveMode = o.reserve;
+      if (o.ahead !== undefined) this.policy.aheadWindows = o.ahead;
       return done();
     },
     stat: async (conn, h) => done(await this.file(conn, h, R_OK, 'stat').stat()),

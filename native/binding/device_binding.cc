@@ -87,7 +87,10 @@ Napi::Value DeviceZero(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "zero");
   if (!dev) return env.Undefined();
-  Status s = dev->Zero(U64Arg(info, 1), U64Arg(info, 2));
+  // A fourth argument `resident` (boolean): write zeros, leaving the pages resident.
+  bool resident = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+  Status s =
+      resident ? dev->ZeroResident(U64Arg(info, 1), U64Arg(info, 2)) : dev->Zero(U64Arg(info, 1), U64Arg(info, 2));
   if (!s.ok()) ThrowStatus(env, s);
   return env.Undefined();
 }

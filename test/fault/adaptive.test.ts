@@ -50,18 +50,20 @@ forBackings(t, 'a sequential writer still gets whole 2 MiB windows, from its fir
   let s0 = await pool.stats();
   for (let off = 0; off < 4 * HUGE; off += PAGE) m.buffer[off] = 1; // from the file's start
   let s1 = await pool.stats();
-  t.equal(s1.pmd - s0.pmd, 4, 'from a chunk\'s start: a 2 MiB window per chunk');
-  t.equal(s1.faults - s0.faults, 4, 'one fault each');
+  // Each chunk is a whole window: answered to its fault, or installed ahead of it
+  // (fault-ahead, from the second chunk on: ahead.test.ts).
+  t.ok(s1.pmd - s0.pmd + (s1.ahead - s0.ahead) >= 4 && s1.pte === s0.pte, `from a chunk's start: a 2 MiB window per chunk (${s1.pmd - s0.pmd} faulted, ${s1.ahead - s0.ahead} ahead)`);
+  t.ok(s1.faults - s0.faults <= 4, `at most one fault each (${s1.faults - s0.faults})`);
   const g = await pool.openFile('seq2', { create: true });
   await g.truncate(8 * HUGE);
   const n = await g.map();
   s0 = await pool.stats();
   for (let off = 3 * PAGE; off < 4 * HUGE; off += PAGE) n.buffer[off] = 2; // from inside the first chunk
   s1 = await pool.stats();
-  t.ok(s1.pmd - s0.pmd >= 3, `starting inside a chunk: whole windows from the next chunk on (${s1.pmd - s0.pmd} of 4)`);
+  t.ok(s1.pmd - s0.pmd + (s1.ahead - s0.ahead) >= 3, `starting inside a chunk: whole windows from the next chunk on (${s1.pmd - s0.pmd} faulted, ${s1.ahead - s0.ahead} ahead)`);
   t.ok(s1.faults - s0.faults < 16, `few faults (${s1.faults - s0.faults}): the rest of the first chunk is allocated on the second`);
   const st = await g.stat();
-  t.ok(st.allocated <= 4 * HUGE, `allocated ${st.allocated}: no more than the chunks written`);
+  t.ok(st.allocated <= 6 * HUGE, `allocated ${st.allocated}: no more than the chunks written and the two windows ahead`);
   await m.unmap();
   await n.unmap();
 }, { hugetlb: true });

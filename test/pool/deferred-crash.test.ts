@@ -7,7 +7,9 @@
 // Mapping.flush must be byte for byte what was flushed.
 // The same on the device-DAX stand-in (a pool on hugetlbfs, test/hugetlb.ts): there
 // conversion is not deferred, every first touch takes a whole 2 MiB unit, and the
-// files are whole units (4 MiB).
+// files are whole units (4 MiB). And with sequential writers on tmpfs and disk-file
+// pools, killed while windows are installed ahead of them (fault-ahead,
+// docs/fault-policy.md): a window installed ahead and not stored to reads zeros.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -23,23 +25,30 @@ import { hugetlb } from '../hugetlb.ts';
 useLockdep(t);
 
 const root = resolve(__dirname, '../../dist/index.js');
-const child = resolve(__dirname, 'fixtures/deferred-child.js');
+const deferredChild = resolve(__dirname, 'fixtures/deferred-child.js');
+const aheadChild = resolve(__dirname, 'fixtures/ahead-child.js');
 const bin = resolve(__dirname, '../../bin/daxmap');
 const dir = mkdtempSync(join(tmpdir(), 'daxmap-deferred-crash-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const pageByte = (name: string, page: number): number => ((name.charCodeAt(0) * 31 + page * 7) % 255) + 1;
 
-/** `pages`: 4 KiB pages per file; `rounds`: kills (more until a flushed file was checked). */
-async function killRounds(t: Test, path: string, size: number, o: { pages: number; rounds: number; deferred: boolean }): Promise<void> {
+/**
+ * `pages`: the child's size argument (4 KiB pages per file; ahead-child: 2 MiB chunks);
+ * `rounds`: kills (more until a flushed file was checked).
+ */
+async function killRounds(t: Test, path: string, size: number, o: { pages: number; rounds: number; deferred: boolean; child?: string }): Promise<{ ahead: number }> {
+  const child = o.child ?? deferredChild;
   const r = rng(31);
   const pool0 = await PoolFs.create(path, { size });
   t.equal(coreOf(pool0).deferConversion, o.deferred, `the pool ${o.deferred ? 'defers' : 'does not defer'} conversions`);
   await pool0.close();
   let syncedChecked = 0;
   let unconverted = 0;
+  let ahead = 0;
   for (let round = 0; round < o.rounds || (syncedChecked === 0 && round < 12); round++) {
     const target = 10 + r.int(150);
-    const { synced, lines } = await runAndKill(child, [root, path, String(2000 + round), String(o.pages)], target, r.int(30));
+    const { synced, lines, last } = await runAndKill(child, [root, path, String(2000 + round), String(o.pages)], target, r.int(30));
+    ahead = Math.max(ahead, Number(/^ahead (\d+)$/.exec(last.get('ahead') ?? '')?.[1] ?? 0));
     t.ok(lines >= target, `round ${round}: killed after ${lines} lines`);
     const pool = await PoolFs.open(path);
     t.same(coreOf(pool).checkState(), [], 'consistent after recovery');
@@ -65,6 +74,7 @@ async function killRounds(t: Test, path: string, size: number, o: { pages: numbe
   }
   t.ok(syncedChecked > 0, `${syncedChecked} flushed files verified`);
   if (o.deferred) t.ok(unconverted > 0, `${unconverted} extents were found unwritten after the kills: faults were killed before their conversion`);
+  return { ahead };
 }
 
 t.test('SIGKILL with write faults waiting for conversion, disk-file pool', async (t) => {
@@ -81,3 +91,12 @@ t.test('SIGKILL mid-stores in 2 MiB windows, pool on the hugetlbfs stand-in', as
   t.teardown(() => rmSync(path, { force: true }));
   await killRounds(t, path, 48 << 20, { pages: 1024, rounds: 3, deferred: false });
 });
+
+for (const [backing, where] of [['tmpfs', '/dev/shm'], ['disk-file', dir]] as const) {
+  t.test(`SIGKILL with windows installed ahead of sequential writers, ${backing} pool`, async (t) => {
+    const path = join(where === dir ? dir : mkdtempSync(join(where, 'daxmap-ahead-crash-')), 'ahead-pool');
+    if (where !== dir) t.teardown(() => rmSync(resolve(path, '..'), { recursive: true, force: true }));
+    const { ahead } = await killRounds(t, path, 64 << 20, { pages: 6, rounds: 5, deferred: backing === 'disk-file', child: aheadChild });
+    t.ok(ahead > 0, `windows were installed ahead before the kills (${ahead} at most in a round)`);
+  });
+}

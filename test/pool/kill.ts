@@ -6,11 +6,13 @@ import { spawn } from 'node:child_process';
 
 /**
  * Kill the child once it has reported `afterLines` lines, after a further random
- * delay. Returns the files whose last event was "synced" (with their hashes).
+ * delay. Returns the files whose last event was "synced" (with their hashes), and
+ * the last line of every other kind the child printed (by its first word).
  */
-export async function runAndKill(child: string, args: string[], afterLines: number, delayMs: number): Promise<{ synced: Map<string, string>; lines: number }> {
+export async function runAndKill(child: string, args: string[], afterLines: number, delayMs: number): Promise<{ synced: Map<string, string>; lines: number; last: Map<string, string> }> {
   const p = spawn(process.execPath, [child, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   const synced = new Map<string, string>();
+  const last = new Map<string, string>();
   let buf = '';
   let lines = 0;
   let killTimer: NodeJS.Timeout | undefined;
@@ -30,11 +32,12 @@ export async function runAndKill(child: string, args: string[], afterLines: numb
       else if (kind === 'dirty') synced.delete(name!);
       else if (kind === 'synced') synced.set(name!, hash!);
       else if (kind === 'error') failed = new Error(`child failed: ${line}`);
+      else last.set(kind!, line);
     }
   });
   const { signal } = await exited;
   clearTimeout(killTimer);
   if (failed) throw failed;
   if (signal !== 'SIGKILL') throw new Error(`child ended without being killed (${signal})`);
-  return { synced, lines };
+  return { synced, lines, last };
 }

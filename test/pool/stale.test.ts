@@ -3,6 +3,9 @@
 // extend, fallocate and partly write into the reused blocks. The pattern must never
 // show through a read, a later mapping (ensureWritten + the device view), or a crash.
 import t from 'tap';
+import { rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { MemoryStorage } from '../../dist/device/storage.js';
 import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
@@ -102,3 +105,37 @@ t.test('unwritten -> written conversion zeroes the block, even when it held old 
   t.equal(v.indexOf(PAT.subarray(0, 8)), -1, 'the converted device block holds no old bytes');
   await pool.close();
 });
+
+// A fault's 2 MiB window is zeroed by writing zeros (ensureWritten({ resident }):
+// docs/faults.md, "The 2 MiB window"), not by punching or FALLOC_FL_ZERO_RANGE: over
+// blocks a freed secret left, in a tmpfs and a disk-file pool, nothing of it shows.
+for (const [kind, dir] of [['tmpfs', '/dev/shm'], ['disk-file', tmpdir()]] as const) {
+  t.test(`pattern freed, then reused by resident zeroing of whole windows, never reappears (${kind} pool)`, async (t) => {
+    const path = join(dir, `daxmap-stale-resident-${process.pid}`);
+    t.teardown(() => rmSync(path, { force: true }));
+    const pool = await PoolFs.create(path, { size: 16 << 20 });
+    t.teardown(() => pool.close());
+    const sec = await pool.openFile('secret', { create: true });
+    await sec.write(pattern(8 << 20), 0);
+    await sec.fsync();
+    await sec.close();
+    await pool.unlink('secret');
+    const ip = poolInternals(pool);
+    const f = await pool.openFile('w', { create: true });
+    await f.truncate(12 << 20); // more than was never used: the secret's blocks are reused
+    const ino = ip.inode(f);
+    const exts = await withOperation('test.map', async () => {
+      const h = await ip.rangeLock(ino).acquireShared(0, 12 << 20);
+      try {
+        const out = [];
+        for (let off = 0; off < 12 << 20; off += 2 << 20) out.push(...(await ip.ensureWritten(ino, off, 2 << 20, { preferAligned: true, resident: true })));
+        return out;
+      } finally { h.release(); }
+    });
+    let shown = 0;
+    for (const e of exts) if (ip.storage.view(e.deviceOffset, e.length).indexOf(PAT) >= 0) shown++;
+    t.equal(shown, 0, 'no window\'s device bytes show the pattern');
+    t.ok((await readAll(f)).every((x) => x === 0), 'the file reads zeros');
+    await f.close();
+  });
+}
