@@ -171,7 +171,8 @@ export class FaultPolicy {
         windows += m.client.budget.count;
       }
     }
-    return this.ctx.stats.snapshot(windows);
+    const txn = this.ctx.pool.core.txn;
+    return this.ctx.stats.snapshot(windows, { logPersists: txn.log.persists, syncCommits: txn.durableWaits });
   }
 
 

@@ -336,8 +336,9 @@ export class Resolver {
     if (x.state === 'written' && !m.sync) {
       devOff = (x.deviceOffset as number) + (fileOff - x.offset);
     } else {
-      const [e] = await this.materialise(m, fileOff, PAGE, { sync: m.sync }, [ev.offset, ev.offset + PAGE]);
-      devOff = e!.deviceOffset;
+      const skip: [number, number] = [ev.offset, ev.offset + PAGE];
+      const fromStock = m.sync && x.state === 'hole' ? await this.adoptSync(m, fileOff, skip) : null;
+      devOff = fromStock ?? (await this.materialise(m, fileOff, PAGE, { sync: m.sync }, skip))[0]!.deviceOffset;
     }
     const sparse = x.state === 'hole' && (!m.faultAround || !this.sequential(m, fileOff));
     await this.install(m, ev.offset, PAGE, devOff, false);
@@ -356,6 +357,35 @@ export class Resolver {
     const exts = await this.ctx.pool.ensureWritten(m.inode, fileOff, length, opts);
     await this.revoker.refreshZeros(m.inode, fileOff, fileOff + length, skip ? { m, lo: skip[0], hi: skip[1] } : undefined);
     return exts;
+  }
+
+  /**
+   * A sync write fault on a hole takes a pre-zeroed block from the pool's stock
+   * (its zeros already durable) and adopts it with `sync`: recorded written and the
+   * log durable (a group commit shared with concurrent sync faults) before it
+   * returns. No zeroing and no block persist on the fault path. Then the zero
+   * pages other mappings hold there are taken back, as materialise does. The block's
+   * device offset, or null (the caller falls back to ensureWritten) when the pool has
+   * no 4 KiB reserve (a 2 MiB-granular device), its stock is empty, none is to be
+   * had, or the adoption was refused (the block went back to the reserve).
+   */
+  private async adoptSync(m: Mapping, fileOff: number, skip: [number, number]): Promise<number | null> {
+    const pool = this.ctx.pool;
+    const stock = pool.reserveStats();
+    // an empty stock would be zeroed on this path: today's path costs no more
+    if (!stock.enabled || stock.stock === 0) return null;
+    let dev: number | undefined;
+    try {
+      [dev] = await pool.takeReserve(1);
+    } catch (err) {
+      if (isDaxError(err, 'ENOSPC') || isDaxError(err, 'EAGAIN')) return null;
+      throw err;
+    }
+    if (dev === undefined) return null;
+    const r = await pool.adoptReserved(m.inode, [{ fb: fileOff / PAGE, dev }], { sync: true });
+    if (r.adopted.length !== 1) return null;
+    await this.revoker.refreshZeros(m.inode, fileOff, fileOff + PAGE, { m, lo: skip[0], hi: skip[1] });
+    return dev;
   }
 
   private async install(m: Mapping, regionOff: number, length: number, devOff: number, forRead: boolean, adopt = false): Promise<void> {

@@ -29,6 +29,10 @@ export interface FaultStatsSnapshot {
   /** write faults on holes answered by the client's agent from a reserve (counted as their notes arrive; not in `faults`) */
   reserved: number;
   installedWindows: number;
+  /** Pool-wide (0 per file): persists of the pool's metadata log since open (group commit shares one among concurrent commits). */
+  logPersists: number;
+  /** Pool-wide (0 per file): commits that waited for the log to be durable (sync faults, fsync): with logPersists, the group commit's sharing. */
+  syncCommits: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** Faults per latency bucket: counts[i] took at most LATENCY_BOUNDS_US[i] µs (and more than the bound before); the last, more than every bound. */
   latencyHistogram: { boundsUs: number[]; counts: number[]; sumUs: number };
@@ -108,13 +112,13 @@ export class FaultStats {
     return this.maxUs;
   }
 
-  snapshot(installedWindows: number): FaultStatsSnapshot {
+  snapshot(installedWindows: number, log: { logPersists: number; syncCommits: number } = { logPersists: 0, syncCommits: 0 }): FaultStatsSnapshot {
     return {
       faults: this.faults, read: this.read, write: this.write, writeProtect: this.writeProtect,
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
-      decided: this.decided, reserved: this.reserved, installedWindows,
+      decided: this.decided, reserved: this.reserved, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

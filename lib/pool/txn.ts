@@ -45,6 +45,10 @@ export class Journal {
    * when an allocation would otherwise fail (reserve.ts). Caller holds alloc + log.
    */
   reclaim: () => void = () => {};
+  /** The group persist in flight (durable()): every waiter queued rides it. */
+  private flushing: Promise<void> | null = null;
+  /** Callers of durable() that had to wait for a persist (the commits a group persist serves). */
+  durableWaits = 0;
 
   constructor(
     private readonly storage: Storage,
@@ -71,6 +75,42 @@ export class Journal {
       }
     } finally {
       a.release();
+    }
+  }
+
+  /**
+   * Group commit (docs/pool.md, "Group commit"): resolve once the log is durable up
+   * to `lsn` (MetaLog.endLsn right after the caller's commit). Called with no pool lock
+   * held. The first waiter starts one persist after a turn of the event loop, so
+   * that the commits of concurrent callers (other faults of the batch, faults of
+   * other threads or clients arriving meanwhile) are appended first; that persist
+   * covers them all, and every waiter whose records it covers resumes after it. A
+   * waiter whose records were appended after it started waits for the next one.
+   * A failed persist rejects every waiter of that round.
+   */
+  async durable(lsn: number): Promise<void> {
+    if (this.log.durableLsn >= lsn) return;
+    this.durableWaits++;
+    while (this.log.durableLsn < lsn) {
+      this.flushing ??= this.groupPersist();
+      await this.flushing;
+    }
+  }
+
+  private async groupPersist(): Promise<void> {
+    try {
+      await new Promise<void>((res) => setImmediate(res));
+      const l = await this.logLock.acquire();
+      try {
+        if (this.log.dirty) {
+          this.checkOpen();
+          this.log.persist();
+        }
+      } finally {
+        l.release();
+      }
+    } finally {
+      this.flushing = null;
     }
   }
 
