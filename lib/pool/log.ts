@@ -313,11 +313,33 @@ export class MetaLog {
   }
 
   /**
+   * persist() done off the thread where the storage can (Storage.persistAsync: a disk
+   * file), else at once. Resolves once every record appended before the call is
+   * durable; records appended meanwhile are not covered (durableLsn says how far the
+   * log is durable). No lock: the positions are read, and written back, synchronously.
+   */
+  async persistAsync(): Promise<void> {
+    const from = this.persistedTo;
+    const to = this.tail;
+    if (from >= to) return;
+    if (!this.storage.persistAsync) return this.persist();
+    const epoch = this.epochs;
+    await this.storage.persistAsync(this.base + from, to - from);
+    this.persists++;
+    // a checkpoint meanwhile made all of it durable, and restarted the positions
+    if (this.epochs === epoch && this.persistedTo < to) this.persistedTo = to;
+  }
+
+  /** Checkpoints since open (reset calls). */
+  private epochs = 0;
+
+  /**
    * Start a new epoch after a checkpoint: the old records no longer chain from `seed`.
    * The checkpoint holds everything they said, durably: their LSNs count as durable.
    */
   reset(seed: number): void {
     this.epochLsn += this.tail;
+    this.epochs++;
     this.tail = 0;
     this.persistedTo = 0;
     this.chain = seed;

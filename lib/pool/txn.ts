@@ -80,37 +80,26 @@ export class Journal {
 
   /**
    * Group commit (docs/pool.md, "Group commit"): resolve once the log is durable up
-   * to `lsn` (MetaLog.endLsn right after the caller's commit). Called with no pool lock
-   * held. The first waiter starts one persist after a turn of the event loop, so
-   * that the commits of concurrent callers (other faults of the batch, faults of
-   * other threads or clients arriving meanwhile) are appended first; that persist
-   * covers them all, and every waiter whose records it covers resumes after it. A
-   * waiter whose records were appended after it started waits for the next one.
-   * A failed persist rejects every waiter of that round.
+   * to `lsn` (MetaLog.endLsn right after the caller's commit). Called with no pool
+   * lock held. The first waiter starts a persist of everything appended so far; on a
+   * disk-file pool it runs off the thread (MetaLog.persistAsync), and the commits
+   * made meanwhile (other faults, other threads' or clients' faults, fsyncs) wait for
+   * the next one, which covers them all: one persist per round, however many
+   * commits it serves. A waiter resumes only once a persist that covers its records
+   * has completed. A failed persist rejects every waiter of its round.
    */
   async durable(lsn: number): Promise<void> {
     if (this.log.durableLsn >= lsn) return;
     this.durableWaits++;
     while (this.log.durableLsn < lsn) {
-      this.flushing ??= this.groupPersist();
-      await this.flushing;
-    }
-  }
-
-  private async groupPersist(): Promise<void> {
-    try {
-      await new Promise<void>((res) => setImmediate(res));
-      const l = await this.logLock.acquire();
-      try {
-        if (this.log.dirty) {
-          this.checkOpen();
-          this.log.persist();
-        }
-      } finally {
-        l.release();
+      let round = this.flushing;
+      if (!round) {
+        this.checkOpen();
+        round = this.flushing = this.log.persistAsync().finally(() => {
+          if (this.flushing === round) this.flushing = null;
+        });
       }
-    } finally {
-      this.flushing = null;
+      await round;
     }
   }
 
