@@ -45,6 +45,7 @@ export class FaultPolicy {
     this.evictor = new Evictor(this.ctx);
     this.decider = new Decider(this.ctx);
     this.reserves = new Reserves(this.ctx, this.revoker);
+    this.resolver.useStock = () => this.reserves.mode === 'on';
     this.resolver.onSparseWrite = (m, sparse) => {
       // With fault-around, a reserve only after a few sparse writes in a row: a
       // sequential writer must keep getting whole 2 MiB windows (the adaptive rule).

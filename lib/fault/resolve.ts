@@ -38,6 +38,8 @@ export class Resolver {
    * cue (reserve.ts); not for a 2 MiB window.
    */
   onSparseWrite: ((m: Mapping, sparse: boolean) => void) | null = null;
+  /** Whether sync hole faults may take blocks from the pool's stock (off with the reserves: DAXMAP_RESERVE=off). */
+  useStock: () => boolean = () => true;
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -367,13 +369,20 @@ export class Resolver {
    * pages other mappings hold there are taken back, as materialise does. The block's
    * device offset, or null (the caller falls back to ensureWritten) when the pool has
    * no 4 KiB reserve (a 2 MiB-granular device), its stock is empty, none is to be
-   * had, or the adoption was refused (the block went back to the reserve).
+   * had, the reserves are off (DAXMAP_RESERVE=off, configure), or the adoption was
+   * refused (the block went back to the reserve).
    */
   private async adoptSync(m: Mapping, fileOff: number, skip: [number, number]): Promise<number | null> {
     const pool = this.ctx.pool;
+    if (!this.useStock()) return null;
     const stock = pool.reserveStats();
-    // an empty stock would be zeroed on this path: today's path costs no more
-    if (!stock.enabled || stock.stock === 0) return null;
+    if (!stock.enabled) return null;
+    if (stock.stock === 0) {
+      // an empty stock would be zeroed on this path (today's path costs no more): it
+      // is refilled in the background for the faults to come
+      pool.refillReserve();
+      return null;
+    }
     let dev: number | undefined;
     try {
       [dev] = await pool.takeReserve(1);
@@ -384,6 +393,7 @@ export class Resolver {
     if (dev === undefined) return null;
     const r = await pool.adoptReserved(m.inode, [{ fb: fileOff / PAGE, dev }], { sync: true });
     if (r.adopted.length !== 1) return null;
+    this.ctx.bump(m, 'stock');
     await this.revoker.refreshZeros(m.inode, fileOff, fileOff + PAGE, { m, lo: skip[0], hi: skip[1] });
     return dev;
   }

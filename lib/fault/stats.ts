@@ -28,6 +28,8 @@ export interface FaultStatsSnapshot {
   decided: number;
   /** write faults on holes answered by the client's agent from a reserve (counted as their notes arrive; not in `faults`) */
   reserved: number;
+  /** sync write faults on holes given a pre-zeroed block from the pool's stock (no zeroing on the fault path) */
+  stock: number;
   installedWindows: number;
   /** Pool-wide (0 per file): persists of the pool's metadata log since open (group commit shares one among concurrent commits). */
   logPersists: number;
@@ -48,7 +50,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'stock';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -80,6 +82,7 @@ export class FaultStats {
   fallback = 0;
   decided = 0;
   reserved = 0;
+  stock = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -118,7 +121,7 @@ export class FaultStats {
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
-      decided: this.decided, reserved: this.reserved, installedWindows, ...log,
+      decided: this.decided, reserved: this.reserved, stock: this.stock, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };
