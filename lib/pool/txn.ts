@@ -135,7 +135,8 @@ export class Journal {
     r.done = gathered.then(async () => {
       if (timer) clearTimeout(timer);
       r.persisting = true;
-      this.checkOpen();
+      // closed meanwhile: its final sync made everything durable, or this fails
+      if (this.log.dirty) this.checkOpen();
       const t0 = performance.now();
       await this.log.persistAsync();
       this.persistMsAvg = (this.persistMsAvg * 7 + (performance.now() - t0)) / 8;
