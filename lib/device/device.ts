@@ -37,6 +37,12 @@ export class DeviceStorage implements Storage {
     this.mapSync = info.mapSync;
     this.align = info.align;
     this.huge = info.huge === true;
+    if (this.kind === 'file') {
+      this.persistAsync = async (offset, length) => {
+        this.checkPersist(offset, length);
+        await native().devicePersistAsync(this.deviceId, offset, length);
+      };
+    }
   }
 
   get closed(): boolean {
@@ -53,11 +59,18 @@ export class DeviceStorage implements Storage {
   }
 
   persist(offset: number, length: number): void {
+    this.checkPersist(offset, length);
+    native().devicePersist(this.deviceId, offset, length);
+  }
+
+  /** Only on a disk file (Storage.persistAsync); set in the constructor. */
+  persistAsync?(offset: number, length: number): Promise<void>;
+
+  private checkPersist(offset: number, length: number): void {
     if (this.isClosed) throw daxError('ECLOSED', `device '${this.path}' is closed`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
       throw daxError('EINVAL', `persist [${offset}, +${length}) outside device '${this.path}' of ${this.size} bytes`);
     }
-    native().devicePersist(this.deviceId, offset, length);
   }
 
   persistAll(): void {

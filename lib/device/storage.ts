@@ -30,6 +30,13 @@ export interface Storage {
   view(offset: number, length: number): Buffer;
   /** Make [offset, offset+length) durable: msync for files, flush + fence for MAP_SYNC. */
   persist(offset: number, length: number): void;
+  /**
+   * Optional: persist() done off the calling thread, for a backing where persisting
+   * is slow (a disk file: msync is a journal commit and a cache flush). The pool's
+   * log group commit uses it (docs/pool.md, "Group commit"): commits go on while the
+   * disk works, and the next persist covers them all. Absent where persist() is cheap.
+   */
+  persistAsync?(offset: number, length: number): Promise<void>;
   /** Make every store so far durable. */
   persistAll(): void;
   /**

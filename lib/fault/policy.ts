@@ -50,6 +50,7 @@ export class FaultPolicy {
     this.faultAhead = new FaultAhead(this.ctx, this.resolver, (m) => this.reserves.live(m.inode));
     // Started once the fault's operation has ended (its locks released), not inside it.
     this.resolver.onSequentialWindow = (m, fileStart) => this.aheadDue.set(m, fileStart);
+    this.resolver.useStock = () => this.reserves.mode === 'on';
     this.resolver.onSparseWrite = (m, sparse) => {
       // With fault-around, a reserve only after a few sparse writes in a row: a
       // sequential writer must keep getting whole 2 MiB windows (the adaptive rule).
@@ -190,7 +191,8 @@ export class FaultPolicy {
         windows += m.client.budget.count;
       }
     }
-    return this.ctx.stats.snapshot(windows);
+    const txn = this.ctx.pool.core.txn;
+    return this.ctx.stats.snapshot(windows, { logPersists: txn.log.persists, syncCommits: txn.durableWaits });
   }
 
 

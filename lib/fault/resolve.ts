@@ -44,6 +44,8 @@ export class Resolver {
    * whole 2 MiB window at `fileStart`: fault-ahead's cue (ahead.ts).
    */
   onSequentialWindow: ((m: Mapping, fileStart: number) => void) | null = null;
+  /** Whether sync hole faults may take blocks from the pool's stock (off with the reserves: DAXMAP_RESERVE=off). */
+  useStock: () => boolean = () => true;
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -378,8 +380,9 @@ export class Resolver {
     if (x.state === 'written' && !m.sync) {
       devOff = (x.deviceOffset as number) + (fileOff - x.offset);
     } else {
-      const [e] = await this.materialise(m, fileOff, PAGE, { sync: m.sync }, [ev.offset, ev.offset + PAGE]);
-      devOff = e!.deviceOffset;
+      const skip: [number, number] = [ev.offset, ev.offset + PAGE];
+      const fromStock = m.sync && x.state === 'hole' ? await this.adoptSync(m, fileOff, skip) : null;
+      devOff = fromStock ?? (await this.materialise(m, fileOff, PAGE, { sync: m.sync }, skip))[0]!.deviceOffset;
     }
     const sparse = x.state === 'hole' && (!m.faultAround || !this.sequential(m, fileOff));
     await this.install(m, ev.offset, PAGE, devOff, false);
@@ -398,6 +401,43 @@ export class Resolver {
     const exts = await this.ctx.pool.ensureWritten(m.inode, fileOff, length, opts);
     await this.revoker.refreshZeros(m.inode, fileOff, fileOff + length, skip ? { m, lo: skip[0], hi: skip[1] } : undefined);
     return exts;
+  }
+
+  /**
+   * A sync write fault on a hole takes a pre-zeroed block from the pool's stock
+   * (its zeros already durable) and adopts it with `sync`: recorded written and the
+   * log durable (a group commit shared with concurrent sync faults) before it
+   * returns. No zeroing and no block persist on the fault path. Then the zero
+   * pages other mappings hold there are taken back, as materialise does. The block's
+   * device offset, or null (the caller falls back to ensureWritten) when the pool has
+   * no 4 KiB reserve (a 2 MiB-granular device), its stock is empty, none is to be
+   * had, the reserves are off (DAXMAP_RESERVE=off, configure), or the adoption was
+   * refused (the block went back to the reserve).
+   */
+  private async adoptSync(m: Mapping, fileOff: number, skip: [number, number]): Promise<number | null> {
+    const pool = this.ctx.pool;
+    if (!this.useStock()) return null;
+    const stock = pool.reserveStats();
+    if (!stock.enabled) return null;
+    if (stock.stock === 0) {
+      // an empty stock would be zeroed on this path (today's path costs no more): it
+      // is refilled in the background for the faults to come
+      pool.refillReserve();
+      return null;
+    }
+    let dev: number | undefined;
+    try {
+      [dev] = await pool.takeReserve(1);
+    } catch (err) {
+      if (isDaxError(err, 'ENOSPC') || isDaxError(err, 'EAGAIN')) return null;
+      throw err;
+    }
+    if (dev === undefined) return null;
+    const r = await pool.adoptReserved(m.inode, [{ fb: fileOff / PAGE, dev }], { sync: true });
+    if (r.adopted.length !== 1) return null;
+    this.ctx.bump(m, 'stock');
+    await this.revoker.refreshZeros(m.inode, fileOff, fileOff + PAGE, { m, lo: skip[0], hi: skip[1] });
+    return dev;
   }
 
   /** Install a device range (a window of the budget); false if the client is gone (ENXIO). */

@@ -30,7 +30,13 @@ export interface FaultStatsSnapshot {
   reserved: number;
   /** 2 MiB windows allocated and installed ahead of a sequential writer (fault-ahead; not in `faults`) */
   ahead: number;
+  /** sync write faults on holes given a pre-zeroed block from the pool's stock (no zeroing on the fault path) */
+  stock: number;
   installedWindows: number;
+  /** Pool-wide (0 per file): persists of the pool's metadata log since open (group commit shares one among concurrent commits). */
+  logPersists: number;
+  /** Pool-wide (0 per file): commits that waited for the log to be durable (sync faults, fsync): with logPersists, the group commit's sharing. */
+  syncCommits: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** Faults per latency bucket: counts[i] took at most LATENCY_BOUNDS_US[i] µs (and more than the bound before); the last, more than every bound. */
   latencyHistogram: { boundsUs: number[]; counts: number[]; sumUs: number };
@@ -46,7 +52,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -79,6 +85,7 @@ export class FaultStats {
   decided = 0;
   reserved = 0;
   ahead = 0;
+  stock = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -111,13 +118,13 @@ export class FaultStats {
     return this.maxUs;
   }
 
-  snapshot(installedWindows: number): FaultStatsSnapshot {
+  snapshot(installedWindows: number, log: { logPersists: number; syncCommits: number } = { logPersists: 0, syncCommits: 0 }): FaultStatsSnapshot {
     return {
       faults: this.faults, read: this.read, write: this.write, writeProtect: this.writeProtect,
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
-      decided: this.decided, reserved: this.reserved, ahead: this.ahead, installedWindows,
+      decided: this.decided, reserved: this.reserved, ahead: this.ahead, stock: this.stock, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

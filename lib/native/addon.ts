@@ -122,6 +122,8 @@ export interface NativeAddon {
   deviceOpen(path: string, options: DeviceOpenOptions): DeviceInfo;
   deviceView(id: number, offset: number, length: number): Buffer;
   devicePersist(id: number, offset: number, length: number): void;
+  /** devicePersist on a libuv pool thread (the device is held until it is done). */
+  devicePersistAsync(id: number, offset: number, length: number): Promise<void>;
   deviceZero(id: number, offset: number, length: number, resident?: boolean): void;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** One datagram to the UNIX datagram socket at `path` ("@name": abstract namespace), as sd_notify sends to $NOTIFY_SOCKET. */

@@ -577,6 +577,7 @@ export class PoolCore {
     // Stores made through mappings are not tracked: every written block of the file
     // is persisted (msync writes back only the pages that are dirty).
     this.persistWritten(f, 0, f.size);
+    let lsn: number;
     const l = await this.txn.logLock.acquire();
     try {
       this.checkOpen();
@@ -584,10 +585,12 @@ export class PoolCore {
         f.mtimeDirty = false;
         this.txn.commit([{ t: RecType.SetAttr, id: f.id, mode: f.mode, uid: f.uid, gid: f.gid, mtimeMs: f.mtimeMs }]);
       }
-      this.txn.log.persist();
+      lsn = this.txn.log.endLsn;
     } finally {
       l.release();
     }
+    // every record so far durable, in a persist shared with concurrent fsyncs and sync faults
+    await this.txn.durable(lsn);
   }
 
   /** Flush everything: all files' data, pending attributes, and a checkpoint when the log holds records. */
@@ -637,7 +640,7 @@ export class PoolCore {
     }
     const sync = opts.sync === true;
     if (!allWritten(f, fb0, fb1) || (sync && (this.txn.log.dirty || this.txn.unconverted.has(f)))) {
-      await this.txn.locked(() => {
+      const lsn = await this.txn.locked(() => {
         this.checkLive(f);
         if (fb1 > this.writtenLimit(f)) throw daxError('EINVAL', `ensureWritten range passes EOF of '${f.name}'`);
         // a concurrent caller may have done it while we waited: materialise only touches what is still not written
@@ -645,13 +648,10 @@ export class PoolCore {
         const resident = opts.resident === true;
         if (this.deferConversion && !sync) this.materialiseDeferred(f, fb0, fb1, aligned, resident);
         else this.txn.commit(this.materialise(f, fb0, fb1, null, 0, aligned, resident));
-        if (sync) {
-          // MAP_SYNC: the metadata reaching the block is durable before the wake, so
-          // this file's deferred conversions are made durable too
-          this.txn.convert([f]);
-          this.txn.log.persist();
-        }
+        return this.syncPoint(f, sync);
       });
+      // MAP_SYNC: the metadata reaching the block is durable before the wake
+      if (sync) await this.txn.durable(lsn);
     }
     return this.deviceExtents(f, fb0, fb1);
   }
@@ -700,7 +700,7 @@ export class PoolCore {
     });
     this.checkOpen();
     const sync = opts.sync === true;
-    return this.txn.locked(() => {
+    const { result, lsn } = await this.txn.locked(() => {
       this.reserve.mustBeOut(devs, 'adoptReserved');
       const eof = Math.ceil(f.size / B);
       const taken = new Set<number>();
@@ -717,17 +717,27 @@ export class PoolCore {
         const recs: LogRecord[] = fresh.map((r) => ({ t: RecType.Map, id: f.id, fb: r.fb, len: r.len, dev: r.start, state: defer ? STATE_UNWRITTEN : STATE_WRITTEN }));
         if (defer) this.commitDeferred(f, recs, fresh);
         else this.txn.commit(recs);
-        if (sync) {
-          this.txn.convert([f]);
-          this.txn.log.persist();
-        }
       }
       for (const p of adopted) this.reserve.out.delete(p.dev / B);
       this.reserve.giveBack(refused.map((p) => p.dev / B));
       this.reserve.counts.adopted += adopted.length;
       this.reserve.counts.refused += refused.length;
-      return { adopted, refused };
+      return { result: { adopted, refused }, lsn: this.syncPoint(f, sync && fresh.length > 0) };
     });
+    if (sync) await this.txn.durable(lsn);
+    return result;
+  }
+
+  /**
+   * For a sync caller (MAP_SYNC), under alloc + log: the file's queued conversions
+   * are logged (their data made durable first), and the LSN the log must be durable
+   * to before the caller returns (Journal.durable, outside the locks: a group commit).
+   * 0 (nothing to wait for) when not sync.
+   */
+  private syncPoint(f: Inode, sync: boolean): number {
+    if (!sync) return 0;
+    this.txn.convert([f]);
+    return this.txn.log.endLsn;
   }
 
   /**

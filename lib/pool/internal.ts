@@ -77,6 +77,8 @@ export interface PoolInternals {
   returnReserve(devs: number[]): void;
   /** Counts of the reserve (blocks). */
   reserveStats(): ReserveStats;
+  /** Start the reserve's background refill if its stock is low (a taker found it empty). */
+  refillReserve(): void;
   /** The core itself (the service reads the pool's superblock from it; tests). */
   readonly core: PoolCore;
 }
@@ -97,5 +99,6 @@ export function poolInternals(pool: PoolFs): PoolInternals {
     adoptReserved: (file, pairs, opts = {}) => core.adoptReserved(file, pairs, opts),
     returnReserve: (devs) => core.returnReserve(devs),
     reserveStats: () => core.reserve.stats(),
+    refillReserve: () => core.reserve.kick(),
   };
 }

@@ -230,6 +230,14 @@ export class MetaLog {
   tail = 0;
   chain: number;
   private persistedTo = 0;
+  /**
+   * Log sequence numbers (LSNs) count the bytes appended since open, across
+   * checkpoints: `endLsn` is where the next record goes, `durableLsn` how far the log
+   * is durable. A checkpoint makes everything before it durable (reset).
+   */
+  private epochLsn = 0;
+  /** persist() calls that wrote something to the medium (group commit shares them). */
+  persists = 0;
   /** After an open the area past the tail may hold old records of this epoch: start with a fresh nonce. */
   private needSession: boolean;
   appended = 0;
@@ -292,15 +300,46 @@ export class MetaLog {
 
   get dirty(): boolean { return this.persistedTo < this.tail; }
 
+  get endLsn(): number { return this.epochLsn + this.tail; }
+
+  get durableLsn(): number { return this.epochLsn + this.persistedTo; }
+
   /** Make every appended record durable. */
   persist(): void {
     if (this.persistedTo >= this.tail) return;
     this.storage.persist(this.base + this.persistedTo, this.tail - this.persistedTo);
     this.persistedTo = this.tail;
+    this.persists++;
   }
 
-  /** Start a new epoch after a checkpoint: the old records no longer chain from `seed`. */
+  /**
+   * persist() done off the thread where the storage can (Storage.persistAsync: a disk
+   * file), else at once. Resolves once every record appended before the call is
+   * durable; records appended meanwhile are not covered (durableLsn says how far the
+   * log is durable). No lock: the positions are read, and written back, synchronously.
+   */
+  async persistAsync(): Promise<void> {
+    const from = this.persistedTo;
+    const to = this.tail;
+    if (from >= to) return;
+    if (!this.storage.persistAsync) return this.persist();
+    const epoch = this.epochs;
+    await this.storage.persistAsync(this.base + from, to - from);
+    this.persists++;
+    // a checkpoint meanwhile made all of it durable, and restarted the positions
+    if (this.epochs === epoch && this.persistedTo < to) this.persistedTo = to;
+  }
+
+  /** Checkpoints since open (reset calls). */
+  private epochs = 0;
+
+  /**
+   * Start a new epoch after a checkpoint: the old records no longer chain from `seed`.
+   * The checkpoint holds everything they said, durably: their LSNs count as durable.
+   */
   reset(seed: number): void {
+    this.epochLsn += this.tail;
+    this.epochs++;
     this.tail = 0;
     this.persistedTo = 0;
     this.chain = seed;

@@ -22,6 +22,21 @@ import type { FsState, Inode } from './state';
 const B = BLOCK_SIZE;
 const log = logger('pool');
 
+/** The longest a group commit round waits for the commits it expects (Journal.durable). */
+const GROUP_WAIT_MAX_MS = 2;
+
+/** One round of group commit: its waiters, and the persist that serves them. */
+interface Round {
+  /** Waiters gathered before the persist started (the persist covers them). */
+  joined: number;
+  /** Waiters that arrived while it persisted (they wait for the next round). */
+  late: number;
+  persisting: boolean;
+  /** Start the persist now. */
+  go: () => void;
+  done: Promise<void>;
+}
+
 /** File blocks [fb, fb+len) placed at device blocks [dev, dev+len). */
 export interface Placed {
   fb: number;
@@ -45,6 +60,14 @@ export class Journal {
    * when an allocation would otherwise fail (reserve.ts). Caller holds alloc + log.
    */
   reclaim: () => void = () => {};
+  /** The round of group commit gathering or persisting (durable()). */
+  private round: Round | null = null;
+  /** Commits the last round saw: its own, and those that arrived while it persisted. */
+  private lastGroup = 0;
+  /** Moving average of a group persist (ms): the longest a round waits for company. */
+  private persistMsAvg = 0;
+  /** Callers of durable() that had to wait for a persist (the commits the group persists serve). */
+  durableWaits = 0;
 
   constructor(
     private readonly storage: Storage,
@@ -72,6 +95,56 @@ export class Journal {
     } finally {
       a.release();
     }
+  }
+
+  /**
+   * Group commit (docs/pool.md, "Group commit"): resolve once the log is durable up
+   * to `lsn` (MetaLog.endLsn right after the caller's commit). Called with no pool
+   * lock held. Waiters gather in a round; one persist of everything appended so far
+   * serves the round. On a disk-file pool it runs off the thread
+   * (MetaLog.persistAsync): commits made meanwhile gather in the next round. A
+   * waiter resumes only once a persist that covers its records has completed; a
+   * failed persist rejects every waiter of its round.
+   *
+   * A round does not always start its persist at once. When the last round saw k > 1
+   * commits (its own and those that arrived while it persisted: k threads or
+   * clients taking sync faults), the next waits until k have joined it, or at most
+   * the average persist time (GROUP_WAIT_MAX_MS at most), as jbd2 batches the fsyncs
+   * of several writers: otherwise two writers alternate, each persist serving one
+   * commit. Where persist is cheap (no persistAsync: tmpfs, device-dax, memory) a
+   * round starts at once.
+   */
+  async durable(lsn: number): Promise<void> {
+    if (this.log.durableLsn >= lsn) return;
+    this.durableWaits++;
+    while (this.log.durableLsn < lsn) {
+      const r = this.round;
+      if (!r) this.round = this.newRound();
+      else if (r.persisting) r.late++;
+      else if (++r.joined >= this.lastGroup) r.go();
+      await this.round!.done;
+    }
+  }
+
+  private newRound(): Round {
+    const r: Round = { joined: 1, late: 0, persisting: false, go: () => {}, done: Promise.resolve() };
+    const gathered = new Promise<void>((res) => { r.go = res; });
+    let timer: NodeJS.Timeout | null = null;
+    if (this.storage.persistAsync === undefined || this.lastGroup <= 1) r.go();
+    else timer = setTimeout(r.go, Math.min(GROUP_WAIT_MAX_MS, this.persistMsAvg));
+    r.done = gathered.then(async () => {
+      if (timer) clearTimeout(timer);
+      r.persisting = true;
+      // closed meanwhile: its final sync made everything durable, or this fails
+      if (this.log.dirty) this.checkOpen();
+      const t0 = performance.now();
+      await this.log.persistAsync();
+      this.persistMsAvg = (this.persistMsAvg * 7 + (performance.now() - t0)) / 8;
+      this.lastGroup = r.joined + r.late;
+    }).finally(() => {
+      if (this.round === r) this.round = null;
+    });
+    return r;
   }
 
   /** Apply a transaction in memory and append it (caller holds alloc + log). */

@@ -83,6 +83,47 @@ Napi::Value DevicePersist(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// devicePersistAsync(id, off, len) → Promise<void>: Persist on a libuv pool thread, so
+// the calling thread goes on while the disk works (the pool's group commit of its
+// log on a disk-file pool: docs/pool.md, "Group commit"). The worker holds the device:
+// a close meanwhile does not unmap it under the msync. Rejects with the Status' error.
+class PersistWorker : public Napi::AsyncWorker {
+ public:
+  PersistWorker(Napi::Env env, std::shared_ptr<Device> dev, uint64_t off, uint64_t len)
+      : Napi::AsyncWorker(env, "daxmap.persist"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        dev_(std::move(dev)),
+        off_(off),
+        len_(len) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+  void Execute() override { status_ = dev_->Persist(off_, len_); }
+  void OnOK() override {
+    if (status_.ok()) {
+      deferred_.Resolve(Env().Undefined());
+    } else {
+      deferred_.Reject(StatusError(Env(), status_).Value());
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Device> dev_;
+  uint64_t off_;
+  uint64_t len_;
+  Status status_ = Status::Ok();
+};
+
+Napi::Value DevicePersistAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "persist");
+  if (!dev) return env.Undefined();
+  uint64_t off = U64Arg(info, 1), len = U64Arg(info, 2);
+  auto* w = new PersistWorker(env, std::move(dev), off, len);
+  Napi::Promise p = w->Promise();
+  w->Queue();  // deletes itself after OnOK
+  return p;
+}
+
 Napi::Value DeviceZero(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "zero");
@@ -146,6 +187,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceOpen", Napi::Function::New(env, DeviceOpen, "deviceOpen"));
   exports.Set("deviceView", Napi::Function::New(env, DeviceView, "deviceView"));
   exports.Set("devicePersist", Napi::Function::New(env, DevicePersist, "devicePersist"));
+  exports.Set("devicePersistAsync", Napi::Function::New(env, DevicePersistAsync, "devicePersistAsync"));
   exports.Set("deviceZero", Napi::Function::New(env, DeviceZero, "deviceZero"));
   exports.Set("deviceClose", Napi::Function::New(env, DeviceClose, "deviceClose"));
   exports.Set("deviceIdentify", Napi::Function::New(env, DeviceIdentify, "deviceIdentify"));

@@ -18,6 +18,7 @@ import { DaemonBench } from './daemon-bench';
 import { randomReads } from './reads';
 import { hugetlb } from '../hugetlb';
 import { hugeTmpfs, mappingAddress, smapsSum, vmasIn } from '../pmd';
+import { Worker } from 'node:worker_threads';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -65,6 +66,7 @@ const ORDER = [
   { id: '10d', what: `${SYNC_FAULTS} 4 KiB write faults, disk-file pool: preallocated` },
   { id: '10e', what: 'same: allocating' },
   { id: '10f', what: 'same: allocating + map({ sync: true })' },
+  { id: '10g', what: `${SYNC_FAULTS} sync allocating 4 KiB write faults, disk-file pool, two threads at once (group commit): wall time per fault` },
   { id: '11a', what: `private: true, random 4 KiB first-touch reads of a written file, ${PRIVATE_MB} MiB` },
   { id: '11b', what: 'same, writes' },
   { id: '12', what: `random 4 KiB first-touch writes, faultAround:false, churned pool, ${RANDOM_MB} MiB` },
@@ -546,6 +548,72 @@ t.test('row 10: write faults, preallocated / allocating / allocating + sync', as
     add(t, { id: ids[2], what: ORDER.find((o) => o.id === ids[2])!.what, unit: 'µs/fault', baseline: `daxmap preallocated (row ${ids[0]})`, ours: sync, base: pre, aim: aim.none('kernel shape 12.4x') });
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
+});
+
+/**
+ * `threads` worker threads (test/fault/fixtures/sync-worker.js), each with its own
+ * sync mapping of one fresh file, take SYNC_FAULTS allocating write faults between
+ * them at once, in a random order inside each thread's own 2 MiB chunks (faults of
+ * one chunk are serialized by its entry lock). Wall µs per fault, and log persists
+ * per fault (pool.stats: the group commit's sharing).
+ */
+async function syncThreads(pool: Pool, name: string, threads: number, run: number): Promise<{ us: number; persists: number; bad: number }> {
+  const per = SYNC_FAULTS / threads;
+  const span = Math.ceil(per / 512) * 512;
+  const f = await poolFile(pool, name, threads * span * PAGE);
+  const sab = new SharedArrayBuffer(4);
+  const pagesOf = (id: number): number[] => Array.from(shuffled(per, 0x789abc + run * 7 + id), (i) => id * span + i);
+  const workers = Array.from({ length: threads }, (_, id) => {
+    const shared = pool.share();
+    return new Worker(path.join(__dirname, '../fault/fixtures/sync-worker.js'), { execArgv: [], workerData: { shared, name, pages: pagesOf(id), salt: run * 7, sab }, transferList: shared.transferList });
+  });
+  const next = (w: Worker): Promise<unknown> => new Promise((res, rej) => { w.once('message', res); w.once('error', rej); });
+  try {
+    const ready = await Promise.all(workers.map(next));
+    if (ready.some((r) => r !== 'ready')) throw new Error(`sync worker: ${String(ready)}`);
+    const s0 = await pool.stats();
+    const done = Promise.all(workers.map(next));
+    const t0 = process.hrtime.bigint();
+    Atomics.store(new Int32Array(sab), 0, 1);
+    Atomics.notify(new Int32Array(sab), 0);
+    const res = await done;
+    const us = Number(process.hrtime.bigint() - t0) / 1000 / SYNC_FAULTS;
+    if (res.some((r) => typeof r !== 'object')) throw new Error(`sync worker: ${String(res)}`);
+    const s1 = await pool.stats();
+    const closed = Promise.all(workers.map(next));
+    for (const w of workers) w.postMessage('close');
+    await closed;
+    let bad = 0;
+    for (let id = 0; id < threads; id++) bad += await misreads(f, pagesOf(id), (p) => ((p * 31 + run * 7) & 0xff) | 1);
+    await drop(pool, f, name);
+    return { us, persists: (s1.logPersists - s0.logPersists) / SYNC_FAULTS, bad };
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+}
+
+// Row 10g: group commit. Two threads taking sync allocating faults at once on a
+// disk-file pool share the log's persists (docs/pool.md, "Group commit"); the baseline
+// is one thread taking the same faults alone, on the same pool, in the same run.
+t.test('row 10g: sync allocating faults from two threads at once, disk-file pool', async (t) => {
+  const one: number[] = [];
+  const two: number[] = [];
+  const perFault: number[] = [];
+  const perFaultOne: number[] = [];
+  let bad = 0;
+  const p = await freshPool(DISK, 64 * MiB);
+  try {
+    for (let run = 0; run < RUNS; run++) {
+      await both(run,
+        async () => { const r = await syncThreads(p.pool, `one-${run}`, 1, run); one.push(r.us); perFaultOne.push(r.persists); bad += r.bad; },
+        async () => { const r = await syncThreads(p.pool, `two-${run}`, 2, run); two.push(r.us); perFault.push(r.persists); bad += r.bad; });
+    }
+  } finally {
+    await p.close();
+  }
+  t.equal(bad, 0, 'every sampled page reads back its store');
+  const med = (a: number[]): string => [...a].sort((x, y) => x - y)[a.length >> 1]!.toFixed(2);
+  add(t, { id: '10g', what: ORDER.find((o) => o.id === '10g')!.what, unit: 'µs/fault', baseline: 'daxmap, one thread taking the same faults alone (same pool, same run)', ours: two, base: one, aim: aim.ratioAtMost(1), note: `log persists per fault, median: two threads ${med(perFault)}, one thread ${med(perFaultOne)}` });
 });
 
 t.test('row 11: private mapping of a written file, random 4 KiB first-touch reads and writes', async (t) => {
