@@ -7,7 +7,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 
 t.test('a test process SIGKILLed: its daxmapd exits too', async (t) => {
-  const child = spawn(process.execPath, [...process.execArgv, path.join(__dirname, 'fixtures', 'daemon-parent.ts')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...process.execArgv, path.join(__dirname, 'parent-death-child.ts')], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   const pid = await new Promise<number>((res, rej) => {
     child.stdout!.on('data', (d: Buffer) => {
