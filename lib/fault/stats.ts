@@ -28,6 +28,12 @@ export interface FaultStatsSnapshot {
   decided: number;
   /** write faults on holes answered by the client's agent from a reserve (counted as their notes arrive; not in `faults`) */
   reserved: number;
+  /** reserves granted (each after a fault reached the policy: the set reserve answers, the ranges computed) */
+  reserveGrants: number;
+  /** blocks added to a live reserve after its agent signalled the low-water mark (no take-back, no new ranges) */
+  reserveTopUps: number;
+  /** reserves taken back (cleared in the agent, every note adopted, the unused blocks given back) */
+  reserveTakeBacks: number;
   installedWindows: number;
   latencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** Faults per latency bucket: counts[i] took at most LATENCY_BOUNDS_US[i] µs (and more than the bound before); the last, more than every bound. */
@@ -44,7 +50,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -76,6 +82,9 @@ export class FaultStats {
   fallback = 0;
   decided = 0;
   reserved = 0;
+  reserveGrants = 0;
+  reserveTopUps = 0;
+  reserveTakeBacks = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -114,7 +123,8 @@ export class FaultStats {
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
-      decided: this.decided, reserved: this.reserved, installedWindows,
+      decided: this.decided, reserved: this.reserved, reserveGrants: this.reserveGrants, reserveTopUps: this.reserveTopUps,
+      reserveTakeBacks: this.reserveTakeBacks, installedWindows,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };
