@@ -283,40 +283,37 @@ export class Reserves {
     await this.beforeAdopt?.();
     const m = r.m;
     const ino = m.inode;
-    // What the pool would refuse (the file gone, past its EOF, no longer a hole) has a
-    // block nobody will own mapped at that page: the page is taken back *before* the
-    // block goes back (to be zeroed again and handed out), so no store can reach it then.
-    const eof = Math.ceil(ino.size / PAGE) * PAGE;
-    const good: [number, number][] = [];
-    const bad: [number, number][] = [];
-    for (const n of notes) {
-      const fileOff = m.fileOffset + n[0];
-      (ino.live && fileOff < eof && this.pool.lookup(ino, fileOff).state === 'hole' ? good : bad).push(n);
-    }
-    if (bad.length > 0) {
-      this.ctx.log.warn({ file: ino.name, pages: bad.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
-      await this.revokePages(m, bad);
-      this.pool.returnReserve(bad.map(([, dev]) => dev));
-    }
-    if (good.length === 0) return;
-    const { adopted, refused } = await this.pool.adoptReserved(ino, good.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev })));
-    if (!m.dead) {
-      for (const p of adopted) {
-        const off = p.fb * PAGE - m.fileOffset;
-        m.states.set(off / PAGE, off / PAGE + 1, PageState.Installed);
-        m.client.budget.add({ mapping: m.key, offset: off, length: PAGE });
+    // One pass: the pool checks each pair (the file live, the page inside EOF and still
+    // a hole, named once) and refuses the rest, whatever a note claims (a daemon client
+    // is not trusted). While the reserve is live nothing else changed the file, so for
+    // an honest agent nothing is refused. A refused pair has a block nobody will own
+    // mapped at its page: the pool keeps it handed out (keepRefused) until the page is
+    // taken back, and only then does it go back to be zeroed and handed out again, so
+    // no store can reach it then.
+    const { adopted, refused } = await this.pool.adoptReserved(ino, notes.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev })), { keepRefused: true });
+    if (!m.dead && adopted.length > 0) {
+      // The page states in runs of adjacent pages; a window per page (each native
+      // install is one mapping of the process).
+      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE).sort((x, y) => x - y);
+      for (let i = 0; i < pages.length;) {
+        let j = i + 1;
+        while (j < pages.length && pages[j] === pages[j - 1]! + 1) j++;
+        m.states.set(pages[i]!, pages[j - 1]! + 1, PageState.Installed);
+        i = j;
       }
+      const budget = m.client.budget;
+      for (const pg of pages) budget.add({ mapping: m.key, offset: pg * PAGE, length: PAGE });
     }
     if (refused.length > 0) {
-      // Not expected (checked above under the same locks); the pool has taken them back.
-      this.ctx.log.error({ file: ino.name, refused: refused.length }, 'reserve blocks refused by the pool; their pages are taken back');
-      await this.revokePages(m, refused.map((p) => [p.fb * PAGE - m.fileOffset, p.dev]));
+      this.ctx.log.warn({ file: ino.name, pages: refused.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
+      await this.revokePages(m, refused.map((p) => p.fb * PAGE - m.fileOffset));
+      this.pool.returnReserve(refused.map((p) => p.dev));
     }
   }
 
-  private async revokePages(m: Mapping, pages: [number, number][]): Promise<void> {
+  private async revokePages(m: Mapping, offsets: number[]): Promise<void> {
     if (m.dead) return; // its region is closed: nothing is mapped any more
-    for (const [off] of pages) await this.revoker.revokeRange(m, off, PAGE);
+    for (const off of offsets) await this.revoker.revokeRange(m, off, PAGE);
   }
 
   /**
@@ -448,20 +445,20 @@ export class Reserves {
       if (last && last[1] === lo) last[1] = hi;
       else out.push([lo, hi]);
     };
-    const start = m.fileOffset;
-    const end = Math.min(m.fileOffset + m.length, Math.floor(ino.size / PAGE) * PAGE);
-    for (let off = start; off < end && out.length < MAX_RANGES;) {
-      const x = this.ctx.pool.lookup(ino, off);
-      const xEnd = Math.min(end, x.offset + x.length);
-      const lo = Math.ceil((off - m.fileOffset) / PAGE);
-      const hi = Math.floor((xEnd - m.fileOffset) / PAGE);
-      if (x.state === 'hole') {
-        if (hi > lo) add(lo * PAGE, hi * PAGE);
-      } else {
-        for (const [a, b] of m.states.runs(lo, hi, PageState.Installed)) add(a * PAGE, b * PAGE);
-      }
-      off = xEnd;
+    // Region offsets; file blocks and pages are both 4 KiB and the mapping starts on a page.
+    const base = m.fileOffset;
+    const end = Math.min(base + m.length, Math.floor(ino.size / PAGE) * PAGE);
+    let cur = base;
+    // One pass over the file's extents in the mapping: the gaps are holes, and of the
+    // blocks only the pages installed in the mapping are allowed.
+    for (const [a, b] of this.pool.mappedRuns(ino, base, end)) {
+      if (out.length >= MAX_RANGES) return out;
+      if (a > cur) add(cur - base, a - base);
+      for (const [p, q] of m.states.runs((a - base) / PAGE, (b - base) / PAGE, PageState.Installed)) add(p * PAGE, q * PAGE);
+      cur = b;
     }
+    if (cur < end && out.length < MAX_RANGES) add(cur - base, end - base);
     return out;
   }
+
 }

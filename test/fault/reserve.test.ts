@@ -221,7 +221,10 @@ forBackings(t, 'the window budget bounds a reserve and its top-ups: windows + bl
   // The next store finds the reserve empty: the policy takes it back and answers.
   tag(m.buffer, order[1 + room]!);
   const s2 = await pool.stats();
-  t.equal(s2.faults - s1.faults, 1, 'the store past the reserve reached the policy');
+  // (At least one fault: its window takes the budget over the limit, and the eviction
+  // that follows, a whole 2 MiB chunk at a time, may take its page back before the
+  // store's last bytes, which then fault again.)
+  t.ok(s2.faults - s1.faults >= 1, 'the store past the reserve reached the policy');
   t.ok(s2.reserveTakeBacks - s0.reserveTakeBacks >= 1, 'which took the reserve back');
   await statsWhen(pool, 'the windows back within the budget (eviction)', (s) => s.installedWindows <= LIMIT);
   await m.unmap();
