@@ -150,8 +150,8 @@ void Reserve::AddBlocks(const uint64_t* add, size_t n, uint64_t low_water) {
   if (n != 0) low_sent = false;
 }
 
-int Region::AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks,
-                       size_t n, uint64_t low) {
+int Region::AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n,
+                       uint64_t low) {
   std::lock_guard<std::mutex> g(reserve_mu);
   if (reserve.device && reserve.device != dev) return EINVAL;
   reserve.device = dev;
