@@ -247,9 +247,6 @@ export class Reserves {
     const m = r.m;
     // Given before the answer runs: a note for one may come as soon as it has.
     this.give(r, devs);
-    // A fault read before this (the reserve was dry, or busy) and still to be handled
-    // is only woken: its retried store takes one of these blocks (retryable()).
-    const since = monotonicNow();
     const [res] = await this.ctx.answer(r.client, [{
       op: Op.TopUpReserve, region: m.region, offset: 0, length: PAGE, device: r.client.deviceId, devOffset: r.low, payload: reservePayload(devs),
     }]);
@@ -262,7 +259,12 @@ export class Reserves {
       if (res !== ENXIO && res !== ENOENT) this.ctx.log.warn({ file: m.inode.name, result: res }, 'reserve top-up refused by the agent');
       return;
     }
-    r.since = since;
+    // A fault read before the top-up had run (the reserve was dry, or busy: the
+    // reader only try-locks it, and the top-up holds it while it adds the blocks) and
+    // still to be handled is only woken: its retried store takes one of these blocks
+    // (retryable()). Taken after the answer: a fault the reader met the top-up in is
+    // older than this.
+    r.since = monotonicNow();
     this.ctx.bump(m, 'reserveTopUps');
   }
 
