@@ -286,7 +286,7 @@ void Agent::HandleFault(uint64_t addr, uint64_t kflags, uint32_t tid, uint64_t n
     ch = r->channel;
   }
   if (TryDirect(r, ev, ch)) return;
-  if (TryReserve(r, ev, ch)) return;
+  if (TryReserve(r, ev, ch, touched)) return;
   if (!ch || ch->orphaned()) {
     PoisonPage(r, off);
     return;
@@ -347,7 +347,8 @@ bool Agent::TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, co
   return true;
 }
 
-bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch) {
+bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
+                       std::vector<std::shared_ptr<Channel>>* touched) {
   // A missing write fault only: a read of a hole is the zero page (the policy's), a
   // write-protect fault is a page that is already something.
   if (!(ev.flags & kEvWrite) || (ev.flags & kEvWp)) return false;
@@ -395,16 +396,25 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   note.time_ns = dev_off;  // a note carries the block's device offset here
   // Not signalled on its own: a wake-up of the handler per native answer would cost
   // what the answer saves. It goes with the next fault event of the channel, or when
-  // the reserve is cleared (docs/native.md, "Reserves"). An orphaned channel cannot
-  // take it: the handler is gone with its policy, and the block with it.
-  (void)ch->EnqueueNote(note);
+  // the reserve is cleared (docs/native.md, "Reserves") — except the note of the
+  // install that takes the reserve down to its low-water mark: that one wakes the
+  // handler (after this batch of faults), so it can top the reserve up before it runs
+  // dry. An orphaned channel cannot take it: the handler is gone with its policy, and
+  // the block with it.
+  bool low = rs.low != 0 && !rs.low_sent && rs.blocks.size() <= rs.low;
+  if (low) {
+    rs.low_sent = true;
+    note.flags = static_cast<uint16_t>(note.flags | kEvLow);
+    stats_.low_water++;
+  }
+  if (ch->EnqueueNote(note, low) && low) touched->push_back(ch);
   stats_.reserved++;
   ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
   uffd_.Wake(page, kPage);
   return true;
 }
 
-int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload) {
+int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool top_up) {
   std::shared_ptr<Device> dev = DeviceRegistry::Find(a.device);
   if (!dev) return ENODEV;
   // Shared writable 4 KiB installs only: never in a read-only region, never on a
@@ -417,7 +427,9 @@ int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload) {
   for (uint64_t b : blocks) {
     if (b % kPage != 0 || b > dev->size() || kPage > dev->size() - b) return EINVAL;
   }
-  return r.AddReserve(dev, a.offset, a.length, blocks.data(), n);
+  // dev_offset carries the low-water mark (blocks), not a device offset.
+  if (top_up) return r.TopUpReserve(dev, blocks.data(), n, a.dev_offset);
+  return r.AddReserve(dev, a.offset, a.length, blocks.data(), n, a.dev_offset);
 }
 
 void Agent::PoisonPage(const std::shared_ptr<Region>& r, uint64_t off) {
@@ -693,7 +705,8 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
       break;
     }
     case kOpClearDirect: r->ClearDirect(a.offset, a.length); break;
-    case kOpSetReserve: e = SetReserve(*r, a, payload); break;
+    case kOpSetReserve: e = SetReserve(*r, a, payload, false); break;
+    case kOpTopUpReserve: e = SetReserve(*r, a, payload, true); break;
     case kOpClearReserve: *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX)); break;
     default: e = EINVAL;
   }
@@ -702,7 +715,8 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
     return e;
   }
   if (raced_flag) *value = kResultRaced;
-  bool decides = a.op == kOpSetDirect || a.op == kOpClearDirect || a.op == kOpSetReserve || a.op == kOpClearReserve;
+  bool decides = a.op == kOpSetDirect || a.op == kOpClearDirect || a.op == kOpSetReserve || a.op == kOpClearReserve ||
+                 a.op == kOpTopUpReserve;
   if (a.op != kOpRevoke && !decides && wake) {
     std::shared_ptr<Channel> ch;
     {

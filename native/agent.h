@@ -32,6 +32,7 @@ struct AgentStats {
   std::atomic<uint64_t> merged{0};     // faults merged into a live event of the same page
   std::atomic<uint64_t> direct{0};     // answered natively from a direct table
   std::atomic<uint64_t> reserved{0};   // write faults answered natively from a reserve (one note each)
+  std::atomic<uint64_t> low_water{0};  // notes that woke the handler: a reserve reached its low-water mark
   std::atomic<uint64_t> delivered{0};  // events handed to channels
   std::atomic<uint64_t> poisoned{0};   // faults answered with SIGBUS by the agent itself
   std::atomic<uint64_t> timeouts{0};   // faults the watchdog answered
@@ -116,9 +117,13 @@ class Agent {
   bool TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch);
   // Reader thread: answers a write fault on a reserve range with a block of the
   // region's reserve and queues a note on the channel (true), or routes it (false).
-  bool TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch);
-  // SetReserve's checks and the reserve update: 0 or the errno it is refused with.
-  static int SetReserve(Region& r, const Answer& a, const uint8_t* payload);
+  // The note of the install that reaches the low-water mark wakes the handler: its
+  // channel is added to `touched` (flushed after the batch).
+  bool TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
+                  std::vector<std::shared_ptr<Channel>>* touched);
+  // Set reserve's (or, top_up, top-up reserve's) checks and the reserve update: 0 or
+  // the errno it is refused with.
+  static int SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool top_up);
   // 0, or the errno a direct range is refused with (ENODEV no device, EINVAL).
   static int CheckDirect(const Region& r, const DirectRange& d);
 

@@ -21,10 +21,11 @@ Channel::EnqueueResult Channel::Enqueue(const FaultEvent& ev) {
   return kQueued;
 }
 
-bool Channel::EnqueueNote(const FaultEvent& note) {
+bool Channel::EnqueueNote(const FaultEvent& note, bool wake) {
   std::lock_guard<std::mutex> g(mu_);
   if (orphaned_.load(std::memory_order_relaxed)) return false;
   queue_.push_back(Queued{Key{note.region, note.offset}, true, note});
+  if (wake) pending_notify_ = true;
   return true;
 }
 

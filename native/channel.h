@@ -27,9 +27,10 @@ class Channel {
   // Reader thread. kOrphaned: nobody will answer, the caller poisons the fault.
   EnqueueResult Enqueue(const FaultEvent& ev);
   // Reader thread: queue a note (kEvNote) in order with the events; it is never
-  // merged, never live (nothing answers it), and notifies nobody: it is taken with
-  // the next event, or by a drain. False if the channel is orphaned.
-  bool EnqueueNote(const FaultEvent& note);
+  // merged, never live (nothing answers it), and unless `wake` notifies nobody: it is
+  // taken with the next event, or by a drain. With `wake` (a low-water note) the next
+  // Flush() notifies the handler, as for an event. False if the channel is orphaned.
+  bool EnqueueNote(const FaultEvent& note, bool wake = false);
   // Reader thread, after a batch: tell the handler there is work. False if the
   // handler is gone (the channel is then orphaned by the caller).
   bool Flush();

@@ -17,6 +17,9 @@ enum EventFlags : uint16_t {
   kEvNote = 1 << 3,    // not a fault to answer: the agent answered a write fault from the region's reserve
                        // (docs/native.md, "Reserves"). `offset` is the page, `time_ns` carries the device
                        // offset of the block installed there (not a time); count 1, never merged, never live
+  kEvLow = 1 << 4,     // on a note only: that install took the reserve down to its low-water mark (the count
+                       // its set / top-up reserve answer carried); this note wakes the handler, which may top
+                       // the reserve up (kOpTopUpReserve). Sent once per arming (docs/native.md, "Reserves")
 };
 
 // One trapped fault, page-aligned. Faults on the same page read in one batch are
@@ -50,6 +53,9 @@ enum AnswerOp : uint8_t {
   kOpClearReserve = 11,  // stop answering from the reserve (whole region; offset/length any valid range): once
                          // it returns no reserve install is in progress and every note is queued; the result
                          // is the number of blocks left unused (>= 0)
+  kOpTopUpReserve = 12,  // add the payload's u64 device offsets (zeroed 4 KiB blocks of `device`) to the region's
+                         // live reserve, without touching its ranges (offset/length any valid range); ENOENT
+                         // when no reserve is set. Set and top-up reserve take the low-water mark in dev_offset
 };
 
 enum AnswerFlags : uint8_t {

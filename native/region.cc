@@ -139,14 +139,32 @@ void Reserve::RemovePage(uint64_t offset) {
   if (offset + kPage < end) ranges.emplace(offset + kPage, end);
 }
 
-int Region::AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks,
-                       size_t n) {
+void Reserve::AddBlocks(const uint64_t* add, size_t n, uint64_t low_water) {
+  // Used from the back: the caller's first block is used first, and the blocks added
+  // go after those left (which were given earlier).
+  blocks.insert(blocks.begin(), add, add + n);
+  std::reverse(blocks.begin(), blocks.begin() + static_cast<std::ptrdiff_t>(n));
+  low = low_water;
+  // Re-armed by every addition, even one that leaves the reserve at or under the mark
+  // (the handler added less than was used meanwhile): the next install signals again.
+  if (n != 0) low_sent = false;
+}
+
+int Region::AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n,
+                       uint64_t low) {
   std::lock_guard<std::mutex> g(reserve_mu);
   if (reserve.device && reserve.device != dev) return EINVAL;
   reserve.device = dev;
   reserve.AddRange(off, off + len);
-  // Used from the back: keep the caller's order of use (first offset first).
-  for (size_t i = n; i-- > 0;) reserve.blocks.push_back(blocks[i]);
+  reserve.AddBlocks(blocks, n, low);
+  return 0;
+}
+
+int Region::TopUpReserve(const std::shared_ptr<Device>& dev, const uint64_t* blocks, size_t n, uint64_t low) {
+  std::lock_guard<std::mutex> g(reserve_mu);
+  if (!reserve.device) return ENOENT;
+  if (reserve.device != dev) return EINVAL;
+  reserve.AddBlocks(blocks, n, low);
   return 0;
 }
 

@@ -37,10 +37,17 @@ struct Reserve {
   std::vector<uint64_t> blocks;         // device offsets, used from the back
   std::map<uint64_t, uint64_t> ranges;  // start -> end, sorted, non-overlapping, page-aligned
   uint64_t used = 0;                    // blocks installed since the last clear
+  // The low-water mark (blocks; 0: none): the install that leaves `blocks` at or under
+  // it sends its note with kEvLow, once; a set or top-up that adds blocks re-arms it.
+  uint64_t low = 0;
+  bool low_sent = false;
   bool Contains(uint64_t offset) const;
   void AddRange(uint64_t off, uint64_t end);
   // Removes the page at `offset` (which Contains) from the ranges.
   void RemovePage(uint64_t offset);
+  // Adds blocks (to be used in the given order, after those already held) and sets the
+  // low-water mark.
+  void AddBlocks(const uint64_t* add, size_t n, uint64_t low_water);
   bool active() const { return !ranges.empty() && !blocks.empty(); }
 };
 
@@ -90,9 +97,14 @@ class Region {
   // install is in progress or can start, and every note of one is on the channel.
   std::mutex reserve_mu;
   Reserve reserve;
-  // Under reserve_mu: adds ranges and blocks (the device must be the reserve's, if any).
-  // 0 or EINVAL.
-  int AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n);
+  // Under reserve_mu: adds ranges and blocks (the device must be the reserve's, if any),
+  // sets the low-water mark. 0 or EINVAL.
+  int AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n,
+                 uint64_t low);
+  // Under reserve_mu: adds blocks to the reserve that is set, ranges untouched, and sets
+  // the low-water mark. 0, ENOENT (no reserve set: cleared, or never set) or EINVAL
+  // (another device).
+  int TopUpReserve(const std::shared_ptr<Device>& dev, const uint64_t* blocks, size_t n, uint64_t low);
   // Under reserve_mu: forgets the reserve; returns the number of blocks left unused.
   uint64_t ClearReserve();
 

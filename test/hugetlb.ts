@@ -90,7 +90,7 @@ function alive(pid: number): boolean {
 /** Unmount a test mount and give back the pages its run added (recorded beside it). */
 function release(dir: string): void {
   if (fs.existsSync(dir)) {
-    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { force: true });
+    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
     // lazily: a pool a failed test left open still maps it, until this process ends
     spawnSync('umount', ['-l', dir]);
     fs.rmSync(dir, { recursive: true, force: true });

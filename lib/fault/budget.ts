@@ -37,14 +37,27 @@ export class WindowBudget {
   /** mapping → offset → key, so a range of one mapping is found without a scan. */
   private byMapping = new Map<string, Map<number, string>>();
 
+  /**
+   * Reserve blocks given to this client's agent and not yet adopted or given back
+   * (lib/fault/reserve.ts): each can become a window without the policy seeing the
+   * fault, so it is counted against the limit from the moment it is given.
+   */
+  held = 0;
+
   constructor(public limit: number = defaultWindowBudget()) {}
 
+  /** Windows installed and known to the policy. */
   get count(): number {
     return this.windows.size;
   }
 
+  /** Windows, and reserve blocks that may become windows without a fault reaching the policy. */
+  get used(): number {
+    return this.windows.size + this.held;
+  }
+
   get over(): boolean {
-    return this.windows.size > this.limit;
+    return this.used > this.limit;
   }
 
   add(w: Window): void {

@@ -127,7 +127,7 @@ export class Decider {
       entry = await this.ctx.lockEntry(`${m.inode.id}:${chunk}`);
       if (m.dead || !m.inode.live) return false;
       const budget = m.client.budget;
-      let room = Math.floor(budget.limit * BUDGET_SHARE) - budget.count;
+      let room = Math.floor(budget.limit * BUDGET_SHARE) - budget.used;
       const lo = Math.max(chunk * HUGE, m.fileOffset);
       // (on a 2 MiB-granular device the EOF unit is decided whole: context.ts, mappedEof)
       const hi = Math.min((chunk + 1) * HUGE, m.fileOffset + m.length, mappedEof(m, this.ctx.pool.storage.align));

@@ -260,7 +260,7 @@ export class FaultPolicy {
     if (m.client.budget.over) {
       // Evict in batches (1/64 of the budget at least), not one window per fault.
       const b = m.client.budget;
-      this.evict(m.client, Math.max(b.count - b.limit, Math.ceil(b.limit / 64))).catch((err: unknown) => {
+      this.evict(m.client, Math.max(b.used - b.limit, Math.ceil(b.limit / 64))).catch((err: unknown) => {
         this.ctx.log.warn({ err }, 'eviction of installed windows failed');
       });
     }

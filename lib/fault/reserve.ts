@@ -16,10 +16,10 @@
 // file is live, and the ranges granted stay holes until the reserve is taken back.
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { monotonicNow } from '../native/engine';
-import { EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, type AnswerSpec, type FaultEvent } from '../native/frames';
+import { EV_LOW, EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, type AnswerSpec, type FaultEvent } from '../native/frames';
 import { isDaxError } from '../errors';
 import type { Inode, PoolInternals } from '../pool/internal';
-import { ENXIO, type Client, type FaultContext, type Mapping } from './context';
+import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
 import type { Revoker } from './revoke';
 import { PAGE, PageState } from './states';
 
@@ -31,8 +31,16 @@ export function defaultReserveMode(): ReserveMode {
   return process.env.DAXMAP_RESERVE === 'off' ? 'off' : 'on';
 }
 
-/** Blocks granted at a time (each native install can be one VMA: counted against the window budget). */
-export const RESERVE_BLOCKS = 256;
+/**
+ * Blocks a reserve holds at most (granted, or brought back up to by a top-up); each
+ * native install can be one VMA: counted against the window budget from the grant.
+ */
+export const RESERVE_BLOCKS = 1024;
+/**
+ * The low-water mark the agent is given: the install that leaves this many blocks
+ * (or fewer) wakes the policy, which tops the reserve up (at most half of what was given).
+ */
+export const RESERVE_LOW_WATER = 768;
 /** A grant smaller than this is not worth its round trips. */
 const MIN_GRANT = 16;
 /** Notes are adopted this long after the first of a batch arrived (or at the take-back). */
@@ -52,8 +60,12 @@ interface Live {
   readonly noted: Set<number>;
   /** a batch adoption is scheduled */
   scheduled: boolean;
-  /** CLOCK_MONOTONIC (ns) just before the set reserve answers were sent */
-  readonly since: bigint;
+  /** a top-up is scheduled or running */
+  toppingUp: boolean;
+  /** the low-water mark last sent to the agent (blocks) */
+  low: number;
+  /** CLOCK_MONOTONIC (ns) just before the set reserve answers (or the last top-up) were sent */
+  since: bigint;
   /** the ranges granted (region offsets, sorted) */
   readonly ranges: [number, number][];
 }
@@ -83,11 +95,11 @@ export class Reserves {
   }
 
   /**
-   * A write fault that the agent read before the reserve of its file was set, on a
-   * page the reserve covers: the policy need not take the reserve back for it, only
-   * wake the thread, whose retried store the agent then answers from the reserve. A
-   * fault read after the set (the reserve ran out, was busy, the install failed) is
-   * never retried this way, so this cannot loop.
+   * A write fault that the agent read before the reserve of its file was set (or last
+   * topped up), on a page the reserve covers: the policy need not take the reserve
+   * back for it, only wake the thread, whose retried store the agent then answers from
+   * the reserve. A fault read after that (the reserve ran out, was busy, the install
+   * failed) is never retried this way, so this cannot loop.
    */
   retryable(m: Mapping, ev: FaultEvent): boolean {
     const r = this.byInode.get(m.inode.id);
@@ -148,6 +160,12 @@ export class Reserves {
       r.notes.push([ev.offset, dev]);
       r.noted.add(ev.offset);
       this.ctx.bump(r.m, 'reserved');
+      // The agent's reserve reached its low-water mark: add blocks before it runs dry,
+      // so that no fault of the mapping has to come here for a take-back and a grant.
+      if ((ev.flags & EV_LOW) !== 0 && !r.toppingUp) {
+        r.toppingUp = true;
+        void this.topUp(r);
+      }
       // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
       // adopt; for the test of a process killed between native stores and adoption.
       if (!r.scheduled && process.env.DAXMAP_TEST_RESERVE_HOLD !== '1') {
@@ -174,48 +192,130 @@ export class Reserves {
     }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'adopting reserve notes failed'));
   }
 
+  /**
+   * The agent signalled the low-water mark: add blocks to the live reserve from the
+   * pool's stock, bringing it back up to RESERVE_BLOCKS, within the window budget. The
+   * ranges stay as they are: while the reserve is live nothing else touches the file
+   * (every other path takes it back first) and the agent removes each page it fills
+   * from them, so they are still exactly the pages it may fill. Nothing is zeroed
+   * here: with the stock empty there is no top-up, and once the reserve runs dry its
+   * faults come to the policy (take-back, grant) as without top-ups.
+   *
+   * Not behind the gate: a batch adoption holds it for milliseconds, and the top-up
+   * must beat the last blocks. The range lock (shared) is enough: no grant (exclusive)
+   * can set a new reserve on the region until the top-up answer has run, so the
+   * answer adds to this reserve or, if a take-back cleared it first, is refused
+   * (ENOENT) and changes nothing. The blocks are in `given` from before the answer
+   * until whoever takes them out first gives them back: a take-back (they are unused
+   * or noted), or this top-up when refused; never both.
+   */
+  private async topUp(r: Live): Promise<void> {
+    const m = r.m;
+    const ino = m.inode;
+    await withOperation('reserve', async () => {
+      const budget = r.client.budget;
+      const n = Math.min(RESERVE_BLOCKS - r.given.size, budget.limit - budget.used);
+      if (n < MIN_GRANT || m.dead || this.byInode.get(ino.id) !== r) return;
+      // Taken before the lock: if the stock is short, the zeroing delays nobody else.
+      const devs = await this.take(n);
+      if (devs.length === 0) return;
+      const range = await ino.rangeLock.acquireShared(0, RANGE_END);
+      try {
+        // Still live, and within the budget (another mapping of the client may have taken some meanwhile)?
+        const keep = this.byInode.get(ino.id) === r && !m.dead ? Math.max(0, Math.min(devs.length, budget.limit - budget.used)) : 0;
+        if (keep < devs.length) this.pool.returnReserve(devs.splice(keep));
+        if (devs.length > 0) await this.addBlocks(r, devs);
+      } finally {
+        range.release();
+      }
+    }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'topping up a reserve failed'))
+      .finally(() => { r.toppingUp = false; });
+  }
+
+  /** Up to n zeroed blocks from the pool; none when it has none to give (or is closing). */
+  private async take(n: number): Promise<number[]> {
+    try {
+      return await this.pool.takeReserve(n);
+    } catch (err) {
+      if (['ENOSPC', 'EAGAIN', 'EOPNOTSUPP', 'EBADF'].some((code) => isDaxError(err, code))) return []; // the faults allocate as before
+      throw err;
+    }
+  }
+
+  /** Adds blocks to the live reserve `r` in its agent (the range lock held). */
+  private async addBlocks(r: Live, devs: number[]): Promise<void> {
+    const m = r.m;
+    // Given before the answer runs: a note for one may come as soon as it has.
+    this.give(r, devs);
+    const [res] = await this.ctx.answer(r.client, [{
+      op: Op.TopUpReserve, region: m.region, offset: 0, length: PAGE, device: r.client.deviceId, devOffset: r.low, payload: reservePayload(devs),
+    }]);
+    if (res !== 0) {
+      // Not added (the region is gone, or a take-back cleared the reserve first): no
+      // store can be in them; those the take-back has not given back already go back.
+      const back = devs.filter((d) => r.given.delete(d));
+      r.client.budget.held -= back.length;
+      if (back.length > 0) this.pool.returnReserve(back);
+      if (res !== ENXIO && res !== ENOENT) this.ctx.log.warn({ file: m.inode.name, result: res }, 'reserve top-up refused by the agent');
+      return;
+    }
+    // A fault read before the top-up had run (the reserve was dry, or busy: the
+    // reader only try-locks it, and the top-up holds it while it adds the blocks) and
+    // still to be handled is only woken: its retried store takes one of these blocks
+    // (retryable()). Taken after the answer: a fault the reader met the top-up in is
+    // older than this.
+    r.since = monotonicNow();
+    this.ctx.bump(m, 'reserveTopUps');
+  }
+
+  /** Blocks handed to the reserve: each counts against the client's window budget until adopted or given back. */
+  private give(r: Live, devs: number[]): void {
+    for (const d of devs) r.given.add(d);
+    r.client.budget.held += devs.length;
+  }
+
   /** Record the notes received so far: the blocks become the file's, the pages Installed. Gate held. */
   private async adopt(r: Live): Promise<void> {
     if (r.notes.length === 0) return;
     const notes = r.notes;
     r.notes = [];
+    // Each noted block leaves the reserve's hold on the budget: adopted, it becomes a
+    // window below; refused, its page is taken back.
+    r.client.budget.held -= notes.length;
     await this.beforeAdopt?.();
     const m = r.m;
     const ino = m.inode;
-    // What the pool would refuse (the file gone, past its EOF, no longer a hole) has a
-    // block nobody will own mapped at that page: the page is taken back *before* the
-    // block goes back (to be zeroed again and handed out), so no store can reach it then.
-    const eof = Math.ceil(ino.size / PAGE) * PAGE;
-    const good: [number, number][] = [];
-    const bad: [number, number][] = [];
-    for (const n of notes) {
-      const fileOff = m.fileOffset + n[0];
-      (ino.live && fileOff < eof && this.pool.lookup(ino, fileOff).state === 'hole' ? good : bad).push(n);
-    }
-    if (bad.length > 0) {
-      this.ctx.log.warn({ file: ino.name, pages: bad.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
-      await this.revokePages(m, bad);
-      this.pool.returnReserve(bad.map(([, dev]) => dev));
-    }
-    if (good.length === 0) return;
-    const { adopted, refused } = await this.pool.adoptReserved(ino, good.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev })));
-    if (!m.dead) {
-      for (const p of adopted) {
-        const off = p.fb * PAGE - m.fileOffset;
-        m.states.set(off / PAGE, off / PAGE + 1, PageState.Installed);
-        m.client.budget.add({ mapping: m.key, offset: off, length: PAGE });
+    // One pass: the pool checks each pair (the file live, the page inside EOF and still
+    // a hole, named once) and refuses the rest, whatever a note claims (a daemon client
+    // is not trusted). While the reserve is live nothing else changed the file, so for
+    // an honest agent nothing is refused. A refused pair has a block nobody will own
+    // mapped at its page: the pool keeps it handed out (keepRefused) until the page is
+    // taken back, and only then does it go back to be zeroed and handed out again, so
+    // no store can reach it then.
+    const { adopted, refused } = await this.pool.adoptReserved(ino, notes.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev })), { keepRefused: true });
+    if (!m.dead && adopted.length > 0) {
+      // The page states in runs of adjacent pages; a window per page (each native
+      // install is one mapping of the process).
+      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE).sort((x, y) => x - y);
+      for (let i = 0; i < pages.length;) {
+        let j = i + 1;
+        while (j < pages.length && pages[j] === pages[j - 1]! + 1) j++;
+        m.states.set(pages[i]!, pages[j - 1]! + 1, PageState.Installed);
+        i = j;
       }
+      const budget = m.client.budget;
+      for (const pg of pages) budget.add({ mapping: m.key, offset: pg * PAGE, length: PAGE });
     }
     if (refused.length > 0) {
-      // Not expected (checked above under the same locks); the pool has taken them back.
-      this.ctx.log.error({ file: ino.name, refused: refused.length }, 'reserve blocks refused by the pool; their pages are taken back');
-      await this.revokePages(m, refused.map((p) => [p.fb * PAGE - m.fileOffset, p.dev]));
+      this.ctx.log.warn({ file: ino.name, pages: refused.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
+      await this.revokePages(m, refused.map((p) => p.fb * PAGE - m.fileOffset));
+      this.pool.returnReserve(refused.map((p) => p.dev));
     }
   }
 
-  private async revokePages(m: Mapping, pages: [number, number][]): Promise<void> {
+  private async revokePages(m: Mapping, offsets: number[]): Promise<void> {
     if (m.dead) return; // its region is closed: nothing is mapped any more
-    for (const [off] of pages) await this.revoker.revokeRange(m, off, PAGE);
+    for (const off of offsets) await this.revoker.revokeRange(m, off, PAGE);
   }
 
   /**
@@ -275,30 +375,29 @@ export class Reserves {
     // the file (two could each allocate the same file block), none live.
     if (!this.eligible(m)) return;
     const budget = m.client.budget;
-    const n = Math.min(RESERVE_BLOCKS, budget.limit - budget.count);
+    const n = Math.min(RESERVE_BLOCKS, budget.limit - budget.used);
     if (n < MIN_GRANT) return;
     const ranges = this.holes(m);
     if (ranges.length === 0) return;
-    let devs: number[];
-    try {
-      devs = await this.pool.takeReserve(n);
-    } catch (err) {
-      if (isDaxError(err, 'ENOSPC') || isDaxError(err, 'EOPNOTSUPP')) return; // the faults allocate as before
-      throw err;
-    }
+    const devs = await this.take(n);
     if (devs.length === 0) return;
     if (!this.eligible(m)) {
       this.pool.returnReserve(devs);
       return;
     }
+    // The agent wakes us when a store leaves `low` blocks: a top-up then comes before it runs dry.
+    const low = Math.min(RESERVE_LOW_WATER, Math.floor(devs.length * 3 / 4));
     const specs: AnswerSpec[] = ranges.map(([lo, hi], i) => ({
-      op: Op.SetReserve, region: m.region, offset: lo, length: hi - lo, device: m.client.deviceId,
+      op: Op.SetReserve, region: m.region, offset: lo, length: hi - lo, device: m.client.deviceId, devOffset: low,
       ...(i === 0 ? { payload: reservePayload(devs) } : {}),
     }));
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(devs), notes: [], noted: new Set(), scheduled: false, since: monotonicNow(), ranges,
+      m, client: m.client, key, given: new Set(), notes: [], noted: new Set(), scheduled: false, toppingUp: false, low,
+      since: monotonicNow(), ranges,
     };
+    this.give(r, devs);
+    this.ctx.bump(m, 'reserveGrants');
     // Registered before the answers run: a note may come as soon as the first has.
     this.byInode.set(m.inode.id, r);
     this.byRegion.set(key, r);
@@ -321,6 +420,9 @@ export class Reserves {
     this.byRegion.delete(r.key);
     await this.adopt(r);
     const rest = [...r.given];
+    r.client.budget.held -= rest.length;
+    r.given.clear();
+    this.ctx.bump(r.m, 'reserveTakeBacks');
     // A client that is gone may have stored into blocks whose notes never came: the
     // pool zeroes every block given back before handing it out again.
     if (unused !== undefined && unused >= 0 && unused !== rest.length) {
@@ -345,20 +447,20 @@ export class Reserves {
       if (last && last[1] === lo) last[1] = hi;
       else out.push([lo, hi]);
     };
-    const start = m.fileOffset;
-    const end = Math.min(m.fileOffset + m.length, Math.floor(ino.size / PAGE) * PAGE);
-    for (let off = start; off < end && out.length < MAX_RANGES;) {
-      const x = this.ctx.pool.lookup(ino, off);
-      const xEnd = Math.min(end, x.offset + x.length);
-      const lo = Math.ceil((off - m.fileOffset) / PAGE);
-      const hi = Math.floor((xEnd - m.fileOffset) / PAGE);
-      if (x.state === 'hole') {
-        if (hi > lo) add(lo * PAGE, hi * PAGE);
-      } else {
-        for (const [a, b] of m.states.runs(lo, hi, PageState.Installed)) add(a * PAGE, b * PAGE);
-      }
-      off = xEnd;
+    // Region offsets; file blocks and pages are both 4 KiB and the mapping starts on a page.
+    const base = m.fileOffset;
+    const end = Math.min(base + m.length, Math.floor(ino.size / PAGE) * PAGE);
+    let cur = base;
+    // One pass over the file's extents in the mapping: the gaps are holes, and of the
+    // blocks only the pages installed in the mapping are allowed.
+    for (const [a, b] of this.pool.mappedRuns(ino, base, end)) {
+      if (out.length >= MAX_RANGES) return out;
+      if (a > cur) add(cur - base, a - base);
+      for (const [p, q] of m.states.runs((a - base) / PAGE, (b - base) / PAGE, PageState.Installed)) add(p * PAGE, q * PAGE);
+      cur = b;
     }
+    if (cur < end && out.length < MAX_RANGES) add(cur - base, end - base);
     return out;
   }
+
 }

@@ -32,6 +32,12 @@ export interface FaultStatsSnapshot {
   ahead: number;
   /** sync write faults on holes given a pre-zeroed block from the pool's stock (no zeroing on the fault path) */
   stock: number;
+  /** reserves granted (each after a fault reached the policy: the set reserve answers, the ranges computed) */
+  reserveGrants: number;
+  /** blocks added to a live reserve after its agent signalled the low-water mark (no take-back, no new ranges) */
+  reserveTopUps: number;
+  /** reserves taken back (cleared in the agent, every note adopted, the unused blocks given back) */
+  reserveTakeBacks: number;
   installedWindows: number;
   /** Pool-wide (0 per file): persists of the pool's metadata log since open (group commit shares one among concurrent commits). */
   logPersists: number;
@@ -52,7 +58,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -86,6 +92,9 @@ export class FaultStats {
   reserved = 0;
   ahead = 0;
   stock = 0;
+  reserveGrants = 0;
+  reserveTopUps = 0;
+  reserveTakeBacks = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -124,7 +133,8 @@ export class FaultStats {
       hole: this.hole, unwritten: this.unwritten, written: this.written, beyondEof: this.beyondEof,
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
-      decided: this.decided, reserved: this.reserved, ahead: this.ahead, stock: this.stock, installedWindows, ...log,
+      decided: this.decided, reserved: this.reserved, ahead: this.ahead, stock: this.stock, reserveGrants: this.reserveGrants,
+      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

@@ -53,6 +53,8 @@ export interface AgentStats {
   direct: number;
   /** write faults answered natively from a reserve (docs/native.md, "Reserves") */
   reserved: number;
+  /** reserve notes that woke the handler: the reserve reached its low-water mark */
+  lowWater: number;
   delivered: number;
   poisoned: number;
   timeouts: number;

@@ -15,6 +15,12 @@ export const EV_WP = 2;
  * offset of the block installed there (see noteDevOffset).
  */
 export const EV_NOTE = 8;
+/**
+ * On a note only: that install took the reserve down to its low-water mark (the
+ * `devOffset` of its set / top-up reserve answer); this note woke the handler, which
+ * may top the reserve up (Op.TopUpReserve).
+ */
+export const EV_LOW = 16;
 
 export const Op = {
   Install: 1,
@@ -36,6 +42,12 @@ export const Op = {
   SetReserve: 10,
   /** Stop answering from the reserve; once it has run every note is queued. Result: blocks left unused. */
   ClearReserve: 11,
+  /**
+   * Add the payload's u64 device offsets (zeroed 4 KiB blocks of `device`) to the
+   * region's live reserve, its ranges untouched; ENOENT when none is set. Set and
+   * top-up reserve carry the low-water mark (blocks) in `devOffset`.
+   */
+  TopUpReserve: 12,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 

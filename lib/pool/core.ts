@@ -688,11 +688,13 @@ export class PoolCore {
    *
    * A pair whose file block is no longer a hole, lies past the EOF block, or is named
    * twice, and every pair of an unlinked file, is refused: its block goes back to the
-   * reserve (to be zeroed again) and the caller revokes that page. EINVAL (nothing
-   * changed) when a dev is not a reserved block handed out. Caller holds the range
-   * lock over the file blocks.
+   * reserve (to be zeroed again) and the caller revokes that page; with `keepRefused`
+   * the block stays handed out instead, for the caller to give back (returnReserve)
+   * once it has revoked the page, so no refill can zero it while it is still mapped.
+   * EINVAL (nothing changed) when a dev is not a reserved block handed out. Caller
+   * holds the range lock over the file blocks.
    */
-  async adoptReserved(f: Inode, pairs: ReservedPair[], opts: { sync?: boolean } = {}): Promise<AdoptResult> {
+  async adoptReserved(f: Inode, pairs: ReservedPair[], opts: { sync?: boolean; keepRefused?: boolean } = {}): Promise<AdoptResult> {
     if (!Array.isArray(pairs)) throw daxError('EINVAL', 'adoptReserved pairs must be an array');
     const devs = pairs.map((p) => {
       checkOffset('file block', p.fb, MAX_FILE_SIZE / B - 1);
@@ -719,7 +721,7 @@ export class PoolCore {
         else this.txn.commit(recs);
       }
       for (const p of adopted) this.reserve.out.delete(p.dev / B);
-      this.reserve.giveBack(refused.map((p) => p.dev / B));
+      if (opts.keepRefused !== true) this.reserve.giveBack(refused.map((p) => p.dev / B));
       this.reserve.counts.adopted += adopted.length;
       this.reserve.counts.refused += refused.length;
       return { result: { adopted, refused }, lsn: this.syncPoint(f, sync && fresh.length > 0) };
@@ -745,6 +747,23 @@ export class PoolCore {
    * through mappings are not tracked, so Mapping.flush names its range. Caller holds
    * the range lock over it.
    */
+  /**
+   * The runs of blocks of [start, end) (bytes) that have a block, written or unwritten,
+   * in order, adjacent ones merged, clipped to the range: one pass over the extent
+   * map; the gaps between them are holes. Caller holds the range lock over it.
+   */
+  mappedRuns(f: Inode, start: number, end: number): [number, number][] {
+    const out: [number, number][] = [];
+    for (const e of f.extents.overlapping(Math.floor(start / B), Math.ceil(end / B))) {
+      const a = Math.max(start, e.fb * B);
+      const b = Math.min(end, (e.fb + e.len) * B);
+      const last = out[out.length - 1];
+      if (last && last[1] === a) last[1] = b;
+      else out.push([a, b]);
+    }
+    return out;
+  }
+
   persistWritten(f: Inode, start: number, end: number): void {
     if (end <= start) return;
     const runs: Run[] = [];

@@ -102,6 +102,33 @@ export class ExtentMap {
     return p.fb + p.len === e.fb && p.dev + p.len === e.dev && p.state === e.state && p.len + e.len <= MAX_EXTENT_BLOCKS;
   }
 
+  /**
+   * Fast path for an extent that lands in a hole and merges with neither neighbour
+   * (random 4 KiB allocations, reserve adoptions): one splice into its leaf, no leaf
+   * rebuilt. False (nothing changed) when it overlaps or could merge: replace() does it.
+   */
+  private insertInHole(ins: Extent): boolean {
+    const a = this.leafFor(ins.fb);
+    const leaf = this.leaves[a]!;
+    let lo = 0;
+    let hi = leaf.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (leaf[mid]!.fb < ins.fb) lo = mid + 1;
+      else hi = mid;
+    }
+    // lo > 0 unless a is the first leaf (leafFor: leaf a's first extent starts at or before ins.fb)
+    const prev = lo > 0 ? leaf[lo - 1]! : null;
+    const next = lo < leaf.length ? leaf[lo]! : (this.leaves[a + 1]?.[0] ?? null);
+    if (prev && (prev.fb + prev.len > ins.fb || ExtentMap.mergeable(prev, ins))) return false;
+    if (next && (next.fb < ins.fb + ins.len || ExtentMap.mergeable(ins, next))) return false;
+    leaf.splice(lo, 0, ins);
+    if (leaf.length > LEAF_MAX) this.leaves.splice(a, 1, leaf.slice(0, LEAF_FILL), leaf.slice(LEAF_FILL));
+    this.n++;
+    this.blockCount += ins.len;
+    return true;
+  }
+
   private replace(fb: number, end: number, ins: Extent | null): Extent[] {
     if (this.n === 0) {
       if (ins) { this.leaves = [[ins]]; this.n = 1; this.blockCount = ins.len; }
@@ -124,6 +151,7 @@ export class ExtentMap {
       this.blockCount += ins.len;
       return NONE;
     }
+    if (ins && this.insertInHole(ins)) return NONE;
     const removed: Extent[] = [];
     // the leaves that hold [fb, end) (the extent containing fb is always in leafFor(fb)),
     // plus the next leaf when its first extent touches `end` (it may merge)

@@ -36,6 +36,12 @@ export interface PoolInternals {
   /** The extent covering `offset`. Caller holds the range lock over it. */
   lookup(file: Inode, offset: number): LookupResult;
   /**
+   * The byte runs of [offset, end) that have blocks (written or unwritten), sorted,
+   * adjacent ones merged: one pass over the extent map (the gaps are holes). Caller
+   * holds the range lock over it.
+   */
+  mappedRuns(file: Inode, offset: number, end: number): [number, number][];
+  /**
    * Device extents for [offset, offset+length) (rounded out to blocks), after
    * allocating holes and converting unwritten blocks: zeroed, zeroing persisted,
    * then recorded written. Idempotent under the allocator lock: blocks already
@@ -69,10 +75,12 @@ export interface PoolInternals {
    * pools; on a disk-file pool recorded unwritten and converted after the data is
    * flushed (deferred.ts). Pairs whose block is no longer a hole, past the EOF block,
    * named twice, or of an unlinked file are refused (returned in `refused`; their
-   * blocks go back to the reserve): the caller revokes those pages. `sync`: durable
-   * before it returns. Caller holds the range lock over the blocks.
+   * blocks go back to the reserve, or with `keepRefused` stay handed out for the
+   * caller to return once it has revoked those pages): the caller revokes those
+   * pages. `sync`: durable before it returns. Caller holds the range lock over the
+   * blocks.
    */
-  adoptReserved(file: Inode, pairs: ReservedPair[], opts?: { sync?: boolean }): Promise<AdoptResult>;
+  adoptReserved(file: Inode, pairs: ReservedPair[], opts?: { sync?: boolean; keepRefused?: boolean }): Promise<AdoptResult>;
   /** Blocks handed out and not adopted come back (treated as dirty: zeroed again before reuse). */
   returnReserve(devs: number[]): void;
   /** Counts of the reserve (blocks). */
@@ -92,6 +100,7 @@ export function poolInternals(pool: PoolFs): PoolInternals {
     rangeLock: (file) => file.rangeLock,
     fileSize: (file) => file.size,
     lookup: (file, offset) => core.lookup(file, offset),
+    mappedRuns: (file, offset, end) => core.mappedRuns(file, offset, end),
     ensureWritten: (file, offset, length, opts = {}) => core.ensureWritten(file, offset, length, opts),
     setInvalidator: (fn) => { core.invalidator = fn ?? (async () => {}); },
     persistWritten: (file, offset, length) => core.persistWritten(file, offset, offset + length),

@@ -191,6 +191,7 @@ Napi::Value AgentStatsJs(const Napi::CallbackInfo& info) {
   set("merged", s.merged);
   set("direct", s.direct);
   set("reserved", s.reserved);
+  set("lowWater", s.low_water);
   set("delivered", s.delivered);
   set("poisoned", s.poisoned);
   set("timeouts", s.timeouts);

@@ -87,6 +87,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kEvWp", kEvWp);
   set("kEvKernel", kEvKernel);
   set("kEvNote", kEvNote);
+  set("kEvLow", kEvLow);
   set("kOpInstall", kOpInstall);
   set("kOpZero", kOpZero);
   set("kOpCopy", kOpCopy);
@@ -98,6 +99,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kOpClearDirect", kOpClearDirect);
   set("kOpSetReserve", kOpSetReserve);
   set("kOpClearReserve", kOpClearReserve);
+  set("kOpTopUpReserve", kOpTopUpReserve);
   set("kAnsWritable", kAnsWritable);
   set("kAnsPrivate", kAnsPrivate);
   set("kAnsPopulate", kAnsPopulate);

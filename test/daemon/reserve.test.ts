@@ -6,6 +6,7 @@
 import t from 'tap';
 import { daemonWithClients, PAGE } from './helpers';
 import { useLockdep } from '../lock/guard';
+import { until } from '../wait';
 
 useLockdep(t);
 
@@ -43,6 +44,46 @@ t.test('a client\'s native allocations reach the daemon\'s pool; a client killed
   // The daemon goes on serving: B maps and reads the file.
   await b.call('map', { name: 'f', id: 2 });
   t.equal(await b.call('load', { id: 2, offset: touched[0]! * PAGE + 8, length: 2 }), Buffer.from([touched[0]! + 1, 0]).toString('latin1'));
+  await b.call('close');
+  t.same(await d.stop(), { code: 0, signal: null });
+});
+
+t.test('top-ups over the fault connection: the low-water note wakes the daemon, which adds blocks without a take-back', async (t) => {
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on' } });
+  if (!a || !b) throw new Error('two clients');
+  const pages = 16 * MiB / PAGE;
+  await a.call('open', { name: 'g', create: true });
+  await a.call('truncate', { name: 'g', size: 16 * MiB });
+  await a.call('map', { name: 'g', id: 1, opts: { faultAround: false } });
+  const order = scattered(pages, pages);
+  const s0 = await a.call<any>('stats');
+  const r0 = (await a.call<any>('agentStats')).reserved;
+  let s = s0;
+  const statsWhen = (what: string, cond: (x: any) => boolean) => until(async () => cond((s = await a.call<any>('stats'))), what, { detail: () => s });
+  await a.call('tags', { id: 1, pages: order.slice(0, 1) });
+  await statsWhen('the grant', (x) => x.reserveGrants - s0.reserveGrants === 1);
+  // Chunks of 256 stores, each waiting for the top-up its last store asks for.
+  const CHUNK = 256;
+  const chunks = 12;
+  for (let c = 0; c < chunks; c++) {
+    await a.call('tags', { id: 1, pages: order.slice(1 + c * CHUNK, 1 + (c + 1) * CHUNK) });
+    await statsWhen(`top-up ${c + 1}`, (x) => x.reserveTopUps - s0.reserveTopUps >= c + 1);
+  }
+  const stored = 1 + chunks * CHUNK;
+  t.equal(s.reserveTopUps - s0.reserveTopUps, chunks, 'a top-up per chunk');
+  t.equal(s.reserveGrants - s0.reserveGrants, 1, 'one grant');
+  t.equal(s.reserveTakeBacks - s0.reserveTakeBacks, 0, 'no take-back');
+  t.equal(s.faults - s0.faults, 1, 'only the first store reached the daemon as a fault');
+  t.equal((await a.call<any>('agentStats')).reserved - r0, stored - 1, 'A\'s agent answered every other store');
+  // B reads the file through the daemon: the reserve is taken back first.
+  await b.call('open', { name: 'g' });
+  const back = Buffer.from(await b.call<string>('read', { name: 'g', offset: 0, length: 16 * MiB }), 'latin1');
+  const want = new Set(order.slice(0, stored));
+  let bad = 0;
+  for (let p = 0; p < pages; p++) if (back.readUInt32LE(p * PAGE + 8) !== (want.has(p) ? p + 1 : 0)) bad++;
+  t.equal(bad, 0, 'B reads every store of A');
+  t.equal((await a.call<any>('stats')).reserveTakeBacks - s0.reserveTakeBacks, 1, 'B\'s read took the reserve back');
+  await a.call('close');
   await b.call('close');
   t.same(await d.stop(), { code: 0, signal: null });
 });

@@ -42,3 +42,17 @@ t.test('dropping ranges of one mapping among many leaves the others alone', asyn
   t.equal(b.count, 63000);
   t.equal(b.oldest(1)[0]?.mapping, 'm0', 'recency order kept');
 });
+
+t.test('reserve blocks held count against the limit, not as windows', async (t) => {
+  const b = new WindowBudget(4);
+  b.add({ mapping: 'a', offset: 0, length: PAGE });
+  b.held = 3;
+  t.equal(b.count, 1, 'one window');
+  t.equal(b.used, 4, 'and three blocks that may become windows without a fault');
+  t.notOk(b.over, 'at the limit, not over it');
+  b.held = 4;
+  t.ok(b.over, 'one more held block is over');
+  t.same(b.oldest(9).map((w) => w.offset), [0], 'held blocks are not windows to evict');
+  b.held = 0;
+  t.notOk(b.over);
+});

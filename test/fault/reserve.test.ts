@@ -8,9 +8,10 @@ import t from 'tap';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { agentStats } from '../../dist/native/engine';
-import { forBackings, kernelTouch, poolPath, FIXTURES, PAGE, Pool, type Ctx } from './helpers';
+import { checkLockdep, forBackings, kernelTouch, poolPath, FIXTURES, PAGE, Pool, type Ctx } from './helpers';
 import { useLockdep } from '../lock/guard';
 import { fsckErrors } from '../fsck';
+import { until } from '../wait';
 
 useLockdep(t);
 
@@ -135,6 +136,99 @@ forBackings(t, 'unlink with a live reserve: every page is SIGBUS, the blocks are
   await m.unmap();
   await f.close();
   t.equal((await pool.statfs()).free, before, 'every block came back, the reserve\'s unused ones too');
+});
+
+/** Pool stats once `cond` holds of them (the policy handles notes and top-ups on its own thread). */
+async function statsWhen(pool: PoolT, what: string, cond: (s: Awaited<ReturnType<PoolT['stats']>>) => boolean) {
+  let s = await pool.stats();
+  await until(async () => cond((s = await pool.stats())), what, { detail: () => s });
+  return s;
+}
+
+forBackings(t, 'a long run of sparse stores is served by top-ups: one grant, no take-back, until something else touches the file', async (t, { pool, path: p }) => {
+  const size = 32 * MiB;
+  const pages = size / PAGE;
+  const { f, m } = await sparse(pool, 't', size);
+  const order = scattered(pages, pages);
+  const s0 = await pool.stats();
+  const a0 = agentStats();
+  tag(m.buffer, order[0]!); // the policy answers it, then grants the reserve
+  await statsWhen(pool, 'the grant', (s) => s.reserveGrants - s0.reserveGrants === 1);
+  // Chunks of 256 stores, each waiting for the top-up its last store asks for (the
+  // low-water mark is 3/4 of what was given): the reserve never runs dry, so no fault
+  // reaches the policy, which never takes the reserve back.
+  const CHUNK = 256;
+  let done = 1;
+  let chunks = 0;
+  while (done + CHUNK <= Math.min(pages, 1 + 24 * CHUNK)) {
+    for (const pg of order.slice(done, done + CHUNK)) tag(m.buffer, pg);
+    done += CHUNK;
+    chunks++;
+    await statsWhen(pool, `top-up ${chunks}`, (s) => s.reserveTopUps - s0.reserveTopUps >= chunks);
+  }
+  const s1 = await pool.stats();
+  t.equal(s1.reserveTopUps - s0.reserveTopUps, chunks, `a top-up per ${CHUNK} stores (${chunks})`);
+  t.equal(s1.reserveGrants - s0.reserveGrants, 1, 'one grant');
+  t.equal(s1.reserveTakeBacks - s0.reserveTakeBacks, 0, 'no take-back');
+  t.equal(s1.faults - s0.faults, 1, 'only the first store reached the policy');
+  t.equal(agentStats().reserved - a0.reserved, done - 1, 'the agent answered every other store');
+  t.ok(agentStats().lowWater - a0.lowWater >= chunks, 'each top-up followed a low-water note');
+  // Something else touches the file: the reserve is taken back first, then the punch.
+  await f.punchHole(0, MiB);
+  const s2 = await pool.stats();
+  t.equal(s2.reserveTakeBacks - s0.reserveTakeBacks, 1, 'a punch takes the reserve back');
+  const back = Buffer.alloc(size);
+  await f.read(back, 0);
+  const want = new Set(order.slice(0, done).filter((pg) => pg >= MiB / PAGE));
+  let bad = 0;
+  for (let pg = 0; pg < pages; pg++) if (back.readUInt32LE(pg * PAGE + 8) !== (want.has(pg) ? pg + 1 : 0)) bad++;
+  t.equal(bad, 0, 'file.read sees every store outside the punched range, and zeros elsewhere');
+  t.equal((await f.stat()).allocated, want.size * PAGE, 'a block for each of them, none for anything else');
+  // More stores: a new grant (the reserve was taken back), and unmap takes it back again.
+  const more = order.slice(done, done + 100);
+  for (const pg of more) tag(m.buffer, pg);
+  await m.unmap();
+  const s3 = await pool.stats();
+  t.ok(s3.reserveGrants - s0.reserveGrants >= 2, 'stores after the punch got a new reserve');
+  t.equal(s3.reserveTakeBacks - s0.reserveTakeBacks, s3.reserveGrants - s0.reserveGrants, 'every reserve was taken back by the unmap');
+  await f.read(back, 0);
+  for (const pg of more) want.add(pg);
+  let bad2 = 0;
+  for (let pg = 0; pg < pages; pg++) if (back.readUInt32LE(pg * PAGE + 8) !== (want.has(pg) ? pg + 1 : 0)) bad2++;
+  t.equal(bad2, 0, 'every store read back after the unmap');
+  await f.close();
+  await checkLockdep(t, pool);
+  await pool.close();
+  t.same(fsckErrors(p), [], 'fsck clean');
+});
+
+forBackings(t, 'the window budget bounds a reserve and its top-ups: windows + blocks given never pass the limit', async (t, { pool }) => {
+  const LIMIT = 300;
+  await pool.request('configure', [{ windowBudget: LIMIT }]);
+  const { f, m } = await sparse(pool, 'b', 8 * MiB);
+  const order = scattered(2048, 2048);
+  const s0 = await pool.stats();
+  const a0 = agentStats();
+  tag(m.buffer, order[0]!); // one window, then a grant of what the budget has left
+  await statsWhen(pool, 'the grant', (s) => s.reserveGrants - s0.reserveGrants === 1);
+  // The grant took the rest of the budget: the low-water note finds no room for a top-up.
+  const room = LIMIT - 1;
+  for (const pg of order.slice(1, 1 + room)) tag(m.buffer, pg);
+  const s1 = await pool.stats();
+  t.equal(agentStats().reserved - a0.reserved, room, `the reserve held what the budget had left (${room} blocks)`);
+  t.equal(s1.reserveTopUps - s0.reserveTopUps, 0, 'no top-up past the budget');
+  t.equal(s1.faults - s0.faults, 1, 'no fault reached the policy meanwhile');
+  // The next store finds the reserve empty: the policy takes it back and answers.
+  tag(m.buffer, order[1 + room]!);
+  const s2 = await pool.stats();
+  // (At least one fault: its window takes the budget over the limit, and the eviction
+  // that follows, a whole 2 MiB chunk at a time, may take its page back before the
+  // store's last bytes, which then fault again.)
+  t.ok(s2.faults - s1.faults >= 1, 'the store past the reserve reached the policy');
+  t.ok(s2.reserveTakeBacks - s0.reserveTakeBacks >= 1, 'which took the reserve back');
+  await statsWhen(pool, 'the windows back within the budget (eviction)', (s) => s.installedWindows <= LIMIT);
+  await m.unmap();
+  await f.close();
 });
 
 t.test('a child killed after native stores, before its notes were adopted: fsck clean, those pages read zeros', async (t) => {

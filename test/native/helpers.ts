@@ -30,6 +30,8 @@ export interface Report {
   answersPerPage: [string, number][];
   /** [region, offset, devOffset] of each reserve note, in order */
   notes: [number, number, number][];
+  /** [region, offset] of each note that carried EV_LOW (the reserve reached its low-water mark) */
+  lowNotes: [number, number][];
 }
 
 export class Handler {

@@ -52,6 +52,7 @@ const MIRROR: Record<string, string | null> = {
   kEvWrite: 'frames.EV_WRITE',
   kEvWp: 'frames.EV_WP',
   kEvNote: 'frames.EV_NOTE',
+  kEvLow: 'frames.EV_LOW',
   kEvKernel: null, // reserved in C++ ("the kernel does not say"); never set, never read
   kOpInstall: 'frames.Op.Install',
   kOpZero: 'frames.Op.Zero',
@@ -64,6 +65,7 @@ const MIRROR: Record<string, string | null> = {
   kOpClearDirect: 'frames.Op.ClearDirect',
   kOpSetReserve: 'frames.Op.SetReserve',
   kOpClearReserve: 'frames.Op.ClearReserve',
+  kOpTopUpReserve: 'frames.Op.TopUpReserve',
   kAnsWritable: 'frames.A_WRITABLE',
   kAnsPrivate: 'frames.A_PRIVATE',
   kAnsPopulate: 'frames.A_POPULATE',

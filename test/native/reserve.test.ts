@@ -112,3 +112,64 @@ for (const [what, env, rounds] of [
     t.ok(out.handled > 0, `and after each clear the handler did (${out.handled})`);
   });
 }
+
+t.test('the low-water mark: the note of the install that reaches it wakes the handler; a top-up adds blocks, not ranges', async (t) => {
+  const { dev, scratch, h, r } = await setup(t, 8 * MiB, 'low', { mode: 'poison' });
+  const given = [10, 11, 12, 13, 14, 15, 16, 17].map((b) => b * PAGE);
+  const more = [20, 21, 22, 23].map((b) => b * PAGE);
+  for (const b of [...given, ...more]) dev.view(b, PAGE).fill(0);
+  t.same(runAnswers([
+    { op: Op.TopUpReserve, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reservePayload(more) },
+  ]), [-2], 'a top-up with no reserve set: ENOENT');
+  t.same(runAnswers([
+    { op: Op.SetReserve, region: r.id, offset: MiB, length: MiB, device: dev.deviceId, devOffset: 3, payload: reservePayload(given) },
+  ]), [0], 'eight blocks, low-water mark 3');
+  const s0 = agentStats();
+  const b = r.buffer;
+  const page = (i: number): number => MiB + i * 2 * PAGE;
+  for (let i = 0; i < 4; i++) t.equal(kernelTouch(b, page(i), true, scratch), 'ok', `store ${i} from the reserve`);
+  t.same((await h.report()).notes, [], 'above the mark the notes wake nobody');
+  t.equal(kernelTouch(b, page(4), true, scratch), 'ok', 'the store that leaves 3 blocks');
+  // No other fault follows: only the low-water note can have woken the handler.
+  const seen = await notes(h, 5);
+  t.same(seen.map((n) => n[1]), [0, 1, 2, 3, 4].map(page), 'it brought every note so far to the handler');
+  t.same((await h.report()).lowNotes, [[r.id, page(4)]], 'the fifth note says the mark was reached');
+  t.equal(agentStats().lowWater - s0.lowWater, 1, 'counted');
+  t.equal(kernelTouch(b, page(5), true, scratch), 'ok', 'a store below the mark');
+  t.same(runAnswers([
+    { op: Op.TopUpReserve, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, devOffset: 3, payload: reservePayload(more) },
+  ]), [0], 'a top-up of four blocks: six left');
+  t.equal(kernelTouch(b, 3 * MiB, true, scratch), 'EFAULT', 'it added no range: a store outside the ranges goes to the handler');
+  for (let i = 6; i < 9; i++) t.equal(kernelTouch(b, page(i), true, scratch), 'ok', `store ${i} from the reserve`);
+  const all = await notes(h, 9);
+  t.same(all.map((n) => n[2]), [...given.slice(0, 8), more[0]], 'the blocks left were used before the top-up\'s, in the order given');
+  t.same((await h.report()).lowNotes, [[r.id, page(4)], [r.id, page(8)]], 'the top-up re-armed the mark: the store that left 3 again signalled');
+  t.equal(dev.view(more[0]!, 1)[0], 0x3c, 'the top-up\'s first block holds the ninth store');
+  t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [3], 'ClearReserve after the top-up: 3 blocks unused');
+  t.same(runAnswers([
+    { op: Op.TopUpReserve, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reservePayload([30 * PAGE]) },
+  ]), [-2], 'a top-up after ClearReserve: ENOENT (the blocks are not taken)');
+  t.equal(kernelTouch(b, page(9), true, scratch), 'EFAULT', 'cleared: the handler answers');
+  t.equal(agentStats().reserved - s0.reserved, 9, 'nine native answers');
+});
+
+t.test('TopUpReserve answers: argument checks', async (t) => {
+  const { dev, cleanup } = tempDevice('tmpfs', 4 * MiB);
+  t.teardown(cleanup);
+  const { dev: other, cleanup: c2 } = tempDevice('tmpfs', 4 * MiB);
+  t.teardown(c2);
+  const r = new TrappedRegion(4 * MiB);
+  t.teardown(() => r.close());
+  t.same(runAnswers([{ op: Op.SetReserve, region: r.id, offset: 0, length: MiB, device: dev.deviceId, payload: reservePayload([0]) }]), [0]);
+  const base = { op: Op.TopUpReserve, region: r.id, offset: 0, length: PAGE, device: dev.deviceId } as const;
+  const res = runAnswers([
+    { ...base, payload: reservePayload([PAGE]) },
+    { ...base, device: other.deviceId, payload: reservePayload([PAGE]) },
+    { ...base, payload: reservePayload([100]) },
+    { ...base, payload: reservePayload([4 * MiB]) },
+    { ...base, flags: 1 },
+    { ...base, region: 999999 },
+    { op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE },
+  ]);
+  t.same(res, [0, -22, -22, -22, -22, -6, 2], 'good; another device than the reserve\'s; unaligned block; block outside the device; flags; ENXIO; clear (2 unused)');
+});

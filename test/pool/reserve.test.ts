@@ -21,7 +21,7 @@ const shmDir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' :
 t.teardown(() => fs.rmSync(shmDir, { recursive: true, force: true }));
 
 /** Adopt under the range lock over the blocks, as the fault policy does. */
-async function adopt(pool: PoolFs, f: PoolFsFile, pairs: { fb: number; dev: number }[], opts: { sync?: boolean } = {}): Promise<{ adopted: { fb: number; dev: number }[]; refused: { fb: number; dev: number }[] }> {
+async function adopt(pool: PoolFs, f: PoolFsFile, pairs: { fb: number; dev: number }[], opts: { sync?: boolean; keepRefused?: boolean } = {}): Promise<{ adopted: { fb: number; dev: number }[]; refused: { fb: number; dev: number }[] }> {
   const ip = poolInternals(pool);
   const ino = ip.inode(f);
   return withOperation('test.adopt', async () => {
@@ -160,6 +160,45 @@ t.test('adopt refuses blocks that are no longer holes, past EOF, named twice, or
   await coreOf(pool).reserve.settled();
   t.equal(ip.reserveStats().dirty, 0, 'refused blocks were zeroed again');
   for (const d of devs) if (d !== devs[3]) t.ok(isZero(Buffer.from(ip.storage.view(d, B))), `refused/returned block ${d} reads zeros again`);
+  await pool.close();
+});
+
+t.test('keepRefused: a refused block stays handed out (its page still mapped) until the caller gives it back', async (t) => {
+  const { pool } = memPool();
+  const ip = poolInternals(pool);
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(8 * B);
+  await f.write(Buffer.alloc(B, 7), 3 * B);
+  const devs = await ip.takeReserve(2);
+  for (const d of devs) store(ip, d, 0x55);
+  const r = await adopt(pool, f, [{ fb: 3, dev: devs[0]! }, { fb: 5, dev: devs[1]! }], { keepRefused: true });
+  t.same(r.refused.map((p) => p.fb), [3], 'the written block is refused');
+  t.same(r.adopted.map((p) => p.fb), [5]);
+  await coreOf(pool).reserve.settled();
+  t.equal(ip.reserveStats().out, 1, 'the refused block is still handed out');
+  t.equal(Buffer.from(ip.storage.view(devs[0]!, B))[0], 0x55, 'and not zeroed: a store through its page still lands there harmlessly');
+  ip.returnReserve([devs[0]!]);
+  await coreOf(pool).reserve.settled();
+  const st = ip.reserveStats();
+  t.equal(st.out, 0, 'given back by the caller');
+  t.equal(st.dirty, 0, 'then zeroed again, or freed');
+  t.same(coreOf(pool).checkState(), [], 'consistent');
+  await pool.close();
+});
+
+t.test('mappedRuns: the byte runs with blocks, in one pass, adjacent extents merged, clipped', async (t) => {
+  const { pool } = memPool();
+  const ip = poolInternals(pool);
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(64 * B);
+  await f.write(Buffer.alloc(2 * B, 1), 2 * B);
+  await f.write(Buffer.alloc(B, 1), 10 * B);
+  await f.write(Buffer.alloc(B, 1), 11 * B); // its own extent or merged: one run either way
+  await f.fallocate(20 * B, 3 * B, {}); // unwritten counts too
+  const ino = ip.inode(f);
+  t.same(ip.mappedRuns(ino, 0, 64 * B), [[2 * B, 4 * B], [10 * B, 12 * B], [20 * B, 23 * B]]);
+  t.same(ip.mappedRuns(ino, 3 * B, 21 * B), [[3 * B, 4 * B], [10 * B, 12 * B], [20 * B, 21 * B]], 'clipped to the range');
+  t.same(ip.mappedRuns(ino, 4 * B, 10 * B), [], 'a hole');
   await pool.close();
 });
 

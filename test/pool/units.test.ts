@@ -148,6 +148,33 @@ t.test('allocator: randomized against a reference bitmap', async (t) => {
   t.equal(a.free, ref.filter((x) => x === 0).length);
 });
 
+t.test('extent map: single blocks set into holes in random order (the insert fast path) stay canonical', async (t) => {
+  const r = rng(11);
+  for (const identity of [true, false]) {
+    const m = new ExtentMap();
+    const ref = new Map<number, number>(); // fb -> dev
+    const order = Array.from({ length: 3000 }, (_, i) => i);
+    for (let i = order.length - 1; i > 0; i--) { const j = r.int(i + 1); [order[i], order[j]] = [order[j]!, order[i]!]; }
+    for (const fb of order.slice(0, 2500)) {
+      const dev = identity ? fb + 7000 : 100000 + r.int(1e6) * 2; // even, spread: never contiguous by chance... mostly
+      const removed = m.set(fb, 1, dev, STATE_WRITTEN);
+      t.equal(removed.length, 0);
+      ref.set(fb, dev);
+    }
+    t.equal(m.check(), null, 'sorted, counters right');
+    // canonical: one extent per maximal run of blocks contiguous in file and device
+    let runs = 0;
+    for (let fb = 0; fb < 3000; fb++) if (ref.has(fb) && !(ref.has(fb - 1) && ref.get(fb - 1)! + 1 === ref.get(fb))) runs++;
+    t.equal(m.count, runs, `${identity ? 'contiguous devices' : 'scattered devices'}: ${runs} extents, every mergeable neighbour merged`);
+    let bad = 0;
+    for (let fb = 0; fb < 3000; fb++) {
+      const e = m.find(fb);
+      if (!e !== !ref.has(fb) || (e && e.dev + (fb - e.fb) !== ref.get(fb))) bad++;
+    }
+    t.equal(bad, 0, 'every block found where it was set');
+  }
+});
+
 t.test('extent map: set, clear, merge, split against a per-block model', async (t) => {
   const r = rng(5);
   const m = new ExtentMap();
