@@ -81,6 +81,13 @@ let seq = 0;
 /** Kernel baseline runs whose stores did not land where they should (kmap.c's own check). */
 let baselineBad = 0;
 
+/** A row's description, by its id (never by its place in ORDER: a new row moves the places). */
+function whatOf(id: string): string {
+  const o = ORDER.find((x) => x.id === id);
+  if (!o) throw new Error(`no row ${id} in ORDER`);
+  return o.what;
+}
+
 function tempPath(dir: string, what: string): string {
   return path.join(dir, `daxmap-bench-${what}-${process.pid}-${seq++}`);
 }
@@ -280,9 +287,9 @@ t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fres
     }
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
-  add(t, { id: '1', what: ORDER[0]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order', ours: fresh, base: kernel, aim: aim.ratioAtMost(3), note: 'a fresh pool per run' });
+  add(t, { id: '1', what: whatOf('1'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order', ours: fresh, base: kernel, aim: aim.ratioAtMost(3), note: 'a fresh pool per run' });
   add(t, {
-    id: '12', what: ORDER.find((o) => o.id === '12')!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order (row 1\'s)', ours: churned, base: kernel, aim: aim.ratioAtMost(3),
+    id: '12', what: whatOf('12'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order (row 1\'s)', ours: churned, base: kernel, aim: aim.ratioAtMost(3),
     note: `before the run, ${CHURN_FILES} files of 1 MiB were written interleaved in 16 KiB pieces and unlinked (odd, then even)`,
   });
 });
@@ -309,7 +316,7 @@ t.test('row 2: random 4 KiB first-touch writes, faultAround: false, disk-file po
       });
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
-  add(t, { id: '2', what: ORDER[1]!.what, unit: 'µs/fault', baseline: `kernel MAP_SHARED disk file (${DISK}), fresh, same order`, ours, base: kernel, aim: aim.ratioAtMost(3) });
+  add(t, { id: '2', what: whatOf('2'), unit: 'µs/fault', baseline: `kernel MAP_SHARED disk file (${DISK}), fresh, same order`, ours, base: kernel, aim: aim.ratioAtMost(3) });
 });
 
 t.test('row 3: 4 KiB faults on written blocks, fresh mapping, random order', async (t) => {
@@ -350,9 +357,9 @@ t.test('row 3: 4 KiB faults on written blocks, fresh mapping, random order', asy
   const after = await p.pool.stats();
   t.equal(bad, 0, 'the reads saw the written bytes, every sampled page reads back its store');
   t.equal(after.sigbus - before.sigbus, 0, 'no fault was answered with SIGBUS');
-  add(t, { id: '3a', what: ORDER[2]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh (first-touch write allocating a page), same order', ours: oWrite, base: kFresh, aim: aim.ratioAtMost(2), note: 'daxmap\'s file was written through file.write' });
-  add(t, { id: '3b', what: ORDER[3]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file written through write(2), fresh mapping, same order', ours: oWrite, base: kWrite, aim: aim.none() });
-  add(t, { id: '3c', what: ORDER[4]!.what, unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file written through write(2), fresh mapping, read faults, same order', ours: oRead, base: kRead, aim: aim.ratioAtMost(2) });
+  add(t, { id: '3a', what: whatOf('3a'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh (first-touch write allocating a page), same order', ours: oWrite, base: kFresh, aim: aim.ratioAtMost(2), note: 'daxmap\'s file was written through file.write' });
+  add(t, { id: '3b', what: whatOf('3b'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file written through write(2), fresh mapping, same order', ours: oWrite, base: kWrite, aim: aim.none() });
+  add(t, { id: '3c', what: whatOf('3c'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file written through write(2), fresh mapping, read faults, same order', ours: oRead, base: kRead, aim: aim.ratioAtMost(2) });
 });
 
 t.test('row 4: random first-touch writes into a large sparse file, default policy: time and space', async (t) => {
@@ -399,15 +406,15 @@ t.test('row 4: random first-touch writes into a large sparse file, default polic
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
   t.equal(zeros, 0, 'an untouched page reads as zeros');
-  add(t, { id: '4a', what: ORDER[5]!.what, unit: 'µs/touch', baseline: `kernel MAP_SHARED sparse tmpfs file of ${SPARSE_MB} MiB, same pages, same order`, ours: oTime, base: kTime, aim: aim.ratioAtMost(3), note: 'a fresh pool per run' });
+  add(t, { id: '4a', what: whatOf('4a'), unit: 'µs/touch', baseline: `kernel MAP_SHARED sparse tmpfs file of ${SPARSE_MB} MiB, same pages, same order`, ours: oTime, base: kTime, aim: aim.ratioAtMost(3), note: 'a fresh pool per run' });
   add(t, {
-    id: '4b', what: ORDER[6]!.what, unit: 'bytes/byte', baseline: 'the kernel tmpfs file\'s st_blocks * 512 / bytes touched', ours: oSpace, base: kSpace, aim: aim.valueAtMost(1.1),
+    id: '4b', what: whatOf('4b'), unit: 'bytes/byte', baseline: 'the kernel tmpfs file\'s st_blocks * 512 / bytes touched', ours: oSpace, base: kSpace, aim: aim.valueAtMost(1.1),
     note: `daxmap: file.stat().allocated / bytes touched; the pool's used-bytes delta / bytes touched: ${summarize(used).median.toFixed(2)} (median)`,
   });
 });
 
 t.test('rows 5 and 6: sequential first touch, default policy, tmpfs and disk-file pools', async (t) => {
-  for (const [id, dir, mb, what, goal] of [['5', SHM, SEQ_MB, ORDER[7]!.what, aim.ratioBelowEveryRun(0.6)], ['6', DISK, SEQ_DISK_MB, ORDER[8]!.what, aim.ratioBelow(1)]] as const) {
+  for (const [id, dir, mb, what, goal] of [['5', SHM, SEQ_MB, whatOf('5'), aim.ratioBelowEveryRun(0.6)], ['6', DISK, SEQ_DISK_MB, whatOf('6'), aim.ratioBelow(1)]] as const) {
     const size = mb * MiB;
     const kernel: number[] = [];
     const ours: number[] = [];
@@ -488,8 +495,8 @@ t.test('row 7: fill() bandwidth after the first touch, first pass and later pass
     }
     const pool = churn ? 'churned pool' : 'fresh pool';
     const base = `kernel MAP_SHARED tmpfs file, every page touched once first, the same pass (GB/s; ratio: bandwidth, higher is better)`;
-    add(t, { id: churn ? '7c' : '7a', what: ORDER[churn ? 11 : 9]!.what, unit: 'GB/s', baseline: base, ours: first.o, base: first.k, aim: aim.ratioAtLeast(0.95), note: `a new ${pool} per run` });
-    add(t, { id: churn ? '7d' : '7b', what: ORDER[churn ? 12 : 10]!.what, unit: 'GB/s', baseline: base, ours: later.o, base: later.k, aim: aim.ratioAtLeast(0.95), note: `${FILL_REPS} passes per run, alternating with the kernel's` });
+    add(t, { id: churn ? '7c' : '7a', what: whatOf(churn ? '7c' : '7a'), unit: 'GB/s', baseline: base, ours: first.o, base: first.k, aim: aim.ratioAtLeast(0.95), note: `a new ${pool} per run` });
+    add(t, { id: churn ? '7d' : '7b', what: whatOf(churn ? '7d' : '7b'), unit: 'GB/s', baseline: base, ours: later.o, base: later.k, aim: aim.ratioAtLeast(0.95), note: `${FILL_REPS} passes per run, alternating with the kernel's` });
   }
   t.equal(bad, 0, 'every sampled page holds the last fill');
 });
@@ -510,8 +517,8 @@ t.test('rows 8 and 9: daxmapd, two clients vs one, and vs embedded', async (t) =
   }
   t.equal(d.bad, 0, 'every sampled page read back its store');
   t.equal(d.sigbus, 0, 'no fault was answered with SIGBUS');
-  add(t, { id: '8', what: ORDER[13]!.what, unit: 'faults/s', baseline: 'daxmapd, one client alone (throughput; ratio higher is better)', ours: two, base: one, aim: aim.ratioAtLeast(1.6), note: `${os.cpus().length} CPUs` });
-  add(t, { id: '9', what: ORDER[14]!.what, unit: 'µs/fault', baseline: 'embedded pool (service in a worker thread), same client process, same order', ours: daemon, base: embedded, aim: aim.ratioAtMost(1.5), note: 'mean µs per touch (wall time / pages)' });
+  add(t, { id: '8', what: whatOf('8'), unit: 'faults/s', baseline: 'daxmapd, one client alone (throughput; ratio higher is better)', ours: two, base: one, aim: aim.ratioAtLeast(1.6), note: `${os.cpus().length} CPUs` });
+  add(t, { id: '9', what: whatOf('9'), unit: 'µs/fault', baseline: 'embedded pool (service in a worker thread), same client process, same order', ours: daemon, base: embedded, aim: aim.ratioAtMost(1.5), note: 'mean µs per touch (wall time / pages)' });
 });
 
 t.test('row 10: write faults, preallocated / allocating / allocating + sync', async (t) => {
@@ -543,9 +550,9 @@ t.test('row 10: write faults, preallocated / allocating / allocating + sync', as
     } finally {
       await p.close();
     }
-    add(t, { id: ids[0], what: ORDER.find((o) => o.id === ids[0])!.what, unit: 'µs/fault', baseline: `kernel MAP_SHARED ${kind} file, fresh, first-touch writes, same order`, ours: pre, base: kernel, aim: aim.none(), note: `each of the ${SYNC_FAULTS} stores timed alone: the median per run (here and in the next two rows)` });
-    add(t, { id: ids[1], what: ORDER.find((o) => o.id === ids[1])!.what, unit: 'µs/fault', baseline: `daxmap preallocated (row ${ids[0]})`, ours: alloc, base: pre, aim: aim.none('kernel shape 2.2x') });
-    add(t, { id: ids[2], what: ORDER.find((o) => o.id === ids[2])!.what, unit: 'µs/fault', baseline: `daxmap preallocated (row ${ids[0]})`, ours: sync, base: pre, aim: aim.none('kernel shape 12.4x') });
+    add(t, { id: ids[0], what: whatOf(ids[0]), unit: 'µs/fault', baseline: `kernel MAP_SHARED ${kind} file, fresh, first-touch writes, same order`, ours: pre, base: kernel, aim: aim.none(), note: `each of the ${SYNC_FAULTS} stores timed alone: the median per run (here and in the next two rows)` });
+    add(t, { id: ids[1], what: whatOf(ids[1]), unit: 'µs/fault', baseline: `daxmap preallocated (row ${ids[0]})`, ours: alloc, base: pre, aim: aim.none('kernel shape 2.2x') });
+    add(t, { id: ids[2], what: whatOf(ids[2]), unit: 'µs/fault', baseline: `daxmap preallocated (row ${ids[0]})`, ours: sync, base: pre, aim: aim.none('kernel shape 12.4x') });
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
 });
@@ -613,7 +620,7 @@ t.test('row 10g: sync allocating faults from two threads at once, disk-file pool
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
   const med = (a: number[]): string => [...a].sort((x, y) => x - y)[a.length >> 1]!.toFixed(2);
-  add(t, { id: '10g', what: ORDER.find((o) => o.id === '10g')!.what, unit: 'µs/fault', baseline: 'daxmap, one thread taking the same faults alone (same pool, same run)', ours: two, base: one, aim: aim.ratioAtMost(1), note: `log persists per fault, median: two threads ${med(perFault)}, one thread ${med(perFaultOne)}` });
+  add(t, { id: '10g', what: whatOf('10g'), unit: 'µs/fault', baseline: 'daxmap, one thread taking the same faults alone (same pool, same run)', ours: two, base: one, aim: aim.ratioAtMost(1), note: `log persists per fault, median: two threads ${med(perFault)}, one thread ${med(perFaultOne)}` });
 });
 
 t.test('row 11: private mapping of a written file, random 4 KiB first-touch reads and writes', async (t) => {
@@ -650,8 +657,8 @@ t.test('row 11: private mapping of a written file, random 4 KiB first-touch read
   }
   await f.close();
   t.equal(bad, 0, 'private reads saw the file, private writes stayed private');
-  add(t, { id: '11a', what: ORDER[21]!.what, unit: 'µs/fault', baseline: 'kernel MAP_PRIVATE of a written tmpfs file, fresh mapping, same order', ours: oRead, base: kRead, aim: aim.none(), note: 'faultAround: false' });
-  add(t, { id: '11b', what: ORDER[22]!.what, unit: 'µs/fault', baseline: 'kernel MAP_PRIVATE of a written tmpfs file, fresh mapping, same order', ours: oWrite, base: kWrite, aim: aim.none(), note: 'faultAround: false' });
+  add(t, { id: '11a', what: whatOf('11a'), unit: 'µs/fault', baseline: 'kernel MAP_PRIVATE of a written tmpfs file, fresh mapping, same order', ours: oRead, base: kRead, aim: aim.none(), note: 'faultAround: false' });
+  add(t, { id: '11b', what: whatOf('11b'), unit: 'µs/fault', baseline: 'kernel MAP_PRIVATE of a written tmpfs file, fresh mapping, same order', ours: oWrite, base: kWrite, aim: aim.none(), note: 'faultAround: false' });
 });
 
 // Row 13: random reads over memory already mapped, where the TLB decides: daxmap's
@@ -676,7 +683,7 @@ t.test('row 13: TLB-bound random 8-byte reads over an already-faulted mapping', 
     { id: '13b', dir: typeof hl === 'string' ? hl : hl.dir, why: typeof hl === 'string' ? hl : null, pageField: 'hugetlb' },
   ];
   for (const b of backings) {
-    const what = ORDER.find((o) => o.id === b.id)!.what;
+    const what = whatOf(b.id);
     if (b.why !== null) {
       notMeasured[b.id] = b.why;
       t.comment(`row ${b.id} not measured: ${b.why}`);
