@@ -42,7 +42,27 @@ function run(cmd, args, opts) {
 
 const args = process.argv.slice(2);
 const kind = KINDS.includes(args[0]) ? args.shift() : 'address';
-const tests = args.length > 0 ? args : DEFAULT_TESTS;
+// A directory stands for its test files (*.test.ts, fixtures left out), as `npm test`
+// picks them (.taprc): given a directory, tap would also run every other .ts file in
+// it, helpers and the children tests spawn (one of which waits to be killed).
+function testFiles(p) {
+  const abs = path.resolve(ROOT, p);
+  if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) return [p];
+  const out = [];
+  const walk = (d) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const f = path.join(d, e.name);
+      if (e.isDirectory()) {
+        if (e.name !== 'fixtures' && e.name !== 'node_modules') walk(f);
+      } else if (e.name.endsWith('.test.ts')) {
+        out.push(path.relative(ROOT, f));
+      }
+    }
+  };
+  walk(abs);
+  return out;
+}
+const tests = (args.length > 0 ? args : DEFAULT_TESTS).flatMap(testFiles);
 const cxx = process.env.CXX || 'g++';
 const dir = path.join(ROOT, 'build-sanitize', kind);
 
@@ -194,6 +214,6 @@ if (!mapped.addon || !mapped.runtime) {
 
 // The tests. The sanitized build is slower: a longer per-file timeout; no coverage.
 const tapBin = path.join(path.dirname(require.resolve('tap/package.json', { paths: [ROOT] })), 'dist/esm/run.mjs');
-console.error(`sanitize (${kind}): running ${tests.join(' ')} with ${dir}, reports to ${logDir}`);
+console.error(`sanitize (${kind}): running ${tests.length} test files (${(args.length > 0 ? args : DEFAULT_TESTS).join(' ')}) with ${dir}, reports to ${logDir}`);
 const child = spawn(process.execPath, [tapBin, '--disable-coverage', '--timeout=600', ...tests], { cwd: ROOT, env, stdio: 'inherit' });
 child.on('exit', (code, signal) => finish(code ?? (signal ? 1 : 0)));
