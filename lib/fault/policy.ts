@@ -9,7 +9,7 @@
 // 'entry') → the pool's allocator and log locks (taken inside ensureWritten). Every
 // lock is released in `finally`; no lock outlives the fault that took it.
 import { daxError } from '../errors';
-import { withOperation, type LockHandle } from '../lock/index';
+import { outsideOperation, withOperation, type LockHandle } from '../lock/index';
 import { monotonicNow } from '../native/engine';
 import { Op, EV_WP, EV_WRITE, type FaultEvent } from '../native/frames';
 import type { Inode, PoolInternals } from '../pool/internal';
@@ -200,10 +200,15 @@ export class FaultPolicy {
 
   /** Handle a batch of events of one client. Every event gets an answer, whatever happens. */
   handle(client: Client, events: FaultEvent[]): Promise<void> {
-    // Notes (faults the agent answered from a reserve) are queued on their reserve
-    // now, synchronously: a ClearReserve's result must find them in.
-    const faults = this.reserves.takeNotes(client, events);
-    return Promise.all(faults.map((ev) => this.handleOne(client, ev))).then(() => undefined);
+    // New work, whoever delivers it: a take-back drains its channel synchronously
+    // (FaultChannel.drainNow) inside its own operation, which holds the file's range
+    // lock; the faults, batch adoptions and top-ups started here are not part of it.
+    return outsideOperation(() => {
+      // Notes (faults the agent answered from a reserve) are queued on their reserve
+      // now, synchronously: a ClearReserve's result must find them in.
+      const faults = this.reserves.takeNotes(client, events);
+      return Promise.all(faults.map((ev) => this.handleOne(client, ev))).then(() => undefined);
+    });
   }
 
   /** Mappings whose last fault was a 4 KiB write on a hole (the resolver says so): candidates for a reserve. */

@@ -197,6 +197,17 @@ export const lockdep = new LockValidator();
  * and any still held when it settles are reported as leaked. With it off this is a
  * plain call.
  */
+/**
+ * Run `fn` outside any operation: the operations it starts (and what they schedule)
+ * have no parent, so they do not see the locks of the operation that happened to call
+ * it. For work that is new, not a part of its caller: a batch of fault events that a
+ * channel delivers synchronously inside some other operation.
+ */
+export function outsideOperation<T>(fn: () => T): T {
+  if (!lockdep.enabled || als.getStore() === undefined) return fn();
+  return als.exit(fn);
+}
+
 export async function withOperation<T>(name: string, fn: () => T | Promise<T>): Promise<T> {
   if (!lockdep.enabled) return fn();
   const op: Operation = { name, parent: als.getStore() ?? null, held: new Set(), ended: false };

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Mutex, RangeLock, lockdep, withOperation, LOCK_ORDER } from '../../dist/lock/index.js';
+import { Mutex, RangeLock, lockdep, withOperation, outsideOperation, LOCK_ORDER } from '../../dist/lock/index.js';
 import { useLockdep } from './guard.ts';
 
 useLockdep(t);
@@ -96,6 +96,34 @@ t.test('self-deadlock throws instead of hanging', async (t) => {
     b.release(); a.release();
   });
   t.equal(lockdep.violations().filter((v) => v.kind === 'self-deadlock').length, 2);
+  lockdep.reset();
+});
+
+t.test('work started outside an operation does not inherit its locks (a channel drained inside a take-back)', async (t) => {
+  const r = new RangeLock('range', 'f');
+  let inner: Promise<void> = Promise.resolve();
+  await withOperation('take-back', async () => {
+    const h = await r.acquireShared(0, 100);
+    // What a synchronously drained channel starts: a fault and a timer's batch, each
+    // its own operation, taking the same range shared while the take-back holds it.
+    inner = outsideOperation(() => {
+      const timer = new Promise<void>((res) => setTimeout(() => void withOperation('batch', async () => {
+        (await r.acquireShared(0, 100)).release();
+      }).then(res), 1));
+      return Promise.all([withOperation('fault', async () => { (await r.acquireShared(0, 4096)).release(); }), timer]).then(() => undefined);
+    });
+    await inner;
+    h.release();
+  });
+  await inner;
+  t.same(lockdep.violations(), [], 'no self-deadlock reported: the fault and the batch are operations of their own');
+  // The same nesting inside the operation is what the validator reports.
+  await withOperation('take-back', async () => {
+    const h = await r.acquireShared(0, 100);
+    await withOperation('fault', async () => { t.throws(() => r.acquireShared(0, 4096), /already holds/); });
+    h.release();
+  });
+  t.equal(lockdep.violations().filter((v) => v.kind === 'self-deadlock').length, 1);
   lockdep.reset();
 });
 
