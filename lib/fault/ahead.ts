@@ -27,9 +27,6 @@ function defaultAheadWindows(): number {
   return Number.isSafeInteger(v) && v >= 0 && v <= MAX_AHEAD ? v : 2;
 }
 
-/** Windows ahead take at most this share of the client's window budget (as decided ranges do). */
-const BUDGET_SHARE = 3 / 4;
-
 export class FaultAhead {
   /** Windows allocated and installed ahead of the writer (0: fault-ahead off). */
   windows = defaultAheadWindows();
@@ -70,8 +67,7 @@ export class FaultAhead {
 
   private async run(m: Mapping, next: number): Promise<void> {
     for (; next < (this.targets.get(m) ?? 0); next += HUGE) {
-      const b = m.client.budget;
-      if (m.dead || b.count + 1 > Math.floor(b.limit * BUDGET_SHARE) || this.reserveLive(m)) return;
+      if (m.dead || m.client.budget.aheadRoom < 1 || this.reserveLive(m)) return;
       const r = await withOperation('ahead', () => this.one(m, next));
       if (r === 'stop') return;
     }

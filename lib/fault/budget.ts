@@ -56,6 +56,14 @@ export class WindowBudget {
     return this.windows.size + this.held;
   }
 
+  /**
+   * Windows that may still be installed ahead of any fault (decided ranges, fault-ahead):
+   * those work within 3/4 of the limit, so that faults and eviction keep the rest.
+   */
+  get aheadRoom(): number {
+    return Math.floor(this.limit * 3 / 4) - this.used;
+  }
+
   get over(): boolean {
     return this.used > this.limit;
   }

@@ -29,8 +29,6 @@ export function defaultDecideMode(): DecideMode {
   return DECIDE_MODES.includes(v as DecideMode) ? (v as DecideMode) : 'install';
 }
 
-/** Decided pieces need this share of the window budget free: faults and eviction keep the rest. */
-const BUDGET_SHARE = 3 / 4;
 
 /** One mapping's direct pieces (region offsets), by 2 MiB chunk of the region; none crosses a chunk. */
 export class DirectPieces {
@@ -127,7 +125,7 @@ export class Decider {
       entry = await this.ctx.lockEntry(`${m.inode.id}:${chunk}`);
       if (m.dead || !m.inode.live) return false;
       const budget = m.client.budget;
-      let room = Math.floor(budget.limit * BUDGET_SHARE) - budget.used;
+      let room = budget.aheadRoom;
       const lo = Math.max(chunk * HUGE, m.fileOffset);
       // (on a 2 MiB-granular device the EOF unit is decided whole: context.ts, mappedEof)
       const hi = Math.min((chunk + 1) * HUGE, m.fileOffset + m.length, mappedEof(m, this.ctx.pool.storage.align));

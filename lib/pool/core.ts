@@ -743,11 +743,6 @@ export class PoolCore {
   }
 
   /**
-   * Persist the device blocks behind the written blocks of [start, end): stores
-   * through mappings are not tracked, so Mapping.flush names its range. Caller holds
-   * the range lock over it.
-   */
-  /**
    * The runs of blocks of [start, end) (bytes) that have a block, written or unwritten,
    * in order, adjacent ones merged, clipped to the range: one pass over the extent
    * map; the gaps between them are holes. Caller holds the range lock over it.
@@ -764,6 +759,11 @@ export class PoolCore {
     return out;
   }
 
+  /**
+   * Persist the device blocks behind the written blocks of [start, end): stores
+   * through mappings are not tracked, so Mapping.flush names its range. Caller holds
+   * the range lock over it.
+   */
   persistWritten(f: Inode, start: number, end: number): void {
     if (end <= start) return;
     const runs: Run[] = [];
