@@ -103,7 +103,7 @@ if ('skip' in rbin) {
 } else {
   t.teardown(rbin.cleanup);
   t.test('plain C, random order: the floor of bench row 1\'s native answer, µs per 4 KiB first touch, tmpfs', async (t) => {
-    type Acc = Record<'p50' | 'ratio' | 'mean' | 'answer' | 'place' | 'populate' | 'wake' | 'mid' | 'end' | 'tlb', number[]>;
+    type Acc = Record<'p50' | 'ratio' | 'mean' | 'answer' | 'place' | 'populate' | 'wake' | 'first' | 'mid' | 'end' | 'tlb', number[]>;
     const byVariant = new Map<string, Acc>();
     const skipped = new Set<string>();
     const mib = String(RANDOM_SIZE / MiB);
@@ -123,7 +123,7 @@ if ('skip' in rbin) {
           continue;
         }
         let e = byVariant.get(key);
-        if (!e) byVariant.set(key, (e = { p50: [], ratio: [], mean: [], answer: [], place: [], populate: [], wake: [], mid: [], end: [], tlb: [] }));
+        if (!e) byVariant.set(key, (e = { p50: [], ratio: [], mean: [], answer: [], place: [], populate: [], wake: [], first: [], mid: [], end: [], tlb: [] }));
         e.p50.push(l.touch_p50_us as number);
         e.ratio.push((l.touch_p50_us as number) / kernel);
         e.mean.push(l.us_per_page as number);
@@ -131,6 +131,7 @@ if ('skip' in rbin) {
         e.place.push(l.place_p50_us as number);
         e.populate.push(l.populate_p50_us as number);
         e.wake.push(l.wake_p50_us as number);
+        e.first.push(l.resumed_first as number);
         e.mid.push(l.vmas_mid as number);
         e.end.push(l.vmas_end as number);
         e.tlb.push(((l.tlb as number) * 1000) / pages);
@@ -186,14 +187,15 @@ if ('skip' in rbin) {
     t.comment('with zeros first (as the reserve\'s stock is); a thread spinning: a third thread of the process on the CPU, unpinned; pinned to one CPU:');
     t.comment('the toucher and the reader on one CPU; + a spinner on the other: the same, and a third thread spinning pinned on the other CPU');
     t.comment('per run: the median touch (the mean beside it); the answer\'s median inside the reader and its parts (place: the mmap or the copy;');
-    t.comment('wake: UFFDIO_WAKE, which for pinned variants takes in the woken toucher\'s run on that CPU); VMAs in the region at half and at all');
-    t.comment('pages touched; TLB shootdown interrupts per 1,000 faults (system-wide, every CPU: other processes count too); medians of the runs');
-    t.comment(`${'variant'.padEnd(64)} ${'median touch µs, min / med / max'.padStart(26)}   ${'vs kernel random'.padStart(22)}   mean   answer = place + populate + wake   VMAs mid / end   TLB/1k`);
+    t.comment('wake: UFFDIO_WAKE); first: the share of faults whose thread had resumed and stored before the reader\'s wake returned (then the');
+    t.comment('wake\'s time takes in that thread\'s run on the reader\'s CPU); VMAs in the region at half and at all pages touched; TLB shootdown');
+    t.comment('interrupts per 1,000 faults (system-wide, every CPU: other processes count too); medians of the runs');
+    t.comment(`${'variant'.padEnd(64)} ${'median touch µs, min / med / max'.padStart(26)}   ${'vs kernel random'.padStart(22)}   mean   answer = place + populate + wake   first   VMAs mid / end   TLB/1k`);
     for (const [key, e] of byVariant) {
       const s = summarize(e.p50);
       t.comment(`${key.padEnd(64)} ${`${fmt(s.min)} / ${fmt(s.median)} / ${fmt(s.max)}`.padStart(26)}   ${fmtSummary(summarize(e.ratio), 2, 'x').padStart(22)}` +
         `   ${med(e.mean).padStart(5)}   ${med(e.answer)} = ${med(e.place)} + ${med(e.populate)} + ${med(e.wake)}`.padEnd(40) +
-        `   ${med(e.mid, 0)} / ${med(e.end, 0)}   ${med(e.tlb, 1)}`);
+        `   ${med(e.first)}   ${med(e.mid, 0)} / ${med(e.end, 0)}   ${med(e.tlb, 1)}`);
     }
     for (const sk of skipped) t.comment(`skipped: ${sk}`);
     t.comment(`the same random stores from JavaScript (a different permutation per run), ${RUNS} runs: median touch µs min / med / max; the mean, the 99th percentile`);

@@ -16,10 +16,13 @@
 // Prints one line per variant:
 //   variant=NAME order=random|seq dev=file|shuffled|- busy=none|spin|pinned|pinned_spin
 //   pages=N faults=F touch_p50_us=M touch_p90_us=Q us_per_page=X answer_p50_us=A
-//   place_p50_us=B populate_p50_us=C wake_p50_us=D vmas_mid=V vmas_end=W tlb=T checked=0|1
+//   place_p50_us=B populate_p50_us=C wake_p50_us=D resumed_first=R vmas_mid=V vmas_end=W tlb=T checked=0|1
 // touch: one page's store, clock reads included (its median is what a loaded
 // machine's preemptions do not move; us_per_page is the mean); answer: the time inside
-// the reader from the event in hand to the wake returning, and its parts; vmas_mid and
+// the reader from the event in hand to the wake returning, and its parts (place: the
+// mmap or the copy); resumed_first: the share of the faults whose thread had resumed
+// and stored before the reader's UFFDIO_WAKE returned (the woken thread run at once
+// on the reader's CPU: the wake's time then takes in that run); vmas_mid and
 // vmas_end: VMAs of /proc/self/maps inside the region when half the pages and all of
 // them were touched; tlb: TLB shootdown interrupts of every CPU during the touches
 // (/proc/interrupts, system-wide: other processes' count too); checked: every store
@@ -49,6 +52,7 @@ static size_t size, npages;
 static uint32_t *order, *devpage;  // touch order; device page of each page
 static uint64_t *per_touch, *per_answer, *per_place, *per_pop, *per_wake;
 static int seq;
+static _Atomic uint64_t resumed;  // when the storing thread's last store returned (ns)
 
 static void shuffle(uint32_t* p, size_t n, uint32_t seed) {
   for (size_t i = 0; i < n; i++) p[i] = (uint32_t)i;
@@ -120,7 +124,7 @@ struct run {
   const struct variant* v;
   int uffd, stop_fd, file;
   uint8_t* base;
-  size_t faults;
+  size_t faults, resumed_first;
   _Atomic int spin_stop;
 };
 
@@ -153,6 +157,9 @@ static void answer(struct run* r, uintptr_t addr) {
     uffd_ioctl(r->uffd, UFFDIO_WAKE, &w, "UFFDIO_WAKE");
   }
   uint64_t t3 = now_ns();
+  // The wake began at t2 (install), or inside the copy (UFFDIO_COPY wakes): from t0.
+  uint64_t woke = r->v->answer == COPY ? t0 : t2;
+  if (atomic_load_explicit(&resumed, memory_order_relaxed) > woke) r->resumed_first++;
   if (r->faults < npages) {
     per_answer[r->faults] = t3 - t0;
     per_place[r->faults] = t1 - t0;
@@ -287,6 +294,7 @@ static void run_variant(const struct variant* v) {
     size_t i = v->random ? order[k] : k;
     ((volatile uint8_t*)r.base)[i * PAGE] = (uint8_t)(i * 7 + 1);
     uint64_t t = now_ns();
+    atomic_store_explicit(&resumed, t, memory_order_relaxed);
     per_touch[k] = t - prev;
     total += t - prev;
     if (k == npages / 2) {
@@ -319,11 +327,13 @@ static void run_variant(const struct variant* v) {
   size_t nf = r.faults < npages ? r.faults : npages;
   double touch_p50 = median_us(per_touch, npages), touch_p90 = per_touch[npages * 9 / 10] / 1e3;
   printf("variant=%s order=%s dev=%s busy=%s resident=%d pages=%zu faults=%zu touch_p50_us=%.3f touch_p90_us=%.3f "
-         "us_per_page=%.3f answer_p50_us=%.3f place_p50_us=%.3f populate_p50_us=%.3f wake_p50_us=%.3f vmas_mid=%u "
+         "us_per_page=%.3f answer_p50_us=%.3f place_p50_us=%.3f populate_p50_us=%.3f wake_p50_us=%.3f resumed_first=%.3f "
+         "vmas_mid=%u "
          "vmas_end=%u tlb=%llu checked=%d\n",
          v->name, order_name, dev_name, busy_names[v->busy], v->resident, npages, v->answer == KERNEL ? npages : r.faults,
          touch_p50, touch_p90, total / 1e3 / (double)npages, median_us(per_answer, nf), median_us(per_place, nf),
-         median_us(per_pop, nf), median_us(per_wake, nf), vmas_mid, vmas_end, (unsigned long long)tlb, ok);
+         median_us(per_pop, nf), median_us(per_wake, nf), r.faults ? (double)r.resumed_first / (double)r.faults : 0.0,
+         vmas_mid, vmas_end, (unsigned long long)tlb, ok);
   fflush(stdout);
 }
 
