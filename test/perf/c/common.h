@@ -43,6 +43,22 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+// A userfaultfd ioctl, retried on EAGAIN; EEXIST (the page is there already: a race)
+// is not an error.
+static inline void uffd_ioctl(int fd, unsigned long req, void* arg, const char* what) {
+  while (ioctl(fd, req, arg) != 0) {
+    if (errno == EAGAIN) continue;
+    if (errno == EEXIST) return;
+    die(what);
+  }
+}
+
+// For qsort of uint64_t (medians of per-fault times).
+static inline int cmp_u64(const void* a, const void* b) {
+  uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
+  return x < y ? -1 : x > y;
+}
+
 // A userfaultfd registered over [base, base+len): daxmap's features and MISSING|WP
 // (native/uffd.cc), or with daxmap=0 no features and MISSING only.
 static int uffd_register(void* base, size_t len, int daxmap) {

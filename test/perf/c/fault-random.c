@@ -68,11 +68,6 @@ static void shuffle(uint32_t* p, size_t n, uint32_t seed) {
   }
 }
 
-static int cmp_u64(const void* a, const void* b) {
-  uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
-  return x < y ? -1 : x > y;
-}
-
 static double median_us(uint64_t* xs, size_t n) {
   if (n == 0) return 0.0;
   qsort(xs, n, sizeof *xs, cmp_u64);
@@ -127,14 +122,6 @@ struct run {
   size_t faults, resumed_first;
   _Atomic int spin_stop;
 };
-
-static void uffd_ioctl(int fd, unsigned long req, void* arg, const char* what) {
-  while (ioctl(fd, req, arg) != 0) {
-    if (errno == EAGAIN) continue;
-    if (errno == EEXIST) return;  // raced: the page is there already
-    die(what);
-  }
-}
 
 // daxmap's reserve answer (native/agent.cc TryReserve → Region::Install): the
 // device page over the faulting page, populated for writing, then the wake.

@@ -50,14 +50,6 @@ struct run {
   int pagemap;
 };
 
-static void uffd_ioctl(int fd, unsigned long req, void* arg, const char* what) {
-  while (ioctl(fd, req, arg) != 0) {
-    if (errno == EAGAIN) continue;
-    if (errno == EEXIST) return;  // raced: the page is there already
-    die(what);
-  }
-}
-
 static void wake(struct run* r, uintptr_t start, size_t len) {
   struct uffdio_range w = {start, len};
   uffd_ioctl(r->uffd, UFFDIO_WAKE, &w, "UFFDIO_WAKE");
@@ -155,11 +147,6 @@ static int fresh_file(void) {
 }
 
 static uint64_t* per_touch;  // ns of each page's touch, for the median
-
-static int cmp_u64(const void* a, const void* b) {
-  uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
-  return x < y ? -1 : x > y;
-}
 
 // Touch every page in order; the total ns (per_touch[] holds each touch's own time,
 // clock reads included: the median is robust to the preemptions of a loaded machine).
