@@ -136,10 +136,9 @@ if ('skip' in rbin) {
         e.end.push(l.vmas_end as number);
         e.tlb.push(((l.tlb as number) * 1000) / pages);
         if (l.faults !== pages || l.checked !== 1) bad.push(`${key} (run ${run + 1}): faults ${l.faults}, checked ${l.checked}`);
-        const shuffledDev = l.dev === 'shuffled';
         // What the experiment rests on: shuffled device pages leave a VMA per page
         // (save the rare pair that lands adjacent), pages in file order merge back into one.
-        if (shuffledDev && (l.vmas_end as number) < pages * 0.99) bad.push(`${key} (run ${run + 1}): only ${l.vmas_end} VMAs`);
+        if (l.dev === 'shuffled' && (l.vmas_end as number) < pages * 0.99) bad.push(`${key} (run ${run + 1}): only ${l.vmas_end} VMAs`);
         if (l.dev === 'file' && (l.vmas_end as number) > 2) bad.push(`${key} (run ${run + 1}): ${l.vmas_end} VMAs, not merged`);
       }
     }
@@ -150,7 +149,7 @@ if ('skip' in rbin) {
     const keep = (into: ReturnType<typeof stat>, r: ReturnType<typeof touchPages>): void => {
       for (const k of ['median', 'mean', 'p99', 'slowest'] as const) into[k].push(r[k]);
     };
-        let misread = 0;
+    let misread = 0;
     for (let run = 0; run < RUNS; run++) {
       const order = shuffled(pages, 0x2545f491 + run);
       const kp = tempPath('/dev/shm', 'kernel');
