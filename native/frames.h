@@ -56,6 +56,9 @@ enum AnswerOp : uint8_t {
   kOpTopUpReserve = 12,  // add the payload's u64 device offsets (zeroed 4 KiB blocks of `device`) to the region's
                          // live reserve, without touching its ranges (offset/length any valid range); ENOENT
                          // when no reserve is set. Set and top-up reserve take the low-water mark in dev_offset
+  kOpAddReserveRanges = 13,  // add the payload's u64 pairs [start, end) (region offsets, page-aligned, inside the
+                             // region) to the live reserve's ranges (offset/length any valid range; `device` the
+                             // reserve's); ENOENT when no reserve is set. One frame for a grant's many ranges
 };
 
 enum AnswerFlags : uint8_t {
