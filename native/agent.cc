@@ -707,6 +707,19 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
     case kOpClearDirect: r->ClearDirect(a.offset, a.length); break;
     case kOpSetReserve: e = SetReserve(*r, a, payload, false); break;
     case kOpTopUpReserve: e = SetReserve(*r, a, payload, true); break;
+    case kOpAddReserveRanges: {
+      std::shared_ptr<Device> dev = DeviceRegistry::Find(a.device);
+      if (!dev) {
+        e = ENODEV;
+      } else if (a.flags != 0 || a.flags2 != 0 || a.payload % 16 != 0) {
+        e = EINVAL;
+      } else {
+        std::vector<uint64_t> pairs(a.payload / 8);
+        if (!pairs.empty()) memcpy(pairs.data(), payload, a.payload);
+        e = r->AddReserveRanges(dev, pairs.data(), pairs.size() / 2);
+      }
+      break;
+    }
     case kOpClearReserve: *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX)); break;
     default: e = EINVAL;
   }
@@ -716,7 +729,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
   }
   if (raced_flag) *value = kResultRaced;
   bool decides = a.op == kOpSetDirect || a.op == kOpClearDirect || a.op == kOpSetReserve || a.op == kOpClearReserve ||
-                 a.op == kOpTopUpReserve;
+                 a.op == kOpTopUpReserve || a.op == kOpAddReserveRanges;
   if (a.op != kOpRevoke && !decides && wake) {
     std::shared_ptr<Channel> ch;
     {

@@ -36,26 +36,29 @@ struct FaultEvent {
 static_assert(sizeof(FaultEvent) == 32, "FaultEvent is a 32-byte wire frame");
 
 enum AnswerOp : uint8_t {
-  kOpInstall = 1,        // mmap a device range MAP_FIXED over [offset, +length), then wake
-  kOpZero = 2,           // the shared zero page (optionally write-protected), then wake
-  kOpCopy = 3,           // UFFDIO_COPY bytes (payload, or from the device view), then wake
-  kOpPoison = 4,         // SIGBUS for the faulting access(es)
-  kOpRevoke = 5,         // replace [offset, +length) with fresh trapped memory, then wake
-  kOpWake = 6,           // wake threads waiting on [offset, +length)
-  kOpUnprotect = 7,      // clear write protection (private write to a zero page), wake
-  kOpSetDirect = 8,      // decide [offset, +length) ahead: the agent answers its faults itself (device, dev_offset,
-                         // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
-  kOpClearDirect = 9,    // forget the decided ranges over [offset, +length): once it returns, no fault there is
-                         // answered natively any more (a following revoke takes whatever was installed)
-  kOpSetReserve = 10,    // add [offset, +length) to the region's reserve ranges (holes a write fault may fill
-                         // natively) and the payload's u64 device offsets of zeroed 4 KiB blocks of `device`
-                         // to its reserve; not an answer to a fault, wakes nothing
-  kOpClearReserve = 11,  // stop answering from the reserve (whole region; offset/length any valid range): once
-                         // it returns no reserve install is in progress and every note is queued; the result
-                         // is the number of blocks left unused (>= 0)
-  kOpTopUpReserve = 12,  // add the payload's u64 device offsets (zeroed 4 KiB blocks of `device`) to the region's
-                         // live reserve, without touching its ranges (offset/length any valid range); ENOENT
-                         // when no reserve is set. Set and top-up reserve take the low-water mark in dev_offset
+  kOpInstall = 1,            // mmap a device range MAP_FIXED over [offset, +length), then wake
+  kOpZero = 2,               // the shared zero page (optionally write-protected), then wake
+  kOpCopy = 3,               // UFFDIO_COPY bytes (payload, or from the device view), then wake
+  kOpPoison = 4,             // SIGBUS for the faulting access(es)
+  kOpRevoke = 5,             // replace [offset, +length) with fresh trapped memory, then wake
+  kOpWake = 6,               // wake threads waiting on [offset, +length)
+  kOpUnprotect = 7,          // clear write protection (private write to a zero page), wake
+  kOpSetDirect = 8,          // decide [offset, +length) ahead: the agent answers its faults itself (device, dev_offset,
+                             // flags writable|populate; 2 MiB windows); not an answer to a fault, wakes nothing
+  kOpClearDirect = 9,        // forget the decided ranges over [offset, +length): once it returns, no fault there is
+                             // answered natively any more (a following revoke takes whatever was installed)
+  kOpSetReserve = 10,        // add [offset, +length) to the region's reserve ranges (holes a write fault may fill
+                             // natively) and the payload's u64 device offsets of zeroed 4 KiB blocks of `device`
+                             // to its reserve; not an answer to a fault, wakes nothing
+  kOpClearReserve = 11,      // stop answering from the reserve (whole region; offset/length any valid range): once
+                             // it returns no reserve install is in progress and every note is queued; the result
+                             // is the number of blocks left unused (>= 0)
+  kOpTopUpReserve = 12,      // add the payload's u64 device offsets (zeroed 4 KiB blocks of `device`) to the region's
+                             // live reserve, without touching its ranges (offset/length any valid range); ENOENT
+                             // when no reserve is set. Set and top-up reserve take the low-water mark in dev_offset
+  kOpAddReserveRanges = 13,  // add the payload's u64 pairs [start, end) (region offsets, page-aligned, inside the
+                             // region) to the live reserve's ranges (offset/length any valid range; `device` the
+                             // reserve's); ENOENT when no reserve is set. One frame for a grant's many ranges
 };
 
 enum AnswerFlags : uint8_t {

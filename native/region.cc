@@ -160,6 +160,18 @@ int Region::AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_
   return 0;
 }
 
+int Region::AddReserveRanges(const std::shared_ptr<Device>& dev, const uint64_t* pairs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    uint64_t s = pairs[2 * i], e = pairs[2 * i + 1];
+    if (s >= e || s % kPage || e % kPage || e > length_) return EINVAL;
+  }
+  std::lock_guard<std::mutex> g(reserve_mu);
+  if (!reserve.device) return ENOENT;
+  if (reserve.device != dev) return EINVAL;
+  for (size_t i = 0; i < n; i++) reserve.AddRange(pairs[2 * i], pairs[2 * i + 1]);
+  return 0;
+}
+
 int Region::TopUpReserve(const std::shared_ptr<Device>& dev, const uint64_t* blocks, size_t n, uint64_t low) {
   std::lock_guard<std::mutex> g(reserve_mu);
   if (!reserve.device) return ENOENT;

@@ -105,6 +105,10 @@ class Region {
   // the low-water mark. 0, ENOENT (no reserve set: cleared, or never set) or EINVAL
   // (another device).
   int TopUpReserve(const std::shared_ptr<Device>& dev, const uint64_t* blocks, size_t n, uint64_t low);
+  // Under reserve_mu: adds the n ranges [pairs[2i], pairs[2i+1]) to the reserve that is
+  // set (the blocks untouched). 0, ENOENT (no reserve set) or EINVAL (another device,
+  // or a range that is empty, unaligned or not inside the region: nothing is added).
+  int AddReserveRanges(const std::shared_ptr<Device>& dev, const uint64_t* pairs, size_t n);
   // Under reserve_mu: forgets the reserve; returns the number of blocks left unused.
   uint64_t ClearReserve();
 

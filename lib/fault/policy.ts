@@ -263,9 +263,10 @@ export class FaultPolicy {
       this.reserves.grant(m).catch((err: unknown) => this.ctx.log.warn({ err, file: m.inode.name }, 'granting a reserve failed'));
     }
     if (m.client.budget.over) {
-      // Evict in batches (1/64 of the budget at least), not one window per fault.
+      // Evict in batches (1/16 of the budget at least), not one window per fault: each
+      // round takes the client's reserves back, and a new grant walks the extents.
       const b = m.client.budget;
-      this.evict(m.client, Math.max(b.used - b.limit, Math.ceil(b.limit / 64))).catch((err: unknown) => {
+      this.evict(m.client, Math.max(b.used - b.limit, Math.ceil(b.limit / 16))).catch((err: unknown) => {
         this.ctx.log.warn({ err }, 'eviction of installed windows failed');
       });
     }

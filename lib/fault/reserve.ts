@@ -16,7 +16,7 @@
 // file is live, and the ranges granted stay holes until the reserve is taken back.
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { monotonicNow } from '../native/engine';
-import { EV_LOW, EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, type AnswerSpec, type FaultEvent } from '../native/frames';
+import { EV_LOW, EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, type AnswerSpec, type FaultEvent } from '../native/frames';
 import { isDaxError } from '../errors';
 import type { Inode, PoolInternals } from '../pool/internal';
 import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
@@ -45,8 +45,14 @@ export const RESERVE_LOW_WATER = 768;
 const MIN_GRANT = 16;
 /** Notes are adopted this long after the first of a batch arrived (or at the take-back). */
 const BATCH_MS = 5;
-/** At most this many hole ranges per grant (one answer frame each). */
-const MAX_RANGES = 4096;
+/**
+ * At most this many ranges per grant (16 bytes each in one AddReserveRanges frame).
+ * Pages with a block that are not installed (evicted ones) cut the ranges: a file
+ * written at random past the window budget has one per evicted page, and a cap that
+ * left most of them out sent nearly every fault to the policy (docs/fault-policy.md,
+ * "Reserves").
+ */
+const MAX_RANGES = 1 << 17;
 
 interface Live {
   readonly m: Mapping;
@@ -387,10 +393,12 @@ export class Reserves {
     }
     // The agent wakes us when a store leaves `low` blocks: a top-up then comes before it runs dry.
     const low = Math.min(RESERVE_LOW_WATER, Math.floor(devs.length * 3 / 4));
-    const specs: AnswerSpec[] = ranges.map(([lo, hi], i) => ({
-      op: Op.SetReserve, region: m.region, offset: lo, length: hi - lo, device: m.client.deviceId, devOffset: low,
-      ...(i === 0 ? { payload: reservePayload(devs) } : {}),
-    }));
+    // The first range with the blocks; the rest in one frame, however many.
+    const [lo0, hi0] = ranges[0]!;
+    const specs: AnswerSpec[] = [{ op: Op.SetReserve, region: m.region, offset: lo0, length: hi0 - lo0, device: m.client.deviceId, devOffset: low, payload: reservePayload(devs) }];
+    if (ranges.length > 1) {
+      specs.push({ op: Op.AddReserveRanges, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveRangesPayload(ranges.slice(1)) });
+    }
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
       m, client: m.client, key, given: new Set(), notes: [], noted: new Set(), scheduled: false, toppingUp: false, low,

@@ -48,6 +48,12 @@ export const Op = {
    * top-up reserve carry the low-water mark (blocks) in `devOffset`.
    */
   TopUpReserve: 12,
+  /**
+   * Add the payload's u64 pairs [start, end) (region offsets) to the live reserve's
+   * ranges, its blocks untouched; ENOENT when none is set. A grant's ranges after the
+   * first go in one frame (reserveRangesPayload), however many there are.
+   */
+  AddReserveRanges: 13,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
@@ -100,6 +106,16 @@ export function noteDevOffset(ev: FaultEvent): number {
 export function reservePayload(devOffsets: readonly number[]): Uint8Array {
   const b = Buffer.alloc(devOffsets.length * 8);
   for (let i = 0; i < devOffsets.length; i++) writeU64(b, i * 8, devOffsets[i]!);
+  return b;
+}
+
+/** An AddReserveRanges payload: [start, end) pairs as u64s. */
+export function reserveRangesPayload(ranges: readonly (readonly [number, number])[]): Uint8Array {
+  const b = Buffer.alloc(ranges.length * 16);
+  for (let i = 0; i < ranges.length; i++) {
+    writeU64(b, i * 16, ranges[i]![0]);
+    writeU64(b, i * 16 + 8, ranges[i]![1]);
+  }
   return b;
 }
 

@@ -100,6 +100,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kOpSetReserve", kOpSetReserve);
   set("kOpClearReserve", kOpClearReserve);
   set("kOpTopUpReserve", kOpTopUpReserve);
+  set("kOpAddReserveRanges", kOpAddReserveRanges);
   set("kAnsWritable", kAnsWritable);
   set("kAnsPrivate", kAnsPrivate);
   set("kAnsPopulate", kAnsPopulate);

@@ -231,6 +231,42 @@ forBackings(t, 'the window budget bounds a reserve and its top-ups: windows + bl
   await f.close();
 });
 
+forBackings(t, 'past the window budget: a grant covers every hole, however many pages eviction left between them', async (t, { pool }) => {
+  // Eviction leaves written pages that are not installed; a grant must leave each out
+  // (a store there must reach its block), so each cuts the ranges it may fill. A grant
+  // once sent at most 4,096 ranges, those nearest the file's start: past the budget,
+  // stores further on fell outside them and nearly every fault came to the policy for
+  // a take-back and a new grant (1 ms a fault for random stores over 200 MiB).
+  const LIMIT = 2048;
+  const size = 64 * MiB;
+  const pages = size / PAGE;
+  await pool.request('configure', [{ windowBudget: LIMIT }]);
+  const { f, m } = await sparse(pool, 'past', size);
+  // Every even page: each its own window, the oldest evicted, so the odd holes of the
+  // file's first part lie between evicted pages (thousands of one-page ranges).
+  for (let p = 0; p < pages; p += 2) tag(m.buffer, p);
+  const s0 = await pool.stats();
+  t.ok(s0.evictions >= pages / 2 - 2 * LIMIT, `windows were evicted (${s0.evictions}): the run went past the budget`);
+  // Take the reserve back (file.read does): the next store needs a fresh grant.
+  await f.read(Buffer.alloc(PAGE), 0);
+  // Odd pages from the end of the file: the first comes to the policy, which grants.
+  const top: number[] = [];
+  for (let p = pages - 1; top.length < 256; p -= 2) top.push(p);
+  for (const p of top) tag(m.buffer, p);
+  const s1 = await pool.stats();
+  t.ok(s1.faults - s0.faults <= 8, `the stores were answered from the reserve (${s1.faults - s0.faults} of ${top.length} reached the policy)`);
+  const back = Buffer.alloc(size);
+  await f.read(back, 0);
+  let bad = 0;
+  for (let p = 0; p < pages; p++) {
+    const want = p % 2 === 0 || top.includes(p) ? p + 1 : 0;
+    if (back.readUInt32LE(p * PAGE + 8) !== want) bad++;
+  }
+  t.equal(bad, 0, 'every page reads back its store, the rest zeros');
+  await m.unmap();
+  await f.close();
+}, { size: 160 * MiB });
+
 t.test('a child killed after native stores, before its notes were adopted: fsck clean, those pages read zeros', async (t) => {
   const p = poolPath('tmpfs');
   t.teardown(() => fs.rmSync(p, { force: true }));

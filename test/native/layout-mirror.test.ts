@@ -66,6 +66,7 @@ const MIRROR: Record<string, string | null> = {
   kOpSetReserve: 'frames.Op.SetReserve',
   kOpClearReserve: 'frames.Op.ClearReserve',
   kOpTopUpReserve: 'frames.Op.TopUpReserve',
+  kOpAddReserveRanges: 'frames.Op.AddReserveRanges',
   kAnsWritable: 'frames.A_WRITABLE',
   kAnsPrivate: 'frames.A_PRIVATE',
   kAnsPopulate: 'frames.A_POPULATE',

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
 import { agentStats } from '../../dist/native/engine';
-import { Op, reservePayload } from '../../dist/native/frames';
+import { Op, reservePayload, reserveRangesPayload } from '../../dist/native/frames';
 import { Handler, boundRegion, kernelTouch, runAnswers, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
@@ -172,4 +172,40 @@ t.test('TopUpReserve answers: argument checks', async (t) => {
     { op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE },
   ]);
   t.same(res, [0, -22, -22, -22, -22, -6, 2], 'good; another device than the reserve\'s; unaligned block; block outside the device; flags; ENXIO; clear (2 unused)');
+});
+
+t.test('AddReserveRanges: many ranges in one frame; a store in any of them is answered from the reserve; argument checks', async (t) => {
+  const { dev, scratch, h, r } = await setup(t, 8 * MiB, 'ranges', { mode: 'poison' });
+  const { dev: other, cleanup } = tempDevice('tmpfs', 4 * MiB);
+  t.teardown(cleanup);
+  const blocks = [40, 41, 42, 43].map((b) => b * PAGE);
+  for (const b of blocks) dev.view(b, PAGE).fill(0);
+  const base = { op: Op.AddReserveRanges, region: r.id, offset: 0, length: PAGE, device: dev.deviceId } as const;
+  // Every other page of the region's second half: 512 one-page ranges.
+  const many: [number, number][] = [];
+  for (let p = 4 * MiB; p < 8 * MiB; p += 2 * PAGE) many.push([p, p + PAGE]);
+  t.same(runAnswers([{ ...base, payload: reserveRangesPayload([[0, PAGE]]) }]), [-2], 'no reserve set: ENOENT');
+  t.same(runAnswers([
+    { op: Op.SetReserve, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reservePayload(blocks) },
+    { ...base, payload: reserveRangesPayload(many) },
+  ]), [0, 0], `a reserve of one page, then ${many.length} ranges in one frame`);
+  const res = runAnswers([
+    { ...base, device: other.deviceId, payload: reserveRangesPayload([[PAGE, 2 * PAGE]]) },
+    { ...base, payload: reserveRangesPayload([[PAGE + 1, 2 * PAGE]]) },
+    { ...base, payload: reserveRangesPayload([[2 * PAGE, 2 * PAGE]]) },
+    { ...base, payload: reserveRangesPayload([[7 * MiB, 9 * MiB]]) },
+    { ...base, payload: new Uint8Array(8) },
+    { ...base, flags: 1, payload: reserveRangesPayload([[PAGE, 2 * PAGE]]) },
+    { ...base, region: 999999, payload: reserveRangesPayload([[PAGE, 2 * PAGE]]) },
+  ]);
+  t.same(res, [-22, -22, -22, -22, -22, -22, -6], 'another device; unaligned; empty; past the region; half a pair; flags; ENXIO');
+  const b = r.buffer;
+  const s0 = agentStats();
+  t.equal(kernelTouch(b, 8 * MiB - 2 * PAGE, true, scratch), 'ok', 'a store in the last range is answered');
+  t.equal(kernelTouch(b, 4 * MiB + 200 * PAGE, true, scratch), 'ok', 'and one in the middle');
+  t.equal(kernelTouch(b, 4 * MiB + 201 * PAGE, true, scratch), 'EFAULT', 'a page between two ranges goes to the handler');
+  t.equal(kernelTouch(b, PAGE, true, scratch), 'EFAULT', 'as does one the refused answers named');
+  t.equal(agentStats().reserved - s0.reserved, 2, 'two native answers');
+  t.same((await notes(h, 2)).map((n) => [n[1], n[2]]), [[8 * MiB - 2 * PAGE, 40 * PAGE], [4 * MiB + 200 * PAGE, 41 * PAGE]], 'noted with their blocks');
+  t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [2], 'cleared: two blocks unused');
 });

@@ -19,6 +19,7 @@ import { randomReads } from './reads';
 import { hugetlb } from '../hugetlb';
 import { hugeTmpfs, mappingAddress, smapsSum, vmasIn } from '../pmd';
 import { Worker } from 'node:worker_threads';
+import { defaultWindowBudget } from '../../dist/fault/budget';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -42,6 +43,7 @@ const PRIVATE_MB = envInt('DAXMAP_BENCH_PRIVATE_MB', 32);
 const CHURN_FILES = envInt('DAXMAP_BENCH_CHURN_FILES', 128);
 const TLB_MB = envInt('DAXMAP_BENCH_TLB_MB', 1024);
 const TLB_READS = envInt('DAXMAP_BENCH_TLB_READS', 16 << 20);
+const PAST_MB = envInt('DAXMAP_BENCH_PAST_MB', 256);
 
 /** The rows in table order (the ids the measuring tests below fill in). */
 const ORDER = [
@@ -72,6 +74,7 @@ const ORDER = [
   { id: '12', what: `random 4 KiB first-touch writes, faultAround:false, churned pool, ${RANDOM_MB} MiB` },
   { id: '13a', what: `TLB-bound: ${TLB_READS} random 8-byte reads over an already-faulted ${TLB_MB} MiB mapping, huge tmpfs pool (PMD)` },
   { id: '13b', what: 'same, hugetlbfs stand-in pool (2 MiB pages)' },
+  { id: '14', what: `random 4 KiB first-touch writes past the window budget, faultAround:false, tmpfs pool, ${PAST_MB} MiB` },
 ];
 
 const results: RowResult[] = [];
@@ -292,6 +295,39 @@ t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fres
     id: '12', what: whatOf('12'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order (row 1\'s)', ours: churned, base: kernel, aim: aim.ratioAtMost(3),
     note: `before the run, ${CHURN_FILES} files of 1 MiB were written interleaved in 16 KiB pieces and unlinked (odd, then even)`,
   });
+});
+
+// Row 14: row 1 over more pages than the window budget holds: eviction runs all along.
+t.test('row 14: random 4 KiB first-touch writes past the window budget', async (t) => {
+  const size = PAST_MB * MiB;
+  const pages = size / PAGE;
+  const kernel: number[] = [];
+  const ours: number[] = [];
+  let bad = 0;
+  let evicted = 0;
+  for (let run = 0; run < RUNS; run++) {
+    const order = shuffled(pages, 0x3456789 + run);
+    await both(run,
+      () => { kernel.push(kernelTouch(SHM, size, order, true, run)); },
+      async () => {
+        const p = await freshPool(SHM, size + 64 * MiB);
+        try {
+          const f = await poolFile(p.pool, 'past', size);
+          const m = await f.map({ faultAround: false });
+          const s0 = await p.pool.stats();
+          ours.push(touch(m.buffer, order, true, run));
+          evicted += (await p.pool.stats()).evictions - s0.evictions;
+          await m.unmap();
+          bad += await misreads(f, order, stampOf(run));
+          await drop(p.pool, f, 'past');
+        } finally {
+          await p.close();
+        }
+      });
+  }
+  t.equal(bad, 0, 'every sampled page reads back its store');
+  t.ok(evicted > 0, `windows were evicted (${evicted} in all): the runs went past the budget`);
+  add(t, { id: '14', what: whatOf('14'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order', ours, base: kernel, aim: aim.ratioAtMost(3), note: `${pages} pages against a budget of ${defaultWindowBudget()} windows: eviction all along` });
 });
 
 t.test('row 2: random 4 KiB first-touch writes, faultAround: false, disk-file pool', async (t) => {
