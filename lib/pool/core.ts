@@ -799,7 +799,7 @@ export class PoolCore {
   statfs(): { size: number; free: number; blockSize: number; reserved: number } {
     const a = this.state.alloc;
     const r = this.reserve;
-    return { size: a.capacity * B, free: (a.free + a.pendingCount + r.clean.length + r.dirty.length) * B, blockSize: B, reserved: this.state.reserved.size * B };
+    return { size: a.capacity * B, free: (a.free + a.pendingCount + r.clean.length + r.dirty.length + r.zeroing) * B, blockSize: B, reserved: this.state.reserved.size * B };
   }
 }
 
