@@ -303,7 +303,7 @@ export class Reserves {
     if (!m.dead && adopted.length > 0) {
       // The page states in runs of adjacent pages; a window per page (each native
       // install is one mapping of the process).
-      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE).sort((x, y) => x - y);
+      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE); // in file order (adoptReserved)
       for (let i = 0; i < pages.length;) {
         let j = i + 1;
         while (j < pages.length && pages[j] === pages[j - 1]! + 1) j++;

@@ -375,6 +375,26 @@ t.test('blocks being zeroed for the stock give way too: an allocation that needs
   t.same(core.checkState(), [], 'consistent');
 });
 
+t.test('adoptReserved: pairs adopted in file order; a block not out, or named twice, changes nothing', async (t) => {
+  const { pool } = memPool();
+  const ip = poolInternals(pool);
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(16 * B);
+  const [a, b, c, d] = await ip.takeReserve(4) as [number, number, number, number];
+  await t.rejects(adopt(pool, f, [{ fb: 5, dev: a }, { fb: 1, dev: b }, { fb: 3, dev: a }]), { code: 'EINVAL' }, 'a block named twice');
+  t.equal(ip.reserveStats().out, 4, 'every block still out');
+  await t.rejects(adopt(pool, f, [{ fb: 5, dev: a }, { fb: 1, dev: b + 1024 * B }]), { code: 'EINVAL' }, 'a block not handed out');
+  t.equal(ip.reserveStats().out, 4, 'every block still out');
+  t.equal((await f.stat()).allocated, 0, 'nothing adopted');
+  const r = await adopt(pool, f, [{ fb: 5, dev: a }, { fb: 1, dev: b }, { fb: 9, dev: c }, { fb: 1, dev: d }]);
+  t.same(r.adopted.map((p) => p.fb), [1, 5, 9], 'adopted in file order');
+  t.same(r.refused, [{ fb: 1, dev: d }], 'the second pair for file block 1 refused');
+  t.equal(ip.reserveStats().out, 0, 'none out: three adopted, the refused one given back');
+  t.equal(ip.reserveStats().refused, 1);
+  t.same(coreOf(pool).checkState(), [], 'consistent');
+  await pool.close();
+});
+
 t.test('fewer blocks than asked when the pool is short', async (t) => {
   const { pool } = memPool(8 << 20);
   const ip = poolInternals(pool);
