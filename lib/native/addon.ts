@@ -132,7 +132,7 @@ export interface NativeAddon {
    * `resident`), then each range of `persist` persisted ([offset, length, …] pairs);
    * the device is held until it is done. Rejects on the first failure.
    */
-  deviceZeroPersistAsync(id: number, zero: readonly number[], persist: readonly number[]): Promise<void>;
+  deviceZeroPersistAsync(id: number, zero: Float64Array, persist: Float64Array): Promise<void>;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** One datagram to the UNIX datagram socket at `path` ("@name": abstract namespace), as sd_notify sends to $NOTIFY_SOCKET. */
   unixDatagramSend(path: string, data: Uint8Array): void;

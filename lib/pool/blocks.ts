@@ -58,9 +58,12 @@ function persistSpans(storage: Storage, runs: Run[]): number[] {
  */
 export async function zeroResidentRuns(storage: Storage, runs: Run[]): Promise<void> {
   if (storage.zeroPersistAsync) {
-    const zero: number[] = [];
-    for (const r of runs) zero.push(r.start * B, r.len * B);
-    await storage.zeroPersistAsync(zero, persistSpans(storage, runs));
+    const zero = new Float64Array(runs.length * 2);
+    for (let i = 0; i < runs.length; i++) {
+      zero[2 * i] = runs[i]!.start * B;
+      zero[2 * i + 1] = runs[i]!.len * B;
+    }
+    await storage.zeroPersistAsync(zero, Float64Array.from(persistSpans(storage, runs)));
     return;
   }
   for (const r of runs) fillBytes(storage, r.start * B, r.len * B, 0, true);

@@ -1,4 +1,5 @@
 // JS surface of devices: open (lock, map), views as Buffers, persist, close.
+#include <cmath>
 #include <functional>
 #include <utility>
 #include <vector>
@@ -134,22 +135,32 @@ Napi::Value DevicePersistAsync(const Napi::CallbackInfo& info) {
                         [off, len](const Device& d) { return d.Persist(off, len); });
 }
 
-// An array of numbers read as [offset, length] pairs (byte ranges of the device).
+// A Float64Array read as [offset, length] pairs (byte ranges of the device); each
+// must be an integer in [0, 2^53 - 1]. A typed array, so no value is fetched from JS
+// one by one: the reserve's refill passes a range per run of blocks.
 std::vector<std::pair<uint64_t, uint64_t>> RangesArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
   Napi::Env env = info.Env();
-  if (!info[i].IsArray()) {
-    throw StatusError(env, Status::Errno(EINVAL, std::string(what) + " must be an array of offset, length numbers"),
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    throw StatusError(env, Status::Errno(EINVAL, std::string(what) + " must be a Float64Array of offset, length pairs"),
                       ErrorKind::kTypeError);
   }
-  Napi::Array a = info[i].As<Napi::Array>();
-  if (a.Length() % 2 != 0) {
+  Napi::Float64Array a = info[i].As<Napi::Float64Array>();
+  if (a.ElementLength() % 2 != 0) {
     throw StatusError(env, Status::Errno(EINVAL, std::string(what) + " must hold offset, length pairs"),
                       ErrorKind::kRangeError);
   }
+  constexpr double kMaxSafe = 9007199254740991.0;  // 2^53 - 1
   std::vector<std::pair<uint64_t, uint64_t>> out;
-  out.reserve(a.Length() / 2);
-  for (uint32_t k = 0; k < a.Length(); k += 2) {
-    out.emplace_back(ToU64(env, a.Get(k), UINT64_MAX, what), ToU64(env, a.Get(k + 1), UINT64_MAX, what));
+  out.reserve(a.ElementLength() / 2);
+  for (size_t k = 0; k < a.ElementLength(); k += 2) {
+    double off = a[k], len = a[k + 1];
+    // NaN fails every comparison: test for the good case
+    if (!(off >= 0 && off <= kMaxSafe && std::floor(off) == off && len >= 0 && len <= kMaxSafe &&
+          std::floor(len) == len)) {
+      throw StatusError(env, Status::Errno(EINVAL, std::string(what) + " must be integers in [0, 2^53 - 1]"),
+                        ErrorKind::kRangeError);
+    }
+    out.emplace_back(static_cast<uint64_t>(off), static_cast<uint64_t>(len));
   }
   return out;
 }

@@ -10,6 +10,7 @@ import { tempDevice } from './helpers';
 
 const PAGE = 4096;
 const raw = native() as unknown as Record<string, (...args: unknown[]) => any>;
+const F = (...v: number[]): Float64Array => Float64Array.from(v);
 
 for (const kind of ['tmpfs', 'disk'] as const) {
   t.test(`${kind}: the ranges read zeros afterwards, the rest keeps its bytes`, async (t) => {
@@ -18,7 +19,7 @@ for (const kind of ['tmpfs', 'disk'] as const) {
     dev.view(0, 64 * PAGE).fill(0xa5);
     dev.persist(0, 64 * PAGE);
     // two runs: pages 2..4 and 10; persisted as one span
-    await dev.zeroPersistAsync([2 * PAGE, 3 * PAGE, 10 * PAGE, PAGE], [2 * PAGE, 9 * PAGE]);
+    await dev.zeroPersistAsync(F(2 * PAGE, 3 * PAGE, 10 * PAGE, PAGE), F(2 * PAGE, 9 * PAGE));
     const all = Buffer.from(dev.view(0, 64 * PAGE));
     const zeroPage = (p: number): boolean => all.subarray(p * PAGE, (p + 1) * PAGE).every((x) => x === 0);
     const bad: number[] = [];
@@ -36,7 +37,7 @@ t.test('tmpfs: the zeros are written, so the pages are resident afterwards', asy
   t.teardown(cleanup);
   dev.zero(0, 256 * PAGE); // a hole punched: nothing resident
   const before = fs.statSync(path).blocks;
-  await dev.zeroPersistAsync([0, 128 * PAGE], [0, 128 * PAGE]);
+  await dev.zeroPersistAsync(F(0, 128 * PAGE), F(0, 128 * PAGE));
   const after = fs.statSync(path).blocks;
   // st_blocks counts 512-byte units: 128 pages are 1,024 of them
   t.ok(after - before >= 1024, `128 pages allocated by the zeroing (st_blocks ${before} → ${after})`);
@@ -47,19 +48,22 @@ t.test('bad ranges are EINVAL, a closed device ECLOSED', async (t) => {
   const { dev, cleanup } = tempDevice('tmpfs', 16 * PAGE);
   let closed = false;
   t.teardown(() => { if (!closed) cleanup(); });
-  await t.rejects(dev.zeroPersistAsync([1, PAGE], []), { code: 'EINVAL' }, 'an unaligned offset');
-  await t.rejects(dev.zeroPersistAsync([0, PAGE + 1], []), { code: 'EINVAL' }, 'an unaligned length');
-  await t.rejects(dev.zeroPersistAsync([15 * PAGE, 2 * PAGE], []), { code: 'EINVAL' }, 'past the end');
-  await t.rejects(dev.zeroPersistAsync([], [16 * PAGE, PAGE]), { code: 'EINVAL' }, 'a persist range past the end');
+  await t.rejects(dev.zeroPersistAsync(F(1, PAGE), F()), { code: 'EINVAL' }, 'an unaligned offset');
+  await t.rejects(dev.zeroPersistAsync(F(0, PAGE + 1), F()), { code: 'EINVAL' }, 'an unaligned length');
+  await t.rejects(dev.zeroPersistAsync(F(15 * PAGE, 2 * PAGE), F()), { code: 'EINVAL' }, 'past the end');
+  await t.rejects(dev.zeroPersistAsync(F(), F(16 * PAGE, PAGE)), { code: 'EINVAL' }, 'a persist range past the end');
   // the addon itself refuses what the TypeScript layer would have caught
   const d = dev.deviceId;
-  await t.rejects(raw.deviceZeroPersistAsync(d, [16 * PAGE, PAGE], []), { code: 'EINVAL' }, 'addon: zero range outside the device (rejects)');
-  t.throws(() => raw.deviceZeroPersistAsync(d, 'x', []), { name: 'TypeError', code: 'EINVAL' }, 'addon: zero ranges not an array');
-  t.throws(() => raw.deviceZeroPersistAsync(d, [0], []), { name: 'RangeError', code: 'EINVAL' }, 'addon: an odd count of numbers');
-  t.throws(() => raw.deviceZeroPersistAsync(d, [], [0, -1]), { name: 'RangeError', code: 'EINVAL' }, 'addon: a negative length');
-  t.throws(() => raw.deviceZeroPersistAsync(d, [NaN, PAGE], []), { name: 'RangeError', code: 'EINVAL' }, 'addon: NaN');
+  await t.rejects(raw.deviceZeroPersistAsync(d, F(16 * PAGE, PAGE), F()), { code: 'EINVAL' }, 'addon: zero range outside the device (rejects)');
+  t.throws(() => raw.deviceZeroPersistAsync(d, [0, PAGE], F()), { name: 'TypeError', code: 'EINVAL' }, 'addon: ranges not a Float64Array');
+  t.throws(() => raw.deviceZeroPersistAsync(d, new Uint32Array(2), F()), { name: 'TypeError', code: 'EINVAL' }, 'addon: another typed array');
+  t.throws(() => raw.deviceZeroPersistAsync(d, F(0), F()), { name: 'RangeError', code: 'EINVAL' }, 'addon: an odd count of numbers');
+  t.throws(() => raw.deviceZeroPersistAsync(d, F(), F(0, -1)), { name: 'RangeError', code: 'EINVAL' }, 'addon: a negative length');
+  t.throws(() => raw.deviceZeroPersistAsync(d, F(NaN, PAGE), F()), { name: 'RangeError', code: 'EINVAL' }, 'addon: NaN');
+  t.throws(() => raw.deviceZeroPersistAsync(d, F(0.5, PAGE), F()), { name: 'RangeError', code: 'EINVAL' }, 'addon: a fraction');
+  t.throws(() => raw.deviceZeroPersistAsync(d, F(2 ** 53, PAGE), F()), { name: 'RangeError', code: 'EINVAL' }, 'addon: 2^53');
   cleanup();
   closed = true;
-  await t.rejects(dev.zeroPersistAsync([0, PAGE], []), { code: 'ECLOSED' }, 'after close');
-  t.throws(() => raw.deviceZeroPersistAsync(d, [0, PAGE], []), { code: 'EPERM' }, 'addon: a closed device id');
+  await t.rejects(dev.zeroPersistAsync(F(0, PAGE), F()), { code: 'ECLOSED' }, 'after close');
+  t.throws(() => raw.deviceZeroPersistAsync(d, F(0, PAGE), F()), { code: 'EPERM' }, 'addon: a closed device id');
 });
