@@ -48,8 +48,10 @@ export interface Placed {
  * Thrown by ensureSpace inside locked(): the room needed is in reserve blocks being
  * zeroed; locked() waits for `done` and runs its function again.
  */
-class AwaitZeroing {
-  constructor(readonly done: Promise<unknown>) {}
+class AwaitZeroing extends Error {
+  constructor(readonly done: Promise<unknown>) {
+    super('waiting for reserve blocks being zeroed');
+  }
 }
 
 export class Journal {

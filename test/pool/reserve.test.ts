@@ -367,7 +367,7 @@ t.test('blocks being zeroed for the stock give way too: an allocation that needs
   t.equal(core.state.alloc.free, 0, 'none free: all in the refill');
   t.equal((await pool.statfs()).free, left * B, 'statfs counts the blocks being zeroed as free');
   const b = await pool.openFile('b', { create: true });
-  const writing = b.write(Buffer.alloc(left * B, 2), 0).then(() => 'written', (e: { code?: string }) => e.code ?? String(e));
+  const writing = b.write(Buffer.alloc(left * B, 2), 0).then(() => 'written', (e: { code?: string }) => e.code ?? 'an error without a code');
   await new Promise<void>((res) => setImmediate(res));
   release();
   t.equal(await writing, 'written', 'the write got the blocks once they were zeroed (no ENOSPC)');
