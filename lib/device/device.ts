@@ -82,6 +82,20 @@ export class DeviceStorage implements Storage {
     native().deviceZero(this.deviceId, offset, length, resident);
   }
 
+  async zeroPersistAsync(zero: Float64Array, persist: Float64Array): Promise<void> {
+    if (this.isClosed) throw daxError('ECLOSED', `device '${this.path}' is closed`);
+    for (let i = 0; i < zero.length; i += 2) this.checkPage(zero[i]!, zero[i + 1]!, 'zero');
+    for (let i = 0; i < persist.length; i += 2) this.checkPersist(persist[i]!, persist[i + 1]!);
+    await native().deviceZeroPersistAsync(this.deviceId, zero, persist);
+  }
+
+  private checkPage(offset: number, length: number, what: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size ||
+      offset % 4096 !== 0 || length % 4096 !== 0) {
+      throw daxError('EINVAL', `${what} [${offset}, +${length}) is not page-aligned inside device '${this.path}' of ${this.size} bytes`);
+    }
+  }
+
   close(): void {
     if (this.isClosed) return;
     this.isClosed = true;

@@ -48,6 +48,15 @@ export interface Storage {
    * clearing them (docs/faults.md, "The 2 MiB window").
    */
   zero?(offset: number, length: number, resident?: boolean): void;
+  /**
+   * Optional: off the calling thread (a libuv pool thread), write zeros over each
+   * page-aligned range of `zero` as `zero(…, true)` does (the pages resident and
+   * zero), then persist each range of `persist`; both hold [offset, length, …]
+   * pairs. Resolves once the zeros are durable. The reserve's refill zeroes its blocks
+   * this way (docs/pool.md, "Reserve"), so the thread running the fault policy does
+   * not spend its time allocating and clearing pages.
+   */
+  zeroPersistAsync?(zero: Float64Array, persist: Float64Array): Promise<void>;
   /** Unmap (views become detached) and release the device lock. Idempotent. */
   close(): void;
 }

@@ -31,11 +31,24 @@ export function defaultWindowBudget(): number {
 const PAGE = 4096;
 const HUGE = 2 * 1024 * 1024;
 
+/**
+ * A window in the budget: an entry of the recency list (least recently installed
+ * first) and of its mapping's table. Numeric keys, no key strings: the reserve's
+ * adoptions add thousands of 4 KiB windows a second.
+ */
+class Slot implements Window {
+  prev: Slot | null = null;
+  next: Slot | null = null;
+  constructor(readonly mapping: string, readonly offset: number, public length: number) {}
+}
+
 export class WindowBudget {
-  /** Insertion order is recency: the first entries are the least recently installed. */
-  private windows = new Map<string, Window>();
-  /** mapping → offset → key, so a range of one mapping is found without a scan. */
-  private byMapping = new Map<string, Map<number, string>>();
+  /** The recency list: `head` is the least recently installed window, `tail` the newest. */
+  private head: Slot | null = null;
+  private tail: Slot | null = null;
+  private size = 0;
+  /** mapping → region offset → its window, so a range of one mapping is found without a scan. */
+  private byMapping = new Map<string, Map<number, Slot>>();
 
   /**
    * Reserve blocks given to this client's agent and not yet adopted or given back
@@ -48,12 +61,12 @@ export class WindowBudget {
 
   /** Windows installed and known to the policy. */
   get count(): number {
-    return this.windows.size;
+    return this.size;
   }
 
   /** Windows, and reserve blocks that may become windows without a fault reaching the policy. */
   get used(): number {
-    return this.windows.size + this.held;
+    return this.size + this.held;
   }
 
   /**
@@ -68,13 +81,55 @@ export class WindowBudget {
     return this.used > this.limit;
   }
 
+  /** A window installed (again: it becomes the newest, with this length). */
   add(w: Window): void {
-    const k = `${w.mapping}@${w.offset}`;
-    this.windows.delete(k);
-    this.windows.set(k, w);
-    let m = this.byMapping.get(w.mapping);
-    if (!m) this.byMapping.set(w.mapping, (m = new Map<number, string>()));
-    m.set(w.offset, k);
+    this.put(this.slotsOf(w.mapping), w.mapping, w.offset, w.length);
+  }
+
+  /** add() of a window of `pageSize` bytes at page × pageSize for each page, in order (the last the newest). */
+  addPages(mapping: string, pages: readonly number[], pageSize: number): void {
+    if (pages.length === 0) return;
+    const slots = this.slotsOf(mapping);
+    for (const pg of pages) this.put(slots, mapping, pg * pageSize, pageSize);
+  }
+
+  private slotsOf(mapping: string): Map<number, Slot> {
+    let slots = this.byMapping.get(mapping);
+    if (!slots) this.byMapping.set(mapping, (slots = new Map<number, Slot>()));
+    return slots;
+  }
+
+  private put(slots: Map<number, Slot>, mapping: string, offset: number, length: number): void {
+    const s = slots.get(offset);
+    if (s) {
+      s.length = length;
+      if (s !== this.tail) {
+        this.unlink(s);
+        this.append(s);
+      }
+      return;
+    }
+    const n = new Slot(mapping, offset, length);
+    slots.set(offset, n);
+    this.append(n);
+    this.size++;
+  }
+
+  private append(s: Slot): void {
+    s.prev = this.tail;
+    s.next = null;
+    if (this.tail) this.tail.next = s;
+    else this.head = s;
+    this.tail = s;
+  }
+
+  private unlink(s: Slot): void {
+    if (s.prev) s.prev.next = s.next;
+    else this.head = s.next;
+    if (s.next) s.next.prev = s.prev;
+    else this.tail = s.prev;
+    s.prev = null;
+    s.next = null;
   }
 
   /** A window of the mapping starts at this offset. */
@@ -82,13 +137,11 @@ export class WindowBudget {
     return this.byMapping.get(mapping)?.has(offset) === true;
   }
 
-  private drop(mapping: string, offset: number): void {
-    const m = this.byMapping.get(mapping);
-    const k = m?.get(offset);
-    if (k === undefined || !m) return;
-    m.delete(offset);
-    if (m.size === 0) this.byMapping.delete(mapping);
-    this.windows.delete(k);
+  private drop(mapping: string, slots: Map<number, Slot>, s: Slot): void {
+    slots.delete(s.offset);
+    if (slots.size === 0) this.byMapping.delete(mapping);
+    this.unlink(s);
+    this.size--;
   }
 
   /** Forget windows of a mapping overlapping [offset, offset+length) (they were revoked). */
@@ -102,33 +155,28 @@ export class WindowBudget {
     const probes = (offset + length - lo) / PAGE;
     if (probes < m.size) {
       for (let o = lo; o < offset + length; o += PAGE) {
-        const k = m.get(o);
-        if (k === undefined) continue;
-        const w = this.windows.get(k);
-        if (w && w.offset + w.length > offset) this.drop(mapping, o);
+        const s = m.get(o);
+        if (s && s.offset + s.length > offset) this.drop(mapping, m, s);
       }
       return;
     }
-    for (const [o, k] of [...m]) {
-      const w = this.windows.get(k);
-      if (w && w.offset < offset + length && offset < w.offset + w.length) this.drop(mapping, o);
+    for (const s of [...m.values()]) {
+      if (s.offset < offset + length && offset < s.offset + s.length) this.drop(mapping, m, s);
     }
   }
 
   dropMapping(mapping: string): void {
     const m = this.byMapping.get(mapping);
     if (!m) return;
-    for (const k of m.values()) this.windows.delete(k);
+    for (const s of m.values()) this.unlink(s);
+    this.size -= m.size;
     this.byMapping.delete(mapping);
   }
 
   /** Least recently installed first. */
   oldest(n: number): Window[] {
     const out: Window[] = [];
-    for (const w of this.windows.values()) {
-      if (out.length >= n) break;
-      out.push(w);
-    }
+    for (let s = this.head; s !== null && out.length < n; s = s.next) out.push({ mapping: s.mapping, offset: s.offset, length: s.length });
     return out;
   }
 }

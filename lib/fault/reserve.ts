@@ -18,7 +18,7 @@ import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { monotonicNow } from '../native/engine';
 import { EV_LOW, EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, type AnswerSpec, type FaultEvent } from '../native/frames';
 import { isDaxError } from '../errors';
-import type { Inode, PoolInternals } from '../pool/internal';
+import type { Inode, PoolInternals, ReservedPair } from '../pool/internal';
 import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
 import type { Revoker } from './revoke';
 import { PAGE, PageState } from './states';
@@ -60,8 +60,8 @@ interface Live {
   readonly key: string;
   /** device offsets given and not yet noted */
   readonly given: Set<number>;
-  /** notes received and not yet adopted: [region offset, device offset] */
-  notes: [number, number][];
+  /** notes received and not yet adopted, as the pool adopts them: file block, device offset */
+  notes: ReservedPair[];
   /** region offsets of every page noted */
   readonly noted: Set<number>;
   /** a batch adoption is scheduled */
@@ -146,12 +146,18 @@ export class Reserves {
   takeNotes(client: Client, events: FaultEvent[]): FaultEvent[] {
     if (!events.some((e) => (e.flags & EV_NOTE) !== 0)) return events;
     const faults: FaultEvent[] = [];
+    // The notes of a batch are mostly of one region: its reserve is looked up once.
+    let region = -1;
+    let r: Live | undefined;
     for (const ev of events) {
       if ((ev.flags & EV_NOTE) === 0) {
         faults.push(ev);
         continue;
       }
-      const r = this.byRegion.get(`${client.id}:${ev.region}`);
+      if (ev.region !== region) {
+        region = ev.region;
+        r = this.byRegion.get(`${client.id}:${region}`);
+      }
       if (!r) {
         this.ctx.log.error({ region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
         continue;
@@ -163,7 +169,7 @@ export class Reserves {
         this.ctx.log.error({ region: ev.region, offset: ev.offset, dev }, 'a reserve note names a block the reserve did not give: ignored');
         continue;
       }
-      r.notes.push([ev.offset, dev]);
+      r.notes.push({ fb: (r.m.fileOffset + ev.offset) / PAGE, dev });
       r.noted.add(ev.offset);
       this.ctx.bump(r.m, 'reserved');
       // The agent's reserve reached its low-water mark: add blocks before it runs dry,
@@ -177,7 +183,8 @@ export class Reserves {
       if (!r.scheduled && process.env.DAXMAP_TEST_RESERVE_HOLD !== '1') {
         r.scheduled = true;
         // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
-        setTimeout(() => void this.batch(r), BATCH_MS).unref();
+        const live = r;
+        setTimeout(() => void this.batch(live), BATCH_MS).unref();
       }
     }
     return faults;
@@ -298,19 +305,18 @@ export class Reserves {
     // mapped at its page: the pool keeps it handed out (keepRefused) until the page is
     // taken back, and only then does it go back to be zeroed and handed out again, so
     // no store can reach it then.
-    const { adopted, refused } = await this.pool.adoptReserved(ino, notes.map(([off, dev]) => ({ fb: (m.fileOffset + off) / PAGE, dev })), { keepRefused: true });
+    const { adopted, refused } = await this.pool.adoptReserved(ino, notes, { keepRefused: true });
     if (!m.dead && adopted.length > 0) {
       // The page states in runs of adjacent pages; a window per page (each native
       // install is one mapping of the process).
-      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE).sort((x, y) => x - y);
+      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE); // in file order (adoptReserved)
       for (let i = 0; i < pages.length;) {
         let j = i + 1;
         while (j < pages.length && pages[j] === pages[j - 1]! + 1) j++;
         m.states.set(pages[i]!, pages[j - 1]! + 1, PageState.Installed);
         i = j;
       }
-      const budget = m.client.budget;
-      for (const pg of pages) budget.add({ mapping: m.key, offset: pg * PAGE, length: PAGE });
+      m.client.budget.addPages(m.key, pages, PAGE);
     }
     if (refused.length > 0) {
       this.ctx.log.warn({ file: ino.name, pages: refused.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');

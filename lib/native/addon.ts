@@ -127,6 +127,12 @@ export interface NativeAddon {
   /** devicePersist on a libuv pool thread (the device is held until it is done). */
   devicePersistAsync(id: number, offset: number, length: number): Promise<void>;
   deviceZero(id: number, offset: number, length: number, resident?: boolean): void;
+  /**
+   * On a libuv pool thread: zeros written over each range of `zero` (deviceZero with
+   * `resident`), then each range of `persist` persisted ([offset, length, …] pairs);
+   * the device is held until it is done. Rejects on the first failure.
+   */
+  deviceZeroPersistAsync(id: number, zero: Float64Array, persist: Float64Array): Promise<void>;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** One datagram to the UNIX datagram socket at `path` ("@name": abstract namespace), as sd_notify sends to $NOTIFY_SOCKET. */
   unixDatagramSend(path: string, data: Uint8Array): void;

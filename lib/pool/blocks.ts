@@ -21,20 +21,53 @@ const B = BLOCK_SIZE;
  * the clean pages in between cost nothing to sync.
  */
 export function persistRuns(storage: Storage, runs: Run[]): void {
-  if (runs.length === 0) return;
+  const spans = persistSpans(storage, runs);
+  for (let i = 0; i < spans.length; i += 2) storage.persist(spans[i]!, spans[i + 1]!);
+}
+
+/** The byte ranges persistRuns persists for these runs (sorted here), as [offset, length, …]. */
+function persistSpans(storage: Storage, runs: Run[]): number[] {
+  const out: number[] = [];
+  if (runs.length === 0) return out;
   runs.sort((a, b) => a.start - b.start);
   if (storage.kind === 'file') {
     let end = 0;
     for (const r of runs) end = Math.max(end, r.start + r.len);
-    storage.persist(runs[0]!.start * B, (end - runs[0]!.start) * B);
+    out.push(runs[0]!.start * B, (end - runs[0]!.start) * B);
+    return out;
+  }
+  let start = -1;
+  let len = 0;
+  for (const r of runs) {
+    if (start >= 0 && start + len >= r.start) len = Math.max(len, r.start + r.len - start);
+    else {
+      if (start >= 0) out.push(start * B, len * B);
+      start = r.start;
+      len = r.len;
+    }
+  }
+  out.push(start * B, len * B);
+  return out;
+}
+
+/**
+ * Write zeros over device block runs — written, not punched, so their pages stay
+ * resident — and persist them. Where the storage can, both happen off this thread
+ * (Storage.zeroPersistAsync: a libuv pool thread); else here, through the views.
+ * Resolves once the zeros are durable.
+ */
+export async function zeroResidentRuns(storage: Storage, runs: Run[]): Promise<void> {
+  if (storage.zeroPersistAsync) {
+    const zero = new Float64Array(runs.length * 2);
+    for (let i = 0; i < runs.length; i++) {
+      zero[2 * i] = runs[i]!.start * B;
+      zero[2 * i + 1] = runs[i]!.len * B;
+    }
+    await storage.zeroPersistAsync(zero, Float64Array.from(persistSpans(storage, runs)));
     return;
   }
-  let cur: Run | null = null;
-  for (const r of runs) {
-    if (cur && cur.start + cur.len >= r.start) cur.len = Math.max(cur.len, r.start + r.len - cur.start);
-    else { if (cur) storage.persist(cur.start * B, cur.len * B); cur = { ...r }; }
-  }
-  if (cur) storage.persist(cur.start * B, cur.len * B);
+  for (const r of runs) fillBytes(storage, r.start * B, r.len * B, 0, true);
+  persistRuns(storage, runs);
 }
 
 export class BlockIo {

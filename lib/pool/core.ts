@@ -702,29 +702,41 @@ export class PoolCore {
     });
     this.checkOpen();
     const sync = opts.sync === true;
+    // In file order: a block named twice is next to its twin, and the runs follow.
+    const sorted = pairs.slice().sort((a, b) => a.fb - b.fb);
     const { result, lsn } = await this.txn.locked(() => {
-      this.reserve.mustBeOut(devs, 'adoptReserved');
-      const eof = Math.ceil(f.size / B);
-      const taken = new Set<number>();
-      const adopted: ReservedPair[] = [];
-      const refused: ReservedPair[] = [];
-      for (const p of pairs) {
-        if (!f.live || p.fb >= eof || taken.has(p.fb) || f.extents.find(p.fb)) refused.push(p);
-        else { adopted.push(p); taken.add(p.fb); }
+      const reserve = this.reserve;
+      reserve.takeOut(devs, 'adoptReserved');
+      try {
+        const eof = Math.ceil(f.size / B);
+        const adopted: ReservedPair[] = [];
+        const refused: ReservedPair[] = [];
+        for (let i = 0; i < sorted.length; i++) {
+          const p = sorted[i]!;
+          if (!f.live || p.fb >= eof || (i > 0 && sorted[i - 1]!.fb === p.fb) || f.extents.find(p.fb)) refused.push(p);
+          else adopted.push(p);
+        }
+        const fresh = fileRuns(adopted);
+        if (fresh.length > 0) {
+          const defer = this.deferConversion && !sync;
+          // zero before expose holds: the zeros were persisted before the block was handed out
+          const recs: LogRecord[] = fresh.map((r) => ({ t: RecType.Map, id: f.id, fb: r.fb, len: r.len, dev: r.start, state: defer ? STATE_UNWRITTEN : STATE_WRITTEN }));
+          if (defer) this.commitDeferred(f, recs, fresh);
+          else this.txn.commit(recs);
+        }
+        const lsn = this.syncPoint(f, sync && fresh.length > 0);
+        // the adopted blocks left `out` for good; the refused ones go back to it, or to be zeroed again
+        const back = refused.map((p) => p.dev / B);
+        if (opts.keepRefused === true) for (const d of back) reserve.out.add(d);
+        else reserve.toDirty(back);
+        reserve.counts.adopted += adopted.length;
+        reserve.counts.refused += refused.length;
+        return { result: { adopted, refused }, lsn };
+      } catch (e) {
+        // failed (an I/O error): the blocks not adopted are handed out still
+        for (const d of devs) if (this.state.reserved.has(d)) reserve.out.add(d);
+        throw e;
       }
-      const fresh = fileRuns(adopted);
-      if (fresh.length > 0) {
-        const defer = this.deferConversion && !sync;
-        // zero before expose holds: the zeros were persisted before the block was handed out
-        const recs: LogRecord[] = fresh.map((r) => ({ t: RecType.Map, id: f.id, fb: r.fb, len: r.len, dev: r.start, state: defer ? STATE_UNWRITTEN : STATE_WRITTEN }));
-        if (defer) this.commitDeferred(f, recs, fresh);
-        else this.txn.commit(recs);
-      }
-      for (const p of adopted) this.reserve.out.delete(p.dev / B);
-      if (opts.keepRefused !== true) this.reserve.giveBack(refused.map((p) => p.dev / B));
-      this.reserve.counts.adopted += adopted.length;
-      this.reserve.counts.refused += refused.length;
-      return { result: { adopted, refused }, lsn: this.syncPoint(f, sync && fresh.length > 0) };
     });
     if (sync) await this.txn.durable(lsn);
     return result;
@@ -799,7 +811,7 @@ export class PoolCore {
   statfs(): { size: number; free: number; blockSize: number; reserved: number } {
     const a = this.state.alloc;
     const r = this.reserve;
-    return { size: a.capacity * B, free: (a.free + a.pendingCount + r.clean.length + r.dirty.length) * B, blockSize: B, reserved: this.state.reserved.size * B };
+    return { size: a.capacity * B, free: (a.free + a.pendingCount + r.clean.length + r.dirty.length + r.zeroing) * B, blockSize: B, reserved: this.state.reserved.size * B };
   }
 }
 
@@ -810,7 +822,7 @@ export interface ReservedPair {
 }
 
 export interface AdoptResult {
-  /** Pairs now the file's blocks. */
+  /** Pairs now the file's blocks, in file block order. */
   adopted: ReservedPair[];
   /** Pairs not adopted (block not a hole, past EOF, named twice, file unlinked): their blocks went back to the reserve. */
   refused: ReservedPair[];
@@ -824,9 +836,10 @@ function checkReservedOffset(dev: unknown): number {
 }
 
 /** Pairs (file block -> device byte offset) as runs contiguous in both, in file order. */
+/** Pairs in file order, as runs contiguous in both file and device. */
 function fileRuns(pairs: ReservedPair[]): (Run & { fb: number })[] {
   const out: (Run & { fb: number })[] = [];
-  for (const p of [...pairs].sort((a, b) => a.fb - b.fb)) {
+  for (const p of pairs) {
     const last = out[out.length - 1];
     const d = p.dev / B;
     if (last && last.fb + last.len === p.fb && last.start + last.len === d) last.len++;

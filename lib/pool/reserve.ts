@@ -20,9 +20,8 @@ import { daxError } from '../errors';
 import type { Storage } from '../device/storage';
 import { withOperation } from '../lock/index';
 import { logger } from '../log';
-import { persistRuns } from './blocks';
+import { zeroResidentRuns } from './blocks';
 import { BLOCK_SIZE } from './format';
-import { fillBytes } from './io';
 import { RecType, type LogRecord } from './log';
 import { toRuns, type FsState } from './state';
 import type { Journal } from './txn';
@@ -66,6 +65,8 @@ export class Reserve {
   readonly dirty: number[] = [];
   readonly out = new Set<number>();
   zeroing = 0;
+  /** Zeroing jobs in flight: close() waits for them, so the device is not closed under one. */
+  private readonly zeroJobs = new Set<Promise<void>>();
   private running: Promise<void> | null = null;
   private stopped = false;
   readonly counts = { taken: 0, adopted: 0, refused: 0, returned: 0, zeroedBackground: 0, zeroedForeground: 0 };
@@ -78,6 +79,7 @@ export class Reserve {
     readonly enabled: boolean,
   ) {
     txn.reclaim = () => this.reclaim();
+    txn.zeroingReserve = () => (this.zeroJobs.size === 0 ? null : { blocks: this.zeroing, done: Promise.allSettled([...this.zeroJobs]) });
   }
 
   /** Most blocks the reserve holds at once: its re-reservation after a checkpoint must fit a quarter of the log. */
@@ -122,26 +124,27 @@ export class Reserve {
   /** Blocks handed out and not used come back; they are zeroed again before the next hand-out. */
   returnBlocks(devs: number[]): void {
     this.txn.checkOpen();
-    this.mustBeOut(devs, 'returnReserve');
-    this.giveBack(devs);
+    this.takeOut(devs, 'returnReserve');
+    this.toDirty(devs);
     this.counts.returned += devs.length;
   }
 
-  /** Blocks handed out come back dirty (returned, or refused by an adoption). */
-  giveBack(devs: number[]): void {
-    for (const d of devs) {
-      this.out.delete(d);
-      this.dirty.push(d);
-    }
+  /** Blocks taken out of `out` (takeOut) come back dirty: returned, or refused by an adoption. */
+  toDirty(devs: readonly number[]): void {
+    for (const d of devs) this.dirty.push(d);
     this.kick();
   }
 
-  /** EINVAL unless every block is handed out, once (checked before anything changes). */
-  mustBeOut(devs: number[], what: string): void {
-    const seen = new Set<number>();
-    for (const d of devs) {
-      if (!this.out.has(d) || seen.has(d)) throw daxError('EINVAL', `${what}: device offset ${d * B} is not a reserved block handed out (or is named twice)`);
-      seen.add(d);
+  /**
+   * Take the blocks out of the handed-out set, or raise EINVAL with nothing changed
+   * unless every one is handed out, once (a block named twice is not out the second
+   * time). One set operation per block: an adoption runs this for every page.
+   */
+  takeOut(devs: readonly number[], what: string): void {
+    for (let i = 0; i < devs.length; i++) {
+      if (this.out.delete(devs[i]!)) continue;
+      for (let k = 0; k < i; k++) this.out.add(devs[k]!);
+      throw daxError('EINVAL', `${what}: device offset ${devs[i]! * B} is not a reserved block handed out (or is named twice)`);
     }
   }
 
@@ -199,15 +202,24 @@ export class Reserve {
       return got;
     });
     if (blocks.length === 0) return 0;
-    const runs = toRuns(blocks.slice());
+    if (this.stopped) {
+      // closing since: close() frees them; no zeroing may start now (close() waits only
+      // for the jobs it finds), so the device is never closed under one
+      this.zeroing -= blocks.length;
+      return 0;
+    }
+    // Written, not punched: the pages stay resident, so a fault on them finds them
+    // in memory. Off this thread where the device can (a libuv pool thread): the
+    // thread that runs the fault policy goes on meanwhile.
+    const job = zeroResidentRuns(this.storage, toRuns(blocks.slice()));
+    this.zeroJobs.add(job);
     try {
-      // written, not punched: the pages stay resident, so a fault on them finds them in memory
-      for (const r of runs) fillBytes(this.storage, r.start * B, r.len * B, 0, true);
-      persistRuns(this.storage, runs);
+      await job;
     } catch (e) {
       this.dirty.push(...blocks);
       throw e;
     } finally {
+      this.zeroJobs.delete(job);
       this.zeroing -= blocks.length;
     }
     this.clean.push(...blocks);
@@ -237,6 +249,7 @@ export class Reserve {
   async close(): Promise<void> {
     this.stopped = true;
     await this.running;
+    await Promise.allSettled([...this.zeroJobs]); // a taker's, zeroing on its own path
     if (this.state.reserved.size === 0 || this.txn.closed) return;
     await this.txn.locked(() => {
       this.clean.length = 0;

@@ -44,6 +44,16 @@ export interface Placed {
   len: number;
 }
 
+/**
+ * Thrown by ensureSpace inside locked(): the room needed is in reserve blocks being
+ * zeroed; locked() waits for `done` and runs its function again.
+ */
+class AwaitZeroing extends Error {
+  constructor(readonly done: Promise<unknown>) {
+    super('waiting for reserve blocks being zeroed');
+  }
+}
+
 export class Journal {
   /** Class 'alloc': block allocation, extent maps, the namespace. */
   readonly allocLock = new Mutex('alloc');
@@ -60,6 +70,11 @@ export class Journal {
    * when an allocation would otherwise fail (reserve.ts). Caller holds alloc + log.
    */
   reclaim: () => void = () => {};
+  /**
+   * The reserve's blocks being zeroed for its stock, off the thread (reserve.ts): how
+   * many, and a promise of the end of that zeroing; null when none is.
+   */
+  zeroingReserve: () => { blocks: number; done: Promise<unknown> } | null = () => null;
   /** The round of group commit gathering or persisting (durable()). */
   private round: Round | null = null;
   /** Commits the last round saw: its own, and those that arrived while it persisted. */
@@ -83,17 +98,26 @@ export class Journal {
 
   /** Take alloc then log (the tail of the lock order) and run `fn` synchronously under both. */
   async locked<T>(fn: () => T): Promise<T> {
-    const a = await this.allocLock.acquire();
-    try {
-      const l = await this.logLock.acquire();
+    for (;;) {
+      let wait: Promise<unknown>;
+      const a = await this.allocLock.acquire();
       try {
-        this.checkOpen();
-        return fn();
+        const l = await this.logLock.acquire();
+        try {
+          this.checkOpen();
+          return fn();
+        } catch (e) {
+          if (!(e instanceof AwaitZeroing)) throw e;
+          wait = e.done;
+        } finally {
+          l.release();
+        }
       } finally {
-        l.release();
+        a.release();
       }
-    } finally {
-      a.release();
+      // ensureSpace found the room it needs in blocks being zeroed for the reserve:
+      // once they are in the stock it can take them back; fn changed nothing yet.
+      await wait;
     }
   }
 
@@ -177,13 +201,19 @@ export class Journal {
     return c;
   }
 
-  /** Make `n` blocks allocatable or throw ENOSPC, before anything is changed (caller holds alloc + log). */
+  /**
+   * Make `n` blocks allocatable or throw ENOSPC, before anything is changed (caller
+   * holds alloc + log, in locked()). When blocks being zeroed for the reserve would
+   * make up the shortfall, locked() waits for them and runs its function again.
+   */
   ensureSpace(n: number): void {
     const alloc = this.state.alloc;
     if (n <= alloc.free) return;
     if (n > alloc.free + alloc.pendingCount) this.reclaim();
     if (n <= alloc.free + alloc.pendingCount) this.checkpoint();
     if (n > alloc.free) {
+      const z = this.zeroingReserve();
+      if (z && n <= alloc.free + alloc.pendingCount + z.blocks) throw new AwaitZeroing(z.done);
       throw daxError('ENOSPC', `pool '${this.storage.path}' has ${alloc.free * B} bytes free, ${n * B} needed`);
     }
   }

@@ -1,4 +1,9 @@
 // JS surface of devices: open (lock, map), views as Buffers, persist, close.
+#include <cmath>
+#include <functional>
+#include <utility>
+#include <vector>
+
 #include "binding/common.h"
 #include "device.h"
 
@@ -83,20 +88,19 @@ Napi::Value DevicePersist(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// devicePersistAsync(id, off, len) → Promise<void>: Persist on a libuv pool thread, so
-// the calling thread goes on while the disk works (the pool's group commit of its
-// log on a disk-file pool: docs/pool.md, "Group commit"). The worker holds the device:
-// a close meanwhile does not unmap it under the msync. Rejects with the Status' error.
-class PersistWorker : public Napi::AsyncWorker {
+// A device operation on a libuv pool thread, as a Promise: the calling thread goes on
+// while it runs. The job holds the device, so a close meanwhile does not unmap it
+// under the operation. Rejects with the Status' error.
+class DeviceJob : public Napi::AsyncWorker {
  public:
-  PersistWorker(Napi::Env env, std::shared_ptr<Device> dev, uint64_t off, uint64_t len)
-      : Napi::AsyncWorker(env, "daxmap.persist"),
+  using Fn = std::function<Status(const Device&)>;
+  DeviceJob(Napi::Env env, const char* name, std::shared_ptr<Device> dev, Fn fn)
+      : Napi::AsyncWorker(env, name),
         deferred_(Napi::Promise::Deferred::New(env)),
         dev_(std::move(dev)),
-        off_(off),
-        len_(len) {}
+        fn_(std::move(fn)) {}
   Napi::Promise Promise() const { return deferred_.Promise(); }
-  void Execute() override { status_ = dev_->Persist(off_, len_); }
+  void Execute() override { status_ = fn_(*dev_); }
   void OnOK() override {
     if (status_.ok()) {
       deferred_.Resolve(Env().Undefined());
@@ -108,20 +112,81 @@ class PersistWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Device> dev_;
-  uint64_t off_;
-  uint64_t len_;
+  Fn fn_;
   Status status_ = Status::Ok();
 };
 
+Napi::Value QueueDeviceJob(Napi::Env env, const char* name, std::shared_ptr<Device> dev, DeviceJob::Fn fn) {
+  auto* w = new DeviceJob(env, name, std::move(dev), std::move(fn));
+  Napi::Promise p = w->Promise();
+  w->Queue();  // deletes itself after OnOK
+  return p;
+}
+
+// devicePersistAsync(id, off, len) → Promise<void>: Persist on a libuv pool thread, so
+// the calling thread goes on while the disk works (the pool's group commit of its
+// log on a disk-file pool: docs/pool.md, "Group commit").
 Napi::Value DevicePersistAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "persist");
   if (!dev) return env.Undefined();
   uint64_t off = U64Arg(info, 1), len = U64Arg(info, 2);
-  auto* w = new PersistWorker(env, std::move(dev), off, len);
-  Napi::Promise p = w->Promise();
-  w->Queue();  // deletes itself after OnOK
-  return p;
+  return QueueDeviceJob(env, "daxmap.persist", std::move(dev),
+                        [off, len](const Device& d) { return d.Persist(off, len); });
+}
+
+// A Float64Array read as [offset, length] pairs (byte ranges of the device); each
+// must be an integer in [0, 2^53 - 1]. A typed array, so no value is fetched from JS
+// one by one: the reserve's refill passes a range per run of blocks.
+std::vector<std::pair<uint64_t, uint64_t>> RangesArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  Napi::Env env = info.Env();
+  if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    throw StatusError(env, Status::Errno(EINVAL, std::string(what) + " must be a Float64Array of offset, length pairs"),
+                      ErrorKind::kTypeError);
+  }
+  Napi::Float64Array a = info[i].As<Napi::Float64Array>();
+  if (a.ElementLength() % 2 != 0) {
+    throw StatusError(env, Status::Errno(EINVAL, std::string(what) + " must hold offset, length pairs"),
+                      ErrorKind::kRangeError);
+  }
+  constexpr double kMaxSafe = 9007199254740991.0;  // 2^53 - 1
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  out.reserve(a.ElementLength() / 2);
+  for (size_t k = 0; k < a.ElementLength(); k += 2) {
+    double off = a[k], len = a[k + 1];
+    // NaN fails every comparison: test for the good case
+    if (!(off >= 0 && off <= kMaxSafe && std::floor(off) == off && len >= 0 && len <= kMaxSafe &&
+          std::floor(len) == len)) {
+      throw StatusError(env, Status::Errno(EINVAL, std::string(what) + " must be integers in [0, 2^53 - 1]"),
+                        ErrorKind::kRangeError);
+    }
+    out.emplace_back(static_cast<uint64_t>(off), static_cast<uint64_t>(len));
+  }
+  return out;
+}
+
+// deviceZeroPersistAsync(id, zero, persist) → Promise<void>: on a libuv pool thread,
+// ZeroResident over every range of `zero`, then Persist over every range of
+// `persist` ([offset, length, offset, length, …]); the first failure rejects. The
+// pool's reserve refill (docs/pool.md, "Reserve"): its zeroing, page allocation
+// included, is then not done on the thread that runs the fault policy.
+Napi::Value DeviceZeroPersistAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "zero");
+  if (!dev) return env.Undefined();
+  auto zero = RangesArg(info, 1, "zero ranges");
+  auto persist = RangesArg(info, 2, "persist ranges");
+  return QueueDeviceJob(env, "daxmap.zero", std::move(dev), [zero, persist](const Device& d) {
+    for (const auto& [off, len] : zero) {
+      Status s = d.ZeroResident(off, len);
+      if (!s.ok()) return s;
+    }
+    for (const auto& [off, len] : persist) {
+      Status s = d.Persist(off, len);
+      if (!s.ok()) return s;
+    }
+    return Status::Ok();
+  });
 }
 
 Napi::Value DeviceZero(const Napi::CallbackInfo& info) {
@@ -189,6 +254,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("devicePersist", Napi::Function::New(env, DevicePersist, "devicePersist"));
   exports.Set("devicePersistAsync", Napi::Function::New(env, DevicePersistAsync, "devicePersistAsync"));
   exports.Set("deviceZero", Napi::Function::New(env, DeviceZero, "deviceZero"));
+  exports.Set("deviceZeroPersistAsync", Napi::Function::New(env, DeviceZeroPersistAsync, "deviceZeroPersistAsync"));
   exports.Set("deviceClose", Napi::Function::New(env, DeviceClose, "deviceClose"));
   exports.Set("deviceIdentify", Napi::Function::New(env, DeviceIdentify, "deviceIdentify"));
 }

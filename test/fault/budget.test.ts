@@ -56,3 +56,62 @@ t.test('reserve blocks held count against the limit, not as windows', async (t) 
   b.held = 0;
   t.notOk(b.over);
 });
+
+t.test('addPages: one window per page, in order, like add() for each', async (t) => {
+  const b = new WindowBudget(100);
+  b.add({ mapping: 'a', offset: 3 * PAGE, length: PAGE });
+  b.add({ mapping: 'b', offset: 0, length: PAGE });
+  b.addPages('a', [1, 3, 7], PAGE); // page 3 again: now newer than b's window
+  t.same(b.oldest(9).map((w) => `${w.mapping}@${w.offset / PAGE}+${w.length / PAGE}`), ['b@0+1', 'a@1+1', 'a@3+1', 'a@7+1']);
+  t.equal(b.count, 4, 'the page added twice is one window');
+  t.ok(b.has('a', 7 * PAGE) && b.has('a', PAGE) && !b.has('a', 2 * PAGE), 'has() finds exactly those pages');
+  b.addPages('c', [], PAGE);
+  t.equal(b.count, 4, 'no pages, no change');
+  t.notOk(b.has('c', 0));
+});
+
+t.test('a window added again takes its new length; oldest() hands out copies', async (t) => {
+  const b = new WindowBudget(100);
+  b.add({ mapping: 'a', offset: 0, length: PAGE });
+  b.add({ mapping: 'a', offset: HUGE, length: PAGE });
+  b.add({ mapping: 'a', offset: 0, length: HUGE }); // the 4 KiB window grew to 2 MiB
+  const [w] = b.oldest(1);
+  t.same(w, { mapping: 'a', offset: HUGE, length: PAGE }, 'the oldest is the window not touched again');
+  t.same(b.oldest(2)[1], { mapping: 'a', offset: 0, length: HUGE }, 'the other has its new length');
+  b.dropRange('a', HUGE - PAGE, PAGE); // only the grown window covers the page before HUGE
+  t.same(b.oldest(9).map((x) => x.offset), [HUGE], 'dropRange sees the new length');
+  b.add({ mapping: 'a', offset: 0, length: PAGE });
+  t.same(w, { mapping: 'a', offset: HUGE, length: PAGE }, 'a window handed out earlier is not changed by later adds');
+  b.dropMapping('a');
+  t.equal(b.count, 0);
+  t.same(b.oldest(9), [], 'empty');
+  b.add({ mapping: 'a', offset: PAGE, length: PAGE });
+  t.same(b.oldest(9).map((x) => x.offset), [PAGE], 'usable again after the mapping was dropped');
+});
+
+t.test('recency order survives interleaved adds and drops across mappings', async (t) => {
+  const b = new WindowBudget(1 << 20);
+  const model: string[] = [];
+  const key = (m: string, o: number): string => `${m}@${o}`;
+  let seed = 12345;
+  const rnd = (n: number): number => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed % n; };
+  for (let i = 0; i < 5000; i++) {
+    const m = `m${rnd(3)}`;
+    const o = rnd(64) * PAGE;
+    const op = rnd(10);
+    if (op < 7) {
+      b.add({ mapping: m, offset: o, length: PAGE });
+      const k = model.indexOf(key(m, o));
+      if (k >= 0) model.splice(k, 1);
+      model.push(key(m, o));
+    } else if (op < 9) {
+      b.dropRange(m, o, 2 * PAGE);
+      for (const x of [key(m, o), key(m, o + PAGE)]) { const k = model.indexOf(x); if (k >= 0) model.splice(k, 1); }
+    } else {
+      b.dropMapping(m);
+      for (let k = model.length - 1; k >= 0; k--) if (model[k]!.startsWith(`${m}@`)) model.splice(k, 1);
+    }
+  }
+  t.equal(b.count, model.length, 'the count matches a model of the operations');
+  t.same(b.oldest(model.length + 1).map((w) => key(w.mapping, w.offset)), model, 'and so does the order, oldest first');
+});

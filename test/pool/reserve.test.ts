@@ -114,6 +114,27 @@ t.test('take, adopt, return on a tmpfs pool', async (t) => {
   await p2.close();
 });
 
+t.test('a tmpfs pool zeroes its stock off the thread; close waits for a zeroing under way', async (t) => {
+  const file = path.join(shmDir, 'pool-close');
+  const pool = await PoolFs.create(file, { size: 64 << 20 });
+  const ip = poolInternals(pool);
+  // An empty stock: the taker's own zeroing of 8,192 blocks (32 MiB), on a libuv thread.
+  const taking = ip.takeReserve(8192).then((d) => d.length, (e: unknown) => e);
+  while (ip.reserveStats().zeroing === 0) await new Promise<void>((res) => setImmediate(res));
+  t.ok(ip.reserveStats().zeroing > 0, 'blocks are being zeroed');
+  await pool.close();
+  t.equal(ip.reserveStats().zeroing, 0, 'close returned after the zeroing was done');
+  // The device was not closed under the job: its descriptor (and lock) is gone now.
+  const p2 = await PoolFs.open(file);
+  t.pass('the pool opens again at once (no EBUSY from a descriptor a zeroing still held)');
+  await p2.close();
+  const got = await taking;
+  t.ok(typeof got === 'number' || (got as { code?: string }).code === 'EBADF', `the take ended (${String((got as { code?: string }).code ?? got)})`);
+  const rep = fsckDevice(file);
+  t.ok(rep.clean, `fsck clean ${rep.errors.join('; ')}`);
+  t.equal(rep.summary?.reservedBlocks, 0, 'nothing left reserved');
+});
+
 t.test('take, adopt, return on a memory pool that defers conversions', async (t) => {
   const { pool } = memPool(16 << 20, { trackPersistence: true, deferConversion: true });
   await basics(t, pool);
@@ -318,6 +339,59 @@ t.test('the stock gives way to allocations; takeReserve fails only with nothing 
   const got = await ip.takeReserve(4);
   t.equal(got.length, 4, 'after a truncate, the taker gets blocks (a checkpoint releases them)');
   ip.returnReserve([d0!, ...got]);
+  await pool.close();
+});
+
+t.test('blocks being zeroed for the stock give way too: an allocation that needs them waits for them', async (t) => {
+  const file = path.join(shmDir, 'pool-zeroing');
+  const pool = await PoolFs.create(file, { size: 8 << 20 });
+  t.teardown(() => pool.close());
+  const ip = poolInternals(pool);
+  const core = coreOf(pool);
+  // Hold the refill's zeroing (off the thread on tmpfs) until the allocation waits.
+  let release!: () => void;
+  const gate = new Promise<void>((res) => (release = res));
+  const storage = ip.storage;
+  const zeroPersistAsync = storage.zeroPersistAsync!.bind(storage);
+  storage.zeroPersistAsync = async (zero, persist) => {
+    await gate;
+    return zeroPersistAsync(zero, persist);
+  };
+  const a = await pool.openFile('a', { create: true });
+  const free = core.state.alloc.free;
+  const left = 16;
+  await a.write(Buffer.alloc((free - left) * B, 1), 0);
+  t.equal(core.state.alloc.free, left, `${left} blocks free`);
+  core.reserve.kick(); // the refill takes them all, and zeroes them
+  while (ip.reserveStats().zeroing < left) await new Promise<void>((res) => setImmediate(res));
+  t.equal(core.state.alloc.free, 0, 'none free: all in the refill');
+  t.equal((await pool.statfs()).free, left * B, 'statfs counts the blocks being zeroed as free');
+  const b = await pool.openFile('b', { create: true });
+  const writing = b.write(Buffer.alloc(left * B, 2), 0).then(() => 'written', (e: { code?: string }) => e.code ?? 'an error without a code');
+  await new Promise<void>((res) => setImmediate(res));
+  release();
+  t.equal(await writing, 'written', 'the write got the blocks once they were zeroed (no ENOSPC)');
+  t.equal((await b.stat()).allocated, left * B, 'all of them');
+  t.same(core.checkState(), [], 'consistent');
+});
+
+t.test('adoptReserved: pairs adopted in file order; a block not out, or named twice, changes nothing', async (t) => {
+  const { pool } = memPool();
+  const ip = poolInternals(pool);
+  const f = await pool.openFile('f', { create: true });
+  await f.truncate(16 * B);
+  const [a, b, c, d] = await ip.takeReserve(4) as [number, number, number, number];
+  await t.rejects(adopt(pool, f, [{ fb: 5, dev: a }, { fb: 1, dev: b }, { fb: 3, dev: a }]), { code: 'EINVAL' }, 'a block named twice');
+  t.equal(ip.reserveStats().out, 4, 'every block still out');
+  await t.rejects(adopt(pool, f, [{ fb: 5, dev: a }, { fb: 1, dev: b + 1024 * B }]), { code: 'EINVAL' }, 'a block not handed out');
+  t.equal(ip.reserveStats().out, 4, 'every block still out');
+  t.equal((await f.stat()).allocated, 0, 'nothing adopted');
+  const r = await adopt(pool, f, [{ fb: 5, dev: a }, { fb: 1, dev: b }, { fb: 9, dev: c }, { fb: 1, dev: d }]);
+  t.same(r.adopted.map((p) => p.fb), [1, 5, 9], 'adopted in file order');
+  t.same(r.refused, [{ fb: 1, dev: d }], 'the second pair for file block 1 refused');
+  t.equal(ip.reserveStats().out, 0, 'none out: three adopted, the refused one given back');
+  t.equal(ip.reserveStats().refused, 1);
+  t.same(coreOf(pool).checkState(), [], 'consistent');
   await pool.close();
 });
 
