@@ -14,6 +14,7 @@ const ENXIO = -6;
 export class RemoteClient implements Client {
   readonly budget = new WindowBudget();
   deviceId = 0;
+  readonly untrusted = true;
   private sock: Socket | null = null;
   private readonly pending = new Map<number, (r: number) => void>();
   private nextTag = 1;

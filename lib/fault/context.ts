@@ -29,6 +29,12 @@ export interface Client {
   readonly budget: WindowBudget;
   /** The client's id for the pool's device (installs name it). */
   readonly deviceId: number;
+  /**
+   * Another process (a daxmapd client): its results and notes are checked, not
+   * trusted, and one that does not add up is the client's doing, so it is logged as
+   * a warning; in the pool's own process it would be a bug of ours (an error).
+   */
+  readonly untrusted?: boolean;
 }
 
 export interface MapRequest {

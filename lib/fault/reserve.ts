@@ -159,14 +159,14 @@ export class Reserves {
         r = this.byRegion.get(`${client.id}:${region}`);
       }
       if (!r) {
-        this.ctx.log.error({ region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
+        this.inconsistent(client, { region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
         continue;
       }
       // Only a block this reserve gave, once: a daemon client's notes are not trusted
       // (a block it names that it was not given could be another file's).
       const dev = noteDevOffset(ev);
       if (!r.given.delete(dev)) {
-        this.ctx.log.error({ region: ev.region, offset: ev.offset, dev }, 'a reserve note names a block the reserve did not give: ignored');
+        this.inconsistent(client, { region: ev.region, offset: ev.offset, dev }, 'a reserve note names a block the reserve did not give: ignored');
         continue;
       }
       r.notes.push({ fb: (r.m.fileOffset + ev.offset) / PAGE, dev });
@@ -243,6 +243,16 @@ export class Reserves {
       }
     }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'topping up a reserve failed'))
       .finally(() => { r.toppingUp = false; });
+  }
+
+  /**
+   * What a client's agent reported does not add up. Handled the same either way (the
+   * report is ignored, or the blocks are given back to be zeroed again); logged as an
+   * error of ours for the pool's own agent, as a warning for a daxmapd client's.
+   */
+  private inconsistent(client: Client, what: object, msg: string): void {
+    if (client.untrusted === true) this.ctx.log.warn(what, msg);
+    else this.ctx.log.error(what, msg);
   }
 
   /** Up to n zeroed blocks from the pool; none when it has none to give (or is closing). */
@@ -440,7 +450,7 @@ export class Reserves {
     // A client that is gone may have stored into blocks whose notes never came: the
     // pool zeroes every block given back before handing it out again.
     if (unused !== undefined && unused >= 0 && unused !== rest.length) {
-      this.ctx.log.error({ file: r.m.inode.name, unused, unnoted: rest.length }, 'reserve: the agent and the notes disagree on the blocks left');
+      this.inconsistent(r.client, { file: r.m.inode.name, unused, unnoted: rest.length }, 'reserve: the agent and the notes disagree on the blocks left');
     }
     if (rest.length > 0) this.pool.returnReserve(rest);
   }

@@ -4,7 +4,8 @@
 import t from 'tap';
 import { startDaemon } from './helpers';
 import { RawControl, RawFault, eventBytes, wireMessage } from './fuzz-wire';
-import { Msg } from '../../dist/native/wire';
+import { Msg, decodeAnswersBody } from '../../dist/native/wire';
+import { Op } from '../../dist/native/frames';
 import { ControlReader, encodeFrame } from '../../dist/protocol/control';
 import { Pool } from '../../dist/index';
 
@@ -101,6 +102,37 @@ t.test('fault events that no agent sends: the fault connection is dropped, the c
     c.close();
   }
   t.match(d.log.join('\n'), /malformed fault traffic/);
+});
+
+t.test('a client whose clear reserve result disagrees with its notes: a warning, not an error of the daemon', async (t) => {
+  // The fuzzer's client answers every ANSWERS message with 0s: a grant is "set", and
+  // at the take-back clear reserve says 0 blocks unused while no note ever came. The
+  // daemon gives the blocks back (to be zeroed again) and says so; a client's lie is
+  // not an unexpected condition of the daemon, so it is logged as a warning.
+  const d = await startDaemon();
+  t.teardown(() => d.stop());
+  const c = await RawControl.open(d.socket);
+  t.teardown(() => c.close());
+  let id = 1;
+  const h = await c.call<{ session: string }>(id++, 'hello', [{}]);
+  await c.call(id++, 'attachDevice', [1]);
+  const { handle } = await c.call<{ handle: number }>(id++, 'openFile', ['lie', { create: true }]);
+  await c.call(id++, 'truncate', [handle, 1 << 22]);
+  await c.call(id++, 'map', [handle, 9, 0, 1 << 22, { private: false, sync: false, faultAround: false }]);
+  const f = await RawFault.open(d.socket);
+  t.teardown(() => f.close());
+  f.hello(BigInt(h.session));
+  await f.until(() => f.messages.length > 0);
+  const ops = (): number[] => f.messages.filter((m) => m.type === Msg.Answers).flatMap((m) => decodeAnswersBody(m.body).map((a) => a.op));
+  f.write(wireMessage(Msg.Events, eventBytes({ region: 9, offset: 5 * PAGE, flags: 1 })));
+  t.ok(await f.until(() => ops().includes(Op.SetReserve)), 'a write fault on a hole: answered, then a reserve granted');
+  // truncate takes the reserve back first: clear reserve, answered 0 (none unused)
+  await c.call(id++, 'truncate', [handle, 1 << 21]);
+  t.ok(ops().includes(Op.ClearReserve), 'the take-back cleared it');
+  const lines = d.log.map((l) => { try { return JSON.parse(l) as { level: number; msg: string }; } catch { return { level: 0, msg: l }; } });
+  t.ok(lines.some((l) => l.level === 40 && /disagree on the blocks left/.test(l.msg)), 'the disagreement is warned about');
+  t.same(lines.filter((l) => l.level >= 50).map((l) => l.msg), [], 'nothing logged at error level');
+  t.same(await c.call(id, 'list'), ['lie'], 'the daemon goes on');
 });
 
 t.test('a large control frame in many small chunks is joined once', async (t) => {
