@@ -3,15 +3,20 @@
 // adopts it durably before the wake; with the reserves off it allocates and zeroes
 // as before. Concurrent sync faults of several threads share the log's persists
 // (docs/pool.md, "Group commit"; the exact sharing is tested in
-// test/pool/group-commit.test.ts) and all survive the death of the process.
+// test/pool/group-commit.test.ts) and all survive the death of the process, and the
+// pool closed in the middle of them.
 import t from 'tap';
 import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { forBackings, runChild, poolPath, Pool, PAGE } from './helpers';
 import { useLockdep } from '../lock/guard';
 import { fsckErrors } from '../fsck';
 import { until } from '../wait';
 
 useLockdep(t);
+
+const DAXMAP_CLI = path.resolve(__dirname, '../../bin/daxmap');
 
 const stampOf = (p: number): number => ((p * 31) & 0xff) | 1;
 
@@ -101,4 +106,41 @@ t.test('a sync mapping on an empty stock: the first fault allocates as before an
   }, 'a later fault to take a block from the refilled stock');
   t.ok((await pool.stats()).stock > s1.stock, 'the refill made a stock for the later faults');
   await m.unmap();
+});
+
+t.test('the pool closed while two threads take sync faults on a disk-file pool: nothing hangs, fsck clean, every store that returned is there', async (t) => {
+  const PER_THREAD = 400;
+  const p = poolPath('disk');
+  const scratch = `/dev/shm/daxmap-test-close-sync-${process.pid}`;
+  t.teardown(() => {
+    fs.rmSync(p, { force: true });
+    fs.rmSync(scratch, { force: true });
+  });
+  const content = Buffer.alloc(1024 * PAGE);
+  for (let pg = 0; pg < 1024; pg++) content.fill(stampOf(pg), pg * PAGE, (pg + 1) * PAGE);
+  fs.writeFileSync(scratch, content);
+  const pool = await Pool.create(p, { size: 32 << 20 });
+  await pool.close();
+  const res = await runChild('close-sync-child.js', [p, scratch, String(PER_THREAD), '8']);
+  t.equal(res.code, 0, `the child ran to its end (signal ${res.signal}) ${res.stderr.slice(-2000)}`);
+  const out = JSON.parse(res.stdout.trim().split('\n').pop() ?? '{}') as { at: number[]; closed: string; threads: { stored: number[]; stop: string }[] };
+  t.equal(out.closed, 'resolved', 'pool.close() completed');
+  t.ok(out.at.every((n) => n >= 8), `close() began after each thread stored 8 pages (${out.at.join(' ')})`);
+  const stored = out.threads.flatMap((th) => th.stored);
+  t.comment(`stores that returned: ${out.threads.map((th) => `${th.stored.length} (then ${th.stop})`).join(', ')}; close began at ${out.at.join(' ')}`);
+  t.ok(out.threads.some((th) => th.stored.length < PER_THREAD), 'the close came in the middle of the faults');
+  for (const th of out.threads) {
+    if (th.stored.length < PER_THREAD) t.match(th.stop, /^(EFAULT|ECLOSED|TypeError|RangeError)/, `a store after the close failed, nothing else: ${th.stop}`);
+  }
+  const fsck = spawnSync(process.execPath, [DAXMAP_CLI, 'fsck', p], { encoding: 'utf8' });
+  t.equal(fsck.status, 0, 'daxmap fsck is clean', { stdout: fsck.stdout, stderr: fsck.stderr });
+  const again = await Pool.open(p);
+  const f = await again.openFile('s');
+  const b = Buffer.alloc(1024 * PAGE);
+  await f.read(b, 0);
+  const st = await f.stat();
+  await again.close();
+  const written = (pg: number): boolean => st.extents.some((e) => e.state === 'written' && e.offset <= pg * PAGE && pg * PAGE < e.offset + e.length);
+  t.same(stored.filter((pg) => !written(pg)), [], 'every page whose store returned is a written block');
+  t.same(stored.filter((pg) => b.subarray(pg * PAGE, (pg + 1) * PAGE).some((x) => x !== stampOf(pg))), [], 'and holds its store');
 });

@@ -31,7 +31,15 @@ export interface WireAnswerSpec {
   device?: number;
   devOffset?: number;
   tag?: number;
+  /** A set or top-up reserve's blocks (device offsets), sent as its payload. */
+  blocks?: number[];
 }
+
+/**
+ * What the fake daemon read, in socket order: ['E', region, offset, flags, devOffset]
+ * per event or note (devOffset: a note's block, else 0), ['R', tag, result] per result.
+ */
+export type TraceEntry = ['E', number, number, number, number] | ['R', number, number];
 
 let counter = 0;
 
@@ -90,6 +98,11 @@ export class FakeDaemon {
   /** The latest connection's state, or that of the latest connection of `session`. */
   report(session?: bigint): Promise<DaemonReport> {
     return this.request({ cmd: 'report', session: session?.toString() });
+  }
+
+  /** The trace of the latest connection, or of the latest connection of `session`. */
+  trace(session?: bigint): Promise<TraceEntry[]> {
+    return this.request({ cmd: 'trace', session: session?.toString() }).then((m) => m.trace);
   }
 
   /** Sends one ANSWERS message; resolves with its RESULTS. */

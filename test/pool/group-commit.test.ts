@@ -83,13 +83,13 @@ async function setUp(files: number, defer: boolean): Promise<{ pool: PoolFs; dis
 /**
  * A sync write fault's pool work at block fb of f: ensureWritten({ sync }) or a block
  * of the reserve adopted with sync (the fault policy's two paths), under the range
- * lock; its store of `byte` goes to the device (and is persisted, as the store of a
- * MAP_SYNC mapping with a cache flush would be) before the fault returns.
+ * lock; then `store` (under the lock too) with the block's device offset, which it
+ * resolves with.
  */
-async function syncFault(pool: PoolFs, f: PoolFsFile, fb: number, byte: number, viaReserve: boolean): Promise<void> {
+async function syncCommit(pool: PoolFs, f: PoolFsFile, fb: number, viaReserve: boolean, store: (dev: number) => void = () => {}): Promise<number> {
   const ip = poolInternals(pool);
   const ino = ip.inode(f);
-  await withOperation('test.fault', async () => {
+  return withOperation('test.fault', async () => {
     const h = await ino.rangeLock.acquireShared(fb * B, (fb + 1) * B);
     try {
       let dev: number;
@@ -100,11 +100,24 @@ async function syncFault(pool: PoolFs, f: PoolFsFile, fb: number, byte: number, 
       } else {
         dev = (await ip.ensureWritten(ino, fb * B, B, { sync: true }))[0]!.deviceOffset;
       }
-      ip.storage.view(dev, B).fill(byte);
-      ip.storage.persist(dev, B);
+      store(dev);
+      return dev;
     } finally {
       h.release();
     }
+  });
+}
+
+/**
+ * A sync write fault at block fb of f (syncCommit): its store of `byte` goes to the
+ * device (and is persisted, as the store of a MAP_SYNC mapping with a cache flush
+ * would be) before the fault returns.
+ */
+async function syncFault(pool: PoolFs, f: PoolFsFile, fb: number, byte: number, viaReserve: boolean): Promise<void> {
+  const st = poolInternals(pool).storage;
+  await syncCommit(pool, f, fb, viaReserve, (dev) => {
+    st.view(dev, B).fill(byte);
+    st.persist(dev, B);
   });
 }
 
@@ -191,4 +204,120 @@ t.test('a failed group persist rejects its waiters; the next one makes their rec
   t.ok(await survives(t, disk, 'f0', 2, 0), 'the first block is recorded by the next persist (its store was never made)');
   t.ok(await survives(t, disk, 'f0', 3, 0x52), 'the second block survives with its store');
   await pool.close();
+});
+
+// Closing the pool while a round waits or persists: close() must neither hang nor
+// lose a record a waiter is told is durable. Every waiter resolves (its block is then
+// written in what a power cut leaves) or rejects with EBADF or ECLOSED.
+
+/** A promise's outcome, readable while it is pending. */
+interface Outcome<T> {
+  state: 'pending' | 'resolved' | 'rejected';
+  value?: T;
+  error?: { code?: string; message: string };
+}
+
+function outcome<T>(p: Promise<T>): Outcome<T> {
+  const o: Outcome<T> = { state: 'pending' };
+  p.then((v) => { o.state = 'resolved'; o.value = v; }, (e: { code?: string; message: string }) => { o.state = 'rejected'; o.error = e; });
+  return o;
+}
+
+/** Let the disk complete every persist until each of `outs` has settled; the persists released. */
+async function releaseUntilSettled(disk: HeldDisk, outs: Outcome<unknown>[]): Promise<number> {
+  let released = 0;
+  const settled = (): boolean => outs.every((o) => o.state !== 'pending');
+  while (!settled()) {
+    await until(() => disk.held.length > 0 || settled(), 'a persist to release, or every call settled', {
+      detail: () => outs.map((o) => o.state),
+    });
+    released += disk.release();
+  }
+  return released;
+}
+
+/** Checks each sync commit's outcome: resolved with its block written after a power cut, or EBADF/ECLOSED. */
+async function checkCommits(t: Test, disk: HeldDisk, commits: { name: string; fb: number; o: Outcome<number> }[]): Promise<void> {
+  for (const { name, fb, o } of commits) {
+    if (o.state === 'resolved') {
+      t.ok(await survives(t, disk, name, fb, 0), `${name} block ${fb}: told durable, and written (zeroed) in what a power cut leaves`);
+    } else {
+      t.match(o.error?.code, /^(EBADF|ECLOSED)$/, `${name} block ${fb}: rejected with a daxmap error (${o.error?.message})`);
+    }
+  }
+}
+
+t.test('pool.close() while a group-commit round persists: close completes, every waiter settles, no record told durable is lost', async (t) => {
+  const { pool, disk, fs } = await setUp(2, true);
+  const txn = coreOf(pool).txn;
+  disk.hold = true;
+  const waits0 = txn.durableWaits;
+  const commits = [
+    { name: 'f0', fb: 3, o: outcome(syncCommit(pool, fs[0]!, 3, false)) },
+    { name: 'f1', fb: 3, o: outcome(syncCommit(pool, fs[1]!, 3, true)) },
+    { name: 'f0', fb: 9, o: outcome(syncCommit(pool, fs[0]!, 9, true)) },
+    { name: 'f1', fb: 9, o: outcome(syncCommit(pool, fs[1]!, 9, false)) },
+  ];
+  await until(() => txn.durableWaits - waits0 === commits.length && disk.held.length > 0, 'every commit waiting for the log, a persist in flight');
+  t.ok(commits.every((c) => c.o.state === 'pending'), 'no commit returned while its persist is held');
+  const closed = outcome(pool.close());
+  // a fault arriving while the pool closes: its commit lands before the final
+  // checkpoint (durable), or is refused (EBADF)
+  commits.push({ name: 'f0', fb: 20, o: outcome(syncCommit(pool, fs[0]!, 20, false)) });
+  const released = await releaseUntilSettled(disk, [closed, ...commits.map((c) => c.o)]);
+  t.ok(released >= 1, `the persist in flight completed after close() began (${released} released)`);
+  t.equal(closed.state, 'resolved', `close() completed ${closed.error?.message ?? ''}`);
+  t.same(commits.slice(0, 4).map((c) => c.o.state), ['resolved', 'resolved', 'resolved', 'resolved'], 'the commits waiting before close() were made durable by it');
+  await checkCommits(t, disk, commits);
+  await t.rejects(syncCommit(pool, fs[0]!, 30, false), { code: 'EBADF' }, 'a commit after close: EBADF');
+});
+
+t.test('pool.close() while a group-commit round waits for company (its timer): close completes, the waiter settles, its record is durable', async (t) => {
+  const { pool, disk, fs } = await setUp(2, true);
+  const txn = coreOf(pool).txn;
+  const log = txn.log;
+  disk.hold = true;
+  const waits0 = txn.durableWaits;
+  // A round of two commits (one joined while it persisted): the next round then
+  // waits for a second commit, or the average persist time, before it persists.
+  const first = outcome(syncCommit(pool, fs[0]!, 3, false));
+  await until(() => disk.held.length === 1, 'the first round persisting');
+  const second = outcome(syncCommit(pool, fs[1]!, 3, true));
+  await until(() => txn.durableWaits - waits0 === 2, 'the second commit waiting for the next round');
+  t.equal(disk.release(), 1);
+  // Microtasks only: the next round's timer cannot fire meanwhile.
+  for (let i = 0; i < 1000 && first.state === 'pending'; i++) await Promise.resolve();
+  t.equal(first.state, 'resolved', 'the first commit returned');
+  t.equal(second.state, 'pending', 'the second waits for its round');
+  t.equal(disk.held.length, 0, 'its round has not started a persist: it waits for company');
+  t.ok(log.dirty, 'its records are not durable yet');
+  const persists0 = log.persists;
+  const closed = outcome(pool.close());
+  const released = await releaseUntilSettled(disk, [closed, second]);
+  t.equal(closed.state, 'resolved', `close() completed ${closed.error?.message ?? ''}`);
+  t.equal(second.state, 'resolved', 'the waiting commit resolved: the final checkpoint made its records durable');
+  t.equal(released, 0, 'the round found nothing left to persist when its timer fired');
+  t.equal(log.persists, persists0, 'no log persist after the checkpoint');
+  await checkCommits(t, disk, [{ name: 'f0', fb: 3, o: first }, { name: 'f1', fb: 3, o: second }]);
+});
+
+t.test('sync commits started at every step of pool.close(): each is durable when told so, or refused with EBADF', async (t) => {
+  // Started k microtask turns after close() (no timer, no I/O between): early ones
+  // land before the final checkpoint, late ones meet the closed pool, and some commit
+  // between the checkpoint and the release of the device (their round then finds the
+  // pool closed).
+  const seen = new Map<string, number[]>();
+  for (let k = 0; k < 16; k++) {
+    const { pool, disk, fs } = await setUp(1, true);
+    const closed = outcome(pool.close());
+    for (let i = 0; i < k; i++) await Promise.resolve();
+    const c = outcome(syncCommit(pool, fs[0]!, 5, false));
+    await releaseUntilSettled(disk, [closed, c]);
+    t.equal(closed.state, 'resolved', `k=${k}: close() completed ${closed.error?.message ?? ''}`);
+    const what = c.state === 'resolved' ? 'durable' : `${c.error?.code}${coreOf(pool).txn.log.endLsn > coreOf(pool).txn.log.durableLsn ? ' after appending' : ''}`;
+    seen.set(what, [...(seen.get(what) ?? []), k]);
+    await checkCommits(t, disk, [{ name: 'f0', fb: 5, o: c }]);
+  }
+  t.comment(`outcomes (k): ${JSON.stringify([...seen])}`);
+  t.ok(seen.has('durable') && seen.has('EBADF'), 'both outcomes were reached');
 });
