@@ -296,8 +296,11 @@ t.test('pool.close() while a group-commit round waits for company (its timer): c
   const released = await releaseUntilSettled(disk, [closed, second]);
   t.equal(closed.state, 'resolved', `close() completed ${closed.error?.message ?? ''}`);
   t.equal(second.state, 'resolved', 'the waiting commit resolved: the final checkpoint made its records durable');
-  t.equal(released, 0, 'the round found nothing left to persist when its timer fired');
-  t.equal(log.persists, persists0, 'no log persist after the checkpoint');
+  // close() may wait for I/O before its final checkpoint (the stock's zeroing), and
+  // the round's timer (2 ms at most) can fire meanwhile on a busy machine: then the
+  // round persists first. Either order is correct; each persist is one the test let go.
+  t.ok(released <= 1, `at most the round's own persist (${released} released)`);
+  t.equal(log.persists - persists0, released, 'no log persist but that one: none after the checkpoint');
   await checkCommits(t, disk, [{ name: 'f0', fb: 3, o: first }, { name: 'f1', fb: 3, o: second }]);
 });
 
