@@ -53,6 +53,24 @@ static inline void uffd_ioctl(int fd, unsigned long req, void* arg, const char* 
   }
 }
 
+// The reader's wait: the address of the next page fault on `uffd`, or 0 once
+// `stop_fd` is readable (other events are skipped).
+static inline uintptr_t next_fault(int uffd, int stop_fd) {
+  for (;;) {
+    struct pollfd p[2] = {{uffd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      die("poll");
+    }
+    if (p[1].revents) return 0;
+    struct uffd_msg msg;
+    ssize_t n = read(uffd, &msg, sizeof msg);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+    if (n != sizeof msg) die("read userfaultfd");
+    if (msg.event == UFFD_EVENT_PAGEFAULT) return (uintptr_t)msg.arg.pagefault.address;
+  }
+}
+
 // For qsort of uint64_t (medians of per-fault times).
 static inline int cmp_u64(const void* a, const void* b) {
   uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;

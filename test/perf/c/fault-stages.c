@@ -112,19 +112,7 @@ static void* second(void* arg) {
 
 static void* reader(void* arg) {
   struct run* r = arg;
-  for (;;) {
-    struct pollfd p[2] = {{r->uffd, POLLIN, 0}, {r->stop_fd, POLLIN, 0}};
-    if (poll(p, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      die("poll");
-    }
-    if (p[1].revents) return NULL;
-    struct uffd_msg msg;
-    ssize_t n = read(r->uffd, &msg, sizeof msg);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-    if (n != sizeof msg) die("read userfaultfd");
-    if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
-    uintptr_t addr = (uintptr_t)msg.arg.pagefault.address;
+  for (uintptr_t addr; (addr = next_fault(r->uffd, r->stop_fd)) != 0;) {
     if (r->v->hop) {
       // One fault is outstanding at a time (one touching thread): a single slot.
       atomic_store(&r->pending, addr);
@@ -134,6 +122,7 @@ static void* reader(void* arg) {
       answer(r, addr);
     }
   }
+  return NULL;
 }
 
 static int fresh_file(void) {
