@@ -349,9 +349,14 @@ bool Agent::TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, co
 
 bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
                        std::vector<std::shared_ptr<Channel>>* touched) {
-  // A missing write fault only: a read of a hole is the zero page (the policy's), a
-  // write-protect fault is a page that is already something.
-  if (!(ev.flags & kEvWrite) || (ev.flags & kEvWp)) return false;
+  // A write fault; or a read of a hole, where the policy asked for it (kAnsWp on the
+  // set reserve answer: a mapping whose hole reads are 4 KiB zero pages), answered with
+  // a write-protected page of zeros. A write-protect fault is taken only on a page of
+  // zeros of a hole (checked below): a load followed by a store (Buffer.writeUInt32LE,
+  // `b[i] |= x`) is then answered here like a store alone, instead of taking the
+  // reserve back (docs/native.md, "Reserves").
+  const bool write = (ev.flags & kEvWrite) != 0;
+  const bool wp = (ev.flags & kEvWp) != 0;
   // A note needs someone to read it: with no handler the block would be nobody's.
   if (!ch || ch->orphaned()) return false;
   // Held from the lookup until the note is queued, so that once ClearReserve (which
@@ -373,11 +378,46 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     }
     return false;
   }
-  if (rs.blocks.empty()) return false;  // ran out: the handler refills
+  if (!write && !rs.zero_reads) return false;
+  if (write && rs.blocks.empty()) return false;  // ran out: the handler refills
   std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
   if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
     uffd_.Wake(page, kPage);  // closing: the thread meets the retired reservation
     return true;
+  }
+  if (!write) {
+    // UFFDIO_COPY with write protection places the page and its protection at once,
+    // so no store can land between them (the policy's zero-page answer checks for
+    // that race; here there is none). The page stays in the ranges: a store to it is
+    // a write-protect fault, answered below with a block.
+    static const std::vector<uint8_t> zeros(kPage, 0);
+    int e = r->Copy(uffd_, ev.offset, kPage, zeros.data(), true, false);
+    if (e != 0) return false;  // e.g. EEXIST: a page is there after all; the handler decides
+    FaultEvent note = ev;
+    note.flags = kEvNote;  // a zero note: no block, no kEvWrite
+    note.count = 1;
+    note.time_ns = 0;
+    (void)ch->EnqueueNote(note, false);
+    stats_.reserved_zero++;
+    ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
+    uffd_.Wake(page, kPage);
+    return true;
+  }
+  if (wp) {
+    // In the ranges a page is a hole of the file. Present in the registered region, it
+    // is a zero page: the policy's (the shared zero page: neither a file page nor
+    // exclusive) or one placed above (exclusive). A page a store raced into before
+    // its protection is adopted by the policy before its fault is resolved, so it is
+    // not here while a reserve is live; a page that is not all zeros is left to the
+    // handler all the same. Write-protected, the page cannot change under this check,
+    // and while the reserve is live nothing else changes the mapping's pages: every
+    // other path takes the reserve back first, which waits for reserve_mu, held here.
+    uint64_t pm = 0;
+    if (!ReadPagemap(page, 1, &pm) || !(pm & kPmPresent) || (pm & kPmFile)) return false;
+    if (pm & kPmExclusive) {
+      const uint8_t* b = reinterpret_cast<const uint8_t*>(page);
+      if (b[0] != 0 || memcmp(b, b + 1, kPage - 1) != 0) return false;
+    }
   }
   uint64_t dev_off = rs.blocks.back();
   // Test seam (DAXMAP_TEST_RESERVE_DELAY_US): widen the window between taking the
@@ -409,6 +449,7 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   }
   if (ch->EnqueueNote(note, low) && low) touched->push_back(ch);
   stats_.reserved++;
+  if (wp) stats_.reserved_wp++;
   ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
   uffd_.Wake(page, kPage);
   return true;
@@ -419,7 +460,10 @@ int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool t
   if (!dev) return ENODEV;
   // Shared writable 4 KiB installs only: never in a read-only region, never on a
   // 2 MiB-granular device (it maps whole aligned units only).
-  if (a.flags != 0 || a.flags2 != 0 || a.payload % 8 != 0 || r.read_only() || !dev->writable() || dev->align() > kPage)
+  // kAnsWp (a set, not a top-up): hole reads in the ranges are answered too.
+  const uint8_t allowed = top_up ? 0 : kAnsWp;
+  if ((a.flags & ~allowed) != 0 || a.flags2 != 0 || a.payload % 8 != 0 || r.read_only() || !dev->writable() ||
+      dev->align() > kPage)
     return EINVAL;
   size_t n = a.payload / 8;
   std::vector<uint64_t> blocks(n);
@@ -429,7 +473,7 @@ int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool t
   }
   // dev_offset carries the low-water mark (blocks), not a device offset.
   if (top_up) return r.TopUpReserve(dev, blocks.data(), n, a.dev_offset);
-  return r.AddReserve(dev, a.offset, a.length, blocks.data(), n, a.dev_offset);
+  return r.AddReserve(dev, a.offset, a.length, blocks.data(), n, a.dev_offset, (a.flags & kAnsWp) != 0);
 }
 
 void Agent::PoisonPage(const std::shared_ptr<Region>& r, uint64_t off) {

@@ -41,6 +41,9 @@ struct Reserve {
   // it sends its note with kEvLow, once; a set or top-up that adds blocks re-arms it.
   uint64_t low = 0;
   bool low_sent = false;
+  // Set by a SetReserve with kAnsWp: a missing read fault in the ranges is answered
+  // here too, with a write-protected page of zeros and a zero note (no block).
+  bool zero_reads = false;
   bool Contains(uint64_t offset) const;
   void AddRange(uint64_t off, uint64_t end);
   // Removes the page at `offset` (which Contains) from the ranges.
@@ -98,9 +101,9 @@ class Region {
   std::mutex reserve_mu;
   Reserve reserve;
   // Under reserve_mu: adds ranges and blocks (the device must be the reserve's, if any),
-  // sets the low-water mark. 0 or EINVAL.
+  // sets the low-water mark and whether hole reads in the ranges are answered too. 0 or EINVAL.
   int AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n,
-                 uint64_t low);
+                 uint64_t low, bool zero_reads);
   // Under reserve_mu: adds blocks to the reserve that is set, ranges untouched, and sets
   // the low-water mark. 0, ENOENT (no reserve set: cleared, or never set) or EINVAL
   // (another device).

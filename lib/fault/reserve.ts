@@ -16,7 +16,7 @@
 // file is live, and the ranges granted stay holes until the reserve is taken back.
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { monotonicNow } from '../native/engine';
-import { EV_LOW, EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, type AnswerSpec, type FaultEvent } from '../native/frames';
+import { A_WP, EV_LOW, EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, type AnswerSpec, type FaultEvent } from '../native/frames';
 import { isDaxError } from '../errors';
 import type { Inode, PoolInternals, ReservedPair } from '../pool/internal';
 import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
@@ -110,16 +110,7 @@ export class Reserves {
   retryable(m: Mapping, ev: FaultEvent): boolean {
     const r = this.byInode.get(m.inode.id);
     if (!r || r.m !== m || (ev.flags & EV_WRITE) === 0 || (ev.flags & EV_WP) !== 0 || ev.timeNs >= r.since || r.given.size === 0) return false;
-    const off = ev.offset;
-    let lo = 0;
-    let hi = r.ranges.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (r.ranges[mid]![1] <= off) lo = mid + 1;
-      else hi = mid;
-    }
-    const hit = r.ranges[lo];
-    return hit !== undefined && hit[0] <= off && !r.noted.has(off);
+    return inRanges(r.ranges, ev.offset) && !r.noted.has(ev.offset);
   }
 
   /** Runs fn alone among the reserve steps of this file. */
@@ -160,6 +151,20 @@ export class Reserves {
       }
       if (!r) {
         this.inconsistent(client, { region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
+        continue;
+      }
+      if ((ev.flags & EV_WRITE) === 0) {
+        // A zero note: the agent answered a read of a hole in the ranges with a
+        // write-protected page of zeros (asked for by the grant). No block: the page
+        // is a zero page, as the policy's own answer would have made it. A page
+        // outside the ranges was not the agent's to answer: ignored.
+        if (!inRanges(r.ranges, ev.offset) || r.noted.has(ev.offset)) {
+          this.inconsistent(client, { region: ev.region, offset: ev.offset }, 'a zero note outside the reserve\'s holes: ignored');
+          continue;
+        }
+        const p = ev.offset / PAGE;
+        r.m.states.setWhere(p, p + 1, PageState.None, PageState.Zero);
+        this.ctx.bump(r.m, 'zeroPage');
         continue;
       }
       // Only a block this reserve gave, once: a daemon client's notes are not trusted
@@ -411,7 +416,13 @@ export class Reserves {
     const low = Math.min(RESERVE_LOW_WATER, Math.floor(devs.length * 3 / 4));
     // The first range with the blocks; the rest in one frame, however many.
     const [lo0, hi0] = ranges[0]!;
-    const specs: AnswerSpec[] = [{ op: Op.SetReserve, region: m.region, offset: lo0, length: hi0 - lo0, device: m.client.deviceId, devOffset: low, payload: reservePayload(devs) }];
+    // Without fault-around the policy answers a read of a hole with one zero page: the
+    // agent may then answer those reads in the ranges itself (A_WP), so that a load
+    // followed by a store (the store a write-protect fault) never takes the reserve
+    // back. With fault-around a read of a hole window is a 2 MiB zero window, the
+    // policy's.
+    const flags = m.faultAround ? 0 : A_WP;
+    const specs: AnswerSpec[] = [{ op: Op.SetReserve, flags, region: m.region, offset: lo0, length: hi0 - lo0, device: m.client.deviceId, devOffset: low, payload: reservePayload(devs) }];
     if (ranges.length > 1) {
       specs.push({ op: Op.AddReserveRanges, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveRangesPayload(ranges.slice(1)) });
     }
@@ -487,4 +498,17 @@ export class Reserves {
     return out;
   }
 
+}
+
+/** Whether a region offset is in sorted, disjoint [start, end) ranges. */
+function inRanges(ranges: [number, number][], off: number): boolean {
+  let lo = 0;
+  let hi = ranges.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (ranges[mid]![1] <= off) lo = mid + 1;
+    else hi = mid;
+  }
+  const hit = ranges[lo];
+  return hit !== undefined && hit[0] <= off;
 }

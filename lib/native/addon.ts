@@ -53,6 +53,10 @@ export interface AgentStats {
   direct: number;
   /** write faults answered natively from a reserve (docs/native.md, "Reserves") */
   reserved: number;
+  /** of those, stores on the zero page of a hole (a load came first): write-protect faults */
+  reservedWp: number;
+  /** hole reads answered natively in a reserve's ranges (write-protected zeros, a zero note each) */
+  reservedZero: number;
   /** reserve notes that woke the handler: the reserve reached its low-water mark */
   lowWater: number;
   delivered: number;

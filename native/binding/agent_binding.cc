@@ -191,6 +191,8 @@ Napi::Value AgentStatsJs(const Napi::CallbackInfo& info) {
   set("merged", s.merged);
   set("direct", s.direct);
   set("reserved", s.reserved);
+  set("reservedWp", s.reserved_wp);
+  set("reservedZero", s.reserved_zero);
   set("lowWater", s.low_water);
   set("delivered", s.delivered);
   set("poisoned", s.poisoned);

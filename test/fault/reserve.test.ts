@@ -202,6 +202,91 @@ forBackings(t, 'a long run of sparse stores is served by top-ups: one grant, no 
   t.same(fsckErrors(p), [], 'fsck clean');
 });
 
+forBackings(t, 'a load then a store on a hole, without fault-around: both answered by the agent, no take-back', async (t, { pool, path: p }) => {
+  const size = 16 * MiB;
+  const pages = size / PAGE;
+  const { f, m } = await sparse(pool, 'ls', size);
+  const order = scattered(pages, 700);
+  const s0 = await pool.stats();
+  tag(m.buffer, order[0]!); // the policy answers it, then grants the reserve
+  await statsWhen(pool, 'the grant', (s) => s.reserveGrants - s0.reserveGrants === 1);
+  const a0 = agentStats();
+  const s1 = await pool.stats();
+  // 200 pages read first, then stored (a read-modify-write: `b[i] |= x`), fewer than
+  // the blocks above the low-water mark, so the reserve never runs dry; 100 more pages
+  // only read.
+  const rmw = order.slice(1, 201);
+  const readOnly = order.slice(201, 301);
+  let nonzero = 0;
+  for (const pg of rmw) {
+    if (m.buffer[pg * PAGE + 8] !== 0) nonzero++;
+    m.buffer[pg * PAGE + 8] |= (pg + 1) & 255;
+    for (let i = 1; i < 4; i++) m.buffer[pg * PAGE + 8 + i] = ((pg + 1) >>> (8 * i)) & 255;
+  }
+  for (const pg of readOnly) if (m.buffer[pg * PAGE + 8] !== 0) nonzero++;
+  t.equal(nonzero, 0, 'every hole read as zeros');
+  const a1 = agentStats();
+  const s2 = await pool.stats();
+  t.equal(a1.reservedZero - a0.reservedZero, rmw.length + readOnly.length, 'the agent answered every read of a hole (write-protected zeros)');
+  t.equal(a1.reservedWp - a0.reservedWp, rmw.length, 'and every store after a read, from the reserve');
+  t.equal(s2.faults - s1.faults, 0, 'no fault reached the policy');
+  t.equal(s2.reserveTakeBacks - s1.reserveTakeBacks, 0, 'the reserve was not taken back');
+  // file.read takes the reserve back: the stores are the file's, the reads made nothing.
+  const back = Buffer.alloc(size);
+  await f.read(back, 0);
+  const want = new Set([order[0]!, ...rmw]);
+  let bad = 0;
+  for (let pg = 0; pg < pages; pg++) if (back.readUInt32LE(pg * PAGE + 8) !== (want.has(pg) ? pg + 1 : 0)) bad++;
+  t.equal(bad, 0, 'file.read sees every store, and zeros elsewhere');
+  t.equal((await f.stat()).allocated, want.size * PAGE, 'a block for each page stored, none for the pages only read');
+  // After the take-back the pages only read are the policy's zero pages: a store is
+  // its write-protect fault (or a new reserve's), and lands.
+  for (const pg of readOnly.slice(0, 10)) tag(m.buffer, pg);
+  await m.unmap();
+  await f.read(back, 0);
+  for (const pg of readOnly.slice(0, 10)) want.add(pg);
+  let bad2 = 0;
+  for (let pg = 0; pg < pages; pg++) if (back.readUInt32LE(pg * PAGE + 8) !== (want.has(pg) ? pg + 1 : 0)) bad2++;
+  t.equal(bad2, 0, 'stores on pages read under the reserve land after it is taken back');
+  await f.close();
+  await checkLockdep(t, pool);
+  await pool.close();
+  t.same(fsckErrors(p), [], 'fsck clean');
+});
+
+forBackings(t, 'with fault-around: a store on a zero window the policy answered is taken from a live reserve', async (t, { pool }) => {
+  const size = 16 * MiB;
+  await pool.request('configure', [{ reserve: 'on' }]);
+  const f = await pool.openFile('zw', { create: true });
+  await f.truncate(size);
+  const m = await f.map();
+  // A read of a hole window: the policy's 2 MiB of zero pages (write-protected).
+  const W = 5 * MiB / PAGE; // a page of the window [4 MiB, 6 MiB)
+  t.equal(m.buffer[W * PAGE], 0, 'a hole reads zeros');
+  // Sparse stores elsewhere (pages spread over the other windows): the policy grants a reserve.
+  const s0 = await pool.stats();
+  const elsewhere = scattered(size / PAGE, 64).filter((pg) => pg < 4 * MiB / PAGE || pg >= 6 * MiB / PAGE);
+  for (const pg of elsewhere) tag(m.buffer, pg);
+  await statsWhen(pool, 'a grant', (s) => s.reserveGrants - s0.reserveGrants >= 1);
+  const a0 = agentStats();
+  const s1 = await pool.stats();
+  // Stores on pages of the zero window: write-protect faults, answered from the reserve.
+  const inWindow = Array.from({ length: 100 }, (_, i) => 4 * MiB / PAGE + ((i * 37) % 512));
+  for (const pg of inWindow) tag(m.buffer, pg);
+  const s2 = await pool.stats();
+  t.equal(agentStats().reservedWp - a0.reservedWp, inWindow.length, 'the agent answered each store on a zero page');
+  t.equal(s2.faults - s1.faults, 0, 'none reached the policy');
+  t.equal(s2.reserveTakeBacks - s1.reserveTakeBacks, 0, 'the reserve was not taken back');
+  const back = Buffer.alloc(size);
+  await f.read(back, 0);
+  const want = new Set([...elsewhere, ...inWindow]);
+  let bad = 0;
+  for (let pg = 0; pg < size / PAGE; pg++) if (back.readUInt32LE(pg * PAGE + 8) !== (want.has(pg) ? pg + 1 : 0)) bad++;
+  t.equal(bad, 0, 'file.read sees every store, and zeros elsewhere');
+  await m.unmap();
+  await f.close();
+});
+
 forBackings(t, 'the window budget bounds a reserve and its top-ups: windows + blocks given never pass the limit', async (t, { pool }) => {
   const LIMIT = 300;
   await pool.request('configure', [{ windowBudget: LIMIT }]);

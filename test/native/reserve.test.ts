@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
 import { agentStats } from '../../dist/native/engine';
-import { Op, reservePayload, reserveRangesPayload } from '../../dist/native/frames';
+import { A_WP, Op, reservePayload, reserveRangesPayload } from '../../dist/native/frames';
 import { Handler, boundRegion, kernelTouch, runAnswers, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
@@ -67,6 +67,36 @@ t.test('a write fault on a reserve range is answered by the agent with a block, 
   t.equal(agentStats().reserved - s0.reserved, 3);
 });
 
+t.test('a reserve set with A_WP also answers hole reads (write-protected zeros, a zero note); the store after one takes a block', async (t) => {
+  const { dev, scratch, h, r } = await setup(t, 8 * MiB, 'wp', { mode: 'poison' });
+  const blocks = [6 * PAGE, 7 * PAGE];
+  for (const q of blocks) dev.view(q, PAGE).fill(0);
+  t.same(runAnswers([
+    { op: Op.SetReserve, flags: A_WP, region: r.id, offset: MiB, length: MiB, device: dev.deviceId, payload: reservePayload(blocks) },
+  ]), [0], 'set with A_WP');
+  const s0 = agentStats();
+  const b = r.buffer;
+  t.equal(kernelTouch(b, MiB + 3 * PAGE, false, scratch), 'ok', 'a read fault in the range is answered by the agent');
+  t.equal(b[MiB + 3 * PAGE + 17], 0, 'with zeros');
+  t.equal(agentStats().reservedZero - s0.reservedZero, 1, 'counted');
+  t.equal(agentStats().reserved - s0.reserved, 0, 'no block for a read');
+  t.equal(kernelTouch(b, MiB + 3 * PAGE, true, scratch), 'ok', 'the store after it (a write-protect fault) is answered too');
+  t.equal(dev.view(6 * PAGE, 1)[0], 0x3c, 'into the first block of the reserve');
+  t.equal(dev.view(7 * PAGE, 1)[0], 0, 'and no other');
+  const s1 = agentStats();
+  t.equal(s1.reservedWp - s0.reservedWp, 1, 'counted as a store on a zero page');
+  t.equal(s1.delivered - s0.delivered, 0, 'no fault reached the handler');
+  t.equal(kernelTouch(b, 3 * MiB, false, scratch), 'EFAULT', 'a read outside the ranges goes to the handler');
+  t.same(await notes(h, 2), [[r.id, MiB + 3 * PAGE, 0], [r.id, MiB + 3 * PAGE, 6 * PAGE]], 'a zero note (no block), then the block\'s note');
+  // Without A_WP a read is the handler's, as before.
+  t.same(runAnswers([
+    { op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE },
+    { op: Op.SetReserve, region: r.id, offset: 2 * MiB, length: MiB, device: dev.deviceId, payload: reservePayload([8 * PAGE]) },
+  ]), [1, 0], 'cleared (one block unused), set again without A_WP');
+  t.equal(kernelTouch(b, 2 * MiB + PAGE, false, scratch), 'EFAULT', 'a reserve set without A_WP leaves reads to the handler');
+  t.equal(agentStats().reservedZero - s0.reservedZero, 1);
+});
+
 t.test('SetReserve and ClearReserve answers: argument checks', async (t) => {
   const { dev, cleanup } = tempDevice('tmpfs', 4 * MiB);
   t.teardown(cleanup);
@@ -88,11 +118,12 @@ t.test('SetReserve and ClearReserve answers: argument checks', async (t) => {
     { ...base, payload: new Uint8Array(12) },
     { ...base, flags: 1 },
     { ...base, device: other.deviceId },
+    { ...base, flags: A_WP, offset: 2 * MiB },
     { op: Op.ClearReserve, region: r.id, offset: 0, length: 4 * MiB },
     { op: Op.ClearReserve, region: 999999, offset: 0, length: PAGE },
   ]);
-  t.same(res, [0, -19, -6, -22, -22, -22, -22, -22, -22, -22, 1, -6],
-    'good; ENODEV; ENXIO; read-only region; outside the region; unaligned block; block outside the device; a payload not of u64s; flags; another device than the reserve\'s; clear (1 unused); clear ENXIO');
+  t.same(res, [0, -19, -6, -22, -22, -22, -22, -22, -22, -22, 0, 1, -6],
+    'good; ENODEV; ENXIO; read-only region; outside the region; unaligned block; block outside the device; a payload not of u64s; flags; another device than the reserve\'s; A_WP; clear (1 unused); clear ENXIO');
 });
 
 for (const [what, env, rounds] of [
@@ -168,10 +199,11 @@ t.test('TopUpReserve answers: argument checks', async (t) => {
     { ...base, payload: reservePayload([100]) },
     { ...base, payload: reservePayload([4 * MiB]) },
     { ...base, flags: 1 },
+    { ...base, flags: A_WP, payload: reservePayload([2 * PAGE]) },
     { ...base, region: 999999 },
     { op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE },
   ]);
-  t.same(res, [0, -22, -22, -22, -22, -6, 2], 'good; another device than the reserve\'s; unaligned block; block outside the device; flags; ENXIO; clear (2 unused)');
+  t.same(res, [0, -22, -22, -22, -22, -22, -6, 2], 'good; another device than the reserve\'s; unaligned block; block outside the device; flags; A_WP (a set\'s flag, not a top-up\'s); ENXIO; clear (2 unused)');
 });
 
 t.test('AddReserveRanges: many ranges in one frame; a store in any of them is answered from the reserve; argument checks', async (t) => {
