@@ -385,33 +385,47 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     uffd_.Wake(page, kPage);  // closing: the thread meets the retired reservation
     return true;
   }
+  uint64_t dev_off = 0;
   if (!write) {
-    // UFFDIO_COPY with write protection places the page and its protection at once,
-    // so no store can land between them (the policy's zero-page answer checks for
-    // that race; here there is none). The page stays in the ranges: a store to it is
-    // a write-protect fault, answered below with a block.
-    static const std::vector<uint8_t> zeros(kPage, 0);
-    int e = r->Copy(uffd_, ev.offset, kPage, zeros.data(), true, false);
-    if (e != 0) return false;  // e.g. EEXIST: a page is there after all; the handler decides
-    FaultEvent note = ev;
-    note.flags = kEvNote;  // a zero note: no block, no kEvWrite
-    note.count = 1;
-    note.time_ns = 0;
-    (void)ch->EnqueueNote(note, false);
-    stats_.reserved_zero++;
-    ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
-    uffd_.Wake(page, kPage);
-    return true;
+    // The policy's own answer: the shared zero page, then its write protection (no
+    // memory is spent on it). The page stays in the ranges: a store to it is then a
+    // write-protect fault, answered below with a block. A block is still needed at
+    // hand: a store from a thread that did not fault can land between the zero page
+    // and its protection (Region::Zero sees it), and that store must reach the file.
+    if (!rs.zero_reads || rs.blocks.empty()) return false;
+    bool raced = false;
+    if (r->Zero(uffd_, ev.offset, kPage, true, false, &raced) != 0) return false;  // e.g. EEXIST: the handler decides
+    if (!raced) {
+      FaultEvent note = ev;
+      note.flags = kEvNote;  // a zero note: no block, no kEvWrite
+      note.count = 1;
+      note.time_ns = 0;
+      (void)ch->EnqueueNote(note, false);
+      stats_.reserved_zero++;
+      ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
+      uffd_.Wake(page, kPage);
+      return true;
+    }
+    // Raced: the page is a private copy holding that store, write-protected now, so
+    // it cannot change. Its bytes go into the next block, which is then installed
+    // over it like a store's (and noted as one). Should the copy fail, the event goes
+    // to the handler, which finds the page present and answers it (EEXIST) as it can.
+    dev_off = rs.blocks.back();
+    if (pwrite(rs.device->fd(), reinterpret_cast<const void*>(page), kPage, static_cast<off_t>(dev_off)) !=
+        static_cast<ssize_t>(kPage))
+      return false;
+    stats_.reserved_raced++;
   }
   if (wp) {
     // In the ranges a page is a hole of the file. Present in the registered region, it
-    // is a zero page: the policy's (the shared zero page: neither a file page nor
-    // exclusive) or one placed above (exclusive). A page a store raced into before
-    // its protection is adopted by the policy before its fault is resolved, so it is
-    // not here while a reserve is live; a page that is not all zeros is left to the
-    // handler all the same. Write-protected, the page cannot change under this check,
-    // and while the reserve is live nothing else changes the mapping's pages: every
-    // other path takes the reserve back first, which waits for reserve_mu, held here.
+    // is the shared zero page (placed by the policy or above: neither a file page nor
+    // exclusive). A private copy a store raced into before the protection is made a
+    // block before anything else sees it (above, or by the policy before its fault is
+    // resolved), so none is here while a reserve is live; an exclusive page is taken
+    // only if it holds nothing but zeros, else it is left to the handler.
+    // Write-protected, the page cannot change under this check, and while the reserve
+    // is live nothing else changes the mapping's pages: every other path takes the
+    // reserve back first, which waits for reserve_mu, held here.
     uint64_t pm = 0;
     if (!ReadPagemap(page, 1, &pm) || !(pm & kPmPresent) || (pm & kPmFile)) return false;
     if (pm & kPmExclusive) {
@@ -419,7 +433,7 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
       if (b[0] != 0 || memcmp(b, b + 1, kPage - 1) != 0) return false;
     }
   }
-  uint64_t dev_off = rs.blocks.back();
+  dev_off = rs.blocks.back();
   // Test seam (DAXMAP_TEST_RESERVE_DELAY_US): widen the window between taking the
   // reserve and installing, so ClearReserve racing faults is testable.
   static const long delay_us =

@@ -27,19 +27,20 @@
 namespace daxmap {
 
 struct AgentStats {
-  std::atomic<uint64_t> events{0};         // page faults read
-  std::atomic<uint64_t> batches{0};        // reads that returned events
-  std::atomic<uint64_t> merged{0};         // faults merged into a live event of the same page
-  std::atomic<uint64_t> direct{0};         // answered natively from a direct table
-  std::atomic<uint64_t> reserved{0};       // write faults answered natively from a reserve (one note each)
-  std::atomic<uint64_t> reserved_wp{0};    // of those, stores on the zero page of a hole (write-protect faults)
-  std::atomic<uint64_t> reserved_zero{0};  // hole reads answered natively in a reserve's ranges (a zero note each)
-  std::atomic<uint64_t> low_water{0};      // notes that woke the handler: a reserve reached its low-water mark
-  std::atomic<uint64_t> delivered{0};      // events handed to channels
-  std::atomic<uint64_t> poisoned{0};       // faults answered with SIGBUS by the agent itself
-  std::atomic<uint64_t> timeouts{0};       // faults the watchdog answered
-  std::atomic<uint64_t> deferred{0};       // agent answers deferred by EAGAIN
-  std::atomic<uint64_t> answers{0};        // answers executed
+  std::atomic<uint64_t> events{0};          // page faults read
+  std::atomic<uint64_t> batches{0};         // reads that returned events
+  std::atomic<uint64_t> merged{0};          // faults merged into a live event of the same page
+  std::atomic<uint64_t> direct{0};          // answered natively from a direct table
+  std::atomic<uint64_t> reserved{0};        // write faults answered natively from a reserve (one note each)
+  std::atomic<uint64_t> reserved_wp{0};     // of those, stores on the zero page of a hole (write-protect faults)
+  std::atomic<uint64_t> reserved_zero{0};   // hole reads answered natively in a reserve's ranges (a zero note each)
+  std::atomic<uint64_t> reserved_raced{0};  // of those, a store landed before the protection: copied into a block
+  std::atomic<uint64_t> low_water{0};       // notes that woke the handler: a reserve reached its low-water mark
+  std::atomic<uint64_t> delivered{0};       // events handed to channels
+  std::atomic<uint64_t> poisoned{0};        // faults answered with SIGBUS by the agent itself
+  std::atomic<uint64_t> timeouts{0};        // faults the watchdog answered
+  std::atomic<uint64_t> deferred{0};        // agent answers deferred by EAGAIN
+  std::atomic<uint64_t> answers{0};         // answers executed
   std::atomic<uint64_t> answer_errors{0};
   std::atomic<uint64_t> remaps{0};  // REMAP events (one per revoke)
   std::atomic<uint64_t> stray{0};   // faults outside any live region

@@ -57,6 +57,8 @@ export interface AgentStats {
   reservedWp: number;
   /** hole reads answered natively in a reserve's ranges (write-protected zeros, a zero note each) */
   reservedZero: number;
+  /** of those, a store landed between the zero page and its protection: its page was copied into a block */
+  reservedRaced: number;
   /** reserve notes that woke the handler: the reserve reached its low-water mark */
   lowWater: number;
   delivered: number;

@@ -193,6 +193,7 @@ Napi::Value AgentStatsJs(const Napi::CallbackInfo& info) {
   set("reserved", s.reserved);
   set("reservedWp", s.reserved_wp);
   set("reservedZero", s.reserved_zero);
+  set("reservedRaced", s.reserved_raced);
   set("lowWater", s.low_water);
   set("delivered", s.delivered);
   set("poisoned", s.poisoned);

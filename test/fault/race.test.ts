@@ -38,6 +38,15 @@ for (const mode of ['page', 'huge'] as const) {
   });
 }
 
+t.test('a store racing the agent\'s zero-page answer under a reserve (no fault-around) is copied into a block', async (t) => {
+  const r = await run('reserve');
+  t.equal(r.agentRaced, 1, 'the agent saw the race');
+  t.equal(r.raced, 0, 'the policy had nothing to do');
+  t.equal(r.seen, 0x7d, 'the faulting read sees the racing store');
+  t.equal(r.file, 0x7d, 'the store is in the file');
+  t.equal(r.sigbus, 0);
+});
+
 t.test('a store racing a zero-page answer in a private mapping stays private', async (t) => {
   const r = await run('private');
   t.equal(r.raced, 1);
