@@ -44,6 +44,7 @@ const CHURN_FILES = envInt('DAXMAP_BENCH_CHURN_FILES', 128);
 const TLB_MB = envInt('DAXMAP_BENCH_TLB_MB', 1024);
 const TLB_READS = envInt('DAXMAP_BENCH_TLB_READS', 16 << 20);
 const PAST_MB = envInt('DAXMAP_BENCH_PAST_MB', 256);
+const RMW_MB = envInt('DAXMAP_BENCH_RMW_MB', 32);
 
 /** The rows in table order (the ids the measuring tests below fill in). */
 const ORDER = [
@@ -75,6 +76,8 @@ const ORDER = [
   { id: '13a', what: `TLB-bound: ${TLB_READS} random 8-byte reads over an already-faulted ${TLB_MB} MiB mapping, huge tmpfs pool (PMD)` },
   { id: '13b', what: 'same, hugetlbfs stand-in pool (2 MiB pages)' },
   { id: '14', what: `random 4 KiB first-touch writes past the window budget, faultAround:false, tmpfs pool, ${PAST_MB} MiB` },
+  { id: '15a', what: `random 4 KiB first-touch read-modify-writes (b[i] |= x: a load, then a store), faultAround:false, tmpfs pool, ${RMW_MB} MiB` },
+  { id: '15b', what: 'same, default policy (fault-around)' },
 ];
 
 const results: RowResult[] = [];
@@ -108,10 +111,17 @@ const stampOf = (run: number) => (p: number): number => ((p * 31 + run * 7) & 0x
 const spot = (p: number): number => p * PAGE + (p % 4093);
 let sink = 0;
 
-/** One 1-byte store (or load) per page, in `order`; µs per page. */
-function touch(b: Buffer, order: ArrayLike<number>, write: boolean, run = 0): number {
+/**
+ * One 1-byte store (or load, or `rmw`: a load then a store, `b[i] |= x`) per page, in
+ * `order`; µs per page. On a fresh page the rmw leaves what the store leaves.
+ */
+function touch(b: Buffer, order: ArrayLike<number>, write: boolean | 'rmw', run = 0): number {
   const stamp = stampOf(run);
-  const ns = write
+  const ns = write === 'rmw'
+    ? timeNs(() => {
+      for (let i = 0; i < order.length; i++) { const p = order[i]!; b[spot(p)] |= stamp(p); }
+    })
+    : write
     ? timeNs(() => {
       for (let i = 0; i < order.length; i++) { const p = order[i]!; b[spot(p)] = stamp(p); }
     })
@@ -239,7 +249,7 @@ async function both<A, B>(run: number, a: () => A | Promise<A>, b: () => B | Pro
 }
 
 /** The kernel's first touch of a fresh file (or a written one, or MAP_PRIVATE), in `order`; µs per page. */
-function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write: boolean, run: number, opts: { fillByte?: number; private?: boolean; each?: boolean } = {}): number {
+function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write: boolean | 'rmw', run: number, opts: { fillByte?: number; private?: boolean; each?: boolean } = {}): number {
   const k = KernelFile.create(tempPath(dir, 'kernel'), size, opts);
   try {
     const us = opts.each === true ? touchEachMedian(k.buffer, order, run) : touch(k.buffer, order, write, run);
@@ -295,6 +305,40 @@ t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fres
     id: '12', what: whatOf('12'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order (row 1\'s)', ours: churned, base: kernel, aim: aim.ratioAtMost(3),
     note: `before the run, ${CHURN_FILES} files of 1 MiB were written interleaved in 16 KiB pieces and unlinked (odd, then even)`,
   });
+});
+
+// Row 15: what Buffer.writeUInt32LE (its bounds check reads the page) or `b[i] |= x`
+// does to a fresh page: a load, then a store. The load is a read fault on a hole, the
+// store a write-protect fault on its zero page (docs/fault-policy.md, "Reserves").
+t.test('row 15: random 4 KiB first-touch read-modify-writes, without and with fault-around', async (t) => {
+  const size = RMW_MB * MiB;
+  const pages = size / PAGE;
+  let bad = 0;
+  for (const [id, faultAround] of [['15a', false], ['15b', true]] as const) {
+    const kernel: number[] = [];
+    const ours: number[] = [];
+    for (let run = 0; run < RUNS; run++) {
+      const order = shuffled(pages, 0x4567891 + run);
+      await both(run,
+        () => { kernel.push(kernelTouch(SHM, size, order, 'rmw', run)); },
+        async () => {
+          const p = await freshPool(SHM, size + 64 * MiB);
+          try {
+            const f = await poolFile(p.pool, 'rmw', size);
+            const m = await f.map({ faultAround });
+            ours.push(touch(m.buffer, order, 'rmw', run));
+            await m.unmap();
+            bad += await misreads(f, order, stampOf(run));
+            t.equal((await f.stat()).allocated, size, `row ${id}, run ${run}: every page got a block`);
+            await drop(p.pool, f, 'rmw');
+          } finally {
+            await p.close();
+          }
+        });
+    }
+    add(t, { id, what: whatOf(id), unit: 'µs/page', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order, the same loop', ours, base: kernel, aim: aim.ratioAtMost(3), note: 'a fresh pool per run' });
+  }
+  t.equal(bad, 0, 'every sampled page reads back its store');
 });
 
 // Row 14: row 1 over more pages than the window budget holds: eviction runs all along.
