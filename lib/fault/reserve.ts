@@ -60,8 +60,13 @@ interface Live {
   readonly key: string;
   /** device offsets given and not yet noted */
   readonly given: Set<number>;
-  /** notes received and not yet adopted, as the pool adopts them: file block, device offset */
-  notes: ReservedPair[];
+  /**
+   * Notes received and not yet adopted, as the pool adopts them: file block, device
+   * offset. One array for the reserve's life (noteList), emptied by each adoption:
+   * a new empty array per batch started as one of small integers, and the optimised
+   * `push` of a note into it deoptimised ("not a Smi").
+   */
+  readonly notes: ReservedPair[];
   /** region offsets of every page noted */
   readonly noted: Set<number>;
   /** a batch adoption is scheduled */
@@ -76,6 +81,19 @@ interface Live {
   readonly ranges: [number, number][];
 }
 
+const isNote = (ev: FaultEvent): boolean => (ev.flags & EV_NOTE) !== 0;
+
+/**
+ * An empty array for a reserve's notes that is already one of objects: `[]` starts
+ * as an array of small integers, and the optimised `push` of the first note into
+ * each new reserve's list deoptimised ("not a Smi"), recompiling `takeNotes` each time.
+ */
+function noteList(): ReservedPair[] {
+  const a: ReservedPair[] = [{ fb: 0, dev: 0 }];
+  a.pop();
+  return a;
+}
+
 export class Reserves {
   mode: ReserveMode = defaultReserveMode();
   /** Test seam: called after the notes of a batch are received, before they are adopted. */
@@ -84,6 +102,8 @@ export class Reserves {
   /** `${client.id}:${region}` → the live reserve (kept until its last note is in). */
   private readonly byRegion = new Map<string, Live>();
   private readonly gates = new Map<number, Promise<void>>();
+  /** Test seam: DAXMAP_TEST_RESERVE_HOLD=1, read once (the worker's environment is fixed at its start). */
+  private readonly hold = process.env.DAXMAP_TEST_RESERVE_HOLD === '1';
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -142,23 +162,36 @@ export class Reserves {
    * Notes and faults arrive together: take the notes out (each is queued on its
    * reserve, synchronously, so that a ClearReserve's result finds them all in) and
    * return the faults.
+   *
+   * The loop per note only checks and queues it; what is per reserve (the count in
+   * the statistics, the top-up, the batch's timer) runs once per run of its notes,
+   * in `afterNotes`. Every note is a turn of this loop, so it stays small: it is
+   * optimised early, and a big one (the timer's and the statistics' code inlined)
+   * cost the worker's JIT tens of ms per compile, several times over
+   * (docs/faults.md, "The service worker's JIT").
    */
   takeNotes(client: Client, events: FaultEvent[]): FaultEvent[] {
-    if (!events.some((e) => (e.flags & EV_NOTE) !== 0)) return events;
+    if (!events.some(isNote)) return events;
     const faults: FaultEvent[] = [];
     // The notes of a batch are mostly of one region: its reserve is looked up once.
     let region = -1;
     let r: Live | undefined;
-    for (const ev of events) {
+    let noted = 0;
+    let low = false;
+    for (let i = 0; i < events.length; i++) {
+      const ev = events[i]!;
       if ((ev.flags & EV_NOTE) === 0) {
         faults.push(ev);
         continue;
       }
       if (ev.region !== region) {
+        if (r !== undefined && noted > 0) this.afterNotes(r, noted, low);
+        noted = 0;
+        low = false;
         region = ev.region;
         r = this.byRegion.get(`${client.id}:${region}`);
       }
-      if (!r) {
+      if (r === undefined) {
         this.inconsistent(client, { region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
         continue;
       }
@@ -171,23 +204,29 @@ export class Reserves {
       }
       r.notes.push({ fb: (r.m.fileOffset + ev.offset) / PAGE, dev });
       r.noted.add(ev.offset);
-      this.ctx.bump(r.m, 'reserved');
-      // The agent's reserve reached its low-water mark: add blocks before it runs dry,
-      // so that no fault of the mapping has to come here for a take-back and a grant.
-      if ((ev.flags & EV_LOW) !== 0 && !r.toppingUp) {
-        r.toppingUp = true;
-        void this.topUp(r);
-      }
-      // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
-      // adopt; for the test of a process killed between native stores and adoption.
-      if (!r.scheduled && process.env.DAXMAP_TEST_RESERVE_HOLD !== '1') {
-        r.scheduled = true;
-        // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
-        const live = r;
-        setTimeout(() => void this.batch(live), BATCH_MS).unref();
-      }
+      noted++;
+      if ((ev.flags & EV_LOW) !== 0) low = true;
     }
+    if (r !== undefined && noted > 0) this.afterNotes(r, noted, low);
     return faults;
+  }
+
+  /** `n` notes were queued on `r` (`low`: one of them reached the low-water mark). */
+  private afterNotes(r: Live, n: number, low: boolean): void {
+    this.ctx.bump(r.m, 'reserved', n);
+    // The agent's reserve reached its low-water mark: add blocks before it runs dry,
+    // so that no fault of the mapping has to come here for a take-back and a grant.
+    if (low && !r.toppingUp) {
+      r.toppingUp = true;
+      void this.topUp(r);
+    }
+    // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
+    // adopt; for the test of a process killed between native stores and adoption.
+    if (!r.scheduled && !this.hold) {
+      r.scheduled = true;
+      // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
+      setTimeout(() => void this.batch(r), BATCH_MS).unref();
+    }
   }
 
   /** Adopt the notes received so far (the reserve stays live). */
@@ -300,8 +339,7 @@ export class Reserves {
   /** Record the notes received so far: the blocks become the file's, the pages Installed. Gate held. */
   private async adopt(r: Live): Promise<void> {
     if (r.notes.length === 0) return;
-    const notes = r.notes;
-    r.notes = [];
+    const notes = r.notes.splice(0, r.notes.length);
     // Each noted block leaves the reserve's hold on the budget: adopted, it becomes a
     // window below; refused, its page is taken back.
     r.client.budget.held -= notes.length;
@@ -417,7 +455,7 @@ export class Reserves {
     }
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(), notes: [], noted: new Set(), scheduled: false, toppingUp: false, low,
+      m, client: m.client, key, given: new Set(), notes: noteList(), noted: new Set(), scheduled: false, toppingUp: false, low,
       since: monotonicNow(), ranges,
     };
     this.give(r, devs);
