@@ -62,7 +62,7 @@ interface Live {
   readonly given: Set<number>;
   /**
    * Notes received and not yet adopted, as the pool adopts them: file block, device
-   * offset. One array for the reserve's life (noteList), emptied by each adoption:
+   * offset. One array for the reserve's life (emptyListOf), emptied by each adoption:
    * a new empty array per batch started as one of small integers, and the optimised
    * `push` of a note into it deoptimised ("not a Smi").
    */
@@ -84,12 +84,24 @@ interface Live {
 const isNote = (ev: FaultEvent): boolean => (ev.flags & EV_NOTE) !== 0;
 
 /**
- * An empty array for a reserve's notes that is already one of objects: `[]` starts
- * as an array of small integers, and the optimised `push` of the first note into
- * each new reserve's list deoptimised ("not a Smi"), recompiling `takeNotes` each time.
+ * [lo, hi) after the ranges of `out` (sorted), merged with the last one when they
+ * touch. A function of the module, not a closure made in each grant: the grant's
+ * optimised loop deoptimised on each new closure ("wrong call target").
  */
-function noteList(): ReservedPair[] {
-  const a: ReservedPair[] = [{ fb: 0, dev: 0 }];
+function addRange(out: [number, number][], lo: number, hi: number): void {
+  const n = out.length;
+  if (n > 0 && out[n - 1]![1] === lo) out[n - 1]![1] = hi;
+  else out.push([lo, hi]);
+}
+
+/**
+ * An empty array that is already one of objects (`sample` is its kind's witness):
+ * `[]` starts as an array of small integers, and the optimised `push` of the first
+ * object into each new one deoptimised ("not a Smi", or a wrong map after it) —
+ * for the note list of each new reserve, and for each grant's ranges.
+ */
+function emptyListOf<T extends object>(sample: T): T[] {
+  const a: T[] = [sample];
   a.pop();
   return a;
 }
@@ -357,7 +369,12 @@ export class Reserves {
     if (!m.dead && adopted.length > 0) {
       // The page states in runs of adjacent pages; a window per page (each native
       // install is one mapping of the process).
-      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE); // in file order (adoptReserved)
+      // In file order (adoptReserved). Pushed, not `adopted.map`: the builtin's result
+      // and the optimised one's differed in elements kind, and the loop below and
+      // `addPages` deoptimised on the other array map.
+      const first = m.fileOffset / PAGE;
+      const pages: number[] = [];
+      for (const p of adopted) pages.push(p.fb - first);
       for (let i = 0; i < pages.length;) {
         let j = i + 1;
         while (j < pages.length && pages[j] === pages[j - 1]! + 1) j++;
@@ -455,7 +472,7 @@ export class Reserves {
     }
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(), notes: noteList(), noted: new Set(), scheduled: false, toppingUp: false, low,
+      m, client: m.client, key, given: new Set(), notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low,
       since: monotonicNow(), ranges,
     };
     this.give(r, devs);
@@ -503,12 +520,7 @@ export class Reserves {
    */
   private holes(m: Mapping): [number, number][] {
     const ino = m.inode;
-    const out: [number, number][] = [];
-    const add = (lo: number, hi: number): void => {
-      const last = out[out.length - 1];
-      if (last && last[1] === lo) last[1] = hi;
-      else out.push([lo, hi]);
-    };
+    const out = emptyListOf<[number, number]>([0, 0]);
     // Region offsets; file blocks and pages are both 4 KiB and the mapping starts on a page.
     const base = m.fileOffset;
     const end = Math.min(base + m.length, Math.floor(ino.size / PAGE) * PAGE);
@@ -517,11 +529,11 @@ export class Reserves {
     // blocks only the pages installed in the mapping are allowed.
     for (const [a, b] of this.pool.mappedRuns(ino, base, end)) {
       if (out.length >= MAX_RANGES) return out;
-      if (a > cur) add(cur - base, a - base);
-      for (const [p, q] of m.states.runs((a - base) / PAGE, (b - base) / PAGE, PageState.Installed)) add(p * PAGE, q * PAGE);
+      if (a > cur) addRange(out, cur - base, a - base);
+      for (const [p, q] of m.states.runs((a - base) / PAGE, (b - base) / PAGE, PageState.Installed)) addRange(out, p * PAGE, q * PAGE);
       cur = b;
     }
-    if (cur < end && out.length < MAX_RANGES) add(cur - base, end - base);
+    if (cur < end && out.length < MAX_RANGES) addRange(out, cur - base, end - base);
     return out;
   }
 
