@@ -60,8 +60,13 @@ interface Live {
   readonly key: string;
   /** device offsets given and not yet noted */
   readonly given: Set<number>;
-  /** notes received and not yet adopted, as the pool adopts them: file block, device offset */
-  notes: ReservedPair[];
+  /**
+   * Notes received and not yet adopted, as the pool adopts them: file block, device
+   * offset. One array for the reserve's life (emptyListOf), emptied by each adoption:
+   * a new empty array per batch started as one of small integers, and the optimised
+   * `push` of a note into it deoptimised ("not a Smi").
+   */
+  readonly notes: ReservedPair[];
   /** region offsets of every page noted */
   readonly noted: Set<number>;
   /** a batch adoption is scheduled */
@@ -76,6 +81,31 @@ interface Live {
   readonly ranges: [number, number][];
 }
 
+const isNote = (ev: FaultEvent): boolean => (ev.flags & EV_NOTE) !== 0;
+
+/**
+ * [lo, hi) after the ranges of `out` (sorted), merged with the last one when they
+ * touch. A function of the module, not a closure made in each grant: the grant's
+ * optimised loop deoptimised on each new closure ("wrong call target").
+ */
+function addRange(out: [number, number][], lo: number, hi: number): void {
+  const n = out.length;
+  if (n > 0 && out[n - 1]![1] === lo) out[n - 1]![1] = hi;
+  else out.push([lo, hi]);
+}
+
+/**
+ * An empty array that is already one of objects (`sample` is its kind's witness):
+ * `[]` starts as an array of small integers, and the optimised `push` of the first
+ * object into each new one deoptimised ("not a Smi", or a wrong map after it) —
+ * for the note list of each new reserve, and for each grant's ranges.
+ */
+function emptyListOf<T extends object>(sample: T): T[] {
+  const a: T[] = [sample];
+  a.pop();
+  return a;
+}
+
 export class Reserves {
   mode: ReserveMode = defaultReserveMode();
   /** Test seam: called after the notes of a batch are received, before they are adopted. */
@@ -84,6 +114,8 @@ export class Reserves {
   /** `${client.id}:${region}` → the live reserve (kept until its last note is in). */
   private readonly byRegion = new Map<string, Live>();
   private readonly gates = new Map<number, Promise<void>>();
+  /** Test seam: DAXMAP_TEST_RESERVE_HOLD=1, read once (the worker's environment is fixed at its start). */
+  private readonly hold = process.env.DAXMAP_TEST_RESERVE_HOLD === '1';
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -133,23 +165,36 @@ export class Reserves {
    * Notes and faults arrive together: take the notes out (each is queued on its
    * reserve, synchronously, so that a ClearReserve's result finds them all in) and
    * return the faults.
+   *
+   * The loop per note only checks and queues it; what is per reserve (the count in
+   * the statistics, the top-up, the batch's timer) runs once per run of its notes,
+   * in `afterNotes`. Every note is a turn of this loop, so it stays small: it is
+   * optimised early, and a big one (the timer's and the statistics' code inlined)
+   * cost the worker's JIT tens of ms per compile, several times over
+   * (docs/faults.md, "The service worker's JIT").
    */
   takeNotes(client: Client, events: FaultEvent[]): FaultEvent[] {
-    if (!events.some((e) => (e.flags & EV_NOTE) !== 0)) return events;
+    if (!events.some(isNote)) return events;
     const faults: FaultEvent[] = [];
     // The notes of a batch are mostly of one region: its reserve is looked up once.
     let region = -1;
     let r: Live | undefined;
-    for (const ev of events) {
+    let noted = 0;
+    let low = false;
+    for (let i = 0; i < events.length; i++) {
+      const ev = events[i]!;
       if ((ev.flags & EV_NOTE) === 0) {
         faults.push(ev);
         continue;
       }
       if (ev.region !== region) {
+        if (r !== undefined && noted > 0) this.afterNotes(r, noted, low);
+        noted = 0;
+        low = false;
         region = ev.region;
         r = this.byRegion.get(`${client.id}:${region}`);
       }
-      if (!r) {
+      if (r === undefined) {
         this.inconsistent(client, { region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
         continue;
       }
@@ -176,23 +221,29 @@ export class Reserves {
       }
       r.notes.push({ fb: (r.m.fileOffset + ev.offset) / PAGE, dev });
       r.noted.add(ev.offset);
-      this.ctx.bump(r.m, 'reserved');
-      // The agent's reserve reached its low-water mark: add blocks before it runs dry,
-      // so that no fault of the mapping has to come here for a take-back and a grant.
-      if ((ev.flags & EV_LOW) !== 0 && !r.toppingUp) {
-        r.toppingUp = true;
-        void this.topUp(r);
-      }
-      // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
-      // adopt; for the test of a process killed between native stores and adoption.
-      if (!r.scheduled && process.env.DAXMAP_TEST_RESERVE_HOLD !== '1') {
-        r.scheduled = true;
-        // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
-        const live = r;
-        setTimeout(() => void this.batch(live), BATCH_MS).unref();
-      }
+      noted++;
+      if ((ev.flags & EV_LOW) !== 0) low = true;
     }
+    if (r !== undefined && noted > 0) this.afterNotes(r, noted, low);
     return faults;
+  }
+
+  /** `n` notes were queued on `r` (`low`: one of them reached the low-water mark). */
+  private afterNotes(r: Live, n: number, low: boolean): void {
+    this.ctx.bump(r.m, 'reserved', n);
+    // The agent's reserve reached its low-water mark: add blocks before it runs dry,
+    // so that no fault of the mapping has to come here for a take-back and a grant.
+    if (low && !r.toppingUp) {
+      r.toppingUp = true;
+      void this.topUp(r);
+    }
+    // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
+    // adopt; for the test of a process killed between native stores and adoption.
+    if (!r.scheduled && !this.hold) {
+      r.scheduled = true;
+      // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
+      setTimeout(() => void this.batch(r), BATCH_MS).unref();
+    }
   }
 
   /** Adopt the notes received so far (the reserve stays live). */
@@ -305,8 +356,7 @@ export class Reserves {
   /** Record the notes received so far: the blocks become the file's, the pages Installed. Gate held. */
   private async adopt(r: Live): Promise<void> {
     if (r.notes.length === 0) return;
-    const notes = r.notes;
-    r.notes = [];
+    const notes = r.notes.splice(0, r.notes.length);
     // Each noted block leaves the reserve's hold on the budget: adopted, it becomes a
     // window below; refused, its page is taken back.
     r.client.budget.held -= notes.length;
@@ -324,7 +374,12 @@ export class Reserves {
     if (!m.dead && adopted.length > 0) {
       // The page states in runs of adjacent pages; a window per page (each native
       // install is one mapping of the process).
-      const pages = adopted.map((p) => p.fb - m.fileOffset / PAGE); // in file order (adoptReserved)
+      // In file order (adoptReserved). Pushed, not `adopted.map`: the builtin's result
+      // and the optimised one's differed in elements kind, and the loop below and
+      // `addPages` deoptimised on the other array map.
+      const first = m.fileOffset / PAGE;
+      const pages: number[] = [];
+      for (const p of adopted) pages.push(p.fb - first);
       for (let i = 0; i < pages.length;) {
         let j = i + 1;
         while (j < pages.length && pages[j] === pages[j - 1]! + 1) j++;
@@ -428,7 +483,7 @@ export class Reserves {
     }
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(), notes: [], noted: new Set(), scheduled: false, toppingUp: false, low,
+      m, client: m.client, key, given: new Set(), notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low,
       since: monotonicNow(), ranges,
     };
     this.give(r, devs);
@@ -476,12 +531,7 @@ export class Reserves {
    */
   private holes(m: Mapping): [number, number][] {
     const ino = m.inode;
-    const out: [number, number][] = [];
-    const add = (lo: number, hi: number): void => {
-      const last = out[out.length - 1];
-      if (last && last[1] === lo) last[1] = hi;
-      else out.push([lo, hi]);
-    };
+    const out = emptyListOf<[number, number]>([0, 0]);
     // Region offsets; file blocks and pages are both 4 KiB and the mapping starts on a page.
     const base = m.fileOffset;
     const end = Math.min(base + m.length, Math.floor(ino.size / PAGE) * PAGE);
@@ -490,11 +540,11 @@ export class Reserves {
     // blocks only the pages installed in the mapping are allowed.
     for (const [a, b] of this.pool.mappedRuns(ino, base, end)) {
       if (out.length >= MAX_RANGES) return out;
-      if (a > cur) add(cur - base, a - base);
-      for (const [p, q] of m.states.runs((a - base) / PAGE, (b - base) / PAGE, PageState.Installed)) add(p * PAGE, q * PAGE);
+      if (a > cur) addRange(out, cur - base, a - base);
+      for (const [p, q] of m.states.runs((a - base) / PAGE, (b - base) / PAGE, PageState.Installed)) addRange(out, p * PAGE, q * PAGE);
       cur = b;
     }
-    if (cur < end && out.length < MAX_RANGES) add(cur - base, end - base);
+    if (cur < end && out.length < MAX_RANGES) addRange(out, cur - base, end - base);
     return out;
   }
 

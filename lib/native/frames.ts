@@ -99,7 +99,11 @@ export function decodeEvent(b: Buffer, at: number): FaultEvent {
 
 /** The device offset of the block a note (EV_NOTE) says was installed. */
 export function noteDevOffset(ev: FaultEvent): number {
-  return Number(ev.timeNs);
+  const t = ev.timeNs;
+  // Below 2^31 as an int32: a small integer, in optimised code too, where Number() of
+  // a bigint is a double; the notes' objects would otherwise hold a boxed double for
+  // some blocks and a small integer for others, and deoptimise their readers.
+  return t < 0x8000_0000n ? Number(t) | 0 : Number(t);
 }
 
 /** A SetReserve payload: the blocks' device offsets as u64s. */
@@ -120,8 +124,10 @@ export function reserveRangesPayload(ranges: readonly (readonly [number, number]
 }
 
 export function decodeEvents(b: Buffer, count: number): FaultEvent[] {
-  const out = new Array<FaultEvent>(count);
-  for (let i = 0; i < count; i++) out[i] = decodeEvent(b, i * EVENT_SIZE);
+  // Pushed, not preallocated: a packed array (a holey one gives every loop over the
+  // events another elements kind to handle).
+  const out: FaultEvent[] = [];
+  for (let i = 0; i < count; i++) out.push(decodeEvent(b, i * EVENT_SIZE));
   return out;
 }
 

@@ -11,7 +11,14 @@ export function writeU64(b: Buffer, at: number, v: number): void {
 }
 
 export function readU64(b: Buffer, at: number): number {
-  return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * TWO32;
+  const lo = b.readUInt32LE(at);
+  const hi = b.readUInt32LE(at + 4);
+  // A value below 2^32 is returned as read, not through the multiplication by TWO32
+  // (a heap number): that made every offset a double, so the objects the frames and
+  // records decode into held boxed doubles and their fields changed representation
+  // when a small integer came in another way, deoptimising the code that read them
+  // (docs/faults.md, "The service worker's JIT").
+  return hi === 0 ? lo : lo + hi * TWO32;
 }
 
 /** A bigint in [0, 2^64) (a session token), else EINVAL naming `what`. */
