@@ -479,8 +479,8 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
 void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w,
                           const std::shared_ptr<Channel>& ch) {
   // reserve_mu and the region's ops (shared) are held. Every page of the window not
-  // filled here is still a hole of the file in the ranges (the policy gave only windows
-  // that were holes, and while the reserve is live nothing else touches the file): its
+  // filled (here, or before: the policy marks the pages that are not holes) is still a
+  // hole of the file (while the reserve is live nothing else touches the file): its
   // runs of pages are installed over the run's blocks at the same place in the window,
   // without populate (each page then takes the kernel's own first-touch fault, no
   // trap), and each such gap is noted (kEvRun) for the policy to record as written.
@@ -838,10 +838,12 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
         std::vector<uint64_t> v(a.payload / 8);
         memcpy(v.data(), payload, a.payload);
         uint64_t t = v[0], n = v[1];
-        if (t > UINT32_MAX || n > v.size() - 2)
+        const uint64_t words = Region::kWindowWords;
+        if (t > UINT32_MAX || n > (v.size() - 2) / words)
           e = EINVAL;
         else
-          e = r->AddReserveWindows(dev, static_cast<uint32_t>(t), v.data() + 2, n, v.data() + 2 + n, v.size() - 2 - n);
+          e = r->AddReserveWindows(dev, static_cast<uint32_t>(t), v.data() + 2, n, v.data() + 2 + n * words,
+                                   v.size() - 2 - n * words);
       }
       break;
     }

@@ -63,10 +63,11 @@ enum AnswerOp : uint8_t {
                              // region) to the live reserve's ranges (offset/length any valid range; `device` the
                              // reserve's); ENOENT when no reserve is set. One frame for a grant's many ranges
   kOpReserveWindows = 14,    // add upgradable windows and runs to the live reserve. Payload u64s: the threshold T,
-                             // the number of windows n, n window offsets (2 MiB aligned, holes of the file in the
-                             // ranges), then device offsets of runs (2 MiB of zeroed blocks each). After T native
-                             // installs in such a window the rest of it is installed from a run (docs/native.md,
-                             // "Reserve windows"); ENOENT when no reserve is set
+                             // the number of windows n, n windows of 9 u64s each (the offset, 2 MiB aligned, then
+                             // a 512-bit bitmap of the pages that are holes of the file), then device offsets of
+                             // runs (2 MiB of zeroed blocks each). Once T pages of such a window are filled (or
+                             // were not holes) the rest of it is installed from a run (docs/native.md, "Reserve
+                             // windows"); ENOENT when no reserve is set
 };
 
 enum AnswerFlags : uint8_t {

@@ -191,7 +191,8 @@ int Region::AddReserveWindows(const std::shared_ptr<Device>& dev, uint32_t thres
                               const uint64_t* runs, size_t m) {
   if (threshold == 0 || threshold > k2M / kPage) return EINVAL;
   for (size_t i = 0; i < n; i++) {
-    if (windows[i] % k2M != 0 || windows[i] >= length_ || length_ - windows[i] < k2M) return EINVAL;
+    const uint64_t w = windows[i * kWindowWords];
+    if (w % k2M != 0 || w >= length_ || length_ - w < k2M) return EINVAL;
   }
   for (size_t i = 0; i < m; i++) {
     if (runs[i] % kPage != 0 || runs[i] > dev->size() || dev->size() - runs[i] < k2M) return EINVAL;
@@ -200,7 +201,16 @@ int Region::AddReserveWindows(const std::shared_ptr<Device>& dev, uint32_t thres
   if (!reserve.device) return ENOENT;
   if (reserve.device != dev) return EINVAL;
   reserve.threshold = threshold;
-  for (size_t i = 0; i < n; i++) reserve.windows.emplace(windows[i], Reserve::Window{});
+  for (size_t i = 0; i < n; i++) {
+    // The pages that are not holes count as filled: they are never installed over, and
+    // they count toward the threshold (the window is that dense already).
+    Reserve::Window w;
+    const uint64_t* holes = windows + i * kWindowWords + 1;
+    for (uint32_t p = 0; p < k2M / kPage; p++) {
+      if (!((holes[p / 64] >> (p % 64)) & 1)) w.set(p);
+    }
+    reserve.windows[windows[i * kWindowWords]] = w;
+  }
   reserve.runs.insert(reserve.runs.begin(), runs, runs + m);
   std::reverse(reserve.runs.begin(), reserve.runs.begin() + static_cast<std::ptrdiff_t>(m));
   return 0;

@@ -134,8 +134,11 @@ class Region {
   // set (the blocks untouched). 0, ENOENT (no reserve set) or EINVAL (another device,
   // or a range that is empty, unaligned or not inside the region: nothing is added).
   int AddReserveRanges(const std::shared_ptr<Device>& dev, const uint64_t* pairs, size_t n);
-  // Under reserve_mu: sets the threshold and adds the n windows (region offsets) and m
-  // runs (device offsets) to the reserve that is set. 0, ENOENT (no reserve set) or
+  // A window in a ReserveWindows payload: its region offset, then a bitmap of its 512
+  // pages, set for each page that is a hole of the file.
+  static constexpr size_t kWindowWords = 1 + 8;
+  // Under reserve_mu: sets the threshold and adds the n windows (kWindowWords u64s each)
+  // and m runs (device offsets) to the reserve that is set. 0, ENOENT (no reserve set) or
   // EINVAL (another device, a window not 2 MiB aligned or past the region, a run not
   // page-aligned or past the device, a threshold of 0 or above 512; nothing added).
   int AddReserveWindows(const std::shared_ptr<Device>& dev, uint32_t threshold, const uint64_t* windows, size_t n,

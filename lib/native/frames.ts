@@ -131,13 +131,28 @@ export function reserveRangesPayload(ranges: readonly (readonly [number, number]
   return b;
 }
 
-/** A ReserveWindows payload: the threshold, the windows' region offsets, the runs' device offsets (u64s). */
-export function reserveWindowsPayload(threshold: number, windows: readonly number[], runs: readonly number[]): Uint8Array {
-  const b = Buffer.alloc((2 + windows.length + runs.length) * 8);
+/** A reserve window: its region offset and, if some of its pages are not holes, which (page indices 0..511). */
+export interface ReserveWindow {
+  offset: number;
+  notHoles?: readonly number[];
+}
+
+/**
+ * A ReserveWindows payload (u64s): the threshold, the number of windows, each window
+ * (its region offset, then a 512-bit bitmap of its pages that are holes), the runs'
+ * device offsets.
+ */
+export function reserveWindowsPayload(threshold: number, windows: readonly ReserveWindow[], runs: readonly number[]): Uint8Array {
+  const b = Buffer.alloc((2 + windows.length * 9 + runs.length) * 8);
   writeU64(b, 0, threshold);
   writeU64(b, 8, windows.length);
-  for (let i = 0; i < windows.length; i++) writeU64(b, 16 + i * 8, windows[i]!);
-  for (let i = 0; i < runs.length; i++) writeU64(b, 16 + (windows.length + i) * 8, runs[i]!);
+  for (let i = 0; i < windows.length; i++) {
+    const at = 16 + i * 72;
+    writeU64(b, at, windows[i]!.offset);
+    b.fill(0xff, at + 8, at + 72);
+    for (const p of windows[i]!.notHoles ?? []) b[at + 8 + (p >> 3)] = b[at + 8 + (p >> 3)]! & ~(1 << (p & 7));
+  }
+  for (let i = 0; i < runs.length; i++) writeU64(b, 16 + windows.length * 72 + i * 8, runs[i]!);
   return b;
 }
 

@@ -671,6 +671,17 @@ export class PoolCore {
   }
 
   /**
+   * Up to n runs of 2 MiB of pre-zeroed contiguous blocks for reserve windows,
+   * recorded reserved like takeReserve's: the device byte offsets of their first
+   * blocks; fewer (none) when fewer whole 2 MiB groups are free. Their blocks come
+   * back like takeReserve's, each through adoptReserved or returnReserve.
+   */
+  async takeReserveRuns(n: number): Promise<number[]> {
+    if (!Number.isSafeInteger(n) || n <= 0) throw daxError('EINVAL', `takeReserveRuns count must be a positive integer, got ${String(n)}`);
+    return (await this.reserve.takeRuns(n)).map((d) => d * B);
+  }
+
+  /**
    * Blocks handed out and not used (or not reported) come back: they may hold stores,
    * so they are zeroed again before they are handed out again.
    */

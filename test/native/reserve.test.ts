@@ -107,7 +107,7 @@ t.test('reserve windows: after the threshold the rest of a window is installed f
   const W = 2 * MiB; // the window: region [2 MiB, 4 MiB)
   t.same(runAnswers([
     { op: Op.SetReserve, region: r.id, offset: 0, length: 4 * MiB, device: dev.deviceId, payload: reservePayload(singles) },
-    { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reserveWindowsPayload(3, [W], [RUN]) },
+    { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reserveWindowsPayload(3, [{ offset: W }], [RUN]) },
   ]), [0, 0], 'a reserve, then a window with a threshold of 3 and one run');
   const s0 = agentStats();
   const b = r.buffer;
@@ -140,6 +140,29 @@ t.test('reserve windows: after the threshold the rest of a window is installed f
   t.equal(kernelTouch(b, 3 * PAGE, true, scratch), 'ok', 'outside the window: a single block');
   t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [(8 - 4) + 3],
     'ClearReserve: the single blocks left plus the run\'s blocks not installed');
+
+  // A window whose first 10 pages are not holes: they count toward the threshold and are
+  // never installed over; the upgrade comes after 2 more.
+  const RUN2 = 6 * MiB;
+  dev.view(RUN2, 2 * MiB).fill(0);
+  const W2 = 4 * MiB;
+  const taken = Array.from({ length: 10 }, (_, i) => i);
+  t.same(runAnswers([
+    { op: Op.SetReserve, region: r.id, offset: W2 + 10 * PAGE, length: 2 * MiB - 10 * PAGE, device: dev.deviceId, payload: reservePayload([20 * PAGE, 21 * PAGE]) },
+    { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reserveWindowsPayload(12, [{ offset: W2, notHoles: taken }], [RUN2]) },
+  ]), [0, 0]);
+  for (const q of [20 * PAGE, 21 * PAGE]) dev.view(q, PAGE).fill(0);
+  const s2 = agentStats();
+  t.equal(kernelTouch(b, W2 + 50 * PAGE, true, scratch), 'ok');
+  t.equal(agentStats().upgrades - s2.upgrades, 0, '11 of 12');
+  t.equal(kernelTouch(b, W2 + 60 * PAGE, true, scratch), 'ok');
+  t.equal(agentStats().upgrades - s2.upgrades, 1, '12: upgraded');
+  t.equal(agentStats().runPages - s2.runPages, 512 - 12, 'every page but the 12');
+  t.equal(kernelTouch(b, W2 + 3 * PAGE, true, scratch), 'EFAULT', 'a page that was not a hole is not installed over: its fault is the handler\'s');
+  t.equal(dev.view(RUN2 + 3 * PAGE, 1)[0], 0, 'and its run block is untouched');
+  t.equal(kernelTouch(b, W2 + 11 * PAGE, true, scratch), 'ok', 'a hole page of the window: installed');
+  t.equal(dev.view(RUN2 + 11 * PAGE, 1)[0], 0x3c);
+  t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [12], 'the 12 run blocks not installed');
 });
 
 t.test('ReserveWindows answers: argument checks', async (t) => {
@@ -150,21 +173,21 @@ t.test('ReserveWindows answers: argument checks', async (t) => {
   const r = new TrappedRegion(4 * MiB);
   t.teardown(() => r.close());
   const base = { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId } as const;
-  t.same(runAnswers([{ ...base, payload: reserveWindowsPayload(4, [0], [0]) }]), [-2], 'no reserve set: ENOENT');
+  t.same(runAnswers([{ ...base, payload: reserveWindowsPayload(4, [{ offset: 0 }], [0]) }]), [-2], 'no reserve set: ENOENT');
   t.same(runAnswers([{ op: Op.SetReserve, region: r.id, offset: 0, length: 4 * MiB, device: dev.deviceId, payload: reservePayload([0]) }]), [0]);
   const res = runAnswers([
-    { ...base, payload: reserveWindowsPayload(4, [2 * MiB], [2 * MiB]) },
-    { ...base, payload: reserveWindowsPayload(0, [0], []) },
-    { ...base, payload: reserveWindowsPayload(513, [0], []) },
-    { ...base, payload: reserveWindowsPayload(4, [PAGE], []) },
-    { ...base, payload: reserveWindowsPayload(4, [4 * MiB], []) },
+    { ...base, payload: reserveWindowsPayload(4, [{ offset: 2 * MiB }], [2 * MiB]) },
+    { ...base, payload: reserveWindowsPayload(0, [{ offset: 0 }], []) },
+    { ...base, payload: reserveWindowsPayload(513, [{ offset: 0 }], []) },
+    { ...base, payload: reserveWindowsPayload(4, [{ offset: PAGE }], []) },
+    { ...base, payload: reserveWindowsPayload(4, [{ offset: 4 * MiB }], []) },
     { ...base, payload: reserveWindowsPayload(4, [], [PAGE + 1]) },
     { ...base, payload: reserveWindowsPayload(4, [], [3 * MiB]) },
     { ...base, payload: new Uint8Array(8) },
-    { ...base, payload: Buffer.from(reserveWindowsPayload(4, [0], []).subarray(0, 16)) },
-    { ...base, flags: 1, payload: reserveWindowsPayload(4, [0], []) },
-    { ...base, device: other.deviceId, payload: reserveWindowsPayload(4, [0], []) },
-    { ...base, device: 999999, payload: reserveWindowsPayload(4, [0], []) },
+    { ...base, payload: Buffer.from(reserveWindowsPayload(4, [{ offset: 0 }], []).subarray(0, 72)) },
+    { ...base, flags: 1, payload: reserveWindowsPayload(4, [{ offset: 0 }], []) },
+    { ...base, device: other.deviceId, payload: reserveWindowsPayload(4, [{ offset: 0 }], []) },
+    { ...base, device: 999999, payload: reserveWindowsPayload(4, [{ offset: 0 }], []) },
   ]);
   t.same(res, [0, -22, -22, -22, -22, -22, -22, -22, -22, -22, -22, -19],
     'good; threshold 0; threshold over 512; a window not 2 MiB aligned; past the region; a run not page-aligned; past the device; a payload without its counts; more windows than the payload holds; flags; another device than the reserve\'s; ENODEV');
