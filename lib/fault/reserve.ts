@@ -113,6 +113,8 @@ export class Reserves {
   /** `${client.id}:${region}` → the live reserve (kept until its last note is in). */
   private readonly byRegion = new Map<string, Live>();
   private readonly gates = new Map<number, Promise<void>>();
+  /** Region ranges [offset, length] adopted from upgraded windows' gaps, per mapping, until trim(). */
+  private readonly gapsOf = new WeakMap<Mapping, [number, number][]>();
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -409,6 +411,13 @@ export class Reserves {
     // taken back, and only then does it go back to be zeroed and handed out again, so
     // no store can reach it then.
     const { adopted, refused } = await this.pool.adoptReserved(ino, notes, { keepRefused: true });
+    // Windows' gaps: recorded written whatever was stored; trimmed of their zero pages
+    // once the mapping is gone (trim()).
+    if (gaps.length > 0) {
+      const mine = this.gapsOf.get(m) ?? [];
+      for (const g of gaps) mine.push(g);
+      this.gapsOf.set(m, mine);
+    }
     if (!m.dead && adopted.length > 0) {
       // The page states in runs of adjacent pages; a window per page (each native
       // install is one mapping of the process).
@@ -466,6 +475,36 @@ export class Reserves {
   async reclaimAll(client?: Client): Promise<void> {
     const inos = [...this.byInode.values()].filter((r) => client === undefined || r.client === client).map((r) => r.m.inode);
     for (const ino of inos) await this.reclaim(ino);
+  }
+
+  /**
+   * A mapping is gone (unmapped, or its client went away) and its reserve taken back:
+   * the pages its windows' upgrades recorded as written that hold only zeros become
+   * holes again (docs/fault-policy.md, "Reserve windows"), so what stays allocated is
+   * what was stored. The file may be gone too: nothing to trim then.
+   */
+  async trim(m: Mapping): Promise<void> {
+    const gaps = this.gapsOf.get(m);
+    if (!gaps) return;
+    this.gapsOf.delete(m);
+    gaps.sort((a, b) => a[0] - b[0]);
+    const core = this.ctx.pool.core;
+    let freed = 0;
+    for (let i = 0; i < gaps.length;) {
+      // adjacent gaps in one call
+      const lo = gaps[i]![0];
+      let hi = lo + gaps[i]![1];
+      let j = i + 1;
+      while (j < gaps.length && gaps[j]![0] === hi) hi += gaps[j++]![1];
+      i = j;
+      try {
+        freed += await core.trimZeros(m.inode, m.fileOffset + lo, hi - lo);
+      } catch (err) {
+        if (isDaxError(err, 'ENOENT')) return; // unlinked meanwhile: its blocks are freed anyway
+        throw err;
+      }
+    }
+    if (freed > 0) this.ctx.log.debug({ file: m.inode.name, blocks: freed }, 'reserve windows trimmed of their zero pages');
   }
 
   /**

@@ -26,6 +26,7 @@ import { Reserve, type ReserveStats } from './reserve';
 import { Journal } from './txn';
 
 const B = BLOCK_SIZE;
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 const log = logger('pool');
 
 export type { ExtentState, Inode, OpenInfo, ReserveStats };
@@ -499,6 +500,38 @@ export class PoolCore {
       recs.push(...this.unwrite(f, Math.max(ub, a), b));
       if (recs.length > 0) this.txn.commit(recs);
     });
+  }
+
+  /**
+   * The blocks of [offset, offset+length) (whole blocks inside it) that hold nothing
+   * but zeros become holes; the rest stay. For the pages a reserve window's upgrade
+   * recorded as written without knowing which were stored to (docs/fault-policy.md,
+   * "Reserve windows"), once their mapping is gone. Like punchHole: the range lock
+   * exclusive and the invalidator first (no mapping has them installed, no store can
+   * land while they are read), then one transaction. Returns the blocks freed.
+   */
+  async trimZeros(f: Inode, offset: number, length: number): Promise<number> {
+    let freed = 0;
+    await this.destructive(f, offset, length, 'trimZeros', () => {
+      if (this.unit > 1) return; // whole units only there; never given windows
+      const recs: LogRecord[] = [];
+      for (const s of segments(f, Math.ceil(offset / B), Math.floor((offset + length) / B))) {
+        if (s.state === 'hole') continue;
+        let from = -1;
+        for (let i = 0; i <= s.len; i++) {
+          // the device's bytes, whatever the state: a deferred conversion's data is there
+          const zero = i < s.len && this.storage.view((s.dev + i) * B, B).equals(ZERO_BLOCK);
+          if (zero && from < 0) from = i;
+          if (!zero && from >= 0) {
+            recs.push({ t: RecType.Unmap, id: f.id, fb: s.fb + from, len: i - from });
+            freed += i - from;
+            from = -1;
+          }
+        }
+      }
+      if (recs.length > 0) this.txn.commit(recs);
+    });
+    return freed;
   }
 
   zeroRange(f: Inode, offset: number, length: number, keepSize: boolean): Promise<void> {
