@@ -97,6 +97,18 @@ export class FaultPolicy {
     this.reserves.mode = mode;
   }
 
+  /**
+   * Pages of a reserve window filled before the agent installs the rest of it from a
+   * run (reserve.ts; DAXMAP_RESERVE_WINDOW sets the default; 0: no windows).
+   */
+  get reserveWindow(): number {
+    return this.reserves.windowThreshold;
+  }
+
+  set reserveWindow(n: number) {
+    this.reserves.windowThreshold = n;
+  }
+
   /** 2 MiB windows installed ahead of a sequential writer (ahead.ts; DAXMAP_AHEAD sets the default; 0: off). */
   get aheadWindows(): number {
     return this.faultAhead.windows;
