@@ -471,13 +471,13 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   auto w = rs.windows.find(ev.offset & ~(k2M - 1));
   if (w != rs.windows.end()) {
     w->second.set(static_cast<uint32_t>((ev.offset - w->first) / kPage));
-    if (w->second.count >= rs.threshold && !rs.runs.empty()) UpgradeWindow(*r, rs, w->first, w->second, ch);
+    if (w->second.count >= rs.threshold && !rs.runs.empty()) UpgradeWindow(*r, rs, w->first, w->second, ch, touched);
   }
   return true;
 }
 
 void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w,
-                          const std::shared_ptr<Channel>& ch) {
+                          const std::shared_ptr<Channel>& ch, std::vector<std::shared_ptr<Channel>>* touched) {
   // reserve_mu and the region's ops (shared) are held. Every page of the window not
   // filled (here, or before: the policy marks the pages that are not holes) is still a
   // hole of the file (while the reserve is live nothing else touches the file): its
@@ -507,7 +507,10 @@ void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::W
     note.offset = off;
     note.seq = seq_.fetch_add(1);
     note.time_ns = run + (off - win);  // the device offset of the gap's first block
-    (void)ch->EnqueueNote(note, false);
+    // The first gap's note wakes the handler (once per window): it may add runs for the
+    // windows still waiting, which it would otherwise learn of only with the next fault
+    // or low-water note.
+    if (ch->EnqueueNote(note, installed == 0) && installed == 0) touched->push_back(ch);
     ch->Answered(r.id(), off, len);  // faults queued on those pages: the install answers them
     uffd_.Wake(r.base() + off, len);
     installed += j - i;

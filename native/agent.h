@@ -130,8 +130,8 @@ class Agent {
   // the errno it is refused with.
   static int SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool top_up);
   // Installs the rest of a reserve window from the next run (docs/native.md, "Reserve windows").
-  void UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w,
-                     const std::shared_ptr<Channel>& ch);
+  void UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w, const std::shared_ptr<Channel>& ch,
+                     std::vector<std::shared_ptr<Channel>>* touched);
   // 0, or the errno a direct range is refused with (ENODEV no device, EINVAL).
   static int CheckDirect(const Region& r, const DirectRange& d);
 

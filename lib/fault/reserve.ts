@@ -54,7 +54,13 @@ export function defaultWindowThreshold(): number {
   const n = Number(v);
   return Number.isInteger(n) && n >= 0 && n <= 512 ? n : 16;
 }
-/** Runs a reserve holds ahead for its windows (2 MiB each, counted in the budget as blocks). */
+/**
+ * Runs a reserve holds ahead for its windows (2 MiB each, counted in the budget as
+ * blocks): INITIAL_RUNS with the grant, up to RUNS_AHEAD once windows are upgraded
+ * (a writer dense enough to upgrade one usually fills many at once; a sparse one never
+ * uses them, and pays only for the first).
+ */
+const INITIAL_RUNS = 2;
 const RUNS_AHEAD = 8;
 const HUGE = 2 * 1024 * 1024;
 const RUN_BLOCKS = HUGE / PAGE;
@@ -544,7 +550,7 @@ export class Reserves {
     // Runs for reserve windows, within the budget (each block of a run counts until
     // it is adopted or given back).
     const runs = this.windowThreshold > 0 && windows.length > 0
-      ? await this.takeRuns(Math.min(RUNS_AHEAD, windows.length, Math.floor((budget.limit - budget.used - devs.length) / RUN_BLOCKS)))
+      ? await this.takeRuns(Math.min(INITIAL_RUNS, windows.length, Math.floor((budget.limit - budget.used - devs.length) / RUN_BLOCKS)))
       : [];
     if (!this.eligible(m)) {
       this.pool.returnReserve([...devs, ...runBlocks(runs)]);
