@@ -466,13 +466,15 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   stats_.reserved++;
   if (wp) stats_.reserved_wp++;
   ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
-  uffd_.Wake(page, kPage);
-  // A reserve window: after `threshold` pages of it filled here, the rest of it.
+  // A reserve window: after `threshold` pages of it filled, the rest of it, before the
+  // store that filled the threshold is woken (once per window: once that store is
+  // done, so is the upgrade).
   auto w = rs.windows.find(ev.offset & ~(k2M - 1));
   if (w != rs.windows.end()) {
     w->second.set(static_cast<uint32_t>((ev.offset - w->first) / kPage));
     if (w->second.count >= rs.threshold && !rs.runs.empty()) UpgradeWindow(*r, rs, w->first, w->second, ch, touched);
   }
+  uffd_.Wake(page, kPage);
   return true;
 }
 

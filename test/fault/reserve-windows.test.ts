@@ -12,6 +12,7 @@ import { agentStats } from '../../dist/native/engine';
 import { checkLockdep, forBackings, poolPath, FIXTURES, PAGE, Pool, type Ctx } from './helpers';
 import { useLockdep } from '../lock/guard';
 import { fsckErrors } from '../fsck';
+import { until } from '../wait';
 
 useLockdep(t);
 
@@ -46,7 +47,9 @@ function wrong(back: Buffer, pages: number, want: Set<number>): number {
 }
 
 forBackings(t, 'every page of a file written in a random order: most stores take no trap, all read back, nothing more is allocated', async (t, { pool, path: p }) => {
-  const size = 16 * MiB;
+  // Two windows: the grant's own two runs upgrade both, however late more would come
+  // on a busy machine (so the count of traps below does not depend on the timing).
+  const size = 4 * MiB;
   const pages = size / PAGE;
   await pool.request('configure', [{ reserve: 'on', reserveWindow: 16 }]);
   const f = await pool.openFile('all', { create: true });
@@ -56,12 +59,15 @@ forBackings(t, 'every page of a file written in a random order: most stores take
   const a0 = agentStats();
   const s0 = await pool.stats();
   for (const q of order) tag(m.buffer, q);
+  // The store that fills a window's threshold is woken before its window's upgrade is
+  // done (the upgrade runs on the agent's thread after it): wait for the count.
+  await until(() => agentStats().upgrades - a0.upgrades === pages / WINDOW, 'both windows upgraded', { detail: () => agentStats() });
   const a1 = agentStats();
   const traps = a1.events - a0.events;
-  t.ok(a1.upgrades - a0.upgrades >= 1, `windows were upgraded (${a1.upgrades - a0.upgrades} of ${pages / WINDOW})`);
-  t.ok(traps < pages / 2, `fewer traps than half the pages (${traps} for ${pages})`);
+  // 16 stores per window before its upgrade, a few more around the grant.
+  t.ok(traps < pages / 8, `fewer traps than an eighth of the pages (${traps} for ${pages})`);
   t.equal(wrong(await readAll(f, size), pages, new Set(order)), 0, 'file.read sees every store');
-  const s1 = await pool.stats();
+  const s1 = await pool.stats(); // file.read took the reserve back: every note is in
   t.equal(s1.reserveUpgrades - s0.reserveUpgrades, a1.upgrades - a0.upgrades, 'the policy got every upgrade');
   await m.unmap();
   t.equal((await f.stat()).allocated, size, 'every page allocated, once');
@@ -90,7 +96,7 @@ forBackings(t, 'a window upgraded after a few stores: its other pages count as w
   for (let w = 0; w < pages / WINDOW; w++) for (let i = 0; i < 20; i++) stored.push(w * WINDOW + ((i * 37 + 5) % WINDOW));
   const a0 = agentStats();
   for (const q of stored) tag(m.buffer, q);
-  t.equal(agentStats().upgrades - a0.upgrades, pages / WINDOW, 'every window was upgraded');
+  await until(() => agentStats().upgrades - a0.upgrades === pages / WINDOW, 'every window upgraded', { detail: () => agentStats() });
   const want = new Set(stored);
   t.equal(wrong(await readAll(f, size), pages, want), 0, 'file.read (which takes the reserve back) sees every store, zeros elsewhere');
   t.equal((await f.stat()).allocated, size, 'while mapped, the upgraded windows count as written');
