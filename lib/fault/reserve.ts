@@ -56,12 +56,14 @@ export function defaultWindowThreshold(): number {
 }
 /**
  * Runs a reserve holds ahead for its windows (2 MiB each, counted in the budget as
- * blocks): INITIAL_RUNS with the grant, up to RUNS_AHEAD once windows are upgraded
- * (a writer dense enough to upgrade one usually fills many at once; a sparse one never
- * uses them, and pays only for the first).
+ * blocks): INITIAL_RUNS with the grant, up to RUNS_AHEAD once windows are upgraded,
+ * RUNS_BATCH at a time (a writer dense enough to upgrade one usually fills many at
+ * once; a sparse one never uses them, and pays only for the first).
  */
 const INITIAL_RUNS = 2;
-const RUNS_AHEAD = 8;
+const RUNS_AHEAD = 16;
+/** Runs added per step once windows upgrade (each step's runs are sent as soon as they are zeroed). */
+const RUNS_BATCH = 2;
 const HUGE = 2 * 1024 * 1024;
 const RUN_BLOCKS = HUGE / PAGE;
 /** A grant smaller than this is not worth its round trips. */
@@ -670,37 +672,48 @@ export class Reserves {
     const m = r.m;
     const ino = m.inode;
     await withOperation('reserve', async () => {
-      const budget = r.client.budget;
-      const want = Math.min(RUNS_AHEAD - r.runs.size, r.windows.size - r.runs.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
-      if (want <= 0 || m.dead || this.byInode.get(ino.id) !== r) return;
-      const runs = await this.takeRuns(want);
-      if (runs.length === 0) return;
-      const range = await ino.rangeLock.acquireShared(0, RANGE_END);
-      try {
-        if (this.byInode.get(ino.id) !== r || m.dead) {
-          this.pool.returnReserve(runBlocks(runs));
-          return;
-        }
-        const blocks = runBlocks(runs);
-        this.give(r, blocks);
-        for (const x of runs) r.runs.add(x);
-        const [res] = await this.ctx.answer(r.client, [{
-          op: Op.ReserveWindows, region: m.region, offset: 0, length: PAGE, device: r.client.deviceId, payload: reserveWindowsPayload(this.windowThreshold, [], runs),
-        }]);
-        if (res !== 0) {
-          for (const x of runs) r.runs.delete(x);
-          const back = blocks.filter((d) => r.given.delete(d));
-          r.client.budget.held -= back.length;
-          if (back.length > 0) this.pool.returnReserve(back);
-          if (res !== ENXIO && res !== ENOENT) this.ctx.log.warn({ file: ino.name, result: res }, 'reserve runs refused by the agent');
-        }
-      } finally {
-        range.release();
+      // In batches of RUNS_BATCH, each sent as soon as it is zeroed: a writer that
+      // upgrades one window is about to upgrade many, and fills single blocks meanwhile.
+      for (;;) {
+        const budget = r.client.budget;
+        const want = Math.min(RUNS_BATCH, RUNS_AHEAD - r.runs.size, r.windows.size - r.runs.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
+        if (want <= 0 || m.dead || this.byInode.get(ino.id) !== r) return;
+        const runs = await this.takeRuns(want);
+        if (runs.length === 0) return;
+        if (!(await this.sendRuns(r, runs))) return;
       }
     }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'adding runs to a reserve failed'))
       .finally(() => { r.addingRuns = false; });
   }
 
+  /** Adds runs to the live reserve `r` in its agent; false (and the runs given back) if it is gone. */
+  private async sendRuns(r: Live, runs: number[]): Promise<boolean> {
+    const m = r.m;
+    const ino = m.inode;
+    const range = await ino.rangeLock.acquireShared(0, RANGE_END);
+    try {
+      if (this.byInode.get(ino.id) !== r || m.dead) {
+        this.pool.returnReserve(runBlocks(runs));
+        return false;
+      }
+      const blocks = runBlocks(runs);
+      this.give(r, blocks);
+      for (const x of runs) r.runs.add(x);
+      const [res] = await this.ctx.answer(r.client, [{
+        op: Op.ReserveWindows, region: m.region, offset: 0, length: PAGE, device: r.client.deviceId, payload: reserveWindowsPayload(this.windowThreshold, [], runs),
+      }]);
+      if (res === 0) return true;
+      // Not added (the region is gone, or a take-back cleared the reserve first).
+      for (const x of runs) r.runs.delete(x);
+      const back = blocks.filter((d) => r.given.delete(d));
+      r.client.budget.held -= back.length;
+      if (back.length > 0) this.pool.returnReserve(back);
+      if (res !== ENXIO && res !== ENOENT) this.ctx.log.warn({ file: ino.name, result: res }, 'reserve runs refused by the agent');
+      return false;
+    } finally {
+      range.release();
+    }
+  }
 }
 
 /** Whether a region offset is in sorted, disjoint [start, end) ranges. */
