@@ -23,6 +23,7 @@ namespace daxmap {
 
 namespace {
 constexpr uint64_t kPage = 4096;
+constexpr uint64_t k2M = 2ull << 20;
 constexpr uint64_t kDirectWindow = 2ull << 20;        // a decided range is installed a 2 MiB chunk at a time
 constexpr uint64_t kGraceNs = 30ull * 1000000000ull;  // graveyard grace period
 constexpr uint64_t kEagainBudgetNs = 5ull * 1000000000ull;
@@ -465,8 +466,62 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   stats_.reserved++;
   if (wp) stats_.reserved_wp++;
   ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
+  // A reserve window: after `threshold` pages of it filled, the rest of it, before the
+  // store that filled the threshold is woken (once per window: once that store is
+  // done, so is the upgrade).
+  auto w = rs.windows.find(ev.offset & ~(k2M - 1));
+  if (w != rs.windows.end()) {
+    w->second.set(static_cast<uint32_t>((ev.offset - w->first) / kPage));
+    if (w->second.count >= rs.threshold && !rs.runs.empty()) UpgradeWindow(*r, rs, w->first, w->second, ch, touched);
+  }
   uffd_.Wake(page, kPage);
   return true;
+}
+
+void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w,
+                          const std::shared_ptr<Channel>& ch, std::vector<std::shared_ptr<Channel>>* touched) {
+  // reserve_mu and the region's ops (shared) are held. Every page of the window not
+  // filled (here, or before: the policy marks the pages that are not holes) is still a
+  // hole of the file (while the reserve is live nothing else touches the file): its
+  // runs of pages are installed over the run's blocks at the same place in the window,
+  // without populate (each page then takes the kernel's own first-touch fault, no
+  // trap), and each such gap is noted (kEvRun) for the policy to record as written.
+  uint64_t run = rs.runs.back();
+  rs.runs.pop_back();
+  const uint32_t pages = static_cast<uint32_t>(k2M / kPage);
+  uint64_t installed = 0;
+  for (uint32_t i = 0; i < pages;) {
+    if (w.has(i)) {
+      i++;
+      continue;
+    }
+    uint32_t j = i;
+    while (j < pages && !w.has(j)) j++;
+    uint64_t off = win + static_cast<uint64_t>(i) * kPage, len = static_cast<uint64_t>(j - i) * kPage;
+    // A failure (ENOMEM at vm.max_map_count) leaves this gap and the rest as holes in
+    // the ranges; the run's blocks not installed go back at the take-back.
+    if (r.Install(uffd_, off, len, *rs.device, run + (off - win), kAnsWritable, 0, false) != 0) break;
+    rs.RemoveRange(off, off + len);
+    FaultEvent note = {};
+    note.region = r.id();
+    note.flags = static_cast<uint16_t>(kEvNote | kEvWrite | kEvRun);
+    note.count = static_cast<uint16_t>(j - i);
+    note.offset = off;
+    note.seq = seq_.fetch_add(1);
+    note.time_ns = run + (off - win);  // the device offset of the gap's first block
+    // The first gap's note wakes the handler (once per window): it may add runs for the
+    // windows still waiting, which it would otherwise learn of only with the next fault
+    // or low-water note.
+    if (ch->EnqueueNote(note, installed == 0) && installed == 0) touched->push_back(ch);
+    ch->Answered(r.id(), off, len);  // faults queued on those pages: the install answers them
+    uffd_.Wake(r.base() + off, len);
+    installed += j - i;
+    i = j;
+  }
+  rs.run_unused += pages - installed;
+  stats_.upgrades++;
+  stats_.run_pages += installed;
+  rs.windows.erase(win);
 }
 
 int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool top_up) {
@@ -778,6 +833,25 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
       }
       break;
     }
+    case kOpReserveWindows: {
+      std::shared_ptr<Device> dev = DeviceRegistry::Find(a.device);
+      if (!dev) {
+        e = ENODEV;
+      } else if (a.flags != 0 || a.flags2 != 0 || a.payload % 8 != 0 || a.payload < 16) {
+        e = EINVAL;
+      } else {
+        std::vector<uint64_t> v(a.payload / 8);
+        memcpy(v.data(), payload, a.payload);
+        uint64_t t = v[0], n = v[1];
+        const uint64_t words = Region::kWindowWords;
+        if (t > UINT32_MAX || n > (v.size() - 2) / words)
+          e = EINVAL;
+        else
+          e = r->AddReserveWindows(dev, static_cast<uint32_t>(t), v.data() + 2, n, v.data() + 2 + n * words,
+                                   v.size() - 2 - n * words);
+      }
+      break;
+    }
     case kOpClearReserve: *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX)); break;
     default: e = EINVAL;
   }
@@ -787,7 +861,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
   }
   if (raced_flag) *value = kResultRaced;
   bool decides = a.op == kOpSetDirect || a.op == kOpClearDirect || a.op == kOpSetReserve || a.op == kOpClearReserve ||
-                 a.op == kOpTopUpReserve || a.op == kOpAddReserveRanges;
+                 a.op == kOpTopUpReserve || a.op == kOpAddReserveRanges || a.op == kOpReserveWindows;
   if (a.op != kOpRevoke && !decides && wake) {
     std::shared_ptr<Channel> ch;
     {

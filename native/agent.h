@@ -34,6 +34,8 @@ struct AgentStats {
   std::atomic<uint64_t> reserved{0};        // write faults answered natively from a reserve (one note each)
   std::atomic<uint64_t> reserved_wp{0};     // of those, stores on the zero page of a hole (write-protect faults)
   std::atomic<uint64_t> reserved_zero{0};   // hole reads answered natively in a reserve's ranges (a zero note each)
+  std::atomic<uint64_t> upgrades{0};        // reserve windows installed whole after their threshold
+  std::atomic<uint64_t> run_pages{0};       // pages those upgrades installed (no trap for any of them)
   std::atomic<uint64_t> reserved_raced{0};  // of those, a store landed before the protection: copied into a block
   std::atomic<uint64_t> low_water{0};       // notes that woke the handler: a reserve reached its low-water mark
   std::atomic<uint64_t> delivered{0};       // events handed to channels
@@ -127,6 +129,9 @@ class Agent {
   // Set reserve's (or, top_up, top-up reserve's) checks and the reserve update: 0 or
   // the errno it is refused with.
   static int SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool top_up);
+  // Installs the rest of a reserve window from the next run (docs/native.md, "Reserve windows").
+  void UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w, const std::shared_ptr<Channel>& ch,
+                     std::vector<std::shared_ptr<Channel>>* touched);
   // 0, or the errno a direct range is refused with (ENODEV no device, EINVAL).
   static int CheckDirect(const Region& r, const DirectRange& d);
 

@@ -20,6 +20,9 @@ enum EventFlags : uint16_t {
   kEvLow = 1 << 4,     // on a note only: that install took the reserve down to its low-water mark (the count
                        // its set / top-up reserve answer carried); this note wakes the handler, which may top
                        // the reserve up (kOpTopUpReserve). Sent once per arming (docs/native.md, "Reserves")
+  kEvRun = 1 << 5,     // on a note only: a window's upgrade installed `count` pages from `offset` over a run's
+                       // blocks from `time_ns` (device offset), in one mapping; the pages are the policy's to
+                       // record as written (docs/native.md, "Reserve windows")
 };
 
 // One trapped fault, page-aligned. Faults on the same page read in one batch are
@@ -59,6 +62,12 @@ enum AnswerOp : uint8_t {
   kOpAddReserveRanges = 13,  // add the payload's u64 pairs [start, end) (region offsets, page-aligned, inside the
                              // region) to the live reserve's ranges (offset/length any valid range; `device` the
                              // reserve's); ENOENT when no reserve is set. One frame for a grant's many ranges
+  kOpReserveWindows = 14,    // add upgradable windows and runs to the live reserve. Payload u64s: the threshold T,
+                             // the number of windows n, n windows of 9 u64s each (the offset, 2 MiB aligned, then
+                             // a 512-bit bitmap of the pages that are holes of the file), then device offsets of
+                             // runs (2 MiB of zeroed blocks each). Once T pages of such a window are filled (or
+                             // were not holes) the rest of it is installed from a run (docs/native.md, "Reserve
+                             // windows"); ENOENT when no reserve is set
 };
 
 enum AnswerFlags : uint8_t {

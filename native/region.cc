@@ -139,6 +139,20 @@ void Reserve::RemovePage(uint64_t offset) {
   if (offset + kPage < end) ranges.emplace(offset + kPage, end);
 }
 
+void Reserve::RemoveRange(uint64_t off, uint64_t end) {
+  auto it = ranges.upper_bound(off);
+  if (it != ranges.begin() && std::prev(it)->second > off) --it;
+  while (it != ranges.end() && it->first < end) {
+    uint64_t s = it->first, e = it->second;
+    it = ranges.erase(it);
+    if (s < off) ranges.emplace(s, off);
+    if (end < e) {
+      ranges.emplace(end, e);
+      break;
+    }
+  }
+}
+
 void Reserve::AddBlocks(const uint64_t* add, size_t n, uint64_t low_water) {
   // Used from the back: the caller's first block is used first, and the blocks added
   // go after those left (which were given earlier).
@@ -173,6 +187,35 @@ int Region::AddReserveRanges(const std::shared_ptr<Device>& dev, const uint64_t*
   return 0;
 }
 
+int Region::AddReserveWindows(const std::shared_ptr<Device>& dev, uint32_t threshold, const uint64_t* windows, size_t n,
+                              const uint64_t* runs, size_t m) {
+  if (threshold == 0 || threshold > k2M / kPage) return EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    const uint64_t w = windows[i * kWindowWords];
+    if (w % k2M != 0 || w >= length_ || length_ - w < k2M) return EINVAL;
+  }
+  for (size_t i = 0; i < m; i++) {
+    if (runs[i] % kPage != 0 || runs[i] > dev->size() || dev->size() - runs[i] < k2M) return EINVAL;
+  }
+  std::lock_guard<std::mutex> g(reserve_mu);
+  if (!reserve.device) return ENOENT;
+  if (reserve.device != dev) return EINVAL;
+  reserve.threshold = threshold;
+  for (size_t i = 0; i < n; i++) {
+    // The pages that are not holes count as filled: they are never installed over, and
+    // they count toward the threshold (the window is that dense already).
+    Reserve::Window w;
+    const uint64_t* holes = windows + i * kWindowWords + 1;
+    for (uint32_t p = 0; p < k2M / kPage; p++) {
+      if (!((holes[p / 64] >> (p % 64)) & 1)) w.set(p);
+    }
+    reserve.windows[windows[i * kWindowWords]] = w;
+  }
+  reserve.runs.insert(reserve.runs.begin(), runs, runs + m);
+  std::reverse(reserve.runs.begin(), reserve.runs.begin() + static_cast<std::ptrdiff_t>(m));
+  return 0;
+}
+
 int Region::TopUpReserve(const std::shared_ptr<Device>& dev, const uint64_t* blocks, size_t n, uint64_t low) {
   std::lock_guard<std::mutex> g(reserve_mu);
   if (!reserve.device) return ENOENT;
@@ -183,7 +226,7 @@ int Region::TopUpReserve(const std::shared_ptr<Device>& dev, const uint64_t* blo
 
 uint64_t Region::ClearReserve() {
   std::lock_guard<std::mutex> g(reserve_mu);
-  uint64_t unused = reserve.blocks.size();
+  uint64_t unused = reserve.Unused();
   reserve = Reserve();
   return unused;
 }

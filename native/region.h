@@ -44,10 +44,32 @@ struct Reserve {
   // Set by a SetReserve with kAnsWp: a missing read fault in the ranges is answered
   // here too, with a write-protected page of zeros and a zero note (no block).
   bool zero_reads = false;
+  // Reserve windows (docs/native.md, "Reserve windows"): windows of the region that
+  // were holes of the file when given, each with the pages the reserve filled since;
+  // after `threshold` of them the rest of the window is installed from a run (2 MiB
+  // of zeroed blocks, device offsets in `runs`, used from the back). `run_unused`
+  // counts the blocks of runs used by upgrades that were not installed.
+  struct Window {
+    uint64_t filled[8] = {};
+    uint32_t count = 0;
+    bool has(uint32_t i) const { return (filled[i / 64] >> (i % 64)) & 1; }
+    void set(uint32_t i) {
+      if (!has(i)) count++;
+      filled[i / 64] |= 1ull << (i % 64);
+    }
+  };
+  std::map<uint64_t, Window> windows;
+  std::vector<uint64_t> runs;
+  uint32_t threshold = 0;
+  uint64_t run_unused = 0;
   bool Contains(uint64_t offset) const;
   void AddRange(uint64_t off, uint64_t end);
   // Removes the page at `offset` (which Contains) from the ranges.
   void RemovePage(uint64_t offset);
+  // Removes [off, end) from the ranges, wherever it overlaps them.
+  void RemoveRange(uint64_t off, uint64_t end);
+  // Blocks not installed: the single blocks left, the runs not used, what upgrades left.
+  uint64_t Unused() const { return blocks.size() + runs.size() * 512 + run_unused; }
   // Adds blocks (to be used in the given order, after those already held) and sets the
   // low-water mark.
   void AddBlocks(const uint64_t* add, size_t n, uint64_t low_water);
@@ -112,6 +134,15 @@ class Region {
   // set (the blocks untouched). 0, ENOENT (no reserve set) or EINVAL (another device,
   // or a range that is empty, unaligned or not inside the region: nothing is added).
   int AddReserveRanges(const std::shared_ptr<Device>& dev, const uint64_t* pairs, size_t n);
+  // A window in a ReserveWindows payload: its region offset, then a bitmap of its 512
+  // pages, set for each page that is a hole of the file.
+  static constexpr size_t kWindowWords = 1 + 8;
+  // Under reserve_mu: sets the threshold and adds the n windows (kWindowWords u64s each)
+  // and m runs (device offsets) to the reserve that is set. 0, ENOENT (no reserve set) or
+  // EINVAL (another device, a window not 2 MiB aligned or past the region, a run not
+  // page-aligned or past the device, a threshold of 0 or above 512; nothing added).
+  int AddReserveWindows(const std::shared_ptr<Device>& dev, uint32_t threshold, const uint64_t* windows, size_t n,
+                        const uint64_t* runs, size_t m);
   // Under reserve_mu: forgets the reserve; returns the number of blocks left unused.
   uint64_t ClearReserve();
 

@@ -97,6 +97,18 @@ export class FaultPolicy {
     this.reserves.mode = mode;
   }
 
+  /**
+   * Pages of a reserve window filled before the agent installs the rest of it from a
+   * run (reserve.ts; DAXMAP_RESERVE_WINDOW sets the default; 0: no windows).
+   */
+  get reserveWindow(): number {
+    return this.reserves.windowThreshold;
+  }
+
+  set reserveWindow(n: number) {
+    this.reserves.windowThreshold = n;
+  }
+
   /** 2 MiB windows installed ahead of a sequential writer (ahead.ts; DAXMAP_AHEAD sets the default; 0: off). */
   get aheadWindows(): number {
     return this.faultAhead.windows;
@@ -156,15 +168,25 @@ export class FaultPolicy {
     const m = this.ctx.mappings.get(`${client.id}:${region}`);
     if (!m) return Promise.resolve();
     this.forget(m);
-    // Its reserve's notes are still adopted: what was stored through it is the file's.
-    return this.reserves.reclaim(m.inode);
+    // Its reserve's notes are still adopted: what was stored through it is the file's;
+    // then its windows are trimmed of the pages nothing was stored to.
+    return this.reserves.reclaim(m.inode).then(() => this.trimWindows(m));
+  }
+
+  private trimWindows(m: Mapping): Promise<void> {
+    return withOperation('reserve.trim', () => this.reserves.trim(m)).catch((err: unknown) => {
+      this.ctx.log.warn({ err, file: m.inode.name }, 'trimming the zero pages of reserve windows failed');
+    });
   }
 
   /** Forget every mapping of a client (it went away). */
   dropClient(client: Client): Promise<void> {
-    for (const m of [...this.ctx.mappings.values()]) if (m.client === client) this.forget(m);
+    const gone = [...this.ctx.mappings.values()].filter((m) => m.client === client);
+    for (const m of gone) this.forget(m);
     return this.reserves.reclaimAll(client).catch((err: unknown) => {
       this.ctx.log.warn({ err, client: client.id }, 'taking back the reserves of a client that went away failed');
+    }).then(async () => {
+      for (const m of gone) await this.trimWindows(m);
     });
   }
 

@@ -16,7 +16,7 @@
 // file is live, and the ranges granted stay holes until the reserve is taken back.
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { monotonicNow } from '../native/engine';
-import { A_WP, EV_LOW, EV_NOTE, EV_WP, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, type AnswerSpec, type FaultEvent } from '../native/frames';
+import { A_WP, EV_LOW, EV_NOTE, EV_RUN, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, reserveWindowsPayload, type AnswerSpec, type FaultEvent, type ReserveWindow } from '../native/frames';
 import { isDaxError } from '../errors';
 import type { Inode, PoolInternals, ReservedPair } from '../pool/internal';
 import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
@@ -41,6 +41,31 @@ export const RESERVE_BLOCKS = 1024;
  * (or fewer) wakes the policy, which tops the reserve up (at most half of what was given).
  */
 export const RESERVE_LOW_WATER = 768;
+/**
+ * Reserve windows (docs/fault-policy.md, "Reserve windows"): native installs in a
+ * window that was a hole before the agent installs the rest of it from a run of 2 MiB
+ * of zeroed blocks. DAXMAP_RESERVE_WINDOW=<1..512> sets it, `off` (or 0) turns
+ * windows off; 16 by default.
+ */
+export function defaultWindowThreshold(): number {
+  const v = process.env.DAXMAP_RESERVE_WINDOW;
+  if (v === undefined || v === '') return 16;
+  if (v === 'off') return 0;
+  const n = Number(v);
+  return Number.isInteger(n) && n >= 0 && n <= 512 ? n : 16;
+}
+/**
+ * Runs a reserve holds ahead for its windows (2 MiB each, counted in the budget as
+ * blocks): INITIAL_RUNS with the grant, up to RUNS_AHEAD once windows are upgraded,
+ * RUNS_BATCH at a time (a writer dense enough to upgrade one usually fills many at
+ * once; a sparse one never uses them, and pays only for the first).
+ */
+const INITIAL_RUNS = 2;
+const RUNS_AHEAD = 16;
+/** Runs added per step once windows upgrade (each step's runs are sent as soon as they are zeroed). */
+const RUNS_BATCH = 2;
+const HUGE = 2 * 1024 * 1024;
+const RUN_BLOCKS = HUGE / PAGE;
 /** A grant smaller than this is not worth its round trips. */
 const MIN_GRANT = 16;
 /** Notes are adopted this long after the first of a batch arrived (or at the take-back). */
@@ -79,6 +104,16 @@ interface Live {
   since: bigint;
   /** the ranges granted (region offsets, sorted) */
   readonly ranges: [number, number][];
+  /** reserve windows given and not upgraded yet (region offsets) */
+  readonly windows: Set<number>;
+  /** window (region offset) → its run (device offset), for windows upgraded */
+  readonly upgraded: Map<number, number>;
+  /** runs given and not used yet (device offsets of their first block) */
+  readonly runs: Set<number>;
+  /** gaps of upgraded windows noted and not yet adopted: [region offset, length] */
+  gaps: [number, number][];
+  /** more runs are being added */
+  addingRuns: boolean;
 }
 
 const isNote = (ev: FaultEvent): boolean => (ev.flags & EV_NOTE) !== 0;
@@ -108,6 +143,8 @@ function emptyListOf<T extends object>(sample: T): T[] {
 
 export class Reserves {
   mode: ReserveMode = defaultReserveMode();
+  /** Native installs in a reserve window before the rest of it is installed from a run; 0: no windows. */
+  windowThreshold = defaultWindowThreshold();
   /** Test seam: called after the notes of a batch are received, before they are adopted. */
   beforeAdopt: (() => void | Promise<void>) | null = null;
   private readonly byInode = new Map<number, Live>();
@@ -116,6 +153,8 @@ export class Reserves {
   private readonly gates = new Map<number, Promise<void>>();
   /** Test seam: DAXMAP_TEST_RESERVE_HOLD=1, read once (the worker's environment is fixed at its start). */
   private readonly hold = process.env.DAXMAP_TEST_RESERVE_HOLD === '1';
+  /** Region ranges [offset, length] adopted from upgraded windows' gaps, per mapping, until trim(). */
+  private readonly gapsOf = new WeakMap<Mapping, [number, number][]>();
 
   constructor(private readonly ctx: FaultContext, private readonly revoker: Revoker) {}
 
@@ -133,15 +172,19 @@ export class Reserves {
   }
 
   /**
-   * A write fault that the agent read before the reserve of its file was set (or last
-   * topped up), on a page the reserve covers: the policy need not take the reserve
-   * back for it, only wake the thread, whose retried store the agent then answers from
-   * the reserve. A fault read after that (the reserve ran out, was busy, the install
-   * failed) is never retried this way, so this cannot loop.
+   * A fault that the agent read before the reserve of its file was set (or last topped
+   * up), on a page the reserve covers, of a kind the agent answers from it: a store (on
+   * a hole, or on a zero page: write-protect), or a read of a hole where the grant asked
+   * the agent to answer those (no fault-around). The policy need not take the reserve
+   * back for it, only wake the thread, whose retried access the agent then answers. (A
+   * thread that stores after a load reads the next page while the grant its store
+   * started is under way: taking that reserve back at once left each grant a few
+   * pages.) A fault read after that (the reserve ran out, was busy, the install failed,
+   * the page holds something else) is never retried this way, so this cannot loop.
    */
   retryable(m: Mapping, ev: FaultEvent): boolean {
     const r = this.byInode.get(m.inode.id);
-    if (!r || r.m !== m || (ev.flags & EV_WRITE) === 0 || (ev.flags & EV_WP) !== 0 || ev.timeNs >= r.since || r.given.size === 0) return false;
+    if (!r || r.m !== m || ((ev.flags & EV_WRITE) === 0 && m.faultAround) || ev.timeNs >= r.since || r.given.size === 0) return false;
     return inRanges(r.ranges, ev.offset) && !r.noted.has(ev.offset);
   }
 
@@ -198,6 +241,10 @@ export class Reserves {
         this.inconsistent(client, { region: ev.region, offset: ev.offset }, 'a reserve note for no live reserve: ignored');
         continue;
       }
+      if ((ev.flags & EV_RUN) !== 0) {
+        noted += this.takeRunNote(client, r, ev);
+        continue;
+      }
       if ((ev.flags & EV_WRITE) === 0) {
         // A zero note: the agent answered a read of a hole in the ranges with a
         // write-protected page of zeros (asked for by the grant). No block: the page
@@ -244,6 +291,51 @@ export class Reserves {
       // A few ms of notes per batch (one transaction each); a take-back adopts the rest.
       setTimeout(() => void this.batch(r), BATCH_MS).unref();
     }
+  }
+
+  /**
+   * A gap of an upgraded reserve window (EV_RUN): `count` pages from `offset`,
+   * installed over the window's run from the device offset the note carries. Checked
+   * like any note (a daxmapd client is not trusted): inside a window given, over the
+   * run given for it (the first gap of a window names its run), at the same place in
+   * both, every block given and not noted before. Its pages are then noted like the
+   * stores of single blocks: adopted as written (any of them may have been stored to,
+   * without a fault), the gap one window of the budget.
+   */
+  private takeRunNote(client: Client, r: Live, ev: FaultEvent): number {
+    const off = ev.offset;
+    const win = off - (off % HUGE);
+    const dev = noteDevOffset(ev);
+    const run = dev - (off - win);
+    const pages = ev.count;
+    const known = r.upgraded.get(win);
+    const ok = pages > 0 && off + pages * PAGE <= win + HUGE &&
+      (known === undefined ? r.windows.has(win) && r.runs.has(run) : known === run);
+    let all = ok;
+    for (let i = 0; all && i < pages; i++) all = r.given.has(dev + i * PAGE) && !r.noted.has(off + i * PAGE);
+    if (!all) {
+      this.inconsistent(client, { region: ev.region, offset: off, dev, pages }, 'a reserve window note that does not match what was given: ignored');
+      return 0;
+    }
+    if (known === undefined) {
+      r.windows.delete(win);
+      r.runs.delete(run);
+      r.upgraded.set(win, run);
+      this.ctx.bump(r.m, 'reserveUpgrades');
+      // A run was used: another for the windows still waiting, if any.
+      if (r.windows.size > r.runs.size && !r.addingRuns) {
+        r.addingRuns = true;
+        void this.addRuns(r);
+      }
+    }
+    const fb0 = (r.m.fileOffset + off) / PAGE;
+    for (let i = 0; i < pages; i++) {
+      r.given.delete(dev + i * PAGE);
+      r.notes.push({ fb: fb0 + i, dev: dev + i * PAGE });
+      r.noted.add(off + i * PAGE);
+    }
+    r.gaps.push([off, pages * PAGE]);
+    return pages;
   }
 
   /** Adopt the notes received so far (the reserve stays live). */
@@ -357,6 +449,8 @@ export class Reserves {
   private async adopt(r: Live): Promise<void> {
     if (r.notes.length === 0) return;
     const notes = r.notes.splice(0, r.notes.length);
+    const gaps = r.gaps;
+    r.gaps = [];
     // Each noted block leaves the reserve's hold on the budget: adopted, it becomes a
     // window below; refused, its page is taken back.
     r.client.budget.held -= notes.length;
@@ -371,6 +465,13 @@ export class Reserves {
     // taken back, and only then does it go back to be zeroed and handed out again, so
     // no store can reach it then.
     const { adopted, refused } = await this.pool.adoptReserved(ino, notes, { keepRefused: true });
+    // Windows' gaps: recorded written whatever was stored; trimmed of their zero pages
+    // once the mapping is gone (trim()).
+    if (gaps.length > 0) {
+      const mine = this.gapsOf.get(m) ?? [];
+      for (const g of gaps) mine.push(g);
+      this.gapsOf.set(m, mine);
+    }
     if (!m.dead && adopted.length > 0) {
       // The page states in runs of adjacent pages; a window per page (each native
       // install is one mapping of the process).
@@ -386,7 +487,18 @@ export class Reserves {
         m.states.set(pages[i]!, pages[j - 1]! + 1, PageState.Installed);
         i = j;
       }
-      m.client.budget.addPages(m.key, pages, PAGE);
+      // A window's gap is one mapping of the process: one window of the budget.
+      const inGap = new Set<number>();
+      for (const [off, len] of gaps) {
+        for (let o = off; o < off + len; o += PAGE) inGap.add(o / PAGE);
+        m.client.budget.add({ mapping: m.key, offset: off, length: len });
+      }
+      let single = pages;
+      if (inGap.size > 0) {
+        single = [];
+        for (const p of pages) if (!inGap.has(p)) single.push(p);
+      }
+      m.client.budget.addPages(m.key, single, PAGE);
     }
     if (refused.length > 0) {
       this.ctx.log.warn({ file: ino.name, pages: refused.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
@@ -430,6 +542,36 @@ export class Reserves {
   }
 
   /**
+   * A mapping is gone (unmapped, or its client went away) and its reserve taken back:
+   * the pages its windows' upgrades recorded as written that hold only zeros become
+   * holes again (docs/fault-policy.md, "Reserve windows"), so what stays allocated is
+   * what was stored. The file may be gone too: nothing to trim then.
+   */
+  async trim(m: Mapping): Promise<void> {
+    const gaps = this.gapsOf.get(m);
+    if (!gaps) return;
+    this.gapsOf.delete(m);
+    gaps.sort((a, b) => a[0] - b[0]);
+    const core = this.ctx.pool.core;
+    let freed = 0;
+    for (let i = 0; i < gaps.length;) {
+      // adjacent gaps in one call
+      const lo = gaps[i]![0];
+      let hi = lo + gaps[i]![1];
+      let j = i + 1;
+      while (j < gaps.length && gaps[j]![0] === hi) hi += gaps[j++]![1];
+      i = j;
+      try {
+        freed += await core.trimZeros(m.inode, m.fileOffset + lo, hi - lo);
+      } catch (err) {
+        if (isDaxError(err, 'ENOENT')) return; // unlinked meanwhile: its blocks are freed anyway
+        throw err;
+      }
+    }
+    if (freed > 0) this.ctx.log.debug({ file: m.inode.name, blocks: freed }, 'reserve windows trimmed of their zero pages');
+  }
+
+  /**
    * After a 4 KiB write fault on a hole of `m` (the adaptive rule's sparse case):
    * grant a reserve over the file's holes, if `m` may have one. Never with locks held.
    */
@@ -459,12 +601,17 @@ export class Reserves {
     const budget = m.client.budget;
     const n = Math.min(RESERVE_BLOCKS, budget.limit - budget.used);
     if (n < MIN_GRANT) return;
-    const ranges = this.holes(m);
+    const { ranges, windows } = this.holes(m);
     if (ranges.length === 0) return;
     const devs = await this.take(n);
     if (devs.length === 0) return;
+    // Runs for reserve windows, within the budget (each block of a run counts until
+    // it is adopted or given back).
+    const runs = this.windowThreshold > 0 && windows.length > 0
+      ? await this.takeRuns(Math.min(INITIAL_RUNS, windows.length, Math.floor((budget.limit - budget.used - devs.length) / RUN_BLOCKS)))
+      : [];
     if (!this.eligible(m)) {
-      this.pool.returnReserve(devs);
+      this.pool.returnReserve([...devs, ...runBlocks(runs)]);
       return;
     }
     // The agent wakes us when a store leaves `low` blocks: a top-up then comes before it runs dry.
@@ -481,12 +628,17 @@ export class Reserves {
     if (ranges.length > 1) {
       specs.push({ op: Op.AddReserveRanges, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveRangesPayload(ranges.slice(1)) });
     }
+    if (runs.length > 0) {
+      specs.push({ op: Op.ReserveWindows, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveWindowsPayload(this.windowThreshold, windows, runs) });
+    }
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
       m, client: m.client, key, given: new Set(), notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low,
-      since: monotonicNow(), ranges,
+      since: monotonicNow(), ranges, windows: new Set(runs.length > 0 ? windows.map((w) => w.offset) : []), upgraded: new Map(), runs: new Set(runs), gaps: [],
+      addingRuns: false,
     };
     this.give(r, devs);
+    this.give(r, runBlocks(runs));
     this.ctx.bump(m, 'reserveGrants');
     // Registered before the answers run: a note may come as soon as the first has.
     this.byInode.set(m.inode.id, r);
@@ -529,9 +681,11 @@ export class Reserves {
    * Never a page with a block that is not installed: a store there must reach its
    * block. Region ranges, sorted, merged.
    */
-  private holes(m: Mapping): [number, number][] {
+  private holes(m: Mapping): { ranges: [number, number][]; windows: ReserveWindow[] } {
     const ino = m.inode;
     const out = emptyListOf<[number, number]>([0, 0]);
+    // Region runs of pages with a block, for the reserve windows below.
+    const blocks: [number, number][] = [];
     // Region offsets; file blocks and pages are both 4 KiB and the mapping starts on a page.
     const base = m.fileOffset;
     const end = Math.min(base + m.length, Math.floor(ino.size / PAGE) * PAGE);
@@ -539,15 +693,78 @@ export class Reserves {
     // One pass over the file's extents in the mapping: the gaps are holes, and of the
     // blocks only the pages installed in the mapping are allowed.
     for (const [a, b] of this.pool.mappedRuns(ino, base, end)) {
-      if (out.length >= MAX_RANGES) return out;
+      if (out.length >= MAX_RANGES) return { ranges: out, windows: [] };
       if (a > cur) addRange(out, cur - base, a - base);
       for (const [p, q] of m.states.runs((a - base) / PAGE, (b - base) / PAGE, PageState.Installed)) addRange(out, p * PAGE, q * PAGE);
+      blocks.push([a - base, b - base]);
       cur = b;
     }
     if (cur < end && out.length < MAX_RANGES) addRange(out, cur - base, end - base);
-    return out;
+    return { ranges: out, windows: this.windowThreshold > 0 ? reserveWindows(blocks, end - base) : [] };
   }
 
+  /** Up to n runs from the pool (device offsets), fewer when it has no whole 2 MiB group free. */
+  private async takeRuns(n: number): Promise<number[]> {
+    if (n <= 0) return [];
+    try {
+      return await this.pool.takeReserveRuns(n);
+    } catch (err) {
+      if (['ENOSPC', 'EAGAIN', 'EOPNOTSUPP', 'EBADF'].some((code) => isDaxError(err, code))) return [];
+      throw err;
+    }
+  }
+
+  /**
+   * A window of the live reserve `r` was upgraded and others wait: add a run (as a
+   * top-up adds blocks, the range lock shared; refused with ENOENT when a take-back
+   * cleared the reserve first, and then given back).
+   */
+  private async addRuns(r: Live): Promise<void> {
+    const m = r.m;
+    const ino = m.inode;
+    await withOperation('reserve', async () => {
+      // In batches of RUNS_BATCH, each sent as soon as it is zeroed: a writer that
+      // upgrades one window is about to upgrade many, and fills single blocks meanwhile.
+      for (;;) {
+        const budget = r.client.budget;
+        const want = Math.min(RUNS_BATCH, RUNS_AHEAD - r.runs.size, r.windows.size - r.runs.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
+        if (want <= 0 || m.dead || this.byInode.get(ino.id) !== r) return;
+        const runs = await this.takeRuns(want);
+        if (runs.length === 0) return;
+        if (!(await this.sendRuns(r, runs))) return;
+      }
+    }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'adding runs to a reserve failed'))
+      .finally(() => { r.addingRuns = false; });
+  }
+
+  /** Adds runs to the live reserve `r` in its agent; false (and the runs given back) if it is gone. */
+  private async sendRuns(r: Live, runs: number[]): Promise<boolean> {
+    const m = r.m;
+    const ino = m.inode;
+    const range = await ino.rangeLock.acquireShared(0, RANGE_END);
+    try {
+      if (this.byInode.get(ino.id) !== r || m.dead) {
+        this.pool.returnReserve(runBlocks(runs));
+        return false;
+      }
+      const blocks = runBlocks(runs);
+      this.give(r, blocks);
+      for (const x of runs) r.runs.add(x);
+      const [res] = await this.ctx.answer(r.client, [{
+        op: Op.ReserveWindows, region: m.region, offset: 0, length: PAGE, device: r.client.deviceId, payload: reserveWindowsPayload(this.windowThreshold, [], runs),
+      }]);
+      if (res === 0) return true;
+      // Not added (the region is gone, or a take-back cleared the reserve first).
+      for (const x of runs) r.runs.delete(x);
+      const back = blocks.filter((d) => r.given.delete(d));
+      r.client.budget.held -= back.length;
+      if (back.length > 0) this.pool.returnReserve(back);
+      if (res !== ENXIO && res !== ENOENT) this.ctx.log.warn({ file: ino.name, result: res }, 'reserve runs refused by the agent');
+      return false;
+    } finally {
+      range.release();
+    }
+  }
 }
 
 /** Whether a region offset is in sorted, disjoint [start, end) ranges. */
@@ -561,4 +778,35 @@ function inRanges(ranges: [number, number][], off: number): boolean {
   }
   const hit = ranges[lo];
   return hit !== undefined && hit[0] <= off;
+}
+
+/** At most this many reserve windows per grant (72 bytes each in the answer). */
+const MAX_WINDOWS = 4096;
+
+/**
+ * The reserve windows of a region of `length` bytes whose runs of pages with a block
+ * are `blocks` (region offsets, sorted): each whole 2 MiB window with a hole, with the
+ * pages that are not holes (they count toward its threshold and are never installed over).
+ */
+function reserveWindows(blocks: readonly [number, number][], length: number): ReserveWindow[] {
+  const out: ReserveWindow[] = [];
+  let k = 0;
+  for (let w = 0; w + HUGE <= length && out.length < MAX_WINDOWS; w += HUGE) {
+    while (k < blocks.length && blocks[k]![1] <= w) k++;
+    const notHoles: number[] = [];
+    for (let j = k; j < blocks.length && blocks[j]![0] < w + HUGE; j++) {
+      const lo = Math.max(blocks[j]![0], w);
+      const hi = Math.min(blocks[j]![1], w + HUGE);
+      for (let o = lo; o < hi; o += PAGE) notHoles.push((o - w) / PAGE);
+    }
+    if (notHoles.length < RUN_BLOCKS) out.push(notHoles.length === 0 ? { offset: w } : { offset: w, notHoles });
+  }
+  return out;
+}
+
+/** Every block of the runs (device offsets of their first blocks): RUN_BLOCKS each. */
+function runBlocks(runs: readonly number[]): number[] {
+  const out: number[] = [];
+  for (const run of runs) for (let i = 0; i < RUN_BLOCKS; i++) out.push(run + i * PAGE);
+  return out;
 }

@@ -59,6 +59,10 @@ export interface AgentStats {
   reservedZero: number;
   /** of those, a store landed between the zero page and its protection: its page was copied into a block */
   reservedRaced: number;
+  /** reserve windows installed whole after their threshold (docs/native.md, "Reserve windows") */
+  upgrades: number;
+  /** pages those upgrades installed */
+  runPages: number;
   /** reserve notes that woke the handler: the reserve reached its low-water mark */
   lowWater: number;
   delivered: number;

@@ -21,6 +21,12 @@ export const EV_NOTE = 8;
  * may top the reserve up (Op.TopUpReserve).
  */
 export const EV_LOW = 16;
+/**
+ * On a note only: a reserve window's upgrade installed `count` pages from `offset`
+ * over a run's blocks from the device offset in `timeNs` (docs/native.md, "Reserve
+ * windows"); the policy records them as written.
+ */
+export const EV_RUN = 32;
 
 export const Op = {
   Install: 1,
@@ -54,6 +60,12 @@ export const Op = {
    * first go in one frame (reserveRangesPayload), however many there are.
    */
   AddReserveRanges: 13,
+  /**
+   * Add upgradable windows and runs to the live reserve (reserveWindowsPayload): after
+   * `threshold` native installs in such a window the agent installs the rest of it from
+   * a run and sends EV_RUN notes. ENOENT when none is set.
+   */
+  ReserveWindows: 14,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
@@ -120,6 +132,31 @@ export function reserveRangesPayload(ranges: readonly (readonly [number, number]
     writeU64(b, i * 16, ranges[i]![0]);
     writeU64(b, i * 16 + 8, ranges[i]![1]);
   }
+  return b;
+}
+
+/** A reserve window: its region offset and, if some of its pages are not holes, which (page indices 0..511). */
+export interface ReserveWindow {
+  offset: number;
+  notHoles?: readonly number[];
+}
+
+/**
+ * A ReserveWindows payload (u64s): the threshold, the number of windows, each window
+ * (its region offset, then a 512-bit bitmap of its pages that are holes), the runs'
+ * device offsets.
+ */
+export function reserveWindowsPayload(threshold: number, windows: readonly ReserveWindow[], runs: readonly number[]): Uint8Array {
+  const b = Buffer.alloc((2 + windows.length * 9 + runs.length) * 8);
+  writeU64(b, 0, threshold);
+  writeU64(b, 8, windows.length);
+  for (let i = 0; i < windows.length; i++) {
+    const at = 16 + i * 72;
+    writeU64(b, at, windows[i]!.offset);
+    b.fill(0xff, at + 8, at + 72);
+    for (const p of windows[i]!.notHoles ?? []) b[at + 8 + (p >> 3)] = b[at + 8 + (p >> 3)]! & ~(1 << (p & 7));
+  }
+  for (let i = 0; i < runs.length; i++) writeU64(b, 16 + windows.length * 72 + i * 8, runs[i]!);
   return b;
 }
 

@@ -133,6 +133,22 @@ export class BlockAllocator {
     return out;
   }
 
+  /**
+   * A whole free 2 MiB group, marked used: its first block, or null when no group is
+   * wholly free. The last one first (a reserve window's run: the front of the pool is
+   * left to files allocated in order).
+   */
+  takeWholeGroup(): number | null {
+    for (let g = this.nGroups - 1; g >= 0; g--) {
+      if (this.groupFree[g] === GROUP_BLOCKS) {
+        const start = this.dataStart + g * GROUP_BLOCKS;
+        this.markUsed(start, GROUP_BLOCKS);
+        return start;
+      }
+    }
+    return null;
+  }
+
   private groupSize(g: number): number {
     return Math.min(GROUP_BLOCKS, this.capacity - g * GROUP_BLOCKS);
   }

@@ -26,6 +26,7 @@ import { Reserve, type ReserveStats } from './reserve';
 import { Journal } from './txn';
 
 const B = BLOCK_SIZE;
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
 const log = logger('pool');
 
 export type { ExtentState, Inode, OpenInfo, ReserveStats };
@@ -501,6 +502,38 @@ export class PoolCore {
     });
   }
 
+  /**
+   * The blocks of [offset, offset+length) (whole blocks inside it) that hold nothing
+   * but zeros become holes; the rest stay. For the pages a reserve window's upgrade
+   * recorded as written without knowing which were stored to (docs/fault-policy.md,
+   * "Reserve windows"), once their mapping is gone. Like punchHole: the range lock
+   * exclusive and the invalidator first (no mapping has them installed, no store can
+   * land while they are read), then one transaction. Returns the blocks freed.
+   */
+  async trimZeros(f: Inode, offset: number, length: number): Promise<number> {
+    let freed = 0;
+    await this.destructive(f, offset, length, 'trimZeros', () => {
+      if (this.unit > 1) return; // whole units only there; never given windows
+      const recs: LogRecord[] = [];
+      for (const s of segments(f, Math.ceil(offset / B), Math.floor((offset + length) / B))) {
+        if (s.state === 'hole') continue;
+        let from = -1;
+        for (let i = 0; i <= s.len; i++) {
+          // the device's bytes, whatever the state: a deferred conversion's data is there
+          const zero = i < s.len && this.storage.view((s.dev + i) * B, B).equals(ZERO_BLOCK);
+          if (zero && from < 0) from = i;
+          if (!zero && from >= 0) {
+            recs.push({ t: RecType.Unmap, id: f.id, fb: s.fb + from, len: i - from });
+            freed += i - from;
+            from = -1;
+          }
+        }
+      }
+      if (recs.length > 0) this.txn.commit(recs);
+    });
+    return freed;
+  }
+
   zeroRange(f: Inode, offset: number, length: number, keepSize: boolean): Promise<void> {
     return this.destructive(f, offset, length, 'zeroRange', () => {
       const end = offset + length;
@@ -668,6 +701,17 @@ export class PoolCore {
    */
   async takeReserve(n: number): Promise<number[]> {
     return (await this.reserve.take(n)).map((d) => d * B);
+  }
+
+  /**
+   * Up to n runs of 2 MiB of pre-zeroed contiguous blocks for reserve windows,
+   * recorded reserved like takeReserve's: the device byte offsets of their first
+   * blocks; fewer (none) when fewer whole 2 MiB groups are free. Their blocks come
+   * back like takeReserve's, each through adoptReserved or returnReserve.
+   */
+  async takeReserveRuns(n: number): Promise<number[]> {
+    if (!Number.isSafeInteger(n) || n <= 0) throw daxError('EINVAL', `takeReserveRuns count must be a positive integer, got ${String(n)}`);
+    return (await this.reserve.takeRuns(n)).map((d) => d * B);
   }
 
   /**

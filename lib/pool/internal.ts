@@ -70,6 +70,12 @@ export interface PoolInternals {
    */
   takeReserve(n: number): Promise<number[]>;
   /**
+   * Up to n runs for reserve windows: 2 MiB of pre-zeroed contiguous blocks each,
+   * logged as reserved (the device byte offsets of their first blocks); fewer when
+   * fewer whole 2 MiB groups are free. Their blocks come back like takeReserve's.
+   */
+  takeReserveRuns(n: number): Promise<number[]>;
+  /**
    * In one log transaction, reserved blocks become file blocks: `fb` is a file block
    * number, `dev` a device byte offset from takeReserve. Written on tmpfs and devdax
    * pools; on a disk-file pool recorded unwritten and converted after the data is
@@ -105,6 +111,7 @@ export function poolInternals(pool: PoolFs): PoolInternals {
     setInvalidator: (fn) => { core.invalidator = fn ?? (async () => {}); },
     persistWritten: (file, offset, length) => core.persistWritten(file, offset, offset + length),
     takeReserve: (n) => core.takeReserve(n),
+    takeReserveRuns: (n) => core.takeReserveRuns(n),
     adoptReserved: (file, pairs, opts = {}) => core.adoptReserved(file, pairs, opts),
     returnReserve: (devs) => core.returnReserve(devs),
     reserveStats: () => core.reserve.stats(),

@@ -21,7 +21,7 @@ import type { Storage } from '../device/storage';
 import { withOperation } from '../lock/index';
 import { logger } from '../log';
 import { zeroResidentRuns } from './blocks';
-import { BLOCK_SIZE } from './format';
+import { BLOCK_SIZE, GROUP_BLOCKS } from './format';
 import { RecType, type LogRecord } from './log';
 import { toRuns, type FsState } from './state';
 import type { Journal } from './txn';
@@ -119,6 +119,49 @@ export class Reserve {
     this.counts.taken += k;
     this.kick();
     return got;
+  }
+
+  /**
+   * Runs for reserve windows (docs/pool.md, "Reserve"): up to n whole free 2 MiB groups
+   * (GROUP_BLOCKS contiguous blocks each), recorded reserved in one transaction, zeroed
+   * and their zeros persisted (one job, off the thread where the device can), then
+   * handed out like blocks from take(): their first blocks. Fewer (none) when fewer
+   * groups are wholly free or the reserve would pass its limit.
+   */
+  async takeRuns(n: number): Promise<number[]> {
+    this.check();
+    const starts = await this.txn.locked(() => {
+      const got: number[] = [];
+      while (!this.stopped && got.length < n && this.state.reserved.size + GROUP_BLOCKS <= this.limit) {
+        const g = this.state.alloc.takeWholeGroup();
+        if (g === null) break;
+        this.txn.commit([{ t: RecType.Reserve, dev: g, len: GROUP_BLOCKS }]);
+        got.push(g);
+      }
+      this.zeroing += got.length * GROUP_BLOCKS;
+      return got;
+    });
+    if (starts.length === 0) return starts;
+    const blocks = starts.length * GROUP_BLOCKS;
+    if (this.stopped) {
+      this.zeroing -= blocks; // closing: close() frees them with the rest of the reserve
+      return [];
+    }
+    const job = zeroResidentRuns(this.storage, starts.map((start) => ({ start, len: GROUP_BLOCKS })));
+    this.zeroJobs.add(job);
+    try {
+      await job;
+    } catch (e) {
+      for (const start of starts) for (let d = start; d < start + GROUP_BLOCKS; d++) this.dirty.push(d);
+      throw e;
+    } finally {
+      this.zeroJobs.delete(job);
+      this.zeroing -= blocks;
+    }
+    for (const start of starts) for (let d = start; d < start + GROUP_BLOCKS; d++) this.out.add(d);
+    this.counts.taken += blocks;
+    this.counts.zeroedForeground += blocks;
+    return starts;
   }
 
   /** Blocks handed out and not used come back; they are zeroed again before the next hand-out. */

@@ -120,11 +120,13 @@ export const OPS = {
   /**
    * windowBudget: this client's window budget; decided: how the pool decides written extents at map();
    * reserve: whether sparse hole writes are answered natively from reserves; ahead: the 2 MiB
-   * windows installed ahead of a sequential writer, 0 to 16 (docs/fault-policy.md).
+   * windows installed ahead of a sequential writer, 0 to 16; reserveWindow: the pages of a reserve
+   * window filled before the rest of it is installed, 0 (off) to 512 (docs/fault-policy.md).
    */
   configure: spec({
     access: 'root',
-    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode; ahead?: number }] => {
+    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode; ahead?: number; reserveWindow?: number }] => {
+      const rw = field(a[0], 'reserveWindow');
       const w = field(a[0], 'windowBudget');
       const ah = field(a[0], 'ahead');
       const d = field(a[0], 'decided');
@@ -140,6 +142,7 @@ export const OPS = {
         ...(d === undefined ? {} : { decided: d as DecideMode }),
         ...(r === undefined ? {} : { reserve: r as ReserveMode }),
         ...(ah === undefined ? {} : { ahead: int('ahead', ah, 0, MAX_AHEAD) }),
+        ...(rw === undefined ? {} : { reserveWindow: int('reserveWindow', rw, 0, 512) }),
       }];
     },
   }),

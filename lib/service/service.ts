@@ -344,6 +344,7 @@ export class Service {
       if (o.decided !== undefined) this.policy.decideMode = o.decided;
       if (o.reserve !== undefined) this.policy.reserveMode = o.reserve;
       if (o.ahead !== undefined) this.policy.aheadWindows = o.ahead;
+      if (o.reserveWindow !== undefined) this.policy.reserveWindow = o.reserveWindow;
       return done();
     },
     stat: async (conn, h) => done(await this.file(conn, h, R_OK, 'stat').stat()),

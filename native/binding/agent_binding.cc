@@ -194,6 +194,8 @@ Napi::Value AgentStatsJs(const Napi::CallbackInfo& info) {
   set("reservedWp", s.reserved_wp);
   set("reservedZero", s.reserved_zero);
   set("reservedRaced", s.reserved_raced);
+  set("upgrades", s.upgrades);
+  set("runPages", s.run_pages);
   set("lowWater", s.low_water);
   set("delivered", s.delivered);
   set("poisoned", s.poisoned);

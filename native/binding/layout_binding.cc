@@ -88,6 +88,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kEvKernel", kEvKernel);
   set("kEvNote", kEvNote);
   set("kEvLow", kEvLow);
+  set("kEvRun", kEvRun);
   set("kOpInstall", kOpInstall);
   set("kOpZero", kOpZero);
   set("kOpCopy", kOpCopy);
@@ -101,6 +102,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kOpClearReserve", kOpClearReserve);
   set("kOpTopUpReserve", kOpTopUpReserve);
   set("kOpAddReserveRanges", kOpAddReserveRanges);
+  set("kOpReserveWindows", kOpReserveWindows);
   set("kAnsWritable", kAnsWritable);
   set("kAnsPrivate", kAnsPrivate);
   set("kAnsPopulate", kAnsPopulate);

@@ -14,7 +14,7 @@ const MiB = 1 << 20;
 const scattered = (n: number, count: number): number[] => Array.from({ length: count }, (_, i) => (i * 7919 + 13) % n);
 
 t.test('a client\'s native allocations reach the daemon\'s pool; a client killed with a live reserve', async (t) => {
-  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on' } });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off' } });
   if (!a || !b) throw new Error('two clients');
   const pages = 8 * MiB / PAGE;
   await a.call('open', { name: 'f', create: true });
@@ -49,7 +49,7 @@ t.test('a client\'s native allocations reach the daemon\'s pool; a client killed
 });
 
 t.test('top-ups over the fault connection: the low-water note wakes the daemon, which adds blocks without a take-back', async (t) => {
-  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on' } });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off' } });
   if (!a || !b) throw new Error('two clients');
   const pages = 16 * MiB / PAGE;
   await a.call('open', { name: 'g', create: true });
@@ -89,7 +89,7 @@ t.test('top-ups over the fault connection: the low-water note wakes the daemon, 
 });
 
 t.test('a load then a store on a hole through daxmapd: the client\'s agent answers both, the daemon records the store', async (t) => {
-  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on' } });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off' } });
   if (!a || !b) throw new Error('two clients');
   const pages = 8 * MiB / PAGE;
   await a.call('open', { name: 'h', create: true });
@@ -119,6 +119,42 @@ t.test('a load then a store on a hole through daxmapd: the client\'s agent answe
   let bad = 0;
   for (let p = 0; p < pages; p++) if (back.readUInt32LE(p * PAGE + 8) !== (want.has(p) ? p + 1 : 0)) bad++;
   t.equal(bad, 0, 'B reads every store of A');
+  await a.call('close');
+  await b.call('close');
+  t.same(await d.stop(), { code: 0, signal: null });
+});
+
+t.test('reserve windows through daxmapd: most of a client\'s stores take no trap, the daemon records them all, the unmap trims', async (t) => {
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: '16' } });
+  if (!a || !b) throw new Error('two clients');
+  // Two windows: the grant's own two runs upgrade both, however late more would come.
+  const size = 4 * MiB;
+  const pages = size / PAGE;
+  await a.call('open', { name: 'w', create: true });
+  await a.call('truncate', { name: 'w', size });
+  await a.call('map', { name: 'w', id: 1, opts: { faultAround: false } });
+  const order = scattered(pages, pages);
+  const a0 = await a.call<any>('agentStats');
+  const s0 = await a.call<any>('stats');
+  await a.call('tags', { id: 1, pages: order });
+  // The upgrade runs on the agent's thread after the store that filled the threshold is woken.
+  let a1 = a0;
+  await until(async () => (a1 = await a.call<any>('agentStats')).upgrades - a0.upgrades === 2, 'A\'s agent upgraded both windows', { detail: () => a1 });
+  t.ok(a1.events - a0.events < pages / 8, `fewer traps than an eighth of the pages (${a1.events - a0.events} for ${pages})`);
+  // B reads the file through the daemon: the reserve is taken back, the gaps adopted.
+  await b.call('open', { name: 'w' });
+  const back = Buffer.from(await b.call<string>('read', { name: 'w', offset: 0, length: size }), 'latin1');
+  let bad = 0;
+  for (let p = 0; p < pages; p++) if (back.readUInt32LE(p * PAGE + 8) !== p + 1) bad++;
+  t.equal(bad, 0, 'B reads every store of A');
+  const s1 = await a.call<any>('stats');
+  t.equal(s1.reserveUpgrades - s0.reserveUpgrades, a1.upgrades - a0.upgrades, 'the daemon recorded every upgrade');
+  await a.call('unmap', { id: 1 });
+  await a.call('map', { name: 'w', id: 2, opts: { faultAround: false } });
+  const back2 = Buffer.from(await a.call<string>('load', { id: 2, offset: 0, length: size }), 'latin1');
+  let bad2 = 0;
+  for (let p = 0; p < pages; p++) if (back2.readUInt32LE(p * PAGE + 8) !== p + 1) bad2++;
+  t.equal(bad2, 0, 'after the unmap and its trim, a new mapping reads every store');
   await a.call('close');
   await b.call('close');
   t.same(await d.stop(), { code: 0, signal: null });

@@ -25,9 +25,13 @@ function scattered(n: number, count: number): number[] {
   return out;
 }
 
-/** A sparse file of `size` bytes mapped shared, fault-around off (every write fault is 4 KiB). */
-async function sparse(pool: PoolT, name: string, size: number) {
-  await pool.request('configure', [{ reserve: 'on' }]);
+/**
+ * A sparse file of `size` bytes mapped shared, fault-around off (every write fault is
+ * 4 KiB). Without reserve windows (`reserveWindow: 0`: every store is one block from
+ * the reserve) unless `window` says how many pages of a window fill it.
+ */
+async function sparse(pool: PoolT, name: string, size: number, window = 0) {
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: window }]);
   const f = await pool.openFile(name, { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -256,7 +260,7 @@ forBackings(t, 'a load then a store on a hole, without fault-around: both answer
 
 forBackings(t, 'with fault-around: a store on a zero window the policy answered is taken from a live reserve', async (t, { pool }) => {
   const size = 16 * MiB;
-  await pool.request('configure', [{ reserve: 'on' }]);
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 0 }]);
   const f = await pool.openFile('zw', { create: true });
   await f.truncate(size);
   const m = await f.map();

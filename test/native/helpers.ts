@@ -29,7 +29,7 @@ export interface Report {
   log: [number, number, number, number, number, number][];
   answersPerPage: [string, number][];
   /** [region, offset, devOffset] of each reserve note, in order */
-  notes: [number, number, number][];
+  notes: ([number, number, number] | [number, number, number, number])[];
   /** [region, offset] of each note that carried EV_LOW (the reserve reached its low-water mark) */
   lowNotes: [number, number][];
 }

@@ -53,6 +53,7 @@ const MIRROR: Record<string, string | null> = {
   kEvWp: 'frames.EV_WP',
   kEvNote: 'frames.EV_NOTE',
   kEvLow: 'frames.EV_LOW',
+  kEvRun: 'frames.EV_RUN',
   kEvKernel: null, // reserved in C++ ("the kernel does not say"); never set, never read
   kOpInstall: 'frames.Op.Install',
   kOpZero: 'frames.Op.Zero',
@@ -67,6 +68,7 @@ const MIRROR: Record<string, string | null> = {
   kOpClearReserve: 'frames.Op.ClearReserve',
   kOpTopUpReserve: 'frames.Op.TopUpReserve',
   kOpAddReserveRanges: 'frames.Op.AddReserveRanges',
+  kOpReserveWindows: 'frames.Op.ReserveWindows',
   kAnsWritable: 'frames.A_WRITABLE',
   kAnsPrivate: 'frames.A_PRIVATE',
   kAnsPopulate: 'frames.A_POPULATE',

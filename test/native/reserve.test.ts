@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
 import { agentStats } from '../../dist/native/engine';
-import { A_WP, Op, reservePayload, reserveRangesPayload } from '../../dist/native/frames';
+import { A_WP, Op, reservePayload, reserveRangesPayload, reserveWindowsPayload } from '../../dist/native/frames';
 import { Handler, boundRegion, kernelTouch, runAnswers, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
@@ -17,7 +17,7 @@ function setup(t: Test, size: number, name: string, rule: Rule) {
 }
 
 /** Waits until the handler has seen `n` notes (they are delivered asynchronously). */
-async function notes(h: Handler, n: number): Promise<[number, number, number][]> {
+async function notes(h: Handler, n: number): Promise<Awaited<ReturnType<Handler['report']>>['notes']> {
   for (;;) {
     const rep = await h.report();
     if (rep.notes.length >= n) return rep.notes;
@@ -95,6 +95,102 @@ t.test('a reserve set with A_WP also answers hole reads (write-protected zeros, 
   ]), [1, 0], 'cleared (one block unused), set again without A_WP');
   t.equal(kernelTouch(b, 2 * MiB + PAGE, false, scratch), 'EFAULT', 'a reserve set without A_WP leaves reads to the handler');
   t.equal(agentStats().reservedZero - s0.reservedZero, 1);
+});
+
+t.test('reserve windows: after the threshold the rest of a window is installed from a run, no trap for its pages', async (t) => {
+  const { dev, scratch, h, r } = await setup(t, 8 * MiB, 'windows', { mode: 'poison' });
+  const singles = Array.from({ length: 8 }, (_, i) => (10 + i) * PAGE);
+  const RUN = 2 * MiB; // device offset of the run: 2 MiB of zeroed blocks
+  for (const q of singles) dev.view(q, PAGE).fill(0);
+  dev.view(RUN, 2 * MiB).fill(0);
+  dev.view(4 * MiB, PAGE).fill(0xee); // never given: must not show up
+  const W = 2 * MiB; // the window: region [2 MiB, 4 MiB)
+  t.same(runAnswers([
+    { op: Op.SetReserve, region: r.id, offset: 0, length: 4 * MiB, device: dev.deviceId, payload: reservePayload(singles) },
+    { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reserveWindowsPayload(3, [{ offset: W }], [RUN]) },
+  ]), [0, 0], 'a reserve, then a window with a threshold of 3 and one run');
+  const s0 = agentStats();
+  const b = r.buffer;
+  const filled = [5, 6, 300];
+  t.equal(kernelTouch(b, W + 5 * PAGE, true, scratch), 'ok', 'a store in the window: a single block');
+  t.equal(kernelTouch(b, W + 6 * PAGE, true, scratch), 'ok');
+  t.equal(agentStats().upgrades - s0.upgrades, 0, 'below the threshold: no upgrade');
+  t.equal(kernelTouch(b, W + 300 * PAGE, true, scratch), 'ok', 'the third');
+  const s1 = agentStats();
+  t.equal(s1.upgrades - s0.upgrades, 1, 'the window was upgraded');
+  t.equal(s1.runPages - s0.runPages, 512 - filled.length, 'the rest of its pages installed');
+  t.equal(dev.view(singles[0]!, 1)[0], 0x3c, 'the stores before went to single blocks');
+  // Stores to the rest of the window: no trap (poison mode: a trap would be EFAULT).
+  for (const i of [0, 7, 299, 301, 511]) t.equal(kernelTouch(b, W + i * PAGE, true, scratch), 'ok', `page ${i}: no trap`);
+  t.equal(agentStats().events - s1.events, 0, 'not one fault');
+  t.equal(dev.view(RUN + 7 * PAGE, 1)[0], 0x3c, 'a store lands in the run, at its place in the window');
+  t.equal(dev.view(RUN + 511 * PAGE, 1)[0], 0x3c);
+  t.equal(dev.view(RUN + 5 * PAGE, 1)[0], 0, 'the run\'s blocks where single blocks went are not used');
+  t.equal(b[W + 100 * PAGE + 9], 0, 'an untouched page of the window reads zeros');
+  t.equal(dev.view(4 * MiB, 1)[0], 0xee, 'no other block was touched');
+  // The notes: three single blocks, then the gaps, each with its pages and run offset.
+  t.equal(kernelTouch(b, 6 * MiB, true, scratch), 'EFAULT', 'a store outside the ranges goes to the handler (and brings the notes)');
+  const seen = await notes(h, 3 + 3);
+  const runNotes = seen.filter((n) => n.length === 4) as [number, number, number, number][];
+  t.same(seen.filter((n) => n.length === 3).map((n) => n[1]), filled.map((i) => W + i * PAGE), 'a note per single block');
+  t.same(runNotes.map((n) => [n[1] - W, n[3]]), [[0, 5], [7 * PAGE, 293], [301 * PAGE, 211]], 'a note per gap: offset, pages');
+  t.ok(runNotes.every((n) => n[2] - RUN === n[1] - W), 'each at its place in the run');
+  // A write fault in the window now: the pages are installed (no fault); a store in
+  // [0, 2 MiB) still takes a single block (the ranges there are untouched).
+  t.equal(kernelTouch(b, 3 * PAGE, true, scratch), 'ok', 'outside the window: a single block');
+  t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [(8 - 4) + 3],
+    'ClearReserve: the single blocks left plus the run\'s blocks not installed');
+
+  // A window whose first 10 pages are not holes: they count toward the threshold and are
+  // never installed over; the upgrade comes after 2 more.
+  const RUN2 = 6 * MiB;
+  dev.view(RUN2, 2 * MiB).fill(0);
+  const W2 = 4 * MiB;
+  const taken = Array.from({ length: 10 }, (_, i) => i);
+  t.same(runAnswers([
+    { op: Op.SetReserve, region: r.id, offset: W2 + 10 * PAGE, length: 2 * MiB - 10 * PAGE, device: dev.deviceId, payload: reservePayload([20 * PAGE, 21 * PAGE]) },
+    { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId, payload: reserveWindowsPayload(12, [{ offset: W2, notHoles: taken }], [RUN2]) },
+  ]), [0, 0]);
+  for (const q of [20 * PAGE, 21 * PAGE]) dev.view(q, PAGE).fill(0);
+  const s2 = agentStats();
+  t.equal(kernelTouch(b, W2 + 50 * PAGE, true, scratch), 'ok');
+  t.equal(agentStats().upgrades - s2.upgrades, 0, '11 of 12');
+  t.equal(kernelTouch(b, W2 + 60 * PAGE, true, scratch), 'ok');
+  t.equal(agentStats().upgrades - s2.upgrades, 1, '12: upgraded');
+  t.equal(agentStats().runPages - s2.runPages, 512 - 12, 'every page but the 12');
+  t.equal(kernelTouch(b, W2 + 3 * PAGE, true, scratch), 'EFAULT', 'a page that was not a hole is not installed over: its fault is the handler\'s');
+  t.equal(dev.view(RUN2 + 3 * PAGE, 1)[0], 0, 'and its run block is untouched');
+  t.equal(kernelTouch(b, W2 + 11 * PAGE, true, scratch), 'ok', 'a hole page of the window: installed');
+  t.equal(dev.view(RUN2 + 11 * PAGE, 1)[0], 0x3c);
+  t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [12], 'the 12 run blocks not installed');
+});
+
+t.test('ReserveWindows answers: argument checks', async (t) => {
+  const { dev, cleanup } = tempDevice('tmpfs', 4 * MiB);
+  t.teardown(cleanup);
+  const { dev: other, cleanup: c2 } = tempDevice('tmpfs', 4 * MiB);
+  t.teardown(c2);
+  const r = new TrappedRegion(4 * MiB);
+  t.teardown(() => r.close());
+  const base = { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId } as const;
+  t.same(runAnswers([{ ...base, payload: reserveWindowsPayload(4, [{ offset: 0 }], [0]) }]), [-2], 'no reserve set: ENOENT');
+  t.same(runAnswers([{ op: Op.SetReserve, region: r.id, offset: 0, length: 4 * MiB, device: dev.deviceId, payload: reservePayload([0]) }]), [0]);
+  const res = runAnswers([
+    { ...base, payload: reserveWindowsPayload(4, [{ offset: 2 * MiB }], [2 * MiB]) },
+    { ...base, payload: reserveWindowsPayload(0, [{ offset: 0 }], []) },
+    { ...base, payload: reserveWindowsPayload(513, [{ offset: 0 }], []) },
+    { ...base, payload: reserveWindowsPayload(4, [{ offset: PAGE }], []) },
+    { ...base, payload: reserveWindowsPayload(4, [{ offset: 4 * MiB }], []) },
+    { ...base, payload: reserveWindowsPayload(4, [], [PAGE + 1]) },
+    { ...base, payload: reserveWindowsPayload(4, [], [3 * MiB]) },
+    { ...base, payload: new Uint8Array(8) },
+    { ...base, payload: Buffer.from(reserveWindowsPayload(4, [{ offset: 0 }], []).subarray(0, 72)) },
+    { ...base, flags: 1, payload: reserveWindowsPayload(4, [{ offset: 0 }], []) },
+    { ...base, device: other.deviceId, payload: reserveWindowsPayload(4, [{ offset: 0 }], []) },
+    { ...base, device: 999999, payload: reserveWindowsPayload(4, [{ offset: 0 }], []) },
+  ]);
+  t.same(res, [0, -22, -22, -22, -22, -22, -22, -22, -22, -22, -22, -19],
+    'good; threshold 0; threshold over 512; a window not 2 MiB aligned; past the region; a run not page-aligned; past the device; a payload without its counts; more windows than the payload holds; flags; another device than the reserve\'s; ENODEV');
 });
 
 t.test('SetReserve and ClearReserve answers: argument checks', async (t) => {

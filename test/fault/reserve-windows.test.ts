@@ -1,0 +1,174 @@
+// Reserve windows (docs/fault-policy.md, "Reserve windows"): once a window that was a
+// hole has had enough of its pages filled from the reserve, the agent installs the rest
+// of it from a run of zeroed blocks, and its first touches take the kernel's own
+// faults, no trap. The stores all reach the file; the pages recorded written that
+// nobody stored to are trimmed back to holes when the mapping goes; punch, truncate
+// and a second mapping take the reserve back first as ever; a process killed before
+// the gaps were adopted leaves a pool fsck passes and never another file's bytes.
+import t from 'tap';
+import fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { agentStats } from '../../dist/native/engine';
+import { checkLockdep, forBackings, poolPath, FIXTURES, PAGE, Pool, type Ctx } from './helpers';
+import { useLockdep } from '../lock/guard';
+import { fsckErrors } from '../fsck';
+import { until } from '../wait';
+
+useLockdep(t);
+
+type PoolT = Ctx['pool'];
+const MiB = 1 << 20;
+const WINDOW = 2 * MiB / PAGE;
+
+/** Pages in a scattered order (a stride coprime to n). */
+function scattered(n: number, count: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) out.push((i * 7919 + 13) % n);
+  return out;
+}
+
+/** Store page p's tag (p + 1, u32 LE at byte 8) byte by byte: the first touch is a store. */
+function tag(b: Buffer, p: number): void {
+  const v = p + 1;
+  for (let i = 0; i < 4; i++) b[p * PAGE + 8 + i] = (v >>> (8 * i)) & 255;
+}
+
+async function readAll(f: Awaited<ReturnType<PoolT['openFile']>>, size: number): Promise<Buffer> {
+  const back = Buffer.alloc(size);
+  await f.read(back, 0);
+  return back;
+}
+
+/** Pages whose tag is not what `want` says (p + 1 for stored pages, 0 elsewhere). */
+function wrong(back: Buffer, pages: number, want: Set<number>): number {
+  let bad = 0;
+  for (let p = 0; p < pages; p++) if (back.readUInt32LE(p * PAGE + 8) !== (want.has(p) ? p + 1 : 0)) bad++;
+  return bad;
+}
+
+forBackings(t, 'every page of a file written in a random order: most stores take no trap, all read back, nothing more is allocated', async (t, { pool, path: p }) => {
+  // Two windows: the grant's own two runs upgrade both, however late more would come
+  // on a busy machine (so the count of traps below does not depend on the timing).
+  const size = 4 * MiB;
+  const pages = size / PAGE;
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16 }]);
+  const f = await pool.openFile('all', { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  const order = scattered(pages, pages);
+  const a0 = agentStats();
+  const s0 = await pool.stats();
+  for (const q of order) tag(m.buffer, q);
+  // The store that fills a window's threshold is woken before its window's upgrade is
+  // done (the upgrade runs on the agent's thread after it): wait for the count.
+  await until(() => agentStats().upgrades - a0.upgrades === pages / WINDOW, 'both windows upgraded', { detail: () => agentStats() });
+  const a1 = agentStats();
+  const traps = a1.events - a0.events;
+  // 16 stores per window before its upgrade, a few more around the grant.
+  t.ok(traps < pages / 8, `fewer traps than an eighth of the pages (${traps} for ${pages})`);
+  t.equal(wrong(await readAll(f, size), pages, new Set(order)), 0, 'file.read sees every store');
+  const s1 = await pool.stats(); // file.read took the reserve back: every note is in
+  t.equal(s1.reserveUpgrades - s0.reserveUpgrades, a1.upgrades - a0.upgrades, 'the policy got every upgrade');
+  await m.unmap();
+  t.equal((await f.stat()).allocated, size, 'every page allocated, once');
+  // Mapped again: every store is there, nothing faults into a stale block.
+  const m2 = await f.map({ faultAround: false });
+  let bad = 0;
+  for (let q = 0; q < pages; q++) if (m2.buffer.readUInt32LE(q * PAGE + 8) !== q + 1) bad++;
+  t.equal(bad, 0, 'a new mapping reads every store');
+  await m2.unmap();
+  await f.close();
+  await checkLockdep(t, pool);
+  await pool.close();
+  t.same(fsckErrors(p), [], 'fsck clean');
+});
+
+forBackings(t, 'a window upgraded after a few stores: its other pages count as written while mapped, and are trimmed when it goes', async (t, { pool }) => {
+  // Two windows: the grant's own two runs upgrade both, however late more would come.
+  const size = 4 * MiB;
+  const pages = size / PAGE;
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 8 }]);
+  const f = await pool.openFile('few', { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  // 20 stores in each window: each reaches the threshold of 8.
+  const stored: number[] = [];
+  for (let w = 0; w < pages / WINDOW; w++) for (let i = 0; i < 20; i++) stored.push(w * WINDOW + ((i * 37 + 5) % WINDOW));
+  const a0 = agentStats();
+  for (const q of stored) tag(m.buffer, q);
+  await until(() => agentStats().upgrades - a0.upgrades === pages / WINDOW, 'every window upgraded', { detail: () => agentStats() });
+  const want = new Set(stored);
+  t.equal(wrong(await readAll(f, size), pages, want), 0, 'file.read (which takes the reserve back) sees every store, zeros elsewhere');
+  t.equal((await f.stat()).allocated, size, 'while mapped, the upgraded windows count as written');
+  await m.unmap();
+  t.equal((await f.stat()).allocated, want.size * PAGE, 'unmapped: only the pages stored to stay allocated');
+  t.equal(wrong(await readAll(f, size), pages, want), 0, 'and every store is still there');
+  await f.close();
+});
+
+forBackings(t, 'punch, truncate and a second mapping over upgraded windows: the reserve is taken back first, nothing stale shows', async (t, { pool }) => {
+  const size = 8 * MiB;
+  const pages = size / PAGE;
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 8 }]);
+  const f = await pool.openFile('pt', { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  const first = scattered(pages, 400);
+  for (const q of first) tag(m.buffer, q);
+  t.ok(agentStats().upgrades > 0, 'windows upgraded');
+  // Stores into the upgraded windows (no trap), then a punch over part of them.
+  const more = scattered(pages, 1200).slice(400);
+  for (const q of more) tag(m.buffer, q);
+  await f.punchHole(MiB, 3 * MiB);
+  const punched = (q: number): boolean => q >= MiB / PAGE && q < 4 * MiB / PAGE;
+  // The freed blocks go to another file with other bytes: a stale page would show them.
+  const other = await pool.openFile('other', { create: true });
+  await other.write(Buffer.alloc(3 * MiB, 0xe5), 0);
+  const want = new Set([...first, ...more].filter((q) => !punched(q)));
+  let bad = 0;
+  for (let q = 0; q < pages; q++) if (m.buffer.readUInt32LE(q * PAGE + 8) !== (want.has(q) ? q + 1 : 0)) bad++;
+  t.equal(bad, 0, 'the mapping: punched pages read zeros, the rest their stores');
+  let stale = 0;
+  for (let q = MiB / PAGE; q < 4 * MiB / PAGE; q++) if (m.buffer[q * PAGE + 100] !== 0) stale++;
+  t.equal(stale, 0, 'never the other file\'s bytes');
+  // A second mapping sees the same; then truncate below the windows.
+  const m2 = await f.map({ faultAround: false });
+  let bad2 = 0;
+  for (let q = 0; q < pages; q++) if (m2.buffer.readUInt32LE(q * PAGE + 8) !== (want.has(q) ? q + 1 : 0)) bad2++;
+  t.equal(bad2, 0, 'a second mapping sees every store of the first');
+  await f.truncate(2 * MiB);
+  const back = await readAll(f, 2 * MiB);
+  t.equal(wrong(back, 2 * MiB / PAGE, new Set([...want].filter((q) => q < 2 * MiB / PAGE))), 0, 'file.read after truncate');
+  await m2.unmap();
+  await m.unmap();
+  await other.close();
+  await f.close();
+});
+
+t.test('a child killed after windows were upgraded, before their gaps were adopted: fsck clean, never another file\'s bytes', async (t) => {
+  const p = poolPath('tmpfs');
+  t.teardown(() => fs.rmSync(p, { force: true }));
+  const pool0 = await Pool.create(p, { size: 64 << 20 });
+  const g = await pool0.openFile('g', { create: true });
+  await g.write(Buffer.alloc(16 * MiB, 0xd7), 0); // another file's bytes, then freed
+  await pool0.unlink('g');
+  await pool0.close();
+  const child = spawn(process.execPath, [`${FIXTURES}/reserve-kill-child.js`, p, 'windows'], {
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, DAXMAP_TEST_RESERVE_HOLD: '1' },
+  });
+  const exited = new Promise<NodeJS.Signals | null>((res) => child.on('exit', (_c, s) => res(s)));
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  t.equal(await exited, 'SIGKILL', 'killed itself after its stores');
+  const res = JSON.parse(out.trim().split('\n').pop() ?? '{}');
+  t.ok(res.upgrades > 0, `windows were upgraded (${res.upgrades}, ${res.runPages} pages)`);
+  t.same(fsckErrors(p), [], 'fsck clean after the kill');
+  const pool = await Pool.open(p);
+  t.teardown(() => pool.close());
+  const f = await pool.openFile('k');
+  const back = await readAll(f, 8 * MiB);
+  let foreign = 0;
+  for (let i = 0; i < back.length; i++) if (back[i] === 0xd7) foreign++;
+  t.equal(foreign, 0, 'never another file\'s bytes');
+  t.ok((await f.stat()).allocated <= (res.stores - res.native) * PAGE, 'nothing the agent answered was adopted');
+});
