@@ -650,6 +650,12 @@ export class Reserves {
       await this.takeBack(r);
       return;
     }
+    // Faults read before now met no reserve, or one not set yet (retryable()): taken
+    // after the answers ran, not before they were sent. A daxmapd client runs them
+    // after a trip over its socket, and a store its agent read in between (before
+    // the reserve was set there, after this time had been taken) came here and took
+    // the new reserve back (seen under load in test/daemon/reserve.test.ts).
+    r.since = monotonicNow();
   }
 
   /**
