@@ -297,7 +297,8 @@ export class PoolFs {
     await withOperation('pool.close', async () => {
       while (this.inflight.size) await Promise.allSettled([...this.inflight]);
       try {
-        await core.zeroer.close();
+        const zeroing = core.zeroer.stop();
+        if (zeroing) await zeroing;
         await core.reserve.close();
         await core.sync(true);
       } finally {

@@ -122,10 +122,13 @@ export class Zeroer {
     while (this.running) await this.running;
   }
 
-  /** Closing: no new job; waits for the one in flight, so the device is never closed under it. */
-  async close(): Promise<void> {
+  /**
+   * Closing: no new job. Returns the run in flight to wait for (so the device is never
+   * closed under a zeroing), or null when idle: then closing costs no turn here.
+   */
+  stop(): Promise<void> | null {
     this.stopped = true;
-    await this.settled();
+    return this.running;
   }
 
   /**
