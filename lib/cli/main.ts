@@ -326,7 +326,7 @@ async function statDaemon(socket: string, file: string | undefined, json: boolea
     if (json) {
       io.stdout.write(`${JSON.stringify({
         socket, device: pool.path, dataBytes: fs.size, freeBytes: fs.free, usedBytes: fs.size - fs.free, blockSize: fs.blockSize,
-        reservedBytes: reservedOf(fs), files: names.length, faults, byFile,
+        reservedBytes: reservedOf(fs), ...(fs.clean ? { clean: fs.clean } : {}), files: names.length, faults, byFile,
       }, null, 2)}\n`);
       return 0;
     }
@@ -335,6 +335,12 @@ async function statDaemon(socket: string, file: string | undefined, json: boolea
     io.stdout.write(`dataBytes: ${bytes(fs.size)}\nfreeBytes: ${bytes(fs.free)}\nusedBytes: ${bytes(fs.size - fs.free)}\nblockSize: ${fs.blockSize}\nfiles: ${names.length}\n`);
     // the reserve of pre-zeroed blocks (docs/pool.md, "Reserve"): its stock counts in freeBytes
     io.stdout.write(`reservedBytes: ${bytes(reservedOf(fs))}\n`);
+    // free space kept zeroed in the background (docs/pool.md, "Clean free space")
+    const c = fs.clean;
+    if (c) {
+      io.stdout.write(`cleanFreeBytes: ${bytes(c.cleanFree)} (target ${formatSize(c.target)}, zeroing ${formatSize(c.zeroing)})\n`);
+      io.stdout.write(`  since start: zeroed ahead ${formatSize(c.zeroedAhead)} in ${c.jobs} jobs (${Math.round(c.busyMs)} ms), taken clean ${formatSize(c.cleanTaken)}, zeroed on allocation ${formatSize(c.zeroedOnPath)}\n`);
+    }
     for (const l of faultLines(faults, '', true)) io.stdout.write(`${l}\n`);
     if (byFile.length > 0) {
       io.stdout.write('per file:\n');

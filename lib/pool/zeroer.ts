@@ -89,15 +89,20 @@ export class Zeroer {
     txn.afterTxn = () => this.kick();
   }
 
-  /** Bytes as a target in blocks, capped at a quarter of the data area (whole groups on a 2 MiB-granular device). */
-  blocksFor(bytes: number): number {
+  /**
+   * Bytes as a target in blocks (whole groups on a 2 MiB-granular device); the
+   * default is capped at a quarter of the data area, a target asked for at the data area.
+   */
+  blocksFor(bytes: number | 'default'): number {
+    const cap = bytes === 'default' ? Math.floor(this.state.alloc.capacity / 4) : this.state.alloc.capacity;
+    if (bytes === 'default') bytes = DEFAULT_CLEAN_TARGET;
     if (!Number.isSafeInteger(bytes) || bytes < 0) throw daxError('EINVAL', `clean target must be a non-negative integer of bytes, got ${String(bytes)}`);
-    let n = Math.min(Math.floor(bytes / B), Math.floor(this.state.alloc.capacity / 4));
+    let n = Math.min(Math.floor(bytes / B), cap);
     if (this.wholeOnly) n = Math.floor(n / GROUP_BLOCKS) * GROUP_BLOCKS;
     return n;
   }
 
-  setTarget(bytes: number): void {
+  setTarget(bytes: number | 'default'): void {
     this.target = this.blocksFor(bytes);
     this.dry = null;
     this.kick();
