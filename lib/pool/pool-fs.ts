@@ -12,7 +12,7 @@ import { withOperation } from '../lock/index';
 import { logger } from '../log';
 import { PoolCore, type CleanSpace, type ExtentInfo, type Inode } from './core';
 import { BLOCK_SIZE, formatStorage, readSuperblock, type FormatOptions } from './format';
-import { cleanTargetFromEnv } from './zeroer';
+import { DEFAULT_CLEAN_TARGET, cleanTargetFromEnv } from './zeroer';
 
 export interface PoolFsCreateOptions {
   /** Bytes for a new regular/tmpfs device file (default 1 GiB). An existing file keeps its size. */
@@ -29,8 +29,8 @@ export interface PoolFsOpenOptions {
   writebackMs?: number;
   /**
    * Free space kept zeroed in the background, bytes (docs/pool.md, "Clean free
-   * space"): default DAXMAP_CLEAN_TARGET, else 128 MiB capped at a quarter of the
-   * data area; 0 turns the zeroer off.
+   * space"): default DAXMAP_CLEAN_TARGET, else 256 MiB; at most the data area; 0
+   * turns the zeroer off.
    */
   cleanTarget?: number;
 }
@@ -131,7 +131,7 @@ export class PoolFs {
   private constructor(core: PoolCore, opts: PoolFsOpenOptions) {
     cores.set(this, core);
     if (opts.deferConversion !== undefined) core.deferConversion = opts.deferConversion;
-    core.zeroer.setTarget(opts.cleanTarget ?? cleanTargetFromEnv() ?? 'default');
+    core.zeroer.setTarget(opts.cleanTarget ?? cleanTargetFromEnv() ?? DEFAULT_CLEAN_TARGET);
     if (!core.deferConversion) return;
     this.writebackTimer = setInterval(() => this.writeback(), opts.writebackMs ?? WRITEBACK_MS);
     this.writebackTimer.unref();
