@@ -111,6 +111,8 @@ export class Zeroer {
     if (this.running || this.stopped || this.target === 0 || this.txn.closed) return;
     const a = this.state.alloc;
     if (a.cleanFree + a.zeroing >= this.target) return;
+    // nothing free to zero, nor freed blocks a checkpoint could release: not even a look
+    if (a.free === a.cleanFree && a.pendingCount < GROUP_BLOCKS) return;
     if (this.dry && this.dry.free === a.free && this.dry.pending === a.pendingCount) return;
     this.dry = null;
     this.running = outsideOperation(() => withOperation('pool.clean', () => this.loop())).finally(() => { this.running = null; });
