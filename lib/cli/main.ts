@@ -142,7 +142,7 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
         }
       } else {
         const dev = one(args, 'device');
-        const pool = await PoolFs.open(dev);
+        const pool = await PoolFs.open(dev, { cleanTarget: 0 }); // a look: no zeroing of free space
         try {
           rows = [];
           for (const name of await pool.list()) {
@@ -214,7 +214,7 @@ answered), 2 with the reason otherwise.`,
         return statDaemon(opts['socket'], args[0], opts['json'] === true, io);
       }
       if (args.length < 1 || args.length > 2) throw new UsageError('expected <device> [file]');
-      const pool = await PoolFs.open(args[0]!);
+      const pool = await PoolFs.open(args[0]!, { cleanTarget: 0 }); // a look: no zeroing of free space
       try {
         let out: Record<string, unknown>;
         if (args[1] !== undefined) {

@@ -33,7 +33,7 @@ export class BlockAllocator {
   /** Clean blocks per group. */
   private readonly groupClean: Uint16Array;
   private cleanBlocks = 0;
-  /** Groups whose every block is clean (so free: a whole 2 MiB window needing no zeroing). */
+  /** Whole 2 MiB groups whose every block is clean (so free: a window needing no zeroing). */
   private cleanGroups = 0;
   /** Runs held out of the free pool by the zeroer while it zeroes them (marked used). */
   private readonly zeroingRuns: Run[][] = [];
@@ -93,7 +93,7 @@ export class BlockAllocator {
       const g = Math.floor(i / GROUP_BLOCKS);
       this.groupFree[g]!--;
       if ((this.cleanBits[i >>> 5]! & (1 << (i & 31))) !== 0) {
-        if (this.groupClean[g] === this.groupSize(g)) this.cleanGroups--;
+        if (this.groupClean[g] === GROUP_BLOCKS) this.cleanGroups--;
         this.cleanBits[i >>> 5]! &= ~(1 << (i & 31));
         this.groupClean[g]!--;
         this.cleanBlocks--;
@@ -266,7 +266,7 @@ export class BlockAllocator {
         this.cleanBits[i >>> 5]! |= 1 << (i & 31);
         this.groupClean[g]!++;
         this.cleanBlocks++;
-        if (this.groupClean[g] === this.groupSize(g)) this.cleanGroups++;
+        if (this.groupClean[g] === GROUP_BLOCKS) this.cleanGroups++;
       }
     }
   }
@@ -345,7 +345,7 @@ export class BlockAllocator {
       }
       if (f !== this.groupFree[g]) problems.push(`group ${g}: counter says ${this.groupFree[g]} free, bitmap says ${f}`);
       if (c !== this.groupClean[g]) problems.push(`group ${g}: counter says ${this.groupClean[g]} clean, bitmap says ${c}`);
-      if (c === this.groupSize(g)) cleanGroups++;
+      if (c === GROUP_BLOCKS) cleanGroups++;
       total += f;
       clean += c;
     }

@@ -178,12 +178,12 @@ export class PoolFs {
   }
 
   /** Open an existing pool: ENOENT if missing, EBADF if it is not a sound daxmap pool, EBUSY if owned. */
-  static async open(device: string): Promise<PoolFs> {
+  static async open(device: string, opts: PoolFsOpenOptions = {}): Promise<PoolFs> {
     return withOperation('pool.open', () => {
       if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
       const storage = openStorage(device, false, 0);
       try {
-        return PoolFs.openOn(storage);
+        return PoolFs.openOn(storage, opts);
       } catch (e) {
         storage.close();
         throw e;

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { MemoryStorage, CHUNK_SIZE } from '../../dist/device/storage.js';
 import { PoolFs, PoolFsFile, coreOf } from '../../dist/pool/pool-fs.js';
 import { poolInternals } from '../../dist/pool/internal.js';
+import { BlockAllocator, type Run } from '../../dist/pool/allocator.js';
 import { withOperation } from '../../dist/lock/index.js';
 import { Pool } from '../../dist/index.js';
 import { B, rng, stamp, readAll } from './helpers.ts';
@@ -81,6 +82,31 @@ async function window(pool: PoolFs, f: PoolFsFile, offset: number): Promise<numb
     }
   });
 }
+
+t.test('the allocator: windows take clean groups first, small allocations and fallocate leave them whole', async (t) => {
+  const a = new BlockAllocator(1000, 1000 + 5 * GROUP);
+  const z = a.beginZero(2 * GROUP, true);
+  t.same(z, [{ start: 1000, len: 2 * GROUP }], 'the zeroer takes whole free groups first, in order');
+  t.equal(a.free, 3 * GROUP, 'out of the free pool while zeroed');
+  a.endZero(z, true);
+  t.equal(a.cleanFree, 2 * GROUP, 'clean once zeroed');
+  t.same(a.checkCounters(), [], 'counters agree');
+  const small: Run[] = [];
+  const s = a.take(3, {}, small);
+  t.ok(s[0]!.start >= 1000 + 2 * GROUP, 'a small allocation breaks a dirty group, not a clean one');
+  t.same(small, [], 'it took nothing clean');
+  const fal: Run[] = [];
+  const f = a.take(GROUP, { wholeGroups: true, clean: 'avoid' }, fal);
+  t.same([f, fal], [[{ start: 1000 + 3 * GROUP, len: GROUP }], []], 'fallocate\'s whole group: a dirty one');
+  const win: Run[] = [];
+  const w = a.take(GROUP, { wholeGroups: true, goal: 1000 + 4 * GROUP }, win);
+  t.same([w, win], [[{ start: 1000, len: GROUP }], [{ start: 1000, len: GROUP }]], 'a window: a clean group, its dirty goal giving way');
+  a.markUsed(1000 + GROUP + 5, 1);
+  t.equal(a.cleanFree, GROUP - 1, 'a block taken is clean no more');
+  a.unmark(1000 + GROUP + 5, 1);
+  t.notOk(a.isClean(1000 + GROUP + 5), 'and comes back dirty');
+  t.same(a.checkCounters(), [], 'counters agree');
+});
 
 t.test('freed blocks are zeroed in the background, and a 2 MiB window taken from them zeroes nothing on its path', async (t) => {
   for (const on of [true, false]) {
