@@ -41,7 +41,8 @@ t.test('SIGKILL while the zeroer of free space runs: fsck clean, synced files in
         t.equal(createHash('sha1').update(b).digest('hex'), want, `round ${round}: synced ${name} intact`);
         checked++;
       }
-      t.equal(b.indexOf(SECRET), -1, `round ${round}: no stale secret in ${name}`);
+      // the secret file itself may survive the kill (before its unlink): its bytes are its own
+      if (name !== 'secret') t.equal(b.indexOf(SECRET), -1, `round ${round}: no stale secret in ${name}`);
       await f.close();
     }
     await pool.close();
