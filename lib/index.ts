@@ -3,7 +3,7 @@
 // starts, so any thread of the application may touch a mapping freely.
 export {
   Pool, PoolFile, Mapping,
-  type PoolOptions, type CreateOptions, type OpenFileOptions, type ConnectOptions, type FileStat, type StatFs, type MapRequestOptions,
+  type PoolOptions, type CreateOptions, type OpenFileOptions, type ConnectOptions, type FileStat, type StatFs, type CleanSpace, type MapRequestOptions,
   type SharedPool, type PoolEvents,
 } from './client/pool';
 export { isDaxError, type DaxmapError, type ErrorCode } from './errors';

@@ -142,7 +142,7 @@ Extents are counted as \`stat\` lists them: runs of written or unwritten blocks.
         }
       } else {
         const dev = one(args, 'device');
-        const pool = await PoolFs.open(dev);
+        const pool = await PoolFs.open(dev, { cleanTarget: 0 }); // a look: no zeroing of free space
         try {
           rows = [];
           for (const name of await pool.list()) {
@@ -214,7 +214,7 @@ answered), 2 with the reason otherwise.`,
         return statDaemon(opts['socket'], args[0], opts['json'] === true, io);
       }
       if (args.length < 1 || args.length > 2) throw new UsageError('expected <device> [file]');
-      const pool = await PoolFs.open(args[0]!);
+      const pool = await PoolFs.open(args[0]!, { cleanTarget: 0 }); // a look: no zeroing of free space
       try {
         let out: Record<string, unknown>;
         if (args[1] !== undefined) {
@@ -326,7 +326,7 @@ async function statDaemon(socket: string, file: string | undefined, json: boolea
     if (json) {
       io.stdout.write(`${JSON.stringify({
         socket, device: pool.path, dataBytes: fs.size, freeBytes: fs.free, usedBytes: fs.size - fs.free, blockSize: fs.blockSize,
-        reservedBytes: reservedOf(fs), files: names.length, faults, byFile,
+        reservedBytes: reservedOf(fs), ...(fs.clean ? { clean: fs.clean } : {}), files: names.length, faults, byFile,
       }, null, 2)}\n`);
       return 0;
     }
@@ -335,6 +335,12 @@ async function statDaemon(socket: string, file: string | undefined, json: boolea
     io.stdout.write(`dataBytes: ${bytes(fs.size)}\nfreeBytes: ${bytes(fs.free)}\nusedBytes: ${bytes(fs.size - fs.free)}\nblockSize: ${fs.blockSize}\nfiles: ${names.length}\n`);
     // the reserve of pre-zeroed blocks (docs/pool.md, "Reserve"): its stock counts in freeBytes
     io.stdout.write(`reservedBytes: ${bytes(reservedOf(fs))}\n`);
+    // free space kept zeroed in the background (docs/pool.md, "Clean free space")
+    const c = fs.clean;
+    if (c) {
+      io.stdout.write(`cleanFreeBytes: ${bytes(c.cleanFree)} (target ${formatSize(c.target)}, zeroing ${formatSize(c.zeroing)})\n`);
+      io.stdout.write(`  since start: zeroed ahead ${formatSize(c.zeroedAhead)} in ${c.jobs} jobs (${Math.round(c.busyMs)} ms), taken clean ${formatSize(c.cleanTaken)}, zeroed on allocation ${formatSize(c.zeroedOnPath)}\n`);
+    }
     for (const l of faultLines(faults, '', true)) io.stdout.write(`${l}\n`);
     if (byFile.length > 0) {
       io.stdout.write('per file:\n');

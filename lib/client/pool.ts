@@ -12,6 +12,9 @@ import * as arg from '../protocol/args';
 import { PAGE } from '../protocol/args';
 import { TrappedRegion } from '../native/region';
 import type { FaultStatsSnapshot } from '../fault/stats';
+import type { CleanSpace } from '../pool/index';
+
+export type { CleanSpace };
 import type { Hello, MapOptions, StartReply, StartRequest } from '../protocol/messages';
 import { portRpc, type Rpc } from './rpc';
 import { connectSocketRpc } from './socket-rpc';
@@ -71,7 +74,12 @@ export interface StatFs {
   size: number;
   free: number;
   blockSize: number;
+  /** Bytes in the reserve of pre-zeroed blocks (docs/pool.md, "Reserve"). */
+  reserved?: number;
+  /** Free space kept zeroed in the background (docs/pool.md, "Clean free space"). */
+  clean?: CleanSpace;
 }
+
 
 export interface MapRequestOptions {
   /** Page-aligned file offset (default 0). */
@@ -347,6 +355,16 @@ export class Pool extends EventEmitter<PoolEvents> {
   async statfs(): Promise<StatFs> {
     this.check();
     return this.rpc.call('statfs', []);
+  }
+
+  /**
+   * Resolves once the pool's background work is idle: the zeroing of free space
+   * (docs/pool.md, "Clean free space") and the reserve's refill. For benchmarks, so
+   * that nothing of the pool's runs beside what they time.
+   */
+  async settled(): Promise<void> {
+    this.check();
+    await this.rpc.call('settled', []);
   }
 
   /** Makes every file's data and all metadata durable. */

@@ -103,17 +103,25 @@ export class BlockIo {
 
   /**
    * Fill device blocks [dev, dev+n) that back file blocks [fb, fb+n): the bytes of
-   * `data` (at file offset `dataOff`) where they overlap, zeros everywhere else.
-   * `resident`: whole zero pages are written, not punched (io.ts fillBytes).
+   * `data` (at file offset `dataOff`) where they overlap, zeros everywhere else —
+   * unless `clean` (the blocks hold durable zeros already: only the data is written).
+   * `resident`: whole zero pages are written, not punched (io.ts fillBytes). Returns
+   * the device blocks written (to persist), or null, and the bytes of zeros written.
    */
-  fillBlocks(dev: number, fb: number, n: number, data: Uint8Array | null, dataOff: number, resident = false): void {
+  fillBlocks(dev: number, fb: number, n: number, data: Uint8Array | null, dataOff: number, resident = false, clean = false): { written: Run | null; zeroBytes: number } {
     const lo = fb * B;
     const hi = (fb + n) * B;
     const s = data ? Math.max(lo, Math.min(hi, dataOff)) : hi;
     const t = data ? Math.max(s, Math.min(hi, dataOff + data.length)) : hi;
-    if (s > lo) fillBytes(this.storage, dev * B, s - lo, 0, false, resident);
     if (t > s) writeBytes(this.storage, dev * B + (s - lo), data!, s - dataOff, t - s);
+    if (clean) {
+      if (t <= s) return { written: null, zeroBytes: 0 };
+      const a = Math.floor((s - lo) / B);
+      return { written: { start: dev + a, len: Math.ceil((t - lo) / B) - a }, zeroBytes: 0 };
+    }
+    if (s > lo) fillBytes(this.storage, dev * B, s - lo, 0, false, resident);
     if (hi > t) fillBytes(this.storage, dev * B + (t - lo), hi - t, 0, false, resident);
+    return { written: { start: dev, len: n }, zeroBytes: (s - lo) + (hi - t) };
   }
 
   /** Copy the part of `data` (at file offset `offset`) that falls in a written segment; durable at fsync. */

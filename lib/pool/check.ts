@@ -13,7 +13,7 @@ const B = BLOCK_SIZE;
  * Consistency of the live state (fsck and tests): extent maps well formed, every
  * block owned at most once and inside the data area, the allocator bitmap equal
  * to the extents plus the blocks pending reuse plus the reserve (each reserved block
- * owned by no file), sizes sane, no written block past EOF (past the end of the
+ * owned by no file) plus the free blocks the zeroer holds, clean blocks free, sizes sane, no written block past EOF (past the end of the
  * EOF's allocation unit of `unit` blocks, on a 2 MiB-granular device).
  */
 export function checkState(state: FsState, progress?: (done: number, total: number) => void, unit = 1): string[] {
@@ -72,6 +72,11 @@ export function checkState(state: FsState, progress?: (done: number, total: numb
     if (isSeen(d)) add(`device block ${d} is reserved and also owned by ${ownerOfAny(d)}`);
     setSeen(d);
     if (!state.alloc.isUsed(d)) add(`reserved device block ${d} is marked free in the allocator`);
+  }
+  // free blocks the zeroer holds while it zeroes them: marked used, owned by nothing
+  for (const r of state.alloc.zeroingHeld()) for (let d = r.start; d < r.start + r.len; d++) {
+    if (isSeen(d)) add(`device block ${d} is being zeroed as free space and also owned by ${ownerOfAny(d)}`);
+    setSeen(d);
   }
   for (const r of state.alloc.usedRuns()) for (let d = r.start; d < r.start + r.len; d++) {
     if (!isSeen(d)) add(`device block ${d} is marked used in the allocator but no file owns it (leaked)`);

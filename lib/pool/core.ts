@@ -23,6 +23,7 @@ import { RecType, STATE_UNWRITTEN, STATE_WRITTEN, type ExtentStateCode, type Log
 import { replay, type OpenInfo } from './replay';
 import { FsState, allWritten, goalFor, lastExtentEnd, segments, validateName, type ExtentState, type Inode } from './state';
 import { Reserve, type ReserveStats } from './reserve';
+import { Zeroer } from './zeroer';
 import { Journal } from './txn';
 
 const B = BLOCK_SIZE;
@@ -91,8 +92,16 @@ export class PoolCore {
     this.blocks = new BlockIo(storage);
     this.deferConversion = storage.kind === 'file';
     this.unit = (storage.align ?? B) > B ? GROUP_BLOCKS : 1;
-    this.reserve = new Reserve(storage, state, txn, this.unit === 1);
+    this.zeroer = new Zeroer(storage, state, txn, this.unit > 1, 0);
+    this.reserve = new Reserve(storage, state, txn, this.unit === 1, this.zeroer);
   }
+
+  /**
+   * The background zeroer of free space (zeroer.ts; docs/pool.md, "Clean free
+   * space"). Off (target 0) until PoolFs sets its target, so a read-only open
+   * (fsck) never zeroes.
+   */
+  readonly zeroer: Zeroer;
 
   /** The reserve of pre-zeroed blocks (reserve.ts; docs/pool.md, "Reserve"). */
   readonly reserve: Reserve;
@@ -184,11 +193,12 @@ export class PoolCore {
    * recording them. Caller holds alloc + log; returns the records (not yet committed).
    */
   private materialise(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, resident = false): LogRecord[] {
-    const { recs, fresh, taken } = this.fill(f, fb0, fb1, data, dataOff, aligned, STATE_WRITTEN, resident);
+    const { recs, written, taken } = this.fill(f, fb0, fb1, data, dataOff, aligned, STATE_WRITTEN, resident);
     // zero before expose (docs/pool-format.md, ordering rule 1): the zeroes (and data)
-    // are durable before the records that expose them
+    // are durable before the records that expose them (blocks taken clean hold
+    // durable zeros already: only the data written into them is persisted)
     try {
-      this.blocks.persistRuns(fresh);
+      this.blocks.persistRuns(written);
     } catch (e) {
       this.unmarkAll(taken);
       throw e;
@@ -226,10 +236,11 @@ export class PoolCore {
    * Allocate the holes of [fb0, fb1) and fill them and its unwritten blocks with `data`
    * (at file offset dataOff) or zeros, in memory. Returns the records for the newly
    * allocated blocks (in `holeState`) and, with WRITTEN, for the unwritten ones, and
-   * every block filled. Caller holds alloc + log. `resident`: zeros are written, not
-   * punched (BlockIo.fillBlocks).
+   * every block filled, and the device blocks written (to persist: blocks taken from
+   * clean free space are not zeroed again, only their data is written). Caller holds
+   * alloc + log. `resident`: zeros are written, not punched (BlockIo.fillBlocks).
    */
-  private fill(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, holeState: ExtentStateCode, resident = false): { recs: LogRecord[]; fresh: (Run & { fb: number })[]; taken: Run[] } {
+  private fill(f: Inode, fb0: number, fb1: number, data: Uint8Array | null, dataOff: number, aligned: boolean, holeState: ExtentStateCode, resident = false): { recs: LogRecord[]; fresh: (Run & { fb: number })[]; taken: Run[]; written: Run[] } {
     // On a 2 MiB-granular device whole units are allocated; the unit holding EOF (or
     // the end of the range being written, which may extend it) is written whole, as it
     // is mapped whole; its blocks beyond are recorded unwritten (no written block lies
@@ -246,6 +257,7 @@ export class PoolCore {
     const recs: LogRecord[] = [];
     const fresh: (Run & { fb: number })[] = [];
     const taken: Run[] = [];
+    const written: Run[] = [];
     try {
       for (const s of segs) {
         if (s.state === 'written') continue;
@@ -254,15 +266,18 @@ export class PoolCore {
           if (len <= 0) continue;
           this.blocks.fillBlocks(s.dev, s.fb, len, data, dataOff, resident);
           fresh.push({ start: s.dev, len, fb: s.fb });
+          written.push({ start: s.dev, len });
           if (holeState === STATE_WRITTEN) recs.push({ t: RecType.Map, id: f.id, fb: s.fb, len, dev: s.dev, state: STATE_WRITTEN });
           continue;
         }
-        const pieces = this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), aligned);
+        const clean: Run[] = [];
+        const pieces = this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), aligned, clean);
+        clean.sort((a, b) => a.start - b.start);
         for (const p of pieces) {
           taken.push({ start: p.dev, len: p.len });
           const len = Math.max(0, Math.min(p.len, eof - p.fb));
           if (len > 0) {
-            this.blocks.fillBlocks(p.dev, p.fb, len, data, dataOff, resident);
+            this.fillNew(p.dev, p.fb, len, data, dataOff, resident, clean, written);
             fresh.push({ start: p.dev, len, fb: p.fb });
             recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len, dev: p.dev, state: holeState });
           }
@@ -273,7 +288,32 @@ export class PoolCore {
       this.unmarkAll(taken);
       throw e;
     }
-    return { recs, fresh, taken };
+    return { recs, fresh, taken, written };
+  }
+
+  /**
+   * Fill newly allocated device blocks [dev, dev+n) (file blocks from fb): those taken
+   * clean get only their data, the others their data and zeros (BlockIo.fillBlocks).
+   * The blocks written go to `written`; the zeroer's counts learn what was skipped.
+   */
+  private fillNew(dev: number, fb: number, n: number, data: Uint8Array | null, dataOff: number, resident: boolean, clean: Run[], written: Run[]): void {
+    const counts = this.zeroer.counts;
+    let d = dev;
+    const part = (to: number, isClean: boolean): void => {
+      if (to <= d) return;
+      const r = this.blocks.fillBlocks(d, fb + (d - dev), to - d, data, dataOff, resident, isClean);
+      if (r.written) written.push(r.written);
+      if (isClean) counts.cleanTaken += to - d;
+      else counts.zeroedOnPath += Math.ceil(r.zeroBytes / B);
+      d = to;
+    };
+    for (const c of clean) {
+      if (c.start + c.len <= d) continue;
+      if (c.start >= dev + n) break;
+      part(Math.max(d, c.start), false);
+      part(Math.min(dev + n, c.start + c.len), true);
+    }
+    part(dev + n, false);
   }
 
   private unmarkAll(taken: Run[]): void {
@@ -425,7 +465,8 @@ export class PoolCore {
         for (const s of segs) {
           if (s.state !== 'hole') continue;
           // unwritten blocks read as zeros: no zeroing now, it happens at conversion
-          for (const p of this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), s.len >= GROUP_BLOCKS || this.unit > 1)) {
+          // clean blocks last: nothing is zeroed now, so clean ones would be wasted here
+          for (const p of this.txn.allocate(s.fb, s.len, goalFor(f, s.fb) ?? lastDev(recs), s.len >= GROUP_BLOCKS || this.unit > 1, undefined, 'avoid')) {
             recs.push({ t: RecType.Map, id: f.id, fb: p.fb, len: p.len, dev: p.dev, state: STATE_UNWRITTEN });
           }
         }
@@ -852,11 +893,37 @@ export class PoolCore {
    * allocation takes it back when it needs it. `reserved` is every reserved block,
    * those handed out included.
    */
-  statfs(): { size: number; free: number; blockSize: number; reserved: number } {
+  statfs(): { size: number; free: number; blockSize: number; reserved: number; clean: CleanSpace } {
     const a = this.state.alloc;
     const r = this.reserve;
-    return { size: a.capacity * B, free: (a.free + a.pendingCount + r.clean.length + r.dirty.length + r.zeroing) * B, blockSize: B, reserved: this.state.reserved.size * B };
+    const z = this.zeroer.stats();
+    return {
+      size: a.capacity * B, free: (a.free + a.pendingCount + a.zeroing + r.clean.length + r.dirty.length + r.zeroing) * B, blockSize: B, reserved: this.state.reserved.size * B,
+      clean: {
+        cleanFree: z.clean * B, zeroing: z.zeroing * B, target: z.target * B, zeroedAhead: z.zeroedAhead * B, zeroedOnPath: z.zeroedOnPath * B,
+        cleanTaken: z.cleanTaken * B, jobs: z.jobs, busyMs: z.busyMs, checkpoints: z.checkpoints,
+      },
+    };
   }
+}
+
+/** Clean free space (zeroer.ts), in bytes: statfs().clean, `daxmap stat`. */
+export interface CleanSpace {
+  /** Free bytes known to hold durable zeros (allocations take them without zeroing). */
+  cleanFree: number;
+  /** Free bytes being zeroed now. */
+  zeroing: number;
+  /** What the zeroer aims at (0: off). */
+  target: number;
+  /** Bytes zeroed in the background since open. */
+  zeroedAhead: number;
+  /** Bytes allocations zeroed on their own path, and bytes they took clean. */
+  zeroedOnPath: number;
+  cleanTaken: number;
+  /** Zeroing jobs since open and their wall time (ms, off the pool's thread), checkpoints taken to release freed blocks. */
+  jobs: number;
+  busyMs: number;
+  checkpoints: number;
 }
 
 /** A reserved block (device byte offset) for a file block (number), as adoptReserved takes them. */

@@ -3,8 +3,9 @@
 // points are in internal.ts.
 export {
   PoolFs, PoolFsFile, DEFAULT_POOL_SIZE,
-  type PoolFsCreateOptions, type PoolFsFileStat, type PoolFsInfo, type PoolFsStatFs,
+  type PoolFsCreateOptions, type PoolFsFileStat, type PoolFsInfo, type PoolFsStatFs, type PoolFsOpenOptions,
 } from './pool-fs';
+export type { CleanSpace } from './core';
 export { fsckDevice, type FsckReport } from './fsck';
 export { MAX_FILE_SIZE } from './format';
 export {

@@ -10,8 +10,9 @@ import type { Storage, StorageKind } from '../device/storage';
 import { openDevice } from '../device/device';
 import { withOperation } from '../lock/index';
 import { logger } from '../log';
-import { PoolCore, type ExtentInfo, type Inode } from './core';
+import { PoolCore, type CleanSpace, type ExtentInfo, type Inode } from './core';
 import { BLOCK_SIZE, formatStorage, readSuperblock, type FormatOptions } from './format';
+import { DEFAULT_CLEAN_TARGET, cleanTargetFromEnv } from './zeroer';
 
 export interface PoolFsCreateOptions {
   /** Bytes for a new regular/tmpfs device file (default 1 GiB). An existing file keeps its size. */
@@ -26,6 +27,12 @@ export interface PoolFsOpenOptions {
   deferConversion?: boolean;
   /** Period of the writeback that converts them, ms (default 5000). */
   writebackMs?: number;
+  /**
+   * Free space kept zeroed in the background, bytes (docs/pool.md, "Clean free
+   * space"): default DAXMAP_CLEAN_TARGET, else 256 MiB; at most the data area; 0
+   * turns the zeroer off.
+   */
+  cleanTarget?: number;
 }
 
 export const WRITEBACK_MS = 5000;
@@ -50,6 +57,8 @@ export interface PoolFsStatFs {
   blockSize: number;
   /** Bytes in the reserve of pre-zeroed blocks, those handed out to mappings included (docs/pool.md, "Reserve"). */
   reserved?: number;
+  /** Free space kept zeroed in the background (docs/pool.md, "Clean free space"). */
+  clean?: CleanSpace;
 }
 
 /** What the pool is and where it stands (`daxmap mkfs` and `daxmap stat` print it). */
@@ -122,6 +131,7 @@ export class PoolFs {
   private constructor(core: PoolCore, opts: PoolFsOpenOptions) {
     cores.set(this, core);
     if (opts.deferConversion !== undefined) core.deferConversion = opts.deferConversion;
+    core.zeroer.setTarget(opts.cleanTarget ?? cleanTargetFromEnv() ?? DEFAULT_CLEAN_TARGET);
     if (!core.deferConversion) return;
     this.writebackTimer = setInterval(() => this.writeback(), opts.writebackMs ?? WRITEBACK_MS);
     this.writebackTimer.unref();
@@ -168,12 +178,12 @@ export class PoolFs {
   }
 
   /** Open an existing pool: ENOENT if missing, EBADF if it is not a sound daxmap pool, EBUSY if owned. */
-  static async open(device: string): Promise<PoolFs> {
+  static async open(device: string, opts: PoolFsOpenOptions = {}): Promise<PoolFs> {
     return withOperation('pool.open', () => {
       if (typeof device !== 'string' || device.length === 0) throw daxError('EINVAL', 'device path must be a non-empty string');
       const storage = openStorage(device, false, 0);
       try {
-        return PoolFs.openOn(storage);
+        return PoolFs.openOn(storage, opts);
       } catch (e) {
         storage.close();
         throw e;
@@ -245,6 +255,26 @@ export class PoolFs {
     });
   }
 
+  /**
+   * Resolves once the pool's background work is idle: the zeroer of free space and
+   * the reserve's refill (benchmarks wait for it, so that nothing runs beside what
+   * they time).
+   */
+  settled(): Promise<void> {
+    return this.call('pool.settled', async (core) => {
+      for (;;) {
+        await core.zeroer.settled();
+        await core.reserve.settled();
+        if (!core.zeroer.busy && !core.reserve.busy) return;
+      }
+    });
+  }
+
+  /** Set the target of clean free space, bytes (0: off); see PoolFsOpenOptions.cleanTarget. */
+  setCleanTarget(bytes: number): void {
+    coreOf(this).zeroer.setTarget(bytes);
+  }
+
   /** Make every file's data and all metadata durable. */
   sync(): Promise<void> {
     return this.call('pool.sync', (core) => core.sync(false));
@@ -267,6 +297,8 @@ export class PoolFs {
     await withOperation('pool.close', async () => {
       while (this.inflight.size) await Promise.allSettled([...this.inflight]);
       try {
+        const zeroing = core.zeroer.stop();
+        if (zeroing) await zeroing;
         await core.reserve.close();
         await core.sync(true);
       } finally {

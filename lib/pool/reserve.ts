@@ -20,11 +20,13 @@ import { daxError } from '../errors';
 import type { Storage } from '../device/storage';
 import { withOperation } from '../lock/index';
 import { logger } from '../log';
+import type { Run } from './allocator';
 import { zeroResidentRuns } from './blocks';
 import { BLOCK_SIZE, GROUP_BLOCKS } from './format';
 import { RecType, type LogRecord } from './log';
 import { toRuns, type FsState } from './state';
 import type { Journal } from './txn';
+import type { Zeroer } from './zeroer';
 
 const B = BLOCK_SIZE;
 const log = logger('pool');
@@ -77,6 +79,8 @@ export class Reserve {
     private readonly txn: Journal,
     /** Off on 2 MiB-granular devices (a 4 KiB block cannot be installed there). */
     readonly enabled: boolean,
+    /** The zeroer of free space: new blocks taken clean are not zeroed again (its counts learn it). */
+    private readonly zeroer: Zeroer,
   ) {
     txn.reclaim = () => this.reclaim();
     txn.zeroingReserve = () => (this.zeroJobs.size === 0 ? null : { blocks: this.zeroing, done: Promise.allSettled([...this.zeroJobs]) });
@@ -123,46 +127,54 @@ export class Reserve {
 
   /**
    * Runs for reserve windows (docs/pool.md, "Reserve"): up to n whole free 2 MiB groups
-   * (GROUP_BLOCKS contiguous blocks each), recorded reserved in one transaction, zeroed
-   * and their zeros persisted (one job, off the thread where the device can), then
-   * handed out like blocks from take(): their first blocks. Fewer (none) when fewer
-   * groups are wholly free or the reserve would pass its limit.
+   * (GROUP_BLOCKS contiguous blocks each), wholly clean ones first (zeroer.ts: their
+   * zeros are durable already), recorded reserved in one transaction; the others
+   * zeroed and their zeros persisted (one job, off the thread where the device can);
+   * then handed out like blocks from take(): their first blocks. Fewer (none) when
+   * fewer groups are wholly free or the reserve would pass its limit.
    */
   async takeRuns(n: number): Promise<number[]> {
     this.check();
+    const dirty: number[] = [];
     const starts = await this.txn.locked(() => {
       const got: number[] = [];
       while (!this.stopped && got.length < n && this.state.reserved.size + GROUP_BLOCKS <= this.limit) {
         const g = this.state.alloc.takeWholeGroup();
         if (g === null) break;
-        this.txn.commit([{ t: RecType.Reserve, dev: g, len: GROUP_BLOCKS }]);
-        got.push(g);
+        this.txn.commit([{ t: RecType.Reserve, dev: g.start, len: GROUP_BLOCKS }]);
+        got.push(g.start);
+        // a wholly clean group (zeroer.ts) holds durable zeros already
+        if (g.clean) this.zeroer.counts.cleanTaken += GROUP_BLOCKS;
+        else dirty.push(g.start);
       }
-      this.zeroing += got.length * GROUP_BLOCKS;
+      this.zeroing += dirty.length * GROUP_BLOCKS;
       return got;
     });
     if (starts.length === 0) return starts;
-    const blocks = starts.length * GROUP_BLOCKS;
+    const blocks = dirty.length * GROUP_BLOCKS;
     if (this.stopped) {
       this.zeroing -= blocks; // closing: close() frees them with the rest of the reserve
       return [];
     }
-    const job = zeroResidentRuns(this.storage, starts.map((start) => ({ start, len: GROUP_BLOCKS })));
-    this.zeroJobs.add(job);
-    try {
-      await job;
-    } catch (e) {
-      for (const start of starts) for (let d = start; d < start + GROUP_BLOCKS; d++) this.dirty.push(d);
-      throw e;
-    } finally {
-      this.zeroJobs.delete(job);
-      this.zeroing -= blocks;
+    if (dirty.length > 0) {
+      const job = zeroResidentRuns(this.storage, dirty.map((start) => ({ start, len: GROUP_BLOCKS })));
+      this.zeroJobs.add(job);
+      try {
+        await job;
+      } catch (e) {
+        for (const start of starts) for (let d = start; d < start + GROUP_BLOCKS; d++) this.dirty.push(d);
+        throw e;
+      } finally {
+        this.zeroJobs.delete(job);
+        this.zeroing -= blocks;
+      }
     }
     for (const start of starts) for (let d = start; d < start + GROUP_BLOCKS; d++) this.out.add(d);
-    this.counts.taken += blocks;
+    this.counts.taken += starts.length * GROUP_BLOCKS;
     this.counts.zeroedForeground += blocks;
     return starts;
   }
+
 
   /** Blocks handed out and not used come back; they are zeroed again before the next hand-out. */
   returnBlocks(devs: number[]): void {
@@ -189,6 +201,10 @@ export class Reserve {
       for (let k = 0; k < i; k++) this.out.add(devs[k]!);
       throw daxError('EINVAL', `${what}: device offset ${devs[i]! * B} is not a reserved block handed out (or is named twice)`);
     }
+  }
+
+  get busy(): boolean {
+    return this.running !== null;
   }
 
   /** Resolves once no refill is running (tests, benchmarks). */
@@ -225,9 +241,11 @@ export class Reserve {
    * One refill transaction: up to `max` blocks, first those given back (no record:
    * they are reserved already), then new ones from the free blocks (`reserve`
    * records). Then, outside the locks, they are zeroed and the zeros persisted before
-   * they join the stock. Returns the number of blocks added.
+   * they join the stock; new blocks taken from clean free space (zeroer.ts: their
+   * zeros are durable already) join it at once. Returns the number of blocks added.
    */
   private async step(max: number, background: boolean): Promise<number> {
+    let ready = 0;
     const blocks = await this.txn.locked(() => {
       if (this.stopped) return []; // closing: close() frees the reserve, nothing joins it
       const got = this.dirty.splice(0, max);
@@ -237,19 +255,24 @@ export class Reserve {
       if (!background && want > alloc.free && alloc.pendingCount > 0) this.txn.checkpoint();
       want = Math.min(want, alloc.free);
       if (want > 0) {
-        const runs = alloc.take(want, {});
+        const clean: Run[] = [];
+        const runs = alloc.take(want, {}, clean);
         this.txn.commit(runs.map((r): LogRecord => ({ t: RecType.Reserve, dev: r.start, len: r.len })));
-        for (const r of runs) for (let d = r.start; d < r.start + r.len; d++) got.push(d);
+        const isClean = new Set<number>();
+        for (const r of clean) for (let d = r.start; d < r.start + r.len; d++) isClean.add(d);
+        for (const r of runs) for (let d = r.start; d < r.start + r.len; d++) (isClean.has(d) ? this.clean : got).push(d);
+        ready = isClean.size;
+        this.zeroer.counts.cleanTaken += ready;
       }
       this.zeroing += got.length;
       return got;
     });
-    if (blocks.length === 0) return 0;
+    if (blocks.length === 0) return ready;
     if (this.stopped) {
       // closing since: close() frees them; no zeroing may start now (close() waits only
       // for the jobs it finds), so the device is never closed under one
       this.zeroing -= blocks.length;
-      return 0;
+      return ready;
     }
     // Written, not punched: the pages stay resident, so a fault on them finds them
     // in memory. Off this thread where the device can (a libuv pool thread): the
@@ -268,7 +291,7 @@ export class Reserve {
     this.clean.push(...blocks);
     if (background) this.counts.zeroedBackground += blocks.length;
     else this.counts.zeroedForeground += blocks.length;
-    return blocks.length;
+    return ready + blocks.length;
   }
 
   /** Free reserved blocks (held back until the next checkpoint). Caller holds alloc + log. */

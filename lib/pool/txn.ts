@@ -14,6 +14,7 @@ import type { Storage } from '../device/storage';
 import { Mutex } from '../lock/index';
 import { logger } from '../log';
 import { BLOCK_SIZE, GROUP_BLOCKS, writeCheckpoint, writeSuperblocks, type Superblock } from './format';
+import type { Run, TakeOptions } from './allocator';
 import { persistRuns } from './blocks';
 import { ConversionQueue, type Conversions } from './deferred';
 import { RecType, type LogRecord, type MetaLog } from './log';
@@ -75,6 +76,13 @@ export class Journal {
    * many, and a promise of the end of that zeroing; null when none is.
    */
   zeroingReserve: () => { blocks: number; done: Promise<unknown> } | null = () => null;
+  /**
+   * The free blocks the background zeroer holds while it zeroes them (zeroer.ts,
+   * counted by the allocator): a promise of the end of its job; null when none runs.
+   */
+  zeroingFree: () => Promise<unknown> | null = () => null;
+  /** Called after every locked() section (the zeroer looks whether it has work). */
+  afterTxn: () => void = () => {};
   /** The round of group commit gathering or persisting (durable()). */
   private round: Round | null = null;
   /** Commits the last round saw: its own, and those that arrived while it persisted. */
@@ -110,6 +118,7 @@ export class Journal {
           if (!(e instanceof AwaitZeroing)) throw e;
           wait = e.done;
         } finally {
+          this.afterTxn();
           l.release();
         }
       } finally {
@@ -213,7 +222,10 @@ export class Journal {
     if (n <= alloc.free + alloc.pendingCount) this.checkpoint();
     if (n > alloc.free) {
       const z = this.zeroingReserve();
-      if (z && n <= alloc.free + alloc.pendingCount + z.blocks) throw new AwaitZeroing(z.done);
+      const f = alloc.zeroing > 0 ? this.zeroingFree() : null;
+      if ((z || f) && n <= alloc.free + alloc.pendingCount + (z?.blocks ?? 0) + alloc.zeroing) {
+        throw new AwaitZeroing(Promise.allSettled([z?.done, f]));
+      }
       throw daxError('ENOSPC', `pool '${this.storage.path}' has ${alloc.free * B} bytes free, ${n * B} needed`);
     }
   }
@@ -221,15 +233,16 @@ export class Journal {
   /**
    * Allocate blocks for the hole [fb, fb+len): whole 2 MiB groups for whole aligned
    * file chunks (when `aligned`), the blocks after `goal` when free, and a
-   * congruent phase in fresh groups. Returns file-ordered pieces, already marked
-   * (caller holds alloc + log and made room with ensureSpace).
+   * congruent phase in fresh groups; clean blocks first (or last, with `clean`
+   * 'avoid'), those taken clean added to `cleanOut`. Returns file-ordered pieces,
+   * already marked (caller holds alloc + log and made room with ensureSpace).
    */
-  allocate(fb: number, len: number, goal: number | undefined, aligned: boolean): Placed[] {
+  allocate(fb: number, len: number, goal: number | undefined, aligned: boolean, cleanOut?: Run[], clean: 'prefer' | 'avoid' = 'prefer'): Placed[] {
     const out: Placed[] = [];
     let cur = fb;
     let g = goal;
-    const takeSome = (n: number, opts: { goal?: number; wholeGroups?: boolean; congruent?: number }): void => {
-      for (const r of this.state.alloc.take(n, opts)) {
+    const takeSome = (n: number, opts: TakeOptions): void => {
+      for (const r of this.state.alloc.take(n, { ...opts, clean }, cleanOut)) {
         out.push({ fb: cur, dev: r.start, len: r.len });
         cur += r.len;
         g = r.start + r.len;

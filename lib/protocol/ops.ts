@@ -90,6 +90,8 @@ export const OPS = {
   rename: spec({ args: (a): [string, string] => [name(a[0], 'rename source'), name(a[1], 'rename target')] }),
   list: none,
   statfs: none,
+  /** Resolves once the pool's background work (the zeroer of free space, the reserve's refill) is idle. */
+  settled: none,
   sync: none,
   stats: none,
   statsByFile: none,
@@ -121,13 +123,15 @@ export const OPS = {
    * windowBudget: this client's window budget; decided: how the pool decides written extents at map();
    * reserve: whether sparse hole writes are answered natively from reserves; ahead: the 2 MiB
    * windows installed ahead of a sequential writer, 0 to 16; reserveWindow: the pages of a reserve
-   * window filled before the rest of it is installed, 0 (off) to 512 (docs/fault-policy.md).
+   * window filled before the rest of it is installed, 0 (off) to 512 (docs/fault-policy.md);
+   * cleanTarget: bytes of free space kept zeroed in the background, 0 turns it off (docs/pool.md).
    */
   configure: spec({
     access: 'root',
-    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode; ahead?: number; reserveWindow?: number }] => {
+    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode; ahead?: number; reserveWindow?: number; cleanTarget?: number }] => {
       const rw = field(a[0], 'reserveWindow');
       const w = field(a[0], 'windowBudget');
+      const ct = field(a[0], 'cleanTarget');
       const ah = field(a[0], 'ahead');
       const d = field(a[0], 'decided');
       const r = field(a[0], 'reserve');
@@ -143,6 +147,7 @@ export const OPS = {
         ...(r === undefined ? {} : { reserve: r as ReserveMode }),
         ...(ah === undefined ? {} : { ahead: int('ahead', ah, 0, MAX_AHEAD) }),
         ...(rw === undefined ? {} : { reserveWindow: int('reserveWindow', rw, 0, 512) }),
+        ...(ct === undefined ? {} : { cleanTarget: int('cleanTarget', ct, 0, Number.MAX_SAFE_INTEGER) }),
       }];
     },
   }),
@@ -195,6 +200,7 @@ export interface OpResults {
   rename: void;
   list: string[];
   statfs: StatFs;
+  settled: void;
   sync: void;
   stats: FaultStatsSnapshot;
   statsByFile: { file: string; stats: FaultStatsSnapshot }[];

@@ -45,7 +45,7 @@ class LocalClient implements Client {
 
 /** Operations that neither read nor change files: they need no reserve taken back first. */
 const NO_RESERVE_RECLAIM: ReadonlySet<string> = new Set([
-  'hello', 'attach', 'list', 'statfs', 'stats', 'statsByFile', 'lockdep', 'testInject', 'testState', 'testAhead', 'configure', 'map', 'unmap',
+  'hello', 'attach', 'list', 'statfs', 'settled', 'stats', 'statsByFile', 'lockdep', 'testInject', 'testState', 'testAhead', 'configure', 'map', 'unmap',
 ]);
 
 /** Who is on the other end of a connection (daemon mode). */
@@ -300,6 +300,7 @@ export class Service {
     },
     list: async () => done(await this.pool.list()),
     statfs: async () => done(await this.pool.statfs()),
+    settled: async () => done(await this.pool.settled()),
     // Anyone may make the pool durable, as anyone may call sync(2).
     sync: async () => done(await this.pool.sync()),
     stats: () => done(this.policy.snapshot()),
@@ -345,6 +346,7 @@ export class Service {
       if (o.reserve !== undefined) this.policy.reserveMode = o.reserve;
       if (o.ahead !== undefined) this.policy.aheadWindows = o.ahead;
       if (o.reserveWindow !== undefined) this.policy.reserveWindow = o.reserveWindow;
+      if (o.cleanTarget !== undefined) this.pool.setCleanTarget(o.cleanTarget);
       return done();
     },
     stat: async (conn, h) => done(await this.file(conn, h, R_OK, 'stat').stat()),

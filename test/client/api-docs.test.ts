@@ -41,6 +41,7 @@ const COVERAGE: Record<string, string> = {
   'pool.rename': 'test/fault/revoke.test.ts',
   'pool.list': 'test/client/conventions.test.ts',
   'pool.statfs': 'test/fault/revoke.test.ts',
+  'pool.settled': 'test/pool/clean.test.ts',
   'pool.sync': 'test/client/arguments.test.ts',
   'pool.stats': 'test/fault/rules.test.ts',
   'pool.close': 'test/client/conventions.test.ts',

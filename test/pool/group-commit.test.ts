@@ -75,7 +75,7 @@ async function setUp(files: number, defer: boolean): Promise<{ pool: PoolFs; dis
     await f.truncate(64 * B);
     fs.push(f);
   }
-  await coreOf(pool).reserve.settled();
+  await pool.settled(); // the reserve's refill and the zeroer of free space idle: close() waits for neither
   await pool.sync();
   return { pool, disk, fs };
 }
