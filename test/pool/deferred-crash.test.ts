@@ -17,7 +17,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PoolFs, coreOf } from '../../dist/pool/pool-fs.js';
-import { rng, firstForeignPage } from './helpers.ts';
+import { rng, checkPages } from './helpers.ts';
 import { runAndKill } from './kill.ts';
 import { useLockdep } from '../lock/guard.ts';
 import { hugetlb } from '../hugetlb.ts';
@@ -55,20 +55,25 @@ async function killRounds(t: Test, path: string, size: number, o: { pages: numbe
     t.ok(lines >= target, `round ${round}: killed after ${lines} lines`);
     const pool = await PoolFs.open(path);
     t.same(coreOf(pool).checkState(), [], 'consistent after recovery');
+    // The child's one thread may be killed inside the fill of a page: at most that page
+    // mixes its stores and zeros (torn); any other byte is stale or foreign.
+    let torn = 0;
     for (const name of await pool.list()) {
       const f = await pool.openFile(name);
       const st = await f.stat();
       unconverted += st.extents.filter((e) => e.state === 'unwritten').length;
       const b = Buffer.alloc(st.size);
       await f.read(b, 0);
-      const bad = firstForeignPage(b, (p) => pageByte(name, p));
-      t.equal(bad, -1, `round ${round}: every page of ${name} reads zeros or its own stores`);
+      const c = checkPages(b, (p) => pageByte(name, p));
+      t.equal(c.foreign, -1, `round ${round}: every byte of ${name} is a zero or its own store`);
+      torn += c.torn.length;
       const want = synced.get(name);
       if (want) {
         syncedChecked++;
         t.equal(createHash('sha1').update(b).digest('hex'), want, `round ${round}: flushed ${name} intact`);
       }
     }
+    t.ok(torn <= 1, `round ${round}: at most the page being filled at the kill is torn (${torn})`);
     for (const name of synced.keys()) t.ok((await pool.list()).includes(name), `${name} exists`);
     t.notOk((await pool.list()).includes('secret'), 'the secret stays unlinked');
     await pool.close();

@@ -63,6 +63,29 @@ export async function readAll(f: PoolFsFile): Promise<Buffer> {
 }
 
 /**
+ * Pages of `b` after a crash: `foreign`, the first page holding a byte that is neither
+ * 0 nor its own byte `own(page)` (-1 if none: a page reads as never stored, as its own
+ * stores, or as both); `torn`, the pages that mix the two. A child killed while it
+ * fills a page (a `fill` of 4 KiB is many stores) leaves that one page torn.
+ */
+export function checkPages(b: Buffer, own: (page: number) => number): { foreign: number; torn: number[] } {
+  const torn: number[] = [];
+  for (let p = 0; p * B < b.length; p++) {
+    const page = b.subarray(p * B, (p + 1) * B);
+    const v = own(p);
+    let zeros = 0;
+    let mine = 0;
+    for (const x of page) {
+      if (x === 0) zeros++;
+      else if (x === v) mine++;
+      else return { foreign: p, torn };
+    }
+    if (zeros > 0 && mine > 0) torn.push(p);
+  }
+  return { foreign: -1, torn };
+}
+
+/**
  * The first page of `b` that is neither all zeros nor all its own byte `own(page)`,
  * or -1: after a crash, every page must read as never stored or as its own stores.
  */
