@@ -165,13 +165,19 @@ t.test('reserve windows: after the threshold the rest of a window is installed f
   t.same(runAnswers([{ op: Op.ClearReserve, region: r.id, offset: 0, length: PAGE }]), [12], 'the 12 run blocks not installed');
 });
 
-t.test('ReserveWindows answers: argument checks', async (t) => {
+/** For the argument checks: a device, another one, and a 4 MiB region (closed at the end). */
+function checksSetup(t: Test) {
   const { dev, cleanup } = tempDevice('tmpfs', 4 * MiB);
   t.teardown(cleanup);
   const { dev: other, cleanup: c2 } = tempDevice('tmpfs', 4 * MiB);
   t.teardown(c2);
   const r = new TrappedRegion(4 * MiB);
   t.teardown(() => r.close());
+  return { dev, other, r };
+}
+
+t.test('ReserveWindows answers: argument checks', async (t) => {
+  const { dev, other, r } = checksSetup(t);
   const base = { op: Op.ReserveWindows, region: r.id, offset: 0, length: PAGE, device: dev.deviceId } as const;
   t.same(runAnswers([{ ...base, payload: reserveWindowsPayload(4, [{ offset: 0 }], [0]) }]), [-2], 'no reserve set: ENOENT');
   t.same(runAnswers([{ op: Op.SetReserve, region: r.id, offset: 0, length: 4 * MiB, device: dev.deviceId, payload: reservePayload([0]) }]), [0]);
@@ -194,12 +200,7 @@ t.test('ReserveWindows answers: argument checks', async (t) => {
 });
 
 t.test('SetReserve and ClearReserve answers: argument checks', async (t) => {
-  const { dev, cleanup } = tempDevice('tmpfs', 4 * MiB);
-  t.teardown(cleanup);
-  const { dev: other, cleanup: c2 } = tempDevice('tmpfs', 4 * MiB);
-  t.teardown(c2);
-  const r = new TrappedRegion(4 * MiB);
-  t.teardown(() => r.close());
+  const { dev, other, r } = checksSetup(t);
   const ro = new TrappedRegion(4 * MiB, true);
   t.teardown(() => ro.close());
   const base = { op: Op.SetReserve, region: r.id, offset: 0, length: MiB, device: dev.deviceId } as const;
@@ -281,12 +282,7 @@ t.test('the low-water mark: the note of the install that reaches it wakes the ha
 });
 
 t.test('TopUpReserve answers: argument checks', async (t) => {
-  const { dev, cleanup } = tempDevice('tmpfs', 4 * MiB);
-  t.teardown(cleanup);
-  const { dev: other, cleanup: c2 } = tempDevice('tmpfs', 4 * MiB);
-  t.teardown(c2);
-  const r = new TrappedRegion(4 * MiB);
-  t.teardown(() => r.close());
+  const { dev, other, r } = checksSetup(t);
   t.same(runAnswers([{ op: Op.SetReserve, region: r.id, offset: 0, length: MiB, device: dev.deviceId, payload: reservePayload([0]) }]), [0]);
   const base = { op: Op.TopUpReserve, region: r.id, offset: 0, length: PAGE, device: dev.deviceId } as const;
   const res = runAnswers([
