@@ -172,3 +172,34 @@ t.test('a child killed after windows were upgraded, before their gaps were adopt
   t.equal(foreign, 0, 'never another file\'s bytes');
   t.ok((await f.stat()).allocated <= (res.stores - res.native) * PAGE, 'nothing the agent answered was adopted');
 });
+
+forBackings(t, 'past the window budget: upgraded windows\' gaps are evicted like any window, every store still reads back', async (t, { pool }) => {
+  // A budget that holds the grant's blocks and runs (2,048 blocks counted against it)
+  // but not every window the file ends up with (32 windows of up to 16 single pages and
+  // their gaps, and the single pages of windows waiting for runs): gaps and single
+  // pages are evicted along the way (revoked, then faulted in again from their blocks).
+  const LIMIT = 2500;
+  const size = 64 * MiB;
+  const pages = size / PAGE;
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16, windowBudget: LIMIT }]);
+  const f = await pool.openFile('ev', { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  const order = scattered(pages, pages);
+  const a0 = agentStats();
+  const s0 = await pool.stats();
+  for (const q of order) tag(m.buffer, q);
+  // The evictions run in the background: wait until the budget holds again.
+  let s = s0;
+  await until(async () => (s = await pool.stats()).installedWindows <= LIMIT, 'the windows back within the budget', { detail: () => s });
+  t.ok(agentStats().upgrades - a0.upgrades > 0, `windows were upgraded (${agentStats().upgrades - a0.upgrades})`);
+  t.ok(s.evictions - s0.evictions > 0, `windows were evicted (${s.evictions - s0.evictions})`);
+  // Through the mapping (evicted pages fault in again) and through file.read.
+  let bad = 0;
+  for (let q = 0; q < pages; q++) if (m.buffer.readUInt32LE(q * PAGE + 8) !== q + 1) bad++;
+  t.equal(bad, 0, 'the mapping reads every store');
+  t.equal(wrong(await readAll(f, size), pages, new Set(order)), 0, 'file.read sees every store');
+  await m.unmap();
+  t.equal((await f.stat()).allocated, size, 'every page allocated, once');
+  await f.close();
+}, { size: 192 << 20 });
