@@ -376,8 +376,15 @@ t.test('row 14: random 4 KiB first-touch writes past the window budget', async (
       });
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
-  t.ok(evicted > 0, `windows were evicted (${evicted} in all): the runs went past the budget`);
-  add(t, { id: '14', what: whatOf('14'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order', ours, base: kernel, aim: aim.ratioAtMost(3), note: `${pages} pages against a budget of ${defaultWindowBudget()} windows: eviction all along` });
+  // As single-page windows the file would not fit the budget (eviction all along, as
+  // before reserve windows). With them, a window's gaps are one budget window each,
+  // and single pages are only those stored before their window's upgrade: whether
+  // anything is evicted now depends on how many that is.
+  t.ok(pages > defaultWindowBudget(), `${pages} pages, more than the budget's ${defaultWindowBudget()} windows`);
+  add(t, {
+    id: '14', what: whatOf('14'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order', ours, base: kernel, aim: aim.ratioAtMost(3),
+    note: `${pages} pages against a budget of ${defaultWindowBudget()} windows; windows evicted: ${evicted} in ${RUNS} runs (reserve windows: a gap is one budget window)`,
+  });
 });
 
 t.test('row 2: random 4 KiB first-touch writes, faultAround: false, disk-file pool', async (t) => {
