@@ -127,6 +127,10 @@ export async function startClient(socket: string, opts: { stage?: Stage; cwd?: s
   void exited.then((e) => {
     for (const w of waiters.values()) w.rej(Object.assign(new Error(`client died (${e.signal ?? e.code})`), { code: 'EDIED', signal: e.signal }));
     waiters.clear();
+    // A client killed inside a kernel touch (a write(2) from its mapping, blocked on
+    // the fault) never removed that touch's scratch file (fixtures/client.js).
+    const mine = `daxmap-dclient-${proc.pid}-`;
+    for (const f of fs.readdirSync('/dev/shm')) if (f.startsWith(mine)) fs.rmSync(`/dev/shm/${f}`, { force: true });
   });
   const send = (cmd: string, args: Record<string, unknown> = {}): Promise<unknown> => {
     const s = ++seq;

@@ -9,12 +9,18 @@ import { spawn } from 'node:child_process';
 t.test('a test process SIGKILLed: its daxmapd exits too', async (t) => {
   const child = spawn(process.execPath, [...process.execArgv, path.join(__dirname, 'parent-death-child.ts')], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
-  const pid = await new Promise<number>((res, rej) => {
+  const line = await new Promise<string>((res, rej) => {
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      if (out.includes('\n')) res(Number(out.trim()));
+      if (out.includes('\n')) res(out.trim());
     });
     child.on('exit', (code) => rej(new Error(`the test process exited (${code}) before its daemon listened`)));
+  });
+  const [pidText, device, socket] = line.split(' ');
+  const pid = Number(pidText);
+  // The killed process cannot remove its daemon's device and socket.
+  t.teardown(() => {
+    for (const f of [device, socket]) if (f) fs.rmSync(f, { force: true });
   });
   t.ok(pid > 0 && fs.existsSync(`/proc/${pid}`), `the daemon (pid ${pid}) is running`);
   child.kill('SIGKILL');
