@@ -380,7 +380,8 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     return false;
   }
   if (!write && !rs.zero_reads) return false;
-  if (write && rs.blocks.empty()) return false;  // ran out: the handler refills
+  // Ran out: the handler refills. A read needs one at hand too (a racing store, below).
+  if (rs.blocks.empty()) return false;
   std::shared_lock<std::shared_mutex> ops(r->ops, std::try_to_lock);
   if (!ops.owns_lock() || r->state.load() != kRegionOpen) {
     uffd_.Wake(page, kPage);  // closing: the thread meets the retired reservation
@@ -393,7 +394,6 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     // write-protect fault, answered below with a block. A block is still needed at
     // hand: a store from a thread that did not fault can land between the zero page
     // and its protection (Region::Zero sees it), and that store must reach the file.
-    if (!rs.zero_reads || rs.blocks.empty()) return false;
     bool raced = false;
     if (r->Zero(uffd_, ev.offset, kPage, true, false, &raced) != 0) return false;  // e.g. EEXIST: the handler decides
     if (!raced) {

@@ -487,16 +487,19 @@ export class Reserves {
         m.states.set(pages[i]!, pages[j - 1]! + 1, PageState.Installed);
         i = j;
       }
-      // A window's gap is one mapping of the process: one window of the budget.
-      const inGap = new Set<number>();
-      for (const [off, len] of gaps) {
-        for (let o = off; o < off + len; o += PAGE) inGap.add(o / PAGE);
-        m.client.budget.add({ mapping: m.key, offset: off, length: len });
-      }
+      // A window's gap is one mapping of the process: one window of the budget; the
+      // other pages one each (both lists in order: one pass).
       let single = pages;
-      if (inGap.size > 0) {
+      if (gaps.length > 0) {
+        gaps.sort((a, b) => a[0] - b[0]);
+        for (const [off, len] of gaps) m.client.budget.add({ mapping: m.key, offset: off, length: len });
         single = [];
-        for (const p of pages) if (!inGap.has(p)) single.push(p);
+        let g = 0;
+        for (const p of pages) {
+          while (g < gaps.length && (gaps[g]![0] + gaps[g]![1]) / PAGE <= p) g++;
+          if (g < gaps.length && gaps[g]![0] / PAGE <= p) continue;
+          single.push(p);
+        }
       }
       m.client.budget.addPages(m.key, single, PAGE);
     }

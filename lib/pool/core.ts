@@ -507,7 +507,8 @@ export class PoolCore {
     return recs;
   }
 
-  private async destructive(f: Inode, offset: number, length: number, what: string, body: () => void): Promise<void> {
+  /** `touch`: the file's mtime changes (not for trimZeros: no byte of the file does). */
+  private async destructive(f: Inode, offset: number, length: number, what: string, body: () => void, touch = true): Promise<void> {
     checkOffset('offset', offset);
     checkOffset('length', length);
     if (length === 0) throw daxError('EINVAL', `${what} length must be positive`);
@@ -522,8 +523,10 @@ export class PoolCore {
         this.checkLive(f);
         body();
       });
-      f.mtimeMs = Date.now();
-      f.mtimeDirty = true;
+      if (touch) {
+        f.mtimeMs = Date.now();
+        f.mtimeDirty = true;
+      }
     } finally {
       h.release();
     }
@@ -552,27 +555,36 @@ export class PoolCore {
    * land while they are read), then one transaction. Returns the blocks freed.
    */
   async trimZeros(f: Inode, offset: number, length: number): Promise<number> {
+    if (this.unit > 1) return 0; // whole units only there; never given windows
+    // A first look without the locks: most often every page was stored to, and then
+    // no mapping of the file need be revoked. The look under the locks decides.
+    if (this.zeroRuns(f, offset, length).length === 0) return 0;
     let freed = 0;
     await this.destructive(f, offset, length, 'trimZeros', () => {
-      if (this.unit > 1) return; // whole units only there; never given windows
-      const recs: LogRecord[] = [];
-      for (const s of segments(f, Math.ceil(offset / B), Math.floor((offset + length) / B))) {
-        if (s.state === 'hole') continue;
-        let from = -1;
-        for (let i = 0; i <= s.len; i++) {
-          // the device's bytes, whatever the state: a deferred conversion's data is there
-          const zero = i < s.len && this.storage.view((s.dev + i) * B, B).equals(ZERO_BLOCK);
-          if (zero && from < 0) from = i;
-          if (!zero && from >= 0) {
-            recs.push({ t: RecType.Unmap, id: f.id, fb: s.fb + from, len: i - from });
-            freed += i - from;
-            from = -1;
-          }
+      const runs = this.zeroRuns(f, offset, length);
+      for (const r of runs) freed += r.len;
+      if (runs.length > 0) this.txn.commit(runs.map((r): LogRecord => ({ t: RecType.Unmap, id: f.id, fb: r.start, len: r.len })));
+    }, false);
+    return freed;
+  }
+
+  /** The runs of file blocks of [offset, offset+length) (whole blocks) whose device bytes are all zeros. */
+  private zeroRuns(f: Inode, offset: number, length: number): Run[] {
+    const out: Run[] = [];
+    for (const s of segments(f, Math.ceil(offset / B), Math.floor((offset + length) / B))) {
+      if (s.state === 'hole') continue;
+      let from = -1;
+      for (let i = 0; i <= s.len; i++) {
+        // the device's bytes, whatever the state: a deferred conversion's data is there
+        const zero = i < s.len && this.storage.view((s.dev + i) * B, B).equals(ZERO_BLOCK);
+        if (zero && from < 0) from = i;
+        if (!zero && from >= 0) {
+          out.push({ start: s.fb + from, len: i - from });
+          from = -1;
         }
       }
-      if (recs.length > 0) this.txn.commit(recs);
-    });
-    return freed;
+    }
+    return out;
   }
 
   zeroRange(f: Inode, offset: number, length: number, keepSize: boolean): Promise<void> {
