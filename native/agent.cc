@@ -362,9 +362,12 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   if (!ch || ch->orphaned()) return false;
   // Held from the lookup until the note is queued, so that once ClearReserve (which
   // locks it) returns, no install from the reserve is in progress and every note of
-  // one is on the channel, ahead of anything queued later. Never waits.
-  std::unique_lock<std::mutex> g(r->reserve_mu, std::try_to_lock);
-  if (!g.owns_lock()) return false;
+  // one is on the channel, ahead of anything queued later. Waited for: its other
+  // holders are the handler's answers (set, top up, add ranges or windows, clear),
+  // bookkeeping that never waits on this thread. A fault that found it taken used to
+  // go to the handler, whose policy took the reserve back and granted it again: tens
+  // of ms behind whatever the handler was doing (docs/native.md, "Reserves").
+  std::lock_guard<std::mutex> g(r->reserve_mu);
   Reserve& rs = r->reserve;
   if (rs.ranges.empty()) return false;
   uintptr_t page = r->base() + ev.offset;

@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "frames.h"
 #include "uffd_compat.h"
@@ -218,6 +220,10 @@ int Region::AddReserveWindows(const std::shared_ptr<Device>& dev, uint32_t thres
 
 int Region::TopUpReserve(const std::shared_ptr<Device>& dev, const uint64_t* blocks, size_t n, uint64_t low) {
   std::lock_guard<std::mutex> g(reserve_mu);
+  // Test seam (DAXMAP_TEST_TOPUP_HOLD_US): hold the reserve this long, so that a fault
+  // on a reserve range meets it taken (test/native/reserve.test.ts).
+  static const long hold_us = getenv("DAXMAP_TEST_TOPUP_HOLD_US") ? atol(getenv("DAXMAP_TEST_TOPUP_HOLD_US")) : 0;
+  if (hold_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(hold_us));
   if (!reserve.device) return ENOENT;
   if (reserve.device != dev) return EINVAL;
   reserve.AddBlocks(blocks, n, low);

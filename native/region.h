@@ -116,9 +116,10 @@ class Region {
   void SetDirect(const DirectRange& d);
   void ClearDirect(uint64_t off, uint64_t len);
 
-  // The reserve, guarded by reserve_mu: the reader holds it (try-lock only: it never
-  // waits) from the lookup until the block is installed, woken and its note queued;
-  // SetReserve and ClearReserve lock it. So once ClearReserve returns no reserve
+  // The reserve, guarded by reserve_mu: the reader holds it from the lookup until the
+  // block is installed, woken and its note queued; the answers that change the
+  // reserve (set, top up, ranges, windows, clear) lock it and never wait on the reader
+  // while they hold it. So once ClearReserve returns no reserve
   // install is in progress or can start, and every note of one is on the channel.
   std::mutex reserve_mu;
   Reserve reserve;

@@ -241,6 +241,22 @@ for (const [what, env, rounds] of [
   });
 }
 
+t.test('a write fault that meets the reserve taken by a top-up waits for it and is answered from the reserve, not by the handler', async (t) => {
+  // Before, the reader only tried the lock: such a fault went to the handler, and in
+  // the pool the policy took the reserve back and granted it again (tens of ms).
+  const rounds = 12;
+  const dev = `/dev/shm/daxmap-test-reserve-busy-${process.pid}`;
+  t.teardown(() => fs.rmSync(dev, { force: true }));
+  const res = await runChild('reserve-busy-child.js', [dev, String(rounds)], { env: { DAXMAP_TEST_TOPUP_HOLD_US: '30000' }, timeoutMs: 120000 });
+  t.equal(res.code, 0, res.stderr);
+  const out = JSON.parse(res.stdout.trim().split('\n').pop() ?? '{}');
+  // The positive signal: in these rounds the agent read the fault while the lock was held.
+  t.ok(out.contended >= 1, `the fault met the lock taken in some rounds (${out.contended} of ${rounds})`);
+  t.equal(out.delivered, 0, 'none of those faults went to the handler');
+  t.equal(out.reserved, out.contended, 'each was answered from the reserve');
+  t.equal(out.wrong, 0, 'every store is in the reserve block that answered it, no other block written');
+});
+
 t.test('the low-water mark: the note of the install that reaches it wakes the handler; a top-up adds blocks, not ranges', async (t) => {
   const { dev, scratch, h, r } = await setup(t, 8 * MiB, 'low', { mode: 'poison' });
   const given = [10, 11, 12, 13, 14, 15, 16, 17].map((b) => b * PAGE);
