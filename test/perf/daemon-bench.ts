@@ -13,7 +13,7 @@ const CLIENT = path.join(__dirname, 'daemon-client.js');
 // The children run without tap's loaders and coverage hooks, and without the lock validator.
 const ENV = { ...process.env, NODE_OPTIONS: '', DAXMAP_LOCKDEP: '0', DAXMAP_TEST_HOOKS: '0' };
 
-interface Touch { medianUs: number; p99Us: number; maxUs: number; meanUs: number; startNs: string; endNs: string; pages: number }
+interface Touch { medianUs: number; p99Us: number; maxUs: number; meanUs: number; startNs: string; endNs: string; pages: number; cpuUs: number }
 interface Finish { ok: number; bad: number; stats: { faults: number; pte: number; pmd: number; sigbus: number } | null }
 
 /** A client process driven over IPC (daemon-client.js). */
@@ -63,6 +63,25 @@ export interface DaemonRun {
   /** Faults per second through daxmapd: one client alone, two at once (total). */
   oneFaultsPerSec: number;
   twoFaultsPerSec: number;
+  /**
+   * CPUs kept busy by one client alone through daxmapd: the CPU time of the client
+   * (all its threads) and of the daemon while it touched, over the wall time. Two
+   * clients on c CPUs can get at most c / this of one client's throughput.
+   */
+  oneCpus: number;
+}
+
+/** Time on a CPU of every thread of a process so far, in µs (/proc/<pid>/task/<tid>/schedstat: ns). */
+function cpuUsOf(pid: number): number {
+  let ns = 0;
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread is gone: its time is lost to this count (a few µs at most)
+    }
+  }
+  return ns / 1000;
 }
 
 const wallSeconds = (xs: Touch[]): number => {
@@ -100,17 +119,20 @@ export class DaemonBench {
     this.sigbus += f.stats?.sigbus ?? 0;
   }
 
-  private async one(c: Client, mode: 'embedded' | 'daemon', seed: number, run: number, name: string): Promise<Touch> {
+  /** One client's timed touches; `daemonCpuUs`: the daemon's CPU time from just before to just after them. */
+  private async one(c: Client, mode: 'embedded' | 'daemon', seed: number, run: number, name: string): Promise<Touch & { daemonCpuUs: number }> {
     await c.call('prepare', { mode, socket: this.d.socket, mb: this.mb, seed, run, name });
+    const d0 = cpuUsOf(this.d.proc.pid!);
     const x = await c.call<Touch>('touch');
+    const daemonCpuUs = cpuUsOf(this.d.proc.pid!) - d0;
     this.finished(await c.call<Finish>('finish'));
-    return x;
+    return { ...x, daemonCpuUs };
   }
 
   async run(run: number): Promise<DaemonRun> {
     const seed = 0x1234567 + run;
     const modes = run % 2 === 0 ? (['embedded', 'daemon'] as const) : (['daemon', 'embedded'] as const);
-    const res: Partial<Record<'embedded' | 'daemon', Touch>> = {};
+    const res: Partial<Record<'embedded' | 'daemon', Touch & { daemonCpuUs: number }>> = {};
     for (const mode of modes) res[mode] = await this.one(this.a, mode, seed, run, `r${run}-${mode}`);
     const dm = res.daemon!;
     // Two client processes faulting at once, each its own file, through the one daemon.
@@ -124,6 +146,7 @@ export class DaemonBench {
       daemonUs: dm.meanUs,
       oneFaultsPerSec: dm.pages / wallSeconds([dm]),
       twoFaultsPerSec: (xa.pages + xb.pages) / wallSeconds([xa, xb]),
+      oneCpus: (dm.cpuUs + dm.daemonCpuUs) / 1e6 / wallSeconds([dm]),
     };
   }
 
