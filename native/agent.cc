@@ -390,8 +390,8 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     uffd_.Wake(page, kPage);  // closing: the thread meets the retired reservation
     return true;
   }
-  uint64_t dev_off = 0;
   if (!write) {
+    if (rs.zero_window) return ZeroWindow(*r, rs, ev, ch, touched);
     // The policy's own answer: the shared zero page, then its write protection (no
     // memory is spent on it). The page stays in the ranges: a store to it is then a
     // write-protect fault, answered below with a block. A block is still needed at
@@ -414,11 +414,9 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     // it cannot change. Its bytes go into the next block, which is then installed
     // over it like a store's (and noted as one). Should the copy fail, the event goes
     // to the handler, which finds the page present and answers it (EEXIST) as it can.
-    dev_off = rs.blocks.back();
-    if (pwrite(rs.device->fd(), reinterpret_cast<const void*>(page), kPage, static_cast<off_t>(dev_off)) !=
-        static_cast<ssize_t>(kPage))
-      return false;
-    stats_.reserved_raced++;
+    if (!AdoptRaced(*r, rs, ev, ch, touched)) return false;
+    uffd_.Wake(page, kPage);
+    return true;
   }
   if (wp) {
     // In the ranges a page is a hole of the file. Present in the registered region, it
@@ -437,13 +435,21 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
       if (b[0] != 0 || memcmp(b, b + 1, kPage - 1) != 0) return false;
     }
   }
-  dev_off = rs.blocks.back();
+  if (!InstallBlock(*r, rs, ev, wp, ch, touched)) return false;
+  uffd_.Wake(page, kPage);
+  return true;
+}
+
+bool Agent::InstallBlock(Region& r, Reserve& rs, const FaultEvent& ev, bool wp, const std::shared_ptr<Channel>& ch,
+                         std::vector<std::shared_ptr<Channel>>* touched) {
+  // reserve_mu and the region's ops (shared) are held; a block is at hand.
+  const uint64_t dev_off = rs.blocks.back();
   // Test seam (DAXMAP_TEST_RESERVE_DELAY_US): widen the window between taking the
   // reserve and installing, so ClearReserve racing faults is testable.
   static const long delay_us =
       getenv("DAXMAP_TEST_RESERVE_DELAY_US") ? atol(getenv("DAXMAP_TEST_RESERVE_DELAY_US")) : 0;
   if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
-  int e = r->Install(uffd_, ev.offset, kPage, *rs.device, dev_off, kAnsWritable | kAnsPopulate, 0, false);
+  int e = r.Install(uffd_, ev.offset, kPage, *rs.device, dev_off, kAnsWritable | kAnsPopulate, 0, false);
   if (e != 0) return false;  // e.g. ENOMEM at vm.max_map_count: the handler decides
   rs.blocks.pop_back();
   rs.RemovePage(ev.offset);
@@ -468,19 +474,104 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
   if (ch->EnqueueNote(note, low) && low) touched->push_back(ch);
   stats_.reserved++;
   if (wp) stats_.reserved_wp++;
-  ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
+  ch->Answered(r.id(), ev.offset, kPage);  // before the wake: see Region's executors
   // A reserve window: after `threshold` pages of it filled, the rest of it, before the
   // store that filled the threshold is woken (once per window: once that store is
   // done, so is the upgrade).
   auto w = rs.windows.find(ev.offset & ~(k2M - 1));
   if (w != rs.windows.end()) {
     w->second.set(static_cast<uint32_t>((ev.offset - w->first) / kPage));
-    if (w->second.count >= rs.threshold && !rs.runs.empty()) UpgradeWindow(*r, rs, w->first, w->second, ch, touched);
+    if (w->second.count >= rs.threshold && !rs.runs.empty()) UpgradeWindow(r, rs, w->first, w->second, ch, touched);
   }
-  uffd_.Wake(page, kPage);
   return true;
 }
 
+bool Agent::AdoptRaced(Region& r, Reserve& rs, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
+                       std::vector<std::shared_ptr<Channel>>* touched) {
+  // The page at ev.offset is a private copy that a store raced into between the zero
+  // page and its protection, write-protected now, so it cannot change. Its bytes go
+  // into the next block, which is installed over it like a store's (and noted as one).
+  // Should the copy fail, false: the caller sends the event to the handler, which
+  // finds the page present and answers it (EEXIST) as it can.
+  const uintptr_t page = r.base() + ev.offset;
+  if (rs.blocks.empty()) return false;
+  if (pwrite(rs.device->fd(), reinterpret_cast<const void*>(page), kPage, static_cast<off_t>(rs.blocks.back())) !=
+      static_cast<ssize_t>(kPage))
+    return false;
+  stats_.reserved_raced++;
+  return InstallBlock(r, rs, ev, false, ch, touched);
+}
+
+bool Agent::ZeroWindow(Region& r, Reserve& rs, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
+                       std::vector<std::shared_ptr<Channel>>* touched) {
+  // reserve_mu and the region's ops (shared) are held; the faulting page is in the
+  // ranges (a hole of the file) and a block is at hand. The policy's fault-around
+  // answers a read of a hole window with 2 MiB of zero pages; here, the run of pages
+  // around the faulting one in its window that are in the ranges and not present
+  // (pages filled since are not holes any more), at most as many as blocks at hand
+  // (each page a store raced into takes one). Write-protected: a store to one is a
+  // write-protect fault, answered from the reserve like a store after a single zero read.
+  const uint64_t w0 = ev.offset & ~(k2M - 1);
+  const uint64_t w1 = std::min<uint64_t>(w0 + k2M, r.length());
+  const size_t n = static_cast<size_t>((w1 - w0) / kPage);
+  const size_t f = static_cast<size_t>((ev.offset - w0) / kPage);
+  std::vector<uint64_t> pm(n);
+  if (!ReadPagemap(r.base() + w0, n, pm.data())) return false;
+  auto hole = [&](size_t k) { return !(pm[k] & kPmPresent) && rs.Contains(w0 + k * kPage); };
+  if (!hole(f)) return false;
+  const size_t cap = rs.blocks.size();
+  size_t i = f, j = f + 1;
+  while (j < n && j - i < cap && hole(j)) j++;
+  while (i > 0 && j - i < cap && hole(i - 1)) i--;
+  bool raced = false;
+  int e = r.Zero(uffd_, w0 + i * kPage, (j - i) * kPage, true, false, &raced);
+  if (e != 0 && j - i > 1) {
+    // The run spans more than one mapping of the region (ENOENT past the first): what
+    // was placed is protected (Region::Zero); the faulting page alone then.
+    bool r2 = false;
+    (void)r.Zero(uffd_, ev.offset, kPage, true, false, &r2);
+  }
+  // What each page of the run is now: a zero page, a private copy a store raced into,
+  // or not placed. The zero pages' notes first: a raced page's block below can reach a
+  // reserve window's threshold, and its upgrade installs over zero pages of the run.
+  std::vector<uint64_t> after(j - i);
+  if (!ReadPagemap(r.base() + w0 + i * kPage, j - i, after.data())) return false;
+  auto zero = [&](size_t k) {
+    const uint64_t a = after[k - i];
+    return (a & kPmPresent) && !(a & (kPmFile | kPmExclusive));
+  };
+  bool mine = false;
+  for (size_t k = i; k < j;) {
+    if (!zero(k)) {
+      k++;
+      continue;
+    }
+    size_t m = k + 1;
+    while (m < j && zero(m)) m++;
+    FaultEvent note = ev;
+    note.flags = kEvNote;  // a zero note: no block, no kEvWrite
+    note.offset = w0 + k * kPage;
+    note.count = static_cast<uint16_t>(m - k);
+    note.time_ns = 0;
+    (void)ch->EnqueueNote(note, false);
+    ch->Answered(r.id(), note.offset, (m - k) * kPage);  // before the wake: see Region's executors
+    uffd_.Wake(r.base() + note.offset, (m - k) * kPage);
+    if (f >= k && f < m) mine = true;
+    k = m;
+  }
+  for (size_t k = i; k < j; k++) {
+    const uint64_t a = after[k - i];
+    if (!(a & kPmPresent) || (a & kPmFile) || !(a & kPmExclusive)) continue;
+    FaultEvent rev = ev;
+    rev.offset = w0 + k * kPage;
+    if (!AdoptRaced(r, rs, rev, ch, touched)) return false;
+    uffd_.Wake(r.base() + rev.offset, kPage);
+    if (k == f) mine = true;
+  }
+  if (!mine) return false;  // the faulting page was not placed: the handler's
+  stats_.reserved_zero++;
+  return true;
+}
 void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w,
                           const std::shared_ptr<Channel>& ch, std::vector<std::shared_ptr<Channel>>* touched) {
   // reserve_mu and the region's ops (shared) are held. Every page of the window not
@@ -533,9 +624,10 @@ int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool t
   // Shared writable 4 KiB installs only: never in a read-only region, never on a
   // 2 MiB-granular device (it maps whole aligned units only).
   // kAnsWp (a set, not a top-up): hole reads in the ranges are answered too.
-  const uint8_t allowed = top_up ? 0 : kAnsWp;
-  if ((a.flags & ~allowed) != 0 || a.flags2 != 0 || a.payload % 8 != 0 || r.read_only() || !dev->writable() ||
-      dev->align() > kPage)
+  // kAnsWindow (with kAnsWp): a hole read zeroes its run of holes in its window.
+  const uint8_t allowed = top_up ? 0 : (kAnsWp | kAnsWindow);
+  if ((a.flags & ~allowed) != 0 || ((a.flags & kAnsWindow) && !(a.flags & kAnsWp)) || a.flags2 != 0 ||
+      a.payload % 8 != 0 || r.read_only() || !dev->writable() || dev->align() > kPage)
     return EINVAL;
   size_t n = a.payload / 8;
   std::vector<uint64_t> blocks(n);
@@ -545,7 +637,8 @@ int Agent::SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool t
   }
   // dev_offset carries the low-water mark (blocks), not a device offset.
   if (top_up) return r.TopUpReserve(dev, blocks.data(), n, a.dev_offset);
-  return r.AddReserve(dev, a.offset, a.length, blocks.data(), n, a.dev_offset, (a.flags & kAnsWp) != 0);
+  return r.AddReserve(dev, a.offset, a.length, blocks.data(), n, a.dev_offset, (a.flags & kAnsWp) != 0,
+                      (a.flags & kAnsWindow) != 0);
 }
 
 void Agent::PoisonPage(const std::shared_ptr<Region>& r, uint64_t off) {

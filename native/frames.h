@@ -78,6 +78,7 @@ enum AnswerFlags : uint8_t {
   kAnsNoWake = 1 << 4,      // do not wake (a later answer will)
   kAnsFromDevice = 1 << 5,  // copy: source is the device view at dev_offset
   kAnsAdopt = 1 << 6,       // install: first copy the present pages of the range into the device
+  kAnsWindow = 1 << 7,      // set reserve (with kAnsWp): a hole read zeroes its run of holes in its 2 MiB window
 };
 
 // Second flag word (the frame's former reserved field).

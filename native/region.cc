@@ -167,11 +167,12 @@ void Reserve::AddBlocks(const uint64_t* add, size_t n, uint64_t low_water) {
 }
 
 int Region::AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n,
-                       uint64_t low, bool zero_reads) {
+                       uint64_t low, bool zero_reads, bool zero_window) {
   std::lock_guard<std::mutex> g(reserve_mu);
   if (reserve.device && reserve.device != dev) return EINVAL;
   reserve.device = dev;
   reserve.zero_reads = zero_reads;
+  reserve.zero_window = zero_reads && zero_window;
   reserve.AddRange(off, off + len);
   reserve.AddBlocks(blocks, n, low);
   return 0;

@@ -44,6 +44,9 @@ struct Reserve {
   // Set by a SetReserve with kAnsWp: a missing read fault in the ranges is answered
   // here too, with a write-protected page of zeros and a zero note (no block).
   bool zero_reads = false;
+  // With zero_reads: a hole read zeroes (write-protected) the run of holes of the
+  // ranges around it in its 2 MiB window, not only its page: the policy's fault-around.
+  bool zero_window = false;
   // Reserve windows (docs/native.md, "Reserve windows"): windows of the region that
   // were holes of the file when given, each with the pages the reserve filled since;
   // after `threshold` of them the rest of the window is installed from a run (2 MiB
@@ -126,7 +129,7 @@ class Region {
   // Under reserve_mu: adds ranges and blocks (the device must be the reserve's, if any),
   // sets the low-water mark and whether hole reads in the ranges are answered too. 0 or EINVAL.
   int AddReserve(const std::shared_ptr<Device>& dev, uint64_t off, uint64_t len, const uint64_t* blocks, size_t n,
-                 uint64_t low, bool zero_reads);
+                 uint64_t low, bool zero_reads, bool zero_window);
   // Under reserve_mu: adds blocks to the reserve that is set, ranges untouched, and sets
   // the low-water mark. 0, ENOENT (no reserve set: cleared, or never set) or EINVAL
   // (another device).

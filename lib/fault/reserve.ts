@@ -16,7 +16,7 @@
 // file is live, and the ranges granted stay holes until the reserve is taken back.
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { monotonicNow } from '../native/engine';
-import { A_WP, EV_LOW, EV_NOTE, EV_RUN, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, reserveWindowsPayload, type AnswerSpec, type FaultEvent, type ReserveWindow } from '../native/frames';
+import { A_WINDOW, A_WP, EV_LOW, EV_NOTE, EV_RUN, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, reserveWindowsPayload, type AnswerSpec, type FaultEvent, type ReserveWindow } from '../native/frames';
 import { isDaxError } from '../errors';
 import type { Inode, PoolInternals, ReservedPair } from '../pool/internal';
 import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
@@ -174,8 +174,8 @@ export class Reserves {
   /**
    * A fault that the agent read before the reserve of its file was set (or last topped
    * up), on a page the reserve covers, of a kind the agent answers from it: a store (on
-   * a hole, or on a zero page: write-protect), or a read of a hole where the grant asked
-   * the agent to answer those (no fault-around). The policy need not take the reserve
+   * a hole, or on a zero page: write-protect), or a read of a hole (the grant asks the
+   * agent to answer those, with or without fault-around). The policy need not take the reserve
    * back for it, only wake the thread, whose retried access the agent then answers. (A
    * thread that stores after a load reads the next page while the grant its store
    * started is under way: taking that reserve back at once left each grant a few
@@ -184,7 +184,7 @@ export class Reserves {
    */
   retryable(m: Mapping, ev: FaultEvent): boolean {
     const r = this.byInode.get(m.inode.id);
-    if (!r || r.m !== m || ((ev.flags & EV_WRITE) === 0 && m.faultAround) || ev.timeNs >= r.since || r.given.size === 0) return false;
+    if (!r || r.m !== m || ev.timeNs >= r.since || r.given.size === 0) return false;
     return inRanges(r.ranges, ev.offset) && !r.noted.has(ev.offset);
   }
 
@@ -246,17 +246,14 @@ export class Reserves {
         continue;
       }
       if ((ev.flags & EV_WRITE) === 0) {
-        // A zero note: the agent answered a read of a hole in the ranges with a
-        // write-protected page of zeros (asked for by the grant). No block: the page
-        // is a zero page, as the policy's own answer would have made it. A page
+        // A zero note: the agent answered a read of a hole in the ranges with
+        // write-protected pages of zeros (asked for by the grant): `count` of them, the
+        // run of holes around it in its window with fault-around. No block: the pages
+        // are zero pages, as the policy's own answer would have made them. A page
         // outside the ranges was not the agent's to answer: ignored.
-        if (!inRanges(r.ranges, ev.offset) || r.noted.has(ev.offset)) {
-          this.inconsistent(client, { region: ev.region, offset: ev.offset }, 'a zero note outside the reserve\'s holes: ignored');
-          continue;
+        if (!this.zeroNote(r, ev)) {
+          this.inconsistent(client, { region: ev.region, offset: ev.offset, pages: ev.count }, 'a zero note outside the reserve\'s holes: ignored');
         }
-        const p = ev.offset / PAGE;
-        r.m.states.setWhere(p, p + 1, PageState.None, PageState.Zero);
-        this.ctx.bump(r.m, 'zeroPage');
         continue;
       }
       // Only a block this reserve gave, once: a daemon client's notes are not trusted
@@ -273,6 +270,20 @@ export class Reserves {
     }
     if (r !== undefined && noted > 0) this.afterNotes(r, noted, low);
     return faults;
+  }
+
+  /** A zero note's pages marked zero pages; false (nothing done) if any is not a hole the reserve had. */
+  private zeroNote(r: Live, ev: FaultEvent): boolean {
+    const n = ev.count;
+    if (n < 1 || ev.offset + n * PAGE > r.m.length) return false;
+    for (let i = 0; i < n; i++) {
+      const off = ev.offset + i * PAGE;
+      if (!inRanges(r.ranges, off) || r.noted.has(off)) return false;
+    }
+    const p = ev.offset / PAGE;
+    r.m.states.setWhere(p, p + n, PageState.None, PageState.Zero);
+    this.ctx.bump(r.m, 'zeroPage');
+    return true;
   }
 
   /** `n` notes were queued on `r` (`low`: one of them reached the low-water mark). */
@@ -621,12 +632,13 @@ export class Reserves {
     const low = Math.min(RESERVE_LOW_WATER, Math.floor(devs.length * 3 / 4));
     // The first range with the blocks; the rest in one frame, however many.
     const [lo0, hi0] = ranges[0]!;
-    // Without fault-around the policy answers a read of a hole with one zero page: the
-    // agent may then answer those reads in the ranges itself (A_WP), so that a load
-    // followed by a store (the store a write-protect fault) never takes the reserve
-    // back. With fault-around a read of a hole window is a 2 MiB zero window, the
-    // policy's.
-    const flags = m.faultAround ? 0 : A_WP;
+    // The agent answers reads of holes in the ranges itself (A_WP), as the policy would:
+    // one zero page without fault-around; with it (A_WINDOW), the run of holes around
+    // the page in its 2 MiB window, as the policy's zero window. So a load followed by
+    // a store (the store a write-protect fault) never takes the reserve back: with
+    // fault-around each first read of a window did, and the store after it granted
+    // the reserve again (docs/fault-policy.md, "Reserves").
+    const flags = m.faultAround ? A_WP | A_WINDOW : A_WP;
     const specs: AnswerSpec[] = [{ op: Op.SetReserve, flags, region: m.region, offset: lo0, length: hi0 - lo0, device: m.client.deviceId, devOffset: low, payload: reservePayload(devs) }];
     if (ranges.length > 1) {
       specs.push({ op: Op.AddReserveRanges, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveRangesPayload(ranges.slice(1)) });

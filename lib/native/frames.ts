@@ -76,6 +76,8 @@ export const A_WP = 1 << 3;
 export const A_NOWAKE = 1 << 4;
 export const A_FROM_DEVICE = 1 << 5;
 export const A_ADOPT = 1 << 6;
+/** Set reserve, with A_WP: a hole read zeroes the run of holes around it in its 2 MiB window (fault-around). */
+export const A_WINDOW = 1 << 7;
 
 /** Second flag word. */
 export const A2_POPULATE_READ = 1 << 0;

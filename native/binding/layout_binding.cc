@@ -110,6 +110,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kAnsNoWake", kAnsNoWake);
   set("kAnsFromDevice", kAnsFromDevice);
   set("kAnsAdopt", kAnsAdopt);
+  set("kAnsWindow", kAnsWindow);
   set("kAns2PopulateRead", kAns2PopulateRead);
   set("kResultRaced", kResultRaced);
   set("kMsgEvents", wire::kMsgEvents);

@@ -47,6 +47,16 @@ t.test('a store racing the agent\'s zero-page answer under a reserve (no fault-a
   t.equal(r.sigbus, 0);
 });
 
+t.test('a store racing the agent\'s zero window under a reserve (fault-around) is copied into a block', async (t) => {
+  const r = await run('reserve-window');
+  t.equal(r.agentRaced, 1, 'the agent saw the race');
+  t.equal(r.raced, 0, 'the policy had nothing to do');
+  t.equal(r.seen, 0, 'the faulting read sees zeros: the store raced another page of the run');
+  t.equal(r.racedSeen, 0x7d, 'that page holds the store');
+  t.equal(r.file, 0x7d, 'and so does the file');
+  t.equal(r.sigbus, 0);
+});
+
 t.test('a store racing a zero-page answer in a private mapping stays private', async (t) => {
   const r = await run('private');
   t.equal(r.raced, 1);

@@ -76,6 +76,7 @@ const MIRROR: Record<string, string | null> = {
   kAnsNoWake: 'frames.A_NOWAKE',
   kAnsFromDevice: 'frames.A_FROM_DEVICE',
   kAnsAdopt: 'frames.A_ADOPT',
+  kAnsWindow: 'frames.A_WINDOW',
   kAns2PopulateRead: 'frames.A2_POPULATE_READ',
   kResultRaced: 'frames.RESULT_RACED',
   kMsgEvents: 'wire.Msg.Events',

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { TrappedRegion } from '../../dist/native/region';
 import { agentStats } from '../../dist/native/engine';
-import { A_WP, Op, reservePayload, reserveRangesPayload, reserveWindowsPayload } from '../../dist/native/frames';
+import { A_WINDOW, A_WP, Op, reservePayload, reserveRangesPayload, reserveWindowsPayload } from '../../dist/native/frames';
 import { Handler, boundRegion, kernelTouch, runAnswers, runChild, tempDevice, type Rule } from './helpers';
 
 const PAGE = 4096;
@@ -95,6 +95,45 @@ t.test('a reserve set with A_WP also answers hole reads (write-protected zeros, 
   ]), [1, 0], 'cleared (one block unused), set again without A_WP');
   t.equal(kernelTouch(b, 2 * MiB + PAGE, false, scratch), 'EFAULT', 'a reserve set without A_WP leaves reads to the handler');
   t.equal(agentStats().reservedZero - s0.reservedZero, 1);
+});
+
+t.test('a reserve set with A_WP | A_WINDOW answers a hole read with the run of holes around it in its 2 MiB window (one zero note)', async (t) => {
+  const { dev, scratch, h, r } = await setup(t, 8 * MiB, 'zwin', { mode: 'poison' });
+  const blocks = Array.from({ length: 64 }, (_, i) => (100 + i) * PAGE);
+  for (const q of blocks) dev.view(q, PAGE).fill(0);
+  const P0 = MiB / PAGE; // the ranges: pages [P0, P0 + 64) and [P0 + 100, P0 + 256), in the window [0, 2 MiB)
+  t.same(runAnswers([
+    { op: Op.SetReserve, flags: A_WP | A_WINDOW, region: r.id, offset: MiB, length: 64 * PAGE, device: dev.deviceId, payload: reservePayload(blocks) },
+    { op: Op.SetReserve, flags: A_WP | A_WINDOW, region: r.id, offset: MiB + 100 * PAGE, length: 156 * PAGE, device: dev.deviceId },
+  ]), [0, 0], 'set with A_WP | A_WINDOW');
+  const b = r.buffer;
+  const s0 = agentStats();
+  t.equal(kernelTouch(b, (P0 + 10) * PAGE, true, scratch), 'ok', 'a store takes a block');
+  t.equal(kernelTouch(b, (P0 + 20) * PAGE, false, scratch), 'ok', 'a read of a hole is answered by the agent');
+  const s1 = agentStats();
+  t.equal(s1.reservedZero - s0.reservedZero, 1, 'one read answered');
+  t.equal(s1.delivered - s0.delivered, 0, 'no fault reached the handler');
+  // The run around it: the holes from the stored page to the end of the first range.
+  for (const pg of [P0 + 11, P0 + 40, P0 + 63]) t.equal(b[pg * PAGE + 5], 0, `page ${pg - P0} of the run reads zeros`);
+  t.equal(agentStats().events - s1.events, 0, 'without a fault: they were placed with it');
+  t.equal(kernelTouch(b, P0 * PAGE, false, scratch), 'ok', 'a hole before the stored page is another run');
+  t.equal(agentStats().reservedZero - s0.reservedZero, 2, 'answered by the agent too');
+  t.equal(kernelTouch(b, (P0 + 70) * PAGE, false, scratch), 'EFAULT', 'a page between the ranges is not placed: its read goes to the handler');
+  t.equal(kernelTouch(b, (P0 + 30) * PAGE, true, scratch), 'ok', 'a store to a page of the run (write-protect fault)');
+  t.equal(agentStats().reservedWp - s0.reservedWp, 1, 'is answered from the reserve');
+  t.equal(dev.view(blocks[1]!, 1)[0], 0x3c, 'into the next block');
+  // The second range: more holes than blocks at hand (62): the run is as many pages.
+  t.equal(kernelTouch(b, (P0 + 200) * PAGE, false, scratch), 'ok', 'a read in the second range');
+  // Notes wake nobody: they go with the next event for the handler.
+  t.equal(kernelTouch(b, 3 * MiB, false, scratch), 'EFAULT', 'a read outside the ranges goes to the handler');
+  t.same(await notes(h, 5), [
+    [r.id, (P0 + 10) * PAGE, blocks[0]],
+    [r.id, (P0 + 11) * PAGE, 0, 53],
+    [r.id, P0 * PAGE, 0, 10],
+    [r.id, (P0 + 30) * PAGE, blocks[1]],
+    [r.id, (P0 + 194) * PAGE, 0, 62],
+  ], 'the store\'s note, a zero note per run (offset, pages), the second store\'s note, a run capped at the blocks at hand');
+  t.same(runAnswers([{ op: Op.SetReserve, flags: A_WINDOW, region: r.id, offset: 4 * MiB, length: PAGE, device: dev.deviceId }]), [-22], 'A_WINDOW without A_WP: EINVAL');
 });
 
 t.test('reserve windows: after the threshold the rest of a window is installed from a run, no trap for its pages', async (t) => {
