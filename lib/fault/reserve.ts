@@ -86,6 +86,13 @@ interface Live {
   /** device offsets given and not yet noted */
   readonly given: Set<number>;
   /**
+   * Of those, the blocks given for single pages (the grant's and the top-ups'): the
+   * agent's reserve as the policy counts it. `given` holds the runs' blocks too, which
+   * a sparse writer never uses: a top-up sized from `given` found the reserve full
+   * and never came, and the reserve ran dry (a take-back and a new grant, ms).
+   */
+  blocks: number;
+  /**
    * Notes received and not yet adopted, as the pool adopts them: file block, device
    * offset. One array for the reserve's life (emptyListOf), emptied by each adoption:
    * a new empty array per batch started as one of small integers, and the optimised
@@ -263,6 +270,7 @@ export class Reserves {
         this.inconsistent(client, { region: ev.region, offset: ev.offset, dev }, 'a reserve note names a block the reserve did not give: ignored');
         continue;
       }
+      r.blocks--;
       r.notes.push({ fb: (r.m.fileOffset + ev.offset) / PAGE, dev });
       r.noted.add(ev.offset);
       noted++;
@@ -386,7 +394,7 @@ export class Reserves {
     const ino = m.inode;
     await withOperation('reserve', async () => {
       const budget = r.client.budget;
-      const n = Math.min(RESERVE_BLOCKS - r.given.size, budget.limit - budget.used);
+      const n = Math.min(RESERVE_BLOCKS - r.blocks, budget.limit - budget.used);
       if (n < MIN_GRANT || m.dead || this.byInode.get(ino.id) !== r) return;
       // Taken before the lock: if the stock is short, the zeroing delays nobody else.
       const devs = await this.take(n);
@@ -429,6 +437,7 @@ export class Reserves {
     const m = r.m;
     // Given before the answer runs: a note for one may come as soon as it has.
     this.give(r, devs);
+    r.blocks += devs.length;
     const [res] = await this.ctx.answer(r.client, [{
       op: Op.TopUpReserve, region: m.region, offset: 0, length: PAGE, device: r.client.deviceId, devOffset: r.low, payload: reservePayload(devs),
     }]);
@@ -436,14 +445,14 @@ export class Reserves {
       // Not added (the region is gone, or a take-back cleared the reserve first): no
       // store can be in them; those the take-back has not given back already go back.
       const back = devs.filter((d) => r.given.delete(d));
+      r.blocks -= back.length;
       r.client.budget.held -= back.length;
       if (back.length > 0) this.pool.returnReserve(back);
       if (res !== ENXIO && res !== ENOENT) this.ctx.log.warn({ file: m.inode.name, result: res }, 'reserve top-up refused by the agent');
       return;
     }
-    // A fault read before the top-up had run (the reserve was dry, or busy: the
-    // reader only try-locks it, and the top-up holds it while it adds the blocks) and
-    // still to be handled is only woken: its retried store takes one of these blocks
+    // A fault read before the top-up had run (the reserve was dry) and still to be
+    // handled is only woken: its retried store takes one of these blocks
     // (retryable()). Taken after the answer: a fault the reader met the top-up in is
     // older than this.
     r.since = monotonicNow();
@@ -648,7 +657,7 @@ export class Reserves {
     }
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(), notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low,
+      m, client: m.client, key, given: new Set(), blocks: devs.length, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low,
       since: monotonicNow(), ranges, windows: new Set(runs.length > 0 ? windows.map((w) => w.offset) : []), upgraded: new Map(), runs: new Set(runs), gaps: [],
       addingRuns: false,
     };

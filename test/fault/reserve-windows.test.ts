@@ -83,6 +83,35 @@ forBackings(t, 'every page of a file written in a random order: most stores take
   t.same(fsckErrors(p), [], 'fsck clean');
 });
 
+forBackings(t, 'a sparse writer that never fills a window is topped up all the same: the runs it holds do not count as its reserve', async (t, { pool }) => {
+  // One store per window: no window reaches the threshold, so the grant's two runs
+  // (1,024 blocks) stay given. The top-up was sized from every block given: with the
+  // runs counted the reserve looked full, no top-up came, and the reserve ran dry
+  // (a take-back and a new grant: a stall of ms per 1,024 stores).
+  const windows = 320;
+  const size = windows * 2 * MiB;
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16 }]);
+  const f = await pool.openFile('sparse', { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  const s0 = await pool.stats();
+  const a0 = agentStats();
+  const page = (w: number): number => w * WINDOW + ((w * 37) % WINDOW);
+  tag(m.buffer, page(0)); // the policy's, then the grant
+  await until(async () => (await pool.stats()).reserveGrants - s0.reserveGrants === 1, 'the grant');
+  // Past the low-water mark (768 of 1,024 left): its note asks for a top-up.
+  for (let w = 1; w < windows; w++) tag(m.buffer, page(w));
+  t.ok(agentStats().lowWater - a0.lowWater >= 1, 'the reserve reached its low-water mark');
+  await until(async () => (await pool.stats()).reserveTopUps - s0.reserveTopUps >= 1, 'a top-up');
+  const s1 = await pool.stats();
+  t.equal(s1.reserveUpgrades - s0.reserveUpgrades, 0, 'no window was upgraded: the runs are still held');
+  t.equal(s1.reserveTakeBacks - s0.reserveTakeBacks, 0, 'the reserve was not taken back');
+  await m.unmap();
+  const want = new Set(Array.from({ length: windows }, (_, w) => page(w)));
+  t.equal(wrong(await readAll(f, size), size / PAGE, want), 0, 'every store reads back, zeros elsewhere');
+  await f.close();
+});
+
 forBackings(t, 'a window upgraded after a few stores: its other pages count as written while mapped, and are trimmed when it goes', async (t, { pool }) => {
   // Two windows: the grant's own two runs upgrade both, however late more would come.
   const size = 4 * MiB;
