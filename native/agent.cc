@@ -390,34 +390,10 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     uffd_.Wake(page, kPage);  // closing: the thread meets the retired reservation
     return true;
   }
-  if (!write) {
-    if (rs.zero_window) return ZeroWindow(*r, rs, ev, ch, touched);
-    // The policy's own answer: the shared zero page, then its write protection (no
-    // memory is spent on it). The page stays in the ranges: a store to it is then a
-    // write-protect fault, answered below with a block. A block is still needed at
-    // hand: a store from a thread that did not fault can land between the zero page
-    // and its protection (Region::Zero sees it), and that store must reach the file.
-    bool raced = false;
-    if (r->Zero(uffd_, ev.offset, kPage, true, false, &raced) != 0) return false;  // e.g. EEXIST: the handler decides
-    if (!raced) {
-      FaultEvent note = ev;
-      note.flags = kEvNote;  // a zero note: no block, no kEvWrite
-      note.count = 1;
-      note.time_ns = 0;
-      (void)ch->EnqueueNote(note, false);
-      stats_.reserved_zero++;
-      ch->Answered(r->id(), ev.offset, kPage);  // before the wake: see Region's executors
-      uffd_.Wake(page, kPage);
-      return true;
-    }
-    // Raced: the page is a private copy holding that store, write-protected now, so
-    // it cannot change. Its bytes go into the next block, which is then installed
-    // over it like a store's (and noted as one). Should the copy fail, the event goes
-    // to the handler, which finds the page present and answers it (EEXIST) as it can.
-    if (!AdoptRaced(*r, rs, ev, ch, touched)) return false;
-    uffd_.Wake(page, kPage);
-    return true;
-  }
+  // A hole read: the policy's own answer, the shared zero page(s), write-protected
+  // (ZeroRun). A block is still needed at hand: a store from a thread that did not
+  // fault can land between a zero page and its protection, and it must reach the file.
+  if (!write) return ZeroRun(*r, rs, ev, ch, touched);
   if (wp) {
     // In the ranges a page is a hole of the file. Present in the registered region, it
     // is the shared zero page (placed by the policy or above: neither a file page nor
@@ -502,17 +478,19 @@ bool Agent::AdoptRaced(Region& r, Reserve& rs, const FaultEvent& ev, const std::
   return InstallBlock(r, rs, ev, false, ch, touched);
 }
 
-bool Agent::ZeroWindow(Region& r, Reserve& rs, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
-                       std::vector<std::shared_ptr<Channel>>* touched) {
+bool Agent::ZeroRun(Region& r, Reserve& rs, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
+                    std::vector<std::shared_ptr<Channel>>* touched) {
   // reserve_mu and the region's ops (shared) are held; the faulting page is in the
-  // ranges (a hole of the file) and a block is at hand. The policy's fault-around
-  // answers a read of a hole window with 2 MiB of zero pages; here, the run of pages
-  // around the faulting one in its window that are in the ranges and not present
-  // (pages filled since are not holes any more), at most as many as blocks at hand
-  // (each page a store raced into takes one). Write-protected: a store to one is a
-  // write-protect fault, answered from the reserve like a store after a single zero read.
-  const uint64_t w0 = ev.offset & ~(k2M - 1);
-  const uint64_t w1 = std::min<uint64_t>(w0 + k2M, r.length());
+  // ranges (a hole of the file) and a block is at hand. The policy answers a read of a
+  // hole with one zero page, or with fault-around (zero_window) with 2 MiB of them;
+  // here, the faulting page, or the run of pages around it in its 2 MiB window that
+  // are in the ranges and not present (pages filled since are not holes any more), at
+  // most as many as blocks at hand (each page a store raced into takes one). No memory
+  // is spent on them, and they stay in the ranges: write-protected, a store to one is
+  // a write-protect fault, answered from the reserve (TryReserve).
+  const uint64_t span = rs.zero_window ? k2M : kPage;
+  const uint64_t w0 = ev.offset & ~(span - 1);
+  const uint64_t w1 = std::min<uint64_t>(w0 + span, r.length());
   const size_t n = static_cast<size_t>((w1 - w0) / kPage);
   const size_t f = static_cast<size_t>((ev.offset - w0) / kPage);
   std::vector<uint64_t> pm(n);

@@ -129,11 +129,11 @@ class Agent {
   // Set reserve's (or, top_up, top-up reserve's) checks and the reserve update: 0 or
   // the errno it is refused with.
   static int SetReserve(Region& r, const Answer& a, const uint8_t* payload, bool top_up);
-  // Installs the rest of a reserve window from the next run (docs/native.md, "Reserve windows").
-  // A hole read in a reserve set with kAnsWindow: the run of holes around it in its
-  // 2 MiB window, zeroed and write-protected (reserve_mu and ops held).
-  bool ZeroWindow(Region& r, Reserve& rs, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
-                  std::vector<std::shared_ptr<Channel>>* touched);
+  // A hole read in a reserve set with kAnsWp: its page, or with kAnsWindow the run of
+  // holes around it in its 2 MiB window, zeroed and write-protected, and zero notes
+  // (reserve_mu and ops held).
+  bool ZeroRun(Region& r, Reserve& rs, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
+               std::vector<std::shared_ptr<Channel>>* touched);
   // A page that a store raced into between its zero page and the protection: its bytes
   // into the next block of the reserve, installed over it and noted (reserve_mu and ops held).
   bool AdoptRaced(Region& r, Reserve& rs, const FaultEvent& ev, const std::shared_ptr<Channel>& ch,
@@ -142,6 +142,7 @@ class Agent {
   // window's count and upgrade); not woken (reserve_mu and ops held).
   bool InstallBlock(Region& r, Reserve& rs, const FaultEvent& ev, bool wp, const std::shared_ptr<Channel>& ch,
                     std::vector<std::shared_ptr<Channel>>* touched);
+  // Installs the rest of a reserve window from the next run (docs/native.md, "Reserve windows").
   void UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w, const std::shared_ptr<Channel>& ch,
                      std::vector<std::shared_ptr<Channel>>* touched);
   // 0, or the errno a direct range is refused with (ENODEV no device, EINVAL).

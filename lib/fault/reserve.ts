@@ -186,7 +186,7 @@ export class Reserves {
    * back for it, only wake the thread, whose retried access the agent then answers. (A
    * thread that stores after a load reads the next page while the grant its store
    * started is under way: taking that reserve back at once left each grant a few
-   * pages.) A fault read after that (the reserve ran out, was busy, the install failed,
+   * pages.) A fault read after that (the reserve ran out, the install failed,
    * the page holds something else) is never retried this way, so this cannot loop.
    */
   retryable(m: Mapping, ev: FaultEvent): boolean {
