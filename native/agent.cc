@@ -326,8 +326,8 @@ bool Agent::TryDirect(const std::shared_ptr<Region>& r, const FaultEvent& ev, co
   }
   uint64_t pm = 0;
   if (ReadPagemap(page, 1, &pm) && (pm & kPmPresent) && (pm & kPmFile)) {
-    uffd_.Wake(page, kPage);  // a stale event: the window is already installed (and this page populated)
     stats_.merged++;
+    uffd_.Wake(page, kPage);  // a stale event: the window is already installed (and this page populated)
     return true;
   }
   uint64_t w = d.window < kPage ? kPage : d.window;
@@ -376,8 +376,8 @@ bool Agent::TryReserve(const std::shared_ptr<Region>& r, const FaultEvent& ev, c
     // went in: the page is there, only wake (else the handler would be asked).
     uint64_t pm = 0;
     if (rs.used != 0 && ReadPagemap(page, 1, &pm) && (pm & kPmPresent) && (pm & kPmFile)) {
+      stats_.merged++;  // counted before the wake, as every answer (docs/native.md, "Counters")
       uffd_.Wake(page, kPage);
-      stats_.merged++;
       return true;
     }
     return false;
@@ -533,8 +533,11 @@ bool Agent::ZeroRun(Region& r, Reserve& rs, const FaultEvent& ev, const std::sha
     note.time_ns = 0;
     (void)ch->EnqueueNote(note, false);
     ch->Answered(r.id(), note.offset, (m - k) * kPage);  // before the wake: see Region's executors
+    if (f >= k && f < m) {
+      mine = true;
+      stats_.reserved_zero++;  // before the wake: the woken thread may read the counters at once
+    }
     uffd_.Wake(r.base() + note.offset, (m - k) * kPage);
-    if (f >= k && f < m) mine = true;
     k = m;
   }
   for (size_t k = i; k < j; k++) {
@@ -543,12 +546,13 @@ bool Agent::ZeroRun(Region& r, Reserve& rs, const FaultEvent& ev, const std::sha
     FaultEvent rev = ev;
     rev.offset = w0 + k * kPage;
     if (!AdoptRaced(r, rs, rev, ch, touched)) return false;
+    if (k == f) {
+      mine = true;
+      stats_.reserved_zero++;
+    }
     uffd_.Wake(r.base() + rev.offset, kPage);
-    if (k == f) mine = true;
   }
-  if (!mine) return false;  // the faulting page was not placed: the handler's
-  stats_.reserved_zero++;
-  return true;
+  return mine;  // false: the faulting page was not placed, the handler's
 }
 void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::Window& w,
                           const std::shared_ptr<Channel>& ch, std::vector<std::shared_ptr<Channel>>* touched) {
@@ -562,6 +566,7 @@ void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::W
   rs.runs.pop_back();
   const uint32_t pages = static_cast<uint32_t>(k2M / kPage);
   uint64_t installed = 0;
+  stats_.upgrades++;  // counters before the wakes below
   for (uint32_t i = 0; i < pages;) {
     if (w.has(i)) {
       i++;
@@ -586,13 +591,12 @@ void Agent::UpgradeWindow(Region& r, Reserve& rs, uint64_t win, const Reserve::W
     // or low-water note.
     if (ch->EnqueueNote(note, installed == 0) && installed == 0) touched->push_back(ch);
     ch->Answered(r.id(), off, len);  // faults queued on those pages: the install answers them
+    stats_.run_pages += j - i;
     uffd_.Wake(r.base() + off, len);
     installed += j - i;
     i = j;
   }
   rs.run_unused += pages - installed;
-  stats_.upgrades++;
-  stats_.run_pages += installed;
   rs.windows.erase(win);
 }
 

@@ -8,8 +8,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "uffd_compat.h"
 
@@ -161,7 +163,12 @@ int Uffd::Unregister(uintptr_t start, size_t len) const {
 
 int Uffd::Wake(uintptr_t start, size_t len) const {
   struct uffdio_range r = {start, len};
-  return ioctl(fd_, UFFDIO_WAKE, &r) == 0 ? 0 : errno;
+  int e = ioctl(fd_, UFFDIO_WAKE, &r) == 0 ? 0 : errno;
+  // Test seam (DAXMAP_TEST_WAKE_DELAY_US): the waker sleeps after each wake, so the
+  // woken thread sees whatever the waker does after it late (docs/native.md, "Counters").
+  static const long delay_us = getenv("DAXMAP_TEST_WAKE_DELAY_US") ? atol(getenv("DAXMAP_TEST_WAKE_DELAY_US")) : 0;
+  if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+  return e;
 }
 
 // The fill ioctls stop at the first page already present (EEXIST) and report how
