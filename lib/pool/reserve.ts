@@ -58,9 +58,16 @@ export interface ReserveStats {
 }
 
 export class Reserve {
-  /** Stock size the background refill aims at, and the level that starts it (blocks). */
-  target = 1024;
-  lowWater = 256;
+  /**
+   * Stock size the background refill aims at, and the level that starts it (blocks):
+   * an eighth of the pool's data blocks, from 1,024 to 4,096 (16 MiB), a quarter of
+   * that. The fault policy's grants take up to 2,048 blocks and its top-ups up to
+   * 512 at once (lib/fault/reserve.ts): a stock of 1,024 was emptied by the second
+   * top-up of one sparse writer, and the next zeroed its blocks on its own path
+   * (10–25 ms) while the writer's reserve ran dry.
+   */
+  target: number;
+  lowWater: number;
   /** Blocks per refill step (one transaction each). */
   batch = 128;
   readonly clean: number[] = [];
@@ -82,6 +89,8 @@ export class Reserve {
     /** The zeroer of free space: new blocks taken clean are not zeroed again (its counts learn it). */
     private readonly zeroer: Zeroer,
   ) {
+    this.target = Math.min(4096, Math.max(1024, Math.floor(state.alloc.capacity / 8)));
+    this.lowWater = this.target / 4;
     txn.reclaim = () => this.reclaim();
     txn.zeroingReserve = () => (this.zeroJobs.size === 0 ? null : { blocks: this.zeroing, done: Promise.allSettled([...this.zeroJobs]) });
   }

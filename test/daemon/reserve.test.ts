@@ -5,6 +5,7 @@
 // live reserve leaves the daemon serving and its pool consistent.
 import t from 'tap';
 import { daemonWithClients, PAGE } from './helpers';
+import { RESERVE_BLOCKS, RESERVE_LOW_WATER } from '../../dist/fault/reserve';
 import { useLockdep } from '../lock/guard';
 import { until } from '../wait';
 
@@ -62,9 +63,10 @@ t.test('top-ups over the fault connection: the low-water note wakes the daemon, 
   const statsWhen = (what: string, cond: (x: any) => boolean) => until(async () => cond((s = await a.call<any>('stats'))), what, { detail: () => s });
   await a.call('tags', { id: 1, pages: order.slice(0, 1) });
   await statsWhen('the grant', (x) => x.reserveGrants - s0.reserveGrants === 1);
-  // Chunks of 256 stores, each waiting for the top-up its last store asks for.
-  const CHUNK = 256;
-  const chunks = 12;
+  // Chunks of stores, each waiting for the top-up its last store asks for (at the
+  // low-water mark: RESERVE_LOW_WATER of the RESERVE_BLOCKS given).
+  const CHUNK = RESERVE_BLOCKS - RESERVE_LOW_WATER;
+  const chunks = Math.floor((pages - 1) / CHUNK);
   for (let c = 0; c < chunks; c++) {
     await a.call('tags', { id: 1, pages: order.slice(1 + c * CHUNK, 1 + (c + 1) * CHUNK) });
     await statsWhen(`top-up ${c + 1}`, (x) => x.reserveTopUps - s0.reserveTopUps >= c + 1);

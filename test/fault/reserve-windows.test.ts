@@ -9,6 +9,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { agentStats } from '../../dist/native/engine';
+import { RESERVE_BLOCKS, RESERVE_LOW_WATER } from '../../dist/fault/reserve';
 import { checkLockdep, forBackings, poolPath, FIXTURES, PAGE, Pool, type Ctx } from './helpers';
 import { useLockdep } from '../lock/guard';
 import { fsckErrors } from '../fsck';
@@ -87,8 +88,8 @@ forBackings(t, 'a sparse writer that never fills a window is topped up all the s
   // One store per window: no window reaches the threshold, so the grant's two runs
   // (1,024 blocks) stay given. The top-up was sized from every block given: with the
   // runs counted the reserve looked full, no top-up came, and the reserve ran dry
-  // (a take-back and a new grant: a stall of ms per 1,024 stores).
-  const windows = 320;
+  // (a take-back and a new grant: a stall of ms per RESERVE_BLOCKS stores).
+  const windows = RESERVE_BLOCKS - RESERVE_LOW_WATER + 64;
   const size = windows * 2 * MiB;
   await pool.request('configure', [{ reserve: 'on', reserveWindow: 16 }]);
   const f = await pool.openFile('sparse', { create: true });
@@ -99,7 +100,7 @@ forBackings(t, 'a sparse writer that never fills a window is topped up all the s
   const page = (w: number): number => w * WINDOW + ((w * 37) % WINDOW);
   tag(m.buffer, page(0)); // the policy's, then the grant
   await until(async () => (await pool.stats()).reserveGrants - s0.reserveGrants === 1, 'the grant');
-  // Past the low-water mark (768 of 1,024 left): its note asks for a top-up.
+  // Past the low-water mark (RESERVE_LOW_WATER of RESERVE_BLOCKS left): its note asks for a top-up.
   for (let w = 1; w < windows; w++) tag(m.buffer, page(w));
   t.ok(agentStats().lowWater - a0.lowWater >= 1, 'the reserve reached its low-water mark');
   await until(async () => (await pool.stats()).reserveTopUps - s0.reserveTopUps >= 1, 'a top-up');
@@ -203,11 +204,12 @@ t.test('a child killed after windows were upgraded, before their gaps were adopt
 });
 
 forBackings(t, 'past the window budget: upgraded windows\' gaps are evicted like any window, every store still reads back', async (t, { pool }) => {
-  // A budget that holds the grant's blocks and runs (2,048 blocks counted against it)
-  // but not every window the file ends up with (32 windows of up to 16 single pages and
-  // their gaps, and the single pages of windows waiting for runs): gaps and single
-  // pages are evicted along the way (revoked, then faulted in again from their blocks).
-  const LIMIT = 2500;
+  // A budget that holds the grant's blocks and runs (RESERVE_BLOCKS + 1,024 blocks
+  // counted against it) but not every window the file ends up with (32 windows of up
+  // to 16 single pages and their gaps, and the single pages of windows waiting for
+  // runs): gaps and single pages are evicted along the way (revoked, then faulted in
+  // again from their blocks).
+  const LIMIT = RESERVE_BLOCKS + 1024 + 452;
   const size = 64 * MiB;
   const pages = size / PAGE;
   await pool.request('configure', [{ reserve: 'on', reserveWindow: 16, windowBudget: LIMIT }]);

@@ -8,6 +8,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { agentStats } from '../../dist/native/engine';
+import { RESERVE_BLOCKS, RESERVE_LOW_WATER } from '../../dist/fault/reserve';
 import { checkLockdep, forBackings, kernelTouch, poolPath, FIXTURES, PAGE, Pool, type Ctx } from './helpers';
 import { useLockdep } from '../lock/guard';
 import { fsckErrors } from '../fsck';
@@ -173,10 +174,10 @@ forBackings(t, 'a long run of sparse stores is served by top-ups: one grant, no 
   const a0 = agentStats();
   tag(m.buffer, order[0]!); // the policy answers it, then grants the reserve
   await statsWhen(pool, 'the grant', (s) => s.reserveGrants - s0.reserveGrants === 1);
-  // Chunks of 256 stores, each waiting for the top-up its last store asks for (the
-  // low-water mark is 3/4 of what was given): the reserve never runs dry, so no fault
-  // reaches the policy, which never takes the reserve back.
-  const CHUNK = 256;
+  // Chunks of stores, each waiting for the top-up its last store asks for (the
+  // low-water mark is RESERVE_LOW_WATER of the RESERVE_BLOCKS given): the reserve
+  // never runs dry, so no fault reaches the policy, which never takes it back.
+  const CHUNK = RESERVE_BLOCKS - RESERVE_LOW_WATER;
   let done = 1;
   let chunks = 0;
   while (done + CHUNK <= Math.min(pages, 1 + 24 * CHUNK)) {

@@ -13,6 +13,7 @@ import { MemoryStorage } from '../../dist/device/storage.js';
 import { fsckDevice, fsckStorage } from '../../dist/pool/fsck.js';
 import { withOperation } from '../../dist/lock/index.js';
 import { memPool, B, readAll } from './helpers.ts';
+import { RESERVE_BLOCKS, RESERVE_LOW_WATER } from '../../dist/fault/reserve.js';
 import { useLockdep } from '../lock/guard.ts';
 
 useLockdep(t);
@@ -90,6 +91,30 @@ async function basics(t: Test, pool: PoolFs): Promise<void> {
   t.equal(s.reserved, ip.reserveStats().reserved * B, 'statfs reports the reserve');
   await f.close();
 }
+
+t.test('the stock holds a grant and its first top-up: a sparse writer\'s blocks are not zeroed on the worker\'s path', async (t) => {
+  // The fault policy grants RESERVE_BLOCKS and tops up RESERVE_BLOCKS - RESERVE_LOW_WATER
+  // at a time (lib/fault/reserve.ts), faster than the background refill can follow. A
+  // stock of 1,024 blocks was emptied by the grant, and each top-up then zeroed its
+  // blocks on the worker's path (10-25 ms) while the writer's reserve ran dry.
+  const pool = await PoolFs.create(path.join(shmDir, 'stock'), { size: 128 << 20 });
+  t.teardown(() => pool.close());
+  const ip = poolInternals(pool);
+  const r = coreOf(pool).reserve;
+  t.ok(r.target >= 1024 && r.target <= 4096, `the stock's target is from 1,024 to 4,096 blocks (${r.target})`);
+  t.equal(r.lowWater, r.target / 4, 'its refill starts at a quarter of it');
+  ip.refillReserve(); // as a take does (the first take of a pool's life waits for its zeroing)
+  await r.settled();
+  t.equal(ip.reserveStats().stock, r.target, 'the stock filled in the background');
+  const topUp = RESERVE_BLOCKS - RESERVE_LOW_WATER;
+  const got = [await ip.takeReserve(RESERVE_BLOCKS), await ip.takeReserve(topUp), await ip.takeReserve(topUp)];
+  t.same(got.map((g) => g.length), [RESERVE_BLOCKS, topUp, topUp], 'a grant and two top-ups, taken back to back');
+  t.equal(ip.reserveStats().zeroedForeground, 0, 'none of their blocks was zeroed on the taker\'s path');
+  ip.returnReserve(got.flat());
+  const small = await PoolFs.create(path.join(shmDir, 'stock-small'), { size: 16 << 20 });
+  t.teardown(() => small.close());
+  t.equal(coreOf(small).reserve.target, 1024, 'a small pool keeps a stock of 1,024 blocks');
+});
 
 t.test('take, adopt, return on a tmpfs pool', async (t) => {
   const pool = await PoolFs.create(path.join(shmDir, 'pool'), { size: 32 << 20 });
