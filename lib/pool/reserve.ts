@@ -62,8 +62,8 @@ export class Reserve {
    * Stock size the background refill aims at, and the level that starts it (blocks):
    * an eighth of the pool's data blocks, from 1,024 to 4,096 (16 MiB), a quarter of
    * that. The fault policy's grants take up to 2,048 blocks and its top-ups up to
-   * 512 at once (lib/fault/reserve.ts): a stock of 1,024 was emptied by the second
-   * top-up of one sparse writer, and the next zeroed its blocks on its own path
+   * 512 at once (lib/fault/reserve.ts): a stock of 1,024 was emptied by one sparse
+   * writer's grant, and its next top-ups zeroed their blocks on the worker's path
    * (10–25 ms) while the writer's reserve ran dry.
    */
   target: number;
@@ -90,7 +90,7 @@ export class Reserve {
     private readonly zeroer: Zeroer,
   ) {
     this.target = Math.min(4096, Math.max(1024, Math.floor(state.alloc.capacity / 8)));
-    this.lowWater = this.target / 4;
+    this.lowWater = Math.floor(this.target / 4);
     txn.reclaim = () => this.reclaim();
     txn.zeroingReserve = () => (this.zeroJobs.size === 0 ? null : { blocks: this.zeroing, done: Promise.allSettled([...this.zeroJobs]) });
   }
