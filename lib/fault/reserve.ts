@@ -43,8 +43,6 @@ export const RESERVE_BLOCKS = 2048;
  * up to 25 ms on a busy worker (docs/fault-policy.md, "Topped up, not taken back").
  */
 export const RESERVE_LOW_WATER = 1536;
-/** A top-up when the pool's stock is (nearly) empty: this many blocks zeroed on the worker's path, not all it asks for. */
-const TOPUP_ZEROED = 256;
 /**
  * Reserve windows (docs/fault-policy.md, "Reserve windows"): native installs in a
  * window that was a hole before the agent installs the rest of it from a run of 2 MiB
@@ -400,12 +398,10 @@ export class Reserves {
       const budget = r.client.budget;
       const n = Math.min(RESERVE_BLOCKS - r.blocks, budget.limit - budget.used);
       if (n < MIN_GRANT || m.dead || this.byInode.get(ino.id) !== r) return;
-      // Taken before the lock. What the stock holds now, so the blocks come at once;
-      // the mark is crossed again later if that was short of n (every top-up re-arms
-      // it). An empty stock: a few blocks zeroed here, not n (milliseconds per hundred
-      // blocks), while the reserve runs down.
-      const stock = this.pool.reserveStats().stock;
-      const devs = await this.take(stock >= MIN_GRANT ? Math.min(n, stock) : Math.min(n, TOPUP_ZEROED));
+      // Taken before the lock: if the stock is short, the zeroing delays nobody else.
+      // (Taking only what the stock held, to be quicker, left a writer that outran the
+      // refill with less each time, until its reserve ran dry.)
+      const devs = await this.take(n);
       if (devs.length === 0) return;
       const range = await ino.rangeLock.acquireShared(0, RANGE_END);
       try {
