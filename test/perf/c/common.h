@@ -79,7 +79,7 @@ static inline int cmp_u64(const void* a, const void* b) {
 
 // A userfaultfd registered over [base, base+len): daxmap's features and MISSING|WP
 // (native/uffd.cc), or with daxmap=0 no features and MISSING only.
-static int uffd_register(void* base, size_t len, int daxmap) {
+static inline int uffd_register(void* base, size_t len, int daxmap) {
   int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) die("userfaultfd");
   struct uffdio_api api = {.api = UFFD_API};
@@ -93,7 +93,7 @@ static int uffd_register(void* base, size_t len, int daxmap) {
 
 // A 2 MiB aligned reservation of len bytes, as native/region.cc makes; *raw and
 // *raw_len are what to munmap.
-static uint8_t* reserve_aligned(size_t len, void** raw, size_t* raw_len) {
+static inline uint8_t* reserve_aligned(size_t len, void** raw, size_t* raw_len) {
   *raw_len = len + 2 * MiB;
   *raw = mmap(NULL, *raw_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (*raw == MAP_FAILED) die("reserve");
