@@ -5,11 +5,16 @@
 // and populate, the answering thread's work) and the writer's stores (with the page
 // faults they took). No userfaultfd: the trap costs the same whatever the populate.
 //
+// A last variant populates each window for reading in a second reservation (a
+// "staging" range, away from the writer), then moves it into place with
+// mremap(MREMAP_FIXED): its install_us is the move alone, and stage_us (the mmap and
+// populate done beforehand) is printed apart.
+//
 // Usage: populate DIR [WINDOWS]
 //   DIR: where the backing file lives (/dev/shm for tmpfs, a disk directory for a
 //   disk file); WINDOWS: windows per variant (default 32).
 // Prints one line per variant:
-//   pages=resident|holes populate=write|read|none install_us=X store_us=Y store_faults=F total_us_per_page=Z
+//   pages=resident|holes populate=write|read|none|staged install_us=X store_us=Y store_faults=F total_us_per_page=Z [stage_us=S]
 // install_us, store_us: medians per window; store_faults: the writer's minor faults
 // per window (mean). "resident": the window's pages were written with zeros first
 // (pwrite), as daxmap's clean space and reserves hold them; "holes": never written.
@@ -40,15 +45,22 @@ int main(int argc, char** argv) {
   if (windows < 1) windows = 32;
   char path[4096];
   snprintf(path, sizeof path, "%s/daxmap-bench-populate-%d", argv[1], (int)getpid());
-  static const char* pops[] = {"write", "read", "none"};
+  static const char* pops[] = {"write", "read", "none", "staged"};
   char* zeros = calloc(1, WIN);
   double* inst = calloc((size_t)windows, sizeof *inst);
   double* store = calloc((size_t)windows, sizeof *store);
   if (!zeros || !inst || !store) die("calloc");
   char* base = mmap(NULL, WIN * (size_t)windows, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (base == MAP_FAILED) die("mmap reservation");
+  // The staging range, 2 MiB aligned (so that a move can take whole page tables).
+  size_t stage_len = WIN * ((size_t)windows + 1);
+  char* stage_raw = mmap(NULL, stage_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (stage_raw == MAP_FAILED) die("mmap staging range");
+  char* stage = (char*)(((uintptr_t)stage_raw + WIN - 1) & ~(uintptr_t)(WIN - 1));
+  double* staged = calloc((size_t)windows, sizeof *staged);
+  if (!staged) die("calloc");
   for (int resident = 1; resident >= 0; resident--) {
-    for (int v = 0; v < 3; v++) {
+    for (int v = 0; v < 4; v++) {
       // A fresh file per variant, so no variant finds pages another one made.
       int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
       if (fd < 0) die("open");
@@ -61,9 +73,23 @@ int main(int argc, char** argv) {
       long faults = 0;
       for (int i = 0; i < windows; i++) {
         char* at = base + (size_t)i * WIN;
+        staged[i] = 0;
+        if (v == 3) {
+          uint64_t s0 = now_ns();
+          char* q = mmap(stage + (size_t)i * WIN, WIN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)i * WIN);
+          if (q == MAP_FAILED) die("mmap staged window");
+          (void)madvise(q, WIN, MADV_POPULATE_READ);
+          staged[i] = (double)(now_ns() - s0) / 1000;
+        }
         uint64_t t0 = now_ns();
-        char* p = mmap(at, WIN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)i * WIN);
-        if (p == MAP_FAILED) die("mmap window");
+        char* p;
+        if (v == 3) {
+          p = mremap(stage + (size_t)i * WIN, WIN, WIN, MREMAP_MAYMOVE | MREMAP_FIXED, at);
+          if (p == MAP_FAILED) die("mremap staged window");
+        } else {
+          p = mmap(at, WIN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)i * WIN);
+          if (p == MAP_FAILED) die("mmap window");
+        }
         if (v == 0) (void)madvise(p, WIN, MADV_POPULATE_WRITE);
         if (v == 1) (void)madvise(p, WIN, MADV_POPULATE_READ);
         uint64_t t1 = now_ns();
@@ -81,9 +107,12 @@ int main(int argc, char** argv) {
       unlink(path);
       qsort(inst, (size_t)windows, sizeof *inst, cmp_double);
       qsort(store, (size_t)windows, sizeof *store, cmp_double);
+      qsort(staged, (size_t)windows, sizeof *staged, cmp_double);
       double mi = inst[windows / 2], ms = store[windows / 2];
-      printf("pages=%s populate=%s install_us=%.1f store_us=%.1f store_faults=%.1f total_us_per_page=%.3f\n",
+      printf("pages=%s populate=%s install_us=%.1f store_us=%.1f store_faults=%.1f total_us_per_page=%.3f",
              resident ? "resident" : "holes", pops[v], mi, ms, (double)faults / windows, (mi + ms) / (WIN / PAGE));
+      if (v == 3) printf(" stage_us=%.1f", staged[windows / 2]);
+      printf("\n");
     }
   }
   return 0;
