@@ -86,6 +86,11 @@ int main(int argc, char** argv) {
         if (v == 3) {
           p = mremap(stage + (size_t)i * WIN, WIN, WIN, MREMAP_MAYMOVE | MREMAP_FIXED, at);
           if (p == MAP_FAILED) die("mremap staged window");
+          // The move leaves the slot unmapped: reserve it again, or another mapping of
+          // the process could land there and the next MAP_FIXED would replace it.
+          if (mmap(stage + (size_t)i * WIN, WIN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
+                   0) == MAP_FAILED)
+            die("mmap staging slot again");
         } else {
           p = mmap(at, WIN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)i * WIN);
           if (p == MAP_FAILED) die("mmap window");
