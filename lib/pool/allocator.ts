@@ -83,34 +83,56 @@ export class BlockAllocator {
   /**
    * Mark [start, start+len) used. Returns the first block already used (and changes
    * nothing), or -1. Blocks that were clean stop being clean; with `cleanOut`, they
-   * are added to it as runs.
+   * are added to it as runs. A word of the bitmaps at a time (a word never spans two
+   * groups: a group is 16 words).
    */
   markUsed(start: number, len: number, cleanOut?: Run[]): number {
-    for (let d = start; d < start + len; d++) if (this.isUsed(d)) return d;
-    for (let d = start; d < start + len; d++) {
-      const i = d - this.dataStart;
-      this.bits[i >>> 5]! |= 1 << (i & 31);
-      const g = Math.floor(i / GROUP_BLOCKS);
-      this.groupFree[g]!--;
-      if ((this.cleanBits[i >>> 5]! & (1 << (i & 31))) !== 0) {
-        if (this.groupClean[g] === GROUP_BLOCKS) this.cleanGroups--;
-        this.cleanBits[i >>> 5]! &= ~(1 << (i & 31));
-        this.groupClean[g]!--;
-        this.cleanBlocks--;
-        if (cleanOut) addBlock(cleanOut, d);
+    const i0 = start - this.dataStart;
+    const i1 = i0 + len;
+    for (let w = i0 >>> 5; w <= (i1 - 1) >>> 5; w++) {
+      const hit = this.bits[w]! & wordMask(w, i0, i1);
+      if (hit !== 0) return this.dataStart + w * 32 + lowestBit(hit);
+    }
+    for (let w = i0 >>> 5; w <= (i1 - 1) >>> 5; w++) {
+      const mask = wordMask(w, i0, i1);
+      const g = w >>> 4;
+      this.bits[w]! |= mask;
+      this.groupFree[g]! -= popcount(mask);
+      let c = this.cleanBits[w]! & mask;
+      if (c === 0) continue;
+      if (this.groupClean[g] === GROUP_BLOCKS) this.cleanGroups--;
+      const n = popcount(c);
+      this.cleanBits[w]! &= ~c;
+      this.groupClean[g]! -= n;
+      this.cleanBlocks -= n;
+      if (!cleanOut) continue;
+      while (c !== 0) {
+        const b = lowestBit(c);
+        const ones = c >>> b === -1 >>> b ? 32 - b : lowestBit(~(c >>> b));
+        addRun(cleanOut, this.dataStart + w * 32 + b, ones);
+        c &= ~(ones === 32 ? -1 : ((1 << ones) - 1) << b);
       }
     }
     this.freeBlocks -= len;
     return -1;
   }
 
-  /** Return never-exposed blocks straight to the free pool (an aborted allocation): they come back dirty. */
+  /**
+   * Return never-exposed blocks straight to the free pool (an aborted allocation): they
+   * come back dirty. Throws, changing nothing, if one of them is free.
+   */
   unmark(start: number, len: number): void {
-    for (let d = start; d < start + len; d++) {
-      const i = d - this.dataStart;
-      if (!this.isUsed(d)) throw new Error(`allocator: unmark of free block ${d}`);
-      this.bits[i >>> 5]! &= ~(1 << (i & 31));
-      this.groupFree[Math.floor(i / GROUP_BLOCKS)]!++;
+    const i0 = start - this.dataStart;
+    const i1 = i0 + len;
+    for (let w = i0 >>> 5; w <= (i1 - 1) >>> 5; w++) {
+      const mask = wordMask(w, i0, i1);
+      const free = ~this.bits[w]! & mask;
+      if (free !== 0) throw new Error(`allocator: unmark of free block ${this.dataStart + w * 32 + lowestBit(free)}`);
+    }
+    for (let w = i0 >>> 5; w <= (i1 - 1) >>> 5; w++) {
+      const mask = wordMask(w, i0, i1);
+      this.bits[w]! &= ~mask;
+      this.groupFree[w >>> 4]! += popcount(mask);
     }
     this.freeBlocks += len;
   }
@@ -254,6 +276,11 @@ export class BlockAllocator {
         if (whole ? f !== size || size !== GROUP_BLOCKS : f === size) continue;
         if (whole && left < GROUP_BLOCKS && out.length > 0) break;
         const base = this.dataStart + g * GROUP_BLOCKS;
+        if (f === size && this.groupClean[g] === 0 && left >= size) {
+          grab(base, size); // wholly free and dirty: one run
+          this.zeroCursor = g;
+          continue;
+        }
         for (let d = base; d < base + size && left > 0;) {
           if (!dirtyFree(d)) { d++; continue; }
           let len = 1;
@@ -283,12 +310,16 @@ export class BlockAllocator {
       this.unmark(r.start, r.len);
       this.zeroingBlocks -= r.len;
       if (!zeroed) continue;
-      for (let d = r.start; d < r.start + r.len; d++) {
-        const i = d - this.dataStart;
-        const g = Math.floor(i / GROUP_BLOCKS);
-        this.cleanBits[i >>> 5]! |= 1 << (i & 31);
-        this.groupClean[g]!++;
-        this.cleanBlocks++;
+      const i0 = r.start - this.dataStart;
+      const i1 = i0 + r.len;
+      for (let w = i0 >>> 5; w <= (i1 - 1) >>> 5; w++) {
+        const g = w >>> 4;
+        const added = wordMask(w, i0, i1) & ~this.cleanBits[w]!;
+        if (added === 0) continue;
+        const n = popcount(added);
+        this.cleanBits[w]! |= added;
+        this.groupClean[g]! += n;
+        this.cleanBlocks += n;
         if (this.groupClean[g] === GROUP_BLOCKS) this.cleanGroups++;
       }
     }
@@ -391,9 +422,23 @@ export interface TakeOptions {
   clean?: 'prefer' | 'avoid';
 }
 
-/** Append block d to sorted runs, merging with the last. */
-function addBlock(out: Run[], d: number): void {
-  addRun(out, d, 1);
+/** The bits of bitmap word w that index range [i0, i1) covers (w must meet it). */
+function wordMask(w: number, i0: number, i1: number): number {
+  const lo = Math.max(i0 - w * 32, 0);
+  const hi = Math.min(i1 - w * 32, 32);
+  return hi - lo === 32 ? -1 : ((1 << (hi - lo)) - 1) << lo;
+}
+
+/** Set bits of a 32-bit word. */
+function popcount(x: number): number {
+  x -= (x >>> 1) & 0x55555555;
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return Math.imul((x + (x >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24;
+}
+
+/** Index of the lowest set bit of a non-zero 32-bit word. */
+function lowestBit(x: number): number {
+  return 31 - Math.clz32(x & -x);
 }
 
 function addRun(out: Run[], start: number, len: number): void {
