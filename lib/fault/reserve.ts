@@ -123,6 +123,13 @@ interface Live {
   gaps: [number, number][];
   /** more runs are being added */
   addingRuns: boolean;
+  /**
+   * The last addRuns stopped short, windows still waiting: the budget had no room for a
+   * run, or the pool no whole free group. The next adoption (room freed, time passed)
+   * starts it again; a run's upgrade, which used to be its only start, may never come
+   * once no run is left.
+   */
+  runsStarved: boolean;
 }
 
 const isNote = (ev: FaultEvent): boolean => (ev.flags & EV_NOTE) !== 0;
@@ -356,6 +363,11 @@ export class Reserves {
       r.noted.add(off + i * PAGE);
     }
     r.gaps.push([off, pages * PAGE]);
+    // The gap is one mapping of the process (one window of the budget once adopted),
+    // not `pages` of them: its pages stop counting one each now, not at the adoption.
+    // Counted one each, an upgrade's 496 pages kept the budget from room for the next
+    // run until the batch was adopted, and a burst of upgrades starved the runs.
+    r.client.budget.held -= pages - 1;
     return pages;
   }
 
@@ -476,8 +488,11 @@ export class Reserves {
     const gaps = r.gaps;
     r.gaps = [];
     // Each noted block leaves the reserve's hold on the budget: adopted, it becomes a
-    // window below; refused, its page is taken back.
-    r.client.budget.held -= notes.length;
+    // window below; refused, its page is taken back. A gap's pages but one left it
+    // when the gap was noted (takeRunNote).
+    let gapPages = 0;
+    for (const [, len] of gaps) gapPages += len / PAGE - 1;
+    r.client.budget.held -= notes.length - gapPages;
     await this.beforeAdopt?.();
     const m = r.m;
     const ino = m.inode;
@@ -531,6 +546,11 @@ export class Reserves {
       this.ctx.log.warn({ file: ino.name, pages: refused.length }, 'reserve notes for pages that are no longer holes inside EOF: taken back');
       await this.revokePages(m, refused.map((p) => p.fb * PAGE - m.fileOffset));
       this.pool.returnReserve(refused.map((p) => p.dev));
+    }
+    if (r.runsStarved && !r.addingRuns && this.byInode.get(ino.id) === r) {
+      r.runsStarved = false;
+      r.addingRuns = true;
+      void this.addRuns(r);
     }
   }
 
@@ -663,11 +683,12 @@ export class Reserves {
     const r: Live = {
       m, client: m.client, key, given: new Set(), blocks: devs.length, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low,
       since: monotonicNow(), ranges, windows: new Set(runs.length > 0 ? windows.map((w) => w.offset) : []), upgraded: new Map(), runs: new Set(runs), gaps: [],
-      addingRuns: false,
+      addingRuns: false, runsStarved: false,
     };
     this.give(r, devs);
     this.give(r, runBlocks(runs));
     this.ctx.bump(m, 'reserveGrants');
+    if (runs.length > 0) this.ctx.bump(m, 'reserveRuns', runs.length);
     // Registered before the answers run: a note may come as soon as the first has.
     this.byInode.set(m.inode.id, r);
     this.byRegion.set(key, r);
@@ -761,10 +782,20 @@ export class Reserves {
       // upgrades one window is about to upgrade many, and fills single blocks meanwhile.
       for (;;) {
         const budget = r.client.budget;
-        const want = Math.min(RUNS_BATCH, RUNS_AHEAD - r.runs.size, r.windows.size - r.runs.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
-        if (want <= 0 || m.dead || this.byInode.get(ino.id) !== r) return;
+        const room = Math.floor((budget.limit - budget.used) / RUN_BLOCKS);
+        const want = Math.min(RUNS_BATCH, RUNS_AHEAD - r.runs.size, r.windows.size - r.runs.size, room);
+        if (m.dead || this.byInode.get(ino.id) !== r) return;
+        if (want <= 0) {
+          // No room in the budget, with windows waiting and fewer runs than wanted:
+          // the next adoption frees room and starts this again.
+          if (room <= 0 && r.runs.size < Math.min(RUNS_AHEAD, r.windows.size)) r.runsStarved = true;
+          return;
+        }
         const runs = await this.takeRuns(want);
-        if (runs.length === 0) return;
+        if (runs.length === 0) {
+          r.runsStarved = true; // no whole group free now: looked for again at the next adoption
+          return;
+        }
         if (!(await this.sendRuns(r, runs))) return;
       }
     }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'adding runs to a reserve failed'))
@@ -787,7 +818,10 @@ export class Reserves {
       const [res] = await this.ctx.answer(r.client, [{
         op: Op.ReserveWindows, region: m.region, offset: 0, length: PAGE, device: r.client.deviceId, payload: reserveWindowsPayload(this.windowThreshold, [], runs),
       }]);
-      if (res === 0) return true;
+      if (res === 0) {
+        this.ctx.bump(m, 'reserveRuns', runs.length);
+        return true;
+      }
       // Not added (the region is gone, or a take-back cleared the reserve first).
       for (const x of runs) r.runs.delete(x);
       const back = blocks.filter((d) => r.given.delete(d));

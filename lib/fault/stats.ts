@@ -40,6 +40,8 @@ export interface FaultStatsSnapshot {
   reserveTakeBacks: number;
   /** reserve windows the agent installed whole from a run after their threshold (docs/fault-policy.md, "Reserve windows") */
   reserveUpgrades: number;
+  /** runs (2 MiB of zeroed blocks) given to reserves for their windows' upgrades, with the grants and added later */
+  reserveRuns: number;
   installedWindows: number;
   /** Pool-wide (0 per file): persists of the pool's metadata log since open (group commit shares one among concurrent commits). */
   logPersists: number;
@@ -60,7 +62,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveUpgrades';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveUpgrades' | 'reserveRuns';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -98,6 +100,7 @@ export class FaultStats {
   reserveTopUps = 0;
   reserveTakeBacks = 0;
   reserveUpgrades = 0;
+  reserveRuns = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -137,7 +140,7 @@ export class FaultStats {
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
       decided: this.decided, reserved: this.reserved, ahead: this.ahead, stock: this.stock, reserveGrants: this.reserveGrants,
-      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveUpgrades: this.reserveUpgrades, installedWindows, ...log,
+      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveUpgrades: this.reserveUpgrades, reserveRuns: this.reserveRuns, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

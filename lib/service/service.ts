@@ -307,6 +307,12 @@ export class Service {
     statsByFile: () => done(this.policy.fileSnapshots()),
     lockdep: () => done(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null),
     testInject: (_conn, { where, code, delayMs }) => {
+      // 'adopt': each batch of a reserve's notes waits delayMs before it is adopted.
+      if (where === 'adopt') {
+        this.policy.beforeAdopt = () => new Promise<void>((res) => setTimeout(res, delayMs ?? 0));
+        return done();
+      }
+      this.policy.beforeAdopt = null;
       this.policy.inject = where === null ? null : (w) => {
         if (where !== 'any' && where !== w) return;
         if (delayMs !== null) return new Promise<void>((res) => setTimeout(res, delayMs));

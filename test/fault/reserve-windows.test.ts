@@ -113,6 +113,58 @@ forBackings(t, 'a sparse writer that never fills a window is topped up all the s
   await f.close();
 });
 
+forBackings(t, 'upgrades held up by a tight budget start again: a gap counts as one window from its note, and an adoption restarts the runs', async (t, { pool }) => {
+  // A budget with room for the grant's blocks and runs and one run more. Each
+  // adoption waits 300 ms (a busy worker), so the gaps' notes are not adopted while
+  // the windows are filled. The gap of an upgrade counted 496 windows until its
+  // adoption, so the next run found no room; and once no run was left, nothing
+  // started the runs again (they were started by an upgrade only): every window after
+  // the third stayed single pages, however long the writer went on.
+  const LIMIT = RESERVE_BLOCKS + 3 * 512 + 100;
+  const windows = 10;
+  const size = windows * 2 * MiB;
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16, windowBudget: LIMIT }]);
+  const f = await pool.openFile('tight', { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  const s0 = await pool.stats();
+  const a0 = agentStats();
+  const stored = new Set<number>();
+  const next = new Array<number>(windows).fill(0);
+  // The next page of window w not stored yet (scattered within the window).
+  const store = (w: number): void => {
+    const p = w * WINDOW + ((next[w]!++ * 37 + 11) % WINDOW);
+    tag(m.buffer, p);
+    stored.add(p);
+  };
+  store(0); // the policy's, then the grant
+  await until(async () => (await pool.stats()).reserveGrants - s0.reserveGrants === 1, 'the grant');
+  await pool.request('testInject', [{ where: 'adopt', delayMs: 300 }]);
+  for (let w = 0; w < windows; w++) while (next[w]! < 16) store(w);
+  await pool.request('testInject', [{ where: null }]);
+  // A window whose threshold found no run upgrades at its next store once a run is at
+  // hand. Rounds of one store in each window, each round once the last one made
+  // progress: an upgrade, or a run given. (Few stores in all: single pages past the
+  // reserve's low-water mark would bring a top-up, whose blocks the tight budget
+  // would count.)
+  const upgraded = (): number => agentStats().upgrades - a0.upgrades;
+  const runs = async (): Promise<number> => (await pool.stats()).reserveRuns - s0.reserveRuns;
+  for (let round = 0; upgraded() < windows && round < 3 * windows; round++) {
+    const up0 = upgraded();
+    const runs0 = await runs();
+    for (let w = 0; w < windows; w++) store(w);
+    await until(async () => upgraded() >= windows || upgraded() > up0 || (await runs()) > runs0, `an upgrade or a run after round ${round}`, {
+      detail: () => ({ upgraded: upgraded(), stores: stored.size }),
+    });
+  }
+  t.equal(upgraded(), windows, 'every window upgraded');
+  const s1 = await pool.stats();
+  t.equal(s1.evictions - s0.evictions, 0, 'nothing was evicted: the budget held');
+  await m.unmap();
+  t.equal(wrong(await readAll(f, size), size / PAGE, stored), 0, 'every store reads back, zeros elsewhere');
+  await f.close();
+}, { size: 96 << 20 });
+
 forBackings(t, 'a window upgraded after a few stores: its other pages count as written while mapped, and are trimmed when it goes', async (t, { pool }) => {
   // Two windows: the grant's own two runs upgrade both, however late more would come.
   const size = 4 * MiB;
