@@ -353,7 +353,14 @@ export class FaultPolicy {
   async evict(client: Client, n: number): Promise<void> {
     // Eviction makes written pages missing again: no reserve may be live then.
     await this.reserves.reclaimAll(client);
-    return this.evictor.evict(client, n);
+    await this.evictor.evict(client, n);
+    // Upgraded windows' gaps that went: their pages nothing was stored to become holes.
+    for (const m of this.ctx.mappings.values()) {
+      if (m.client !== client) continue;
+      await withOperation('reserve.trim', () => this.reserves.trimEvicted(m)).catch((err: unknown) => {
+        this.ctx.log.warn({ err, file: m.inode.name }, 'trimming the zero pages of evicted reserve windows failed');
+      });
+    }
   }
 
   /** The pool's invalidator (see Revoker.invalidate). */

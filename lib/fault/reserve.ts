@@ -619,6 +619,42 @@ export class Reserves {
   }
 
   /**
+   * After an eviction: the gaps of `m`'s upgraded windows that eviction took back
+   * (their pages `None` again) are trimmed of their zero pages now, not when the
+   * mapping goes. A gap's pages were recorded written whether stored to or not; left
+   * so, each later first store to one of them is a fault on a written block, which
+   * only the policy answers, taking the file's reserve back and granting it again each
+   * time (0.3-1 ms a store in bench row 14 under a small budget). Trimmed, they are
+   * holes, and their first stores the reserve's. Never with locks held.
+   */
+  async trimEvicted(m: Mapping): Promise<void> {
+    const gaps = this.gapsOf.get(m);
+    if (!gaps || m.dead) return;
+    const evicted: [number, number][] = [];
+    const kept: [number, number][] = [];
+    for (const g of gaps) {
+      const lo = g[0] / PAGE;
+      const hi = lo + g[1] / PAGE;
+      if (m.states.runs(lo, hi, PageState.None).some(([a, b]) => a === lo && b === hi)) evicted.push(g);
+      else kept.push(g);
+    }
+    if (evicted.length === 0) return;
+    if (kept.length > 0) this.gapsOf.set(m, kept);
+    else this.gapsOf.delete(m);
+    const core = this.ctx.pool.core;
+    let freed = 0;
+    for (const [off, len] of evicted) {
+      try {
+        freed += await core.trimZeros(m.inode, m.fileOffset + off, len);
+      } catch (err) {
+        if (isDaxError(err, 'ENOENT')) return; // unlinked meanwhile: its blocks are freed anyway
+        throw err;
+      }
+    }
+    this.ctx.bump(m, 'trimmed', freed);
+  }
+
+  /**
    * After a 4 KiB write fault on a hole of `m` (the adaptive rule's sparse case):
    * grant a reserve over the file's holes, if `m` may have one. Never with locks held.
    */

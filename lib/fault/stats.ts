@@ -40,6 +40,8 @@ export interface FaultStatsSnapshot {
   reserveTakeBacks: number;
   /** reserve windows the agent installed whole from a run after their threshold (docs/fault-policy.md, "Reserve windows") */
   reserveUpgrades: number;
+  /** pages of evicted reserve-window gaps that held only zeros, made holes again (docs/fault-policy.md, "Reserve windows") */
+  trimmed: number;
   /** runs (2 MiB of zeroed blocks) given to reserves for their windows' upgrades, with the grants and added later */
   reserveRuns: number;
   installedWindows: number;
@@ -62,7 +64,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveUpgrades' | 'reserveRuns';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveUpgrades' | 'reserveRuns' | 'trimmed';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -101,6 +103,7 @@ export class FaultStats {
   reserveTakeBacks = 0;
   reserveUpgrades = 0;
   reserveRuns = 0;
+  trimmed = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -140,7 +143,7 @@ export class FaultStats {
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
       decided: this.decided, reserved: this.reserved, ahead: this.ahead, stock: this.stock, reserveGrants: this.reserveGrants,
-      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveUpgrades: this.reserveUpgrades, reserveRuns: this.reserveRuns, installedWindows, ...log,
+      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveUpgrades: this.reserveUpgrades, reserveRuns: this.reserveRuns, trimmed: this.trimmed, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

@@ -255,6 +255,55 @@ t.test('a child killed after windows were upgraded, before their gaps were adopt
   t.ok((await f.stat()).allocated <= (res.stores - res.native) * PAGE, 'nothing the agent answered was adopted');
 });
 
+forBackings(t, 'an evicted gap: the pages nothing was stored to are holes again, so a later store there is not a fault on a written block', async (t, { pool }) => {
+  // Two windows upgraded (the grant's runs), then single pages past a budget that
+  // evicts them. A gap's pages were recorded written, stored to or not: once evicted,
+  // each first store to one of them was a fault on a written block, which only the
+  // policy answers, taking the reserve back and granting it again every time.
+  const LIMIT = RESERVE_BLOCKS + 1024 + 452;
+  const size = 64 * MiB;
+  const pages = size / PAGE;
+  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16, windowBudget: LIMIT }]);
+  const f = await pool.openFile('evgap', { create: true });
+  await f.truncate(size);
+  const m = await f.map({ faultAround: false });
+  const s0 = await pool.stats();
+  const a0 = agentStats();
+  // 16 stores in each of windows 0 and 1: both upgraded, their other 992 pages untouched.
+  const first: number[] = [];
+  for (let w = 0; w < 2; w++) for (let i = 0; i < 16; i++) first.push(w * WINDOW + ((i * 37 + 3) % WINDOW));
+  tag(m.buffer, first[0]!);
+  await until(async () => (await pool.stats()).reserveGrants - s0.reserveGrants === 1, 'the grant');
+  for (const q of first.slice(1)) tag(m.buffer, q);
+  await until(() => agentStats().upgrades - a0.upgrades === 2, 'both windows upgraded', { detail: () => agentStats() });
+  // One store in each page of windows 2..: single pages (no window reaches 16 before
+  // the budget is passed), the oldest windows evicted, the two gaps first.
+  const rest: number[] = [];
+  for (let q = 2 * WINDOW; q < pages; q++) rest.push(q);
+  for (const q of scattered(rest.length, rest.length).map((i) => rest[i]!)) tag(m.buffer, q);
+  // The oldest windows go first: the two windows' singles and gaps. Their pages
+  // nothing was stored to (2 × 496) are trimmed after the eviction.
+  let s1 = s0;
+  await until(async () => (s1 = await pool.stats()).trimmed - s0.trimmed >= 2 * (WINDOW - 16), 'the evicted gaps trimmed', { detail: () => s1 });
+  t.ok(s1.evictions - s0.evictions > LIMIT, `more windows evicted than the budget holds, the oldest first (${s1.evictions - s0.evictions})`);
+  // Now a store in every page of windows 0 and 1 nothing was stored to.
+  const later: number[] = [];
+  const firstSet = new Set(first);
+  for (let q = 0; q < 2 * WINDOW; q++) if (!firstSet.has(q)) later.push(q);
+  for (const q of later) tag(m.buffer, q);
+  const s2 = await pool.stats();
+  t.ok(s2.written - s1.written < 32, `the later stores were not faults on written blocks (${s2.written - s1.written} of ${later.length})`);
+  // Every store reads back, through the mapping and file.read.
+  const all = new Set([...first, ...rest, ...later]);
+  let bad = 0;
+  for (let q = 0; q < pages; q++) if (m.buffer.readUInt32LE(q * PAGE + 8) !== q + 1) bad++;
+  t.equal(bad, 0, 'the mapping reads every store');
+  t.equal(wrong(await readAll(f, size), pages, all), 0, 'file.read sees every store');
+  await m.unmap();
+  t.equal((await f.stat()).allocated, size, 'every page allocated, once');
+  await f.close();
+}, { size: 192 << 20 });
+
 forBackings(t, 'past the window budget: upgraded windows\' gaps are evicted like any window, every store still reads back', async (t, { pool }) => {
   // A budget that holds the grant's blocks and runs (RESERVE_BLOCKS + 1,024 blocks
   // counted against it) but not every window the file ends up with (32 windows of up
