@@ -598,24 +598,33 @@ export class Reserves {
     const gaps = this.gapsOf.get(m);
     if (!gaps) return;
     this.gapsOf.delete(m);
-    gaps.sort((a, b) => a[0] - b[0]);
+    const freed = await this.trimRanges(m, gaps);
+    if (freed > 0) this.ctx.log.debug({ file: m.inode.name, blocks: freed }, 'reserve windows trimmed of their zero pages');
+  }
+
+  /**
+   * trimZeros over region ranges [offset, length] of `m`, adjacent ones in one call
+   * (each call takes the range lock exclusive and runs the invalidator). The blocks
+   * freed; stops at a file unlinked meanwhile (its blocks are freed anyway).
+   */
+  private async trimRanges(m: Mapping, ranges: [number, number][]): Promise<number> {
+    ranges.sort((a, b) => a[0] - b[0]);
     const core = this.ctx.pool.core;
     let freed = 0;
-    for (let i = 0; i < gaps.length;) {
-      // adjacent gaps in one call
-      const lo = gaps[i]![0];
-      let hi = lo + gaps[i]![1];
+    for (let i = 0; i < ranges.length;) {
+      const lo = ranges[i]![0];
+      let hi = lo + ranges[i]![1];
       let j = i + 1;
-      while (j < gaps.length && gaps[j]![0] === hi) hi += gaps[j++]![1];
+      while (j < ranges.length && ranges[j]![0] === hi) hi += ranges[j++]![1];
       i = j;
       try {
         freed += await core.trimZeros(m.inode, m.fileOffset + lo, hi - lo);
       } catch (err) {
-        if (isDaxError(err, 'ENOENT')) return; // unlinked meanwhile: its blocks are freed anyway
+        if (isDaxError(err, 'ENOENT')) return freed;
         throw err;
       }
     }
-    if (freed > 0) this.ctx.log.debug({ file: m.inode.name, blocks: freed }, 'reserve windows trimmed of their zero pages');
+    return freed;
   }
 
   /**
@@ -630,28 +639,25 @@ export class Reserves {
   async trimEvicted(m: Mapping): Promise<void> {
     const gaps = this.gapsOf.get(m);
     if (!gaps || m.dead) return;
+    // The parts of each gap eviction took back (pages None) are trimmed; the rest of
+    // the gap (installed again since, or in a chunk not evicted) waits for the unmap.
     const evicted: [number, number][] = [];
     const kept: [number, number][] = [];
-    for (const g of gaps) {
-      const lo = g[0] / PAGE;
-      const hi = lo + g[1] / PAGE;
-      if (m.states.runs(lo, hi, PageState.None).some(([a, b]) => a === lo && b === hi)) evicted.push(g);
-      else kept.push(g);
+    for (const [off, len] of gaps) {
+      const lo = off / PAGE;
+      const hi = lo + len / PAGE;
+      let at = lo;
+      for (const [a, b] of m.states.runs(lo, hi, PageState.None)) {
+        if (a > at) kept.push([at * PAGE, (a - at) * PAGE]);
+        evicted.push([a * PAGE, (b - a) * PAGE]);
+        at = b;
+      }
+      if (at < hi) kept.push([at * PAGE, (hi - at) * PAGE]);
     }
     if (evicted.length === 0) return;
     if (kept.length > 0) this.gapsOf.set(m, kept);
     else this.gapsOf.delete(m);
-    const core = this.ctx.pool.core;
-    let freed = 0;
-    for (const [off, len] of evicted) {
-      try {
-        freed += await core.trimZeros(m.inode, m.fileOffset + off, len);
-      } catch (err) {
-        if (isDaxError(err, 'ENOENT')) return; // unlinked meanwhile: its blocks are freed anyway
-        throw err;
-      }
-    }
-    this.ctx.bump(m, 'trimmed', freed);
+    this.ctx.bump(m, 'trimmed', await this.trimRanges(m, evicted));
   }
 
   /**
@@ -724,7 +730,6 @@ export class Reserves {
     this.give(r, devs);
     this.give(r, runBlocks(runs));
     this.ctx.bump(m, 'reserveGrants');
-    if (runs.length > 0) this.ctx.bump(m, 'reserveRuns', runs.length);
     // Registered before the answers run: a note may come as soon as the first has.
     this.byInode.set(m.inode.id, r);
     this.byRegion.set(key, r);
@@ -735,6 +740,7 @@ export class Reserves {
       await this.takeBack(r);
       return;
     }
+    if (runs.length > 0) this.ctx.bump(m, 'reserveRuns', runs.length);
     // Faults read before now met no reserve, or one not set yet (retryable()): taken
     // after the answers ran, not before they were sent. A daxmapd client runs them
     // after a trip over its socket, and a store its agent read in between (before
