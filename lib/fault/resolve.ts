@@ -29,6 +29,12 @@ const ZERO_PAGE = new Uint8Array(PAGE);
  * × 64 KiB of slack over 1 GiB took a 2 MiB window every ~2,000 random faults).
  */
 const SEQ_GAP = PAGE;
+/**
+ * A sequential write's 2 MiB window in more pieces than this (blocks of the chunk
+ * placed before, elsewhere) installs only the faulting page: each piece is an install,
+ * a VMA of the window budget.
+ */
+const MAX_WINDOW_PIECES = 8;
 
 export class Resolver {
   /** Test seam: throw from (or wait inside) a fault after its locks are taken. */
@@ -306,12 +312,35 @@ export class Resolver {
         if (continued && !c.allWritten) this.onSequentialWindow?.(m, win.fileStart);
         return;
       }
-      // Not one aligned run: install the faulting page only (the rest is written now
-      // and will be installed on its own first touch).
-      const e = exts.find((x) => x.offset <= fileOff && fileOff < x.offset + x.length)!;
+      // Not one aligned run (a block of the chunk was placed before, elsewhere: a
+      // writer that started inside the chunk, whose first 4 KiB block went to a partly
+      // used group): install the window's pages this mapping has not installed, an
+      // extent at a time, the faulting page's first (it wakes the writer). Page by
+      // page, each of the rest would fault on its own. Only the faulting page when
+      // the window is in many pieces: each install is a VMA of the budget.
       this.ctx.bump(m, 'pte');
-      await this.install(m, ev.offset, PAGE, e.deviceOffset + (fileOff - e.offset), false);
-      this.wrote(m, fileOff, fileOff + PAGE);
+      const e = exts.find((x) => x.offset <= fileOff && fileOff < x.offset + x.length)!;
+      if (exts.length > MAX_WINDOW_PIECES) {
+        await this.install(m, ev.offset, PAGE, e.deviceOffset + (fileOff - e.offset), false);
+        this.wrote(m, fileOff, fileOff + PAGE);
+        return;
+      }
+      // pages not answered, or answered with the zero page; and the faulting page
+      const page = ev.offset / PAGE;
+      const open = (p: number): boolean => p === page || m.states.get(p) === PageState.None || m.states.get(p) === PageState.Zero;
+      for (const x of [e, ...exts.filter((y) => y !== e)]) {
+        const lo = (Math.max(x.offset, win.fileStart) - m.fileOffset) / PAGE;
+        const hi = (Math.min(x.offset + x.length, win.fileStart + HUGE) - m.fileOffset) / PAGE;
+        for (let p = lo; p < hi;) {
+          if (!open(p)) { p++; continue; }
+          let q = p + 1;
+          while (q < hi && open(q)) q++;
+          if (!(await this.install(m, p * PAGE, (q - p) * PAGE, x.deviceOffset + (m.fileOffset + p * PAGE - x.offset), false))) return; // the mapping is gone
+          p = q;
+        }
+      }
+      this.wrote(m, fileOff, win.fileStart + HUGE);
+      if (continued && !c.allWritten) this.onSequentialWindow?.(m, win.fileStart);
       return;
     }
     return this.resolveSharedWritePage(m, ev, fileOff);
