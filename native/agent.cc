@@ -930,6 +930,11 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
       }
       break;
     }
+    case kOpStage:
+      e = (a.flags != 0 || a.flags2 != 0 || a.payload != 0 || a.dev_offset > INT32_MAX)
+              ? EINVAL
+              : r->Stage(a.offset, a.length, static_cast<int>(a.dev_offset));
+      break;
     case kOpClearReserve: *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX)); break;
     default: e = EINVAL;
   }

@@ -68,6 +68,11 @@ enum AnswerOp : uint8_t {
                              // runs (2 MiB of zeroed blocks each). Once T pages of such a window are filled (or
                              // were not holes) the rest of it is installed from a run (docs/native.md, "Reserve
                              // windows"); ENOENT when no reserve is set
+  kOpStage = 15,             // stage [offset, +length): map the same range of the memfd whose descriptor (in this
+                             // process) is dev_offset over it, shared, writable, not populated, and take it out of
+                             // the live reserve's ranges and windows: its stores are the kernel's own faults on the
+                             // memfd, no trap (docs/native.md, "Staged ranges"); wakes the range. EINVAL if the
+                             // descriptor is not a memfd or too short; never in a read-only region
 };
 
 enum AnswerFlags : uint8_t {

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -285,6 +286,27 @@ int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev
     (void)madvise(p, len, adv);
   }
   if (wake) u.Wake(base_ + off, len);
+  return 0;
+}
+
+int Region::Stage(uint64_t off, uint64_t len, int fd) {
+  if (read_only_) return EROFS;
+  // A memfd answers F_GET_SEALS; any other file refuses it (EINVAL).
+  if (fcntl(fd, F_GET_SEALS) < 0) return EINVAL;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return errno;
+  if (static_cast<uint64_t>(st.st_size) < off + len) return EINVAL;
+  std::lock_guard<std::mutex> g(reserve_mu);
+  void* p = mmap(reinterpret_cast<void*>(base_ + off), len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+                 static_cast<off_t>(off));
+  if (p == MAP_FAILED) return errno;
+  if (!reserve.ranges.empty()) reserve.RemoveRange(off, off + len);
+  for (auto it = reserve.windows.lower_bound(off & ~(k2M - 1)); it != reserve.windows.end() && it->first < off + len;) {
+    if (it->first + k2M > off)
+      it = reserve.windows.erase(it);
+    else
+      ++it;
+  }
   return 0;
 }
 

@@ -171,6 +171,12 @@ class Region {
   // refuses (ENOMEM) within 3 mappings of vm.max_map_count, so callers keep their
   // installed windows well below the limit; ENOMEM is reported, never retried.
   int Revoke(const Uffd& u, uint64_t off, uint64_t len);
+  // Maps [off, off+len) of the memfd `fd` over the same range of the region (shared,
+  // writable, not populated), and takes the range out of the reserve's ranges and
+  // windows under reserve_mu, so the reader never answers a fault there natively.
+  // 0 or errno (EINVAL: not a memfd, or shorter than off+len; EROFS: a read-only
+  // region). Does not wake.
+  int Stage(uint64_t off, uint64_t len, int fd);
   // Close: replace the whole region with an inaccessible reservation, then wake every
   // waiter (it retries and meets PROT_NONE: EFAULT in a syscall, SIGSEGV otherwise).
   void Retire(const Uffd& u);

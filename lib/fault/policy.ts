@@ -109,6 +109,15 @@ export class FaultPolicy {
     this.reserves.windowThreshold = n;
   }
 
+  /** Whether grants stage whole-hole windows (reserve.ts, "Staged ranges"; DAXMAP_STAGE sets the default). */
+  get stage(): boolean {
+    return this.reserves.stage;
+  }
+
+  set stage(on: boolean) {
+    this.reserves.stage = on;
+  }
+
   /** 2 MiB windows installed ahead of a sequential writer (ahead.ts; DAXMAP_AHEAD sets the default; 0: off). */
   get aheadWindows(): number {
     return this.faultAhead.windows;

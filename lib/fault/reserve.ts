@@ -14,10 +14,12 @@
 // for a live reserve with its chunk's range lock held, and takes the reserve back
 // before it resolves (policy.ts): so a fault is never resolved while a reserve of its
 // file is live, and the ranges granted stay holes until the reserve is taken back.
+import fs from 'node:fs';
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
+import { native } from '../native/addon';
 import { monotonicNow } from '../native/engine';
 import { A_WINDOW, A_WP, EV_LOW, EV_NOTE, EV_RUN, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, reserveWindowsPayload, type AnswerSpec, type FaultEvent, type ReserveWindow } from '../native/frames';
-import { isDaxError } from '../errors';
+import { daxError, isDaxError } from '../errors';
 import type { Inode, PoolInternals, ReservedPair } from '../pool/internal';
 import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
 import type { Revoker } from './revoke';
@@ -56,6 +58,23 @@ export function defaultWindowThreshold(): number {
   const n = Number(v);
   return Number.isInteger(n) && n >= 0 && n <= 512 ? n : 16;
 }
+/**
+ * Staged ranges (docs/fault-policy.md, "Staged ranges"): DAXMAP_STAGE=off turns them
+ * off; on by default.
+ */
+export function defaultStage(): boolean {
+  return process.env.DAXMAP_STAGE !== 'off';
+}
+/** Bytes a grant stages at most (DAXMAP_STAGE_MAX, a multiple of 2 MiB; 4 GiB by default). */
+function stageMax(): number {
+  const n = Number(process.env.DAXMAP_STAGE_MAX);
+  return Number.isSafeInteger(n) && n >= 0 ? Math.floor(n / (2 << 20)) * (2 << 20) : 4 * 1024 ** 3;
+}
+/** Staged pages copied per batch at a take-back: blocks taken, written, adopted. */
+const COLLECT_BATCH = 512;
+/** Bytes of a staged range read at once while collecting. */
+const COLLECT_CHUNK = 256 * 1024;
+
 /**
  * Runs a reserve holds ahead for its windows (2 MiB each, counted in the budget as
  * blocks): INITIAL_RUNS with the grant, up to RUNS_AHEAD once windows are upgraded,
@@ -130,7 +149,19 @@ interface Live {
    * once no run is left.
    */
   runsStarved: boolean;
+  /**
+   * Staged ranges (region offsets, sorted): mapped to the same range of `stageFd` in
+   * the client, so stores there take no trap; what was stored is copied into blocks
+   * at the take-back (collect()).
+   */
+  readonly staged: [number, number][];
+  /** The staging memfd (in this process: embedded clients only); -1 when none. */
+  stageFd: number;
+  /** Blocks promised by the pool for the staged ranges' copies, not yet given back. */
+  promised: number;
 }
+
+const ZERO_PAGE = Buffer.alloc(PAGE);
 
 const isNote = (ev: FaultEvent): boolean => (ev.flags & EV_NOTE) !== 0;
 
@@ -161,6 +192,8 @@ export class Reserves {
   mode: ReserveMode = defaultReserveMode();
   /** Native installs in a reserve window before the rest of it is installed from a run; 0: no windows. */
   windowThreshold = defaultWindowThreshold();
+  /** Whether grants stage whole-hole windows (docs/fault-policy.md, "Staged ranges"). */
+  stage = defaultStage();
   /** Test seam: called after the notes of a batch are received, before they are adopted. */
   beforeAdopt: (() => void | Promise<void>) | null = null;
   private readonly byInode = new Map<number, Live>();
@@ -200,6 +233,9 @@ export class Reserves {
    */
   retryable(m: Mapping, ev: FaultEvent): boolean {
     const r = this.byInode.get(m.inode.id);
+    // A staged page takes no trap while staged: a fault there was read before its
+    // range was staged, and its retried access meets the memfd.
+    if (r !== undefined && r.m === m && inRanges(r.staged, ev.offset)) return true;
     if (!r || r.m !== m || ev.timeNs >= r.since || r.given.size === 0) return false;
     return inRanges(r.ranges, ev.offset) && !r.noted.has(ev.offset);
   }
@@ -677,9 +713,11 @@ export class Reserves {
     });
   }
 
-  private eligible(m: Mapping): boolean {
+  /** `mine`: the reserve of the file being granted, live already (its staged ranges). */
+  private eligible(m: Mapping, mine?: Live): boolean {
+    const live = this.byInode.get(m.inode.id);
     return this.mode === 'on' && this.pool.reserveStats().enabled && !m.dead && !m.private && !m.sync && m.writable &&
-      (this.ctx.pool.storage.align ?? PAGE) <= PAGE && m.inode.live && !this.byInode.has(m.inode.id) &&
+      (this.ctx.pool.storage.align ?? PAGE) <= PAGE && m.inode.live && (live === undefined || live === mine) &&
       this.ctx.mappingsOf(m.inode).length === 1;
   }
 
@@ -690,17 +728,60 @@ export class Reserves {
     const budget = m.client.budget;
     const n = Math.min(RESERVE_BLOCKS, budget.limit - budget.used);
     if (n < MIN_GRANT) return;
-    const { ranges, windows } = this.holes(m);
-    if (ranges.length === 0) return;
-    const devs = await this.take(n);
-    if (devs.length === 0) return;
+    const holes = this.holes(m);
+    if (holes.ranges.length === 0) return;
+    // Whole-hole windows are staged (no trap at all); the reserve answers the rest.
+    const { staged, promised } = this.stageable(m, holes.windows);
+    let fd = -1;
+    if (staged.length > 0) {
+      try {
+        // The client is in this process (stageable()), so is the descriptor.
+        fd = native().stageCreate(m.length);
+      } catch (err) {
+        this.ctx.log.warn({ err, file: m.inode.name }, 'no staging memfd: nothing staged');
+        this.pool.releasePromise(promised);
+        staged.length = 0;
+      }
+    }
+    const ranges = staged.length > 0 ? subtractRanges(holes.ranges, staged) : holes.ranges;
+    const windows = staged.length > 0 ? holes.windows.filter((w) => !inRanges(staged, w.offset)) : holes.windows;
+    const key = `${m.client.id}:${m.region}`;
+    const r: Live = {
+      m, client: m.client, key, given: new Set(), blocks: 0, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low: 0,
+      since: monotonicNow(), ranges: [], windows: new Set(), upgraded: new Map(), runs: new Set(), gaps: [],
+      addingRuns: false, runsStarved: false, staged: [...staged], stageFd: fd, promised: fd >= 0 ? promised : 0,
+    };
+    if (r.staged.length > 0) {
+      // Staged first, in an answer of their own: the stores there go on (the answer
+      // wakes the range) while the blocks for the rest are taken below. Each staged
+      // range is one mapping of the process: one window of the budget, not evictable.
+      budget.held += r.staged.length;
+      this.byInode.set(m.inode.id, r);
+      this.byRegion.set(key, r);
+      this.ctx.bump(m, 'reserveGrants');
+      const res = await this.ctx.answer(m.client, r.staged.map(([lo, hi]): AnswerSpec => ({ op: Op.Stage, region: m.region, offset: lo, length: hi - lo, devOffset: fd })));
+      if (res.some((x) => x !== 0)) {
+        // A range not staged holds no stores: it is neither collected nor counted.
+        if (!res.includes(ENXIO)) this.ctx.log.warn({ file: m.inode.name, results: res.filter((x) => x !== 0).slice(0, 4) }, 'ranges not staged');
+        const ok = r.staged.filter((_, i) => res[i] === 0);
+        budget.held -= r.staged.length - ok.length;
+        r.staged.splice(0, r.staged.length, ...ok);
+        if (res.includes(ENXIO)) {
+          await this.takeBack(r); // the region is gone
+          return;
+        }
+      }
+    }
+    const devs = ranges.length > 0 ? await this.take(n) : [];
     // Runs for reserve windows, within the budget (each block of a run counts until
     // it is adopted or given back).
-    const runs = this.windowThreshold > 0 && windows.length > 0
+    const runs = devs.length > 0 && this.windowThreshold > 0 && windows.length > 0
       ? await this.takeRuns(Math.min(INITIAL_RUNS, windows.length, Math.floor((budget.limit - budget.used - devs.length) / RUN_BLOCKS)))
       : [];
-    if (!this.eligible(m)) {
+    if (devs.length === 0 || !this.eligible(m, r.staged.length > 0 ? r : undefined)) {
       this.pool.returnReserve([...devs, ...runBlocks(runs)]);
+      if (r.staged.length === 0 && r.stageFd < 0) return; // nothing granted
+      if (r.stageFd >= 0 && r.staged.length === 0) await this.takeBack(r); // nothing staged either
       return;
     }
     // The agent wakes us when a store leaves `low` blocks: a top-up then comes before it runs dry.
@@ -721,15 +802,14 @@ export class Reserves {
     if (runs.length > 0) {
       specs.push({ op: Op.ReserveWindows, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveWindowsPayload(this.windowThreshold, windows, runs) });
     }
-    const key = `${m.client.id}:${m.region}`;
-    const r: Live = {
-      m, client: m.client, key, given: new Set(), blocks: devs.length, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low,
-      since: monotonicNow(), ranges, windows: new Set(runs.length > 0 ? windows.map((w) => w.offset) : []), upgraded: new Map(), runs: new Set(runs), gaps: [],
-      addingRuns: false, runsStarved: false,
-    };
+    r.blocks = devs.length;
+    r.low = low;
+    for (const x of ranges) r.ranges.push(x);
+    if (runs.length > 0) for (const w of windows) r.windows.add(w.offset);
+    for (const x of runs) r.runs.add(x);
     this.give(r, devs);
     this.give(r, runBlocks(runs));
-    this.ctx.bump(m, 'reserveGrants');
+    if (r.staged.length === 0) this.ctx.bump(m, 'reserveGrants');
     // Registered before the answers run: a note may come as soon as the first has.
     this.byInode.set(m.inode.id, r);
     this.byRegion.set(key, r);
@@ -747,6 +827,45 @@ export class Reserves {
     // the reserve was set there, after this time had been taken) came here and took
     // the new reserve back (seen under load in test/daemon/reserve.test.ts).
     r.since = monotonicNow();
+  }
+
+  /**
+   * The windows of a grant to stage (docs/fault-policy.md, "Staged ranges"), merged
+   * into ranges, and the blocks the pool promised for their copies: whole 2 MiB holes
+   * of the file that the mapping has not answered but with zero pages, within
+   * DAXMAP_STAGE_MAX and the pool's free space (every page of them may be stored to).
+   * Only for a client in this process (the memfd's descriptor is this process's), on
+   * a pool of 4 KiB pages.
+   */
+  private stageable(m: Mapping, windows: readonly ReserveWindow[]): { staged: [number, number][]; promised: number } {
+    const none = { staged: [] as [number, number][], promised: 0 };
+    if (!this.stage || m.client.untrusted === true || this.pool.storage.huge === true) return none;
+    const staged = emptyListOf<[number, number]>([0, 0]);
+    let bytes = 0;
+    const max = stageMax();
+    for (const w of windows) {
+      if (bytes + HUGE > max) break;
+      if (w.notHoles !== undefined && w.notHoles.length > 0) continue;
+      if (!m.states.allNoneOrZero(w.offset / PAGE, w.offset / PAGE + RUN_BLOCKS)) continue;
+      addRange(staged, w.offset, w.offset + HUGE);
+      bytes += HUGE;
+    }
+    if (bytes === 0) return none;
+    // Every page may be stored to: the pool promises a block for each, or the staged
+    // ranges shrink (from their end) to what it promised.
+    const promised = this.pool.promiseBlocks(bytes / PAGE);
+    let keep = Math.floor(promised / RUN_BLOCKS) * HUGE;
+    const out = emptyListOf<[number, number]>([0, 0]);
+    for (const [lo, hi] of staged) {
+      if (keep <= 0) break;
+      const len = Math.min(hi - lo, keep);
+      out.push([lo, lo + len]);
+      keep -= len;
+    }
+    let used = 0;
+    for (const [lo, hi] of out) used += (hi - lo) / PAGE;
+    if (promised > used) this.pool.releasePromise(promised - used);
+    return { staged: out, promised: used };
   }
 
   /**
@@ -768,6 +887,104 @@ export class Reserves {
       this.inconsistent(r.client, { file: r.m.inode.name, unused, unnoted: rest.length }, 'reserve: the agent and the notes disagree on the blocks left');
     }
     if (rest.length > 0) this.pool.returnReserve(rest);
+    await this.collect(r);
+  }
+
+  /**
+   * The take-back of staged ranges (docs/fault-policy.md, "Staged ranges"): revoked
+   * in the client first, if its mapping is still there (from then on a store there
+   * traps, and waits for the locks held), so nothing changes the memfd while it is
+   * read; then every page of it that is not all zeros is copied into a block, and
+   * the blocks adopted as the file's, in batches; the memfd is freed. Gate held.
+   */
+  private async collect(r: Live): Promise<void> {
+    const fd = r.stageFd;
+    if (fd < 0) return;
+    r.stageFd = -1;
+    const m = r.m;
+    const staged = r.staged.splice(0, r.staged.length);
+    let copied = 0;
+    let lost = 0;
+    try {
+      if (staged.length > 0 && !m.dead) {
+        // ENXIO: the region is gone meanwhile, and nothing is mapped any more.
+        const res = await this.ctx.answer(r.client, staged.map(([lo, hi]): AnswerSpec => ({ op: Op.Revoke, region: m.region, offset: lo, length: hi - lo })));
+        const bad = res.filter((x) => x !== 0 && x !== ENXIO);
+        if (bad.length > 0) throw daxError('EIO', `staged ranges not revoked: ${bad.slice(0, 4).join(', ')}`);
+        for (const [lo, hi] of staged) m.states.set(lo / PAGE, hi / PAGE, PageState.None);
+      }
+      r.client.budget.held -= staged.length;
+      const batch: { off: number; data: Buffer }[] = [];
+      const flush = async (): Promise<void> => {
+        const out = await this.copyStaged(r, batch.splice(0, batch.length));
+        copied += out.copied;
+        lost += out.lost;
+      };
+      for (const [lo, hi] of staged) {
+        const runs = native().stageDataRuns(fd, lo, hi - lo);
+        for (let i = 0; i < runs.length; i += 2) {
+          for (let a = runs[i]!; a < runs[i + 1]!; a += COLLECT_CHUNK) {
+            const len = Math.min(COLLECT_CHUNK, runs[i + 1]! - a);
+            const buf = Buffer.allocUnsafe(len);
+            for (let got = 0; got < len;) {
+              const k = fs.readSync(fd, buf, got, len - got, a + got);
+              if (k <= 0) throw daxError('EIO', `staged range: short read at ${a + got}`);
+              got += k;
+            }
+            for (let p = 0; p < len; p += PAGE) {
+              const page = buf.subarray(p, p + PAGE);
+              if (page.equals(ZERO_PAGE)) continue;
+              batch.push({ off: a + p, data: page });
+              if (batch.length >= COLLECT_BATCH) await flush();
+            }
+          }
+        }
+        // (what is left of it goes with the next range's, or below)
+      }
+      await flush();
+      for (const [lo, hi] of staged) native().stagePunch(fd, lo, hi - lo);
+    } finally {
+      if (r.promised > 0) this.pool.releasePromise(r.promised);
+      r.promised = 0;
+      fs.closeSync(fd);
+      if (copied > 0) this.ctx.bump(m, 'staged', copied);
+      if (lost > 0) {
+        this.ctx.bump(m, 'stagedLost', lost);
+        this.ctx.log.error({ file: m.inode.name, pages: lost }, 'staged pages lost: no block for them');
+      }
+    }
+  }
+
+  /**
+   * Staged pages (region offset, bytes) into blocks of the pool, adopted as the
+   * file's: the promise gives way to them just before their blocks are taken. Pages
+   * the pool refuses (no longer holes inside EOF: the file is gone) go back.
+   */
+  private async copyStaged(r: Live, pages: { off: number; data: Buffer }[]): Promise<{ copied: number; lost: number }> {
+    const m = r.m;
+    let copied = 0;
+    let done = 0;
+    while (done < pages.length) {
+      const want = pages.length - done;
+      const k = Math.min(want, r.promised);
+      this.pool.releasePromise(k);
+      r.promised -= k;
+      // Fewer than asked when the reserve is near its limit: each adoption below frees
+      // room in it for the next take.
+      const devs = await this.take(want);
+      if (devs.length === 0) break;
+      const pairs: ReservedPair[] = [];
+      for (let i = 0; i < devs.length; i++) {
+        const pg = pages[done + i]!;
+        this.pool.storage.view(devs[i]!, PAGE).set(pg.data);
+        pairs.push({ fb: (m.fileOffset + pg.off) / PAGE, dev: devs[i]! });
+      }
+      done += devs.length;
+      const { adopted, refused } = await this.pool.adoptReserved(m.inode, pairs);
+      if (refused.length > 0) this.pool.returnReserve(refused.map((p) => p.dev));
+      copied += adopted.length;
+    }
+    return { copied, lost: pages.length - done };
   }
 
   /**
@@ -875,6 +1092,22 @@ export class Reserves {
       range.release();
     }
   }
+}
+
+/** Sorted, disjoint ranges `a` less sorted, disjoint ranges `b`. */
+function subtractRanges(a: readonly [number, number][], b: readonly [number, number][]): [number, number][] {
+  const out = emptyListOf<[number, number]>([0, 0]);
+  let j = 0;
+  for (const [lo0, hi] of a) {
+    let lo = lo0;
+    while (j < b.length && b[j]![1] <= lo) j++;
+    for (let k = j; k < b.length && b[k]![0] < hi; k++) {
+      if (b[k]![0] > lo) out.push([lo, b[k]![0]]);
+      lo = Math.max(lo, b[k]![1]);
+    }
+    if (lo < hi) out.push([lo, hi]);
+  }
+  return out;
 }
 
 /** Whether a region offset is in sorted, disjoint [start, end) ranges. */

@@ -86,6 +86,23 @@ export class PageStates {
     return false;
   }
 
+  /** True if every page in [from, to) is None or Zero (nothing but zeros was answered there). */
+  allNoneOrZero(from: number, to: number): boolean {
+    for (let p = from; p < to;) {
+      const ci = Math.floor(p / PAGES_PER_HUGE);
+      const end = Math.min(to, (ci + 1) * PAGES_PER_HUGE);
+      const c = this.chunks.get(ci);
+      if (c !== undefined) {
+        for (let q = p; q < end; q++) {
+          const s = c[q % PAGES_PER_HUGE] as PageState;
+          if (s !== PageState.None && s !== PageState.Zero) return false;
+        }
+      }
+      p = end;
+    }
+    return true;
+  }
+
   /** True if every page in [from, to) is None. */
   allNone(from: number, to: number): boolean {
     for (let p = from; p < to;) {

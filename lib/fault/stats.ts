@@ -44,6 +44,10 @@ export interface FaultStatsSnapshot {
   trimmed: number;
   /** runs (2 MiB of zeroed blocks) given to reserves for their windows' upgrades, with the grants and added later */
   reserveRuns: number;
+  /** pages stored to in staged ranges, copied into blocks when the reserve was taken back (docs/fault-policy.md, "Staged ranges") */
+  staged: number;
+  /** staged pages that found no block (the pool full despite the promise): lost, and logged as an error */
+  stagedLost: number;
   installedWindows: number;
   /** Pool-wide (0 per file): persists of the pool's metadata log since open (group commit shares one among concurrent commits). */
   logPersists: number;
@@ -64,7 +68,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveUpgrades' | 'reserveRuns' | 'trimmed';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveUpgrades' | 'reserveRuns' | 'trimmed' | 'staged' | 'stagedLost';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -104,6 +108,8 @@ export class FaultStats {
   reserveUpgrades = 0;
   reserveRuns = 0;
   trimmed = 0;
+  staged = 0;
+  stagedLost = 0;
   private hist = new Array<number>(BUCKETS).fill(0);
   private maxUs = 0;
   private sumUs = 0;
@@ -143,7 +149,7 @@ export class FaultStats {
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
       decided: this.decided, reserved: this.reserved, ahead: this.ahead, stock: this.stock, reserveGrants: this.reserveGrants,
-      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveUpgrades: this.reserveUpgrades, reserveRuns: this.reserveRuns, trimmed: this.trimmed, installedWindows, ...log,
+      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveUpgrades: this.reserveUpgrades, reserveRuns: this.reserveRuns, trimmed: this.trimmed, staged: this.staged, stagedLost: this.stagedLost, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

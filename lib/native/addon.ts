@@ -149,6 +149,12 @@ export interface NativeAddon {
   /** The frame and wire layouts as compiled (native/frames.h, native/socket_channel.h): for the test that keeps frames.ts and wire.ts equal to them. */
   frameLayout(): FrameLayout;
   deviceClose(id: number): void;
+  /** A memfd of `length` bytes (sparse), close-on-exec: a staging area (docs/native.md, "Staged ranges"). */
+  stageCreate(length: number): number;
+  /** The runs [start, end, …] of [offset, offset+length) of the memfd `fd` that hold pages (SEEK_DATA / SEEK_HOLE). */
+  stageDataRuns(fd: number, offset: number, length: number): Float64Array;
+  /** Frees the pages of [offset, offset+length) of the memfd `fd`. */
+  stagePunch(fd: number, offset: number, length: number): void;
   /** fstat of the device's own descriptor, and its first `length` bytes (≤ 1 MiB) read through it. */
   deviceIdentify(id: number, length: number): { dev: bigint; ino: bigint; rdev: bigint; charDevice: boolean; mode: number; uid: number; gid: number; head: Buffer };
 }

@@ -66,6 +66,13 @@ export const Op = {
    * a run and sends EV_RUN notes. ENOENT when none is set.
    */
   ReserveWindows: 14,
+  /**
+   * Stage [offset, +length): the agent maps the same range of the memfd whose
+   * descriptor (in its process) is `devOffset` over it, writable, not populated, and
+   * takes it out of the live reserve's ranges and windows; wakes the range
+   * (docs/native.md, "Staged ranges").
+   */
+  Stage: 15,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
 

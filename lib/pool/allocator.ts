@@ -38,6 +38,7 @@ export class BlockAllocator {
   /** Runs held out of the free pool by the zeroer while it zeroes them (marked used). */
   private readonly zeroingRuns: Run[][] = [];
   private zeroingBlocks = 0;
+  private promisedBlocks = 0;
   /** Where the zeroer's next scan for dirty free blocks starts (a group). */
   private zeroCursor = 0;
 
@@ -53,8 +54,21 @@ export class BlockAllocator {
   }
 
   get capacity(): number { return this.dataEnd - this.dataStart; }
-  /** Blocks allocatable now. */
-  get free(): number { return this.freeBlocks; }
+  /** Blocks allocatable now (less those promised to staged ranges). */
+  get free(): number { return this.freeBlocks - this.promisedBlocks; }
+  /** Blocks promised: free, but kept for staged ranges' copies (docs/pool.md, "Promised space"). */
+  get promised(): number { return this.promisedBlocks; }
+  /** Promise up to n free blocks, leaving at least `keep` allocatable; the number promised. */
+  promise(n: number, keep: number): number {
+    const g = Math.max(0, Math.min(n, this.free - keep));
+    this.promisedBlocks += g;
+    return g;
+  }
+  /** Give back n promised blocks (they become allocatable again). */
+  unpromise(n: number): void {
+    if (n < 0 || n > this.promisedBlocks) throw new Error(`allocator: unpromise(${n}) with ${this.promisedBlocks} promised`);
+    this.promisedBlocks -= n;
+  }
   /** Blocks freed in this epoch, allocatable after the next checkpoint. */
   get pendingCount(): number { return this.pendingBlocks; }
   /** Blocks owned (by files, the reserve): neither free, pending, nor held by the zeroer. */
@@ -164,7 +178,7 @@ export class BlockAllocator {
    * the file and device offsets share their 2 MiB phase.
    */
   take(n: number, opts: TakeOptions = {}, cleanOut?: Run[]): Run[] {
-    if (n > this.freeBlocks) throw new Error(`allocator: take(${n}) with ${this.freeBlocks} free`);
+    if (n > this.free) throw new Error(`allocator: take(${n}) with ${this.free} free`);
     const out: Run[] = [];
     let left = n;
     const grab = (start: number, len: number): void => {
@@ -226,6 +240,7 @@ export class BlockAllocator {
    * front of the pool is left to files allocated in order).
    */
   takeWholeGroup(): { start: number; clean: boolean } | null {
+    if (this.free < GROUP_BLOCKS) return null; // the rest is promised
     let pick = -1;
     for (let g = this.nGroups - 1; g >= 0; g--) {
       if (this.groupFree[g] !== GROUP_BLOCKS) continue;

@@ -771,6 +771,22 @@ export class PoolCore {
    * Blocks handed out and not used (or not reported) come back: they may hold stores,
    * so they are zeroed again before they are handed out again.
    */
+  /**
+   * Promise up to n free blocks to a staged range (docs/pool.md, "Promised space"):
+   * nobody else may allocate them until they are given back, so the copies of what
+   * was stored there always find blocks. Leaves a sixteenth of the pool (at least
+   * 1,024 blocks) to everything else. The number promised.
+   */
+  promiseBlocks(n: number): number {
+    const a = this.state.alloc;
+    return a.promise(n, Math.max(1024, Math.floor(a.capacity / 16)));
+  }
+
+  /** Give back n promised blocks. */
+  releasePromise(n: number): void {
+    this.state.alloc.unpromise(n);
+  }
+
   returnReserve(devs: number[]): void {
     this.reserve.returnBlocks(devs.map((d) => checkReservedOffset(d)));
   }

@@ -89,6 +89,13 @@ export interface PoolInternals {
   adoptReserved(file: Inode, pairs: ReservedPair[], opts?: { sync?: boolean; keepRefused?: boolean }): Promise<AdoptResult>;
   /** Blocks handed out and not adopted come back (treated as dirty: zeroed again before reuse). */
   returnReserve(devs: number[]): void;
+  /**
+   * Promise up to n free blocks to a staged range (docs/pool.md, "Promised space"):
+   * no other allocation may take them until releasePromise. The number promised.
+   */
+  promiseBlocks(n: number): number;
+  /** Give back n promised blocks. */
+  releasePromise(n: number): void;
   /** Counts of the reserve (blocks). */
   reserveStats(): ReserveStats;
   /** Start the reserve's background refill if its stock is low (a taker found it empty). */
@@ -114,6 +121,8 @@ export function poolInternals(pool: PoolFs): PoolInternals {
     takeReserveRuns: (n) => core.takeReserveRuns(n),
     adoptReserved: (file, pairs, opts = {}) => core.adoptReserved(file, pairs, opts),
     returnReserve: (devs) => core.returnReserve(devs),
+    promiseBlocks: (n) => core.promiseBlocks(n),
+    releasePromise: (n) => core.releasePromise(n),
     reserveStats: () => core.reserve.stats(),
     refillReserve: () => core.reserve.kick(),
   };

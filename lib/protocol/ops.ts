@@ -124,12 +124,15 @@ export const OPS = {
    * reserve: whether sparse hole writes are answered natively from reserves; ahead: the 2 MiB
    * windows installed ahead of a sequential writer, 0 to 16; reserveWindow: the pages of a reserve
    * window filled before the rest of it is installed, 0 (off) to 512 (docs/fault-policy.md);
+   * stage: whether grants stage whole-hole windows in a memfd (docs/fault-policy.md, "Staged ranges");
    * cleanTarget: bytes of free space kept zeroed in the background, 0 turns it off (docs/pool.md).
    */
   configure: spec({
     access: 'root',
-    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode; ahead?: number; reserveWindow?: number; cleanTarget?: number }] => {
+    args: (a): [{ windowBudget?: number; decided?: DecideMode; reserve?: ReserveMode; ahead?: number; reserveWindow?: number; stage?: 'on' | 'off'; cleanTarget?: number }] => {
       const rw = field(a[0], 'reserveWindow');
+      const sg = field(a[0], 'stage');
+      if (sg !== undefined && sg !== 'on' && sg !== 'off') throw daxError('EINVAL', `stage must be one of on, off, got ${show(sg)}`);
       const w = field(a[0], 'windowBudget');
       const ct = field(a[0], 'cleanTarget');
       const ah = field(a[0], 'ahead');
@@ -147,6 +150,7 @@ export const OPS = {
         ...(r === undefined ? {} : { reserve: r as ReserveMode }),
         ...(ah === undefined ? {} : { ahead: int('ahead', ah, 0, MAX_AHEAD) }),
         ...(rw === undefined ? {} : { reserveWindow: int('reserveWindow', rw, 0, 512) }),
+        ...(sg === undefined ? {} : { stage: sg as 'on' | 'off' }),
         ...(ct === undefined ? {} : { cleanTarget: int('cleanTarget', ct, 0, Number.MAX_SAFE_INTEGER) }),
       }];
     },

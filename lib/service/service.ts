@@ -352,6 +352,7 @@ export class Service {
       if (o.reserve !== undefined) this.policy.reserveMode = o.reserve;
       if (o.ahead !== undefined) this.policy.aheadWindows = o.ahead;
       if (o.reserveWindow !== undefined) this.policy.reserveWindow = o.reserveWindow;
+      if (o.stage !== undefined) this.policy.stage = o.stage === 'on';
       if (o.cleanTarget !== undefined) this.pool.setCleanTarget(o.cleanTarget);
       return done();
     },

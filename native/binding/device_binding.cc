@@ -1,4 +1,9 @@
 // JS surface of devices: open (lock, map), views as Buffers, persist, close.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <functional>
 #include <utility>
@@ -246,6 +251,72 @@ Napi::Value DeviceIdentify(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// Staged ranges (docs/native.md, "Staged ranges"): a memfd whose pages stand in for
+// holes of a mapping until the policy copies what was stored into blocks.
+
+// stageCreate(length) → fd: a memfd of `length` bytes (sparse), close-on-exec.
+Napi::Value StageCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t len = U64Arg(info, 0, static_cast<uint64_t>(INT64_MAX));
+  int fd = memfd_create("daxmap-stage", MFD_CLOEXEC);
+  if (fd < 0) {
+    ThrowErrno(env, errno, "stage: memfd_create");
+    return env.Undefined();
+  }
+  if (ftruncate(fd, static_cast<off_t>(len)) != 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "stage: ftruncate");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// stageDataRuns(fd, offset, length) → Float64Array [start, end, ...]: the runs of
+// [offset, offset+length) that hold pages (SEEK_DATA / SEEK_HOLE: a memfd's holes were
+// never touched and read as zeros).
+Napi::Value StageDataRuns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(U64Arg(info, 0, INT32_MAX));
+  uint64_t off = U64Arg(info, 1, static_cast<uint64_t>(INT64_MAX));
+  uint64_t len = U64Arg(info, 2, static_cast<uint64_t>(INT64_MAX) - off);
+  std::vector<double> out;
+  uint64_t pos = off, end = off + len;
+  while (pos < end) {
+    off_t d = lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
+    if (d < 0) {
+      if (errno == ENXIO) break;  // no data past pos
+      ThrowErrno(env, errno, "stage: SEEK_DATA");
+      return env.Undefined();
+    }
+    if (static_cast<uint64_t>(d) >= end) break;
+    off_t h = lseek(fd, d, SEEK_HOLE);
+    if (h < 0) {
+      ThrowErrno(env, errno, "stage: SEEK_HOLE");
+      return env.Undefined();
+    }
+    uint64_t stop = std::min<uint64_t>(static_cast<uint64_t>(h), end);
+    out.push_back(static_cast<double>(d));
+    out.push_back(static_cast<double>(stop));
+    pos = stop;
+  }
+  Napi::Float64Array a = Napi::Float64Array::New(env, out.size());
+  for (size_t i = 0; i < out.size(); i++) a[i] = out[i];
+  return a;
+}
+
+// stagePunch(fd, offset, length): frees the pages of the range (they read as zeros).
+Napi::Value StagePunch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(U64Arg(info, 0, INT32_MAX));
+  uint64_t off = U64Arg(info, 1, static_cast<uint64_t>(INT64_MAX));
+  uint64_t len = U64Arg(info, 2, static_cast<uint64_t>(INT64_MAX) - off);
+  if (len > 0 &&
+      fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off), static_cast<off_t>(len)) != 0)
+    ThrowErrno(env, errno, "stage: punch");
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitDevice(Napi::Env env, Napi::Object exports) {
@@ -257,6 +328,9 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceZeroPersistAsync", Napi::Function::New(env, DeviceZeroPersistAsync, "deviceZeroPersistAsync"));
   exports.Set("deviceClose", Napi::Function::New(env, DeviceClose, "deviceClose"));
   exports.Set("deviceIdentify", Napi::Function::New(env, DeviceIdentify, "deviceIdentify"));
+  exports.Set("stageCreate", Napi::Function::New(env, StageCreate, "stageCreate"));
+  exports.Set("stageDataRuns", Napi::Function::New(env, StageDataRuns, "stageDataRuns"));
+  exports.Set("stagePunch", Napi::Function::New(env, StagePunch, "stagePunch"));
 }
 
 }  // namespace daxmap

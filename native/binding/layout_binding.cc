@@ -103,6 +103,7 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kOpTopUpReserve", kOpTopUpReserve);
   set("kOpAddReserveRanges", kOpAddReserveRanges);
   set("kOpReserveWindows", kOpReserveWindows);
+  set("kOpStage", kOpStage);
   set("kAnsWritable", kAnsWritable);
   set("kAnsPrivate", kAnsPrivate);
   set("kAnsPopulate", kAnsPopulate);

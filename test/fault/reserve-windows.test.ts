@@ -52,7 +52,7 @@ forBackings(t, 'every page of a file written in a random order: most stores take
   // on a busy machine (so the count of traps below does not depend on the timing).
   const size = 4 * MiB;
   const pages = size / PAGE;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16 }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 16 }]);
   const f = await pool.openFile('all', { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -91,7 +91,7 @@ forBackings(t, 'a sparse writer that never fills a window is topped up all the s
   // (a take-back and a new grant: a stall of ms per RESERVE_BLOCKS stores).
   const windows = RESERVE_BLOCKS - RESERVE_LOW_WATER + 64;
   const size = windows * 2 * MiB;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16 }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 16 }]);
   const f = await pool.openFile('sparse', { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -123,7 +123,7 @@ forBackings(t, 'upgrades held up by a tight budget start again: a gap counts as 
   const LIMIT = RESERVE_BLOCKS + 3 * 512 + 100;
   const windows = 10;
   const size = windows * 2 * MiB;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16, windowBudget: LIMIT }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 16, windowBudget: LIMIT }]);
   const f = await pool.openFile('tight', { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -169,7 +169,7 @@ forBackings(t, 'a window upgraded after a few stores: its other pages count as w
   // Two windows: the grant's own two runs upgrade both, however late more would come.
   const size = 4 * MiB;
   const pages = size / PAGE;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 8 }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 8 }]);
   const f = await pool.openFile('few', { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -191,7 +191,7 @@ forBackings(t, 'a window upgraded after a few stores: its other pages count as w
 forBackings(t, 'punch, truncate and a second mapping over upgraded windows: the reserve is taken back first, nothing stale shows', async (t, { pool }) => {
   const size = 8 * MiB;
   const pages = size / PAGE;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 8 }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 8 }]);
   const f = await pool.openFile('pt', { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -263,7 +263,7 @@ forBackings(t, 'an evicted gap: the pages nothing was stored to are holes again,
   const LIMIT = RESERVE_BLOCKS + 1024 + 452;
   const size = 64 * MiB;
   const pages = size / PAGE;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16, windowBudget: LIMIT }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 16, windowBudget: LIMIT }]);
   const f = await pool.openFile('evgap', { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -313,7 +313,7 @@ forBackings(t, 'past the window budget: upgraded windows\' gaps are evicted like
   const LIMIT = RESERVE_BLOCKS + 1024 + 452;
   const size = 64 * MiB;
   const pages = size / PAGE;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 16, windowBudget: LIMIT }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 16, windowBudget: LIMIT }]);
   const f = await pool.openFile('ev', { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });

@@ -69,6 +69,7 @@ const MIRROR: Record<string, string | null> = {
   kOpTopUpReserve: 'frames.Op.TopUpReserve',
   kOpAddReserveRanges: 'frames.Op.AddReserveRanges',
   kOpReserveWindows: 'frames.Op.ReserveWindows',
+  kOpStage: 'frames.Op.Stage',
   kAnsWritable: 'frames.A_WRITABLE',
   kAnsPrivate: 'frames.A_PRIVATE',
   kAnsPopulate: 'frames.A_POPULATE',
