@@ -946,7 +946,7 @@ export class Reserves {
     } finally {
       if (r.promised > 0) this.pool.releasePromise(r.promised);
       r.promised = 0;
-      fs.closeSync(fd);
+      native().stageClose(fd);
       if (copied > 0) this.ctx.bump(m, 'staged', copied);
       if (lost > 0) {
         this.ctx.bump(m, 'stagedLost', lost);
@@ -956,35 +956,30 @@ export class Reserves {
   }
 
   /**
-   * Staged pages (region offset, bytes) into blocks of the pool, adopted as the
-   * file's: the promise gives way to them just before their blocks are taken. Pages
-   * the pool refuses (no longer holes inside EOF: the file is gone) go back.
+   * Staged pages (region offset, bytes; in order) into the file, as a write() of each
+   * run of adjacent pages would put them (pool.writeStaged): the promise gives way to
+   * them under the pool's locks. Pages that are no longer holes inside EOF (the file
+   * is gone) are skipped; none is lost while the promise holds.
    */
   private async copyStaged(r: Live, pages: { off: number; data: Buffer }[]): Promise<{ copied: number; lost: number }> {
+    if (pages.length === 0) return { copied: 0, lost: 0 };
     const m = r.m;
-    let copied = 0;
-    let done = 0;
-    while (done < pages.length) {
-      const want = pages.length - done;
-      const k = Math.min(want, r.promised);
-      this.pool.releasePromise(k);
-      r.promised -= k;
-      // Fewer than asked when the reserve is near its limit: each adoption below frees
-      // room in it for the next take.
-      const devs = await this.take(want);
-      if (devs.length === 0) break;
-      const pairs: ReservedPair[] = [];
-      for (let i = 0; i < devs.length; i++) {
-        const pg = pages[done + i]!;
-        this.pool.storage.view(devs[i]!, PAGE).set(pg.data);
-        pairs.push({ fb: (m.fileOffset + pg.off) / PAGE, dev: devs[i]! });
-      }
-      done += devs.length;
-      const { adopted, refused } = await this.pool.adoptReserved(m.inode, pairs);
-      if (refused.length > 0) this.pool.returnReserve(refused.map((p) => p.dev));
-      copied += adopted.length;
+    const runs: { fb: number; data: Uint8Array }[] = [];
+    for (let i = 0; i < pages.length;) {
+      let j = i + 1;
+      while (j < pages.length && pages[j]!.off === pages[j - 1]!.off + PAGE) j++;
+      const data = j - i === 1 ? pages[i]!.data : Buffer.concat(pages.slice(i, j).map((p) => p.data));
+      runs.push({ fb: (m.fileOffset + pages[i]!.off) / PAGE, data });
+      i = j;
     }
-    return { copied, lost: pages.length - done };
+    const k = Math.min(pages.length, r.promised);
+    r.promised -= k;
+    try {
+      return { copied: await this.pool.writeStaged(m.inode, runs, k), lost: 0 };
+    } catch (err) {
+      if (!isDaxError(err, 'ENOSPC')) throw err;
+      return { copied: 0, lost: pages.length };
+    }
   }
 
   /**

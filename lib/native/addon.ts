@@ -155,6 +155,8 @@ export interface NativeAddon {
   stageDataRuns(fd: number, offset: number, length: number): Float64Array;
   /** Frees the pages of [offset, offset+length) of the memfd `fd`. */
   stagePunch(fd: number, offset: number, length: number): void;
+  /** Closes a memfd from stageCreate. */
+  stageClose(fd: number): void;
   /** fstat of the device's own descriptor, and its first `length` bytes (≤ 1 MiB) read through it. */
   deviceIdentify(id: number, length: number): { dev: bigint; ino: bigint; rdev: bigint; charDevice: boolean; mode: number; uid: number; gid: number; head: Buffer };
 }

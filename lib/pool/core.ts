@@ -807,6 +807,38 @@ export class PoolCore {
    * EINVAL (nothing changed) when a dev is not a reserved block handed out. Caller
    * holds the range lock over the file blocks.
    */
+  /**
+   * Staged pages into the file (docs/fault-policy.md, "Staged ranges"): each run
+   * `{ fb, data }` (a file block, then whole blocks of bytes) that is still a hole
+   * inside EOF gets new blocks holding its bytes, as write() gives them, all in one
+   * transaction; `promised` blocks are given back first, under the same locks, so the
+   * room they kept is there for these. Runs that are no longer holes are skipped. The
+   * blocks written. Caller holds the file's range lock over the runs.
+   */
+  async writeStaged(f: Inode, runs: { fb: number; data: Uint8Array }[], promised: number): Promise<number> {
+    this.checkOpen();
+    let given = false;
+    return this.txn.locked(() => {
+      if (!given && promised > 0) this.state.alloc.unpromise(promised);
+      given = true; // locked() may run this again (after zeroing it waited for)
+      const eof = Math.floor(f.size / B);
+      const ok = runs.filter((r) => {
+        const end = r.fb + r.data.length / B;
+        if (!f.live || end > eof) return false;
+        for (let b = r.fb; b < end; b++) if (f.extents.find(b)) return false;
+        return true;
+      });
+      let n = 0;
+      for (const r of ok) n += r.data.length / B;
+      if (n === 0) return 0;
+      this.txn.ensureSpace(n);
+      const recs: LogRecord[] = [];
+      for (const r of ok) for (const x of this.materialise(f, r.fb, r.fb + r.data.length / B, r.data, r.fb * B, false)) recs.push(x);
+      this.txn.commit(recs);
+      return n;
+    });
+  }
+
   async adoptReserved(f: Inode, pairs: ReservedPair[], opts: { sync?: boolean; keepRefused?: boolean } = {}): Promise<AdoptResult> {
     if (!Array.isArray(pairs)) throw daxError('EINVAL', 'adoptReserved pairs must be an array');
     const devs = pairs.map((p) => {

@@ -96,6 +96,13 @@ export interface PoolInternals {
   promiseBlocks(n: number): number;
   /** Give back n promised blocks. */
   releasePromise(n: number): void;
+  /**
+   * Staged pages into the file: each run `{ fb, data }` still a hole inside EOF gets
+   * new blocks with its bytes, in one transaction, after `promised` blocks are given
+   * back under the same locks. The blocks written (runs no longer holes are skipped).
+   * Caller holds the range lock over the runs.
+   */
+  writeStaged(file: Inode, runs: { fb: number; data: Uint8Array }[], promised: number): Promise<number>;
   /** Counts of the reserve (blocks). */
   reserveStats(): ReserveStats;
   /** Start the reserve's background refill if its stock is low (a taker found it empty). */
@@ -123,6 +130,7 @@ export function poolInternals(pool: PoolFs): PoolInternals {
     returnReserve: (devs) => core.returnReserve(devs),
     promiseBlocks: (n) => core.promiseBlocks(n),
     releasePromise: (n) => core.releasePromise(n),
+    writeStaged: (file, runs, promised) => core.writeStaged(file, runs, promised),
     reserveStats: () => core.reserve.stats(),
     refillReserve: () => core.reserve.kick(),
   };

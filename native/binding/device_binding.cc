@@ -305,6 +305,15 @@ Napi::Value StageDataRuns(const Napi::CallbackInfo& info) {
   return a;
 }
 
+// stageClose(fd): closes a memfd from stageCreate (Node's fs would warn of a
+// descriptor it did not open).
+Napi::Value StageClose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(U64Arg(info, 0, INT32_MAX));
+  if (close(fd) != 0) ThrowErrno(env, errno, "stage: close");
+  return env.Undefined();
+}
+
 // stagePunch(fd, offset, length): frees the pages of the range (they read as zeros).
 Napi::Value StagePunch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -331,6 +340,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("stageCreate", Napi::Function::New(env, StageCreate, "stageCreate"));
   exports.Set("stageDataRuns", Napi::Function::New(env, StageDataRuns, "stageDataRuns"));
   exports.Set("stagePunch", Napi::Function::New(env, StagePunch, "stagePunch"));
+  exports.Set("stageClose", Napi::Function::New(env, StageClose, "stageClose"));
 }
 
 }  // namespace daxmap
