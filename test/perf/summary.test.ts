@@ -49,12 +49,14 @@ const RMW_MB = envInt('DAXMAP_BENCH_RMW_MB', 32);
 /** The rows in table order (the ids the measuring tests below fill in). */
 const ORDER = [
   { id: '1', what: `random 4 KiB first-touch writes, faultAround:false, tmpfs pool, ${RANDOM_MB} MiB` },
+  { id: '1u', what: 'row 1\'s unmap() after its stores (staged pages are copied into blocks then), per page' },
   { id: '2', what: `same, disk-file pool, ${DISK_RANDOM_MB} MiB` },
   { id: '3a', what: `4 KiB write faults on written blocks (fresh mapping, random), ${WRITTEN_MB} MiB, vs kernel first touch` },
   { id: '3b', what: 'same, vs the kernel\'s write fault on a written file' },
   { id: '3c', what: '4 KiB read faults on written blocks (fresh mapping, random)' },
   { id: '4a', what: `random first-touch writes, default policy, ${SPARSE_TOUCHES} in a ${SPARSE_MB} MiB sparse file: time` },
   { id: '4b', what: 'same: space, allocated bytes / bytes touched' },
+  { id: '4u', what: 'row 4a\'s unmap() after its stores, per touch' },
   { id: '5', what: `sequential first touch, default policy, tmpfs pool, ${SEQ_MB} MiB` },
   { id: '6', what: `same, disk-file pool, ${SEQ_DISK_MB} MiB` },
   { id: '7a', what: `fill() ${FILL_MB} MiB, first pass after the first touch, fresh pool` },
@@ -254,8 +256,9 @@ async function both<A, B>(run: number, a: () => A | Promise<A>, b: () => B | Pro
 }
 
 /** The kernel's first touch of a fresh file (or a written one, or MAP_PRIVATE), in `order`; µs per page. */
-function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write: boolean | 'rmw', run: number, opts: { fillByte?: number; private?: boolean; each?: boolean } = {}): number {
+function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write: boolean | 'rmw', run: number, opts: { fillByte?: number; private?: boolean; each?: boolean; closeUs?: number[] } = {}): number {
   const k = KernelFile.create(tempPath(dir, 'kernel'), size, opts);
+  let closing = 0n;
   try {
     const us = opts.each === true ? touchEachMedian(k.buffer, order, run) : touch(k.buffer, order, write, run);
     if (write) {
@@ -270,9 +273,12 @@ function kernelTouch(dir: string, size: number, order: ArrayLike<number>, write:
       }
       if (k.buffer[spot(p)] !== stampOf(run)(p) || inFile[0] !== (opts.private === true ? opts.fillByte ?? 0 : stampOf(run)(p))) baselineBad++;
     }
+    closing = process.hrtime.bigint();
     return us;
   } finally {
     k.close();
+    // munmap and close: what the kernel does where daxmap's unmap() copies staged pages
+    if (closing !== 0n) opts.closeUs?.push(Number(process.hrtime.bigint() - closing) / 1000 / order.length);
   }
 }
 
@@ -283,11 +289,13 @@ t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fres
   const kernel: number[] = [];
   const fresh: number[] = [];
   const churned: number[] = [];
+  const kClose: number[] = [];
+  const unmaps: number[] = [];
   let bad = 0;
   for (let run = 0; run < RUNS; run++) {
     const order = shuffled(pages, 0x1234567 + run);
     const stamp = stampOf(run);
-    kernel.push(kernelTouch(SHM, size, order, true, run));
+    kernel.push(kernelTouch(SHM, size, order, true, run, { closeUs: kClose }));
     for (const [out, churn] of [[fresh, false], [churned, true]] as const) {
       const p = await freshPool(SHM, size + (churn ? CHURN_FILES * MiB : 0) + 64 * MiB);
       try {
@@ -296,7 +304,9 @@ t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fres
         const f = await poolFile(p.pool, 'random', size);
         const m = await f.map({ faultAround: false });
         out.push(touch(m.buffer, order, true, run));
+        const u0 = process.hrtime.bigint();
         await m.unmap();
+        if (!churn) unmaps.push(Number(process.hrtime.bigint() - u0) / 1000 / pages);
         bad += await misreads(f, order, stamp);
         t.equal((await f.stat()).allocated, size, `run ${run}${churn ? ' (churned)' : ''}: every page got a block`);
         await drop(p.pool, f, 'random');
@@ -307,6 +317,7 @@ t.test('rows 1 and 12: random 4 KiB first-touch writes, faultAround: false, fres
   }
   t.equal(bad, 0, 'every sampled page reads back its store');
   add(t, { id: '1', what: whatOf('1'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order', ours: fresh, base: kernel, aim: aim.ratioAtMost(3), note: 'a fresh pool per run, idle (settled()) before the run' });
+  add(t, { id: '1u', what: whatOf('1u'), unit: 'µs/page', baseline: 'the kernel mapping\'s munmap and close after the same stores', ours: unmaps, base: kClose, aim: aim.none() });
   add(t, {
     id: '12', what: whatOf('12'), unit: 'µs/fault', baseline: 'kernel MAP_SHARED tmpfs file, fresh, same order (row 1\'s)', ours: churned, base: kernel, aim: aim.ratioAtMost(3),
     note: `before the run, ${CHURN_FILES} files of 1 MiB were written interleaved in 16 KiB pieces and unlinked (odd, then even), then the pool left to be idle (settled())`,
@@ -463,6 +474,8 @@ t.test('row 4: random first-touch writes into a large sparse file, default polic
   const oTime: number[] = [];
   const oSpace: number[] = [];
   const used: number[] = [];
+  const kClose: number[] = [];
+  const unmaps: number[] = [];
   let bad = 0;
   let zeros = 0;
   for (let run = 0; run < RUNS; run++) {
@@ -470,11 +483,14 @@ t.test('row 4: random first-touch writes into a large sparse file, default polic
     await both(run,
       () => {
         const k = KernelFile.create(tempPath(SHM, 'kernel'), size);
+        let c0 = 0n;
         try {
           kTime.push(touch(k.buffer, order, true, run));
           kSpace.push(k.allocated() / touched);
+          c0 = process.hrtime.bigint();
         } finally {
           k.close();
+          if (c0 !== 0n) kClose.push(Number(process.hrtime.bigint() - c0) / 1000 / order.length);
         }
       },
       async () => {
@@ -487,7 +503,9 @@ t.test('row 4: random first-touch writes into a large sparse file, default polic
           // an untouched page next to a touched one reads as zeros
           const q = order[0]! ^ 1;
           if (!order.includes(q) && m.buffer[spot(q)] !== 0) zeros++;
+          const u0 = process.hrtime.bigint();
           await m.unmap();
+          unmaps.push(Number(process.hrtime.bigint() - u0) / 1000 / order.length);
           bad += await misreads(f, order, stampOf(run));
           oSpace.push((await f.stat()).allocated / touched);
           used.push((free0 - (await p.pool.statfs()).free) / touched);
@@ -504,6 +522,7 @@ t.test('row 4: random first-touch writes into a large sparse file, default polic
     id: '4b', what: whatOf('4b'), unit: 'bytes/byte', baseline: 'the kernel tmpfs file\'s st_blocks * 512 / bytes touched', ours: oSpace, base: kSpace, aim: aim.valueAtMost(1.1),
     note: `daxmap: file.stat().allocated / bytes touched; the pool's used-bytes delta / bytes touched: ${summarize(used).median.toFixed(2)} (median)`,
   });
+  add(t, { id: '4u', what: whatOf('4u'), unit: 'µs/touch', baseline: 'the kernel mapping\'s munmap and close after the same stores', ours: unmaps, base: kClose, aim: aim.none() });
 });
 
 t.test('rows 5 and 6: sequential first touch, default policy, tmpfs and disk-file pools', async (t) => {
