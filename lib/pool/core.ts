@@ -824,7 +824,7 @@ export class PoolCore {
       const eof = Math.floor(f.size / B);
       const ok = runs.filter((r) => {
         const end = r.fb + r.data.length / B;
-        if (!f.live || end > eof) return false;
+        if (!f.live || end > eof || this.unit > 1) return false;
         for (let b = r.fb; b < end; b++) if (f.extents.find(b)) return false;
         return true;
       });
@@ -832,8 +832,38 @@ export class PoolCore {
       for (const r of ok) n += r.data.length / B;
       if (n === 0) return 0;
       this.txn.ensureSpace(n);
+      // One allocation for all of them (the pages are scattered: one each cost a scan of
+      // the groups), dirty blocks first: every byte of each is written below, so clean
+      // ones are left to what needs zeros.
+      const got = this.state.alloc.take(n, { clean: 'avoid' });
       const recs: LogRecord[] = [];
-      for (const r of ok) for (const x of this.materialise(f, r.fb, r.fb + r.data.length / B, r.data, r.fb * B, false)) recs.push(x);
+      const written: Run[] = [];
+      let gi = 0;
+      let goff = 0;
+      for (const r of ok) {
+        const nb = r.data.length / B;
+        for (let done = 0; done < nb;) {
+          const g = got[gi]!;
+          const len = Math.min(nb - done, g.len - goff);
+          const dev = g.start + goff;
+          for (let k = 0; k < len; k++) this.storage.view((dev + k) * B, B).set(r.data.subarray((done + k) * B, (done + k + 1) * B));
+          recs.push({ t: RecType.Map, id: f.id, fb: r.fb + done, len, dev, state: STATE_WRITTEN });
+          written.push({ start: dev, len });
+          done += len;
+          goff += len;
+          if (goff === g.len) {
+            gi++;
+            goff = 0;
+          }
+        }
+      }
+      // the data durable before the records that expose it (ordering rule 1)
+      try {
+        this.blocks.persistRuns(written);
+      } catch (e) {
+        this.unmarkAll(got);
+        throw e;
+      }
       this.txn.commit(recs);
       return n;
     });
