@@ -768,10 +768,6 @@ export class PoolCore {
   }
 
   /**
-   * Blocks handed out and not used (or not reported) come back: they may hold stores,
-   * so they are zeroed again before they are handed out again.
-   */
-  /**
    * Promise up to n free blocks to a staged range (docs/pool.md, "Promised space"):
    * nobody else may allocate them until they are given back, so the copies of what
    * was stored there always find blocks. Leaves a sixteenth of the pool (at least
@@ -787,26 +783,14 @@ export class PoolCore {
     this.state.alloc.unpromise(n);
   }
 
+  /**
+   * Blocks handed out and not used (or not reported) come back: they may hold stores,
+   * so they are zeroed again before they are handed out again.
+   */
   returnReserve(devs: number[]): void {
     this.reserve.returnBlocks(devs.map((d) => checkReservedOffset(d)));
   }
 
-  /**
-   * In one transaction, make each reserved block `dev` (device byte offset) file f's
-   * block `fb` (file block number): written on a pool that does not defer
-   * conversions; on one that does (a disk-file pool), recorded unwritten, written in
-   * memory and queued for conversion like a write fault's block (deferred.ts), so a
-   * crash before the data is flushed reads zeros. With `sync`, recorded written and
-   * the log persisted before it returns (the file's queued conversions too).
-   *
-   * A pair whose file block is no longer a hole, lies past the EOF block, or is named
-   * twice, and every pair of an unlinked file, is refused: its block goes back to the
-   * reserve (to be zeroed again) and the caller revokes that page; with `keepRefused`
-   * the block stays handed out instead, for the caller to give back (returnReserve)
-   * once it has revoked the page, so no refill can zero it while it is still mapped.
-   * EINVAL (nothing changed) when a dev is not a reserved block handed out. Caller
-   * holds the range lock over the file blocks.
-   */
   /**
    * Staged pages into the file (docs/fault-policy.md, "Staged ranges"): each run
    * `{ fb, data }` (a file block, then whole blocks of bytes) that is still a hole
@@ -821,10 +805,11 @@ export class PoolCore {
     return this.txn.locked(() => {
       if (!given && promised > 0) this.state.alloc.unpromise(promised);
       given = true; // locked() may run this again (after zeroing it waited for)
+      if (this.unit > 1 || !f.live) return 0; // never staged there; or the file is gone
       const eof = Math.floor(f.size / B);
       const ok = runs.filter((r) => {
         const end = r.fb + r.data.length / B;
-        if (!f.live || end > eof || this.unit > 1) return false;
+        if (end > eof) return false;
         for (let b = r.fb; b < end; b++) if (f.extents.find(b)) return false;
         return true;
       });
@@ -846,9 +831,9 @@ export class PoolCore {
           const g = got[gi]!;
           const len = Math.min(nb - done, g.len - goff);
           const dev = g.start + goff;
-          for (let k = 0; k < len; k++) this.storage.view((dev + k) * B, B).set(r.data.subarray((done + k) * B, (done + k + 1) * B));
+          // whole blocks of data: no zeros to write
+          written.push(this.blocks.fillBlocks(dev, r.fb + done, len, r.data, r.fb * B).written!);
           recs.push({ t: RecType.Map, id: f.id, fb: r.fb + done, len, dev, state: STATE_WRITTEN });
-          written.push({ start: dev, len });
           done += len;
           goff += len;
           if (goff === g.len) {
@@ -869,6 +854,22 @@ export class PoolCore {
     });
   }
 
+  /**
+   * In one transaction, make each reserved block `dev` (device byte offset) file f's
+   * block `fb` (file block number): written on a pool that does not defer
+   * conversions; on one that does (a disk-file pool), recorded unwritten, written in
+   * memory and queued for conversion like a write fault's block (deferred.ts), so a
+   * crash before the data is flushed reads zeros. With `sync`, recorded written and
+   * the log persisted before it returns (the file's queued conversions too).
+   *
+   * A pair whose file block is no longer a hole, lies past the EOF block, or is named
+   * twice, and every pair of an unlinked file, is refused: its block goes back to the
+   * reserve (to be zeroed again) and the caller revokes that page; with `keepRefused`
+   * the block stays handed out instead, for the caller to give back (returnReserve)
+   * once it has revoked the page, so no refill can zero it while it is still mapped.
+   * EINVAL (nothing changed) when a dev is not a reserved block handed out. Caller
+   * holds the range lock over the file blocks.
+   */
   async adoptReserved(f: Inode, pairs: ReservedPair[], opts: { sync?: boolean; keepRefused?: boolean } = {}): Promise<AdoptResult> {
     if (!Array.isArray(pairs)) throw daxError('EINVAL', 'adoptReserved pairs must be an array');
     const devs = pairs.map((p) => {

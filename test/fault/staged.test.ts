@@ -50,6 +50,22 @@ function scattered(n: number, count: number, seed: number): number[] {
   return out;
 }
 
+/** Staging on (the default, asked for in case the environment turned it off), and a sparse file of `size` bytes. */
+async function stagedFile(pool: PoolT, name: string, size: number): Promise<FileT> {
+  await pool.request('configure', [{ reserve: 'on', stage: 'on' }]);
+  const f = await pool.openFile(name, { create: true });
+  await f.truncate(size);
+  return f;
+}
+
+/** Tags the pages (stored to the set too). */
+function tagAll(m: MapT, pages: readonly number[], stored: Set<number>): void {
+  for (const p of pages) {
+    tag(m.buffer, p);
+    stored.add(p);
+  }
+}
+
 /**
  * Map `f` (the default policy, fault-around) and make it a sparse writer: three
  * stores in three chunks, then wait for its grant. Returns the mapping and the pages
@@ -69,19 +85,14 @@ async function sparseWriter(pool: PoolT, f: FileT, pages: number, first = 5): Pr
 }
 
 forBackings(t, 'sparse stores into staged windows take no trap, read back exactly, and allocate a block per page stored', async (t, { pool }) => {
-  await pool.request('configure', [{ reserve: 'on', stage: 'on' }]);
   const size = 32 * MiB;
   const pages = size / PAGE;
-  const f = await pool.openFile('s', { create: true });
-  await f.truncate(size);
+  const f = await stagedFile(pool, 's', size);
   const { m, stored } = await sparseWriter(pool, f, pages);
   const more = scattered(pages, 300, 101).filter((p) => p >= 3 * (HUGE / PAGE));
   const a0 = agentStats();
   const s0 = await pool.stats();
-  for (const p of more) {
-    tag(m.buffer, p);
-    stored.add(p);
-  }
+  tagAll(m, more, stored);
   // loads of staged pages read zeros, and cost no trap either
   let nonzero = 0;
   for (let p = 3 * (HUGE / PAGE) + 1; p < pages; p += 97) if (!stored.has(p) && m.buffer[p * PAGE + 100] !== 0) nonzero++;
@@ -99,26 +110,18 @@ forBackings(t, 'sparse stores into staged windows take no trap, read back exactl
 }, { size: 64 << 20 });
 
 forBackings(t, 'a read of the file mid-way collects what was staged; the mapping goes on and its later stores land too', async (t, { pool }) => {
-  await pool.request('configure', [{ reserve: 'on', stage: 'on' }]);
   const size = 16 * MiB;
   const pages = size / PAGE;
-  const f = await pool.openFile('r', { create: true });
-  await f.truncate(size);
+  const f = await stagedFile(pool, 'r', size);
   const { m, stored } = await sparseWriter(pool, f, pages);
   const all = scattered(pages, 200, 7).filter((p) => p >= 3 * (HUGE / PAGE));
-  for (const p of all.slice(0, 100)) {
-    tag(m.buffer, p);
-    stored.add(p);
-  }
+  tagAll(m, all.slice(0, 100), stored);
   t.equal(await wrong(f, size, stored), 0, 'file.read sees the stores made so far');
   // the pages collected are the file's now; the mapping traps there again and installs them
   let misread = 0;
   for (const p of all.slice(0, 100)) if (m.buffer.readUInt32LE(p * PAGE + 8) !== p + 1) misread++;
   t.equal(misread, 0, 'the pages collected read back through the mapping');
-  for (const p of all.slice(100)) {
-    tag(m.buffer, p);
-    stored.add(p);
-  }
+  tagAll(m, all.slice(100), stored);
   // a store over a page collected before
   m.buffer[all[0]! * PAGE + 8] = 0x77;
   const want = Buffer.alloc(4);
@@ -134,17 +137,12 @@ forBackings(t, 'a read of the file mid-way collects what was staged; the mapping
 }, { size: 64 << 20 });
 
 forBackings(t, 'a second mapping, truncate and punch take staged stores back first: nothing stored is lost or misplaced', async (t, { pool }) => {
-  await pool.request('configure', [{ reserve: 'on', stage: 'on' }]);
   const size = 16 * MiB;
   const pages = size / PAGE;
-  const f = await pool.openFile('x', { create: true });
-  await f.truncate(size);
+  const f = await stagedFile(pool, 'x', size);
   const { m, stored } = await sparseWriter(pool, f, pages);
   const more = scattered(pages, 120, 33).filter((p) => p >= 3 * (HUGE / PAGE));
-  for (const p of more) {
-    tag(m.buffer, p);
-    stored.add(p);
-  }
+  tagAll(m, more, stored);
   const s0 = await pool.stats();
   const m2 = await f.map();
   t.ok((await pool.stats()).staged - s0.staged > 0, 'the second mapping took the staged range back');
@@ -157,10 +155,7 @@ forBackings(t, 'a second mapping, truncate and punch take staged stores back fir
   const { m: m3, stored: again } = await sparseWriter(pool, f, pages, 6);
   for (const p of again) stored.add(p);
   const late = scattered(pages, 120, 57).filter((p) => p >= 3 * (HUGE / PAGE) && !stored.has(p));
-  for (const p of late) {
-    tag(m3.buffer, p);
-    stored.add(p);
-  }
+  tagAll(m3, late, stored);
   const punchAt = 4 * HUGE;
   await f.punchHole(punchAt, HUGE);
   const cut = 6 * HUGE;
@@ -173,11 +168,9 @@ forBackings(t, 'a second mapping, truncate and punch take staged stores back fir
 }, { size: 64 << 20 });
 
 forBackings(t, 'a page stored nothing but zeros stays a hole; the pool keeps room for every staged page meanwhile', async (t, { pool }) => {
-  await pool.request('configure', [{ reserve: 'on', stage: 'on' }]);
   const size = 16 * MiB;
   const pages = size / PAGE;
-  const f = await pool.openFile('z', { create: true });
-  await f.truncate(size);
+  const f = await stagedFile(pool, 'z', size);
   const free0 = (await pool.statfs()).free;
   const { m, stored } = await sparseWriter(pool, f, pages);
   const free1 = (await pool.statfs()).free;
@@ -237,14 +230,9 @@ t.test('the pool closed with a staged mapping still mapped: every store is in th
   const size = 16 * MiB;
   const pages = size / PAGE;
   const pool = await Pool.create(p, { size: 64 << 20 });
-  await pool.request('configure', [{ reserve: 'on', stage: 'on' }]);
-  const f = await pool.openFile('c', { create: true });
-  await f.truncate(size);
+  const f = await stagedFile(pool, 'c', size);
   const { m, stored } = await sparseWriter(pool, f, pages);
-  for (const q of scattered(pages, 150, 71).filter((q) => q >= 3 * (HUGE / PAGE))) {
-    tag(m.buffer, q);
-    stored.add(q);
-  }
+  tagAll(m, scattered(pages, 150, 71).filter((q) => q >= 3 * (HUGE / PAGE)), stored);
   const s0 = await pool.stats();
   t.equal(s0.staged, 0, 'nothing collected yet');
   await pool.close(); // no unmap, no flush
