@@ -931,9 +931,13 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
       break;
     }
     case kOpStage:
-      e = (a.flags != 0 || a.flags2 != 0 || a.payload != 0 || a.dev_offset > INT32_MAX)
+      e = (a.flags != 0 || a.flags2 != 0 || a.payload != 0 || (a.dev_offset > INT32_MAX && a.dev_offset != kStageOwnFd))
               ? EINVAL
-              : r->Stage(a.offset, a.length, static_cast<int>(a.dev_offset));
+              : r->Stage(a.offset, a.length,
+                         a.dev_offset == kStageOwnFd ? Region::kOwnFd : static_cast<int>(a.dev_offset));
+      break;
+    case kOpStagePrepare:
+      e = (a.flags != 0 || a.flags2 != 0 || a.payload != 0) ? EINVAL : r->StagePrepare(value);
       break;
     case kOpClearReserve: *value = static_cast<int32_t>(std::min<uint64_t>(r->ClearReserve(), INT32_MAX)); break;
     default: e = EINVAL;
@@ -944,7 +948,8 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
   }
   if (raced_flag) *value = kResultRaced;
   bool decides = a.op == kOpSetDirect || a.op == kOpClearDirect || a.op == kOpSetReserve || a.op == kOpClearReserve ||
-                 a.op == kOpTopUpReserve || a.op == kOpAddReserveRanges || a.op == kOpReserveWindows;
+                 a.op == kOpTopUpReserve || a.op == kOpAddReserveRanges || a.op == kOpReserveWindows ||
+                 a.op == kOpStagePrepare;
   if (a.op != kOpRevoke && !decides && wake) {
     std::shared_ptr<Channel> ch;
     {

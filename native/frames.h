@@ -72,8 +72,16 @@ enum AnswerOp : uint8_t {
                              // process) is dev_offset over it, shared, writable, not populated, and take it out of
                              // the live reserve's ranges and windows: its stores are the kernel's own faults on the
                              // memfd, no trap (docs/native.md, "Staged ranges"); wakes the range. EINVAL if the
-                             // descriptor is not a memfd or too short; never in a read-only region
+                             // descriptor is not a memfd or too short; never in a read-only region. dev_offset
+                             // kStageOwnFd: the region's own memfd (StagePrepare; ENOENT if there is none)
+  kOpStagePrepare = 16,      // create the region's own staging memfd, as long as the region, if it has none yet
+                             // (offset/length any valid range; maps nothing, wakes nothing); the result is its
+                             // descriptor (>= 0). For a policy in another process (daxmapd), which takes the
+                             // memfd with pidfd_getfd before any range is staged with it (docs/native.md)
 };
+
+// Stage: dev_offset naming the region's own memfd (kOpStagePrepare) instead of a descriptor.
+constexpr uint64_t kStageOwnFd = 0xffffffffu;
 
 enum AnswerFlags : uint8_t {
   kAnsWritable = 1 << 0,    // install: PROT_WRITE

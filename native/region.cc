@@ -289,14 +289,35 @@ int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev
   return 0;
 }
 
+int Region::StagePrepare(int32_t* fd) {
+  if (read_only_) return EROFS;
+  std::lock_guard<std::mutex> g(reserve_mu);
+  if (own_stage_fd_ < 0) {
+    int f = memfd_create("daxmap-stage", MFD_CLOEXEC);
+    if (f < 0) return errno;
+    if (ftruncate(f, static_cast<off_t>(length_)) != 0) {
+      int e = errno;
+      close(f);
+      return e;
+    }
+    own_stage_fd_ = f;
+  }
+  *fd = own_stage_fd_;
+  return 0;
+}
+
 int Region::Stage(uint64_t off, uint64_t len, int fd) {
   if (read_only_) return EROFS;
+  std::lock_guard<std::mutex> g(reserve_mu);
+  if (fd == kOwnFd) {
+    if (own_stage_fd_ < 0) return ENOENT;
+    fd = own_stage_fd_;
+  }
   // A memfd answers F_GET_SEALS; any other file refuses it (EINVAL).
   if (fcntl(fd, F_GET_SEALS) < 0) return EINVAL;
   struct stat st;
   if (fstat(fd, &st) != 0) return errno;
   if (static_cast<uint64_t>(st.st_size) < off + len) return EINVAL;
-  std::lock_guard<std::mutex> g(reserve_mu);
   void* p = mmap(reinterpret_cast<void*>(base_ + off), len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
                  static_cast<off_t>(off));
   if (p == MAP_FAILED) return errno;
@@ -408,6 +429,15 @@ void Region::Retire(const Uffd& u) {
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
   (void)p;  // if even this fails the registration stays and waiters are woken below
   u.Wake(base_, length_);
+  // The own memfd: a policy that took it (daxmapd) keeps its own descriptor of it,
+  // so what was stored there can still be collected.
+  std::lock_guard<std::mutex> g(reserve_mu);
+  if (own_stage_fd_ >= 0) close(own_stage_fd_);
+  own_stage_fd_ = -1;
+}
+
+Region::~Region() {
+  if (own_stage_fd_ >= 0) close(own_stage_fd_);
 }
 
 }  // namespace daxmap

@@ -83,7 +83,7 @@ enum RegionState : int { kRegionOpen = 0, kRegionClosing = 1, kRegionClosed = 2 
 
 class Region {
  public:
-  ~Region() = default;
+  ~Region();  // closes the own staging memfd, if any
   static Status Create(const Uffd& uffd, uint32_t id, uint64_t length, std::shared_ptr<Region>* out);
 
   uint32_t id() const { return id_; }
@@ -176,13 +176,22 @@ class Region {
   // windows under reserve_mu, so the reader never answers a fault there natively.
   // 0 or errno (EINVAL: not a memfd, or shorter than off+len; EROFS: a read-only
   // region). Does not wake.
+  // fd kOwnFd: the region's own memfd (ENOENT if StagePrepare made none).
   int Stage(uint64_t off, uint64_t len, int fd);
+  static constexpr int kOwnFd = -1;
+  // Creates the region's own staging memfd (as long as the region, sparse,
+  // close-on-exec) if it has none: a policy in another process takes it with
+  // pidfd_getfd (docs/native.md, "Staged ranges"). 0 or errno; *fd its descriptor.
+  // Closed with the region.
+  int StagePrepare(int32_t* fd);
   // Close: replace the whole region with an inaccessible reservation, then wake every
   // waiter (it retries and meets PROT_NONE: EFAULT in a syscall, SIGSEGV otherwise).
   void Retire(const Uffd& u);
 
  private:
   Region() = default;
+  // The own staging memfd (StagePrepare), guarded by reserve_mu; -1 when none.
+  int own_stage_fd_ = -1;
   uint32_t id_ = 0;
   uintptr_t base_ = 0;
   uint64_t length_ = 0;

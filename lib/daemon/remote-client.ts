@@ -8,6 +8,7 @@ import { AnswerBatch, type AnswerSpec, type FaultEvent } from '../native/frames'
 import { Msg, MessageReader, decodeEventsBody, decodeHello, decodeResultsBody, encodeAnswers, encodeBye, encodeHello } from '../native/wire';
 import type { Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
+import { native } from '../native/addon';
 
 const ENXIO = -6;
 
@@ -22,9 +23,26 @@ export class RemoteClient implements Client {
   onEvents: ((client: RemoteClient, events: FaultEvent[]) => void) | null = null;
   onGone: ((client: RemoteClient, why: string) => void) | null = null;
 
+  /**
+   * A pidfd of the client's process, opened when it connected: its staging memfd is
+   * taken through it (stageFrom), so never from another process that reused its pid.
+   */
+  private pidfd = -1;
+  stageFrom: ((fd: number, length: number) => number) | null = null;
+
   constructor(readonly id: string, readonly session: bigint, readonly pid: number, private readonly log: Logger,
     /** An answer not acknowledged within this long counts the client as gone. */
-    private readonly answerTimeoutMs = 15000) {}
+    private readonly answerTimeoutMs = 15000) {
+    try {
+      this.pidfd = native().pidfdOpen(pid);
+      this.stageFrom = (fd, length) => {
+        if (this.pidfd < 0) throw Object.assign(new Error('the client is gone'), { code: 'ENXIO' });
+        return native().stageAdopt(this.pidfd, fd, length);
+      };
+    } catch (err) {
+      log.debug({ err, clientPid: pid }, 'no pidfd for the client: its mappings are not staged');
+    }
+  }
 
   get connected(): boolean {
     return this.sock !== null && !this.dead;
@@ -95,6 +113,11 @@ export class RemoteClient implements Client {
     this.log.info({ client: this.id, clientPid: this.pid, why }, 'client fault connection ended');
     for (const p of this.pending.values()) p(ENXIO);
     this.pending.clear();
+    if (this.pidfd >= 0) {
+      // Memfds taken already stay this process's (what is staged there is still collected).
+      native().stageClose(this.pidfd);
+      this.pidfd = -1;
+    }
     if (this.sock) {
       try {
         this.sock.end(encodeBye());

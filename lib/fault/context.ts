@@ -35,6 +35,13 @@ export interface Client {
    * a warning; in the pool's own process it would be a bug of ours (an error).
    */
   readonly untrusted?: boolean;
+  /**
+   * An untrusted client whose staging memfd this process can take (daxmapd's clients,
+   * docs/fault-policy.md, "Staged ranges"): this process's descriptor of the client's
+   * descriptor `fd` of at least `length` bytes (stageAdopt, through the client's
+   * pidfd). Absent or null: such a client is not staged.
+   */
+  stageFrom?: ((fd: number, length: number) => number) | null;
 }
 
 export interface MapRequest {

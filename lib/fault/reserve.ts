@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { native } from '../native/addon';
 import { monotonicNow } from '../native/engine';
-import { A_WINDOW, A_WP, EV_LOW, EV_NOTE, EV_RUN, EV_WRITE, Op, noteDevOffset, reservePayload, reserveRangesPayload, reserveWindowsPayload, type AnswerSpec, type FaultEvent, type ReserveWindow } from '../native/frames';
+import { A_WINDOW, A_WP, EV_LOW, EV_NOTE, EV_RUN, EV_WRITE, Op, STAGE_OWN_FD, noteDevOffset, reservePayload, reserveRangesPayload, reserveWindowsPayload, type AnswerSpec, type FaultEvent, type ReserveWindow } from '../native/frames';
 import { daxError, isDaxError } from '../errors';
 import type { Inode, PoolInternals, ReservedPair } from '../pool/internal';
 import { ENOENT, ENXIO, type Client, type FaultContext, type Mapping } from './context';
@@ -733,12 +733,15 @@ export class Reserves {
     // Whole-hole windows are staged (no trap at all); the reserve answers the rest.
     const { staged, promised } = this.stageable(m, holes.windows);
     let fd = -1;
+    const own = m.client.untrusted === true;
     if (staged.length > 0) {
       try {
-        // The client is in this process (stageable()), so is the descriptor.
-        fd = native().stageCreate(m.length);
+        // A client in this process maps this process's memfd; a daxmapd client its
+        // own, taken into this process first (stageable()).
+        fd = own ? await this.adoptStage(m) : native().stageCreate(m.length);
       } catch (err) {
-        this.ctx.log.warn({ err, file: m.inode.name }, 'no staging memfd: nothing staged');
+        if (isDaxError(err, 'ENXIO')) this.ctx.log.debug({ err, file: m.inode.name }, 'no staging memfd (the client is gone): nothing staged');
+        else this.ctx.log.warn({ err, file: m.inode.name }, 'no staging memfd: nothing staged');
         this.pool.releasePromise(promised);
         staged.length = 0;
       }
@@ -758,8 +761,7 @@ export class Reserves {
       budget.held += r.staged.length;
       this.byInode.set(m.inode.id, r);
       this.byRegion.set(key, r);
-      this.ctx.bump(m, 'reserveGrants');
-      const res = await this.ctx.answer(m.client, r.staged.map(([lo, hi]): AnswerSpec => ({ op: Op.Stage, region: m.region, offset: lo, length: hi - lo, devOffset: fd })));
+      const res = await this.ctx.answer(m.client, r.staged.map(([lo, hi]): AnswerSpec => ({ op: Op.Stage, region: m.region, offset: lo, length: hi - lo, devOffset: own ? STAGE_OWN_FD : fd })));
       if (res.some((x) => x !== 0)) {
         // A range not staged holds no stores: it is neither collected nor counted.
         if (!res.includes(ENXIO)) this.ctx.log.warn({ file: m.inode.name, results: res.filter((x) => x !== 0).slice(0, 4) }, 'ranges not staged');
@@ -771,6 +773,8 @@ export class Reserves {
           return;
         }
       }
+      // Counted once staged: a store from then on takes no trap there.
+      this.ctx.bump(m, 'reserveGrants');
     }
     const devs = ranges.length > 0 ? await this.take(n) : [];
     // Runs for reserve windows, within the budget (each block of a run counts until
@@ -830,16 +834,36 @@ export class Reserves {
   }
 
   /**
+   * A daxmapd client's own staging memfd (Op.StagePrepare), taken into this process
+   * (Client.stageFrom) before any range is staged with it: what the client stores
+   * there can then be collected even after it is gone. A client whose memfd cannot
+   * be taken (a daemon without the right to ptrace it: EPERM) is not staged again.
+   */
+  private async adoptStage(m: Mapping): Promise<number> {
+    const [theirs] = await this.ctx.answer(m.client, [{ op: Op.StagePrepare, region: m.region, offset: 0, length: PAGE }]);
+    if (theirs === undefined || theirs < 0) throw daxError(theirs === ENXIO ? 'ENXIO' : 'EIO', `the client made no staging memfd (${String(theirs)})`);
+    const from = m.client.stageFrom;
+    if (!from) throw daxError('ENXIO', 'the client is gone');
+    try {
+      return from(theirs, m.length);
+    } catch (err) {
+      if (isDaxError(err, 'EPERM')) m.client.stageFrom = null;
+      throw err;
+    }
+  }
+
+  /**
    * The windows of a grant to stage (docs/fault-policy.md, "Staged ranges"), merged
    * into ranges, and the blocks the pool promised for their copies: whole 2 MiB holes
    * of the file that the mapping has not answered but with zero pages, within
    * DAXMAP_STAGE_MAX and the pool's free space (every page of them may be stored to).
-   * Only for a client in this process (the memfd's descriptor is this process's), on
-   * a pool of 4 KiB pages.
+   * Only for a client in this process (it maps this process's memfd) or one whose own
+   * memfd this process can take (Client.stageFrom: daxmapd's clients), on a pool of
+   * 4 KiB pages.
    */
   private stageable(m: Mapping, windows: readonly ReserveWindow[]): { staged: [number, number][]; promised: number } {
     const none = { staged: [] as [number, number][], promised: 0 };
-    if (!this.stage || m.client.untrusted === true || this.pool.storage.huge === true) return none;
+    if (!this.stage || (m.client.untrusted === true && !m.client.stageFrom) || this.pool.storage.huge === true) return none;
     const staged = emptyListOf<[number, number]>([0, 0]);
     let bytes = 0;
     const max = stageMax();
@@ -928,7 +952,13 @@ export class Reserves {
             const buf = Buffer.allocUnsafe(len);
             for (let got = 0; got < len;) {
               const k = fs.readSync(fd, buf, got, len - got, a + got);
-              if (k <= 0) throw daxError('EIO', `staged range: short read at ${a + got}`);
+              if (k <= 0) {
+                // Only a daxmapd client can do this (it truncated its own memfd): what
+                // it cut off reads as zeros.
+                if (r.client.untrusted !== true) throw daxError('EIO', `staged range: short read at ${a + got}`);
+                buf.fill(0, got);
+                break;
+              }
               got += k;
             }
             for (let p = 0; p < len; p += PAGE) {
@@ -942,7 +972,13 @@ export class Reserves {
         // (what is left of it goes with the next range's, or below)
       }
       await flush();
-      for (const [lo, hi] of staged) native().stagePunch(fd, lo, hi - lo);
+      try {
+        for (const [lo, hi] of staged) native().stagePunch(fd, lo, hi - lo);
+      } catch (err) {
+        // A daxmapd client's memfd that it sealed: its memory is its own to free.
+        if (r.client.untrusted !== true) throw err;
+        this.inconsistent(r.client, { file: m.inode.name, err: (err as Error).message }, 'staged ranges of the client\'s memfd not punched');
+      }
     } finally {
       if (r.promised > 0) this.pool.releasePromise(r.promised);
       r.promised = 0;
@@ -1009,7 +1045,8 @@ export class Reserves {
       cur = b;
     }
     if (cur < end && out.length < MAX_RANGES) addRange(out, cur - base, end - base);
-    return { ranges: out, windows: this.windowThreshold > 0 ? reserveWindows(blocks, end - base) : [] };
+    // The windows serve staging too (stageable()), reserve windows on or off.
+    return { ranges: out, windows: reserveWindows(blocks, end - base) };
   }
 
   /** Up to n runs from the pool (device offsets), fewer when it has no whole 2 MiB group free. */

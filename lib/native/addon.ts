@@ -155,8 +155,16 @@ export interface NativeAddon {
   stageDataRuns(fd: number, offset: number, length: number): Float64Array;
   /** Frees the pages of [offset, offset+length) of the memfd `fd`. */
   stagePunch(fd: number, offset: number, length: number): void;
-  /** Closes a memfd from stageCreate. */
+  /** Closes a memfd from stageCreate or stageAdopt (or a pidfd). */
   stageClose(fd: number): void;
+  /** A pidfd of the process `pid` (close-on-exec). */
+  pidfdOpen(pid: number): number;
+  /**
+   * This process's descriptor of the staging memfd that is descriptor `fd` in the
+   * process of `pidfd` (pidfd_getfd): EPERM without the right to take it, EINVAL if it
+   * is not a memfd of at least `length` bytes.
+   */
+  stageAdopt(pidfd: number, fd: number, length: number): number;
   /** fstat of the device's own descriptor, and its first `length` bytes (≤ 1 MiB) read through it. */
   deviceIdentify(id: number, length: number): { dev: bigint; ino: bigint; rdev: bigint; charDevice: boolean; mode: number; uid: number; gid: number; head: Buffer };
 }

@@ -70,10 +70,19 @@ export const Op = {
    * Stage [offset, +length): the agent maps the same range of the memfd whose
    * descriptor (in its process) is `devOffset` over it, writable, not populated, and
    * takes it out of the live reserve's ranges and windows; wakes the range
-   * (docs/native.md, "Staged ranges").
+   * (docs/native.md, "Staged ranges"). `devOffset` STAGE_OWN_FD: the region's own
+   * memfd (StagePrepare; ENOENT if it has none).
    */
   Stage: 15,
+  /**
+   * Create the region's own staging memfd (as long as the region) if it has none; the
+   * result is its descriptor in the client's process, which daxmapd takes with
+   * pidfd_getfd before staging any range with it. Maps and wakes nothing.
+   */
+  StagePrepare: 16,
 } as const;
+/** Stage's `devOffset` naming the region's own memfd (Op.StagePrepare). */
+export const STAGE_OWN_FD = 0xffffffff;
 export type OpCode = (typeof Op)[keyof typeof Op];
 
 export const A_WRITABLE = 1 << 0;

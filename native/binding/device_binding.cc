@@ -1,6 +1,10 @@
 // JS surface of devices: open (lock, map), views as Buffers, persist, close.
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -326,6 +330,49 @@ Napi::Value StagePunch(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// pidfdOpen(pid) → fd: a pidfd of the process (close-on-exec). daxmapd opens one per
+// client when it connects: a descriptor taken through it later comes from that very
+// process, never from another that reused its pid (ESRCH once it is gone).
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t pid = U64Arg(info, 0, INT32_MAX);
+  long fd = syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
+  if (fd < 0) {
+    ThrowErrno(env, errno, "pidfd_open " + std::to_string(pid));
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, static_cast<double>(fd));
+}
+
+// stageAdopt(pidfd, fd, length) → fd: this process's descriptor of the client's staging
+// memfd (Op.StagePrepare's result `fd`, in the process of `pidfd`), taken with
+// pidfd_getfd (EPERM without the right to ptrace it). The file must be a memfd (or
+// another shmem file: it answers F_GET_SEALS and lives on tmpfs, so reading it never
+// blocks) of at least `length` bytes; else EINVAL and nothing is kept.
+Napi::Value StageAdopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int pidfd = static_cast<int>(U64Arg(info, 0, INT32_MAX));
+  int theirs = static_cast<int>(U64Arg(info, 1, INT32_MAX));
+  uint64_t len = U64Arg(info, 2, static_cast<uint64_t>(INT64_MAX));
+  long fd = syscall(SYS_pidfd_getfd, pidfd, theirs, 0);
+  if (fd < 0) {
+    ThrowErrno(env, errno, "stage: pidfd_getfd");
+    return env.Undefined();
+  }
+  int f = static_cast<int>(fd);
+  struct stat st;
+  struct statfs sfs;
+  bool ok = fcntl(f, F_GET_SEALS) >= 0 && fstat(f, &st) == 0 && S_ISREG(st.st_mode) && fstatfs(f, &sfs) == 0 &&
+            sfs.f_type == TMPFS_MAGIC && static_cast<uint64_t>(st.st_size) >= len;
+  if (!ok) {
+    close(f);
+    ThrowErrno(env, EINVAL,
+               "stage: the client's descriptor is not a staging memfd of " + std::to_string(len) + " bytes");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, f);
+}
+
 }  // namespace
 
 void InitDevice(Napi::Env env, Napi::Object exports) {
@@ -341,6 +388,8 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("stageDataRuns", Napi::Function::New(env, StageDataRuns, "stageDataRuns"));
   exports.Set("stagePunch", Napi::Function::New(env, StagePunch, "stagePunch"));
   exports.Set("stageClose", Napi::Function::New(env, StageClose, "stageClose"));
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
+  exports.Set("stageAdopt", Napi::Function::New(env, StageAdopt, "stageAdopt"));
 }
 
 }  // namespace daxmap

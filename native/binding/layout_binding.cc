@@ -104,6 +104,8 @@ Napi::Value FrameLayout(const Napi::CallbackInfo& info) {
   set("kOpAddReserveRanges", kOpAddReserveRanges);
   set("kOpReserveWindows", kOpReserveWindows);
   set("kOpStage", kOpStage);
+  set("kOpStagePrepare", kOpStagePrepare);
+  set("kStageOwnFd", kStageOwnFd);
   set("kAnsWritable", kAnsWritable);
   set("kAnsPrivate", kAnsPrivate);
   set("kAnsPopulate", kAnsPopulate);

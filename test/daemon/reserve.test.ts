@@ -15,7 +15,7 @@ const MiB = 1 << 20;
 const scattered = (n: number, count: number): number[] => Array.from({ length: count }, (_, i) => (i * 7919 + 13) % n);
 
 t.test('a client\'s native allocations reach the daemon\'s pool; a client killed with a live reserve', async (t) => {
-  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off' } });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off', DAXMAP_STAGE: 'off' } });
   if (!a || !b) throw new Error('two clients');
   const pages = 8 * MiB / PAGE;
   await a.call('open', { name: 'f', create: true });
@@ -50,7 +50,7 @@ t.test('a client\'s native allocations reach the daemon\'s pool; a client killed
 });
 
 t.test('top-ups over the fault connection: the low-water note wakes the daemon, which adds blocks without a take-back', async (t) => {
-  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off' } });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off', DAXMAP_STAGE: 'off' } });
   if (!a || !b) throw new Error('two clients');
   const pages = 16 * MiB / PAGE;
   await a.call('open', { name: 'g', create: true });
@@ -91,7 +91,7 @@ t.test('top-ups over the fault connection: the low-water note wakes the daemon, 
 });
 
 t.test('a load then a store on a hole through daxmapd: the client\'s agent answers both, the daemon records the store', async (t) => {
-  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off' } });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: 'off', DAXMAP_STAGE: 'off' } });
   if (!a || !b) throw new Error('two clients');
   const pages = 8 * MiB / PAGE;
   await a.call('open', { name: 'h', create: true });
@@ -127,7 +127,7 @@ t.test('a load then a store on a hole through daxmapd: the client\'s agent answe
 });
 
 t.test('reserve windows through daxmapd: most of a client\'s stores take no trap, the daemon records them all, the unmap trims', async (t) => {
-  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: '16' } });
+  const { d, clients: [a, b] } = await daemonWithClients(t, 2, { env: { DAXMAP_RESERVE: 'on', DAXMAP_RESERVE_WINDOW: '16', DAXMAP_STAGE: 'off' } });
   if (!a || !b) throw new Error('two clients');
   // Two windows: the grant's own two runs upgrade both, however late more would come.
   const size = 4 * MiB;

@@ -29,10 +29,11 @@ function scattered(n: number, count: number): number[] {
 /**
  * A sparse file of `size` bytes mapped shared, fault-around off (every write fault is
  * 4 KiB). Without reserve windows (`reserveWindow: 0`: every store is one block from
- * the reserve) unless `window` says how many pages of a window fill it.
+ * the reserve) unless `window` says how many pages of a window fill it. Staging off:
+ * these tests are of the reserve (test/fault/staged.test.ts has staged ranges).
  */
 async function sparse(pool: PoolT, name: string, size: number, window = 0) {
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: window }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: window }]);
   const f = await pool.openFile(name, { create: true });
   await f.truncate(size);
   const m = await f.map({ faultAround: false });
@@ -273,7 +274,7 @@ forBackings(t, 'a load then a store on a hole, with fault-around: the agent zero
   // new one: a take-back and a grant per window (docs/fault-policy.md, "Reserves").
   const size = 16 * MiB;
   const pages = size / PAGE;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 0 }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 0 }]);
   const f = await pool.openFile('lsw', { create: true });
   await f.truncate(size);
   const m = await f.map();
@@ -318,7 +319,7 @@ forBackings(t, 'a load then a store on a hole, with fault-around: the agent zero
 
 forBackings(t, 'with fault-around: a store on a zero window the policy answered is taken from a live reserve', async (t, { pool }) => {
   const size = 16 * MiB;
-  await pool.request('configure', [{ reserve: 'on', reserveWindow: 0 }]);
+  await pool.request('configure', [{ reserve: 'on', stage: 'off', reserveWindow: 0 }]);
   const f = await pool.openFile('zw', { create: true });
   await f.truncate(size);
   const m = await f.map();

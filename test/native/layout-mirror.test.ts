@@ -70,6 +70,8 @@ const MIRROR: Record<string, string | null> = {
   kOpAddReserveRanges: 'frames.Op.AddReserveRanges',
   kOpReserveWindows: 'frames.Op.ReserveWindows',
   kOpStage: 'frames.Op.Stage',
+  kOpStagePrepare: 'frames.Op.StagePrepare',
+  kStageOwnFd: 'frames.STAGE_OWN_FD',
   kAnsWritable: 'frames.A_WRITABLE',
   kAnsPrivate: 'frames.A_PRIVATE',
   kAnsPopulate: 'frames.A_POPULATE',
