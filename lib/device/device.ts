@@ -82,11 +82,11 @@ export class DeviceStorage implements Storage {
     native().deviceZero(this.deviceId, offset, length, resident);
   }
 
-  async zeroPersistAsync(zero: Float64Array, persist: Float64Array): Promise<void> {
+  async zeroPersistAsync(zero: Float64Array, persist: Float64Array, background = false): Promise<void> {
     if (this.isClosed) throw daxError('ECLOSED', `device '${this.path}' is closed`);
     for (let i = 0; i < zero.length; i += 2) this.checkPage(zero[i]!, zero[i + 1]!, 'zero');
     for (let i = 0; i < persist.length; i += 2) this.checkPersist(persist[i]!, persist[i + 1]!);
-    await native().deviceZeroPersistAsync(this.deviceId, zero, persist);
+    await native().deviceZeroPersistAsync(this.deviceId, zero, persist, background);
   }
 
   private checkPage(offset: number, length: number, what: string): void {

@@ -54,9 +54,11 @@ export interface Storage {
    * zero), then persist each range of `persist`; both hold [offset, length, …]
    * pairs. Resolves once the zeros are durable. The reserve's refill zeroes its blocks
    * this way (docs/pool.md, "Reserve"), so the thread running the fault policy does
-   * not spend its time allocating and clearing pages.
+   * not spend its time allocating and clearing pages. With `background`, the work runs
+   * on the process's background thread at nice 19 (the zeroer of free space: it takes
+   * only CPU time no other thread wants).
    */
-  zeroPersistAsync?(zero: Float64Array, persist: Float64Array): Promise<void>;
+  zeroPersistAsync?(zero: Float64Array, persist: Float64Array, background?: boolean): Promise<void>;
   /** Unmap (views become detached) and release the device lock. Idempotent. */
   close(): void;
 }

@@ -776,7 +776,11 @@ export class Reserves {
       // Counted once staged: a store from then on takes no trap there.
       this.ctx.bump(m, 'reserveGrants');
     }
-    const devs = ranges.length > 0 ? await this.take(n) : [];
+    // No more blocks than the ranges have pages: with most of a file staged, the
+    // reserve only has the windows that were not whole holes (a top-up adds more).
+    let room = 0;
+    for (const [lo, hi] of ranges) room += (hi - lo) / PAGE;
+    const devs = ranges.length > 0 ? await this.take(Math.min(n, room)) : [];
     // Runs for reserve windows, within the budget (each block of a run counts until
     // it is adopted or given back).
     const runs = devs.length > 0 && this.windowThreshold > 0 && windows.length > 0

@@ -142,7 +142,8 @@ export interface NativeAddon {
    * `resident`), then each range of `persist` persisted ([offset, length, …] pairs);
    * the device is held until it is done. Rejects on the first failure.
    */
-  deviceZeroPersistAsync(id: number, zero: Float64Array, persist: Float64Array): Promise<void>;
+  /** `background`: on the process's background thread, at nice 19 (the zeroer of free space). */
+  deviceZeroPersistAsync(id: number, zero: Float64Array, persist: Float64Array, background?: boolean): Promise<void>;
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** One datagram to the UNIX datagram socket at `path` ("@name": abstract namespace), as sd_notify sends to $NOTIFY_SOCKET. */
   unixDatagramSend(path: string, data: Uint8Array): void;

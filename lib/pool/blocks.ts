@@ -53,17 +53,18 @@ function persistSpans(storage: Storage, runs: Run[]): number[] {
 /**
  * Write zeros over device block runs — written, not punched, so their pages stay
  * resident — and persist them. Where the storage can, both happen off this thread
- * (Storage.zeroPersistAsync: a libuv pool thread); else here, through the views.
- * Resolves once the zeros are durable.
+ * (Storage.zeroPersistAsync: a libuv pool thread; `background`: the process's
+ * background thread at nice 19, for work ahead of need); else here, through the
+ * views. Resolves once the zeros are durable.
  */
-export async function zeroResidentRuns(storage: Storage, runs: Run[]): Promise<void> {
+export async function zeroResidentRuns(storage: Storage, runs: Run[], background = false): Promise<void> {
   if (storage.zeroPersistAsync) {
     const zero = new Float64Array(runs.length * 2);
     for (let i = 0; i < runs.length; i++) {
       zero[2 * i] = runs[i]!.start * B;
       zero[2 * i + 1] = runs[i]!.len * B;
     }
-    await storage.zeroPersistAsync(zero, Float64Array.from(persistSpans(storage, runs)));
+    await storage.zeroPersistAsync(zero, Float64Array.from(persistSpans(storage, runs)), background);
     return;
   }
   for (const r of runs) fillBytes(storage, r.start * B, r.len * B, 0, true);

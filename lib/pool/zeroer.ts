@@ -189,7 +189,8 @@ export class Zeroer {
     let zeroed = false;
     const job = (async (): Promise<void> => {
       try {
-        await zeroResidentRuns(this.storage, runs.map((r) => ({ start: r.start, len: r.len })));
+        // At nice 19 (the background thread): only CPU time no other thread wants.
+        await zeroResidentRuns(this.storage, runs.map((r) => ({ start: r.start, len: r.len })), true);
         zeroed = true;
       } finally {
         // one synchronous step, as every allocator change (the others run inside locked())

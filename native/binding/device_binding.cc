@@ -1,7 +1,9 @@
 // JS surface of devices: open (lock, map), views as Buffers, persist, close.
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
@@ -9,7 +11,11 @@
 
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -97,6 +103,63 @@ Napi::Value DevicePersist(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The process's background thread (docs/pool.md, "Clean free space"): the zeroing of
+// free space ahead of need runs there, at nice 19, so that it takes only CPU time no
+// other thread wants. On a machine whose CPUs are all busy (two clients faulting on
+// two CPUs) it no longer takes its share of them from the faulting threads. Made on
+// first use and never joined (it only waits when idle).
+class BackgroundThread {
+ public:
+  static BackgroundThread& Get() {
+    static BackgroundThread* t = new BackgroundThread();  // never destroyed: it outlives every job
+    return *t;
+  }
+  // Runs fn there and waits for it (the caller is a libuv pool thread: the JS thread goes on).
+  Status Run(const std::function<Status()>& fn) {
+    std::mutex done_mu;
+    std::condition_variable done_cv;
+    bool done = false;
+    Status out = Status::Ok();
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      jobs_.emplace_back([&] {
+        Status s = fn();
+        std::lock_guard<std::mutex> d(done_mu);
+        out = s;
+        done = true;
+        done_cv.notify_one();
+      });
+    }
+    cv_.notify_one();
+    std::unique_lock<std::mutex> d(done_mu);
+    done_cv.wait(d, [&] { return done; });
+    return out;
+  }
+
+ private:
+  BackgroundThread() {
+    std::thread([this] { Loop(); }).detach();
+  }
+  void Loop() {
+    pthread_setname_np(pthread_self(), "daxmap-zero");
+    // Raising one's own nice value needs no privilege; if it fails the work still runs.
+    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 19);
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> g(mu_);
+        cv_.wait(g, [&] { return !jobs_.empty(); });
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+};
+
 // A device operation on a libuv pool thread, as a Promise: the calling thread goes on
 // while it runs. The job holds the device, so a close meanwhile does not unmap it
 // under the operation. Rejects with the Status' error.
@@ -174,27 +237,33 @@ std::vector<std::pair<uint64_t, uint64_t>> RangesArg(const Napi::CallbackInfo& i
   return out;
 }
 
-// deviceZeroPersistAsync(id, zero, persist) → Promise<void>: on a libuv pool thread,
-// ZeroResident over every range of `zero`, then Persist over every range of
-// `persist` ([offset, length, offset, length, …]); the first failure rejects. The
+// deviceZeroPersistAsync(id, zero, persist, background?) → Promise<void>: on a libuv
+// pool thread, ZeroResident over every range of `zero`, then Persist over every range
+// of `persist` ([offset, length, offset, length, …]); the first failure rejects. The
 // pool's reserve refill (docs/pool.md, "Reserve"): its zeroing, page allocation
-// included, is then not done on the thread that runs the fault policy.
+// included, is then not done on the thread that runs the fault policy. With
+// `background` true (the zeroer of free space) the work runs on the background
+// thread, at nice 19, and the libuv thread only waits for it.
 Napi::Value DeviceZeroPersistAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::shared_ptr<Device> dev = OwnedDevice(env, U32Arg(info, 0), "zero");
   if (!dev) return env.Undefined();
   auto zero = RangesArg(info, 1, "zero ranges");
   auto persist = RangesArg(info, 2, "persist ranges");
-  return QueueDeviceJob(env, "daxmap.zero", std::move(dev), [zero, persist](const Device& d) {
-    for (const auto& [off, len] : zero) {
-      Status s = d.ZeroResident(off, len);
-      if (!s.ok()) return s;
-    }
-    for (const auto& [off, len] : persist) {
-      Status s = d.Persist(off, len);
-      if (!s.ok()) return s;
-    }
-    return Status::Ok();
+  bool background = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+  return QueueDeviceJob(env, "daxmap.zero", std::move(dev), [zero, persist, background](const Device& d) {
+    auto work = [&]() {
+      for (const auto& [off, len] : zero) {
+        Status s = d.ZeroResident(off, len);
+        if (!s.ok()) return s;
+      }
+      for (const auto& [off, len] : persist) {
+        Status s = d.Persist(off, len);
+        if (!s.ok()) return s;
+      }
+      return Status::Ok();
+    };
+    return background ? BackgroundThread::Get().Run(work) : work();
   });
 }
 

@@ -7,7 +7,9 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import os from 'node:os';
 import { startDaemon, type DaemonProc } from '../daemon/helpers';
+import { buildAddonIn } from './kmap';
 
 const CLIENT = path.join(__dirname, 'daemon-client.js');
 // The children run without tap's loaders and coverage hooks, and without the lock validator.
@@ -63,6 +65,9 @@ export interface DaemonRun {
   /** Faults per second through daxmapd: one client alone, two at once (total). */
   oneFaultsPerSec: number;
   twoFaultsPerSec: number;
+  /** The same with the kernel's own mappings (same clients, same orders): what this machine allows. */
+  kernelOneFaultsPerSec: number;
+  kernelTwoFaultsPerSec: number;
   /**
    * CPUs kept busy by one client alone through daxmapd: the CPU time of the client
    * (all its threads) and of the daemon while it touched, over the wall time. Two
@@ -95,23 +100,48 @@ export class DaemonBench {
   bad = 0;
   sigbus = 0;
 
-  private constructor(private readonly d: DaemonProc, private readonly a: Client, private readonly b: Client, private readonly mb: number) {}
+  private constructor(private readonly d: DaemonProc, private readonly a: Client, private readonly b: Client, private readonly mb: number,
+    /** The private directory of the kmap addon the clients load (kernel mode). */
+    private readonly dir: string) {}
 
   static async start(mb: number): Promise<DaemonBench> {
-    const d = await startDaemon({ size: `${4 * mb + 128}M`, env: ENV });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'daxmap-bench-kmap-'));
     const clients: Client[] = [];
+    let d: DaemonProc | undefined;
     try {
+      const kmap = buildAddonIn('kmap', dir);
+      d = await startDaemon({ size: `${4 * mb + 128}M`, env: ENV });
       clients.push(await Client.start(), await Client.start());
       const [a, b] = clients as [Client, Client];
       // Warm-up (not timed): the JIT of the clients, their service workers and the daemon.
-      for (const mode of ['embedded', 'daemon']) await a.call('warmup', { mode, socket: d.socket });
-      await b.call('warmup', { mode: 'daemon', socket: d.socket });
-      return new DaemonBench(d, a, b, mb);
+      for (const mode of ['embedded', 'daemon', 'kernel']) await a.call('warmup', { mode, socket: d.socket, kmap });
+      for (const mode of ['daemon', 'kernel']) await b.call('warmup', { mode, socket: d.socket, kmap });
+      return new DaemonBench(d, a, b, mb, dir);
     } catch (e) {
       for (const c of clients) c.kill();
-      await d.stop();
+      await d?.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
       throw e;
     }
+  }
+
+  private get kmap(): string {
+    return path.join(this.dir, 'kmap.node');
+  }
+
+  /**
+   * Both clients prepared, then told to start their touches at the same instant, a
+   * little ahead (each waits for it): the messages arrive ms apart on a busy machine,
+   * and a start that lagged by a few ms counted against two clients of 20-30 ms each.
+   */
+  private async both(mode: 'daemon' | 'kernel', seed: number, run: number): Promise<[Touch, Touch]> {
+    await this.a.call('prepare', { mode, socket: this.d.socket, mb: this.mb, seed, run, name: `r${run}-two-a`, kmap: this.kmap });
+    await this.b.call('prepare', { mode, socket: this.d.socket, mb: this.mb, seed: seed + 1000, run, name: `r${run}-two-b`, kmap: this.kmap });
+    const at = String(process.hrtime.bigint() + 50_000_000n);
+    const [xa, xb] = await Promise.all([this.a.call<Touch>('touch', { at }), this.b.call<Touch>('touch', { at })]);
+    this.finished(await this.a.call<Finish>('finish'));
+    this.finished(await this.b.call<Finish>('finish'));
+    return [xa, xb];
   }
 
   private finished(f: Finish): void {
@@ -120,8 +150,8 @@ export class DaemonBench {
   }
 
   /** One client's timed touches; `daemonCpuUs`: the daemon's CPU time from just before to just after them. */
-  private async one(c: Client, mode: 'embedded' | 'daemon', seed: number, run: number, name: string): Promise<Touch & { daemonCpuUs: number }> {
-    await c.call('prepare', { mode, socket: this.d.socket, mb: this.mb, seed, run, name });
+  private async one(c: Client, mode: 'embedded' | 'daemon' | 'kernel', seed: number, run: number, name: string): Promise<Touch & { daemonCpuUs: number }> {
+    await c.call('prepare', { mode, socket: this.d.socket, mb: this.mb, seed, run, name, kmap: this.kmap });
     const d0 = cpuUsOf(this.d.proc.pid!);
     const x = await c.call<Touch>('touch');
     const daemonCpuUs = cpuUsOf(this.d.proc.pid!) - d0;
@@ -135,17 +165,18 @@ export class DaemonBench {
     const res: Partial<Record<'embedded' | 'daemon', Touch & { daemonCpuUs: number }>> = {};
     for (const mode of modes) res[mode] = await this.one(this.a, mode, seed, run, `r${run}-${mode}`);
     const dm = res.daemon!;
-    // Two client processes faulting at once, each its own file, through the one daemon.
-    await this.a.call('prepare', { mode: 'daemon', socket: this.d.socket, mb: this.mb, seed, run, name: `r${run}-two-a` });
-    await this.b.call('prepare', { mode: 'daemon', socket: this.d.socket, mb: this.mb, seed: seed + 1000, run, name: `r${run}-two-b` });
-    const [xa, xb] = await Promise.all([this.a.call<Touch>('touch'), this.b.call<Touch>('touch')]);
-    this.finished(await this.a.call<Finish>('finish'));
-    this.finished(await this.b.call<Finish>('finish'));
+    // Two client processes faulting at once, each its own file, through the one daemon;
+    // then the same with the kernel's own mappings.
+    const [xa, xb] = await this.both('daemon', seed, run);
+    const k1 = await this.one(this.a, 'kernel', seed, run, `r${run}-kernel`);
+    const [ka, kb] = await this.both('kernel', seed, run);
     return {
       embeddedUs: res.embedded!.meanUs,
       daemonUs: dm.meanUs,
       oneFaultsPerSec: dm.pages / wallSeconds([dm]),
       twoFaultsPerSec: (xa.pages + xb.pages) / wallSeconds([xa, xb]),
+      kernelOneFaultsPerSec: k1.pages / wallSeconds([k1]),
+      kernelTwoFaultsPerSec: (ka.pages + kb.pages) / wallSeconds([ka, kb]),
       oneCpus: (dm.cpuUs + dm.daemonCpuUs) / 1e6 / wallSeconds([dm]),
     };
   }
@@ -154,6 +185,7 @@ export class DaemonBench {
     this.a.kill();
     this.b.kill();
     await this.d.stop();
+    fs.rmSync(this.dir, { recursive: true, force: true });
     // the embedded pools a killed client left behind
     for (const f of fs.readdirSync('/dev/shm')) {
       if ([this.a, this.b].some((c) => f.startsWith(`daxmap-bench-de-${c.proc.pid}-`))) fs.rmSync(`/dev/shm/${f}`, { force: true });

@@ -54,11 +54,30 @@ function summary(ns) {
 let t = null; // the prepared target
 
 const commands = {
-  /** mode: 'embedded' | 'daemon'. Sets up the target; nothing timed. */
-  async prepare({ mode, socket, mb, seed, run, name }) {
+  /**
+   * mode: 'embedded' | 'daemon' | 'kernel' (the kernel's own MAP_SHARED mapping of a
+   * /dev/shm file, through the kmap addon at `kmap`: row 8's ceiling on this machine).
+   * Sets up the target; nothing timed.
+   */
+  async prepare({ mode, socket, mb, seed, run, name, kmap }) {
     const size = mb * MiB;
     const pages = size / PAGE;
     const order = shuffled(pages, seed);
+    if (mode === 'kernel') {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- the bench's own addon, built by the parent
+      const km = require(kmap);
+      const file = `/dev/shm/daxmap-bench-dk-${process.pid}-${name}`;
+      fs.writeFileSync(file, '', { mode: 0o600 });
+      fs.truncateSync(file, size);
+      let ab;
+      try {
+        ab = km.map(file, size, false);
+      } finally {
+        fs.rmSync(file);
+      }
+      t = { mode, order, run, pages, km, ab, buf: Buffer.from(ab), name };
+      return pages;
+    }
     let pool;
     let poolFile = null;
     if (mode === 'embedded') {
@@ -75,16 +94,23 @@ const commands = {
   },
 
   /** A short untimed first-touch run, to warm up the JIT on both sides. */
-  async warmup({ mode, socket }) {
+  async warmup({ mode, socket, kmap }) {
     const name = `warmup-${process.pid}`;
-    await commands.prepare({ mode, socket, mb: 4, seed: 7, run: 0, name });
+    await commands.prepare({ mode, socket, mb: 4, seed: 7, run: 0, name, kmap });
     touch(t.buf, t.order, stampOf(0));
     await commands.finish({ check: false });
     return true;
   },
 
-  /** The timed touches. */
-  async touch() {
+  /**
+   * The timed touches; with `at` (CLOCK_MONOTONIC ns, as a string) they start then,
+   * not when the message came: two clients told at once start together.
+   */
+  async touch({ at } = {}) {
+    if (at !== undefined) {
+      const start = BigInt(at);
+      while (process.hrtime.bigint() < start);
+    }
     const c0 = process.cpuUsage();
     const r = touch(t.buf, t.order, stampOf(t.run));
     const c = process.cpuUsage(c0);
@@ -95,6 +121,12 @@ const commands = {
 
   /** Check 64 pages spread over the target (file.read for pools: no fault), then clean up. */
   async finish({ check = true } = {}) {
+    if (t.mode === 'kernel') {
+      // The stores are the kernel's: nothing of daxmap's to check.
+      t.km.unmap(t.ab);
+      t = null;
+      return { ok: 0, bad: 0, stats: null };
+    }
     const stamp = stampOf(t.run);
     let ok = 0;
     let bad = 0;

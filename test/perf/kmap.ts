@@ -20,16 +20,24 @@ function headers(): string {
   return dir;
 }
 
+/**
+ * Compiles test/perf/<name>.c as a Node-API addon into `dir` (a private directory the
+ * caller made): its path, for child processes to load (row 8's kernel clients).
+ */
+export function buildAddonIn(name: string, dir: string): string {
+  const out = path.join(dir, `${name}.node`);
+  execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-Wall', '-shared', '-fPIC', '-I', headers(), '-o', out, path.join(__dirname, `${name}.c`)], { stdio: ['ignore', 'inherit', 'inherit'] });
+  return out;
+}
+
 /** Compiles test/perf/<name>.c as a Node-API addon and loads it (kmap.c here, reads.c for row 13). */
 export function buildAddon<T>(name: string): T {
   // Built afresh into a private directory (mkdtemp, mode 0700): never loaded from a
   // predictable path someone else could have written.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `daxmap-bench-${name}-`));
-  const out = path.join(dir, `${name}.node`);
   try {
-    execFileSync(process.env['CC'] ?? 'cc', ['-O2', '-Wall', '-shared', '-fPIC', '-I', headers(), '-o', out, path.join(__dirname, `${name}.c`)], { stdio: ['ignore', 'inherit', 'inherit'] });
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- a native addon built at run time
-    return require(out) as T;
+    return require(buildAddonIn(name, dir)) as T;
   } finally {
     fs.rmSync(dir, { recursive: true, force: true }); // a loaded library stays loaded
   }

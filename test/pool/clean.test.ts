@@ -2,8 +2,8 @@
 // free blocks known to hold durable zeros, allocations take them without zeroing,
 // and no block that held data is ever handed out unzeroed — with the zeroer racing
 // the allocations (its zeros land late, as a libuv thread's do), through a model of
-// every file's bytes; close() while a zeroing is in flight; and a mapping's windows
-// over reused blocks through the public API.
+// every file's bytes; close() while a zeroing is in flight; a mapping's windows
+// over reused blocks through the public API; and the zeroing's thread, at nice 19.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -314,6 +314,44 @@ t.test('through a mapping: windows over the blocks of an unlinked file read zero
     t.equal(bad, 0, 'every page holds its store and zeros');
     t.equal(b.indexOf('CLEAN-STALE-PAT!'), -1, 'no byte of the unlinked file shows');
     await f.close();
+  } finally {
+    await pool.close();
+  }
+});
+
+/** Threads of this process named `name`: their nice values (field 19 of /proc/self/task/<tid>/stat) and CPU time (ns). */
+function threadsNamed(name: string): { nice: number; cpuNs: number }[] {
+  const out: { nice: number; cpuNs: number }[] = [];
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    try {
+      if (fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() !== name) continue;
+      const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      // after the ")" that ends the command: state is field 3, nice field 19
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.push({ nice: Number(fields[16]), cpuNs: Number(fs.readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]) });
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
+t.test('the zeroing of free space runs on the background thread at nice 19, not on the faulting threads\' CPUs', async (t) => {
+  const dir = fs.mkdtempSync('/dev/shm/daxmap-clean-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pool = await Pool.create(path.join(dir, 'pool'), { size: 64 * MiB });
+  try {
+    const cpu0 = threadsNamed('daxmap-zero').reduce((s, x) => s + x.cpuNs, 0);
+    await pool.request('configure', [{ cleanTarget: 32 * MiB }]);
+    await pool.settled();
+    const st = (await pool.statfs()).clean!;
+    t.ok(st.zeroedAhead >= 32 * MiB, `the zeroer zeroed ahead (${st.zeroedAhead} bytes in ${st.jobs} jobs)`);
+    const zero = threadsNamed('daxmap-zero');
+    t.equal(zero.length, 1, 'one background thread in the process');
+    t.equal(zero[0]?.nice, 19, 'at nice 19');
+    const cpu = zero.reduce((s, x) => s + x.cpuNs, 0) - cpu0;
+    // 32 MiB of zeros written: well over a ms of CPU on any machine; none of it there before this change
+    t.ok(cpu > 1e6, `the zeroing ran there (${(cpu / 1e6).toFixed(1)} ms of CPU)`);
   } finally {
     await pool.close();
   }
