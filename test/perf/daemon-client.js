@@ -64,7 +64,6 @@ const commands = {
     const pages = size / PAGE;
     const order = shuffled(pages, seed);
     if (mode === 'kernel') {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports -- the bench's own addon, built by the parent
       const km = require(kmap);
       const file = `/dev/shm/daxmap-bench-dk-${process.pid}-${name}`;
       fs.writeFileSync(file, '', { mode: 0o600 });
