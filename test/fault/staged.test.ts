@@ -67,15 +67,15 @@ function tagAll(m: MapT, pages: readonly number[], stored: Set<number>): void {
 }
 
 /**
- * Map `f` (the default policy, fault-around) and make it a sparse writer: three
- * stores in three chunks, then wait for its grant. Returns the mapping and the pages
- * stored so far.
+ * Map `f` (the default policy, fault-around) and make it a sparse writer: two
+ * stores in two chunks (the policy's cue), then wait for its grant. Returns the
+ * mapping and the pages stored so far.
  */
 async function sparseWriter(pool: PoolT, f: FileT, pages: number, first = 5): Promise<{ m: MapT; stored: Set<number> }> {
   const m = await f.map();
   const stored = new Set<number>();
   const s0 = await pool.stats();
-  for (const p of [first, HUGE / PAGE + first + 4, 2 * (HUGE / PAGE) + first + 8]) {
+  for (const p of [first, HUGE / PAGE + first + 4]) {
     if (p >= pages) break;
     tag(m.buffer, p);
     stored.add(p);
