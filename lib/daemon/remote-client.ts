@@ -9,6 +9,7 @@ import { Msg, MessageReader, decodeEventsBody, decodeHello, decodeResultsBody, e
 import type { Client } from '../fault/policy';
 import { WindowBudget } from '../fault/budget';
 import { native } from '../native/addon';
+import { daxError } from '../errors';
 
 const ENXIO = -6;
 
@@ -36,7 +37,7 @@ export class RemoteClient implements Client {
     try {
       this.pidfd = native().pidfdOpen(pid);
       this.stageFrom = (fd, length) => {
-        if (this.pidfd < 0) throw Object.assign(new Error('the client is gone'), { code: 'ENXIO' });
+        if (this.pidfd < 0) throw daxError('ENXIO', 'the client is gone');
         return native().stageAdopt(this.pidfd, fd, length);
       };
     } catch (err) {

@@ -14,7 +14,6 @@
 // for a live reserve with its chunk's range lock held, and takes the reserve back
 // before it resolves (policy.ts): so a fault is never resolved while a reserve of its
 // file is live, and the ranges granted stay holes until the reserve is taken back.
-import fs from 'node:fs';
 import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
 import { native } from '../native/addon';
 import { monotonicNow } from '../native/engine';
@@ -72,8 +71,6 @@ function stageMax(): number {
 }
 /** Staged pages copied per batch at a take-back: blocks taken, written, adopted. */
 const COLLECT_BATCH = 512;
-/** Bytes of a staged range read at once while collecting. */
-const COLLECT_CHUNK = 256 * 1024;
 
 /**
  * Runs a reserve holds ahead for its windows (2 MiB each, counted in the budget as
@@ -160,8 +157,6 @@ interface Live {
   /** Blocks promised by the pool for the staged ranges' copies, not yet given back. */
   promised: number;
 }
-
-const ZERO_PAGE = Buffer.alloc(PAGE);
 
 const isNote = (ev: FaultEvent): boolean => (ev.flags & EV_NOTE) !== 0;
 
@@ -942,40 +937,18 @@ export class Reserves {
         for (const [lo, hi] of staged) m.states.set(lo / PAGE, hi / PAGE, PageState.None);
       }
       r.client.budget.held -= staged.length;
-      const batch: { off: number; data: Buffer }[] = [];
-      const flush = async (): Promise<void> => {
-        const out = await this.copyStaged(r, batch.splice(0, batch.length));
-        copied += out.copied;
-        lost += out.lost;
-      };
+      // A batch at a time: the pages that hold a byte that is not zero, read and
+      // tested natively (a daxmapd client's memfd cut short reads as zeros).
       for (const [lo, hi] of staged) {
-        const runs = native().stageDataRuns(fd, lo, hi - lo);
-        for (let i = 0; i < runs.length; i += 2) {
-          for (let a = runs[i]!; a < runs[i + 1]!; a += COLLECT_CHUNK) {
-            const len = Math.min(COLLECT_CHUNK, runs[i + 1]! - a);
-            const buf = Buffer.allocUnsafe(len);
-            for (let got = 0; got < len;) {
-              const k = fs.readSync(fd, buf, got, len - got, a + got);
-              if (k <= 0) {
-                // Only a daxmapd client can do this (it truncated its own memfd): what
-                // it cut off reads as zeros.
-                if (r.client.untrusted !== true) throw daxError('EIO', `staged range: short read at ${a + got}`);
-                buf.fill(0, got);
-                break;
-              }
-              got += k;
-            }
-            for (let p = 0; p < len; p += PAGE) {
-              const page = buf.subarray(p, p + PAGE);
-              if (page.equals(ZERO_PAGE)) continue;
-              batch.push({ off: a + p, data: page });
-              if (batch.length >= COLLECT_BATCH) await flush();
-            }
-          }
+        for (let cur = lo; cur < hi;) {
+          const got = native().stageCollect(fd, cur, hi - cur, COLLECT_BATCH);
+          const out = await this.copyStaged(r, got.offsets, got.data);
+          copied += out.copied;
+          lost += out.lost;
+          if (!(got.next > cur)) throw daxError('EIO', `staged range: no progress at ${cur}`);
+          cur = got.next;
         }
-        // (what is left of it goes with the next range's, or below)
       }
-      await flush();
       try {
         for (const [lo, hi] of staged) native().stagePunch(fd, lo, hi - lo);
       } catch (err) {
@@ -1001,24 +974,25 @@ export class Reserves {
    * them under the pool's locks. Pages that are no longer holes inside EOF (the file
    * is gone) are skipped; none is lost while the promise holds.
    */
-  private async copyStaged(r: Live, pages: { off: number; data: Buffer }[]): Promise<{ copied: number; lost: number }> {
-    if (pages.length === 0) return { copied: 0, lost: 0 };
+  private async copyStaged(r: Live, offsets: Float64Array, data: Buffer): Promise<{ copied: number; lost: number }> {
+    const n = offsets.length;
+    if (n === 0) return { copied: 0, lost: 0 };
     const m = r.m;
     const runs: { fb: number; data: Uint8Array }[] = [];
-    for (let i = 0; i < pages.length;) {
+    // Adjacent pages are adjacent in `data` too: a run is one slice of it.
+    for (let i = 0; i < n;) {
       let j = i + 1;
-      while (j < pages.length && pages[j]!.off === pages[j - 1]!.off + PAGE) j++;
-      const data = j - i === 1 ? pages[i]!.data : Buffer.concat(pages.slice(i, j).map((p) => p.data));
-      runs.push({ fb: (m.fileOffset + pages[i]!.off) / PAGE, data });
+      while (j < n && offsets[j] === offsets[j - 1]! + PAGE) j++;
+      runs.push({ fb: (m.fileOffset + offsets[i]!) / PAGE, data: data.subarray(i * PAGE, j * PAGE) });
       i = j;
     }
-    const k = Math.min(pages.length, r.promised);
+    const k = Math.min(n, r.promised);
     r.promised -= k;
     try {
       return { copied: await this.pool.writeStaged(m.inode, runs, k), lost: 0 };
     } catch (err) {
       if (!isDaxError(err, 'ENOSPC')) throw err;
-      return { copied: 0, lost: pages.length };
+      return { copied: 0, lost: n };
     }
   }
 

@@ -152,8 +152,12 @@ export interface NativeAddon {
   deviceClose(id: number): void;
   /** A memfd of `length` bytes (sparse), close-on-exec: a staging area (docs/native.md, "Staged ranges"). */
   stageCreate(length: number): number;
-  /** The runs [start, end, …] of [offset, offset+length) of the memfd `fd` that hold pages (SEEK_DATA / SEEK_HOLE). */
-  stageDataRuns(fd: number, offset: number, length: number): Float64Array;
+  /**
+   * The pages of [offset, offset+length) of the memfd `fd` holding a byte that is not
+   * zero, at most `max`, in order: their offsets, their bytes back to back, and where
+   * to go on (offset+length once done).
+   */
+  stageCollect(fd: number, offset: number, length: number, max: number): { offsets: Float64Array; data: Buffer; next: number };
   /** Frees the pages of [offset, offset+length) of the memfd `fd`. */
   stagePunch(fd: number, offset: number, length: number): void;
   /** Closes a memfd from stageCreate or stageAdopt (or a pidfd). */

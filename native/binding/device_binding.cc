@@ -345,37 +345,79 @@ Napi::Value StageCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// stageDataRuns(fd, offset, length) → Float64Array [start, end, ...]: the runs of
-// [offset, offset+length) that hold pages (SEEK_DATA / SEEK_HOLE: a memfd's holes were
-// never touched and read as zeros).
-Napi::Value StageDataRuns(const Napi::CallbackInfo& info) {
+// stageCollect(fd, offset, length, max) → { offsets: Float64Array, data: Buffer, next }:
+// the pages of [offset, offset+length) of the memfd `fd` that hold a byte that is not
+// zero, at most `max` of them, in order: their offsets, and their bytes one after the
+// other in `data`; `next` is where the next call goes on (offset+length once done).
+// Only the runs SEEK_DATA finds are read (a memfd's hole was never touched); a read
+// that comes short (a daxmapd client truncated its own memfd) counts the rest as zeros.
+// One call per batch of the take-back (docs/fault-policy.md, "Staged ranges"): no read,
+// no zero test, no object per page in JavaScript.
+constexpr uint64_t kPage = 4096;
+
+Napi::Value StageCollect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = static_cast<int>(U64Arg(info, 0, INT32_MAX));
   uint64_t off = U64Arg(info, 1, static_cast<uint64_t>(INT64_MAX));
   uint64_t len = U64Arg(info, 2, static_cast<uint64_t>(INT64_MAX) - off);
-  std::vector<double> out;
+  uint64_t max = U64Arg(info, 3, 1u << 20);
+  if (off % kPage != 0 || len % kPage != 0 || max == 0) {
+    ThrowErrno(env, EINVAL, "stage: collect range not page-aligned, or max 0");
+    return env.Undefined();
+  }
+  static const std::vector<uint8_t> zero_page(kPage, 0);
+  constexpr size_t kChunk = 256 * 1024;
+  std::vector<uint8_t> chunk(kChunk);
+  std::vector<double> offs;
+  std::vector<uint8_t> data;
   uint64_t pos = off, end = off + len;
-  while (pos < end) {
+  while (pos < end && offs.size() < max) {
     off_t d = lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
-    if (d < 0) {
-      if (errno == ENXIO) break;  // no data past pos
+    if (d < 0 && errno != ENXIO) {
       ThrowErrno(env, errno, "stage: SEEK_DATA");
       return env.Undefined();
     }
-    if (static_cast<uint64_t>(d) >= end) break;
+    if (d < 0 || static_cast<uint64_t>(d) >= end) {  // ENXIO: no data past pos
+      pos = end;
+      break;
+    }
     off_t h = lseek(fd, d, SEEK_HOLE);
     if (h < 0) {
       ThrowErrno(env, errno, "stage: SEEK_HOLE");
       return env.Undefined();
     }
-    uint64_t stop = std::min<uint64_t>(static_cast<uint64_t>(h), end);
-    out.push_back(static_cast<double>(d));
-    out.push_back(static_cast<double>(stop));
-    pos = stop;
+    uint64_t a = static_cast<uint64_t>(d) & ~(kPage - 1);
+    uint64_t stop = std::min<uint64_t>((static_cast<uint64_t>(h) + kPage - 1) & ~(kPage - 1), end);
+    while (a < stop && offs.size() < max) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>({kChunk, stop - a, (max - offs.size()) * kPage}));
+      ssize_t k = pread(fd, chunk.data(), n, static_cast<off_t>(a));
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0) {
+        ThrowErrno(env, errno, "stage: read");
+        return env.Undefined();
+      }
+      if (k == 0) {  // the file ends here: zeros
+        a = stop;
+        break;
+      }
+      size_t whole = (static_cast<size_t>(k) + kPage - 1) & ~(kPage - 1);
+      if (whole > static_cast<size_t>(k)) memset(chunk.data() + k, 0, whole - static_cast<size_t>(k));
+      for (size_t p = 0; p < whole; p += kPage) {
+        if (memcmp(chunk.data() + p, zero_page.data(), kPage) == 0) continue;
+        offs.push_back(static_cast<double>(a + p));
+        data.insert(data.end(), chunk.data() + p, chunk.data() + p + kPage);
+      }
+      a += whole;
+    }
+    pos = a;
   }
-  Napi::Float64Array a = Napi::Float64Array::New(env, out.size());
-  for (size_t i = 0; i < out.size(); i++) a[i] = out[i];
-  return a;
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Float64Array fo = Napi::Float64Array::New(env, offs.size());
+  for (size_t i = 0; i < offs.size(); i++) fo[i] = offs[i];
+  o.Set("offsets", fo);
+  o.Set("data", Napi::Buffer<uint8_t>::Copy(env, data.data(), data.size()));
+  o.Set("next", Napi::Number::New(env, static_cast<double>(std::min(pos, end))));
+  return o;
 }
 
 // stageClose(fd): closes a memfd from stageCreate (Node's fs would warn of a
@@ -454,7 +496,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceClose", Napi::Function::New(env, DeviceClose, "deviceClose"));
   exports.Set("deviceIdentify", Napi::Function::New(env, DeviceIdentify, "deviceIdentify"));
   exports.Set("stageCreate", Napi::Function::New(env, StageCreate, "stageCreate"));
-  exports.Set("stageDataRuns", Napi::Function::New(env, StageDataRuns, "stageDataRuns"));
+  exports.Set("stageCollect", Napi::Function::New(env, StageCollect, "stageCollect"));
   exports.Set("stagePunch", Napi::Function::New(env, StagePunch, "stagePunch"));
   exports.Set("stageClose", Napi::Function::New(env, StageClose, "stageClose"));
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
