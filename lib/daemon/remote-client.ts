@@ -34,10 +34,13 @@ export class RemoteClient implements Client {
   constructor(readonly id: string, readonly session: bigint, readonly pid: number, private readonly log: Logger,
     /** An answer not acknowledged within this long counts the client as gone. */
     private readonly answerTimeoutMs = 15000) {
+    // Test seam (with DAXMAP_TEST_HOOKS=1): a daemon that may not take its clients' memfds.
+    const deny = process.env.DAXMAP_TEST_HOOKS === '1' && process.env.DAXMAP_TEST_STAGE_DENY === '1';
     try {
       this.pidfd = native().pidfdOpen(pid);
       this.stageFrom = (fd, length) => {
         if (this.pidfd < 0) throw daxError('ENXIO', 'the client is gone');
+        if (deny) throw daxError('EPERM', 'stage: pidfd_getfd: Operation not permitted (DAXMAP_TEST_STAGE_DENY)');
         return native().stageAdopt(this.pidfd, fd, length);
       };
     } catch (err) {
