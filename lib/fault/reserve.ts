@@ -152,7 +152,7 @@ interface Live {
    * at the take-back (collect()).
    */
   readonly staged: [number, number][];
-  /** The staging memfd (in this process: embedded clients only); -1 when none. */
+  /** This process's descriptor of the staging memfd (made here for a client in this process; a daxmapd client's own, taken with pidfd_getfd); -1 when none. */
   stageFd: number;
   /** Blocks promised by the pool for the staged ranges' copies, not yet given back. */
   promised: number;
