@@ -2,8 +2,10 @@
 #include "region.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -289,18 +291,34 @@ int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev
   return 0;
 }
 
+int CreateStagingMemfd(uint64_t length, int* fd) {
+  int f = memfd_create("daxmap-stage", MFD_CLOEXEC);
+  if (f < 0) return errno;
+  if (ftruncate(f, static_cast<off_t>(length)) != 0) {
+    int e = errno;
+    close(f);
+    return e;
+  }
+  *fd = f;
+  return 0;
+}
+
+int CheckStagingMemfd(int fd, uint64_t min_length) {
+  if (fcntl(fd, F_GET_SEALS) < 0) return EINVAL;  // not shmem (nor hugetlbfs)
+  struct stat st;
+  struct statfs sfs;
+  if (fstat(fd, &st) != 0 || fstatfs(fd, &sfs) != 0) return errno;
+  if (!S_ISREG(st.st_mode) || sfs.f_type != TMPFS_MAGIC || static_cast<uint64_t>(st.st_size) < min_length)
+    return EINVAL;
+  return 0;
+}
+
 int Region::StagePrepare(int32_t* fd) {
   if (read_only_) return EROFS;
   std::lock_guard<std::mutex> g(reserve_mu);
   if (own_stage_fd_ < 0) {
-    int f = memfd_create("daxmap-stage", MFD_CLOEXEC);
-    if (f < 0) return errno;
-    if (ftruncate(f, static_cast<off_t>(length_)) != 0) {
-      int e = errno;
-      close(f);
-      return e;
-    }
-    own_stage_fd_ = f;
+    int e = CreateStagingMemfd(length_, &own_stage_fd_);
+    if (e != 0) return e;
   }
   *fd = own_stage_fd_;
   return 0;
@@ -313,11 +331,8 @@ int Region::Stage(uint64_t off, uint64_t len, int fd) {
     if (own_stage_fd_ < 0) return ENOENT;
     fd = own_stage_fd_;
   }
-  // A memfd answers F_GET_SEALS; any other file refuses it (EINVAL).
-  if (fcntl(fd, F_GET_SEALS) < 0) return EINVAL;
-  struct stat st;
-  if (fstat(fd, &st) != 0) return errno;
-  if (static_cast<uint64_t>(st.st_size) < off + len) return EINVAL;
+  int e = CheckStagingMemfd(fd, off + len);
+  if (e != 0) return e;
   void* p = mmap(reinterpret_cast<void*>(base_ + off), len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
                  static_cast<off_t>(off));
   if (p == MAP_FAILED) return errno;

@@ -198,6 +198,16 @@ class Region {
   bool read_only_ = false;
 };
 
+// Staging memfds (docs/native.md, "Staged ranges"), one definition for the agent's own
+// (StagePrepare) and the policy's (the stageCreate binding): a sparse memfd of
+// `length` bytes, close-on-exec; 0 or errno, *fd its descriptor.
+int CreateStagingMemfd(uint64_t length, int* fd);
+// 0 if `fd` is a staging memfd of at least `min_length` bytes: a regular shmem file
+// (it answers F_GET_SEALS) on tmpfs, whose reads and mappings never block; else
+// EINVAL (or fstat's errno). Checked before staging with it, and by daxmapd before
+// it keeps a client's.
+int CheckStagingMemfd(int fd, uint64_t min_length);
+
 // Pagemap bits for [addr, addr + n pages): true if read. Bit 63 present, bit 56
 // exclusively mapped (a private anonymous page, not the shared zero page).
 bool ReadPagemap(uintptr_t addr, size_t npages, uint64_t* out);

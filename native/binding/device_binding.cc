@@ -1,12 +1,9 @@
 // JS surface of devices: open (lock, map), views as Buffers, persist, close.
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,6 +18,7 @@
 
 #include "binding/common.h"
 #include "device.h"
+#include "region.h"
 
 namespace daxmap {
 
@@ -331,15 +329,10 @@ Napi::Value DeviceIdentify(const Napi::CallbackInfo& info) {
 Napi::Value StageCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint64_t len = U64Arg(info, 0, static_cast<uint64_t>(INT64_MAX));
-  int fd = memfd_create("daxmap-stage", MFD_CLOEXEC);
-  if (fd < 0) {
-    ThrowErrno(env, errno, "stage: memfd_create");
-    return env.Undefined();
-  }
-  if (ftruncate(fd, static_cast<off_t>(len)) != 0) {
-    int e = errno;
-    close(fd);
-    ThrowErrno(env, e, "stage: ftruncate");
+  int fd = -1;
+  int e = CreateStagingMemfd(len, &fd);
+  if (e != 0) {
+    ThrowErrno(env, e, "stage: a memfd of " + std::to_string(len) + " bytes");
     return env.Undefined();
   }
   return Napi::Number::New(env, fd);
@@ -471,11 +464,7 @@ Napi::Value StageAdopt(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   int f = static_cast<int>(fd);
-  struct stat st;
-  struct statfs sfs;
-  bool ok = fcntl(f, F_GET_SEALS) >= 0 && fstat(f, &st) == 0 && S_ISREG(st.st_mode) && fstatfs(f, &sfs) == 0 &&
-            sfs.f_type == TMPFS_MAGIC && static_cast<uint64_t>(st.st_size) >= len;
-  if (!ok) {
+  if (CheckStagingMemfd(f, len) != 0) {
     close(f);
     ThrowErrno(env, EINVAL,
                "stage: the client's descriptor is not a staging memfd of " + std::to_string(len) + " bytes");
