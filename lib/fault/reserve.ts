@@ -45,6 +45,16 @@ export const RESERVE_BLOCKS = 2048;
  */
 export const RESERVE_LOW_WATER = 1536;
 /**
+ * The blocks a grant that staged ranges starts its reserve with. The reserve then
+ * covers only what was not staged — the windows the writer had touched already, and
+ * the file's partial windows — where a sparse writer rarely stores again: 2,048 stores
+ * in 1 GiB put about eight there. Taking up to 2,048 blocks for them cost the pool a
+ * refill's zeroing and the worker a grant's worth of work beside the writer (row 4a of
+ * docs/bench.md). A writer that does store there has it topped up, four times larger
+ * at each top-up, to RESERVE_BLOCKS.
+ */
+export const STAGED_RESERVE_BLOCKS = 64;
+/**
  * Reserve windows (docs/fault-policy.md, "Reserve windows"): native installs in a
  * window that was a hole before the agent installs the rest of it from a run of 2 MiB
  * of zeroed blocks. DAXMAP_RESERVE_WINDOW=<1..512> sets it, `off` (or 0) turns
@@ -125,6 +135,8 @@ interface Live {
   toppingUp: boolean;
   /** the low-water mark last sent to the agent (blocks) */
   low: number;
+  /** the blocks a top-up brings the reserve up to (STAGED_RESERVE_BLOCKS, growing, with staged ranges) */
+  target: number;
   /** CLOCK_MONOTONIC (ns) just before the set reserve answers (or the last top-up) were sent */
   since: bigint;
   /** the ranges granted (region offsets, sorted) */
@@ -439,8 +451,14 @@ export class Reserves {
     const ino = m.inode;
     await withOperation('reserve', async () => {
       const budget = r.client.budget;
-      const n = Math.min(RESERVE_BLOCKS - r.blocks, budget.limit - budget.used);
-      if (n < MIN_GRANT || m.dead || this.byInode.get(ino.id) !== r) return;
+      if (m.dead || this.byInode.get(ino.id) !== r) return;
+      // A reserve that started small (beside staged ranges) grows with its writer.
+      if (r.target < RESERVE_BLOCKS) {
+        r.target = Math.min(RESERVE_BLOCKS, r.target * 4);
+        r.low = Math.min(RESERVE_LOW_WATER, Math.floor(r.target * 3 / 4));
+      }
+      const n = Math.min(r.target - r.blocks, budget.limit - budget.used);
+      if (n < MIN_GRANT) return;
       // Taken before the lock: if the stock is short, the zeroing delays nobody else.
       // (Taking only what the stock held, to be quicker, left a writer that outran the
       // refill with less each time, until its reserve ran dry.)
@@ -745,7 +763,7 @@ export class Reserves {
     const windows = staged.length > 0 ? holes.windows.filter((w) => !inRanges(staged, w.offset)) : holes.windows;
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(), blocks: 0, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low: 0,
+      m, client: m.client, key, given: new Set(), blocks: 0, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low: 0, target: RESERVE_BLOCKS,
       since: monotonicNow(), ranges: [], windows: new Set(), upgraded: new Map(), runs: new Set(), gaps: [],
       addingRuns: false, runsStarved: false, staged: [...staged], stageFd: fd, promised: fd >= 0 ? promised : 0,
     };
@@ -775,7 +793,9 @@ export class Reserves {
     // reserve only has the windows that were not whole holes (a top-up adds more).
     let room = 0;
     for (const [lo, hi] of ranges) room += (hi - lo) / PAGE;
-    const devs = ranges.length > 0 ? await this.take(Math.min(n, room)) : [];
+    // Beside staged ranges the reserve starts small (STAGED_RESERVE_BLOCKS) and grows by its top-ups.
+    if (r.staged.length > 0) r.target = Math.min(n, STAGED_RESERVE_BLOCKS);
+    const devs = ranges.length > 0 ? await this.take(Math.min(n, room, r.target)) : [];
     // Runs for reserve windows, within the budget (each block of a run counts until
     // it is adopted or given back).
     const runs = devs.length > 0 && this.windowThreshold > 0 && windows.length > 0
@@ -812,7 +832,6 @@ export class Reserves {
     for (const x of runs) r.runs.add(x);
     this.give(r, devs);
     this.give(r, runBlocks(runs));
-    if (r.staged.length === 0) this.ctx.bump(m, 'reserveGrants');
     // Registered before the answers run: a note may come as soon as the first has.
     this.byInode.set(m.inode.id, r);
     this.byRegion.set(key, r);
@@ -823,6 +842,8 @@ export class Reserves {
       await this.takeBack(r);
       return;
     }
+    // Counted once set in the agent (as staged ranges are): a store from then on is its.
+    if (r.staged.length === 0) this.ctx.bump(m, 'reserveGrants');
     if (runs.length > 0) this.ctx.bump(m, 'reserveRuns', runs.length);
     // Faults read before now met no reserve, or one not set yet (retryable()): taken
     // after the answers ran, not before they were sent. A daxmapd client runs them

@@ -12,6 +12,7 @@ import { forBackings, poolPath, FIXTURES, PAGE, HUGE, Pool, type Ctx } from './h
 import { useLockdep } from '../lock/guard';
 import { fsckErrors } from '../fsck';
 import { until } from '../wait';
+import { STAGED_RESERVE_BLOCKS } from '../../dist/fault/reserve';
 
 useLockdep(t);
 
@@ -107,6 +108,49 @@ forBackings(t, 'sparse stores into staged windows take no trap, read back exactl
   t.equal(await wrong(f, size, stored), 0, 'every store reads back, zeros elsewhere');
   t.equal(s2.stagedLost, 0, 'nothing lost');
   await f.close();
+}, { size: 64 << 20 });
+
+forBackings(t, 'beside staged windows the reserve starts small, and a writer that stores there has it topped up, growing', async (t, { pool }) => {
+  // Reserve windows off: the grant's runs (2 MiB each) would hide the reserve's blocks in the free space.
+  await pool.request('configure', [{ reserveWindow: 0 }]);
+  try {
+    const size = 32 * MiB;
+    const pages = size / PAGE;
+    const f = await stagedFile(pool, 'small', size);
+    const free0 = (await pool.statfs()).free;
+    const { m, stored } = await sparseWriter(pool, f, pages);
+    // Chunks 0 and 1 hold a store each: the 14 others are staged (a block promised for
+    // each page), and the reserve has the 1,022 holes of the first two.
+    // (reserveGrants counts the staging, answered first: the reserve's blocks come after it)
+    const staged = 14 * HUGE + stored.size * PAGE;
+    let taken = 0;
+    await until(async () => (taken = free0 - (await pool.statfs()).free - staged) > 0, 'the reserve\'s blocks');
+    t.ok(taken <= STAGED_RESERVE_BLOCKS * PAGE, `the reserve took ${taken / PAGE} blocks for 1,022 holes beside staged windows (at most ${STAGED_RESERVE_BLOCKS})`);
+    // A dense writer in chunk 0: each top-up comes when a quarter of the reserve is used,
+    // so the stores wait for each before going on; none comes to the policy.
+    const dense: number[] = [];
+    for (let p = 1; p < HUGE / PAGE && dense.length < 400; p++) if (!stored.has(p)) dense.push(p);
+    const s0 = await pool.stats();
+    let done = 0;
+    let tops = 0;
+    for (let target = STAGED_RESERVE_BLOCKS; done < dense.length; target = Math.min(target * 4, 2048)) {
+      const n = Math.min(dense.length - done, target - Math.floor(target * 3 / 4));
+      tagAll(m, dense.slice(done, done + n), stored);
+      done += n;
+      if (done >= dense.length) break;
+      tops++;
+      await until(async () => (await pool.stats()).reserveTopUps - s0.reserveTopUps >= tops, `top-up ${tops}`);
+    }
+    const s1 = await pool.stats();
+    t.ok(tops >= 2, `${tops} top-ups for ${dense.length} stores`);
+    t.equal(s1.faults - s0.faults, 0, 'no store of the dense writer came to the policy');
+    await m.unmap();
+    t.equal(await wrong(f, size, stored), 0, 'every store reads back, zeros elsewhere');
+    t.equal((await f.stat()).allocated, stored.size * PAGE, 'a block per page stored to');
+    await f.close();
+  } finally {
+    await pool.request('configure', [{ reserveWindow: 16 }]);
+  }
 }, { size: 64 << 20 });
 
 forBackings(t, 'a read of the file mid-way collects what was staged; the mapping goes on and its later stores land too', async (t, { pool }) => {
