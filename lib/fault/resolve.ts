@@ -347,6 +347,21 @@ export class Resolver {
   }
 
   /**
+   * Would this fault be a sparse write on a hole (onSparseWrite(m, true))? Read
+   * without the locks, as a hint for the policy to grant the mapping's reserve before
+   * resolving the fault (policy.ts): the grant decides again, with the file's range
+   * lock held exclusive, and the fault is resolved after it as any other.
+   */
+  sparseHoleWrite(m: Mapping, ev: FaultEvent, fileOff: number): boolean {
+    if ((ev.flags & EV_WRITE) === 0 || m.private || m.sync || !m.writable || !m.inode.live || fileOff >= m.inode.size) return false;
+    const st = m.states.get(ev.offset / PAGE);
+    if (st !== PageState.None && st !== PageState.Zero) return false;
+    if (this.granular() || this.ctx.pool.storage.huge === true) return false;
+    if (this.ctx.pool.lookup(m.inode, fileOff).state !== 'hole') return false;
+    return !m.faultAround || !this.sequential(m, fileOff);
+  }
+
+  /**
    * Does a write fault at fileOff continue a sequential stream of this mapping (it
    * starts where a recent write fault ended)? The first write
    * fault of a mapping counts as one when it is at a chunk's start, as a writer

@@ -1,6 +1,8 @@
 // Benchmark helpers: repeated runs, min/median/max, and ratios to a baseline
 // measured in the same run (the machine is shared and noisy).
 import { readFileSync } from 'node:fs';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 
 export interface Summary {
   min: number;
@@ -96,6 +98,23 @@ export function procStatusKiB(field: string): number {
 }
 
 /** Nanoseconds of a synchronous call. */
+let collect: (() => void) | undefined;
+
+/**
+ * A full garbage collection of this process's heap, before a timed section: mapping a
+ * large file (daxmap's Buffer, or the kernel baseline's external ArrayBuffer alike)
+ * adds its length to V8's external memory, which starts a major GC whose concurrent
+ * marking then ran on four threads beside the timed stores (docs/bench.md, "The
+ * harness").
+ */
+export function settleHeap(): void {
+  if (collect === undefined) {
+    v8.setFlagsFromString('--expose-gc');
+    collect = vm.runInNewContext('gc') as () => void;
+  }
+  collect();
+}
+
 export function timeNs(fn: () => void): number {
   const t0 = process.hrtime.bigint();
   fn();

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { Pool, type PoolFile } from '../../dist/index';
 import { KernelFile } from './kmap';
 import { aim, result, tableLines, writeJson, type Row, type RowResult } from './report';
-import { RUNS, envInt, shuffled, summarize, timeNs } from './stats';
+import { RUNS, envInt, settleHeap, shuffled, summarize, timeNs } from './stats';
 import { DaemonBench } from './daemon-bench';
 import { randomReads } from './reads';
 import { hugetlb } from '../hugetlb';
@@ -120,6 +120,7 @@ let sink = 0;
  */
 function touch(b: Buffer, order: ArrayLike<number>, write: boolean | 'rmw', run = 0): number {
   const stamp = stampOf(run);
+  settleHeap();
   const ns = write === 'rmw'
     ? timeNs(() => {
       for (let i = 0; i < order.length; i++) { const p = order[i]!; b[spot(p)] |= stamp(p); }
@@ -140,6 +141,7 @@ function touch(b: Buffer, order: ArrayLike<number>, write: boolean | 'rmw', run 
 function touchEachMedian(b: Buffer, order: ArrayLike<number>, run: number): number {
   const stamp = stampOf(run);
   const us = new Float64Array(order.length);
+  settleHeap();
   for (let i = 0; i < order.length; i++) {
     const p = order[i]!;
     us[i] = timeNs(() => { b[spot(p)] = stamp(p); }) / 1000;
@@ -149,6 +151,7 @@ function touchEachMedian(b: Buffer, order: ArrayLike<number>, run: number): numb
 
 /** Sequential first touch, one store per page, of views of at most 1 GiB; µs per page. */
 function touchSeq(b: Buffer, byte: number): number {
+  settleHeap();
   const ns = timeNs(() => {
     for (let off = 0; off < b.length; off += PAGE) b[off] = byte;
   });
@@ -581,7 +584,10 @@ t.test('rows 5 and 6: sequential first touch, default policy, tmpfs and disk-fil
 t.test('row 7: fill() bandwidth after the first touch, first pass and later passes, fresh and churned pools', async (t) => {
   const size = FILL_MB * MiB;
   const median = (xs: number[]): number => summarize(xs).median;
-  const gbs = (b: Buffer, v: number): number => size / timeNs(() => b.fill(v));
+  const gbs = (b: Buffer, v: number): number => {
+    settleHeap();
+    return size / timeNs(() => b.fill(v));
+  };
   let bad = 0;
   for (const churn of [false, true]) {
     const first = { k: [] as number[], o: [] as number[] };
@@ -850,8 +856,8 @@ t.test('row 13: TLB-bound random 8-byte reads over an already-faulted mapping', 
       for (let run = 0; run < RUNS; run++) {
         const seed = 0x1300 + run;
         await both(run,
-          () => { const r = randomReads(k.map.buffer.buffer as ArrayBuffer, TLB_READS, seed); base.push(r.nsPerRead); if (r.sum === expectSum) sums++; },
-          () => { const r = randomReads(m.arrayBuffer, TLB_READS, seed); ours.push(r.nsPerRead); if (r.sum === expectSum) sums++; });
+          () => { settleHeap(); const r = randomReads(k.map.buffer.buffer as ArrayBuffer, TLB_READS, seed); base.push(r.nsPerRead); if (r.sum === expectSum) sums++; },
+          () => { settleHeap(); const r = randomReads(m.arrayBuffer, TLB_READS, seed); ours.push(r.nsPerRead); if (r.sum === expectSum) sums++; });
       }
       const s1 = await pool.stats();
       t.equal(sums, 2 * RUNS, `row ${b.id}: every run read the bytes written (the sum of the words read)`);
