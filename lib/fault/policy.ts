@@ -268,11 +268,12 @@ export class FaultPolicy {
     if ((this.sparseRun.get(m) ?? 0) + 1 >= (m.faultAround ? SPARSE_RUN : 1) && !this.reserves.live(m.inode) &&
       this.resolver.sparseHoleWrite(m, ev, m.fileOffset + ev.offset)) {
       // The write that makes the mapping a sparse writer: its reserve (and staged
-      // ranges) first, then the fault, which finds the page in them and is only woken
-      // (locked(): retryable). Resolved first, as the others, it cost a block of its
-      // own and a trip through the policy (0.5–1.5 ms on a fresh pool) that the
-      // writer's next store spent waiting for the grant after it.
-      await this.reserves.grant(m).catch((err: unknown) => this.ctx.log.warn({ err, file: m.inode.name }, 'granting a reserve failed'));
+      // ranges, not in this fault's window) first, then the fault, which finds the
+      // page in the reserve and is only woken (locked(): retryable): the agent answers
+      // its retried store. Resolved first, as the others, it cost a trip through the
+      // policy (0.5–2 ms on a fresh pool) that the writer's next store spent waiting
+      // for the grant after it.
+      await this.reserves.grant(m, ev.offset).catch((err: unknown) => this.ctx.log.warn({ err, file: m.inode.name }, 'granting a reserve failed'));
       this.sparseRun.set(m, 0);
     }
     for (let attempt = 0; ; attempt++) {
