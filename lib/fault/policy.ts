@@ -265,18 +265,23 @@ export class FaultPolicy {
     this.ctx.bump(m, 'faults');
     if (ev.flags & EV_WP) this.ctx.bump(m, 'writeProtect');
     if (ev.flags & EV_WRITE) this.ctx.bump(m, 'write'); else this.ctx.bump(m, 'read');
+    let woken = false;
     if ((this.sparseRun.get(m) ?? 0) + 1 >= (m.faultAround ? SPARSE_RUN : 1) && !this.reserves.live(m.inode) &&
       this.resolver.sparseHoleWrite(m, ev, m.fileOffset + ev.offset)) {
       // The write that makes the mapping a sparse writer: its reserve (and staged
       // ranges, not in this fault's window) first, then the fault, which finds the
-      // page in the reserve and is only woken (locked(): retryable): the agent answers
-      // its retried store. Resolved first, as the others, it cost a trip through the
+      // page in the reserve: the grant's answer wakes it, and the agent answers its
+      // retried store. Resolved first, as the others, it cost a trip through the
       // policy (0.5–2 ms on a fresh pool) that the writer's next store spent waiting
-      // for the grant after it.
-      await this.reserves.grant(m, ev.offset).catch((err: unknown) => this.ctx.log.warn({ err, file: m.inode.name }, 'granting a reserve failed'));
+      // for the grant after it. Not woken (the page was not the reserve's after all):
+      // resolved below as any fault.
+      woken = await this.reserves.grant(m, ev.offset).catch((err: unknown) => {
+        this.ctx.log.warn({ err, file: m.inode.name }, 'granting a reserve failed');
+        return false;
+      });
       this.sparseRun.set(m, 0);
     }
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = 0; !woken; attempt++) {
       try {
         await withOperation('fault', () => this.locked(m, ev));
         break;

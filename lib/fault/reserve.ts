@@ -717,15 +717,17 @@ export class Reserves {
    * window — a dense one, mostly — meets the reserve's windows there, whose run is
    * installed whole after a few stores, where a staged window takes a kernel fault
    * per page and a copy per page at the take-back (row 10b of docs/bench.md: 3.1 µs a
-   * store with the cue's window staged, 1.4 with it in the reserve).
+   * store with the cue's window staged, 1.4 with it in the reserve). True if the
+   * grant's answer woke the cue's thread (its page is in the reserve's ranges): its
+   * retried store is the agent's, and the fault is not to be resolved.
    */
-  async grant(m: Mapping, cue?: number): Promise<void> {
-    if (!this.eligible(m)) return;
+  async grant(m: Mapping, cue?: number): Promise<boolean> {
+    if (!this.eligible(m)) return false;
     const ino = m.inode;
-    await withOperation('reserve', async () => {
+    return withOperation('reserve', async () => {
       const range: LockHandle = await ino.rangeLock.acquireExclusive(0, RANGE_END);
       try {
-        await this.gate(ino.id, () => this.grantLocked(m, cue));
+        return await this.gate(ino.id, () => this.grantLocked(m, cue));
       } finally {
         range.release();
       }
@@ -740,15 +742,15 @@ export class Reserves {
       this.ctx.mappingsOf(m.inode).length === 1;
   }
 
-  private async grantLocked(m: Mapping, cue?: number): Promise<void> {
+  private async grantLocked(m: Mapping, cue?: number): Promise<boolean> {
     // Checked again with the file's range lock held exclusive: the only mapping of
     // the file (two could each allocate the same file block), none live.
-    if (!this.eligible(m)) return;
+    if (!this.eligible(m)) return false;
     const budget = m.client.budget;
     const n = Math.min(RESERVE_BLOCKS, budget.limit - budget.used);
-    if (n < MIN_GRANT) return;
+    if (n < MIN_GRANT) return false;
     const holes = this.holes(m);
-    if (holes.ranges.length === 0) return;
+    if (holes.ranges.length === 0) return false;
     // Whole-hole windows are staged (no trap at all); the reserve answers the rest.
     const { staged, promised } = this.stageable(m, holes.windows, cue === undefined ? -1 : cue - (cue % HUGE));
     let fd = -1;
@@ -789,7 +791,7 @@ export class Reserves {
         r.staged.splice(0, r.staged.length, ...ok);
         if (res.includes(ENXIO)) {
           await this.takeBack(r); // the region is gone
-          return;
+          return false;
         }
       }
       // Counted once staged: a store from then on takes no trap there.
@@ -803,16 +805,23 @@ export class Reserves {
     if (r.staged.length > 0) r.target = Math.min(n, STAGED_RESERVE_BLOCKS);
     const devs = ranges.length > 0 ? await this.take(Math.min(n, room, r.target)) : [];
     // Runs for reserve windows, within the budget (each block of a run counts until
-    // it is adopted or given back).
-    const runs = devs.length > 0 && this.windowThreshold > 0 && windows.length > 0
+    // it is adopted or given back). Beside staged ranges they come after the answer
+    // (sendInitialRuns): the faults waiting for the grant, its cue's among them, need
+    // the blocks, not the runs, and the windows left to the reserve are those the
+    // writer had touched, which a sparse writer seldom fills. Without staged ranges
+    // (a dense writer's, mostly) with the blocks, so its first stores meet them.
+    const withWindows = devs.length > 0 && this.windowThreshold > 0 && windows.length > 0;
+    const deferRuns = withWindows && r.staged.length > 0;
+    const runs = withWindows && !deferRuns
       ? await this.takeRuns(Math.min(INITIAL_RUNS, windows.length, Math.floor((budget.limit - budget.used - devs.length) / RUN_BLOCKS)))
       : [];
     if (devs.length === 0 || !this.eligible(m, r.staged.length > 0 ? r : undefined)) {
       this.pool.returnReserve([...devs, ...runBlocks(runs)]);
-      if (r.staged.length === 0 && r.stageFd < 0) return; // nothing granted
+      if (r.staged.length === 0 && r.stageFd < 0) return false; // nothing granted
       if (r.stageFd >= 0 && r.staged.length === 0) await this.takeBack(r); // nothing staged either
-      return;
+      return false;
     }
+    const sendWindows = runs.length > 0 || deferRuns;
     // The agent wakes us when a store leaves `low` blocks: a top-up then comes before it runs dry.
     const low = Math.min(RESERVE_LOW_WATER, Math.floor(devs.length * 3 / 4));
     // The first range with the blocks; the rest in one frame, however many.
@@ -828,13 +837,17 @@ export class Reserves {
     if (ranges.length > 1) {
       specs.push({ op: Op.AddReserveRanges, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveRangesPayload(ranges.slice(1)) });
     }
-    if (runs.length > 0) {
+    if (sendWindows) {
       specs.push({ op: Op.ReserveWindows, region: m.region, offset: 0, length: PAGE, device: m.client.deviceId, payload: reserveWindowsPayload(this.windowThreshold, windows, runs) });
     }
+    // The cue (policy.ts: the fault that asked for this grant, not resolved): woken in
+    // the same answer, its retried store the agent's; one trip to the client fewer.
+    const wakeCue = cue !== undefined && inRanges(ranges, cue);
+    if (wakeCue) specs.push({ op: Op.Wake, region: m.region, offset: cue, length: PAGE });
     r.blocks = devs.length;
     r.low = low;
     for (const x of ranges) r.ranges.push(x);
-    if (runs.length > 0) for (const w of windows) r.windows.add(w.offset);
+    if (sendWindows) for (const w of windows) r.windows.add(w.offset);
     for (const x of runs) r.runs.add(x);
     this.give(r, devs);
     this.give(r, runBlocks(runs));
@@ -846,7 +859,7 @@ export class Reserves {
       if (results[0] !== ENXIO) this.ctx.log.warn({ file: m.inode.name, results: results.filter((x) => x !== 0).slice(0, 4) }, 'reserve not set');
       // Whatever part was set is cleared again, its notes adopted, the rest given back.
       await this.takeBack(r);
-      return;
+      return false;
     }
     // Counted once set in the agent (as staged ranges are): a store from then on is its.
     if (r.staged.length === 0) this.ctx.bump(m, 'reserveGrants');
@@ -857,6 +870,30 @@ export class Reserves {
     // the reserve was set there, after this time had been taken) came here and took
     // the new reserve back (seen under load in test/daemon/reserve.test.ts).
     r.since = monotonicNow();
+    if (deferRuns) {
+      r.addingRuns = true;
+      void this.sendInitialRuns(r);
+    }
+    return wakeCue;
+  }
+
+  /**
+   * A new reserve's first runs for its windows (INITIAL_RUNS at most, within the
+   * budget: each block of a run counts until it is adopted or given back), sent once
+   * the grant has answered.
+   */
+  private async sendInitialRuns(r: Live): Promise<void> {
+    try {
+      const budget = r.client.budget;
+      const n = Math.min(INITIAL_RUNS, r.windows.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
+      if (n <= 0 || r.m.dead || this.byInode.get(r.m.inode.id) !== r) return;
+      const runs = await this.takeRuns(n);
+      if (runs.length > 0) await this.sendRuns(r, runs);
+    } catch (err) {
+      this.ctx.log.warn({ err, file: r.m.inode.name }, 'the first runs of a reserve failed');
+    } finally {
+      r.addingRuns = false;
+    }
   }
 
   /**

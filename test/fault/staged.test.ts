@@ -154,6 +154,28 @@ forBackings(t, 'beside staged windows the reserve starts small, and a writer tha
   }
 }, { size: 64 << 20 });
 
+forBackings(t, 'beside staged windows the reserve\'s runs come after the grant: a dense writer in its window still has it upgraded', async (t, { pool }) => {
+  await pool.request('configure', [{ reserveWindow: 16 }]);
+  const size = 32 * MiB;
+  const pages = size / PAGE;
+  const f = await stagedFile(pool, 'runs', size);
+  const a0 = agentStats();
+  const s0 = await pool.stats();
+  const { m, stored } = await sparseWriter(pool, f, pages);
+  // The runs are taken and sent once the grant has answered (sendInitialRuns).
+  await until(async () => (await pool.stats()).reserveRuns > s0.reserveRuns, 'the grant\'s runs');
+  // A dense writer in chunk 0 (a window of the reserve, not staged): past the
+  // threshold its window is upgraded, its other pages installed from a run.
+  const dense: number[] = [];
+  for (let p = 1; p < HUGE / PAGE && dense.length < 64; p += 3) if (!stored.has(p)) dense.push(p);
+  tagAll(m, dense, stored);
+  await until(() => agentStats().upgrades > a0.upgrades, 'the window\'s upgrade');
+  await m.unmap();
+  t.equal(await wrong(f, size, stored), 0, 'every store reads back, zeros elsewhere');
+  t.ok((await pool.stats()).reserveUpgrades > s0.reserveUpgrades, 'the policy recorded the upgrade');
+  await f.close();
+}, { size: 64 << 20 });
+
 forBackings(t, 'a read of the file mid-way collects what was staged; the mapping goes on and its later stores land too', async (t, { pool }) => {
   const size = 16 * MiB;
   const pages = size / PAGE;
