@@ -340,7 +340,8 @@ export class FaultPolicy {
         return;
       }
       range.release();
-      await this.reserves.reclaim(m.inode);
+      // A reserve that ran dry is topped up, not taken back: the fault is then woken.
+      if (!(await this.reserves.dryFault(m, ev))) await this.reserves.reclaim(m.inode);
       range = await m.inode.rangeLock.acquireShared(chunk * HUGE, (chunk + 1) * HUGE);
     }
     let entry: LockHandle | undefined;

@@ -133,6 +133,10 @@ interface Live {
   scheduled: boolean;
   /** a top-up is scheduled or running */
   toppingUp: boolean;
+  /** the top-up running, if any (a dry fault waits for it: dryFault) */
+  topping: Promise<void> | null;
+  /** the grant's first runs are to be sent after it (sendInitialRuns) */
+  initialRunsDue: boolean;
   /** the low-water mark last sent to the agent (blocks) */
   low: number;
   /** the blocks a top-up brings the reserve up to (STAGED_RESERVE_BLOCKS, growing, with staged ranges) */
@@ -209,6 +213,8 @@ export class Reserves {
   private readonly gates = new Map<number, Promise<void>>();
   /** Test seam: DAXMAP_TEST_RESERVE_HOLD=1, read once (the worker's environment is fixed at its start). */
   private readonly hold = process.env.DAXMAP_TEST_RESERVE_HOLD === '1';
+  /** Test seam (with DAXMAP_TEST_HOOKS=1): DAXMAP_TEST_NO_TOPUP=1, no top-up at the low-water mark: a reserve runs dry. */
+  private readonly noTopUps = process.env.DAXMAP_TEST_HOOKS === '1' && process.env.DAXMAP_TEST_NO_TOPUP === '1';
   /** Region ranges [offset, length] adopted from upgraded windows' gaps, per mapping, until trim(). */
   private readonly gapsOf = new WeakMap<Mapping, [number, number][]>();
 
@@ -351,9 +357,9 @@ export class Reserves {
     this.ctx.bump(r.m, 'reserved', n);
     // The agent's reserve reached its low-water mark: add blocks before it runs dry,
     // so that no fault of the mapping has to come here for a take-back and a grant.
-    if (low && !r.toppingUp) {
+    if (low && !r.toppingUp && !this.noTopUps) {
       r.toppingUp = true;
-      void this.topUp(r);
+      r.topping = this.topUp(r);
     }
     // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
     // adopt; for the test of a process killed between native stores and adoption.
@@ -474,7 +480,31 @@ export class Reserves {
         range.release();
       }
     }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'topping up a reserve failed'))
-      .finally(() => { r.toppingUp = false; });
+      .finally(() => {
+        r.toppingUp = false;
+        r.topping = null;
+      });
+  }
+
+  /**
+   * A fault of `m` on a hole of its live reserve that the agent could not answer: the
+   * reserve ran dry (every block it was given is noted) before a top-up came. Top it
+   * up (or wait for the top-up under way) and say whether the reserve has blocks
+   * again: the fault, read before the top-up, is then retryable() and only woken. A
+   * take-back instead (as until 2026-12-01) cost a new grant, and beside staged ranges
+   * the copy of every staged page: a stall of tens of ms, then a trap per store into
+   * windows staged before. Not the locks: the caller released them.
+   */
+  async dryFault(m: Mapping, ev: FaultEvent): Promise<boolean> {
+    const r = this.byInode.get(m.inode.id);
+    if (r === undefined || r.m !== m || r.blocks > 0 || !inRanges(r.ranges, ev.offset) || r.noted.has(ev.offset)) return false;
+    this.ctx.bump(m, 'reserveDry');
+    if (r.topping === null) {
+      r.toppingUp = true;
+      r.topping = this.topUp(r);
+    }
+    await r.topping;
+    return this.byInode.get(m.inode.id) === r && r.blocks > 0;
   }
 
   /**
@@ -724,7 +754,7 @@ export class Reserves {
   async grant(m: Mapping, cue?: number): Promise<boolean> {
     if (!this.eligible(m)) return false;
     const ino = m.inode;
-    return withOperation('reserve', async () => {
+    const woke = await withOperation('reserve', async () => {
       const range: LockHandle = await ino.rangeLock.acquireExclusive(0, RANGE_END);
       try {
         return await this.gate(ino.id, () => this.grantLocked(m, cue));
@@ -732,6 +762,13 @@ export class Reserves {
         range.release();
       }
     });
+    const r = this.byInode.get(ino.id);
+    if (r !== undefined && r.initialRunsDue) {
+      r.initialRunsDue = false;
+      r.addingRuns = true;
+      void this.sendInitialRuns(r);
+    }
+    return woke;
   }
 
   /** `mine`: the reserve of the file being granted, live already (its staged ranges). */
@@ -771,7 +808,7 @@ export class Reserves {
     const windows = staged.length > 0 ? holes.windows.filter((w) => !inRanges(staged, w.offset)) : holes.windows;
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(), blocks: 0, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, low: 0, target: RESERVE_BLOCKS,
+      m, client: m.client, key, given: new Set(), blocks: 0, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, topping: null, initialRunsDue: false, low: 0, target: RESERVE_BLOCKS,
       since: monotonicNow(), ranges: [], windows: new Set(), upgraded: new Map(), runs: new Set(), gaps: [],
       addingRuns: false, runsStarved: false, staged: [...staged], stageFd: fd, promised: fd >= 0 ? promised : 0,
     };
@@ -870,10 +907,8 @@ export class Reserves {
     // the reserve was set there, after this time had been taken) came here and took
     // the new reserve back (seen under load in test/daemon/reserve.test.ts).
     r.since = monotonicNow();
-    if (deferRuns) {
-      r.addingRuns = true;
-      void this.sendInitialRuns(r);
-    }
+    // Started by grant(), once out of this operation and its locks.
+    r.initialRunsDue = deferRuns;
     return wakeCue;
   }
 
@@ -884,11 +919,13 @@ export class Reserves {
    */
   private async sendInitialRuns(r: Live): Promise<void> {
     try {
-      const budget = r.client.budget;
-      const n = Math.min(INITIAL_RUNS, r.windows.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
-      if (n <= 0 || r.m.dead || this.byInode.get(r.m.inode.id) !== r) return;
-      const runs = await this.takeRuns(n);
-      if (runs.length > 0) await this.sendRuns(r, runs);
+      await withOperation('reserve', async () => {
+        const budget = r.client.budget;
+        const n = Math.min(INITIAL_RUNS, r.windows.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
+        if (n <= 0 || r.m.dead || this.byInode.get(r.m.inode.id) !== r) return;
+        const runs = await this.takeRuns(n);
+        if (runs.length > 0) await this.sendRuns(r, runs);
+      });
     } catch (err) {
       this.ctx.log.warn({ err, file: r.m.inode.name }, 'the first runs of a reserve failed');
     } finally {

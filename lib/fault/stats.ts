@@ -38,6 +38,8 @@ export interface FaultStatsSnapshot {
   reserveTopUps: number;
   /** reserves taken back (cleared in the agent, every note adopted, the unused blocks given back) */
   reserveTakeBacks: number;
+  /** faults that found their reserve dry (every block noted) and waited for a top-up instead of a take-back */
+  reserveDry: number;
   /** reserve windows the agent installed whole from a run after their threshold (docs/fault-policy.md, "Reserve windows") */
   reserveUpgrades: number;
   /** pages of evicted reserve-window gaps that held only zeros, made holes again (docs/fault-policy.md, "Reserve windows") */
@@ -68,7 +70,7 @@ const BUCKETS = LATENCY_BOUNDS_US.length + 1;
 export type CounterName =
   | 'faults' | 'read' | 'write' | 'writeProtect' | 'hole' | 'unwritten' | 'written' | 'beyondEof'
   | 'pmd' | 'pte' | 'zeroPage' | 'copy' | 'sigbus' | 'spurious' | 'raced' | 'evictions' | 'revokes'
-  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveUpgrades' | 'reserveRuns' | 'trimmed' | 'staged' | 'stagedLost';
+  | 'recovered' | 'fallback' | 'decided' | 'reserved' | 'ahead' | 'stock' | 'reserveGrants' | 'reserveTopUps' | 'reserveTakeBacks' | 'reserveDry' | 'reserveUpgrades' | 'reserveRuns' | 'trimmed' | 'staged' | 'stagedLost';
 
 /** Counters and a latency histogram; a child (one file's) also feeds its parent (the pool's). */
 export class FaultStats {
@@ -105,6 +107,7 @@ export class FaultStats {
   reserveGrants = 0;
   reserveTopUps = 0;
   reserveTakeBacks = 0;
+  reserveDry = 0;
   reserveUpgrades = 0;
   reserveRuns = 0;
   trimmed = 0;
@@ -149,7 +152,7 @@ export class FaultStats {
       pmd: this.pmd, pte: this.pte, zeroPage: this.zeroPage, copy: this.copy, sigbus: this.sigbus,
       spurious: this.spurious, raced: this.raced, evictions: this.evictions, revokes: this.revokes, recovered: this.recovered, fallback: this.fallback,
       decided: this.decided, reserved: this.reserved, ahead: this.ahead, stock: this.stock, reserveGrants: this.reserveGrants,
-      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveUpgrades: this.reserveUpgrades, reserveRuns: this.reserveRuns, trimmed: this.trimmed, staged: this.staged, stagedLost: this.stagedLost, installedWindows, ...log,
+      reserveTopUps: this.reserveTopUps, reserveTakeBacks: this.reserveTakeBacks, reserveDry: this.reserveDry, reserveUpgrades: this.reserveUpgrades, reserveRuns: this.reserveRuns, trimmed: this.trimmed, staged: this.staged, stagedLost: this.stagedLost, installedWindows, ...log,
       latencyUs: { p50: this.percentile(0.5), p90: this.percentile(0.9), p99: this.percentile(0.99), max: Math.round(this.maxUs), count: this.samples },
       latencyHistogram: { boundsUs: [...LATENCY_BOUNDS_US], counts: [...this.hist], sumUs: this.sumUs },
     };

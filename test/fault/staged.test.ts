@@ -176,6 +176,25 @@ forBackings(t, 'beside staged windows the reserve\'s runs come after the grant: 
   await f.close();
 }, { size: 64 << 20 });
 
+t.test('a reserve beside staged windows that runs dry is topped up, not taken back: nothing staged is copied before its time', async (t) => {
+  const p = `/dev/shm/daxmap-dry-${process.pid}`;
+  t.teardown(() => fs.rmSync(p, { force: true }));
+  const child = spawn(process.execPath, [`${FIXTURES}/reserve-dry-child.js`, p], {
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, DAXMAP_TEST_HOOKS: '1', DAXMAP_TEST_NO_TOPUP: '1' },
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+  t.equal(code, 0, `the child ran (${out.trim().slice(0, 300)})`);
+  const r = JSON.parse(out.trim().split('\n').pop() ?? '{}') as { dry: number; takeBacks: number; stagedBefore: number; stagedAtUnmap: number; lost: number; stores: number; bad: number };
+  t.ok(r.dry >= 1, `the reserve ran dry (${r.dry} faults found it so)`);
+  t.equal(r.takeBacks, 0, 'and was not taken back');
+  t.equal(r.stagedBefore, 0, 'no staged page was copied while the writer went on');
+  t.equal(r.stagedAtUnmap, 50, 'the unmap copied the 50 staged stores');
+  t.equal(r.lost, 0, 'none lost');
+  t.equal(r.bad, 0, `all ${r.stores} stores read back, zeros elsewhere`);
+});
+
 forBackings(t, 'a read of the file mid-way collects what was staged; the mapping goes on and its later stores land too', async (t, { pool }) => {
   const size = 16 * MiB;
   const pages = size / PAGE;
