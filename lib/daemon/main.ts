@@ -6,6 +6,7 @@ import { parseSize } from '../util/units';
 import { isDaxError } from '../errors';
 import { parseCommandLine, UsageError } from '../util/cli-args';
 import { notifySystemd } from './notify';
+import { backgroundNiceFromEnv, lowerBackgroundThreads } from './priority';
 // Loaded only once the logger is configured: modules that take their logger when
 // they load (the service, the pool) must get the daemon's (stdout, --log-level).
 import type { Daemon } from './daemon';
@@ -100,7 +101,11 @@ export async function run(argv = process.argv.slice(2)): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  // Before any thread of ours (or the logger's) exists: only Node's and V8's are lowered.
+  const nice = backgroundNiceFromEnv();
+  const lowered = lowerBackgroundThreads(nice);
   const log = configureLogger({ name: 'daxmapd', level: args.logLevel, fd: 1, pretty: process.stdout.isTTY === true });
+  if (lowered > 0) log.debug({ threads: lowered, nice }, 'V8\'s background threads lowered');
   let daemon: Daemon;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
