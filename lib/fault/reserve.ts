@@ -14,7 +14,7 @@
 // for a live reserve with its chunk's range lock held, and takes the reserve back
 // before it resolves (policy.ts): so a fault is never resolved while a reserve of its
 // file is live, and the ranges granted stay holes until the reserve is taken back.
-import { RANGE_END, withOperation, type LockHandle } from '../lock/index';
+import { RANGE_END, outsideOperation, withOperation, type LockHandle } from '../lock/index';
 import { native } from '../native/addon';
 import { monotonicNow } from '../native/engine';
 import { A_WINDOW, A_WP, EV_LOW, EV_NOTE, EV_RUN, EV_WRITE, Op, STAGE_OWN_FD, noteDevOffset, reservePayload, reserveRangesPayload, reserveWindowsPayload, type AnswerSpec, type FaultEvent, type ReserveWindow } from '../native/frames';
@@ -766,7 +766,8 @@ export class Reserves {
     if (r !== undefined && r.initialRunsDue) {
       r.initialRunsDue = false;
       r.addingRuns = true;
-      void this.sendInitialRuns(r);
+      // New work, not a part of whatever operation the caller is in.
+      outsideOperation(() => void this.sendInitialRuns(r));
     }
     return woke;
   }
