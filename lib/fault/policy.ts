@@ -266,7 +266,7 @@ export class FaultPolicy {
     if (ev.flags & EV_WP) this.ctx.bump(m, 'writeProtect');
     if (ev.flags & EV_WRITE) this.ctx.bump(m, 'write'); else this.ctx.bump(m, 'read');
     let woken = false;
-    if ((this.sparseRun.get(m) ?? 0) + 1 >= (m.faultAround ? SPARSE_RUN : 1) && !this.reserves.live(m.inode) &&
+    if (this.reserves.mode === 'on' && (this.sparseRun.get(m) ?? 0) + 1 >= (m.faultAround ? SPARSE_RUN : 1) && !this.reserves.live(m.inode) &&
       this.resolver.sparseHoleWrite(m, ev, m.fileOffset + ev.offset)) {
       // The write that makes the mapping a sparse writer: its reserve (and staged
       // ranges, not in this fault's window) first, then the fault, which finds the

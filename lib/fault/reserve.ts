@@ -131,9 +131,7 @@ interface Live {
   readonly noted: Set<number>;
   /** a batch adoption is scheduled */
   scheduled: boolean;
-  /** a top-up is scheduled or running */
-  toppingUp: boolean;
-  /** the top-up running, if any (a dry fault waits for it: dryFault) */
+  /** the top-up scheduled or running, if any (a dry fault waits for it: dryFault) */
   topping: Promise<void> | null;
   /** the grant's first runs are to be sent after it (sendInitialRuns) */
   initialRunsDue: boolean;
@@ -357,10 +355,7 @@ export class Reserves {
     this.ctx.bump(r.m, 'reserved', n);
     // The agent's reserve reached its low-water mark: add blocks before it runs dry,
     // so that no fault of the mapping has to come here for a take-back and a grant.
-    if (low && !r.toppingUp && !this.noTopUps) {
-      r.toppingUp = true;
-      r.topping = this.topUp(r);
-    }
+    if (low && !this.noTopUps) this.startTopUp(r);
     // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
     // adopt; for the test of a process killed between native stores and adoption.
     if (!r.scheduled && !this.hold) {
@@ -480,10 +475,13 @@ export class Reserves {
         range.release();
       }
     }).catch((err: unknown) => this.ctx.log.warn({ err, file: ino.name }, 'topping up a reserve failed'))
-      .finally(() => {
-        r.toppingUp = false;
-        r.topping = null;
-      });
+      .finally(() => { r.topping = null; });
+  }
+
+  /** The top-up of `r` under way, or a new one. */
+  private startTopUp(r: Live): Promise<void> {
+    r.topping ??= this.topUp(r);
+    return r.topping;
   }
 
   /**
@@ -499,11 +497,7 @@ export class Reserves {
     const r = this.byInode.get(m.inode.id);
     if (r === undefined || r.m !== m || r.blocks > 0 || !inRanges(r.ranges, ev.offset) || r.noted.has(ev.offset)) return false;
     this.ctx.bump(m, 'reserveDry');
-    if (r.topping === null) {
-      r.toppingUp = true;
-      r.topping = this.topUp(r);
-    }
-    await r.topping;
+    await this.startTopUp(r);
     return this.byInode.get(m.inode.id) === r && r.blocks > 0;
   }
 
@@ -809,7 +803,7 @@ export class Reserves {
     const windows = staged.length > 0 ? holes.windows.filter((w) => !inRanges(staged, w.offset)) : holes.windows;
     const key = `${m.client.id}:${m.region}`;
     const r: Live = {
-      m, client: m.client, key, given: new Set(), blocks: 0, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, toppingUp: false, topping: null, initialRunsDue: false, low: 0, target: RESERVE_BLOCKS,
+      m, client: m.client, key, given: new Set(), blocks: 0, notes: emptyListOf<ReservedPair>({ fb: 0, dev: 0 }), noted: new Set(), scheduled: false, topping: null, initialRunsDue: false, low: 0, target: RESERVE_BLOCKS,
       since: monotonicNow(), ranges: [], windows: new Set(), upgraded: new Map(), runs: new Set(), gaps: [],
       addingRuns: false, runsStarved: false, staged: [...staged], stageFd: fd, promised: fd >= 0 ? promised : 0,
     };
