@@ -88,7 +88,12 @@ export function parseArgs(argv: string[]): Args {
   };
 }
 
-export async function run(argv = process.argv.slice(2)): Promise<void> {
+/**
+ * `startupThreads`: the thread ids the process had before any of daxmap's modules
+ * loaded (bin/daxmapd lists them first): Node's and V8's own, lowered to
+ * DAXMAP_BACKGROUND_NICE. Without it nothing is lowered.
+ */
+export async function run(argv = process.argv.slice(2), startupThreads: readonly number[] = []): Promise<void> {
   let args: Args;
   try {
     args = parseArgs(argv);
@@ -101,9 +106,8 @@ export async function run(argv = process.argv.slice(2)): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
-  // Before any thread of ours (or the logger's) exists: only Node's and V8's are lowered.
   const nice = backgroundNiceFromEnv();
-  const lowered = lowerBackgroundThreads(nice);
+  const lowered = lowerBackgroundThreads(nice, startupThreads);
   const log = configureLogger({ name: 'daxmapd', level: args.logLevel, fd: 1, pretty: process.stdout.isTTY === true });
   if (lowered > 0) log.debug({ threads: lowered, nice }, 'V8\'s background threads lowered');
   let daemon: Daemon;

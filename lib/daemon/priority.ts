@@ -1,13 +1,16 @@
 // The daemon's own background threads at a low priority (docs/daemon.md, "Threads
-// and priorities"). When daxmapd starts, the threads it has besides its main thread
-// are Node's and V8's: V8's platform workers, which compile hot JavaScript
+// and priorities"). Before any of daxmap's modules load (bin/daxmapd lists them
+// then), the threads daxmapd has besides its main thread are Node's and V8's: V8's platform workers, which compile hot JavaScript
 // (TurboFan) and help the garbage collector, and their task scheduler. On a machine
 // whose CPUs the daemon's clients keep busy, a compile job of 10–20 ms shared a CPU
 // with a faulting client in scheduler slices (4 ms stalls every 8 ms in row 8 of the
 // bench). At nice 19 they take only CPU time no client wants. The main thread, the
 // libuv pool (the reserve's refill: faults wait for it) and daxmap's native threads
-// keep their priority; the zeroer has its own thread at nice 19 already.
-import fs from 'node:fs';
+// keep their priority; the zeroer has its own thread at nice 19 already. Listed any
+// later, the threads would include libuv's pool when something had used it while the
+// modules loaded (it had, in the test suite's daemons). A thread inherits the nice
+// value of the thread that starts it: with modules preloaded through NODE_OPTIONS
+// (--import), their loader thread is lowered too, and so is whatever it starts.
 import os from 'node:os';
 
 /** DAXMAP_BACKGROUND_NICE: the nice value (1–19) of those threads; 0 leaves them alone. Default 19. */
@@ -19,15 +22,14 @@ export function backgroundNiceFromEnv(): number {
 }
 
 /**
- * Every thread of this process but the main one, at `nice` (a per-thread nice value:
- * setpriority on a thread id). Call first thing, before any other thread is started.
- * Returns how many threads were lowered; a thread that ended meanwhile is skipped.
+ * The threads `tids` of this process but the main one, at `nice` (a per-thread nice
+ * value: setpriority on a thread id). Returns how many were lowered; a thread that
+ * ended meanwhile is skipped.
  */
-export function lowerBackgroundThreads(nice: number): number {
+export function lowerBackgroundThreads(nice: number, tids: readonly number[]): number {
   if (nice <= 0) return 0;
   let n = 0;
-  for (const name of fs.readdirSync('/proc/self/task')) {
-    const tid = Number(name);
+  for (const tid of tids) {
     if (tid === process.pid) continue;
     try {
       os.setPriority(tid, nice);
