@@ -355,7 +355,7 @@ export class Reserves {
     this.ctx.bump(r.m, 'reserved', n);
     // The agent's reserve reached its low-water mark: add blocks before it runs dry,
     // so that no fault of the mapping has to come here for a take-back and a grant.
-    if (low && !this.noTopUps) this.startTopUp(r);
+    if (low && !this.noTopUps) void this.startTopUp(r);
     // Test seam (DAXMAP_TEST_RESERVE_HOLD=1): no batch adoption, only take-backs
     // adopt; for the test of a process killed between native stores and adoption.
     if (!r.scheduled && !this.hold) {
