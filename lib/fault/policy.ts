@@ -143,6 +143,11 @@ export class FaultPolicy {
     this.reserves.beforeAdopt = fn;
   }
 
+  /** Test seam: called at the end of an adoption, its locks still held. */
+  set afterAdopt(fn: (() => void | Promise<void>) | null) {
+    this.reserves.afterAdopt = fn;
+  }
+
   /** Some reserve is live (granted and not taken back). */
   get reservesLive(): boolean {
     return this.reserves.count > 0;

@@ -197,6 +197,17 @@ function emptyListOf<T extends object>(sample: T): T[] {
   return a;
 }
 
+/**
+ * A reserve's background work (a batch adoption, a top-up, runs): an operation of its
+ * own at the root, whoever starts it. Started inside another operation (an adoption
+ * that restarts the runs, a grant that sends its first runs) it inherited that
+ * operation's locks in the lock validator, which then saw the file's range requested
+ * while held ("reserve > reserve") and threw, though the caller never waits for it.
+ */
+function background<T>(fn: () => Promise<T>): Promise<T> {
+  return outsideOperation(() => withOperation('reserve', fn));
+}
+
 export class Reserves {
   mode: ReserveMode = defaultReserveMode();
   /** Native installs in a reserve window before the rest of it is installed from a run; 0: no windows. */
@@ -205,6 +216,8 @@ export class Reserves {
   stage = defaultStage();
   /** Test seam: called after the notes of a batch are received, before they are adopted. */
   beforeAdopt: (() => void | Promise<void>) | null = null;
+  /** Test seam: called at the end of an adoption, its locks still held (a slow tail). */
+  afterAdopt: (() => void | Promise<void>) | null = null;
   private readonly byInode = new Map<number, Live>();
   /** `${client.id}:${region}` → the live reserve (kept until its last note is in). */
   private readonly byRegion = new Map<string, Live>();
@@ -420,7 +433,7 @@ export class Reserves {
     r.scheduled = false;
     if (this.byInode.get(r.m.inode.id) !== r || r.notes.length === 0) return;
     const ino = r.m.inode;
-    await withOperation('reserve', async () => {
+    await background(async () => {
       const range = await ino.rangeLock.acquireShared(0, RANGE_END);
       try {
         await this.gate(ino.id, () => (this.byInode.get(ino.id) === r ? this.adopt(r) : Promise.resolve()));
@@ -450,7 +463,7 @@ export class Reserves {
   private async topUp(r: Live): Promise<void> {
     const m = r.m;
     const ino = m.inode;
-    await withOperation('reserve', async () => {
+    await background(async () => {
       const budget = r.client.budget;
       if (m.dead || this.byInode.get(ino.id) !== r) return;
       // A reserve that started small (beside staged ranges) grows with its writer.
@@ -625,6 +638,7 @@ export class Reserves {
       r.addingRuns = true;
       void this.addRuns(r);
     }
+    await this.afterAdopt?.();
   }
 
   private async revokePages(m: Mapping, offsets: number[]): Promise<void> {
@@ -760,8 +774,7 @@ export class Reserves {
     if (r !== undefined && r.initialRunsDue) {
       r.initialRunsDue = false;
       r.addingRuns = true;
-      // New work, not a part of whatever operation the caller is in.
-      outsideOperation(() => void this.sendInitialRuns(r));
+      void this.sendInitialRuns(r);
     }
     return woke;
   }
@@ -914,7 +927,7 @@ export class Reserves {
    */
   private async sendInitialRuns(r: Live): Promise<void> {
     try {
-      await withOperation('reserve', async () => {
+      await background(async () => {
         const budget = r.client.budget;
         const n = Math.min(INITIAL_RUNS, r.windows.size, Math.floor((budget.limit - budget.used) / RUN_BLOCKS));
         if (n <= 0 || r.m.dead || this.byInode.get(r.m.inode.id) !== r) return;
@@ -1142,7 +1155,7 @@ export class Reserves {
   private async addRuns(r: Live): Promise<void> {
     const m = r.m;
     const ino = m.inode;
-    await withOperation('reserve', async () => {
+    await background(async () => {
       // In batches of RUNS_BATCH, each sent as soon as it is zeroed: a writer that
       // upgrades one window is about to upgrade many, and fills single blocks meanwhile.
       for (;;) {

@@ -99,10 +99,10 @@ export const OPS = {
   /** Faults on a path fail after their locks are taken, or with delayMs take that long there (a fault in flight). */
   testInject: spec({
     access: 'test',
-    args: (a): [{ where: 'huge' | 'page' | 'any' | 'adopt' | null; code: string; delayMs: number | null }] => {
+    args: (a): [{ where: 'huge' | 'page' | 'any' | 'adopt' | 'adopted' | null; code: string; delayMs: number | null }] => {
       const delayMs = field(a[0], 'delayMs');
       return [{
-        where: (field(a[0], 'where') ?? null) as 'huge' | 'page' | 'any' | 'adopt' | null,
+        where: (field(a[0], 'where') ?? null) as 'huge' | 'page' | 'any' | 'adopt' | 'adopted' | null,
         code: (field(a[0], 'code') ?? 'EIO') as string,
         delayMs: delayMs === undefined ? null : int('delayMs', delayMs, 0, 60000),
       }];

@@ -308,11 +308,11 @@ export class Service {
     lockdep: () => done(lockdep.enabled ? lockdep.violations().map((x) => ({ ...x })) : null),
     testInject: (_conn, { where, code, delayMs }) => {
       // 'adopt': each batch of a reserve's notes waits delayMs before it is adopted.
-      if (where === 'adopt') {
-        this.policy.beforeAdopt = () => new Promise<void>((res) => setTimeout(res, delayMs ?? 0));
-        return done();
-      }
-      this.policy.beforeAdopt = null;
+      // 'adopted': each adoption holds its locks delayMs longer once done.
+      const wait = (): Promise<void> => new Promise<void>((res) => setTimeout(res, delayMs ?? 0));
+      this.policy.beforeAdopt = where === 'adopt' ? wait : null;
+      this.policy.afterAdopt = where === 'adopted' ? wait : null;
+      if (where === 'adopt' || where === 'adopted') return done();
       this.policy.inject = where === null ? null : (w) => {
         if (where !== 'any' && where !== w) return;
         if (delayMs !== null) return new Promise<void>((res) => setTimeout(res, delayMs));
