@@ -29,6 +29,10 @@ for (const reserve of ['on', 'off'] as const) {
     const wm = await w.map({ faultAround: false });
     for (let p = 0; p < 64; p++) wm.buffer[p * PAGE * 3] = 1;
     await wm.unmap();
+    // ...and the refill after its grants is done: the stock is full before the sync
+    // faults (on a loaded machine a refill still under way left it empty for a few,
+    // which then allocated and zeroed on the fault path, as they may).
+    await pool.request('settled');
     const f = await pool.openFile('s', { create: true });
     await f.truncate(256 * PAGE);
     // a read first: the zero page there must be taken back when a sync fault makes the block
