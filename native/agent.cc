@@ -933,7 +933,7 @@ int Agent::ExecuteOne(const Answer& a, const uint8_t* payload, int32_t* value) {
     case kOpStage:
       e = (a.flags != 0 || a.flags2 != 0 || a.payload != 0 || (a.dev_offset > INT32_MAX && a.dev_offset != kStageOwnFd))
               ? EINVAL
-              : r->Stage(a.offset, a.length,
+              : r->Stage(uffd_, a.offset, a.length,
                          a.dev_offset == kStageOwnFd ? Region::kOwnFd : static_cast<int>(a.dev_offset));
       break;
     case kOpStagePrepare:

@@ -241,6 +241,66 @@ uint64_t Region::ClearReserve() {
   return unused;
 }
 
+namespace {
+// Move a registered spare over [to, to+len) in one atomic step, so no access can
+// land in between and meet unregistered memory.
+int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len, int prot) {
+  void* spare = mmap(nullptr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (spare == MAP_FAILED) return errno;
+  int e = u.Register(reinterpret_cast<uintptr_t>(spare), len);
+  if (e != 0) {
+    munmap(spare, len);
+    return e;
+  }
+  void* r = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(to));
+  if (r == MAP_FAILED) {
+    e = errno;
+    munmap(spare, len);
+    return e;
+  }
+  return 0;
+}
+
+// At most this many aligned 2 MiB ranges in an install are split (MapFixed): more is
+// an install made ahead (at map time, a decided range), where no trap left a page table.
+constexpr uint64_t kSplitMaxChunks = 4;
+
+// mmap(MAP_FIXED) of fd's [foff, foff+len) over [addr, addr+len). With `split`, no
+// single call replaces a whole aligned 2 MiB range: each such range inside is cut at
+// its middle, and the pieces merge back into one VMA (the same file, consecutive
+// offsets). A call that replaces a whole aligned range frees its page table; where a
+// trapped fault had allocated that table, the first pass over the window's pages then
+// cost about 2 us a page on this VM, with no guest fault, and not with the window
+// mapped in two calls (docs/faults.md, "The slow first pass"). Only where pages are
+// mapped 4 KiB at a time: a huge device's window must be one call, for its PMD. If a
+// later piece fails, the earlier ones are made registered holes again (with
+// `hole_prot`), and its errno is returned.
+int MapFixed(const Uffd& u, uintptr_t addr, uint64_t len, int prot, int flags, int fd, uint64_t foff, bool split,
+             int hole_prot) {
+  uint64_t cuts[kSplitMaxChunks];
+  size_t n = 0;
+  if (split) {
+    uint64_t first = (addr + k2M - 1) & ~(k2M - 1);
+    uint64_t chunks = first + k2M <= addr + len ? (addr + len - first) / k2M : 0;
+    if (chunks <= kSplitMaxChunks) {
+      for (uint64_t c = 0; c < chunks; c++) cuts[n++] = first + c * k2M + k2M / 2;
+    }
+  }
+  uintptr_t at = addr;
+  for (size_t i = 0; i <= n; i++) {
+    uintptr_t end = i < n ? cuts[i] : addr + len;
+    void* p = mmap(reinterpret_cast<void*>(at), end - at, prot, flags, fd, static_cast<off_t>(foff + (at - addr)));
+    if (p == MAP_FAILED) {
+      int e = errno;
+      if (at > addr) (void)MoveSpareOver(u, addr, at - addr, hole_prot);
+      return e;
+    }
+    at = end;
+  }
+  return 0;
+}
+}  // namespace
+
 int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev, uint64_t dev_off, uint8_t flags,
                     uint16_t flags2, bool wake) {
   if (dev_off > dev.size() || len > dev.size() - dev_off) return EINVAL;
@@ -267,8 +327,11 @@ int Region::Install(const Uffd& u, uint64_t off, uint64_t len, const Device& dev
   }
   int prot = PROT_READ | (writable ? PROT_WRITE : 0);
   int mflags = (priv ? MAP_PRIVATE : MAP_SHARED) | MAP_FIXED;
-  void* p = mmap(reinterpret_cast<void*>(base_ + off), len, prot, mflags, dev.fd(), static_cast<off_t>(dev_off));
-  if (p == MAP_FAILED) return errno;  // ENOMEM here is usually vm.max_map_count: reported, never retried
+  bool split = dev.align() == kPage && !dev.huge();  // 4 KiB pages: see MapFixed
+  int me = MapFixed(u, base_ + off, len, prot, mflags, dev.fd(), dev_off, split,
+                    read_only_ ? PROT_READ : PROT_READ | PROT_WRITE);
+  if (me != 0) return me;  // ENOMEM here is usually vm.max_map_count: reported, never retried
+  void* p = reinterpret_cast<void*>(base_ + off);
   // A huge=advise tmpfs allocates 2 MiB folios only where asked: ask for an aligned
   // whole window, so its first fault (or the populate below) maps one PMD.
   if (dev.huge_advise() && !priv && len % k2M == 0 && (base_ + off) % k2M == 0 && dev_off % k2M == 0)
@@ -324,7 +387,7 @@ int Region::StagePrepare(int32_t* fd) {
   return 0;
 }
 
-int Region::Stage(uint64_t off, uint64_t len, int fd) {
+int Region::Stage(const Uffd& u, uint64_t off, uint64_t len, int fd) {
   if (read_only_) return EROFS;
   std::lock_guard<std::mutex> g(reserve_mu);
   if (fd == kOwnFd) {
@@ -333,9 +396,10 @@ int Region::Stage(uint64_t off, uint64_t len, int fd) {
   }
   int e = CheckStagingMemfd(fd, off + len);
   if (e != 0) return e;
-  void* p = mmap(reinterpret_cast<void*>(base_ + off), len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
-                 static_cast<off_t>(off));
-  if (p == MAP_FAILED) return errno;
+  // A memfd of 4 KiB pages: split (MapFixed) like a 4 KiB device's window.
+  int me = MapFixed(u, base_ + off, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, off, true,
+                    PROT_READ | PROT_WRITE);
+  if (me != 0) return me;
   if (!reserve.ranges.empty()) reserve.RemoveRange(off, off + len);
   for (auto it = reserve.windows.lower_bound(off & ~(k2M - 1)); it != reserve.windows.end() && it->first < off + len;) {
     if (it->first + k2M > off)
@@ -411,27 +475,6 @@ int Region::Unprotect(const Uffd& u, uint64_t off, uint64_t len, bool wake) {
 }
 
 int Region::Wake(const Uffd& u, uint64_t off, uint64_t len) { return u.Wake(base_ + off, len); }
-
-namespace {
-// Move a registered spare over [to, to+len) in one atomic step, so no access can
-// land in between and meet unregistered memory.
-int MoveSpareOver(const Uffd& u, uintptr_t to, uint64_t len, int prot) {
-  void* spare = mmap(nullptr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (spare == MAP_FAILED) return errno;
-  int e = u.Register(reinterpret_cast<uintptr_t>(spare), len);
-  if (e != 0) {
-    munmap(spare, len);
-    return e;
-  }
-  void* r = mremap(spare, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(to));
-  if (r == MAP_FAILED) {
-    e = errno;
-    munmap(spare, len);
-    return e;
-  }
-  return 0;
-}
-}  // namespace
 
 int Region::Revoke(const Uffd& u, uint64_t off, uint64_t len) {
   int e = MoveSpareOver(u, base_ + off, len, read_only_ ? PROT_READ : PROT_READ | PROT_WRITE);

@@ -177,7 +177,7 @@ class Region {
   // 0 or errno (EINVAL: not a memfd, or shorter than off+len; EROFS: a read-only
   // region). Does not wake.
   // fd kOwnFd: the region's own memfd (ENOENT if StagePrepare made none).
-  int Stage(uint64_t off, uint64_t len, int fd);
+  int Stage(const Uffd& u, uint64_t off, uint64_t len, int fd);
   static constexpr int kOwnFd = -1;
   // Creates the region's own staging memfd (as long as the region, sparse,
   // close-on-exec) if it has none: a policy in another process takes it with

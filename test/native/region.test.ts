@@ -140,6 +140,45 @@ for (const kind of ['tmpfs', 'disk'] as const) {
   });
 }
 
+// A trapped 2 MiB window of a 4 KiB device is mapped in two calls (native/region.cc,
+// MapFixed: the page table the trap allocated is kept; docs/faults.md, "The slow first
+// pass"). The pieces must merge back: one VMA a window or fewer (the window budget
+// counts one), every page the device's own.
+for (const kind of ['tmpfs', 'disk'] as const) {
+  t.test(`${kind}: windows installed from the trap are whole VMAs of the device`, async (t) => {
+    const WIN = 2 << 20;
+    const N = 3;
+    const h = await Handler.start();
+    const { dev, path: devPath, cleanup } = tempDevice(kind, N * WIN);
+    t.teardown(async () => {
+      await h.stop();
+      cleanup();
+    });
+    for (let p = 0; p < (N * WIN) / PAGE; p++) dev.view(p * PAGE, 4).writeUInt32LE(p + 1);
+    const r = new TrappedRegion(N * WIN);
+    await h.rule(r.id, { mode: 'install', device: dev.deviceId, window: WIN, populate: true });
+    r.bind(h.ref);
+    const b = r.buffer;
+    // The first window trapped in its second half, the others in their first.
+    const order = [WIN / 2 + PAGE, WIN + 5 * PAGE, 2 * WIN];
+    for (const off of order) t.equal(b.readUInt32LE(off), off / PAGE + 1);
+    t.equal((await h.report()).log.length, N, 'one trap a window');
+    let bad = 0;
+    for (let p = 0; p < (N * WIN) / PAGE; p++) if (b.readUInt32LE(p * PAGE) !== p + 1) bad++;
+    t.equal(bad, 0, 'every page is the device page at its offset');
+    const lo = r.address;
+    const hi = lo + BigInt(N * WIN);
+    const vmas = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(l);
+      return m !== null && BigInt(`0x${m[1]}`) < hi && BigInt(`0x${m[2]}`) > lo;
+    });
+    const ofDev = vmas.filter((l) => l.endsWith(devPath));
+    t.ok(ofDev.length >= 1 && ofDev.length <= N, `the device's windows are ${ofDev.length} VMA(s) (at most ${N}): ${vmas.length} in the region`);
+    t.equal(vmas.length, ofDev.length, 'nothing else is left in the region');
+    r.close();
+  });
+}
+
 t.test('zero page, then a write traps again as a write-protect fault', async (t) => {
   const h = await Handler.start();
   const { dev, cleanup } = tempDevice('tmpfs', 16 * PAGE);

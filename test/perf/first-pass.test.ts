@@ -43,6 +43,9 @@ function variants(): Variant[] {
       }
     }
   }
+  // daxmap's install since 2026-12-02: a 2 MiB window from the trap mapped in two halves,
+  // so the page table the trapped fault allocated is not freed (native/region.cc, MapFixed).
+  for (const pop of ['none', 'read', 'write']) add(`uffd on the trap, 2048 KiB in two halves, populate ${pop}`, true, 'mode=trap', 'window=2048', `pop=${pop}`, 'split=1');
   return out;
 }
 

@@ -21,6 +21,9 @@
 //   unmap_before=0    1: unmap the reserved region before each MAP_FIXED install
 //   settle=0          ms to wait after the churn (free page reporting runs 2 s after a free)
 //   wp=1              register MISSING|WP with daxmap's features (native/uffd.cc); 0: MISSING only
+//   split=0           1: map each window in two halves (two mmap calls), so that no call
+//                     replaces a whole aligned 2 MiB range and the page table the trapped
+//                     fault allocated is not freed (native/region.cc, MapSplit)
 // Prints one line of key=value pairs: the time of each pass (ms), the mapping's smaps
 // (VMAs, Rss, ShmemPmdMapped, FilePmdMapped, AnonHugePages) after the prefault, and the
 // /proc/vmstat counters that moved during the prefault and during pass 1.
@@ -30,7 +33,7 @@
 
 static const char* dir = "/dev/shm";
 static unsigned long mib = 256, churn = 0, window_kib = 2048, passes = 4;
-static int prefault = 1, unmap_before = 0, wp = 1;
+static int prefault = 1, unmap_before = 0, wp = 1, split = 0;
 static unsigned long settle_ms = 0;
 static const char* mode = "kernel";
 static const char* pop = "write";
@@ -45,8 +48,16 @@ static double now_ms(void) { return now_ns() / 1e6; }
 static void install(size_t off) {
   if (unmap_before) munmap(base + off, window);
   int flags = MAP_SHARED | MAP_FIXED | (strcmp(pop, "map") == 0 ? MAP_POPULATE : 0);
-  void* p = mmap(base + off, window, PROT_READ | PROT_WRITE, flags, fd, (off_t)off);
-  if (p == MAP_FAILED) die("mmap MAP_FIXED");
+  void* p;
+  if (split && window >= 2 * PAGE) {
+    size_t half = window / 2;
+    if (mmap(base + off, half, PROT_READ | PROT_WRITE, flags, fd, (off_t)off) == MAP_FAILED) die("mmap MAP_FIXED");
+    if (mmap(base + off + half, window - half, PROT_READ | PROT_WRITE, flags, fd, (off_t)(off + half)) == MAP_FAILED) die("mmap MAP_FIXED");
+    p = base + off;
+  } else {
+    p = mmap(base + off, window, PROT_READ | PROT_WRITE, flags, fd, (off_t)off);
+    if (p == MAP_FAILED) die("mmap MAP_FIXED");
+  }
   if (strcmp(pop, "write") == 0 && madvise(p, window, MADV_POPULATE_WRITE) != 0) die("MADV_POPULATE_WRITE");
   if (strcmp(pop, "read") == 0 && madvise(p, window, MADV_POPULATE_READ) != 0) die("MADV_POPULATE_READ");
   if (strcmp(pop, "touch") == 0) {
@@ -150,6 +161,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(k, "unmap_before")) unmap_before = atoi(v);
     else if (!strcmp(k, "wp")) wp = atoi(v);
     else if (!strcmp(k, "settle")) settle_ms = strtoul(v, 0, 0);
+    else if (!strcmp(k, "split")) split = atoi(v);
     else { fprintf(stderr, "first-pass: unknown key %s\n", k); return 2; }
   }
   size = mib * MiB;
@@ -208,7 +220,7 @@ int main(int argc, char** argv) {
   double t1 = now_ms();
   read_vmstat(&v1);
   getrusage(RUSAGE_SELF, &ru1);
-  printf("mode=%s churn=%lu window_kib=%lu pop=%s mib=%lu prefault_ms=%.1f", mode, churn, window_kib, pop, mib, t1 - t0);
+  printf("mode=%s churn=%lu window_kib=%lu pop=%s split=%d mib=%lu prefault_ms=%.1f", mode, churn, window_kib, pop, split, mib, t1 - t0);
   for (unsigned long p = 0; p < passes; p++) {
     double a = now_ms();
     memset(base, (int)(0x10 + p), size);
