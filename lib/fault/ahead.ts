@@ -21,10 +21,20 @@ import { HUGE } from './states';
 /** The most windows `configure({ ahead })` or DAXMAP_AHEAD may ask for. */
 export const MAX_AHEAD = 16;
 
-/** Windows installed ahead of a sequential writer's last fault; DAXMAP_AHEAD=n (0: off), default 2. */
+/**
+ * Windows installed ahead of a sequential writer's last fault by default. One: with
+ * two, the policy's install of the second window ahead ran while the writer made its
+ * first stores into the first, and on this VM some of those windows then took about
+ * 6 µs a page again in the next pass over them (bench rows 7a and 7c 0.44-0.53× the
+ * kernel with 2, 1.04-1.25× with 1; the first touch the same; docs/faults.md, "Fault-ahead
+ * and the first pass").
+ */
+export const DEFAULT_AHEAD = 1;
+
+/** Windows installed ahead of a sequential writer's last fault; DAXMAP_AHEAD=n (0: off), else DEFAULT_AHEAD. */
 function defaultAheadWindows(): number {
-  const v = Number(process.env.DAXMAP_AHEAD ?? '2');
-  return Number.isSafeInteger(v) && v >= 0 && v <= MAX_AHEAD ? v : 2;
+  const v = Number(process.env.DAXMAP_AHEAD ?? String(DEFAULT_AHEAD));
+  return Number.isSafeInteger(v) && v >= 0 && v <= MAX_AHEAD ? v : DEFAULT_AHEAD;
 }
 
 export class FaultAhead {
