@@ -25,9 +25,10 @@ export const MAX_AHEAD = 16;
  * Windows installed ahead of a sequential writer's last fault by default. One: with
  * two, the policy's install of the second window ahead ran while the writer made its
  * first stores into the first, and on this VM some of those windows then took about
- * 6 µs a page again in the next pass over them (bench rows 7a and 7c 0.44-0.53× the
- * kernel with 2, 1.04-1.25× with 1; the first touch the same; docs/faults.md, "Fault-ahead
- * and the first pass").
+ * 6 µs a page again in the next pass over them (bench row 7a 0.44-0.53× the kernel
+ * with 2, 1.04-1.25× with 1; row 7c 0.57-1.11× against 1.03-1.13×; the first touch,
+ * row 5, 0.49-0.51× against 0.51-0.54×; docs/faults.md, "Fault-ahead and the first
+ * pass").
  */
 export const DEFAULT_AHEAD = 1;
 
