@@ -88,7 +88,7 @@ t.test('connectAsync retries a full backlog on a timer: ETIMEDOUT after timeoutM
   // A connect that held the thread until its time limit would let no timer fire
   // before the rejection resumed this function (0 ticks). One tick is the proof; more
   // are not promised: under ASan on a loaded CI machine only 1 of the 10 ms ticks fired
-  // in the 300 ms (stop 24's CI).
+  // in the 300 ms (a fresh-clone .ci/run on 2026-12-02).
   t.ok(tick.ticks() >= 1, `timers fired meanwhile (${tick.ticks()} ticks)`);
 });
 
